@@ -1,0 +1,180 @@
+//! Typed values inside the configuration (durations, sizes, secrets) and the problem collector
+//! that lets validation report every error at once.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::raw::{RawDuration, RawSize};
+use super::{ConfigError, ConfigProblem};
+
+/// A credential resolved from the environment or a file. Its `Debug` never shows the value, so
+/// a config dump in a log cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself: call only where it is sent or compared.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Collects problems found while validating, each with its key path.
+#[derive(Default)]
+pub(super) struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    pub fn push(&mut self, path: &str, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub fn into_result<T>(self, value: T) -> Result<T, ConfigError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError { problems: self.0 })
+        }
+    }
+
+    pub fn required<T>(&mut self, path: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.push(path, "is required");
+        }
+        value
+    }
+
+    pub fn positive(&mut self, path: &str, value: Option<u64>, default: usize) -> usize {
+        match value {
+            Some(0) => {
+                self.push(path, "must be at least 1");
+                default
+            }
+            Some(n) => n as usize,
+            None => default,
+        }
+    }
+
+    pub fn socket_addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    path,
+                    format!("{value:?} is not an address:port such as 127.0.0.1:2525"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Resolves `<prefix>.<what>_env` / `<prefix>.<what>_file` into a secret. Exactly one may be
+    /// set; `required` says whether neither is an error.
+    pub fn secret(
+        &mut self,
+        prefix: &str,
+        what: &str,
+        env: Option<String>,
+        file: Option<String>,
+        required: bool,
+    ) -> Option<Secret> {
+        match (env, file) {
+            (Some(_), Some(_)) => {
+                self.push(
+                    &format!("{prefix}.{what}_env"),
+                    format!("set {what}_env or {what}_file, not both"),
+                );
+                None
+            }
+            (Some(var), None) => match std::env::var(&var) {
+                Ok(v) if !v.is_empty() => Some(Secret(v)),
+                _ => {
+                    self.push(
+                        &format!("{prefix}.{what}_env"),
+                        format!("environment variable {var} is not set"),
+                    );
+                    None
+                }
+            },
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(v) => {
+                    let v = v.trim_end_matches(['\r', '\n']).to_string();
+                    if v.is_empty() {
+                        self.push(&format!("{prefix}.{what}_file"), format!("{path} is empty"));
+                        None
+                    } else {
+                        Some(Secret(v))
+                    }
+                }
+                Err(e) => {
+                    self.push(
+                        &format!("{prefix}.{what}_file"),
+                        format!("cannot read {path}: {e}"),
+                    );
+                    None
+                }
+            },
+            (None, None) => {
+                if required {
+                    self.push(
+                        &format!("{prefix}.{what}_env"),
+                        format!("set {what}_env or {what}_file"),
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Parses `90`, `"90s"`, `"5m"`, `"3d"`, `"1h 30m"`.
+pub(super) fn duration(raw: &RawDuration, path: &str, p: &mut Problems) -> Option<Duration> {
+    match raw {
+        RawDuration::Seconds(s) => Some(Duration::from_secs(*s)),
+        RawDuration::Text(t) => match humantime::parse_duration(t.trim()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                p.push(
+                    path,
+                    format!("{t:?} is not a duration such as \"90s\", \"5m\" or \"3d\": {e}"),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// Parses `26214400` or `"25MiB"` / `"25 MB"`.
+pub(super) fn size(raw: &RawSize, path: &str, p: &mut Problems) -> Option<u64> {
+    let bytes = match raw {
+        RawSize::Bytes(b) => *b,
+        RawSize::Text(t) => match t.trim().parse::<bytesize::ByteSize>() {
+            Ok(b) => b.as_u64(),
+            Err(e) => {
+                p.push(
+                    path,
+                    format!("{t:?} is not a size such as 26214400 or \"25MiB\": {e}"),
+                );
+                return None;
+            }
+        },
+    };
+    if bytes == 0 {
+        p.push(path, "must be greater than zero");
+        return None;
+    }
+    Some(bytes)
+}

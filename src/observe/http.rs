@@ -1,0 +1,1 @@
+//! `/metrics`, `/healthz`, `/readyz` (owned by the integrator; see lib.rs).

@@ -1,0 +1,148 @@
+//! The metric catalog (names and labels are a contract, see SPEC "Metrics").
+//!
+//! One [`Metrics`] value owns its own registry (no global state), is cheap to clone, and is
+//! handed to every stage. Labels never carry addresses: providers come from the catalog and
+//! upstreams from the config, so cardinality is bounded.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `outcome`: accepted | rejected.
+    pub messages_received: IntCounterVec,
+    /// `action`: pass | split | bcc | reject | monitor.
+    pub privacy_actions: IntCounterVec,
+    /// `provider`, `upstream`, `outcome` (delivered | deferred | failed); one per copy.
+    pub deliveries: IntCounterVec,
+    pub delivery_duration: HistogramVec,
+    pub queue_messages: IntGaugeVec,
+    pub throttle_delays: IntCounterVec,
+    pub upstream_up: IntGaugeVec,
+    pub inbound_connections: IntGauge,
+    /// `reason`: a short fixed word such as `relay_denied`, `size`, `too_many_recipients`.
+    pub inbound_rejections: IntCounterVec,
+    pub spool_bytes: IntGauge,
+    /// Time from end of DATA to the `250` reply (spool write + fsync).
+    pub accept_duration: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ];
+        let delivery_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mailveil_delivery_duration_seconds",
+                "Time to hand one copy to the upstream.",
+            )
+            .buckets(latency_buckets.clone()),
+            &["provider"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(delivery_duration.clone()))
+            .expect("unique metric");
+        let accept_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "mailveil_accept_duration_seconds",
+                "End of DATA to the 250 reply, fsync included.",
+            )
+            .buckets(latency_buckets),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(accept_duration.clone()))
+            .expect("unique metric");
+        Metrics {
+            messages_received: counter(
+                "mailveil_messages_received_total",
+                "Messages at end of DATA, by outcome.",
+                &["outcome"],
+            ),
+            privacy_actions: counter(
+                "mailveil_privacy_actions_total",
+                "Privacy policy decisions, by action.",
+                &["action"],
+            ),
+            deliveries: counter(
+                "mailveil_deliveries_total",
+                "Delivery attempts of one copy, by provider, upstream and outcome.",
+                &["provider", "upstream", "outcome"],
+            ),
+            delivery_duration,
+            queue_messages: gauge_vec(
+                "mailveil_queue_messages",
+                "Deliveries waiting in the queue, by provider.",
+                &["provider"],
+            ),
+            throttle_delays: counter(
+                "mailveil_throttle_delays_total",
+                "Deliveries delayed by a provider throttle.",
+                &["provider"],
+            ),
+            upstream_up: gauge_vec(
+                "mailveil_upstream_up",
+                "1 when the upstream is usable, 0 while it cools off.",
+                &["upstream"],
+            ),
+            inbound_connections: gauge(
+                "mailveil_inbound_connections",
+                "Open inbound SMTP connections.",
+            ),
+            inbound_rejections: counter(
+                "mailveil_inbound_rejections_total",
+                "Inbound commands or connections refused, by reason.",
+                &["reason"],
+            ),
+            spool_bytes: gauge(
+                "mailveil_spool_bytes",
+                "Bytes of message data in the spool.",
+            ),
+            accept_duration,
+            registry,
+        }
+    }
+
+    /// The text exposition format for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,1 @@
+//! Delivery scheduling (owned by the integrator).

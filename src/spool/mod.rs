@@ -1,0 +1,1 @@
+//! Durable spool (owned by the integrator).
