@@ -1,1 +1,173 @@
-fn main() {}
+//! The `mailveil` command: CLI -> Config -> run. Exit codes: 0 ok, 64 invalid configuration or
+//! usage, 1 runtime failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use mailveil::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
+use mailveil::envelope::Envelope;
+
+/// Exit code for a configuration or usage error (EX_USAGE in sysexits.h).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "mailveil", version, about = "SMTP relay that never lets a recipient see another recipient's address")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Run {
+        /// Configuration file.
+        #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file; print every problem with its key path.
+    CheckConfig {
+        #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Dry run of the privacy policy on a message file; no network.
+    Inspect {
+        #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The message (.eml).
+        message: PathBuf,
+        /// Envelope sender (default: the From: address).
+        #[arg(long)]
+        from: Option<String>,
+        /// Envelope recipient, repeatable (default: the To/Cc/Bcc addresses).
+        #[arg(long = "to")]
+        to: Vec<String>,
+    },
+    /// A capture SMTP server: stores each message as DIR/<id>.eml + DIR/<id>.json.
+    Sink {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Certificate chain (PEM) to offer STARTTLS with.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Private key (PEM) for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failure(&config, &e),
+        },
+        Command::Inspect { config, message, from, to } => inspect(config, message, from, to),
+        Command::Sink { listen, dir, tls_cert, tls_key } => {
+            init_logging(LogFormat::Text);
+            let tls = tls_cert.zip(tls_key).map(|(cert, key)| mailveil::sink::SinkTls { cert, key });
+            match mailveil::sink::run(listen, dir, tls) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mailveil sink: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn config_failure(path: &std::path::Path, e: &ConfigError) -> ExitCode {
+    eprintln!("{}: {e}", path.display());
+    for p in &e.problems {
+        eprintln!("  {p}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return config_failure(&path, &e),
+    };
+    init_logging(config.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailveil: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("mailveil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listeners = mailveil::Listeners::bind(&config)
+        .await
+        .with_context(|| format!("cannot listen on {} / metrics {:?}", config.server.listen, config.metrics.listen))?;
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        signals.cancel();
+    });
+    mailveil::run(config, listeners, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn inspect(config: PathBuf, message: PathBuf, from: Option<String>, to: Vec<String>) -> ExitCode {
+    let config = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => return config_failure(&config, &e),
+    };
+    let bytes = match std::fs::read(&message) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("mailveil inspect: cannot read {}: {e}", message.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let envelope = Envelope {
+        mail_from: from.or_else(|| mailveil::privacy::header_from(&bytes)).unwrap_or_default(),
+        rcpt_to: if to.is_empty() { mailveil::privacy::header_recipients(&bytes) } else { to },
+    };
+    print!("{}", mailveil::privacy::inspect_report(&config.privacy, &envelope, &bytes));
+    ExitCode::SUCCESS
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MAILVEIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}

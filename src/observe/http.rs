@@ -1,1 +1,54 @@
-//! `/metrics`, `/healthz`, `/readyz` (owned by the integrator; see lib.rs).
+//! The metrics/health HTTP endpoint: `GET /metrics` (Prometheus text), `GET /healthz` (200 while
+//! the process runs), `GET /readyz` (200 when the SMTP listener is up and the spool is writable).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::Metrics;
+use crate::spool::Spool;
+
+/// What `/readyz` looks at.
+#[derive(Clone)]
+pub struct Readiness {
+    /// Set once the SMTP listener accepts connections; cleared when shutdown starts.
+    pub listening: Arc<AtomicBool>,
+    pub spool: Arc<Spool>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, metrics: Metrics, readiness: Readiness, shutdown: CancellationToken) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(AppState { metrics, readiness });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    state.metrics.spool_bytes.set(state.readiness.spool.bytes() as i64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if !state.readiness.listening.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not listening\n");
+    }
+    let spool = state.readiness.spool.clone();
+    let writable = tokio::task::spawn_blocking(move || spool.is_writable()).await.unwrap_or(false);
+    if writable { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "spool not writable\n") }
+}

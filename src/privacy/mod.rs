@@ -96,3 +96,16 @@ pub fn reject_text(visible: usize) -> String {
         "message shows {visible} recipient addresses in To/Cc; send one message per recipient or use Bcc"
     )
 }
+
+/// STUB until merge.
+pub fn header_from(_message: &[u8]) -> Option<String> {
+    unimplemented!()
+}
+/// STUB until merge.
+pub fn header_recipients(_message: &[u8]) -> Vec<String> {
+    unimplemented!()
+}
+/// STUB until merge.
+pub fn inspect_report(_c: &PrivacyConfig, _e: &Envelope, _m: &[u8]) -> String {
+    unimplemented!()
+}

@@ -1,1 +1,10 @@
-//! Delivery scheduling (owned by the integrator).
+//! Delivery scheduling: which provider a recipient belongs to ([`provider`]), when a deferred
+//! delivery is tried again ([`retry`]), and the queue that hands copies to upstreams with
+//! failover ([`queue`]).
+
+pub mod provider;
+pub mod queue;
+pub mod retry;
+
+pub use provider::ProviderCatalog;
+pub use queue::Scheduler;

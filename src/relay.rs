@@ -1,0 +1,127 @@
+//! The relay's answer to end of DATA: privacy policy, trace field, durable spool, then the
+//! delivery queue. This is where a message turns into deliveries.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Config, PrivacyConfig};
+use crate::inbound::{Acceptor, Transaction, Verdict};
+use crate::observe::{Metrics, Redactor};
+use crate::privacy::{self, Decision, PlannedDelivery};
+use crate::reply::Reply;
+use crate::schedule::{ProviderCatalog, Scheduler};
+use crate::spool::{DeliveryRecord, MessageMeta, Spool, unix_now};
+
+/// Implements [`Acceptor`] for the inbound listener.
+pub struct Relay {
+    pub hostname: String,
+    pub privacy: PrivacyConfig,
+    pub catalog: ProviderCatalog,
+    pub spool: Arc<Spool>,
+    pub scheduler: Scheduler,
+    pub metrics: Metrics,
+    pub redactor: Redactor,
+}
+
+impl Relay {
+    pub fn new(config: &Config, spool: Arc<Spool>, scheduler: Scheduler, metrics: Metrics, redactor: Redactor) -> Relay {
+        Relay {
+            hostname: config.server.hostname.clone(),
+            privacy: config.privacy.clone(),
+            catalog: ProviderCatalog::new(&config.providers),
+            spool,
+            scheduler,
+            metrics,
+            redactor,
+        }
+    }
+
+    /// Divides each planned delivery by provider lane, so one slow provider never holds another
+    /// provider's recipients (envelope recipients are only divided, never changed).
+    fn records(&self, planned: Vec<PlannedDelivery>) -> Vec<DeliveryRecord> {
+        let mut out = Vec::with_capacity(planned.len());
+        for delivery in planned {
+            let mut lanes: Vec<(String, Vec<String>)> = Vec::new();
+            for rcpt in delivery.rcpt_to {
+                let provider = self.catalog.classify(&rcpt);
+                match lanes.iter_mut().find(|(p, _)| p == provider) {
+                    Some((_, rcpts)) => rcpts.push(rcpt),
+                    None => lanes.push((provider.to_string(), vec![rcpt])),
+                }
+            }
+            for (provider, rcpt_to) in lanes {
+                out.push(DeliveryRecord { planned: PlannedDelivery { rcpt_to, rewrite: delivery.rewrite.clone() }, provider });
+            }
+        }
+        out
+    }
+
+    /// The `Received:` field. It names no recipient: one stored message serves every copy.
+    fn received_field(&self, tx: &Transaction, id: &str) -> String {
+        let with = match (tx.client.tls, tx.client.user.is_some()) {
+            (false, false) => "ESMTP",
+            (true, false) => "ESMTPS",
+            (false, true) => "ESMTPA",
+            (true, true) => "ESMTPSA",
+        };
+        let helo: String = tx.client.helo.chars().filter(|c| c.is_ascii_graphic()).take(255).collect();
+        let date = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap_or_default();
+        format!(
+            "Received: from {helo} ([{ip}])\r\n\tby {host} (mailveil) with {with} id {id};\r\n\t{date}\r\n",
+            ip = tx.client.peer.ip(),
+            host = self.hostname,
+        )
+    }
+}
+
+impl Acceptor for Relay {
+    async fn accept(&self, tx: Transaction) -> Verdict {
+        let started = Instant::now();
+        let plan = privacy::plan(&self.privacy, &tx.envelope, &tx.message);
+        self.metrics.privacy_actions.with_label_values(&[plan.decision.as_str()]).inc();
+        let from = self.redactor.addr(&tx.envelope.mail_from).to_string();
+        if plan.decision == Decision::Reject {
+            tracing::warn!(%from, rcpts = tx.envelope.rcpt_to.len(), visible = plan.visible, "rejected: message exposes recipients");
+            return Verdict::Rejected(Reply::new(550, "5.7.1", privacy::reject_text(plan.visible)));
+        }
+        if plan.decision == Decision::Monitor {
+            tracing::warn!(%from, rcpts = tx.envelope.rcpt_to.len(), visible = plan.visible, "monitor: relaying a message that exposes recipients");
+        }
+
+        let id = Spool::new_id();
+        let mut message = self.received_field(&tx, &id).into_bytes();
+        message.extend_from_slice(&tx.message);
+        drop(tx.message);
+        let meta = MessageMeta {
+            id: id.clone(),
+            received_at: unix_now(),
+            envelope: tx.envelope,
+            decision: plan.decision,
+            size: message.len() as u64,
+            deliveries: self.records(plan.deliveries),
+        };
+        let message = Arc::new(message);
+        let spool = self.spool.clone();
+        let (meta, stored) = {
+            let message = message.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = spool.store(&meta, &message);
+                (meta, r)
+            })
+            .await
+            .expect("spool task does not panic")
+        };
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "cannot spool message; answering 452");
+            return Verdict::Rejected(Reply::new(452, "4.3.1", "insufficient system storage; try again later"));
+        }
+        self.metrics.spool_bytes.set(self.spool.bytes() as i64);
+        self.metrics.accept_duration.observe(started.elapsed().as_secs_f64());
+        tracing::info!(queue_id = %id, %from, rcpts = meta.envelope.rcpt_to.len(), deliveries = meta.deliveries.len(),
+            decision = plan.decision.as_str(), visible = plan.visible, size = meta.size, "accepted");
+        self.scheduler.enqueue(meta, Some(message), &[]);
+        Verdict::Accepted { queue_id: id }
+    }
+}
