@@ -19,12 +19,12 @@ pub mod envelope;
 pub mod inbound;
 pub mod observe;
 pub mod privacy;
+pub mod relay;
 pub mod reply;
 pub mod schedule;
 pub mod sink;
 pub mod spool;
 pub mod upstream;
-pub mod relay;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,7 +67,10 @@ pub enum RunError {
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
     #[error("upstream {name}: {source}")]
-    Upstream { name: String, source: upstream::UpstreamError },
+    Upstream {
+        name: String,
+        source: upstream::UpstreamError,
+    },
     #[error("inbound listener: {0}")]
     Inbound(std::io::Error),
 }
@@ -75,27 +78,47 @@ pub enum RunError {
 /// Runs the relay until `shutdown` is cancelled: recovers the spool, starts the delivery queue,
 /// the metrics endpoint and the SMTP listener; on shutdown stops accepting, finishes what is in
 /// flight within [`SHUTDOWN_GRACE`], and returns.
-pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let spool = Arc::new(Spool::open(&config.spool.dir)?);
     let redactor = Redactor::new(config.log.show_addresses, spool.redaction_key()?);
     let metrics = Metrics::new();
     let mut upstreams = Vec::new();
     for u in &config.upstreams {
-        let built = Upstream::from_config(u, &config.server.hostname)
-            .map_err(|source| RunError::Upstream { name: u.name.clone(), source })?;
+        let built = Upstream::from_config(u, &config.server.hostname).map_err(|source| {
+            RunError::Upstream {
+                name: u.name.clone(),
+                source,
+            }
+        })?;
         upstreams.push(built);
     }
-    let scheduler = Scheduler::new(spool.clone(), upstreams, config.spool.clone(), metrics.clone(), redactor.clone());
+    let scheduler = Scheduler::new(
+        spool.clone(),
+        upstreams,
+        config.spool.clone(),
+        metrics.clone(),
+        redactor.clone(),
+    );
     let recovered = spool.recover()?;
     if !recovered.is_empty() {
-        tracing::info!(messages = recovered.len(), "recovered spooled messages; delivering what is due");
+        tracing::info!(
+            messages = recovered.len(),
+            "recovered spooled messages; delivering what is due"
+        );
     }
     for r in recovered {
         scheduler.enqueue(r.meta, None, &r.log);
     }
     metrics.spool_bytes.set(spool.bytes() as i64);
 
-    let readiness = observe::http::Readiness { listening: Arc::new(AtomicBool::new(false)), spool: spool.clone() };
+    let readiness = observe::http::Readiness {
+        listening: Arc::new(AtomicBool::new(false)),
+        spool: spool.clone(),
+    };
     let http = listeners.metrics.map(|listener| {
         let (metrics, readiness, shutdown) = (metrics.clone(), readiness.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -105,13 +128,29 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         })
     });
 
-    let relay = Arc::new(relay::Relay::new(&config, spool.clone(), scheduler.clone(), metrics.clone(), redactor.clone()));
-    let settings = Arc::new(inbound::InboundSettings { server: config.server.clone(), access: config.access.clone() });
+    let relay = Arc::new(relay::Relay::new(
+        &config,
+        spool.clone(),
+        scheduler.clone(),
+        metrics.clone(),
+        redactor.clone(),
+    ));
+    let settings = Arc::new(inbound::InboundSettings {
+        server: config.server.clone(),
+        access: config.access.clone(),
+    });
     if let Ok(addr) = listeners.smtp.local_addr() {
         tracing::info!(%addr, upstreams = config.upstreams.len(), privacy = ?config.privacy.mode, "mailveil listening");
     }
     readiness.listening.store(true, Ordering::Relaxed);
-    let mut inbound = tokio::spawn(inbound::serve(listeners.smtp, settings, relay, metrics.clone(), redactor, shutdown.clone()));
+    let mut inbound = tokio::spawn(inbound::serve(
+        listeners.smtp,
+        settings,
+        relay,
+        metrics.clone(),
+        redactor,
+        shutdown.clone(),
+    ));
     let inbound_result = tokio::select! {
         r = &mut inbound => Some(r),
         _ = shutdown.cancelled() => None,

@@ -15,7 +15,11 @@ use mailveil::envelope::Envelope;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "mailveil", version, about = "SMTP relay that never lets a recipient see another recipient's address")]
+#[command(
+    name = "mailveil",
+    version,
+    about = "SMTP relay that never lets a recipient see another recipient's address"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,10 +77,22 @@ fn main() -> ExitCode {
             }
             Err(e) => config_failure(&config, &e),
         },
-        Command::Inspect { config, message, from, to } => inspect(config, message, from, to),
-        Command::Sink { listen, dir, tls_cert, tls_key } => {
+        Command::Inspect {
+            config,
+            message,
+            from,
+            to,
+        } => inspect(config, message, from, to),
+        Command::Sink {
+            listen,
+            dir,
+            tls_cert,
+            tls_key,
+        } => {
             init_logging(LogFormat::Text);
-            let tls = tls_cert.zip(tls_key).map(|(cert, key)| mailveil::sink::SinkTls { cert, key });
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(cert, key)| mailveil::sink::SinkTls { cert, key });
             match mailveil::sink::run(listen, dir, tls) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -102,7 +118,10 @@ fn run(path: PathBuf) -> ExitCode {
         Err(e) => return config_failure(&path, &e),
     };
     init_logging(config.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mailveil: cannot start the runtime: {e}");
@@ -120,14 +139,20 @@ fn run(path: PathBuf) -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let listeners = mailveil::Listeners::bind(&config)
-        .await
-        .with_context(|| format!("cannot listen on {} / metrics {:?}", config.server.listen, config.metrics.listen))?;
+    let listeners = mailveil::Listeners::bind(&config).await.with_context(|| {
+        format!(
+            "cannot listen on {} / metrics {:?}",
+            config.server.listen, config.metrics.listen
+        )
+    })?;
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -155,19 +180,34 @@ fn inspect(config: PathBuf, message: PathBuf, from: Option<String>, to: Vec<Stri
         }
     };
     let envelope = Envelope {
-        mail_from: from.or_else(|| mailveil::privacy::header_from(&bytes)).unwrap_or_default(),
-        rcpt_to: if to.is_empty() { mailveil::privacy::header_recipients(&bytes) } else { to },
+        mail_from: from
+            .or_else(|| mailveil::privacy::header_from(&bytes))
+            .unwrap_or_default(),
+        rcpt_to: if to.is_empty() {
+            mailveil::privacy::header_recipients(&bytes)
+        } else {
+            to
+        },
     };
-    print!("{}", mailveil::privacy::inspect_report(&config.privacy, &envelope, &bytes));
+    print!(
+        "{}",
+        mailveil::privacy::inspect_report(&config.privacy, &envelope, &bytes)
+    );
     ExitCode::SUCCESS
 }
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MAILVEIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
     }
 }

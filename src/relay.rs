@@ -24,7 +24,13 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(config: &Config, spool: Arc<Spool>, scheduler: Scheduler, metrics: Metrics, redactor: Redactor) -> Relay {
+    pub fn new(
+        config: &Config,
+        spool: Arc<Spool>,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        redactor: Redactor,
+    ) -> Relay {
         Relay {
             hostname: config.server.hostname.clone(),
             privacy: config.privacy.clone(),
@@ -50,7 +56,13 @@ impl Relay {
                 }
             }
             for (provider, rcpt_to) in lanes {
-                out.push(DeliveryRecord { planned: PlannedDelivery { rcpt_to, rewrite: delivery.rewrite.clone() }, provider });
+                out.push(DeliveryRecord {
+                    planned: PlannedDelivery {
+                        rcpt_to,
+                        rewrite: delivery.rewrite.clone(),
+                    },
+                    provider,
+                });
             }
         }
         out
@@ -64,7 +76,13 @@ impl Relay {
             (false, true) => "ESMTPA",
             (true, true) => "ESMTPSA",
         };
-        let helo: String = tx.client.helo.chars().filter(|c| c.is_ascii_graphic()).take(255).collect();
+        let helo: String = tx
+            .client
+            .helo
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(255)
+            .collect();
         let date = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc2822)
             .unwrap_or_default();
@@ -80,7 +98,10 @@ impl Acceptor for Relay {
     async fn accept(&self, tx: Transaction) -> Verdict {
         let started = Instant::now();
         let plan = privacy::plan(&self.privacy, &tx.envelope, &tx.message);
-        self.metrics.privacy_actions.with_label_values(&[plan.decision.as_str()]).inc();
+        self.metrics
+            .privacy_actions
+            .with_label_values(&[plan.decision.as_str()])
+            .inc();
         let from = self.redactor.addr(&tx.envelope.mail_from).to_string();
         if plan.decision == Decision::Reject {
             tracing::warn!(%from, rcpts = tx.envelope.rcpt_to.len(), visible = plan.visible, "rejected: message exposes recipients");
@@ -115,10 +136,16 @@ impl Acceptor for Relay {
         };
         if let Err(e) = stored {
             tracing::error!(error = %e, "cannot spool message; answering 452");
-            return Verdict::Rejected(Reply::new(452, "4.3.1", "insufficient system storage; try again later"));
+            return Verdict::Rejected(Reply::new(
+                452,
+                "4.3.1",
+                "insufficient system storage; try again later",
+            ));
         }
         self.metrics.spool_bytes.set(self.spool.bytes() as i64);
-        self.metrics.accept_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .accept_duration
+            .observe(started.elapsed().as_secs_f64());
         tracing::info!(queue_id = %id, %from, rcpts = meta.envelope.rcpt_to.len(), deliveries = meta.deliveries.len(),
             decision = plan.decision.as_str(), visible = plan.visible, size = meta.size, "accepted");
         self.scheduler.enqueue(meta, Some(message), &[]);

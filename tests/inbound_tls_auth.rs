@@ -41,11 +41,22 @@ dir = "{{dir}}/outbox"
         key = pki.key_file.display(),
         pw = pw.display(),
     );
-    Setup { relay: InProcessRelay::start(&toml).await, pki, _certs: certs }
+    Setup {
+        relay: InProcessRelay::start(&toml).await,
+        pki,
+        _certs: certs,
+    }
 }
 
 fn msg() -> Vec<u8> {
-    message(&["From: billing@src.test", "To: payer@x.test", "Subject: invoice"], "amount due\r\n")
+    message(
+        &[
+            "From: billing@src.test",
+            "To: payer@x.test",
+            "Subject: invoice",
+        ],
+        "amount due\r\n",
+    )
 }
 
 #[tokio::test]
@@ -54,25 +65,65 @@ async fn starttls_is_offered_and_auth_only_after_it() {
     let (mut raw, _) = RawSmtp::connect(s.relay.smtp).await;
     let ehlo = raw.cmd("EHLO client.test").await;
     assert!(ehlo.contains("STARTTLS"), "{ehlo}");
-    assert!(!ehlo.contains("AUTH"), "AUTH is not offered before TLS: {ehlo}");
-    let auth = raw.cmd("AUTH PLAIN AGJpbGxpbmctYXBwAGNvcnJlY3QgaG9yc2U=").await;
-    assert!(auth.starts_with("538 5.7.11") || auth.starts_with("530") || auth.starts_with("503"), "AUTH before TLS refused: {auth}");
+    assert!(
+        !ehlo.contains("AUTH"),
+        "AUTH is not offered before TLS: {ehlo}"
+    );
+    let auth = raw
+        .cmd("AUTH PLAIN AGJpbGxpbmctYXBwAGNvcnJlY3QgaG9yc2U=")
+        .await;
+    assert!(
+        auth.starts_with("538 5.7.11") || auth.starts_with("530") || auth.starts_with("503"),
+        "AUTH before TLS refused: {auth}"
+    );
     // Not in networks, not authenticated: relaying is refused with a hint that AUTH would help.
-    assert!(raw.cmd("MAIL FROM:<billing@src.test>").await.starts_with("250"));
+    assert!(
+        raw.cmd("MAIL FROM:<billing@src.test>")
+            .await
+            .starts_with("250")
+    );
     let rcpt = raw.cmd("RCPT TO:<payer@x.test>").await;
     assert!(rcpt.starts_with("530 5.7.0"), "{rcpt}");
 
-    let ok = lettre_send_tls(s.relay.smtp, &s.pki.ca_pem, Some(("billing-app", "correct horse")), "billing@src.test", &["payer@x.test"], &msg()).await;
+    let ok = lettre_send_tls(
+        s.relay.smtp,
+        &s.pki.ca_pem,
+        Some(("billing-app", "correct horse")),
+        "billing@src.test",
+        &["payer@x.test"],
+        &msg(),
+    )
+    .await;
     assert!(ok.as_ref().is_ok_and(|r| r.starts_with("250")), "{ok:?}");
     let copies = wait_for_captures(&s.relay.outbox(), 1).await;
     assert_eq!(copies[0].rcpt_to, vec!["payer@x.test".to_string()]);
-    let text = String::from_utf8_lossy(&copies[0].message);
-    assert!(text.contains("with ESMTPSA"), "trace field records TLS + AUTH: {text}");
+    let text = String::from_utf8_lossy(&copies[0].bytes);
+    assert!(
+        text.contains("with ESMTPSA"),
+        "trace field records TLS + AUTH: {text}"
+    );
 
-    let wrong = lettre_send_tls(s.relay.smtp, &s.pki.ca_pem, Some(("billing-app", "wrong")), "billing@src.test", &["payer@x.test"], &msg()).await;
+    let wrong = lettre_send_tls(
+        s.relay.smtp,
+        &s.pki.ca_pem,
+        Some(("billing-app", "wrong")),
+        "billing@src.test",
+        &["payer@x.test"],
+        &msg(),
+    )
+    .await;
     let err = wrong.unwrap_err();
-    assert!(err.to_string().contains("535") || err.status().is_some_and(|c| c.to_string() == "535"), "{err}");
-    assert_eq!(mailveil::capture::read_all(&s.relay.outbox()).unwrap().len(), 1, "nothing more relayed");
+    assert!(
+        err.to_string().contains("535") || err.status().is_some_and(|c| c.to_string() == "535"),
+        "{err}"
+    );
+    assert_eq!(
+        mailveil::capture::read_all(&s.relay.outbox())
+            .unwrap()
+            .len(),
+        1,
+        "nothing more relayed"
+    );
     s.relay.stop().await.unwrap();
 }
 
@@ -84,15 +135,26 @@ async fn tls_required_refuses_mail_before_starttls() {
     let mail = raw.cmd("MAIL FROM:<billing@src.test>").await;
     assert!(mail.starts_with("530 5.7.0"), "{mail}");
     // Over STARTTLS from an allowed network, no AUTH needed.
-    let ok = lettre_send_tls(s.relay.smtp, &s.pki.ca_pem, None, "billing@src.test", &["payer@x.test"], &msg()).await;
+    let ok = lettre_send_tls(
+        s.relay.smtp,
+        &s.pki.ca_pem,
+        None,
+        "billing@src.test",
+        &["payer@x.test"],
+        &msg(),
+    )
+    .await;
     assert!(ok.as_ref().is_ok_and(|r| r.starts_with("250")), "{ok:?}");
     let copies = wait_for_captures(&s.relay.outbox(), 1).await;
-    assert!(String::from_utf8_lossy(&copies[0].message).contains("with ESMTPS"));
+    assert!(String::from_utf8_lossy(&copies[0].bytes).contains("with ESMTPS"));
     assert_no_captures_beyond(&s.relay, 1).await;
     s.relay.stop().await.unwrap();
 }
 
 async fn assert_no_captures_beyond(relay: &InProcessRelay, n: usize) {
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(mailveil::capture::read_all(&relay.outbox()).unwrap().len(), n);
+    assert_eq!(
+        mailveil::capture::read_all(&relay.outbox()).unwrap().len(),
+        n
+    );
 }

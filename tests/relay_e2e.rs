@@ -29,12 +29,25 @@ const SPLIT: &str = "mode = \"split\"\nmax_visible_recipients = 1";
 #[tokio::test]
 async fn a_thousand_visible_addresses_become_a_thousand_private_copies() {
     let relay = InProcessRelay::start(&config(SPLIT)).await;
-    let rcpts: Vec<String> = (0..1000).map(|i| format!("customer{i:04}@dest{}.test", i % 7)).collect();
+    let rcpts: Vec<String> = (0..1000)
+        .map(|i| format!("customer{i:04}@dest{}.test", i % 7))
+        .collect();
     let to_header = format!("To: {}", rcpts.join(", "));
-    let body = "Dear customer,\r\n\r\nOur index methodology changes on 1 July.\r\n.leading dot line\r\n";
-    let msg = message(&["From: Notices <notices@exchange.test>", &to_header, "Subject: Index update", "Message-ID: <n1@exchange.test>"], body);
+    let body =
+        "Dear customer,\r\n\r\nOur index methodology changes on 1 July.\r\n.leading dot line\r\n";
+    let msg = message(
+        &[
+            "From: Notices <notices@exchange.test>",
+            &to_header,
+            "Subject: Index update",
+            "Message-ID: <n1@exchange.test>",
+        ],
+        body,
+    );
     let rcpt_refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
-    let reply = lettre_send(relay.smtp, Some("notices@exchange.test"), &rcpt_refs, &msg).await.unwrap();
+    let reply = lettre_send(relay.smtp, Some("notices@exchange.test"), &rcpt_refs, &msg)
+        .await
+        .unwrap();
     assert!(reply.starts_with("250"), "{reply}");
 
     let copies = wait_for_captures(&relay.outbox(), 1000).await;
@@ -43,12 +56,24 @@ async fn a_thousand_visible_addresses_become_a_thousand_private_copies() {
     for copy in &copies {
         assert_eq!(copy.rcpt_to.len(), 1, "one recipient per copy");
         let own = copy.rcpt_to[0].to_lowercase();
-        assert!(seen.insert(own.clone()), "each recipient gets exactly one copy");
-        let text = String::from_utf8_lossy(&copy.message).to_lowercase();
-        let strangers = rcpts.iter().filter(|r| r.to_lowercase() != own && text.contains(&r.to_lowercase())).count();
-        assert_eq!(strangers, 0, "copy for {own} shows {strangers} other addresses");
-        assert!(text.contains(&format!("to: {own}")), "To: shows its own recipient");
-        assert_eq!(body_of(&copy.message), body.as_bytes(), "body byte-identical");
+        assert!(
+            seen.insert(own.clone()),
+            "each recipient gets exactly one copy"
+        );
+        let text = String::from_utf8_lossy(&copy.bytes).to_lowercase();
+        let strangers = rcpts
+            .iter()
+            .filter(|r| r.to_lowercase() != own && text.contains(&r.to_lowercase()))
+            .count();
+        assert_eq!(
+            strangers, 0,
+            "copy for {own} shows {strangers} other addresses"
+        );
+        assert!(
+            text.contains(&format!("to: {own}")),
+            "To: shows its own recipient"
+        );
+        assert_eq!(body_of(&copy.bytes), body.as_bytes(), "body byte-identical");
         assert_eq!(copy.mail_from, "notices@exchange.test");
     }
     assert_eq!(seen.len(), 1000);
@@ -63,59 +88,124 @@ async fn address_syntax_is_understood_and_unparseable_headers_fail_closed() {
     ))
     .await;
     let cases: &[(&str, &[&str], &[&str], usize)] = &[
-        ("group", &["To: friends: a@x.test, b@y.test;"], &["a@x.test", "b@y.test"], 2),
-        ("quoted name with comma", &["To: \"Doe, John\" <john@x.test>"], &["john@x.test"], 1),
-        ("encoded names", &["To: =?utf-8?b?SsO8cmdlbg==?= <j@x.test>, =?utf-8?q?Ren=C3=A9?= <r@y.test>"], &["j@x.test", "r@y.test"], 2),
-        ("duplicates by case", &["To: Ann@X.test", "Cc: ann@x.TEST"], &["ann@x.test"], 1),
-        ("trusted domain", &["To: a@corp.test, b@corp.test, c@x.test"], &["a@corp.test", "b@corp.test", "c@x.test"], 1),
-        ("unparseable", &["To: <<broken@@x.test, b@y.test"], &["broken@x.test", "b@y.test"], 2),
-        ("cc counts", &["To: a@x.test", "Cc: b@y.test"], &["a@x.test", "b@y.test"], 2),
+        (
+            "group",
+            &["To: friends: a@x.test, b@y.test;"],
+            &["a@x.test", "b@y.test"],
+            2,
+        ),
+        (
+            "quoted name with comma",
+            &["To: \"Doe, John\" <john@x.test>"],
+            &["john@x.test"],
+            1,
+        ),
+        (
+            "encoded names",
+            &["To: =?utf-8?b?SsO8cmdlbg==?= <j@x.test>, =?utf-8?q?Ren=C3=A9?= <r@y.test>"],
+            &["j@x.test", "r@y.test"],
+            2,
+        ),
+        (
+            "duplicates by case",
+            &["To: Ann@X.test", "Cc: ann@x.TEST"],
+            &["ann@x.test"],
+            1,
+        ),
+        (
+            "trusted domain",
+            &["To: a@corp.test, b@corp.test, c@x.test"],
+            &["a@corp.test", "b@corp.test", "c@x.test"],
+            1,
+        ),
+        (
+            "unparseable",
+            &["To: <<broken@@x.test, b@y.test"],
+            &["broken@x.test", "b@y.test"],
+            2,
+        ),
+        (
+            "cc counts",
+            &["To: a@x.test", "Cc: b@y.test"],
+            &["a@x.test", "b@y.test"],
+            2,
+        ),
     ];
     let mut expected_total = 0;
     for (name, headers, rcpts, copies) in cases {
         let mut h = vec!["From: app@src.test", "Subject: case"];
         h.extend_from_slice(headers);
-        let reply = lettre_send(relay.smtp, Some("app@src.test"), rcpts, &message(&h, "body\r\n")).await;
-        assert!(reply.as_ref().is_ok_and(|r| r.starts_with("250")), "{name}: {reply:?}");
+        let reply = lettre_send(
+            relay.smtp,
+            Some("app@src.test"),
+            rcpts,
+            &message(&h, "body\r\n"),
+        )
+        .await;
+        assert!(
+            reply.as_ref().is_ok_and(|r| r.starts_with("250")),
+            "{name}: {reply:?}"
+        );
         expected_total += copies;
         let got = wait_for_captures(&relay.outbox(), expected_total).await;
-        assert_eq!(got.len(), expected_total, "{name}: expected {copies} deliveries");
+        assert_eq!(
+            got.len(),
+            expected_total,
+            "{name}: expected {copies} deliveries"
+        );
     }
     // "trusted domain": a@corp.test and b@corp.test are not counted, c@x.test alone is not
     // exposing, so it went as one unchanged delivery with three recipients.
     let all = mailveil::capture::read_all(&relay.outbox()).unwrap();
-    assert!(all.iter().any(|c| c.rcpt_to.len() == 3), "trusted-domain message relayed unchanged as one delivery");
+    assert!(
+        all.iter().any(|c| c.rcpt_to.len() == 3),
+        "trusted-domain message relayed unchanged as one delivery"
+    );
     relay.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn each_privacy_mode_does_what_it_says() {
     let exposing = message(
-        &["From: app@src.test", "To: \"Ann\" <ann@x.test>, bob@y.test", "Cc: cat@z.test", "Bcc: dan@w.test", "DKIM-Signature: v=1; a=rsa-sha256; d=src.test; b=abc", "Subject: s"],
+        &[
+            "From: app@src.test",
+            "To: \"Ann\" <ann@x.test>, bob@y.test",
+            "Cc: cat@z.test",
+            "Bcc: dan@w.test",
+            "DKIM-Signature: v=1; a=rsa-sha256; d=src.test; b=abc",
+            "Subject: s",
+        ],
         "hello\r\n",
     );
     let rcpts = ["ann@x.test", "bob@y.test", "cat@z.test", "dan@w.test"];
 
     // split
     let relay = InProcessRelay::start(&config(SPLIT)).await;
-    lettre_send(relay.smtp, Some("app@src.test"), &rcpts, &exposing).await.unwrap();
+    lettre_send(relay.smtp, Some("app@src.test"), &rcpts, &exposing)
+        .await
+        .unwrap();
     let copies = wait_for_captures(&relay.outbox(), 4).await;
     for c in &copies {
-        let text = String::from_utf8_lossy(&c.message);
+        let text = String::from_utf8_lossy(&c.bytes);
         assert!(!text.contains("DKIM-Signature"), "broken signature removed");
         assert!(!text.to_lowercase().contains("\ncc:") && !text.to_lowercase().contains("\nbcc:"));
         if c.rcpt_to[0] == "ann@x.test" {
-            assert!(text.contains("To: \"Ann\" <ann@x.test>"), "display name kept: {text}");
+            assert!(
+                text.contains("To: \"Ann\" <ann@x.test>"),
+                "display name kept: {text}"
+            );
         }
     }
     relay.stop().await.unwrap();
 
     // bcc
     let relay = InProcessRelay::start(&config("mode = \"bcc\"")).await;
-    lettre_send(relay.smtp, Some("app@src.test"), &rcpts, &exposing).await.unwrap();
+    lettre_send(relay.smtp, Some("app@src.test"), &rcpts, &exposing)
+        .await
+        .unwrap();
     let copies = wait_for_captures(&relay.outbox(), 1).await;
     assert_eq!(copies[0].rcpt_to.len(), 4, "one delivery to all recipients");
-    let text = String::from_utf8_lossy(&copies[0].message);
+    let text = String::from_utf8_lossy(&copies[0].bytes);
     assert!(text.contains("To: undisclosed-recipients:;"), "{text}");
     for r in rcpts {
         assert!(!text.contains(r), "bcc copy shows {r}");
@@ -124,23 +214,45 @@ async fn each_privacy_mode_does_what_it_says() {
 
     // reject
     let relay = InProcessRelay::start(&config("mode = \"reject\"")).await;
-    let err = lettre_send(relay.smtp, Some("app@src.test"), &rcpts, &exposing).await.unwrap_err();
+    let err = lettre_send(relay.smtp, Some("app@src.test"), &rcpts, &exposing)
+        .await
+        .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("550") || err.status().is_some_and(|c| c.to_string() == "550"), "{text}");
-    assert!(text.contains('3') && text.contains("Bcc"), "says how many were exposed and to use Bcc: {text}");
+    assert!(
+        text.contains("550") || err.status().is_some_and(|c| c.to_string() == "550"),
+        "{text}"
+    );
+    assert!(
+        text.contains('3') && text.contains("Bcc"),
+        "says how many were exposed and to use Bcc: {text}"
+    );
     assert_no_captures(&relay.outbox(), Duration::from_millis(500)).await;
     let (_, metrics) = relay.http_get("/metrics").await;
-    assert_eq!(metric(&metrics, "mailveil_privacy_actions_total{action=\"reject\"}"), Some(1.0));
+    assert_eq!(
+        metric(
+            &metrics,
+            "mailveil_privacy_actions_total{action=\"reject\"}"
+        ),
+        Some(1.0)
+    );
     relay.stop().await.unwrap();
 
     // monitor
     let relay = InProcessRelay::start(&config("mode = \"monitor\"")).await;
-    lettre_send(relay.smtp, Some("app@src.test"), &rcpts, &exposing).await.unwrap();
+    lettre_send(relay.smtp, Some("app@src.test"), &rcpts, &exposing)
+        .await
+        .unwrap();
     let copies = wait_for_captures(&relay.outbox(), 1).await;
-    let text = String::from_utf8_lossy(&copies[0].message);
-    assert!(text.contains("To: \"Ann\" <ann@x.test>, bob@y.test") && text.contains("Cc: cat@z.test"), "unchanged: {text}");
+    let text = String::from_utf8_lossy(&copies[0].bytes);
+    assert!(
+        text.contains("To: \"Ann\" <ann@x.test>, bob@y.test") && text.contains("Cc: cat@z.test"),
+        "unchanged: {text}"
+    );
     assert!(!text.contains("dan@w.test"), "Bcc always removed");
-    assert!(text.contains("DKIM-Signature"), "unchanged messages keep their signature");
+    assert!(
+        text.contains("DKIM-Signature"),
+        "unchanged messages keep their signature"
+    );
     relay.stop().await.unwrap();
 }
 
@@ -149,16 +261,47 @@ async fn metrics_and_health_reflect_real_traffic() {
     let relay = InProcessRelay::start(&config(SPLIT)).await;
     assert_eq!(relay.http_get("/healthz").await.0, 200);
     assert_eq!(relay.http_get("/readyz").await.0, 200);
-    let single = message(&["From: a@src.test", "To: one@x.test", "Subject: s"], "b\r\n");
-    let triple = message(&["From: a@src.test", "To: one@x.test, two@y.test, three@yahoo.com", "Subject: s"], "b\r\n");
-    lettre_send(relay.smtp, Some("a@src.test"), &["one@x.test"], &single).await.unwrap();
-    lettre_send(relay.smtp, Some("a@src.test"), &["one@x.test", "two@y.test", "three@yahoo.com"], &triple).await.unwrap();
+    let single = message(
+        &["From: a@src.test", "To: one@x.test", "Subject: s"],
+        "b\r\n",
+    );
+    let triple = message(
+        &[
+            "From: a@src.test",
+            "To: one@x.test, two@y.test, three@yahoo.com",
+            "Subject: s",
+        ],
+        "b\r\n",
+    );
+    lettre_send(relay.smtp, Some("a@src.test"), &["one@x.test"], &single)
+        .await
+        .unwrap();
+    lettre_send(
+        relay.smtp,
+        Some("a@src.test"),
+        &["one@x.test", "two@y.test", "three@yahoo.com"],
+        &triple,
+    )
+    .await
+    .unwrap();
     wait_for_captures(&relay.outbox(), 4).await;
     let (status, text) = relay.http_get("/metrics").await;
     assert_eq!(status, 200);
-    assert_eq!(metric(&text, "mailveil_messages_received_total{outcome=\"accepted\"}"), Some(2.0));
-    assert_eq!(metric(&text, "mailveil_privacy_actions_total{action=\"pass\"}"), Some(1.0));
-    assert_eq!(metric(&text, "mailveil_privacy_actions_total{action=\"split\"}"), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            "mailveil_messages_received_total{outcome=\"accepted\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, "mailveil_privacy_actions_total{action=\"pass\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "mailveil_privacy_actions_total{action=\"split\"}"),
+        Some(1.0)
+    );
     // deliveries are counted when recorded; poll briefly for the last one.
     let mut delivered = 0.0;
     for _ in 0..100 {
@@ -171,21 +314,37 @@ async fn metrics_and_health_reflect_real_traffic() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(delivered, 4.0);
-    assert!(!text.contains("one@x.test") && !text.contains("yahoo.com"), "labels never carry addresses");
+    assert!(
+        !text.contains("one@x.test") && !text.contains("yahoo.com"),
+        "labels never carry addresses"
+    );
     relay.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn clients_outside_the_allowed_networks_cannot_relay() {
-    let relay = InProcessRelay::start(&format!("[access]\nnetworks = [\"10.0.0.0/8\"]\n{}", config(SPLIT))).await;
+    let relay = InProcessRelay::start(&format!(
+        "[access]\nnetworks = [\"10.0.0.0/8\"]\n{}",
+        config(SPLIT)
+    ))
+    .await;
     let (mut s, greeting) = RawSmtp::connect(relay.smtp).await;
     assert!(greeting.starts_with("220"), "{greeting}");
     assert!(s.cmd("EHLO client.test").await.starts_with("250"));
     assert!(s.cmd("MAIL FROM:<a@src.test>").await.starts_with("250"));
     let rcpt = s.cmd("RCPT TO:<victim@x.test>").await;
     assert!(rcpt.starts_with("554 5.7.1"), "{rcpt}");
-    assert!(s.cmd("DATA").await.starts_with('5'), "no recipients, no data");
-    let err = lettre_send(relay.smtp, Some("a@src.test"), &["victim@x.test"], &message(&["To: victim@x.test"], "x\r\n")).await;
+    assert!(
+        s.cmd("DATA").await.starts_with('5'),
+        "no recipients, no data"
+    );
+    let err = lettre_send(
+        relay.smtp,
+        Some("a@src.test"),
+        &["victim@x.test"],
+        &message(&["To: victim@x.test"], "x\r\n"),
+    )
+    .await;
     assert!(err.is_err());
     assert_no_captures(&relay.outbox(), Duration::from_millis(300)).await;
     relay.stop().await.unwrap();
@@ -207,8 +366,11 @@ async fn a_bare_lf_dot_line_never_ends_data() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let copies_later = mailveil::capture::read_all(&relay.outbox()).unwrap();
     assert_eq!(copies_later.len(), 1, "no second message was smuggled");
-    let text = String::from_utf8_lossy(&copies[0].message);
-    assert!(text.contains("MAIL FROM:<evil@src.test>"), "the smuggled lines stayed inside the first message");
+    let text = String::from_utf8_lossy(&copies[0].bytes);
+    assert!(
+        text.contains("MAIL FROM:<evil@src.test>"),
+        "the smuggled lines stayed inside the first message"
+    );
     assert_eq!(copies[0].rcpt_to, vec!["one@x.test".to_string()]);
     assert!(!text.contains("first\n."), "bare LF relayed as CRLF");
     relay.stop().await.unwrap();
@@ -224,10 +386,18 @@ async fn limits_answer_552_452_421() {
     let (mut s, _) = RawSmtp::connect(relay.smtp).await;
     let ehlo = s.cmd("EHLO client.test").await;
     assert!(ehlo.contains("SIZE 2000"), "{ehlo}");
-    assert!(s.cmd("MAIL FROM:<a@src.test> SIZE=5000").await.starts_with("552 5.3.4"));
+    assert!(
+        s.cmd("MAIL FROM:<a@src.test> SIZE=5000")
+            .await
+            .starts_with("552 5.3.4")
+    );
     assert!(s.cmd("MAIL FROM:<a@src.test>").await.starts_with("250"));
     for i in 0..3 {
-        assert!(s.cmd(&format!("RCPT TO:<r{i}@x.test>")).await.starts_with("250"));
+        assert!(
+            s.cmd(&format!("RCPT TO:<r{i}@x.test>"))
+                .await
+                .starts_with("250")
+        );
     }
     assert!(s.cmd("RCPT TO:<r3@x.test>").await.starts_with("452 4.5.3"));
     assert!(s.cmd("DATA").await.starts_with("354"));
@@ -237,7 +407,10 @@ async fn limits_answer_552_452_421() {
     }
     s.send(b".\r\n").await;
     assert!(s.reply().await.starts_with("552 5.3.4"));
-    assert!(s.cmd("NOOP").await.starts_with("250"), "connection still usable after 552");
+    assert!(
+        s.cmd("NOOP").await.starts_with("250"),
+        "connection still usable after 552"
+    );
 
     let (_second, g2) = RawSmtp::connect(relay.smtp).await;
     assert!(g2.starts_with("220"));
@@ -251,8 +424,17 @@ async fn limits_answer_552_452_421() {
 #[tokio::test]
 async fn null_sender_is_accepted_and_relayed() {
     let relay = InProcessRelay::start(&config(SPLIT)).await;
-    let bounce = message(&["From: MAILER-DAEMON@src.test", "To: one@x.test", "Subject: Undelivered"], "bounce\r\n");
-    let reply = lettre_send(relay.smtp, None, &["one@x.test"], &bounce).await.unwrap();
+    let bounce = message(
+        &[
+            "From: MAILER-DAEMON@src.test",
+            "To: one@x.test",
+            "Subject: Undelivered",
+        ],
+        "bounce\r\n",
+    );
+    let reply = lettre_send(relay.smtp, None, &["one@x.test"], &bounce)
+        .await
+        .unwrap();
     assert!(reply.starts_with("250"), "{reply}");
     let copies = wait_for_captures(&relay.outbox(), 1).await;
     assert_eq!(copies[0].mail_from, "");
@@ -269,15 +451,28 @@ async fn python_smtplib_five_visible_addresses_become_five_copies() {
          'From: notices@example.com\\r\\nTo: '+', '.join(to)+'\\r\\nSubject: Index methodology update\\r\\n\\r\\nHello.\\r\\n')",
         relay.smtp.port()
     );
-    let status = tokio::process::Command::new("python3").arg("-c").arg(&script).status().await.expect("python3 runs");
+    let status = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .await
+        .expect("python3 runs");
     assert!(status.success());
     let copies = wait_for_captures(&relay.outbox(), 5).await;
     let mut to_lines: Vec<String> = copies
         .iter()
-        .map(|c| String::from_utf8_lossy(&c.message).lines().find(|l| l.starts_with("To:")).unwrap().to_string())
+        .map(|c| {
+            String::from_utf8_lossy(&c.bytes)
+                .lines()
+                .find(|l| l.starts_with("To:"))
+                .unwrap()
+                .to_string()
+        })
         .collect();
     to_lines.sort();
-    let expected: Vec<String> = (1..=5).map(|i| format!("To: customer{i}@example.org")).collect();
+    let expected: Vec<String> = (1..=5)
+        .map(|i| format!("To: customer{i}@example.org"))
+        .collect();
     assert_eq!(to_lines, expected);
     relay.stop().await.unwrap();
 }

@@ -44,20 +44,36 @@ show_addresses = false
     wait_for_port(smtp, &mut relay);
     let rcpts = ["a@x.test", "b@y.test", "c@z.test"];
     for i in 0..5 {
-        let m = message(&["From: app@src.test", "To: a@x.test, b@y.test, c@z.test", &format!("Message-ID: <m{i}@src.test>")], "keep me\r\n");
-        let reply = lettre_send(smtp, Some("app@src.test"), &rcpts, &m).await.unwrap();
+        let m = message(
+            &[
+                "From: app@src.test",
+                "To: a@x.test, b@y.test, c@z.test",
+                &format!("Message-ID: <m{i}@src.test>"),
+            ],
+            "keep me\r\n",
+        );
+        let reply = lettre_send(smtp, Some("app@src.test"), &rcpts, &m)
+            .await
+            .unwrap();
         assert!(reply.starts_with("250"), "{reply}");
     }
     relay.kill9();
     let log1 = relay.log_text();
-    assert!(!log1.contains("a@x.test"), "addresses are redacted in logs by default:\n{log1}");
+    assert!(
+        !log1.contains("a@x.test"),
+        "addresses are redacted in logs by default:\n{log1}"
+    );
     assert!(!log1.contains("keep me"), "bodies never logged");
 
     let (_sink, _) = {
         // The upstream comes back on the port the relay was configured with.
         let dir_s = captured.display().to_string();
         let listen = format!("127.0.0.1:{sink_port}");
-        let mut p = spawn_mailveil(&["sink", "--listen", &listen, "--dir", &dir_s], &work.path().join("sink.log"), &[]);
+        let mut p = spawn_mailveil(
+            &["sink", "--listen", &listen, "--dir", &dir_s],
+            &work.path().join("sink.log"),
+            &[],
+        );
         wait_for_port(listen.parse().unwrap(), &mut p);
         (p, ())
     };
@@ -67,13 +83,21 @@ show_addresses = false
     let mut ids: Vec<(String, String)> = copies
         .iter()
         .map(|c| {
-            let text = String::from_utf8_lossy(&c.message);
-            let mid = text.lines().find(|l| l.starts_with("Message-ID:")).unwrap().to_string();
+            let text = String::from_utf8_lossy(&c.bytes);
+            let mid = text
+                .lines()
+                .find(|l| l.starts_with("Message-ID:"))
+                .unwrap()
+                .to_string();
             (mid, c.rcpt_to[0].clone())
         })
         .collect();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 15, "every accepted copy delivered exactly once per (message, recipient)");
+    assert_eq!(
+        ids.len(),
+        15,
+        "every accepted copy delivered exactly once per (message, recipient)"
+    );
     assert_eq!(relay.terminate(), Some(0), "SIGTERM exits cleanly");
 }

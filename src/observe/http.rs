@@ -30,18 +30,31 @@ struct AppState {
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, metrics: Metrics, readiness: Readiness, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(AppState { metrics, readiness });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    state.metrics.spool_bytes.set(state.readiness.spool.bytes() as i64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    state
+        .metrics
+        .spool_bytes
+        .set(state.readiness.spool.bytes() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
@@ -49,6 +62,12 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not listening\n");
     }
     let spool = state.readiness.spool.clone();
-    let writable = tokio::task::spawn_blocking(move || spool.is_writable()).await.unwrap_or(false);
-    if writable { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "spool not writable\n") }
+    let writable = tokio::task::spawn_blocking(move || spool.is_writable())
+        .await
+        .unwrap_or(false);
+    if writable {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "spool not writable\n")
+    }
 }

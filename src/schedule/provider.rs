@@ -12,11 +12,44 @@ use crate::config::ProviderConfig;
 pub const DEFAULT_PROVIDER: &str = "default";
 
 const BUILT_IN: &[(&str, &[&str])] = &[
-    ("yahoo", &["yahoo.com", "ymail.com", "rocketmail.com", "aol.com", "aim.com", "yahoo.co.uk", "yahoo.co.jp", "yahoo.fr", "yahoo.de"]),
-    ("netease", &["163.com", "126.com", "yeah.net", "188.com", "vip.163.com", "vip.126.com"]),
+    (
+        "yahoo",
+        &[
+            "yahoo.com",
+            "ymail.com",
+            "rocketmail.com",
+            "aol.com",
+            "aim.com",
+            "yahoo.co.uk",
+            "yahoo.co.jp",
+            "yahoo.fr",
+            "yahoo.de",
+        ],
+    ),
+    (
+        "netease",
+        &[
+            "163.com",
+            "126.com",
+            "yeah.net",
+            "188.com",
+            "vip.163.com",
+            "vip.126.com",
+        ],
+    ),
     ("qq", &["qq.com", "foxmail.com", "vip.qq.com"]),
     ("google", &["gmail.com", "googlemail.com"]),
-    ("microsoft", &["outlook.com", "hotmail.com", "live.com", "msn.com", "hotmail.co.uk", "outlook.fr"]),
+    (
+        "microsoft",
+        &[
+            "outlook.com",
+            "hotmail.com",
+            "live.com",
+            "msn.com",
+            "hotmail.co.uk",
+            "outlook.fr",
+        ],
+    ),
     ("apple", &["icloud.com", "me.com", "mac.com"]),
 ];
 
@@ -29,8 +62,10 @@ pub struct ProviderCatalog {
 impl ProviderCatalog {
     /// Built-in entries overridden or extended by the configured ones.
     pub fn new(configured: &[ProviderConfig]) -> Self {
-        let mut entries: Vec<(String, Vec<String>)> =
-            BUILT_IN.iter().map(|(n, d)| (n.to_string(), d.iter().map(|d| d.to_string()).collect())).collect();
+        let mut entries: Vec<(String, Vec<String>)> = BUILT_IN
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.iter().map(|d| d.to_string()).collect()))
+            .collect();
         for p in configured {
             match entries.iter_mut().find(|(n, _)| *n == p.name) {
                 Some(entry) if !p.domains.is_empty() => entry.1 = p.domains.clone(),
@@ -53,7 +88,10 @@ impl ProviderCatalog {
     pub fn classify(&self, address: &str) -> &str {
         let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        self.by_domain.get(&domain).map(String::as_str).unwrap_or(DEFAULT_PROVIDER)
+        self.by_domain
+            .get(&domain)
+            .map(String::as_str)
+            .unwrap_or(DEFAULT_PROVIDER)
     }
 
     /// Every provider name, `default` last: the bounded label set of the metrics.
@@ -87,7 +125,11 @@ mod tests {
             max_connections: None,
         };
         let c = ProviderCatalog::new(&[p("yahoo", &["yahoo.com"]), p("corp", &["corp.example"])]);
-        assert_eq!(c.classify("a@aol.com"), DEFAULT_PROVIDER, "override replaced yahoo's domains");
+        assert_eq!(
+            c.classify("a@aol.com"),
+            DEFAULT_PROVIDER,
+            "override replaced yahoo's domains"
+        );
         assert_eq!(c.classify("a@corp.example"), "corp");
         assert!(c.names().iter().any(|n| n == "corp"));
         assert_eq!(c.names().last().unwrap(), DEFAULT_PROVIDER);

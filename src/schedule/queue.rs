@@ -70,7 +70,13 @@ impl Scheduler {
         for u in &upstreams {
             metrics.upstream_up.with_label_values(&[&u.name]).set(1);
         }
-        let upstreams = upstreams.into_iter().map(|upstream| UpstreamSlot { upstream, down_until: Mutex::new(None) }).collect();
+        let upstreams = upstreams
+            .into_iter()
+            .map(|upstream| UpstreamSlot {
+                upstream,
+                down_until: Mutex::new(None),
+            })
+            .collect();
         Scheduler {
             inner: Arc::new(Inner {
                 spool,
@@ -109,7 +115,10 @@ impl Scheduler {
         }
         let message = Arc::new(QueuedMessage {
             bytes: Mutex::new(bytes.as_ref().map(Arc::downgrade).unwrap_or_default()),
-            state: Mutex::new(Progress { remaining: pending.len(), failed }),
+            state: Mutex::new(Progress {
+                remaining: pending.len(),
+                failed,
+            }),
             meta,
         });
         if pending.is_empty() {
@@ -118,11 +127,17 @@ impl Scheduler {
         }
         for (index, due) in pending {
             let provider = &message.meta.deliveries[index].provider;
-            self.inner.metrics.queue_messages.with_label_values(&[provider]).inc();
+            self.inner
+                .metrics
+                .queue_messages
+                .with_label_values(&[provider])
+                .inc();
             let inner = self.inner.clone();
             let message = message.clone();
             let hot = bytes.clone();
-            self.inner.tracker.spawn(async move { inner.run_delivery(message, index, due, hot).await });
+            self.inner
+                .tracker
+                .spawn(async move { inner.run_delivery(message, index, due, hot).await });
         }
     }
 
@@ -131,14 +146,26 @@ impl Scheduler {
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shutdown.cancel();
         self.inner.tracker.close();
-        if tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_err() {
-            tracing::warn!(grace_secs = grace.as_secs(), "deliveries still in flight after the grace period; they stay spooled");
+        if tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "deliveries still in flight after the grace period; they stay spooled"
+            );
         }
     }
 }
 
 impl Inner {
-    async fn run_delivery(self: Arc<Self>, message: Arc<QueuedMessage>, index: usize, due_unix: u64, mut hot: Option<Arc<Vec<u8>>>) {
+    async fn run_delivery(
+        self: Arc<Self>,
+        message: Arc<QueuedMessage>,
+        index: usize,
+        due_unix: u64,
+        mut hot: Option<Arc<Vec<u8>>>,
+    ) {
         let meta = &message.meta;
         let record = &meta.deliveries[index];
         let mut due_unix = due_unix;
@@ -169,7 +196,12 @@ impl Inner {
             let started = Instant::now();
             let header = privacy::render_header(&bytes, &record.planned.rewrite);
             let body = &bytes[privacy::body_offset(&bytes)..];
-            let outbound = Outbound { mail_from: &meta.envelope.mail_from, rcpt_to: &record.planned.rcpt_to, header: &header, body };
+            let outbound = Outbound {
+                mail_from: &meta.envelope.mail_from,
+                rcpt_to: &record.planned.rcpt_to,
+                header: &header,
+                body,
+            };
             let (upstream, result) = self.send_with_failover(outbound).await;
             drop(bytes);
             let rcpts = self.redactor.list(&record.planned.rcpt_to);
@@ -177,37 +209,89 @@ impl Inner {
             match result {
                 Ok(delivered) => {
                     let elapsed = started.elapsed();
-                    self.metrics.deliveries.with_label_values(&[provider, upstream, "delivered"]).inc();
-                    self.metrics.delivery_duration.with_label_values(&[provider]).observe(elapsed.as_secs_f64());
+                    self.metrics
+                        .deliveries
+                        .with_label_values(&[provider, upstream, "delivered"])
+                        .inc();
+                    self.metrics
+                        .delivery_duration
+                        .with_label_values(&[provider])
+                        .observe(elapsed.as_secs_f64());
                     tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
                         reply = %delivered.reply, duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
-                    self.record(&message, index, LogEntry::Delivered { index, at: unix_now() }, None);
+                    self.record(
+                        &message,
+                        index,
+                        LogEntry::Delivered {
+                            index,
+                            at: unix_now(),
+                        },
+                        None,
+                    );
                     return;
                 }
                 Err(error) if !error.is_temporary() => {
                     let code = error.code().unwrap_or(554);
-                    self.metrics.deliveries.with_label_values(&[provider, upstream, "failed"]).inc();
+                    self.metrics
+                        .deliveries
+                        .with_label_values(&[provider, upstream, "failed"])
+                        .inc();
                     tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
                         code, %error, attempts, "failed permanently");
-                    self.record(&message, index, LogEntry::Failed { index, code, at: unix_now() }, Some(code));
+                    self.record(
+                        &message,
+                        index,
+                        LogEntry::Failed {
+                            index,
+                            code,
+                            at: unix_now(),
+                        },
+                        Some(code),
+                    );
                     return;
                 }
                 Err(error) => {
                     let now = unix_now();
-                    let delay = backoff(attempts, self.retry.retry_initial, self.retry.retry_max, random_jitter());
+                    let delay = backoff(
+                        attempts,
+                        self.retry.retry_initial,
+                        self.retry.retry_max,
+                        random_jitter(),
+                    );
                     let next = now + delay.as_secs().max(1);
                     if next.saturating_sub(meta.received_at) > self.retry.max_queue_time.as_secs() {
                         let code = error.code().unwrap_or(451);
-                        self.metrics.deliveries.with_label_values(&[provider, upstream, "failed"]).inc();
+                        self.metrics
+                            .deliveries
+                            .with_label_values(&[provider, upstream, "failed"])
+                            .inc();
                         tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
                             code, %error, attempts, "failed: max_queue_time reached");
-                        self.record(&message, index, LogEntry::Failed { index, code, at: now }, Some(code));
+                        self.record(
+                            &message,
+                            index,
+                            LogEntry::Failed {
+                                index,
+                                code,
+                                at: now,
+                            },
+                            Some(code),
+                        );
                         return;
                     }
-                    self.metrics.deliveries.with_label_values(&[provider, upstream, "deferred"]).inc();
+                    self.metrics
+                        .deliveries
+                        .with_label_values(&[provider, upstream, "deferred"])
+                        .inc();
                     tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
                         %error, attempts, retry_in_secs = delay.as_secs(), "deferred");
-                    if let Err(e) = self.spool.append(&meta.id, &[LogEntry::Deferred { index, next_at: next }]) {
+                    if let Err(e) = self.spool.append(
+                        &meta.id,
+                        &[LogEntry::Deferred {
+                            index,
+                            next_at: next,
+                        }],
+                    ) {
                         tracing::error!(queue_id = %meta.id, error = %e, "cannot record deferral; retry time is kept in memory");
                     }
                     due_unix = next;
@@ -218,10 +302,21 @@ impl Inner {
 
     /// Tries upstreams in order, skipping those cooling off (unless all are), and returns the
     /// name of the one that answered last with its result.
-    async fn send_with_failover(&self, outbound: Outbound<'_>) -> (&str, Result<crate::upstream::Delivered, UpstreamError>) {
+    async fn send_with_failover(
+        &self,
+        outbound: Outbound<'_>,
+    ) -> (&str, Result<crate::upstream::Delivered, UpstreamError>) {
         let now = Instant::now();
-        let healthy: Vec<&UpstreamSlot> = self.upstreams.iter().filter(|s| !s.is_cooling_off(now)).collect();
-        let candidates: Vec<&UpstreamSlot> = if healthy.is_empty() { self.upstreams.iter().collect() } else { healthy };
+        let healthy: Vec<&UpstreamSlot> = self
+            .upstreams
+            .iter()
+            .filter(|s| !s.is_cooling_off(now))
+            .collect();
+        let candidates: Vec<&UpstreamSlot> = if healthy.is_empty() {
+            self.upstreams.iter().collect()
+        } else {
+            healthy
+        };
         let mut last = None;
         for slot in candidates {
             let result = slot.upstream.send(outbound).await;
@@ -245,23 +340,37 @@ impl Inner {
         last.expect("at least one upstream is configured")
     }
 
-    async fn message_bytes(&self, message: &Arc<QueuedMessage>) -> Result<Arc<Vec<u8>>, crate::spool::SpoolError> {
+    async fn message_bytes(
+        &self,
+        message: &Arc<QueuedMessage>,
+    ) -> Result<Arc<Vec<u8>>, crate::spool::SpoolError> {
         if let Some(bytes) = message.bytes.lock().expect("not poisoned").upgrade() {
             return Ok(bytes);
         }
         let spool = self.spool.clone();
         let id = message.meta.id.clone();
         let bytes = Arc::new(
-            tokio::task::spawn_blocking(move || spool.read_message(&id)).await.expect("spool read task does not panic")?,
+            tokio::task::spawn_blocking(move || spool.read_message(&id))
+                .await
+                .expect("spool read task does not panic")?,
         );
         *message.bytes.lock().expect("not poisoned") = Arc::downgrade(&bytes);
         Ok(bytes)
     }
 
     /// Records a final outcome; completes the message when it was the last delivery.
-    fn record(&self, message: &Arc<QueuedMessage>, index: usize, entry: LogEntry, failed_code: Option<u16>) {
+    fn record(
+        &self,
+        message: &Arc<QueuedMessage>,
+        index: usize,
+        entry: LogEntry,
+        failed_code: Option<u16>,
+    ) {
         let provider = &message.meta.deliveries[index].provider;
-        self.metrics.queue_messages.with_label_values(&[provider]).dec();
+        self.metrics
+            .queue_messages
+            .with_label_values(&[provider])
+            .dec();
         let last = {
             let mut state = message.state.lock().expect("not poisoned");
             if let Some(code) = failed_code {
@@ -284,7 +393,9 @@ impl Inner {
                 self.metrics.spool_bytes.set(self.spool.bytes() as i64);
                 tracing::debug!(queue_id = %message.meta.id, "message complete; removed from spool");
             }
-            Err(e) => tracing::error!(queue_id = %message.meta.id, error = %e, "cannot remove completed message from spool"),
+            Err(e) => {
+                tracing::error!(queue_id = %message.meta.id, error = %e, "cannot remove completed message from spool")
+            }
         }
     }
 }
@@ -299,7 +410,10 @@ impl UpstreamSlot {
         if down.take().is_some() {
             tracing::info!(upstream = %self.upstream.name, "upstream is back");
         }
-        metrics.upstream_up.with_label_values(&[&self.upstream.name]).set(1);
+        metrics
+            .upstream_up
+            .with_label_values(&[&self.upstream.name])
+            .set(1);
     }
 
     fn mark_down(&self, metrics: &Metrics, error: &UpstreamError) {
@@ -308,7 +422,10 @@ impl UpstreamSlot {
             tracing::warn!(upstream = %self.upstream.name, %error, cool_off_secs = UPSTREAM_COOL_OFF.as_secs(), "upstream failing; skipping it for a while");
         }
         *down = Some(Instant::now() + UPSTREAM_COOL_OFF);
-        metrics.upstream_up.with_label_values(&[&self.upstream.name]).set(0);
+        metrics
+            .upstream_up
+            .with_label_values(&[&self.upstream.name])
+            .set(0);
     }
 }
 

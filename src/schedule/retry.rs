@@ -26,7 +26,9 @@ mod tests {
 
     #[test]
     fn doubles_from_initial_up_to_the_cap() {
-        let got: Vec<u64> = (1..=8).map(|a| backoff(a, 5 * S, 60 * S, 0.0).as_secs()).collect();
+        let got: Vec<u64> = (1..=8)
+            .map(|a| backoff(a, 5 * S, 60 * S, 0.0).as_secs())
+            .collect();
         assert_eq!(got, vec![5, 10, 20, 40, 60, 60, 60, 60]);
     }
 

@@ -49,7 +49,9 @@ pub enum LogEntry {
 impl LogEntry {
     pub fn index(&self) -> usize {
         match *self {
-            LogEntry::Delivered { index, .. } | LogEntry::Failed { index, .. } | LogEntry::Deferred { index, .. } => index,
+            LogEntry::Delivered { index, .. }
+            | LogEntry::Failed { index, .. }
+            | LogEntry::Deferred { index, .. } => index,
         }
     }
 
@@ -81,9 +83,19 @@ impl LogEntry {
         let mut parts = line.split(' ');
         let index = parts.next()?.parse().ok()?;
         let entry = match parts.next()? {
-            "delivered" => LogEntry::Delivered { index, at: parts.next()?.parse().ok()? },
-            "failed" => LogEntry::Failed { index, code: parts.next()?.parse().ok()?, at: parts.next()?.parse().ok()? },
-            "deferred" => LogEntry::Deferred { index, next_at: parts.next()?.parse().ok()? },
+            "delivered" => LogEntry::Delivered {
+                index,
+                at: parts.next()?.parse().ok()?,
+            },
+            "failed" => LogEntry::Failed {
+                index,
+                code: parts.next()?.parse().ok()?,
+                at: parts.next()?.parse().ok()?,
+            },
+            "deferred" => LogEntry::Deferred {
+                index,
+                next_at: parts.next()?.parse().ok()?,
+            },
             _ => return None,
         };
         parts.next().is_none().then_some(entry)
@@ -98,8 +110,15 @@ mod tests {
     fn log_lines_round_trip() {
         let entries = [
             LogEntry::Delivered { index: 3, at: 17 },
-            LogEntry::Failed { index: 0, code: 550, at: 18 },
-            LogEntry::Deferred { index: 9, next_at: 99 },
+            LogEntry::Failed {
+                index: 0,
+                code: 550,
+                at: 18,
+            },
+            LogEntry::Deferred {
+                index: 9,
+                next_at: 99,
+            },
         ];
         let text: String = entries.iter().map(LogEntry::to_line).collect();
         assert_eq!(LogEntry::parse_log(&text), entries);
@@ -108,6 +127,9 @@ mod tests {
     #[test]
     fn torn_and_garbage_lines_are_ignored() {
         let text = "1 delivered 5\nnonsense\n2 failed x 3\n3 delivered 7 extra\n4 deliv";
-        assert_eq!(LogEntry::parse_log(text), vec![LogEntry::Delivered { index: 1, at: 5 }]);
+        assert_eq!(
+            LogEntry::parse_log(text),
+            vec![LogEntry::Delivered { index: 1, at: 5 }]
+        );
     }
 }

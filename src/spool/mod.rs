@@ -26,7 +26,10 @@ pub enum SpoolError {
 
 impl SpoolError {
     fn io(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
-        move |source| SpoolError::Io { path: path.to_path_buf(), source }
+        move |source| SpoolError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -48,7 +51,10 @@ pub struct Spool {
 
 /// Current time in whole Unix seconds.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Spool {
@@ -60,7 +66,12 @@ impl Spool {
         for dir in [root, &msg_dir, &failed_dir] {
             fs::create_dir_all(dir).map_err(SpoolError::io(dir))?;
         }
-        let spool = Spool { root: root.to_path_buf(), msg_dir, failed_dir, bytes: AtomicU64::new(0) };
+        let spool = Spool {
+            root: root.to_path_buf(),
+            msg_dir,
+            failed_dir,
+            bytes: AtomicU64::new(0),
+        };
         spool.sweep()?;
         Ok(spool)
     }
@@ -100,7 +111,8 @@ impl Spool {
                 let _ = fs::remove_file(p);
             }
         } else {
-            self.bytes.fetch_add(message.len() as u64, Ordering::Relaxed);
+            self.bytes
+                .fetch_add(message.len() as u64, Ordering::Relaxed);
         }
         result
     }
@@ -115,8 +127,13 @@ impl Spool {
     pub fn append(&self, id: &str, entries: &[LogEntry]) -> Result<(), SpoolError> {
         let path = self.path(id, "log");
         let text: String = entries.iter().map(LogEntry::to_line).collect();
-        let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(SpoolError::io(&path))?;
-        file.write_all(text.as_bytes()).map_err(SpoolError::io(&path))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(SpoolError::io(&path))?;
+        file.write_all(text.as_bytes())
+            .map_err(SpoolError::io(&path))?;
         file.sync_data().map_err(SpoolError::io(&path))
     }
 
@@ -146,7 +163,8 @@ impl Spool {
                 Err(e) => return Err(SpoolError::Io { path, source: e }),
             }
         }
-        self.bytes.fetch_sub(meta.size.min(self.bytes()), Ordering::Relaxed);
+        self.bytes
+            .fetch_sub(meta.size.min(self.bytes()), Ordering::Relaxed);
         sync_dir(&self.msg_dir)
     }
 
@@ -160,13 +178,21 @@ impl Spool {
                 continue;
             }
             let text = fs::read(&path).map_err(SpoolError::io(&path))?;
-            let meta: MessageMeta = serde_json::from_slice(&text)
-                .map_err(|e| SpoolError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+            let meta: MessageMeta =
+                serde_json::from_slice(&text).map_err(|e| SpoolError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
             let log_path = self.path(&meta.id, "log");
             let log = match fs::read(&log_path) {
                 Ok(bytes) => LogEntry::parse_log(&String::from_utf8_lossy(&bytes)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(SpoolError::Io { path: log_path, source: e }),
+                Err(e) => {
+                    return Err(SpoolError::Io {
+                        path: log_path,
+                        source: e,
+                    });
+                }
             };
             total += meta.size;
             found.push(Recovered { meta, log });
@@ -210,7 +236,10 @@ impl Spool {
             entries.push(path);
         }
         for path in entries {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             let orphan = match name.rsplit_once('.') {
                 Some((_, "tmp")) => true,
                 Some((id, "eml")) | Some((id, "log")) => !names.contains(&format!("{id}.json")),
@@ -234,7 +263,9 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<(), SpoolError> {
 
 /// Makes directory entries (creations, renames, removals) durable.
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(SpoolError::io(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(SpoolError::io(dir))
 }
 
 #[cfg(test)]

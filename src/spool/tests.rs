@@ -6,7 +6,10 @@ fn meta(id: &str, rcpts: &[&str]) -> MessageMeta {
     MessageMeta {
         id: id.into(),
         received_at: 1,
-        envelope: Envelope { mail_from: "s@x.test".into(), rcpt_to: rcpts.iter().map(|r| r.to_string()).collect() },
+        envelope: Envelope {
+            mail_from: "s@x.test".into(),
+            rcpt_to: rcpts.iter().map(|r| r.to_string()).collect(),
+        },
         decision: Decision::Split,
         size: 5,
         deliveries: rcpts
@@ -14,7 +17,10 @@ fn meta(id: &str, rcpts: &[&str]) -> MessageMeta {
             .map(|r| DeliveryRecord {
                 planned: PlannedDelivery {
                     rcpt_to: vec![r.to_string()],
-                    rewrite: Rewrite::OnlyRecipient { address: r.to_string(), display_name: None },
+                    rewrite: Rewrite::OnlyRecipient {
+                        address: r.to_string(),
+                        display_name: None,
+                    },
                 },
                 provider: "default".into(),
             })
@@ -26,8 +32,12 @@ fn meta(id: &str, rcpts: &[&str]) -> MessageMeta {
 fn stored_message_is_recovered_with_its_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
-    spool.store(&meta("A1", &["a@x.test", "b@y.test"]), b"hello").unwrap();
-    spool.append("A1", &[LogEntry::Delivered { index: 1, at: 2 }]).unwrap();
+    spool
+        .store(&meta("A1", &["a@x.test", "b@y.test"]), b"hello")
+        .unwrap();
+    spool
+        .append("A1", &[LogEntry::Delivered { index: 1, at: 2 }])
+        .unwrap();
     assert_eq!(spool.bytes(), 5);
 
     let reopened = Spool::open(dir.path()).unwrap();
@@ -48,7 +58,10 @@ fn half_written_messages_are_swept_at_open() {
     drop(spool);
     let spool = Spool::open(dir.path()).unwrap();
     assert!(spool.recover().unwrap().is_empty());
-    assert_eq!(std::fs::read_dir(dir.path().join("msg")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("msg")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
@@ -61,8 +74,14 @@ fn completion_removes_the_message_and_keeps_a_failure_record() {
     assert!(spool.recover().unwrap().is_empty());
     assert_eq!(spool.bytes(), 0);
     let record = std::fs::read_to_string(dir.path().join("failed/C1.json")).unwrap();
-    assert!(record.contains("b@y.test") && record.contains("550"), "{record}");
-    assert!(!record.contains("a@x.test"), "only the failed delivery is recorded");
+    assert!(
+        record.contains("b@y.test") && record.contains("550"),
+        "{record}"
+    );
+    assert!(
+        !record.contains("a@x.test"),
+        "only the failed delivery is recorded"
+    );
 }
 
 #[test]

@@ -1,10 +1,29 @@
 //! Upstream delivery: SMTP (lettre over tokio, TLS verified) or a capture directory.
 //!
-//! INTERFACE (to be implemented by the upstream work): [`Upstream::from_config`] builds a ready
-//! upstream (TLS roots, credentials, connection cap); [`Upstream::send`] hands one copy over and
-//! classifies failures as temporary or permanent.
+//! [`Upstream::from_config`] builds a ready upstream (TLS roots, credentials, connection cap);
+//! [`Upstream::send`] hands one copy over as one SMTP transaction and classifies failures as
+//! temporary or permanent ([`UpstreamError::is_temporary`]), which drives retries.
+//!
+//! Layout:
+//! - `client.rs`: one SMTP session through lettre, every step under a timeout.
+//! - `pool.rs`: the `max_connections` cap and the idle connections kept for reuse.
+//! - `tls.rs`: trust anchors and the name certificates are verified against.
+//! - `error.rs`: [`UpstreamError`] and its classifier.
 
-use crate::config::UpstreamConfig;
+mod client;
+mod error;
+mod pool;
+mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{Stage, UpstreamError};
+
+use crate::config::{SmtpUpstreamConfig, UpstreamConfig, UpstreamKind};
+use client::{Connection, SmtpClient};
+use pool::Pool;
 
 /// One copy ready to send: envelope plus the header block and body (sent back to back).
 #[derive(Debug, Clone, Copy)]
@@ -24,35 +43,293 @@ pub struct Delivered {
     pub reply: String,
 }
 
-/// Why a copy was not handed over. `is_temporary` drives retries.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("placeholder")]
-    Todo,
+/// Every client-side time limit of an SMTP upstream, in one place.
+///
+/// Why each exists: lettre has no read timeout of its own, so without these a stalled upstream
+/// would hold a connection slot (and the copies waiting for it) forever. The defaults are the
+/// minimums of RFC 5321 section 4.5.3.2; a configured `timeout` replaces them all
+/// ([`Timeouts::uniform`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Implicit TLS handshake, or STARTTLS with its handshake and second EHLO.
+    pub tls: Duration,
+    /// Server greeting plus our EHLO.
+    pub greeting: Duration,
+    /// The whole AUTH exchange.
+    pub auth: Duration,
+    /// Each of MAIL, RCPT, DATA, RSET, QUIT.
+    pub command: Duration,
+    /// Sending the message and waiting for the final reply; grows with the message size
+    /// ([`Timeouts::message_timeout`]).
+    pub message: Duration,
 }
 
-impl UpstreamError {
-    pub fn is_temporary(&self) -> bool {
-        true
+impl Timeouts {
+    pub const DEFAULT_CONNECT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_TLS: Duration = Duration::from_secs(60);
+    pub const DEFAULT_GREETING: Duration = Duration::from_secs(300);
+    pub const DEFAULT_AUTH: Duration = Duration::from_secs(60);
+    pub const DEFAULT_COMMAND: Duration = Duration::from_secs(300);
+    pub const DEFAULT_MESSAGE: Duration = Duration::from_secs(600);
+    /// The slowest transfer we wait for, in bytes per second, on top of [`Timeouts::message`]:
+    /// a large message on a slow link is not a stalled upstream.
+    pub const MIN_TRANSFER_RATE: u64 = 64 * 1024;
+
+    /// The same limit for every step: what the config's `timeout` means.
+    pub fn uniform(limit: Duration) -> Timeouts {
+        Timeouts {
+            connect: limit,
+            tls: limit,
+            greeting: limit,
+            auth: limit,
+            command: limit,
+            message: limit,
+        }
     }
-    /// The SMTP reply code when the upstream answered with one.
-    pub fn code(&self) -> Option<u16> {
-        None
+
+    /// Limit for sending `len` bytes of message and reading the final reply.
+    pub fn message_timeout(&self, len: usize) -> Duration {
+        self.message + Duration::from_secs(len as u64 / Self::MIN_TRANSFER_RATE)
     }
 }
 
-/// A configured upstream.
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Self::DEFAULT_CONNECT,
+            tls: Self::DEFAULT_TLS,
+            greeting: Self::DEFAULT_GREETING,
+            auth: Self::DEFAULT_AUTH,
+            command: Self::DEFAULT_COMMAND,
+            message: Self::DEFAULT_MESSAGE,
+        }
+    }
+}
+
+/// How connections to one SMTP upstream are shared and reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Simultaneous connections (busy or idle) at most; the config's `max_connections`.
+    pub max_connections: usize,
+    /// An idle connection older than this is closed, not reused: servers drop idle clients.
+    pub max_idle: Duration,
+    /// An idle connection older than this is checked with RSET before reuse; younger ones are
+    /// used directly, and a failure on their first command is retried on a fresh connection.
+    pub check_after_idle: Duration,
+    /// Transactions per connection before it is closed, so no connection lives forever and
+    /// load spreads when the upstream has several hosts behind one name.
+    pub max_transactions: u32,
+}
+
+impl PoolLimits {
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10;
+    pub const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(30);
+    pub const DEFAULT_CHECK_AFTER_IDLE: Duration = Duration::from_secs(2);
+    pub const DEFAULT_MAX_TRANSACTIONS: u32 = 100;
+}
+
+impl Default for PoolLimits {
+    fn default() -> PoolLimits {
+        PoolLimits {
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_idle: Self::DEFAULT_MAX_IDLE,
+            check_after_idle: Self::DEFAULT_CHECK_AFTER_IDLE,
+            max_transactions: Self::DEFAULT_MAX_TRANSACTIONS,
+        }
+    }
+}
+
+/// A configured upstream. Share it (e.g. in an `Arc`) between all senders: the connection cap
+/// and the idle pool live inside.
 pub struct Upstream {
     pub name: String,
+    kind: Kind,
+}
+
+enum Kind {
+    Smtp(Box<SmtpUpstream>),
+    Dir(Arc<PathBuf>),
+}
+
+struct SmtpUpstream {
+    client: SmtpClient,
+    pool: Pool<Connection>,
 }
 
 impl Upstream {
-    /// `helo` is the name we announce (server.hostname).
-    pub fn from_config(_config: &UpstreamConfig, _helo: &str) -> Result<Upstream, UpstreamError> {
-        unimplemented!("upstream::from_config")
+    /// `helo` is the name we announce (server.hostname). Reads `ca_file` now, so a bad one is
+    /// reported at start, not at the first delivery.
+    pub fn from_config(config: &UpstreamConfig, helo: &str) -> Result<Upstream, UpstreamError> {
+        let (timeouts, limits) = match &config.kind {
+            UpstreamKind::Smtp(smtp) => (
+                Timeouts::uniform(smtp.timeout),
+                PoolLimits {
+                    max_connections: smtp.max_connections,
+                    ..PoolLimits::default()
+                },
+            ),
+            UpstreamKind::Dir { .. } => (Timeouts::default(), PoolLimits::default()),
+        };
+        Upstream::with_limits(config, helo, timeouts, limits)
     }
 
-    pub async fn send(&self, _msg: Outbound<'_>) -> Result<Delivered, UpstreamError> {
-        unimplemented!("upstream::send")
+    /// Like [`Upstream::from_config`] with explicit time limits and pool behaviour (tests,
+    /// tuning); `config.max_connections` and `config.timeout` are ignored for SMTP upstreams.
+    pub fn with_limits(
+        config: &UpstreamConfig,
+        helo: &str,
+        timeouts: Timeouts,
+        limits: PoolLimits,
+    ) -> Result<Upstream, UpstreamError> {
+        let kind = match &config.kind {
+            UpstreamKind::Smtp(smtp) => {
+                Kind::Smtp(Box::new(SmtpUpstream::new(smtp, helo, timeouts, limits)?))
+            }
+            UpstreamKind::Dir { dir } => Kind::Dir(Arc::new(dir.clone())),
+        };
+        Ok(Upstream {
+            name: config.name.clone(),
+            kind,
+        })
+    }
+
+    /// Hands one copy over: one SMTP transaction with every recipient of `msg` (all accepted,
+    /// or the copy fails as a whole), or one capture in the directory.
+    pub async fn send(&self, msg: Outbound<'_>) -> Result<Delivered, UpstreamError> {
+        match &self.kind {
+            Kind::Smtp(smtp) => smtp.send(&msg).await,
+            Kind::Dir(dir) => send_to_dir(dir.clone(), &msg).await,
+        }
+    }
+
+    /// Idle pooled connections right now (0 for a capture directory).
+    pub fn idle_connections(&self) -> usize {
+        match &self.kind {
+            Kind::Smtp(smtp) => smtp.pool.idle_count(),
+            Kind::Dir(_) => 0,
+        }
+    }
+}
+
+impl SmtpUpstream {
+    fn new(
+        config: &SmtpUpstreamConfig,
+        helo: &str,
+        timeouts: Timeouts,
+        limits: PoolLimits,
+    ) -> Result<SmtpUpstream, UpstreamError> {
+        Ok(SmtpUpstream {
+            client: SmtpClient::new(config, helo, timeouts)?,
+            pool: Pool::new(limits),
+        })
+    }
+
+    async fn send(&self, msg: &Outbound<'_>) -> Result<Delivered, UpstreamError> {
+        client::check_envelope(msg)?;
+        let _permit = self.pool.admit().await;
+        let limits = *self.pool.limits();
+        // A pooled connection the server closed while idle fails on MAIL; nothing was accepted
+        // then, so the copy goes once more over a fresh connection.
+        let mut fresh_only = false;
+        loop {
+            let idle = if fresh_only { None } else { self.pool.take() };
+            let (mut conn, reused) = match idle {
+                Some((mut conn, idle_for)) => {
+                    if idle_for >= limits.check_after_idle
+                        && self.client.reset(&mut conn).await.is_err()
+                    {
+                        continue; // dropped; try the next idle one or connect
+                    }
+                    (conn, true)
+                }
+                None => (self.client.connect().await?, false),
+            };
+            match self.client.transaction(&mut conn, msg).await {
+                Ok(reply) => {
+                    self.release(conn, limits);
+                    return Ok(Delivered { reply });
+                }
+                Err(e) if reused && e.is_stale_connection() => {
+                    fresh_only = true;
+                }
+                Err(e) => {
+                    if e.leaves_connection_usable() && self.client.reset(&mut conn).await.is_ok() {
+                        self.release(conn, limits);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Returns a healthy connection to the pool, or closes it when it has done its share or the
+    /// pool is full. Called while the sender still holds its permit (see `pool.rs`).
+    fn release(&self, conn: Connection, limits: PoolLimits) {
+        if conn.transactions >= limits.max_transactions {
+            self.client.close(conn);
+        } else if let Some(conn) = self.pool.put(conn) {
+            self.client.close(conn);
+        }
+    }
+}
+
+/// Capture upstream: the same files as `mailveil sink`. The write is blocking (fsync), so it
+/// runs on the blocking pool with its own copy of the bytes.
+async fn send_to_dir(dir: Arc<PathBuf>, msg: &Outbound<'_>) -> Result<Delivered, UpstreamError> {
+    client::check_envelope(msg)?;
+    let mail_from = msg.mail_from.to_string();
+    let rcpt_to = msg.rcpt_to.to_vec();
+    let bytes = [msg.header, msg.body].concat();
+    let id = tokio::task::spawn_blocking(move || {
+        crate::capture::write(&dir, &mail_from, &rcpt_to, &[&bytes])
+    })
+    .await
+    .map_err(|e| UpstreamError::Capture(std::io::Error::other(e.to_string())))?
+    .map_err(UpstreamError::Capture)?;
+    Ok(Delivered { reply: id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_timeout_grows_with_size() {
+        let t = Timeouts::uniform(Duration::from_secs(10));
+        assert_eq!(t.message_timeout(100), Duration::from_secs(10));
+        assert_eq!(
+            t.message_timeout(10 * Timeouts::MIN_TRANSFER_RATE as usize),
+            Duration::from_secs(20)
+        );
+    }
+
+    #[tokio::test]
+    async fn dir_upstream_captures_exact_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = UpstreamConfig {
+            name: "outbox".into(),
+            kind: UpstreamKind::Dir {
+                dir: tmp.path().join("out"),
+            },
+        };
+        let upstream = Upstream::from_config(&config, "relay.test").unwrap();
+        let rcpt = vec!["r@example.com".to_string()];
+        let delivered = upstream
+            .send(Outbound {
+                mail_from: "",
+                rcpt_to: &rcpt,
+                header: b"Subject: x\r\n\r\n",
+                body: b"body\r\n",
+            })
+            .await
+            .unwrap();
+        let all = crate::capture::read_all(&tmp.path().join("out")).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].id, delivered.reply);
+        assert_eq!(all[0].mail_from, "");
+        assert_eq!(all[0].rcpt_to, rcpt);
+        assert_eq!(all[0].bytes, b"Subject: x\r\n\r\nbody\r\n");
     }
 }

@@ -22,7 +22,11 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A port that was free a moment ago (for processes, which must be told a port).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A relay running inside the test process on ports chosen by the OS.
@@ -40,14 +44,24 @@ impl InProcessRelay {
     pub async fn start(toml_template: &str) -> InProcessRelay {
         let dir = tempfile::tempdir().unwrap();
         let text = toml_template.replace("{dir}", &dir.path().display().to_string());
-        let config = mailveil::config::Config::from_toml(&text).unwrap_or_else(|e| panic!("test config invalid: {:?}", e.problems));
+        let config = mailveil::config::Config::from_toml(&text)
+            .unwrap_or_else(|e| panic!("test config invalid: {:?}", e.problems));
         let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (smtp_addr, metrics_addr) = (smtp.local_addr().unwrap(), metrics.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let listeners = mailveil::Listeners { smtp, metrics: Some(metrics) };
+        let listeners = mailveil::Listeners {
+            smtp,
+            metrics: Some(metrics),
+        };
         let handle = tokio::spawn(mailveil::run(config, listeners, shutdown.clone()));
-        InProcessRelay { smtp: smtp_addr, metrics: metrics_addr, dir, shutdown, handle: Some(handle) }
+        InProcessRelay {
+            smtp: smtp_addr,
+            metrics: metrics_addr,
+            dir,
+            shutdown,
+            handle: Some(handle),
+        }
     }
 
     pub fn outbox(&self) -> PathBuf {
@@ -62,7 +76,10 @@ impl InProcessRelay {
     pub async fn stop(mut self) -> Result<(), mailveil::RunError> {
         self.shutdown.cancel();
         let handle = self.handle.take().unwrap();
-        tokio::time::timeout(PATIENCE, handle).await.expect("relay stops within the grace period").unwrap()
+        tokio::time::timeout(PATIENCE, handle)
+            .await
+            .expect("relay stops within the grace period")
+            .unwrap()
     }
 
     /// `GET path` on the metrics listener: (status, body).
@@ -80,18 +97,33 @@ impl Drop for InProcessRelay {
 /// Minimal HTTP/1.0 GET (no client library needed for three plain endpoints).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut buf = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf).await.unwrap();
+    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 /// Value of one sample line in Prometheus text, e.g. `metric("x_total{a=\"b\"}")`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped.
@@ -116,7 +148,10 @@ impl Proc {
 
     /// SIGTERM and wait (bounded); returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
         let end = Instant::now() + PATIENCE;
         while Instant::now() < end {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -144,7 +179,10 @@ pub fn spawn_mailveil(args: &[&str], log: &Path, envs: &[(&str, &str)]) -> Proc 
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    Proc { child: cmd.spawn().unwrap(), log: log.to_path_buf() }
+    Proc {
+        child: cmd.spawn().unwrap(),
+        log: log.to_path_buf(),
+    }
 }
 
 /// Waits until something accepts TCP connections on `addr`.
@@ -155,7 +193,10 @@ pub fn wait_for_port(addr: SocketAddr, proc_: &mut Proc) {
             return;
         }
         if let Ok(Some(status)) = proc_.child.try_wait() {
-            panic!("process exited early ({status}); log:\n{}", proc_.log_text());
+            panic!(
+                "process exited early ({status}); log:\n{}",
+                proc_.log_text()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -185,12 +226,20 @@ pub async fn wait_for_captures(dir: &Path, n: usize) -> Vec<mailveil::capture::C
     let end = Instant::now() + PATIENCE;
     loop {
         let count = std::fs::read_dir(dir)
-            .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
             .unwrap_or(0);
         if count >= n {
             return mailveil::capture::read_all(dir).unwrap();
         }
-        assert!(Instant::now() < end, "only {count} of {n} messages reached {}", dir.display());
+        assert!(
+            Instant::now() < end,
+            "only {count} of {n} messages reached {}",
+            dir.display()
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -199,11 +248,20 @@ pub async fn wait_for_captures(dir: &Path, n: usize) -> Vec<mailveil::capture::C
 pub async fn assert_no_captures(dir: &Path, quiet: Duration) {
     tokio::time::sleep(quiet).await;
     let got = mailveil::capture::read_all(dir).unwrap_or_default();
-    assert!(got.is_empty(), "expected nothing delivered, found {} message(s)", got.len());
+    assert!(
+        got.is_empty(),
+        "expected nothing delivered, found {} message(s)",
+        got.len()
+    );
 }
 
 /// Sends `message` with lettre (plaintext, no auth) and returns the final reply text or error.
-pub async fn lettre_send(addr: SocketAddr, from: Option<&str>, to: &[&str], message: &[u8]) -> Result<String, lettre::transport::smtp::Error> {
+pub async fn lettre_send(
+    addr: SocketAddr,
+    from: Option<&str>,
+    to: &[&str],
+    message: &[u8],
+) -> Result<String, lettre::transport::smtp::Error> {
     let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
         .port(addr.port())
         .timeout(Some(PATIENCE))
@@ -224,10 +282,11 @@ pub async fn lettre_send_tls(
         .add_root_certificate(Certificate::from_pem(ca_pem).unwrap())
         .build_rustls()
         .unwrap();
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
-        .port(addr.port())
-        .timeout(Some(PATIENCE))
-        .tls(Tls::Required(tls));
+    let mut builder =
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
+            .port(addr.port())
+            .timeout(Some(PATIENCE))
+            .tls(Tls::Required(tls));
     if let Some((u, p)) = credentials {
         builder = builder.credentials(Credentials::new(u.into(), p.into()));
     }
@@ -248,7 +307,11 @@ async fn send_with(
     // lettre appends CRLF.CRLF itself: strip one trailing CRLF so the relay receives `message`.
     let body = message.strip_suffix(b"\r\n").unwrap_or(message);
     let response = transport.send_raw(&envelope, body).await?;
-    Ok(format!("{} {}", response.code(), response.message().collect::<Vec<_>>().join(" ")))
+    Ok(format!(
+        "{} {}",
+        response.code(),
+        response.message().collect::<Vec<_>>().join(" ")
+    ))
 }
 
 /// A raw SMTP conversation for tests that need exact bytes on the wire.
@@ -262,7 +325,10 @@ impl RawSmtp {
     pub async fn connect(addr: SocketAddr) -> (RawSmtp, String) {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (r, w) = stream.into_split();
-        let mut s = RawSmtp { reader: BufReader::new(r), writer: w };
+        let mut s = RawSmtp {
+            reader: BufReader::new(r),
+            writer: w,
+        };
         let greeting = s.reply().await;
         (s, greeting)
     }
@@ -276,7 +342,10 @@ impl RawSmtp {
         let mut all = String::new();
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(PATIENCE, self.reader.read_line(&mut line)).await.expect("reply within patience").unwrap_or(0);
+            let n = tokio::time::timeout(PATIENCE, self.reader.read_line(&mut line))
+                .await
+                .expect("reply within patience")
+                .unwrap_or(0);
             if n == 0 {
                 return all;
             }
@@ -307,10 +376,13 @@ pub fn make_pki(dir: &Path, tag: &str, names: &[&str]) -> TestPki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("mailveil test CA {tag}"));
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("mailveil test CA {tag}"));
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let leaf_params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
     let pki = TestPki {
@@ -339,6 +411,10 @@ pub fn message(headers: &[&str], body: &str) -> Vec<u8> {
 
 /// Byte offset of the body in a message.
 pub fn body_of(message: &[u8]) -> &[u8] {
-    let pos = message.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(message.len());
+    let pos = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(message.len());
     &message[pos..]
 }

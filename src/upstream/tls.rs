@@ -1,0 +1,185 @@
+//! TLS to the upstream: trust anchors, the name we verify, and the implicit-TLS stream.
+//!
+//! Trust is the webpki roots plus the optional `ca_file` (a private CA), and the certificate must
+//! match the configured `host` whether it is a DNS name or an IP address (rustls checks IP SANs
+//! when the server name is an IP). Only the aws-lc-rs provider is used: with two providers
+//! compiled in, rustls cannot pick a default and panics.
+//!
+//! Two forms of the same trust are built because lettre upgrades a STARTTLS connection itself
+//! (it needs its own `TlsParameters`), while for implicit TLS we do the handshake before lettre
+//! sees the stream (lettre would otherwise open the socket itself, without TCP_NODELAY).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use lettre::transport::smtp::client::{
+    AsyncTokioStream, Certificate, CertificateStore, TlsParameters,
+};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::UpstreamError;
+
+/// Everything needed to open TLS to one upstream, built once per upstream.
+#[derive(Clone)]
+pub(crate) struct TlsSetup {
+    /// For STARTTLS (lettre performs the upgrade).
+    pub starttls: TlsParameters,
+    /// For implicit TLS (we perform the handshake).
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+impl TlsSetup {
+    /// Reads `ca_file` (PEM, one or more certificates) and prepares verification against `host`.
+    pub fn new(host: &str, ca_file: Option<&Path>) -> Result<TlsSetup, UpstreamError> {
+        // A bracketed IPv6 literal is still an IP address to verify against.
+        let name = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let server_name = ServerName::try_from(name.clone()).map_err(|_| {
+            UpstreamError::Config(format!("{host:?} is neither a DNS name nor an IP address"))
+        })?;
+
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let mut starttls =
+            TlsParameters::builder(name).certificate_store(CertificateStore::WebpkiRoots);
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                UpstreamError::Config(format!("cannot read ca_file {}: {e}", path.display()))
+            })?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| UpstreamError::Config(format!("ca_file {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(UpstreamError::Config(format!(
+                    "ca_file {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    UpstreamError::Config(format!("ca_file {}: {e}", path.display()))
+                })?;
+            }
+            let cert = Certificate::from_pem(&pem)
+                .map_err(|e| UpstreamError::Config(format!("ca_file {}: {e}", path.display())))?;
+            starttls = starttls.add_root_certificate(cert);
+        }
+        let starttls = starttls
+            .build_rustls()
+            .map_err(|e| UpstreamError::Config(format!("TLS setup: {e}")))?;
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Config(format!("TLS setup: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsSetup {
+            starttls,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+}
+
+/// An implicit-TLS connection handed to lettre as an already-open stream.
+pub(crate) struct ImplicitTls(pub tokio_rustls::client::TlsStream<TcpStream>);
+
+impl fmt::Debug for ImplicitTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ImplicitTls")
+            .field(self.0.get_ref().0)
+            .finish()
+    }
+}
+
+impl AsyncRead for ImplicitTls {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ImplicitTls {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+impl AsyncTokioStream for ImplicitTls {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ips_are_accepted_as_server_names() {
+        for host in ["smtp.example.net", "127.0.0.1", "::1", "[::1]"] {
+            let setup = TlsSetup::new(host, None).unwrap();
+            let is_ip = matches!(setup.server_name, ServerName::IpAddress(_));
+            assert_eq!(is_ip, host != "smtp.example.net", "{host}");
+        }
+        assert!(matches!(
+            TlsSetup::new("bad name", None),
+            Err(UpstreamError::Config(_))
+        ));
+    }
+
+    #[test]
+    fn ca_file_must_hold_a_certificate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let empty = tmp.path().join("empty.pem");
+        std::fs::write(&empty, "not a pem\n").unwrap();
+        assert!(matches!(
+            TlsSetup::new("localhost", Some(&empty)),
+            Err(UpstreamError::Config(_))
+        ));
+        assert!(matches!(
+            TlsSetup::new("localhost", Some(&tmp.path().join("missing.pem"))),
+            Err(UpstreamError::Config(_))
+        ));
+    }
+}

@@ -1,0 +1,549 @@
+//! A small scripted SMTP server for fault injection in tests, on 127.0.0.1:0.
+//!
+//! It answers the replies a test chooses (per stage or per recipient), can stall or drop the
+//! connection at a chosen stage, offers STARTTLS or implicit TLS with a given certificate,
+//! checks AUTH PLAIN credentials, and records what it saw (connections, simultaneous sessions,
+//! command lines, messages) so a test can assert on it.
+//!
+//! Use from a test file with `#[path = "support/scripted_smtp.rs"] mod scripted_smtp;`.
+//! [`pki`] makes a private CA and server certificates with rcgen.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A point in the session where the script can stall or drop the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Before sending the greeting.
+    Greeting,
+    Ehlo,
+    StartTls,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+    /// After the message was received, before the final reply.
+    DataEnd,
+}
+
+/// What the server does. Start from `Script::default()` and change what the test needs.
+#[derive(Clone)]
+pub struct Script {
+    pub greeting: String,
+    /// EHLO keywords; STARTTLS and AUTH are added automatically when configured.
+    pub extensions: Vec<String>,
+    /// Offer STARTTLS with this server config (until TLS is active).
+    pub starttls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS from the first byte with this server config.
+    pub implicit_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Offer AUTH PLAIN (only once TLS is active) and accept only these credentials.
+    pub auth_plain: Option<(String, String)>,
+    /// Reply overrides per step (full reply line without CRLF, e.g. `451 4.3.0 later`).
+    pub replies: HashMap<Step, String>,
+    /// Reply overrides for RCPT by exact recipient address.
+    pub rcpt_replies: HashMap<String, String>,
+    /// Never answer at this step (the connection stays open).
+    pub stall_at: Option<Step>,
+    /// Close the connection without answering at this step.
+    pub drop_at: Option<Step>,
+    /// Wait this long before the final reply to the message (makes sessions overlap).
+    pub data_end_delay: Duration,
+    /// Close the connection silently after this many accepted messages on it (a server that
+    /// drops idle clients).
+    pub close_after_messages: Option<usize>,
+}
+
+impl Default for Script {
+    fn default() -> Script {
+        Script {
+            greeting: "220 scripted.test ESMTP".into(),
+            extensions: vec!["PIPELINING".into(), "8BITMIME".into(), "SMTPUTF8".into()],
+            starttls: None,
+            implicit_tls: None,
+            auth_plain: None,
+            replies: HashMap::new(),
+            rcpt_replies: HashMap::new(),
+            stall_at: None,
+            drop_at: None,
+            data_end_delay: Duration::ZERO,
+            close_after_messages: None,
+        }
+    }
+}
+
+/// One message the server accepted (or answered at end of data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The reverse path between the brackets (`""` for the null sender).
+    pub mail_from: String,
+    /// The whole MAIL command line, without CRLF.
+    pub mail_line: String,
+    pub rcpt_to: Vec<String>,
+    /// The message, dot-unstuffed, without the final `.` line.
+    pub data: Vec<u8>,
+    pub tls: bool,
+    /// The user that authenticated on this session.
+    pub user: Option<String>,
+}
+
+/// Everything the server observed.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    /// TCP connections accepted.
+    pub connections: usize,
+    /// Sessions open right now, and the most ever open at once.
+    pub active: usize,
+    pub max_active: usize,
+    /// Every command line received, in order, without CRLF (AUTH lines included verbatim).
+    pub commands: Vec<String>,
+    /// Messages whose final reply was positive.
+    pub messages: Vec<Received>,
+}
+
+impl Record {
+    /// True when some command line starts with `verb` (case-insensitive).
+    pub fn saw(&self, verb: &str) -> bool {
+        self.commands.iter().any(|c| {
+            c.to_ascii_uppercase()
+                .starts_with(&verb.to_ascii_uppercase())
+        })
+    }
+}
+
+/// A running scripted server; stops (aborts every session) when dropped.
+pub struct ScriptedSmtp {
+    pub addr: SocketAddr,
+    record: Arc<Mutex<Record>>,
+    task: JoinHandle<()>,
+}
+
+impl ScriptedSmtp {
+    pub async fn start(script: Script) -> ScriptedSmtp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let record = Arc::new(Mutex::new(Record::default()));
+        let script = Arc::new(script);
+        let rec = record.clone();
+        let task = tokio::spawn(async move {
+            let mut sessions = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                {
+                    let mut r = rec.lock().unwrap();
+                    r.connections += 1;
+                    r.active += 1;
+                    r.max_active = r.max_active.max(r.active);
+                }
+                let (script, rec) = (script.clone(), rec.clone());
+                sessions.spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let _ = serve(tcp, &script, &rec).await;
+                    rec.lock().unwrap().active -= 1;
+                });
+            }
+        });
+        ScriptedSmtp { addr, record, task }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A snapshot of what the server has seen so far.
+    pub fn record(&self) -> Record {
+        self.record.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ScriptedSmtp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Stream = BufReader<Box<dyn Io>>;
+
+/// How a session ended or must continue.
+enum Next {
+    Closed,
+    UpgradeTls,
+}
+
+async fn serve(
+    tcp: tokio::net::TcpStream,
+    script: &Script,
+    rec: &Mutex<Record>,
+) -> std::io::Result<()> {
+    let (mut stream, mut tls): (Stream, bool) = match &script.implicit_tls {
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            let tls = acceptor.accept(tcp).await?;
+            (BufReader::new(Box::new(tls)), true)
+        }
+        None => (BufReader::new(Box::new(tcp)), false),
+    };
+    if gate(script, Step::Greeting).await {
+        return Ok(());
+    }
+    send(&mut stream, &script.greeting).await?;
+    let mut session = Session::default();
+    loop {
+        match session.run(&mut stream, script, rec, tls).await? {
+            Next::Closed => return Ok(()),
+            Next::UpgradeTls => {
+                let Some(config) = &script.starttls else {
+                    return Ok(());
+                };
+                let inner = stream.into_inner();
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                let upgraded = acceptor.accept(inner).await?;
+                stream = BufReader::new(Box::new(upgraded));
+                tls = true;
+                session = Session::default();
+            }
+        }
+    }
+}
+
+/// Applies `stall_at`/`drop_at`; true when the session must end now.
+async fn gate(script: &Script, step: Step) -> bool {
+    if script.stall_at == Some(step) {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        return true;
+    }
+    script.drop_at == Some(step)
+}
+
+async fn send(stream: &mut Stream, reply: &str) -> std::io::Result<()> {
+    stream
+        .get_mut()
+        .write_all(format!("{reply}\r\n").as_bytes())
+        .await?;
+    stream.get_mut().flush().await
+}
+
+#[derive(Default)]
+struct Session {
+    user: Option<String>,
+    mail: Option<(String, String)>,
+    rcpt_to: Vec<String>,
+    messages: usize,
+}
+
+impl Session {
+    fn reply(script: &Script, step: Step, default: &str) -> String {
+        script
+            .replies
+            .get(&step)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    async fn run(
+        &mut self,
+        stream: &mut Stream,
+        script: &Script,
+        rec: &Mutex<Record>,
+        tls: bool,
+    ) -> std::io::Result<Next> {
+        loop {
+            let mut line = String::new();
+            if stream.read_line(&mut line).await? == 0 {
+                return Ok(Next::Closed);
+            }
+            let line = line.trim_end_matches(['\r', '\n']).to_string();
+            rec.lock().unwrap().commands.push(line.clone());
+            let upper = line.to_ascii_uppercase();
+            let verb = upper.split(' ').next().unwrap_or("");
+            match verb {
+                "EHLO" | "HELO" => {
+                    if gate(script, Step::Ehlo).await {
+                        return Ok(Next::Closed);
+                    }
+                    let mut keywords = script.extensions.clone();
+                    if script.starttls.is_some() && !tls {
+                        keywords.push("STARTTLS".into());
+                    }
+                    if script.auth_plain.is_some() && tls {
+                        keywords.push("AUTH PLAIN".into());
+                    }
+                    let mut reply = String::from("250-scripted.test greets you");
+                    for (i, k) in keywords.iter().enumerate() {
+                        let sep = if i + 1 == keywords.len() { ' ' } else { '-' };
+                        reply.push_str(&format!("\r\n250{sep}{k}"));
+                    }
+                    if keywords.is_empty() {
+                        reply = "250 scripted.test greets you".into();
+                    }
+                    send(stream, &Self::reply(script, Step::Ehlo, &reply)).await?;
+                }
+                "STARTTLS" => {
+                    if gate(script, Step::StartTls).await {
+                        return Ok(Next::Closed);
+                    }
+                    if script.starttls.is_none() || tls {
+                        send(stream, "502 5.5.1 no STARTTLS here").await?;
+                        continue;
+                    }
+                    let reply = Self::reply(script, Step::StartTls, "220 2.0.0 go ahead");
+                    send(stream, &reply).await?;
+                    if reply.starts_with("220") {
+                        return Ok(Next::UpgradeTls);
+                    }
+                }
+                "AUTH" => {
+                    if gate(script, Step::Auth).await {
+                        return Ok(Next::Closed);
+                    }
+                    let reply = self.auth(stream, script, tls, &line).await?;
+                    send(stream, &reply).await?;
+                }
+                "MAIL" => {
+                    if gate(script, Step::Mail).await {
+                        return Ok(Next::Closed);
+                    }
+                    let from = between_brackets(&line);
+                    let reply = Self::reply(script, Step::Mail, "250 2.1.0 ok");
+                    if reply.starts_with('2') {
+                        self.mail = Some((from, line.clone()));
+                        self.rcpt_to.clear();
+                    }
+                    send(stream, &reply).await?;
+                }
+                "RCPT" => {
+                    if gate(script, Step::Rcpt).await {
+                        return Ok(Next::Closed);
+                    }
+                    let to = between_brackets(&line);
+                    let reply = match script.rcpt_replies.get(&to) {
+                        Some(r) => r.clone(),
+                        None => Self::reply(script, Step::Rcpt, "250 2.1.5 ok"),
+                    };
+                    if reply.starts_with('2') {
+                        self.rcpt_to.push(to);
+                    }
+                    send(stream, &reply).await?;
+                }
+                "DATA" => {
+                    if gate(script, Step::Data).await {
+                        return Ok(Next::Closed);
+                    }
+                    if self.mail.is_none() || self.rcpt_to.is_empty() {
+                        send(stream, "503 5.5.1 need MAIL and RCPT first").await?;
+                        continue;
+                    }
+                    let reply = Self::reply(script, Step::Data, "354 go ahead");
+                    send(stream, &reply).await?;
+                    if !reply.starts_with('3') {
+                        continue;
+                    }
+                    let data = read_data(stream).await?;
+                    if gate(script, Step::DataEnd).await {
+                        return Ok(Next::Closed);
+                    }
+                    tokio::time::sleep(script.data_end_delay).await;
+                    let reply = Self::reply(script, Step::DataEnd, "250 2.0.0 queued");
+                    let (mail_from, mail_line) = self.mail.take().unwrap_or_default();
+                    if reply.starts_with('2') {
+                        rec.lock().unwrap().messages.push(Received {
+                            mail_from,
+                            mail_line,
+                            rcpt_to: std::mem::take(&mut self.rcpt_to),
+                            data,
+                            tls,
+                            user: self.user.clone(),
+                        });
+                        self.messages += 1;
+                    }
+                    self.rcpt_to.clear();
+                    send(stream, &reply).await?;
+                    if script
+                        .close_after_messages
+                        .is_some_and(|n| self.messages >= n)
+                    {
+                        return Ok(Next::Closed);
+                    }
+                }
+                "RSET" => {
+                    self.mail = None;
+                    self.rcpt_to.clear();
+                    send(stream, "250 2.0.0 reset").await?;
+                }
+                "NOOP" => send(stream, "250 2.0.0 ok").await?,
+                "QUIT" => {
+                    send(stream, "221 2.0.0 bye").await?;
+                    return Ok(Next::Closed);
+                }
+                _ => send(stream, "500 5.5.2 unknown command").await?,
+            }
+        }
+    }
+
+    /// AUTH PLAIN, with the initial response on the command line or after a `334`.
+    async fn auth(
+        &mut self,
+        stream: &mut Stream,
+        script: &Script,
+        tls: bool,
+        line: &str,
+    ) -> std::io::Result<String> {
+        let Some((user, pass)) = &script.auth_plain else {
+            return Ok("502 5.5.1 no AUTH here".into());
+        };
+        if !tls {
+            return Ok("538 5.7.11 encryption required".into());
+        }
+        let mut words = line.split_whitespace().skip(1);
+        if !words
+            .next()
+            .is_some_and(|m| m.eq_ignore_ascii_case("PLAIN"))
+        {
+            return Ok("504 5.5.4 only PLAIN".into());
+        }
+        let encoded = match words.next() {
+            Some(e) => e.to_string(),
+            None => {
+                send(stream, "334 ").await?;
+                let mut answer = String::new();
+                stream.read_line(&mut answer).await?;
+                answer.trim_end().to_string()
+            }
+        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_bytes())
+            .unwrap_or_default();
+        let parts: Vec<&[u8]> = decoded.split(|b| *b == 0).collect();
+        let ok = parts.len() == 3 && parts[1] == user.as_bytes() && parts[2] == pass.as_bytes();
+        if ok {
+            self.user = Some(user.clone());
+            Ok(Self::reply(script, Step::Auth, "235 2.7.0 authenticated"))
+        } else {
+            Ok("535 5.7.8 bad credentials".into())
+        }
+    }
+}
+
+fn between_brackets(line: &str) -> String {
+    let start = line.find('<').map(|i| i + 1).unwrap_or(line.len());
+    let end = line[start..]
+        .find('>')
+        .map(|i| start + i)
+        .unwrap_or(line.len());
+    line[start..end].to_string()
+}
+
+/// Reads the message up to the `.` line, undoing dot-stuffing.
+async fn read_data(stream: &mut Stream) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if stream.read_until(b'\n', &mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == b".\r\n" {
+            return Ok(data);
+        }
+        let line = line.strip_prefix(b".").unwrap_or(&line);
+        data.extend_from_slice(line);
+    }
+}
+
+/// Test certificates: a private CA and server certificates it signs.
+pub mod pki {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    pub struct TestCa {
+        issuer: CertifiedIssuer<'static, KeyPair>,
+    }
+
+    /// A server certificate and its key.
+    pub struct ServerCert {
+        pub cert_pem: String,
+        pub key_pem: String,
+        cert_der: CertificateDer<'static>,
+        key_der: Vec<u8>,
+    }
+
+    impl TestCa {
+        pub fn new(name: &str) -> TestCa {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let issuer =
+                CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+            TestCa { issuer }
+        }
+
+        pub fn pem(&self) -> String {
+            self.issuer.pem()
+        }
+
+        /// Writes the CA certificate as `<dir>/<file>` (for `ca_file`).
+        pub fn write(&self, dir: &Path, file: &str) -> PathBuf {
+            let path = dir.join(file);
+            std::fs::write(&path, self.pem()).unwrap();
+            path
+        }
+
+        /// A server certificate for these names (DNS names or IP addresses).
+        pub fn server_cert(&self, names: &[&str]) -> ServerCert {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "scripted server");
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            ServerCert {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                cert_der: cert.der().clone(),
+                key_der: key.serialize_der(),
+            }
+        }
+    }
+
+    impl ServerCert {
+        /// A rustls server config (aws-lc-rs) presenting this certificate.
+        pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![self.cert_der.clone()], key)
+                .unwrap();
+            Arc::new(config)
+        }
+
+        /// Writes `cert.pem` and `key.pem` into `dir` and returns their paths.
+        pub fn write(&self, dir: &Path) -> (PathBuf, PathBuf) {
+            let cert = dir.join("cert.pem");
+            let key = dir.join("key.pem");
+            std::fs::write(&cert, &self.cert_pem).unwrap();
+            std::fs::write(&key, &self.key_pem).unwrap();
+            (cert, key)
+        }
+    }
+}
