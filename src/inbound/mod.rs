@@ -1,10 +1,36 @@
 //! Inbound ESMTP listener on tokio with a sans-IO parser (`smtp-proto`).
 //!
-//! INTERFACE (to be implemented by the inbound work): [`serve`] accepts connections on a bound
-//! listener until `shutdown` is cancelled, runs one session per connection, and hands every
-//! complete message to the [`Acceptor`], whose [`Verdict`] becomes the reply to end of DATA.
+//! [`serve`] accepts connections on a bound listener until `shutdown` is cancelled, runs one
+//! session per connection, and hands every complete message to the [`Acceptor`], whose
+//! [`Verdict`] becomes the reply to end of DATA.
+//!
+//! Layout (one file per concern, protocol code free of I/O where it can be):
+//! - `listener.rs`: accept loop, connection cap (`421 4.3.2`), shutdown and session tracking,
+//!   and the per-connection driver (greeting, STARTTLS upgrade, open/close log lines).
+//! - `session.rs`: per-connection state, the read/write buffers, the command loop, limits.
+//! - `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `auth.rs`: one file per SMTP verb.
+//! - `dot.rs`: the sans-IO DATA decoder (end-of-data, dot-unstuffing, bare LF, size cap).
+//! - `tls.rs`: building the rustls acceptor and the STARTTLS upgrade of a session.
+//! - `access.rs`: who may relay (networks or AUTH); never an open relay.
+//! - `replies.rs`: every fixed reply the listener sends, in one place.
+
+mod access;
+mod auth;
+mod data;
+mod dot;
+mod ehlo;
+mod listener;
+mod mail;
+mod rcpt;
+mod replies;
+mod session;
+pub mod tls;
+
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -14,6 +40,8 @@ use crate::config::{AccessConfig, ServerConfig};
 use crate::envelope::{ClientInfo, Envelope};
 use crate::observe::{Metrics, Redactor};
 use crate::reply::Reply;
+
+pub use dot::{DotDecoder, Feed};
 
 /// One complete inbound transaction at end of DATA.
 #[derive(Debug)]
@@ -45,15 +73,79 @@ pub struct InboundSettings {
     pub access: AccessConfig,
 }
 
+/// Why the listener could not start or a connection ended abnormally.
+///
+/// Expected session outcomes (client quit, timeout, shutdown) are not errors; these are the
+/// failures an operator or the connection log needs to see.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    #[error("cannot read TLS certificate file {path}: {source}")]
+    CertFile {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("no certificate found in {path}")]
+    NoCertificate { path: PathBuf },
+    #[error("cannot read TLS private key file {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("TLS certificate and key are not usable: {0}")]
+    TlsConfig(#[from] rustls::Error),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+    #[error("connection I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl InboundError {
+    /// True when the failure belongs to one client connection rather than to the listener's
+    /// configuration; such errors are logged at debug level and never stop the listener.
+    pub fn is_connection_error(&self) -> bool {
+        match self {
+            InboundError::Handshake(_) | InboundError::HandshakeTimeout | InboundError::Io(_) => {
+                true
+            }
+            InboundError::CertFile { .. }
+            | InboundError::NoCertificate { .. }
+            | InboundError::KeyFile { .. }
+            | InboundError::TlsConfig(_) => false,
+        }
+    }
+}
+
 /// Runs the listener until `shutdown` is cancelled; then stops accepting, lets transactions in
 /// flight finish, answers idle sessions `421` and returns when every session has ended.
+///
+/// The TLS certificate is loaded here when `server.tls` is set; a bad file is returned as an
+/// `InvalidInput` error before any connection is accepted (call [`tls::acceptor`] at startup
+/// to report it with its own message).
 pub async fn serve<A: Acceptor>(
-    _listener: TcpListener,
-    _settings: Arc<InboundSettings>,
-    _acceptor: Arc<A>,
-    _metrics: Metrics,
-    _redactor: Redactor,
-    _shutdown: CancellationToken,
+    listener: TcpListener,
+    settings: Arc<InboundSettings>,
+    acceptor: Arc<A>,
+    metrics: Metrics,
+    redactor: Redactor,
+    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    unimplemented!("inbound::serve")
+    let tls = match &settings.server.tls {
+        Some(cfg) => Some(
+            tls::acceptor(cfg)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        ),
+        None => None,
+    };
+    let ctx = session::Context {
+        settings,
+        acceptor,
+        metrics,
+        redactor,
+        shutdown,
+        tls,
+        tuning: session::Tuning::default(),
+    };
+    listener::run(listener, Arc::new(ctx)).await
 }

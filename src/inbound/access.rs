@@ -1,0 +1,91 @@
+//! Who may relay. mailveil is never an open relay: a recipient is accepted only from a client
+//! address inside `access.networks` or from an authenticated session.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// The relay decision for one RCPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Relay {
+    Allowed,
+    /// Not allowed yet, but AUTH could allow it: `530 5.7.0`.
+    AuthRequired,
+    /// Not allowed and AUTH cannot help: `554 5.7.1`.
+    Denied,
+}
+
+/// `auth_possible` is true when users are configured and TLS is (or can become) active, so
+/// telling the client to authenticate is advice it can follow.
+pub(super) fn relay(
+    networks: &[IpNet],
+    client: IpAddr,
+    authenticated: bool,
+    auth_possible: bool,
+) -> Relay {
+    if authenticated || in_networks(networks, client) {
+        Relay::Allowed
+    } else if auth_possible {
+        Relay::AuthRequired
+    } else {
+        Relay::Denied
+    }
+}
+
+/// An IPv4 client on a dual-stack socket shows up as `::ffff:a.b.c.d`; it is matched as the
+/// IPv4 address so `127.0.0.0/8` means what the operator wrote.
+fn in_networks(networks: &[IpNet], client: IpAddr) -> bool {
+    let client = match client {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    networks.iter().any(|n| n.contains(&client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets() -> Vec<IpNet> {
+        vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "10.1.0.0/16".parse().unwrap(),
+        ]
+    }
+
+    #[test]
+    fn networks_and_auth_allow() {
+        assert_eq!(
+            relay(&nets(), "127.0.0.9".parse().unwrap(), false, false),
+            Relay::Allowed
+        );
+        assert_eq!(
+            relay(&nets(), "10.1.2.3".parse().unwrap(), false, true),
+            Relay::Allowed
+        );
+        assert_eq!(
+            relay(&nets(), "192.0.2.1".parse().unwrap(), true, true),
+            Relay::Allowed
+        );
+    }
+
+    #[test]
+    fn others_are_refused() {
+        let ip = "192.0.2.1".parse().unwrap();
+        assert_eq!(relay(&nets(), ip, false, false), Relay::Denied);
+        assert_eq!(relay(&nets(), ip, false, true), Relay::AuthRequired);
+        assert_eq!(
+            relay(&[], "127.0.0.1".parse().unwrap(), false, false),
+            Relay::Denied
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_matches_ipv4_networks() {
+        let mapped = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(relay(&nets(), mapped, false, false), Relay::Allowed);
+    }
+}

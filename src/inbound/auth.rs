@@ -1,0 +1,206 @@
+//! AUTH PLAIN and LOGIN (RFC 4954), offered only under TLS so a password never crosses the
+//! network in clear text.
+//!
+//! Failed attempts are answered after a pause and the connection is closed after a few of
+//! them, which makes guessing slow. Passwords are compared in constant time (BLAKE3 digests,
+//! whose equality is constant-time, so neither content nor length leaks through timing), and
+//! never logged: not even the user name of a failed attempt, which is often a mistyped password.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
+
+use super::replies;
+use super::session::{End, Flow, Input, Rejection, Session, Stream};
+use super::{Acceptor, InboundError};
+use crate::config::User;
+
+/// One client answer in the AUTH exchange.
+enum Answer {
+    Data(Vec<u8>),
+    Cancelled,
+    Malformed,
+    End(End),
+}
+
+impl<S: Stream, A: Acceptor> Session<S, A> {
+    pub(super) async fn auth(
+        &mut self,
+        mechanism: u64,
+        initial: String,
+    ) -> Result<Flow, InboundError> {
+        if self.ctx.settings.access.users.is_empty() {
+            return Ok(self.reject(Rejection::NotImplemented, &replies::AUTH_NOT_AVAILABLE));
+        }
+        if !self.st.tls {
+            tracing::info!(peer = %self.st.peer, "AUTH before STARTTLS refused");
+            return Ok(self.reject(Rejection::EncryptionRequired, &replies::ENCRYPTION_REQUIRED));
+        }
+        if self.st.user.is_some() {
+            return Ok(self.reject(Rejection::BadSequence, &replies::ALREADY_AUTHENTICATED));
+        }
+        if self.st.tx.is_some() {
+            return Ok(self.reject(Rejection::BadSequence, &replies::AUTH_IN_TRANSACTION));
+        }
+        let credentials = match mechanism {
+            AUTH_PLAIN => self.plain(&initial).await?,
+            AUTH_LOGIN => self.login(&initial).await?,
+            _ => return Ok(self.reject(Rejection::NotImplemented, &replies::AUTH_MECHANISM)),
+        };
+        match credentials {
+            Ok((name, password)) => self.verify(name, &password).await,
+            Err(Answer::Cancelled) => Ok(self.reject(Rejection::Syntax, &replies::AUTH_CANCELLED)),
+            Err(Answer::End(end)) => Ok(self.end(end)),
+            Err(Answer::Malformed | Answer::Data(_)) => {
+                Ok(self.reject(Rejection::Syntax, &replies::AUTH_MALFORMED))
+            }
+        }
+    }
+
+    /// PLAIN: `authzid NUL authcid NUL passwd`, in the initial response or after `334 `.
+    async fn plain(
+        &mut self,
+        initial: &str,
+    ) -> Result<Result<(String, Vec<u8>), Answer>, InboundError> {
+        let raw = match initial {
+            "" => match self.challenge("").await? {
+                Answer::Data(d) => d,
+                other => return Ok(Err(other)),
+            },
+            text => match decode(text.as_bytes()) {
+                Answer::Data(d) => d,
+                other => return Ok(Err(other)),
+            },
+        };
+        let mut parts = raw.split(|&b| b == 0);
+        let (Some(authzid), Some(authcid), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Ok(Err(Answer::Malformed));
+        };
+        // Acting for another identity (authzid) is not supported.
+        if !authzid.is_empty() && authzid != authcid {
+            return Ok(Err(Answer::Malformed));
+        }
+        match String::from_utf8(authcid.to_vec()) {
+            Ok(name) => Ok(Ok((name, password.to_vec()))),
+            Err(_) => Ok(Err(Answer::Malformed)),
+        }
+    }
+
+    /// LOGIN: user name (possibly as initial response), then password, each after a prompt.
+    async fn login(
+        &mut self,
+        initial: &str,
+    ) -> Result<Result<(String, Vec<u8>), Answer>, InboundError> {
+        let name = match initial {
+            "" => self.challenge("VXNlcm5hbWU6").await?, // "Username:"
+            text => decode(text.as_bytes()),
+        };
+        let Answer::Data(name) = name else {
+            return Ok(Err(name));
+        };
+        let password = match self.challenge("UGFzc3dvcmQ6").await? {
+            // "Password:"
+            Answer::Data(password) => password,
+            other => return Ok(Err(other)),
+        };
+        match String::from_utf8(name) {
+            Ok(name) => Ok(Ok((name, password))),
+            Err(_) => Ok(Err(Answer::Malformed)),
+        }
+    }
+
+    /// Sends `334 <prompt>` and reads one base64 line.
+    async fn challenge(&mut self, prompt: &str) -> Result<Answer, InboundError> {
+        self.write_raw(b"334 ");
+        self.write_raw(prompt.as_bytes());
+        self.write_raw(b"\r\n");
+        Ok(match self.next_line().await? {
+            Input::Line(range) => decode(self.line(range)),
+            Input::TooLong => Answer::Malformed,
+            Input::End(end) => Answer::End(end),
+        })
+    }
+
+    async fn verify(&mut self, name: String, password: &[u8]) -> Result<Flow, InboundError> {
+        if check(&self.ctx.settings.access.users, &name, password) {
+            tracing::info!(peer = %self.st.peer, user = %name, "AUTH succeeded");
+            self.st.user = Some(name);
+            self.reply(&replies::AUTH_OK);
+            return Ok(Flow::Continue);
+        }
+        self.st.auth_failures += 1;
+        self.count(Rejection::AuthFailed);
+        tracing::info!(peer = %self.st.peer, failures = self.st.auth_failures, "AUTH failed");
+        // Earlier replies go out now; only the 535 waits.
+        self.flush().await?;
+        tokio::time::sleep(self.ctx.tuning.auth_failure_delay).await;
+        self.reply(&replies::AUTH_FAILED);
+        if self.st.auth_failures >= self.ctx.tuning.max_auth_failures {
+            self.reply(&replies::TOO_MANY_AUTH_FAILURES);
+            return Ok(Flow::Close);
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+/// Decodes one client answer: `*` cancels, `=` is the empty initial response.
+fn decode(line: &[u8]) -> Answer {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    match line {
+        b"*" => Answer::Cancelled,
+        b"=" => Answer::Data(Vec::new()),
+        text => match BASE64.decode(text) {
+            Ok(bytes) => Answer::Data(bytes),
+            Err(_) => Answer::Malformed,
+        },
+    }
+}
+
+/// True when some configured user has this name and password. Every user is compared, with
+/// no early exit, so timing does not tell which names exist.
+fn check(users: &[User], name: &str, password: &[u8]) -> bool {
+    let name_digest = blake3::hash(name.as_bytes());
+    let password_digest = blake3::hash(password);
+    let mut found = false;
+    for user in users {
+        let name_ok = blake3::hash(user.name.as_bytes()) == name_digest;
+        let password_ok = blake3::hash(user.password.expose().as_bytes()) == password_digest;
+        found |= name_ok & password_ok;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn checks_name_and_password() {
+        let users = vec![
+            User {
+                name: "a".into(),
+                password: Secret::new("pa"),
+            },
+            User {
+                name: "b".into(),
+                password: Secret::new("pb"),
+            },
+        ];
+        assert!(check(&users, "b", b"pb"));
+        assert!(!check(&users, "a", b"pb"), "another user's password");
+        assert!(!check(&users, "c", b"pa"));
+        assert!(!check(&[], "a", b"pa"));
+    }
+
+    #[test]
+    fn decodes_answers() {
+        assert!(matches!(decode(b"*\r\n"), Answer::Cancelled));
+        assert!(matches!(decode(b"!!!\r\n"), Answer::Malformed));
+        assert!(matches!(decode(b"YQ==\r\n"), Answer::Data(d) if d == b"a"));
+        assert!(matches!(decode(b"=\r\n"), Answer::Data(d) if d.is_empty()));
+    }
+}

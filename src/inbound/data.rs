@@ -1,0 +1,118 @@
+//! DATA: receives the message through the sans-IO [`DotDecoder`] and hands it to the
+//! [`Acceptor`]; its [`Verdict`] becomes the reply.
+//!
+//! An oversized message is read to its end and discarded (never buffered past the limit), then
+//! answered `552 5.3.4`; the connection stays usable. Whatever the outcome, the transaction is
+//! over afterwards, so the client can start the next one.
+
+use std::io::Write;
+use std::time::Instant;
+
+use super::dot::{DotDecoder, Feed};
+use super::replies;
+use super::session::{Flow, Rejection, Session, Stream};
+use super::{Acceptor, InboundError, Transaction, Verdict};
+use crate::envelope::{ClientInfo, Envelope};
+
+/// Initial message buffer when the client gave no `SIZE=`; it grows by doubling.
+const INITIAL_MESSAGE_CAPACITY: usize = 16 * 1024;
+
+impl<S: Stream, A: Acceptor> Session<S, A> {
+    pub(super) async fn data(&mut self) -> Result<Flow, InboundError> {
+        let Some(declared) = self.st.tx.as_ref().map(|tx| tx.declared_size) else {
+            return Ok(self.reject(Rejection::BadSequence, &replies::NEED_MAIL_DATA));
+        };
+        if self.st.tx.as_ref().is_some_and(|tx| tx.rcpt_to.is_empty()) {
+            return Ok(self.reject(Rejection::BadSequence, &replies::NO_RECIPIENTS));
+        }
+        let limit =
+            usize::try_from(self.ctx.settings.server.max_message_size).unwrap_or(usize::MAX);
+        // Trust SIZE= for one allocation up front, within the limit (it was checked at MAIL).
+        let capacity = if declared > 0 {
+            declared.saturating_add(1024).min(limit)
+        } else {
+            INITIAL_MESSAGE_CAPACITY.min(limit)
+        };
+        let mut message = Vec::with_capacity(capacity);
+        let mut decoder = DotDecoder::new(limit);
+
+        self.reply(&replies::START_DATA);
+        self.flush().await?;
+        loop {
+            match decoder.feed(self.st.unread(), &mut message) {
+                Feed::End { consumed } => {
+                    self.st.consume(consumed);
+                    break;
+                }
+                Feed::NeedMore => {
+                    let all = self.st.unread().len();
+                    self.st.consume(all);
+                }
+            }
+            // A transaction is open: shutdown does not interrupt it.
+            if let Some(end) = self.fill(false).await? {
+                self.st.tx = None;
+                return Ok(self.end(end));
+            }
+        }
+
+        let Some(draft) = self.st.tx.take() else {
+            return Ok(self.reject(Rejection::BadSequence, &replies::NEED_MAIL_DATA));
+        };
+        let metrics = &self.ctx.metrics;
+        if decoder.overflowed() {
+            metrics
+                .messages_received
+                .with_label_values(&["rejected"])
+                .inc();
+            tracing::info!(
+                peer = %self.st.peer,
+                size = decoder.decoded_size(),
+                "message over the size limit discarded"
+            );
+            return Ok(self.reject(Rejection::Size, &replies::MESSAGE_TOO_BIG));
+        }
+
+        let recipients = draft.rcpt_to.len();
+        let size = message.len();
+        let tx = Transaction {
+            envelope: Envelope {
+                mail_from: draft.mail_from,
+                rcpt_to: draft.rcpt_to,
+            },
+            message,
+            client: ClientInfo {
+                peer: self.st.peer,
+                helo: self.st.helo.clone().unwrap_or_default(),
+                tls: self.st.tls,
+                user: self.st.user.clone(),
+            },
+        };
+        let started = Instant::now();
+        let verdict = self.ctx.acceptor.accept(tx).await;
+        let metrics = &self.ctx.metrics;
+        match verdict {
+            Verdict::Accepted { queue_id } => {
+                metrics
+                    .accept_duration
+                    .observe(started.elapsed().as_secs_f64());
+                metrics
+                    .messages_received
+                    .with_label_values(&["accepted"])
+                    .inc();
+                tracing::info!(peer = %self.st.peer, %queue_id, recipients, size, "message accepted");
+                let _ = write!(self.st.wbuf, "250 2.0.0 queued as {queue_id}\r\n");
+                self.st.messages += 1;
+            }
+            Verdict::Rejected(reply) => {
+                metrics
+                    .messages_received
+                    .with_label_values(&["rejected"])
+                    .inc();
+                tracing::info!(peer = %self.st.peer, code = reply.code, status = reply.status, recipients, size, "message rejected");
+                self.reply_dyn(&reply);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}

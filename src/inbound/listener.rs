@@ -1,0 +1,127 @@
+//! The accept loop (connection cap, one tracked task per session, graceful shutdown) and the
+//! per-connection driver that runs a session from greeting to close.
+//!
+//! When full, a new connection is told `421 4.3.2` and closed at once rather than queued in
+//! the kernel backlog: backpressure the client can see and retry on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use super::Acceptor;
+use super::replies;
+use super::session::{Context, Flow, Rejection, Session, Stream};
+
+/// Longest we spend telling a refused client that we are full.
+const REFUSAL_WRITE_LIMIT: Duration = Duration::from_secs(5);
+/// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+pub(super) async fn run<A: Acceptor>(
+    listener: TcpListener,
+    ctx: Arc<Context<A>>,
+) -> std::io::Result<()> {
+    let sessions = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(ctx.settings.server.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let ctx = ctx.clone();
+                sessions.spawn(async move {
+                    connection(stream, peer, ctx).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                ctx.metrics
+                    .inbound_rejections
+                    .with_label_values(&[Rejection::TooManyConnections.reason()])
+                    .inc();
+                tracing::info!(peer = %peer, "inbound connection refused: too many connections");
+                sessions.spawn(refuse(stream));
+            }
+        }
+    }
+    // Stop accepting now (the port closes); sessions finish on their own terms.
+    drop(listener);
+    sessions.close();
+    tracing::info!(
+        sessions = sessions.len(),
+        "inbound listener stopped; waiting for sessions"
+    );
+    sessions.wait().await;
+    Ok(())
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let mut reply = Vec::new();
+    replies::TOO_MANY_CONNECTIONS.write_to(&mut reply);
+    let _ = tokio::time::timeout(REFUSAL_WRITE_LIMIT, async {
+        stream.write_all(&reply).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Runs one connection from greeting to close, including a STARTTLS upgrade, and logs its
+/// opening and closing. Generic over the stream so tests drive it over `tokio::io::duplex`.
+pub(crate) async fn connection<S: Stream, A: Acceptor>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Arc<Context<A>>,
+) {
+    let opened = Instant::now();
+    let gauge = ctx.metrics.inbound_connections.clone();
+    gauge.inc();
+    let _open = scopeguard(move || gauge.dec());
+    tracing::info!(peer = %peer, "inbound connection opened");
+
+    let mut session = Session::new(stream, peer, ctx);
+    session.greet();
+    let (result, messages) = match session.run().await {
+        Ok(Flow::StartTls) => super::tls::upgrade(session).await,
+        Ok(_) => (Ok(()), session.st.messages),
+        Err(e) => (Err(e), session.st.messages),
+    };
+    let elapsed_ms = opened.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => {
+            tracing::info!(peer = %peer, messages, elapsed_ms, "inbound connection closed")
+        }
+        Err(e) => {
+            tracing::info!(peer = %peer, messages, elapsed_ms, error = %e, "inbound connection closed")
+        }
+    }
+}
+
+/// Runs `f` when dropped, so the connection gauge is right even if the task is aborted.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

@@ -1,0 +1,65 @@
+//! MAIL FROM: opens a transaction.
+//!
+//! The null sender `<>` (bounces) is accepted. Parameters we advertise (`SIZE`, `BODY=7BIT`,
+//! `BODY=8BITMIME`, `SMTPUTF8`) are honoured; anything else the parser understands but we did
+//! not advertise (BINARYMIME, DSN, FUTURERELEASE, ...) is refused with `555 5.5.4` rather
+//! than silently ignored, so a client never believes we promised a service we do not give.
+
+use smtp_proto::{MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom};
+
+use super::Acceptor;
+use super::replies;
+use super::session::{Draft, Flow, Rejection, Session, Stream};
+
+/// MAIL flags that correspond to extensions in our EHLO answer.
+const ADVERTISED_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
+
+impl<S: Stream, A: Acceptor> Session<S, A> {
+    pub(super) fn mail(&mut self, from: MailFrom<String>) -> Flow {
+        if self.st.helo.is_none() {
+            return self.reject(Rejection::BadSequence, &replies::HELO_FIRST);
+        }
+        let tls_required = self
+            .ctx
+            .settings
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.required);
+        if tls_required && !self.st.tls {
+            tracing::info!(peer = %self.st.peer, "MAIL before required STARTTLS refused");
+            return self.reject(Rejection::TlsRequired, &replies::MUST_STARTTLS);
+        }
+        if self.st.tx.is_some() {
+            return self.reject(Rejection::BadSequence, &replies::NESTED_MAIL);
+        }
+        if !only_advertised(&from) {
+            return self.reject(Rejection::Syntax, &replies::UNSUPPORTED_PARAM);
+        }
+        if from.size as u64 > self.ctx.settings.server.max_message_size {
+            tracing::info!(peer = %self.st.peer, declared = from.size, "MAIL SIZE over the limit refused");
+            return self.reject(Rejection::Size, &replies::MESSAGE_TOO_BIG);
+        }
+        tracing::debug!(peer = %self.st.peer, from = %self.ctx.redactor.addr(&from.address), "MAIL accepted");
+        self.st.tx = Some(Draft {
+            mail_from: from.address,
+            rcpt_to: Vec::new(),
+            declared_size: from.size,
+        });
+        self.reply(&replies::SENDER_OK);
+        Flow::Continue
+    }
+}
+
+fn only_advertised(from: &MailFrom<String>) -> bool {
+    from.flags & !ADVERTISED_FLAGS == 0
+        && from.trans_id.is_none()
+        && from.by == 0
+        && from.env_id.is_none()
+        && from.solicit.is_none()
+        && from.mtrk.is_none()
+        && from.auth.is_none()
+        && from.hold_for == 0
+        && from.hold_until == 0
+        && from.mt_priority == 0
+}

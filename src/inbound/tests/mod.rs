@@ -1,0 +1,6 @@
+//! Tests of the listener at two levels: scripted sessions over `tokio::io::duplex` (no
+//! sockets, deterministic) and real TCP/TLS connections against `serve`.
+
+mod scripted;
+mod support;
+mod tcp;

@@ -1,0 +1,89 @@
+//! STARTTLS (RFC 3207): the rustls acceptor, built once, and the upgrade that turns a
+//! `Session<S>` into a `Session<TlsStream<S>>`.
+//!
+//! STARTTLS injection (CVE-2011-0411 class): bytes a client pipelined after `STARTTLS` arrive
+//! in clear text, yet a careless server would execute them as if they came under TLS. Here the
+//! read buffer is dropped the moment STARTTLS is accepted, and the TLS session starts from an
+//! empty buffer and a fresh state (`State::after_starttls` clears it again: two independent
+//! guards, so a later edit to one cannot reopen the hole). Bytes that arrive after our read
+//! reach rustls as a malformed handshake and end the connection.
+
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use super::replies;
+use super::session::{Flow, Rejection, Session, Stream};
+use super::{Acceptor, InboundError};
+use crate::config::InboundTlsConfig;
+
+/// Loads the certificate chain and key and builds the acceptor. Called once by `serve`; the
+/// relay can call it at startup too, to report an unusable cert/key file before listening.
+///
+/// Uses the aws-lc-rs provider explicitly, never the process default, so that no other crate's
+/// choice of provider can make rustls panic on an ambiguous default.
+pub fn acceptor(cfg: &InboundTlsConfig) -> Result<TlsAcceptor, InboundError> {
+    let certs = CertificateDer::pem_file_iter(&cfg.cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| InboundError::CertFile {
+            path: cfg.cert.clone(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(InboundError::NoCertificate {
+            path: cfg.cert.clone(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|source| InboundError::KeyFile {
+        path: cfg.key.clone(),
+        source,
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+impl<S: Stream, A: Acceptor> Session<S, A> {
+    pub(super) fn starttls(&mut self) -> Flow {
+        if self.ctx.tls.is_none() {
+            return self.reject(Rejection::NotImplemented, &replies::TLS_NOT_AVAILABLE);
+        }
+        if self.st.tls {
+            return self.reject(Rejection::BadSequence, &replies::ALREADY_TLS);
+        }
+        self.reply(&replies::READY_TLS);
+        let dropped = self.st.discard_input();
+        if dropped > 0 {
+            tracing::info!(peer = %self.st.peer, bytes = dropped, "discarded input pipelined after STARTTLS");
+        }
+        Flow::StartTls
+    }
+}
+
+/// Runs the handshake (bounded by `command_timeout`) and the rest of the session under TLS.
+/// Returns the outcome and the number of messages accepted on the connection.
+pub(super) async fn upgrade<S: Stream, A: Acceptor>(
+    session: Session<S, A>,
+) -> (Result<(), InboundError>, u32) {
+    let (stream, ctx, state) = session.into_parts();
+    let messages = state.messages;
+    let Some(acceptor) = ctx.tls.clone() else {
+        // `starttls` never asks for an upgrade without an acceptor.
+        return (Ok(()), messages);
+    };
+    let limit = ctx.settings.server.command_timeout;
+    let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return (Err(InboundError::Handshake(e)), messages),
+        Err(_) => return (Err(InboundError::HandshakeTimeout), messages),
+    };
+    let mut session = Session::from_parts(tls, ctx, state.after_starttls());
+    // Under TLS `starttls` refuses, so `run` cannot ask for a second upgrade.
+    let result = session.run().await.map(|_| ());
+    (result, session.st.messages)
+}
