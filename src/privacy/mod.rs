@@ -1,17 +1,32 @@
 //! The privacy policy: pure functions over raw message bytes (no I/O).
 //!
-//! INTERFACE (to be implemented by the privacy work):
-//! - `recipients.rs`: the visible set V from all To/Cc headers (groups, quoted names, RFC 2047,
-//!   comments, folding, case-insensitive de-duplication, minus trusted domains; unparseable
-//!   address headers make the message count as exposing).
-//! - `policy.rs`: [`plan`] — decision + one [`PlannedDelivery`] per copy.
-//! - `rewrite.rs`: [`render_header`] — the header block of one copy, spliced from the original
-//!   bytes; the body is never copied or changed.
+//! The promise it keeps: a message whose `To`/`Cc` show more recipients than allowed never
+//! reaches anyone in that form. Where to look:
+//! - [`recipients`]: the visible set V from all To/Cc fields (groups, quoted names, RFC 2047,
+//!   comments, folding, case-insensitive de-duplication, minus trusted domains). Fields that do
+//!   not parse cleanly make the message count as exposing (fail closed).
+//! - [`policy`]: [`plan`] — the decision and one [`PlannedDelivery`] per copy.
+//! - [`rewrite`]: [`render_header`] — the header block of one copy, spliced from the original
+//!   bytes (this is where a split copy gets its `To:`); the body is never copied or changed.
+//! - [`inspect`]: the text `mailveil inspect` prints.
+//! - `fields`: the header scanner the parser and the rewrite share, so they agree on which
+//!   bytes are a `To` field.
+
+mod fields;
+pub mod inspect;
+pub mod policy;
+pub mod recipients;
+pub mod rewrite;
+
+pub use inspect::inspect_report;
+pub use policy::plan;
+pub use recipients::{
+    AddressFieldError, HeaderAddress, VisibleRecipients, header_from, header_recipients,
+    visible_recipients,
+};
+pub use rewrite::{body_offset, render_header};
 
 use serde::{Deserialize, Serialize};
-
-use crate::config::PrivacyConfig;
-use crate::envelope::Envelope;
 
 /// What the policy decided for one message; also the `action` label of
 /// `mailveil_privacy_actions_total`.
@@ -73,23 +88,6 @@ pub struct Plan {
     pub deliveries: Vec<PlannedDelivery>,
 }
 
-/// Applies the policy to one message with its envelope.
-pub fn plan(_config: &PrivacyConfig, _envelope: &Envelope, _message: &[u8]) -> Plan {
-    unimplemented!("privacy::plan")
-}
-
-/// Header block (including the empty line that ends it) of the copy described by `rewrite`.
-/// Everything after the original header block is the body and is sent unchanged.
-pub fn render_header(_message: &[u8], _rewrite: &Rewrite) -> Vec<u8> {
-    unimplemented!("privacy::render_header")
-}
-
-/// Byte offset where the body starts (just after the CRLF CRLF that ends the header block);
-/// the message length if there is no body.
-pub fn body_offset(_message: &[u8]) -> usize {
-    unimplemented!("privacy::body_offset")
-}
-
 /// Text of the `550 5.7.1` reply in `reject` mode.
 pub fn reject_text(visible: usize) -> String {
     format!(
@@ -97,15 +95,5 @@ pub fn reject_text(visible: usize) -> String {
     )
 }
 
-/// STUB until merge.
-pub fn header_from(_message: &[u8]) -> Option<String> {
-    unimplemented!()
-}
-/// STUB until merge.
-pub fn header_recipients(_message: &[u8]) -> Vec<String> {
-    unimplemented!()
-}
-/// STUB until merge.
-pub fn inspect_report(_c: &PrivacyConfig, _e: &Envelope, _m: &[u8]) -> String {
-    unimplemented!()
-}
+#[cfg(test)]
+mod tests;

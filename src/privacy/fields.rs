@@ -1,0 +1,171 @@
+//! Header block scanning shared by the visible-set parser and the rewrite.
+//!
+//! The parser and the rewrite must agree on exactly which bytes form a `To` or `Cc` field:
+//! if they disagreed, a field could be counted as harmless and then kept, or removed while a
+//! look-alike survived. So both walk the header with this one scanner.
+//!
+//! Rules, chosen to fail closed:
+//! - The header ends at the first empty line (`CRLF` or bare `LF`). Every receiver agrees on
+//!   that boundary; a whitespace-only line is *not* empty (it is an obsolete continuation).
+//! - A line starting with `name[WSP]:` (RFC 5322 ftext, with the RFC 822 optional white space
+//!   before the colon) starts a field. Any other line continues the previous field: folded
+//!   lines, but also malformed lines such as a bare `b@y, c@z` after a `To:` line, so that
+//!   stray addresses are removed (and counted) together with the field they follow.
+
+/// The header fields the privacy policy treats specially.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FieldKind {
+    To,
+    Cc,
+    Bcc,
+    DkimSignature,
+    From,
+    Other,
+}
+
+impl FieldKind {
+    fn of(name: &[u8]) -> FieldKind {
+        const NAMES: [(&[u8], FieldKind); 5] = [
+            (b"to", FieldKind::To),
+            (b"cc", FieldKind::Cc),
+            (b"bcc", FieldKind::Bcc),
+            (b"dkim-signature", FieldKind::DkimSignature),
+            (b"from", FieldKind::From),
+        ];
+        NAMES
+            .iter()
+            .find(|(n, _)| name.eq_ignore_ascii_case(n))
+            .map_or(FieldKind::Other, |&(_, kind)| kind)
+    }
+}
+
+/// One header field as byte offsets into the message: `start..end` covers the name, the value,
+/// every continuation line and the final line ending (if any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Field {
+    pub start: usize,
+    /// Just after the colon (equal to `start` for a leading line that is not a field).
+    pub value_start: usize,
+    pub end: usize,
+    pub kind: FieldKind,
+}
+
+/// The header block of a message, split into fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeaderBlock {
+    pub fields: Vec<Field>,
+    /// End of the last field (start of the empty line, or the message length).
+    pub fields_end: usize,
+    /// Start of the body: just after the empty line, or the message length if there is none.
+    pub body_start: usize,
+}
+
+/// Scans the header block once, without copying anything.
+pub(crate) fn scan(message: &[u8]) -> HeaderBlock {
+    let mut fields: Vec<Field> = Vec::new();
+    let mut pos = 0;
+    while pos < message.len() {
+        let line_end = message[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(message.len(), |i| pos + i + 1);
+        let line = &message[pos..line_end];
+        if line == b"\n" || line == b"\r\n" {
+            return HeaderBlock {
+                fields,
+                fields_end: pos,
+                body_start: line_end,
+            };
+        }
+        match field_name(line) {
+            Some((name_len, colon)) => fields.push(Field {
+                start: pos,
+                value_start: pos + colon + 1,
+                end: line_end,
+                kind: FieldKind::of(&line[..name_len]),
+            }),
+            None => match fields.last_mut() {
+                Some(last) => last.end = line_end,
+                None => fields.push(Field {
+                    start: pos,
+                    value_start: pos,
+                    end: line_end,
+                    kind: FieldKind::Other,
+                }),
+            },
+        }
+        pos = line_end;
+    }
+    HeaderBlock {
+        fields,
+        fields_end: message.len(),
+        body_start: message.len(),
+    }
+}
+
+/// If `line` starts a field, the length of its name and the index of its colon.
+fn field_name(line: &[u8]) -> Option<(usize, usize)> {
+    let name_len = line
+        .iter()
+        .position(|&b| !(33..=126).contains(&b) || b == b':')
+        .unwrap_or(line.len());
+    if name_len == 0 {
+        return None;
+    }
+    let colon = name_len
+        + line[name_len..]
+            .iter()
+            .position(|&b| b != b' ' && b != b'\t')?;
+    (line[colon] == b':').then_some((name_len, colon))
+}
+
+/// The line ending the message uses, judged by its first line: inbound SMTP normalises to
+/// CRLF, but `.eml` files read by `inspect` often use bare LF, and a copy should not mix them.
+pub(crate) fn line_ending(message: &[u8]) -> &'static [u8] {
+    match message.iter().position(|&b| b == b'\n') {
+        Some(i) if i == 0 || message[i - 1] != b'\r' => b"\n",
+        _ => b"\r\n",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_continuations_and_body() {
+        let m = b"From x\r\nTo: a@x,\r\n b@y\r\nstray@z\r\nSubject : hi\r\n\r\nbody\r\n";
+        let h = scan(m);
+        let kinds: Vec<_> = h.fields.iter().map(|f| f.kind).collect();
+        // "From x" has no colon: a leading non-field line, kept as Other.
+        assert_eq!(kinds, [FieldKind::Other, FieldKind::To, FieldKind::Other]);
+        let to = h.fields[1];
+        assert_eq!(&m[to.start..to.end], b"To: a@x,\r\n b@y\r\nstray@z\r\n");
+        assert_eq!(&m[h.body_start..], b"body\r\n");
+        assert_eq!(&m[h.fields_end..h.body_start], b"\r\n");
+    }
+
+    #[test]
+    fn whitespace_only_line_does_not_end_header() {
+        let m = b"Subject: a\n \nCc: b@y\n\nbody";
+        let h = scan(m);
+        assert_eq!(h.fields.len(), 2);
+        assert_eq!(h.fields[1].kind, FieldKind::Cc);
+        assert_eq!(&m[h.body_start..], b"body");
+    }
+
+    #[test]
+    fn no_blank_line_is_all_header() {
+        let m = b"To: a@x\r\nSubject: s";
+        let h = scan(m);
+        assert_eq!((h.fields_end, h.body_start), (m.len(), m.len()));
+        assert_eq!(h.fields[1].end, m.len());
+    }
+
+    #[test]
+    fn line_ending_detection() {
+        assert_eq!(line_ending(b"A: b\nC: d\r\n"), b"\n");
+        assert_eq!(line_ending(b"A: b\r\n"), b"\r\n");
+        assert_eq!(line_ending(b"A: b"), b"\r\n");
+    }
+}

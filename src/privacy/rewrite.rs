@@ -1,0 +1,161 @@
+//! The header splice: one copy's header block, built from the original header bytes.
+//!
+//! Only whole fields are dropped and exactly one `To:` field is written; every other byte is
+//! copied as it arrived, so signatures over other fields, odd folding and unknown fields all
+//! survive. The body is never read: callers send `message[body_offset(message)..]` after the
+//! block returned here, so a fan-out of 1,000 copies stores and reads the body once.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+use super::Rewrite;
+use super::fields::{self, FieldKind};
+
+/// Longest line we write, per RFC 5322's "SHOULD be no more than 78 characters".
+const LINE_LIMIT: usize = 78;
+/// Bytes of UTF-8 per RFC 2047 encoded-word: 40 bytes -> 56 base64 characters -> a 68-character
+/// word, which fits one folded line with room for the field name.
+const ENCODED_CHUNK: usize = 40;
+
+/// Header block (including the empty line that ends it) of the copy described by `rewrite`.
+/// Everything after the original header block is the body and is sent unchanged.
+pub fn render_header(message: &[u8], rewrite: &Rewrite) -> Vec<u8> {
+    let block = fields::scan(message);
+    let header = &message[..block.body_start];
+    let rewritten = !matches!(rewrite, Rewrite::Unchanged);
+    let dropped = |kind: FieldKind| match kind {
+        FieldKind::Bcc => true,
+        FieldKind::To | FieldKind::Cc | FieldKind::DkimSignature => rewritten,
+        FieldKind::From | FieldKind::Other => false,
+    };
+    if !block.fields.iter().any(|f| dropped(f.kind)) && !rewritten {
+        return header.to_vec();
+    }
+
+    let eol = fields::line_ending(message);
+    let to_field = match rewrite {
+        Rewrite::Unchanged => Vec::new(),
+        Rewrite::OnlyRecipient {
+            address,
+            display_name,
+        } => only_recipient_field(address, display_name.as_deref(), eol),
+        Rewrite::Undisclosed => [b"To: undisclosed-recipients:;".as_slice(), eol].concat(),
+    };
+    let mut out = Vec::with_capacity(header.len() + to_field.len() + 2);
+    let mut inserted = to_field.is_empty();
+    // Copy maximal runs of kept fields in one go.
+    let mut run_start = 0;
+    for f in &block.fields {
+        if !dropped(f.kind) {
+            continue;
+        }
+        out.extend_from_slice(&message[run_start..f.start]);
+        run_start = f.end;
+        if !inserted && matches!(f.kind, FieldKind::To | FieldKind::Cc) {
+            out.extend_from_slice(&to_field);
+            inserted = true;
+        }
+    }
+    out.extend_from_slice(&message[run_start..block.fields_end]);
+    if !inserted {
+        // No To/Cc field: the new one goes last. The last kept line may lack its line
+        // ending when the message has no body; without one the new field would be glued to it.
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.extend_from_slice(eol);
+        }
+        out.extend_from_slice(&to_field);
+    }
+    out.extend_from_slice(&message[block.fields_end..block.body_start]);
+    out
+}
+
+/// Byte offset where the body starts (just after the empty line that ends the header block);
+/// the message length if there is no body.
+pub fn body_offset(message: &[u8]) -> usize {
+    fields::scan(message).body_start
+}
+
+/// `To: R` or `To: "Name" <R>`, folded, ending with `eol`.
+///
+/// Names and addresses come from the client (header or RCPT TO) and may be hostile: control
+/// characters are removed so a CR or LF can never start a new header field (injection).
+fn only_recipient_field(address: &str, display_name: Option<&str>, eol: &[u8]) -> Vec<u8> {
+    let address: String = address.chars().filter(|c| !c.is_control()).collect();
+    let address = address.trim();
+    let name: String = display_name
+        .unwrap_or("")
+        .chars()
+        .map(|c| if c == '\t' { ' ' } else { c })
+        .filter(|c| !c.is_control())
+        .collect();
+    let name = name.trim();
+    if name.is_empty() {
+        let mut out = format!("To: {address}").into_bytes();
+        out.extend_from_slice(eol);
+        return out;
+    }
+    let quoted = quoted_string(name);
+    let mut out = Vec::with_capacity(LINE_LIMIT + address.len() + name.len() * 2);
+    out.extend_from_slice(b"To: ");
+    let mut line_len = 4;
+    if name.is_ascii() && 4 + quoted.len() + 3 + address.len() <= LINE_LIMIT {
+        out.extend_from_slice(quoted.as_bytes());
+        line_len += quoted.len();
+    } else {
+        // Non-ASCII, or too long for one line: RFC 2047 encoded-words, one per folded line.
+        for (i, chunk) in utf8_chunks(name, ENCODED_CHUNK).enumerate() {
+            if i > 0 {
+                out.extend_from_slice(eol);
+                out.push(b' ');
+                line_len = 1;
+            }
+            let word = format!("=?utf-8?b?{}?=", STANDARD.encode(chunk));
+            out.extend_from_slice(word.as_bytes());
+            line_len += word.len();
+        }
+    }
+    if line_len + 3 + address.len() > LINE_LIMIT {
+        out.extend_from_slice(eol);
+    }
+    out.extend_from_slice(b" <");
+    out.extend_from_slice(address.as_bytes());
+    out.push(b'>');
+    out.extend_from_slice(eol);
+    out
+}
+
+/// RFC 5322 quoted-string: backslash before `"` and `\`.
+fn quoted_string(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
+}
+
+/// Splits `s` into pieces of at most `max` bytes without cutting a character (an encoded-word
+/// must hold whole characters, RFC 2047 section 5).
+fn utf8_chunks(s: &str, max: usize) -> impl Iterator<Item = &str> {
+    let mut rest = s;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = rest.len().min(max);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end == 0 {
+            // A single character longer than `max` (impossible for max >= 4).
+            end = rest.chars().next().map_or(rest.len(), char::len_utf8);
+        }
+        let (head, tail) = rest.split_at(end);
+        rest = tail;
+        Some(head)
+    })
+}

@@ -1,0 +1,396 @@
+//! Property tests for the privacy promise: whatever mix of header fields an application sends,
+//! a split copy shows its own recipient and nobody else, keeps every other header field
+//! byte-for-byte in order, and carries the body unchanged.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use mailveil::config::{PrivacyConfig, PrivacyMode};
+use mailveil::envelope::Envelope;
+use mailveil::privacy::{Decision, Rewrite, body_offset, plan, render_header};
+use proptest::prelude::*;
+
+const DOMAINS: [&str; 3] = ["example.com", "mail.test", "x.org"];
+
+/// Distinct addresses none of which contains another: each holds a unique `u<NNN>` and the
+/// random part has no digits.
+fn pool() -> impl Strategy<Value = Vec<String>> {
+    prop::collection::vec(("[a-z]{1,6}", 0..DOMAINS.len()), 2..8).prop_map(|parts| {
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (local, d))| format!("u{i:03}{local}@{}", DOMAINS[d]))
+            .collect()
+    })
+}
+
+/// The address as an application might spell it: random letters upper-cased.
+fn case_variant(address: &str, mask: u64) -> String {
+    address
+        .chars()
+        .enumerate()
+        .map(|(j, c)| {
+            if mask >> (j % 64) & 1 == 1 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+struct Mailbox {
+    idx: usize,
+    form: u8,
+    name: String,
+    mask: u64,
+    other: usize,
+}
+
+fn mailbox() -> impl Strategy<Value = Mailbox> {
+    (
+        0..8usize,
+        0..7u8,
+        "[A-Za-z ,.\"\\\\()'\u{e9}\u{fc}\u{4e2d}]{0,12}",
+        any::<u64>(),
+        0..8usize,
+    )
+        .prop_map(|(idx, form, name, mask, other)| Mailbox {
+            idx,
+            form,
+            name,
+            mask,
+            other,
+        })
+}
+
+fn render_mailbox(m: &Mailbox, pool: &[String]) -> String {
+    let addr = case_variant(&pool[m.idx % pool.len()], m.mask);
+    let plain: String = m
+        .name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == ' ')
+        .collect();
+    match m.form {
+        0 => addr,
+        1 => format!("<{addr}>"),
+        2 => format!(
+            "\"{}\" <{addr}>",
+            m.name.replace('\\', "\\\\").replace('"', "\\\"")
+        ),
+        3 if !m.name.is_empty() => {
+            format!("=?utf-8?b?{}?= <{addr}>", STANDARD.encode(&m.name))
+        }
+        4 => format!("{addr} ({plain})"),
+        5 if !plain.trim().is_empty() => format!("{} <{addr}>", plain.trim()),
+        // A display name that is another recipient's address.
+        6 => format!("\"{}\" <{addr}>", pool[m.other % pool.len()]),
+        _ => format!("\n <{addr}>"),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    Mailbox(Mailbox),
+    Group(String, Vec<Mailbox>),
+}
+
+fn entry() -> impl Strategy<Value = Entry> {
+    prop_oneof![
+        4 => mailbox().prop_map(Entry::Mailbox),
+        1 => ("[A-Za-z]{1,8}", prop::collection::vec(mailbox(), 0..3))
+            .prop_map(|(n, ms)| Entry::Group(n, ms)),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Spec {
+    /// To (false) or Cc (true), spelling of the name, entries, separators.
+    Address(bool, u8, Vec<Entry>, Vec<u8>),
+    Bcc(Vec<Mailbox>),
+    Dkim(bool),
+    Other(u8, u8, Vec<String>, Vec<u8>),
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    prop_oneof![
+        3 => (any::<bool>(), 0..4u8, prop::collection::vec(entry(), 0..5), prop::collection::vec(0..4u8, 5))
+            .prop_map(|(cc, n, e, s)| Spec::Address(cc, n, e, s)),
+        1 => prop::collection::vec(mailbox(), 1..3).prop_map(Spec::Bcc),
+        1 => any::<bool>().prop_map(Spec::Dkim),
+        4 => (0..8u8, 0..3u8, prop::collection::vec("[A-Za-z0-9;=.<>-]{0,10}", 1..4), prop::collection::vec(0..5u8, 4))
+            .prop_map(|(n, sp, w, f)| Spec::Other(n, sp, w, f)),
+    ]
+}
+
+const OTHER_NAMES: [&str; 8] = [
+    "Subject",
+    "X-Mailer",
+    "Received",
+    "Message-ID",
+    "Date",
+    "x-trace",
+    "MIME-Version",
+    "From",
+];
+
+/// One field's bytes with `\n` line endings; whether it is To/Cc, and whether it must survive.
+fn render_spec(s: &Spec, pool: &[String]) -> (String, bool, bool) {
+    match s {
+        Spec::Address(cc, spelling, entries, seps) => {
+            let name = if *cc {
+                ["Cc", "cc", "CC", "cC"][*spelling as usize]
+            } else {
+                ["To", "to", "TO", "tO"][*spelling as usize]
+            };
+            let mut value = String::new();
+            for (i, e) in entries.iter().enumerate() {
+                if i > 0 {
+                    value.push_str([", ", ",\n ", ",\n\t", " ,  "][seps[i % seps.len()] as usize]);
+                }
+                match e {
+                    Entry::Mailbox(m) => value.push_str(&render_mailbox(m, pool)),
+                    Entry::Group(n, ms) => {
+                        let members: Vec<String> =
+                            ms.iter().map(|m| render_mailbox(m, pool)).collect();
+                        value.push_str(&format!("{n}: {};", members.join(", ")));
+                    }
+                }
+            }
+            (format!("{name}: {value}\n"), true, false)
+        }
+        Spec::Bcc(ms) => {
+            let list: Vec<String> = ms.iter().map(|m| render_mailbox(m, pool)).collect();
+            (format!("Bcc: {}\n", list.join(",\n ")), false, false)
+        }
+        Spec::Dkim(lower) => {
+            let name = if *lower {
+                "dkim-signature"
+            } else {
+                "DKIM-Signature"
+            };
+            (
+                format!("{name}: v=1; a=rsa-sha256;\n\tb=AbC=\n"),
+                false,
+                false,
+            )
+        }
+        Spec::Other(n, spacing, words, folds) => {
+            let mut value = String::new();
+            for (i, w) in words.iter().enumerate() {
+                value
+                    .push_str([" ", "  ", "\n ", "\n\t", "\n   "][folds[i % folds.len()] as usize]);
+                value.push_str(w);
+            }
+            let name = OTHER_NAMES[*n as usize];
+            let field = match (name, spacing) {
+                ("From", _) => "From: app@sender.test\n".to_string(),
+                (_, 0) => format!("{name}:{value}\n"),
+                (_, 1) => format!("{name} :{value}  \n"),
+                _ => format!("{name}:{value}\n"),
+            };
+            (field, false, true)
+        }
+    }
+}
+
+/// Splits a header block into fields (a line starting with white space continues a field).
+fn split_fields(header: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    let mut start = 0;
+    let mut pos = 0;
+    for line in header.split_inclusive('\n') {
+        if pos > start && !line.starts_with([' ', '\t']) {
+            out.push(&header[start..pos]);
+            start = pos;
+        }
+        pos += line.len();
+    }
+    if pos > start {
+        out.push(&header[start..pos]);
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    pool: Vec<String>,
+    specs: Vec<Spec>,
+    envelope: Vec<(usize, u64)>,
+    crlf: bool,
+    body: Option<String>,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        pool(),
+        prop::collection::vec(spec(), 0..10),
+        prop::collection::vec((0..8usize, any::<u64>()), 1..6),
+        any::<bool>(),
+        proptest::option::of("[A-Za-z0-9 .,:<>\n-]{0,60}"),
+    )
+        .prop_map(|(pool, specs, envelope, crlf, body)| Case {
+            pool,
+            specs,
+            envelope,
+            crlf,
+            body,
+        })
+}
+
+fn check(c: &Case) -> Result<(), TestCaseError> {
+    let eol = if c.crlf { "\r\n" } else { "\n" };
+    let pool = &c.pool;
+    let mut header = String::new();
+    let mut survivors = String::new();
+    let mut others_before_first_to: Option<usize> = None;
+    let mut others = 0;
+    for s in &c.specs {
+        let (field, is_to_cc, survives) = render_spec(s, pool);
+        let field = field.replace('\n', eol);
+        if is_to_cc && others_before_first_to.is_none() {
+            others_before_first_to = Some(others);
+        }
+        if survives {
+            survivors.push_str(&field);
+            others += 1;
+        }
+        header.push_str(&field);
+    }
+    let body = c.body.as_deref().map(|b| b.replace('\n', eol));
+    let message = match &body {
+        Some(b) => format!("{header}{eol}{b}"),
+        None => header.clone(),
+    };
+    let message = message.as_bytes();
+    let body = body.unwrap_or_default();
+
+    // The body is found where it was put, whatever the header holds.
+    prop_assert_eq!(&message[body_offset(message)..], body.as_bytes());
+
+    // Expected |V|: distinct pool addresses the To/Cc fields name. A display name showing
+    // another address (form 6) is seen by readers, so the message fails closed.
+    let mut visible: Vec<usize> = Vec::new();
+    let mut fails_closed = false;
+    for s in &c.specs {
+        if let Spec::Address(_, _, entries, _) = s {
+            for e in entries {
+                let ms = match e {
+                    Entry::Mailbox(m) => std::slice::from_ref(m),
+                    Entry::Group(_, ms) => ms.as_slice(),
+                };
+                visible.extend(ms.iter().map(|m| m.idx % pool.len()));
+                fails_closed |= ms
+                    .iter()
+                    .any(|m| m.form == 6 && m.other % pool.len() != m.idx % pool.len());
+            }
+        }
+    }
+    visible.sort_unstable();
+    visible.dedup();
+
+    let mut rcpt_idx: Vec<usize> = Vec::new();
+    let mut rcpt_to = Vec::new();
+    for &(i, mask) in &c.envelope {
+        let i = i % pool.len();
+        if !rcpt_idx.contains(&i) {
+            rcpt_idx.push(i);
+            rcpt_to.push(case_variant(&pool[i], mask));
+        }
+    }
+    let envelope = Envelope {
+        mail_from: "app@sender.test".into(),
+        rcpt_to: rcpt_to.clone(),
+    };
+    let config = |max| PrivacyConfig {
+        mode: PrivacyMode::Split,
+        max_visible_recipients: max,
+        trusted_domains: Vec::new(),
+    };
+
+    // The decision follows |V| exactly (the generated syntax is valid).
+    let expected = if fails_closed {
+        visible.len().max(2)
+    } else {
+        visible.len()
+    };
+    let p = plan(&config(1), &envelope, message);
+    prop_assert_eq!(
+        p.visible,
+        expected,
+        "message: {:?}",
+        String::from_utf8_lossy(message)
+    );
+    prop_assert_eq!(
+        p.decision,
+        if expected > 1 {
+            Decision::Split
+        } else {
+            Decision::Pass
+        }
+    );
+
+    // Split copies (forced with a threshold of 0 so every case exercises the rewrite).
+    let p = plan(&config(0), &envelope, message);
+    let rewrites: Vec<Rewrite> = if p.decision == Decision::Split {
+        prop_assert_eq!(p.deliveries.len(), rcpt_to.len());
+        p.deliveries.iter().map(|d| d.rewrite.clone()).collect()
+    } else {
+        rcpt_to
+            .iter()
+            .map(|r| Rewrite::OnlyRecipient {
+                address: r.clone(),
+                display_name: None,
+            })
+            .collect()
+    };
+    for (k, rewrite) in rewrites.iter().enumerate() {
+        let own = rcpt_idx[k];
+        let h = render_header(message, rewrite);
+        let copy = [h.as_slice(), body.as_bytes()].concat();
+        let text = String::from_utf8(copy).expect("utf-8 copy").to_lowercase();
+        prop_assert!(text.contains(&pool[own]), "own address missing: {text:?}");
+        for (j, other) in pool.iter().enumerate() {
+            if j != own {
+                prop_assert!(!text.contains(other), "{other} leaked into {text:?}");
+            }
+        }
+        // Other fields survive byte-for-byte, in order, and the new To: sits where the first
+        // To/Cc was.
+        let h = String::from_utf8(h).unwrap();
+        let block = match h.strip_suffix(eol) {
+            Some(b) if !h.is_empty() && message.len() > header.len() => b,
+            _ => h.as_str(),
+        };
+        let fields = split_fields(block);
+        let to_at: Vec<usize> = (0..fields.len())
+            .filter(|&i| fields[i].to_ascii_lowercase().starts_with("to:"))
+            .collect();
+        prop_assert_eq!(to_at.len(), 1, "{:?}", fields);
+        prop_assert_eq!(to_at[0], others_before_first_to.unwrap_or(others));
+        let kept: String = fields
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != to_at[0])
+            .map(|(_, f)| *f)
+            .collect();
+        prop_assert_eq!(kept, survivors.clone());
+    }
+
+    // Bcc mode shows nobody's address.
+    let h = render_header(message, &Rewrite::Undisclosed);
+    let text = String::from_utf8(h).unwrap().to_lowercase();
+    for a in pool {
+        prop_assert!(!text.contains(a), "{a} in bcc-mode header {text:?}");
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn split_copies_show_only_their_recipient(c in case()) {
+        check(&c)?;
+    }
+}
