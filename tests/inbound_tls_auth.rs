@@ -84,6 +84,7 @@ async fn starttls_is_offered_and_auth_only_after_it() {
     );
     let rcpt = raw.cmd("RCPT TO:<payer@x.test>").await;
     assert!(rcpt.starts_with("530 5.7.0"), "{rcpt}");
+    drop(raw); // an open transaction would hold shutdown for its grace period
 
     let ok = lettre_send_tls(
         s.relay.smtp,
@@ -134,6 +135,7 @@ async fn tls_required_refuses_mail_before_starttls() {
     raw.cmd("EHLO client.test").await;
     let mail = raw.cmd("MAIL FROM:<billing@src.test>").await;
     assert!(mail.starts_with("530 5.7.0"), "{mail}");
+    drop(raw);
     // Over STARTTLS from an allowed network, no AUTH needed.
     let ok = lettre_send_tls(
         s.relay.smtp,
