@@ -100,7 +100,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                     .messages_received
                     .with_label_values(&["accepted"])
                     .inc();
-                tracing::info!(peer = %self.st.peer, %queue_id, recipients, size, "message accepted");
+                tracing::debug!(peer = %self.st.peer, %queue_id, recipients, size, "message accepted");
                 let _ = write!(self.st.wbuf, "250 2.0.0 queued as {queue_id}\r\n");
                 self.st.messages += 1;
             }
