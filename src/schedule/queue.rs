@@ -437,3 +437,51 @@ fn is_upstream_fault(e: &UpstreamError) -> bool {
         Some(code) => code == 421,
     }
 }
+
+/// What `GET /status` shows about the queue.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueStatus {
+    /// All deliveries paused.
+    pub paused: bool,
+    pub providers: Vec<ProviderStatus>,
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProviderStatus {
+    pub name: String,
+    pub paused: bool,
+    /// Deliveries waiting or in flight in this provider's lane.
+    pub queued: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub up: bool,
+}
+
+/// A pause/resume request named a provider the catalog does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown provider {0:?}")]
+pub struct UnknownProvider(pub String);
+
+impl Scheduler {
+    /// Stops starting deliveries (all, or one provider's); copies in flight finish. Inbound keeps
+    /// accepting and spooling.
+    pub fn pause(&self, provider: Option<&str>) -> Result<(), UnknownProvider> {
+        let _ = provider;
+        unimplemented!("lanes")
+    }
+
+    /// Undoes [`pause`](Self::pause).
+    pub fn resume(&self, provider: Option<&str>) -> Result<(), UnknownProvider> {
+        let _ = provider;
+        unimplemented!("lanes")
+    }
+
+    /// Paused flags, queue depth per provider, upstream health.
+    pub fn status(&self) -> QueueStatus {
+        unimplemented!("lanes")
+    }
+}
