@@ -99,7 +99,7 @@ pub async fn run(
     let scheduler = Scheduler::new(
         spool.clone(),
         upstreams,
-        config.spool.clone(),
+        &config,
         metrics.clone(),
         redactor.clone(),
     );

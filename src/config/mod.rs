@@ -92,6 +92,8 @@ pub struct SpoolConfig {
     pub max_queue_time: Duration,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// How long an upstream that failed at connection level is skipped before it is tried again.
+    pub upstream_cool_off: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -464,6 +466,7 @@ fn validate_spool(raw: raw::RawSpool, p: &mut Problems) -> SpoolConfig {
         max_queue_time: d(raw.max_queue_time, "spool.max_queue_time", 3 * 86_400, p),
         retry_initial: d(raw.retry_initial, "spool.retry_initial", 5, p),
         retry_max: d(raw.retry_max, "spool.retry_max", 600, p),
+        upstream_cool_off: d(raw.upstream_cool_off, "spool.upstream_cool_off", 30, p),
     };
     if spool.retry_initial.is_zero() {
         p.push("spool.retry_initial", "must be greater than zero");

@@ -72,6 +72,7 @@ pub struct RawSpool {
     pub max_queue_time: Option<RawDuration>,
     pub retry_initial: Option<RawDuration>,
     pub retry_max: Option<RawDuration>,
+    pub upstream_cool_off: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

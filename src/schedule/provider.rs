@@ -53,6 +53,9 @@ const BUILT_IN: &[(&str, &[&str])] = &[
     ("apple", &["icloud.com", "me.com", "mac.com"]),
 ];
 
+/// Names of the built-in providers.
+pub const BUILT_IN_NAMES: &[&str] = &["yahoo", "netease", "qq", "google", "microsoft", "apple"];
+
 #[derive(Debug, Clone)]
 pub struct ProviderCatalog {
     by_domain: HashMap<String, String>,
@@ -112,6 +115,12 @@ mod tests {
         assert_eq!(c.classify("a@foxmail.com"), "qq");
         assert_eq!(c.classify("a@example.org"), DEFAULT_PROVIDER);
         assert_eq!(c.classify("no-domain"), DEFAULT_PROVIDER);
+    }
+
+    #[test]
+    fn built_in_names_match_the_table() {
+        let names: Vec<&str> = BUILT_IN.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, BUILT_IN_NAMES);
     }
 
     #[test]

@@ -1,27 +1,30 @@
-//! The delivery queue: every pending delivery of a spooled message becomes a task that waits
-//! until it is due, renders its copy's header, hands it to the first healthy upstream (failing
-//! over to the next), and records the outcome in the spool.
+//! The delivery queue. Every pending delivery of a spooled message waits in its provider's
+//! [`Lane`]; each lane's dispatcher takes ready deliveries in priority order while it has free
+//! slots, and an attempt renders the copy's header, hands it to the first healthy upstream
+//! ([`failover`](super::failover)) and records the outcome in the spool.
 //!
-//! Outcomes: `2xx` delivered; a temporary failure is retried with backoff until
-//! `spool.max_queue_time`, then failed; `5xx` failed at once, never retried. A message leaves
-//! the spool when all its deliveries are final.
+//! Outcomes: `2xx` delivered; a temporary failure waits (a timer, not a slot) and is retried
+//! with backoff until `spool.max_queue_time`, then failed; `5xx` failed at once, never retried.
+//! A message leaves the spool when all its deliveries are final.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::SpoolConfig;
+use crate::config::{Config, ProviderConfig, SpoolConfig, UpstreamKind};
 use crate::observe::{Metrics, Redactor};
 use crate::privacy;
-use crate::spool::{LogEntry, MessageMeta, Spool, unix_now};
-use crate::upstream::{Outbound, Upstream, UpstreamError};
+use crate::spool::{LogEntry, MessageMeta, Spool, SpoolError, unix_now};
+use crate::upstream::{Outbound, Upstream};
 
+use super::failover::{self, UpstreamSlot};
+use super::lane::{Class, Lane, Ready};
+use super::provider::DEFAULT_PROVIDER;
 use super::retry::{backoff, random_jitter};
-
-/// How long an upstream that failed at connection level is skipped before it is probed again.
-const UPSTREAM_COOL_OFF: Duration = Duration::from_secs(30);
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
 #[derive(Clone)]
@@ -31,27 +34,55 @@ pub struct Scheduler {
 
 struct Inner {
     spool: Arc<Spool>,
-    upstreams: Vec<UpstreamSlot>,
-    retry: SpoolConfig,
+    upstreams: RwLock<Arc<Vec<Arc<UpstreamSlot>>>>,
+    settings: RwLock<Settings>,
+    lanes: RwLock<HashMap<String, Arc<Lane>>>,
+    paused: AtomicBool,
+    seq: AtomicU64,
     metrics: Metrics,
     redactor: Redactor,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
-struct UpstreamSlot {
-    upstream: Upstream,
-    /// While set and in the future, the upstream is skipped (it failed to connect, TLS, or 421).
-    down_until: Mutex<Option<Instant>>,
+/// The reloadable part of the scheduler's configuration.
+struct Settings {
+    retry: SpoolConfig,
+    providers: Vec<ProviderConfig>,
+    /// The most connections any one upstream may open: what the `default` lane may use.
+    upstream_connections: usize,
+}
+
+impl Settings {
+    fn from_config(config: &Config) -> Settings {
+        let upstream_connections = config
+            .upstreams
+            .iter()
+            .map(|u| match &u.kind {
+                UpstreamKind::Smtp(s) => s.max_connections,
+                UpstreamKind::Dir { .. } => 16,
+            })
+            .max()
+            .unwrap_or(16);
+        Settings {
+            retry: config.spool.clone(),
+            providers: config.providers.clone(),
+            upstream_connections,
+        }
+    }
 }
 
 /// A message with deliveries in the queue.
-struct QueuedMessage {
+pub struct QueuedMessage {
     meta: MessageMeta,
-    /// The message bytes while some delivery holds them; re-read from the spool otherwise, so a
-    /// long queue does not keep every message in memory.
-    bytes: Mutex<Weak<Vec<u8>>>,
-    state: Mutex<Progress>,
+    class: Class,
+    /// The bytes while the message is active (deliveries ready or in flight), so a fan-out reads
+    /// its file once; dropped while all its deliveries wait for retries, so a long queue does not
+    /// sit in memory.
+    hot: Mutex<Option<Arc<Vec<u8>>>>,
+    weak: Mutex<Weak<Vec<u8>>>,
+    active: AtomicUsize,
+    progress: Mutex<Progress>,
 }
 
 struct Progress {
@@ -63,25 +94,25 @@ impl Scheduler {
     pub fn new(
         spool: Arc<Spool>,
         upstreams: Vec<Upstream>,
-        retry: SpoolConfig,
+        config: &Config,
         metrics: Metrics,
         redactor: Redactor,
     ) -> Scheduler {
         for u in &upstreams {
             metrics.upstream_up.with_label_values(&[&u.name]).set(1);
         }
-        let upstreams = upstreams
+        let slots = upstreams
             .into_iter()
-            .map(|upstream| UpstreamSlot {
-                upstream,
-                down_until: Mutex::new(None),
-            })
+            .map(|u| Arc::new(UpstreamSlot::new(u)))
             .collect();
         Scheduler {
             inner: Arc::new(Inner {
                 spool,
-                upstreams,
-                retry,
+                upstreams: RwLock::new(Arc::new(slots)),
+                settings: RwLock::new(Settings::from_config(config)),
+                lanes: RwLock::new(HashMap::new()),
+                paused: AtomicBool::new(false),
+                seq: AtomicU64::new(0),
                 metrics,
                 redactor,
                 tracker: TaskTracker::new(),
@@ -97,8 +128,7 @@ impl Scheduler {
         let mut pending: Vec<(usize, u64)> = Vec::new();
         let mut failed = Vec::new();
         for index in 0..meta.deliveries.len() {
-            let mut due = now;
-            let mut done = false;
+            let (mut due, mut done) = (now, false);
             for entry in log.iter().filter(|e| e.index() == index) {
                 match *entry {
                     LogEntry::Delivered { .. } => done = true,
@@ -114,8 +144,11 @@ impl Scheduler {
             }
         }
         let message = Arc::new(QueuedMessage {
-            bytes: Mutex::new(bytes.as_ref().map(Arc::downgrade).unwrap_or_default()),
-            state: Mutex::new(Progress {
+            class: Class::of(meta.deliveries.len()),
+            weak: Mutex::new(bytes.as_ref().map(Arc::downgrade).unwrap_or_default()),
+            hot: Mutex::new(bytes),
+            active: AtomicUsize::new(0),
+            progress: Mutex::new(Progress {
                 remaining: pending.len(),
                 failed,
             }),
@@ -126,18 +159,115 @@ impl Scheduler {
             return;
         }
         for (index, due) in pending {
-            let provider = &message.meta.deliveries[index].provider;
+            let lane = self.inner.lane(&message.meta.deliveries[index].provider);
+            lane.queued.fetch_add(1, Ordering::Relaxed);
             self.inner
                 .metrics
                 .queue_messages
-                .with_label_values(&[provider])
+                .with_label_values(&[&lane.name])
                 .inc();
-            let inner = self.inner.clone();
-            let message = message.clone();
-            let hot = bytes.clone();
+            let item = Ready {
+                class: message.class,
+                seq: 0,
+                message: message.clone(),
+                index,
+                attempts: 0,
+            };
+            if due <= now {
+                self.inner.make_ready(&lane, item);
+            } else {
+                self.inner
+                    .retry_later(lane, item, Duration::from_secs(due - now));
+            }
+        }
+        message.release_if_idle();
+    }
+
+    /// Stops starting deliveries (all, or one provider's); copies in flight finish. Inbound keeps
+    /// accepting and spooling.
+    pub fn pause(&self, provider: Option<&str>) -> Result<(), UnknownProvider> {
+        self.set_paused(provider, true)
+    }
+
+    /// Undoes [`pause`](Self::pause).
+    pub fn resume(&self, provider: Option<&str>) -> Result<(), UnknownProvider> {
+        self.set_paused(provider, false)
+    }
+
+    fn set_paused(&self, provider: Option<&str>, paused: bool) -> Result<(), UnknownProvider> {
+        match provider {
+            None => {
+                self.inner.paused.store(paused, Ordering::Relaxed);
+                for lane in self.inner.lanes.read().expect("not poisoned").values() {
+                    lane.nudge();
+                }
+            }
+            Some(name) => {
+                if !self.inner.is_known_provider(name) {
+                    return Err(UnknownProvider(name.to_string()));
+                }
+                self.inner.lane(name).set_paused(paused);
+            }
+        }
+        tracing::info!(
+            provider = provider.unwrap_or("*"),
+            "deliveries {}",
+            if paused { "paused" } else { "resumed" }
+        );
+        Ok(())
+    }
+
+    /// Paused flags, queue depth per provider, upstream health.
+    pub fn status(&self) -> QueueStatus {
+        let lanes = self.inner.lanes.read().expect("not poisoned");
+        let mut providers: Vec<ProviderStatus> = lanes
+            .values()
+            .map(|l| ProviderStatus {
+                name: l.name.clone(),
+                paused: l.is_paused(),
+                queued: l.queued.load(Ordering::Relaxed),
+            })
+            .collect();
+        providers.sort_by(|a, b| a.name.cmp(&b.name));
+        let upstreams = self
+            .inner
+            .upstreams()
+            .iter()
+            .map(|s| UpstreamStatus {
+                name: s.name().to_string(),
+                up: s.is_up(),
+            })
+            .collect();
+        QueueStatus {
+            paused: self.inner.paused.load(Ordering::Relaxed),
+            providers,
+            upstreams,
+        }
+    }
+
+    /// Applies a reloaded configuration: retry timing, provider concurrency, and the upstreams
+    /// (new credentials or TLS files). Deliveries in flight finish on the upstream they started
+    /// with; health state carries over for upstreams with the same name.
+    pub fn apply_config(&self, config: &Config, upstreams: Vec<Upstream>) {
+        *self.inner.settings.write().expect("not poisoned") = Settings::from_config(config);
+        let old = self.inner.upstreams();
+        let slots: Vec<Arc<UpstreamSlot>> = upstreams
+            .into_iter()
+            .map(|u| {
+                let previous = old.iter().find(|s| s.name() == u.name).map(Arc::as_ref);
+                Arc::new(UpstreamSlot::replacing(u, previous))
+            })
+            .collect();
+        for s in &slots {
             self.inner
-                .tracker
-                .spawn(async move { inner.run_delivery(message, index, due, hot).await });
+                .metrics
+                .upstream_up
+                .with_label_values(&[s.name()])
+                .set(i64::from(s.is_up()));
+        }
+        *self.inner.upstreams.write().expect("not poisoned") = Arc::new(slots);
+        for lane in self.inner.lanes.read().expect("not poisoned").values() {
+            lane.set_concurrency(self.inner.lane_concurrency(&lane.name));
         }
     }
 
@@ -159,126 +289,197 @@ impl Scheduler {
 }
 
 impl Inner {
-    async fn run_delivery(
-        self: Arc<Self>,
-        message: Arc<QueuedMessage>,
-        index: usize,
-        due_unix: u64,
-        mut hot: Option<Arc<Vec<u8>>>,
-    ) {
-        let meta = &message.meta;
-        let record = &meta.deliveries[index];
-        let mut due_unix = due_unix;
-        let mut attempts: u32 = 0;
+    fn upstreams(&self) -> Arc<Vec<Arc<UpstreamSlot>>> {
+        self.upstreams.read().expect("not poisoned").clone()
+    }
+
+    fn is_known_provider(&self, name: &str) -> bool {
+        name == DEFAULT_PROVIDER
+            || super::provider::BUILT_IN_NAMES.contains(&name)
+            || self
+                .settings
+                .read()
+                .expect("not poisoned")
+                .providers
+                .iter()
+                .any(|p| p.name == name)
+            || self.lanes.read().expect("not poisoned").contains_key(name)
+    }
+
+    /// In-flight limit of a provider's lane: its configured `max_connections`, else every
+    /// upstream connection for `default` and at most 4 for a named provider (so one slow big
+    /// provider cannot take every connection).
+    fn lane_concurrency(&self, provider: &str) -> usize {
+        let settings = self.settings.read().expect("not poisoned");
+        let total = settings.upstream_connections;
+        match settings
+            .providers
+            .iter()
+            .find(|p| p.name == provider)
+            .and_then(|p| p.max_connections)
+        {
+            Some(n) => n,
+            None if provider == DEFAULT_PROVIDER => total,
+            None => total.min(4),
+        }
+    }
+
+    /// The lane of `provider`, created with its dispatcher on first use.
+    fn lane(self: &Arc<Self>, provider: &str) -> Arc<Lane> {
+        if let Some(lane) = self.lanes.read().expect("not poisoned").get(provider) {
+            return lane.clone();
+        }
+        let mut lanes = self.lanes.write().expect("not poisoned");
+        if let Some(lane) = lanes.get(provider) {
+            return lane.clone();
+        }
+        let lane = Arc::new(Lane::new(provider, self.lane_concurrency(provider)));
+        lanes.insert(provider.to_string(), lane.clone());
+        let (inner, dispatched) = (self.clone(), lane.clone());
+        self.tracker
+            .spawn(async move { inner.dispatch(dispatched).await });
+        lane
+    }
+
+    /// A lane's dispatcher: takes ready deliveries while it has slots and is not paused.
+    async fn dispatch(self: Arc<Self>, lane: Arc<Lane>) {
         loop {
-            let wait = Duration::from_secs(due_unix.saturating_sub(unix_now()));
-            if !wait.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.shutdown.cancelled() => return,
-                }
+            let next = tokio::select! {
+                n = lane.next(&self.paused) => n,
+                _ = self.shutdown.cancelled() => return,
+            };
+            let Some((item, permit)) = next else { return };
+            let (inner, lane) = (self.clone(), lane.clone());
+            self.tracker.spawn(async move {
+                inner.attempt(&lane, item).await;
+                drop(permit);
+            });
+        }
+    }
+
+    fn make_ready(&self, lane: &Lane, mut item: Ready) {
+        item.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        item.message.active.fetch_add(1, Ordering::Relaxed);
+        lane.push(item);
+    }
+
+    /// Waits `delay` on a timer (holding no slot and no message bytes), then makes it ready.
+    fn retry_later(self: &Arc<Self>, lane: Arc<Lane>, item: Ready, delay: Duration) {
+        let inner = self.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => inner.make_ready(&lane, item),
+                _ = inner.shutdown.cancelled() => {}
             }
-            if self.shutdown.is_cancelled() {
+        });
+    }
+
+    async fn attempt(self: &Arc<Self>, lane: &Arc<Lane>, mut item: Ready) {
+        let message = item.message.clone();
+        let (meta, index) = (&message.meta, item.index);
+        let record = &meta.deliveries[index];
+        let bytes = match self.message_bytes(&message).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue_id = %meta.id, error = %e, "cannot read spooled message; will retry");
+                let delay = self
+                    .settings
+                    .read()
+                    .expect("not poisoned")
+                    .retry
+                    .retry_initial;
+                message.active.fetch_sub(1, Ordering::Relaxed);
+                self.retry_later(lane.clone(), item, delay);
                 return;
             }
-            let bytes = match hot.take() {
-                Some(b) => b,
-                None => match self.message_bytes(&message).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!(queue_id = %meta.id, error = %e, "cannot read spooled message; will retry");
-                        due_unix = unix_now() + self.retry.retry_initial.as_secs().max(1);
-                        continue;
-                    }
-                },
-            };
-            attempts += 1;
-            let started = Instant::now();
-            let header = privacy::render_header(&bytes, &record.planned.rewrite);
-            let body = &bytes[privacy::body_offset(&bytes)..];
-            let outbound = Outbound {
-                mail_from: &meta.envelope.mail_from,
-                rcpt_to: &record.planned.rcpt_to,
-                header: &header,
-                body,
-            };
-            let (upstream, result) = self.send_with_failover(outbound).await;
-            drop(bytes);
-            let rcpts = self.redactor.list(&record.planned.rcpt_to);
-            let provider = record.provider.as_str();
-            match result {
-                Ok(delivered) => {
-                    let elapsed = started.elapsed();
-                    self.metrics
-                        .deliveries
-                        .with_label_values(&[provider, upstream, "delivered"])
-                        .inc();
-                    self.metrics
-                        .delivery_duration
-                        .with_label_values(&[provider])
-                        .observe(elapsed.as_secs_f64());
-                    tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                        reply = %delivered.reply, duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
-                    self.record(
-                        &message,
+        };
+        item.attempts += 1;
+        let started = Instant::now();
+        let header = privacy::render_header(&bytes, &record.planned.rewrite);
+        let body = &bytes[privacy::body_offset(&bytes)..];
+        let outbound = Outbound {
+            mail_from: &meta.envelope.mail_from,
+            rcpt_to: &record.planned.rcpt_to,
+            header: &header,
+            body,
+        };
+        let slots = self.upstreams();
+        let cool_off = self
+            .settings
+            .read()
+            .expect("not poisoned")
+            .retry
+            .upstream_cool_off;
+        let (upstream, result) = failover::send(&slots, outbound, &self.metrics, cool_off).await;
+        drop(bytes);
+        let rcpts = self.redactor.list(&record.planned.rcpt_to);
+        let provider = lane.name.as_str();
+        let attempts = item.attempts;
+        let outcome = match result {
+            Ok(delivered) => {
+                let elapsed = started.elapsed();
+                self.metrics
+                    .deliveries
+                    .with_label_values(&[provider, upstream, "delivered"])
+                    .inc();
+                self.metrics
+                    .delivery_duration
+                    .with_label_values(&[provider])
+                    .observe(elapsed.as_secs_f64());
+                tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
+                    reply = %delivered.reply, duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
+                Some((
+                    LogEntry::Delivered {
                         index,
-                        LogEntry::Delivered {
-                            index,
-                            at: unix_now(),
-                        },
-                        None,
-                    );
-                    return;
-                }
-                Err(error) if !error.is_temporary() => {
-                    let code = error.code().unwrap_or(554);
+                        at: unix_now(),
+                    },
+                    None,
+                ))
+            }
+            Err(error) if !error.is_temporary() => {
+                let code = error.code().unwrap_or(554);
+                self.metrics
+                    .deliveries
+                    .with_label_values(&[provider, upstream, "failed"])
+                    .inc();
+                tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
+                    code, %error, attempts, "failed permanently");
+                Some((
+                    LogEntry::Failed {
+                        index,
+                        code,
+                        at: unix_now(),
+                    },
+                    Some(code),
+                ))
+            }
+            Err(error) => {
+                let now = unix_now();
+                let retry = self.settings.read().expect("not poisoned").retry.clone();
+                let delay = backoff(
+                    attempts,
+                    retry.retry_initial,
+                    retry.retry_max,
+                    random_jitter(),
+                );
+                let next = now + delay.as_secs().max(1);
+                if next.saturating_sub(meta.received_at) > retry.max_queue_time.as_secs() {
+                    let code = error.code().unwrap_or(451);
                     self.metrics
                         .deliveries
                         .with_label_values(&[provider, upstream, "failed"])
                         .inc();
                     tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                        code, %error, attempts, "failed permanently");
-                    self.record(
-                        &message,
-                        index,
+                        code, %error, attempts, "failed: max_queue_time reached");
+                    Some((
                         LogEntry::Failed {
                             index,
                             code,
-                            at: unix_now(),
+                            at: now,
                         },
                         Some(code),
-                    );
-                    return;
-                }
-                Err(error) => {
-                    let now = unix_now();
-                    let delay = backoff(
-                        attempts,
-                        self.retry.retry_initial,
-                        self.retry.retry_max,
-                        random_jitter(),
-                    );
-                    let next = now + delay.as_secs().max(1);
-                    if next.saturating_sub(meta.received_at) > self.retry.max_queue_time.as_secs() {
-                        let code = error.code().unwrap_or(451);
-                        self.metrics
-                            .deliveries
-                            .with_label_values(&[provider, upstream, "failed"])
-                            .inc();
-                        tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                            code, %error, attempts, "failed: max_queue_time reached");
-                        self.record(
-                            &message,
-                            index,
-                            LogEntry::Failed {
-                                index,
-                                code,
-                                at: now,
-                            },
-                            Some(code),
-                        );
-                        return;
-                    }
+                    ))
+                } else {
                     self.metrics
                         .deliveries
                         .with_label_values(&[provider, upstream, "deferred"])
@@ -294,57 +495,28 @@ impl Inner {
                     ) {
                         tracing::error!(queue_id = %meta.id, error = %e, "cannot record deferral; retry time is kept in memory");
                     }
-                    due_unix = next;
+                    message.active.fetch_sub(1, Ordering::Relaxed);
+                    message.release_if_idle();
+                    self.retry_later(lane.clone(), item, delay);
+                    None
                 }
             }
-        }
-    }
-
-    /// Tries upstreams in order, skipping those cooling off (unless all are), and returns the
-    /// name of the one that answered last with its result.
-    async fn send_with_failover(
-        &self,
-        outbound: Outbound<'_>,
-    ) -> (&str, Result<crate::upstream::Delivered, UpstreamError>) {
-        let now = Instant::now();
-        let healthy: Vec<&UpstreamSlot> = self
-            .upstreams
-            .iter()
-            .filter(|s| !s.is_cooling_off(now))
-            .collect();
-        let candidates: Vec<&UpstreamSlot> = if healthy.is_empty() {
-            self.upstreams.iter().collect()
-        } else {
-            healthy
         };
-        let mut last = None;
-        for slot in candidates {
-            let result = slot.upstream.send(outbound).await;
-            let name = slot.upstream.name.as_str();
-            match &result {
-                Ok(_) => {
-                    slot.mark_up(&self.metrics);
-                    return (name, result);
-                }
-                Err(e) if is_upstream_fault(e) => {
-                    slot.mark_down(&self.metrics, e);
-                    last = Some((name, result));
-                }
-                Err(_) => {
-                    // The upstream works; the reply is about this message or recipient.
-                    slot.mark_up(&self.metrics);
-                    return (name, result);
-                }
-            }
+        if let Some((entry, failed_code)) = outcome {
+            message.active.fetch_sub(1, Ordering::Relaxed);
+            message.release_if_idle();
+            self.record(lane, &message, index, entry, failed_code);
         }
-        last.expect("at least one upstream is configured")
     }
 
     async fn message_bytes(
         &self,
         message: &Arc<QueuedMessage>,
-    ) -> Result<Arc<Vec<u8>>, crate::spool::SpoolError> {
-        if let Some(bytes) = message.bytes.lock().expect("not poisoned").upgrade() {
+    ) -> Result<Arc<Vec<u8>>, SpoolError> {
+        if let Some(bytes) = message.hot.lock().expect("not poisoned").clone() {
+            return Ok(bytes);
+        }
+        if let Some(bytes) = message.weak.lock().expect("not poisoned").upgrade() {
             return Ok(bytes);
         }
         let spool = self.spool.clone();
@@ -352,32 +524,36 @@ impl Inner {
         let bytes = Arc::new(
             tokio::task::spawn_blocking(move || spool.read_message(&id))
                 .await
-                .expect("spool read task does not panic")?,
+                .expect("spool read does not panic")?,
         );
-        *message.bytes.lock().expect("not poisoned") = Arc::downgrade(&bytes);
+        *message.weak.lock().expect("not poisoned") = Arc::downgrade(&bytes);
+        if message.active.load(Ordering::Relaxed) > 1 {
+            *message.hot.lock().expect("not poisoned") = Some(bytes.clone());
+        }
         Ok(bytes)
     }
 
-    /// Records a final outcome; completes the message when it was the last delivery.
+    /// Records a final outcome; completes the message when it was its last delivery.
     fn record(
         &self,
+        lane: &Lane,
         message: &Arc<QueuedMessage>,
         index: usize,
         entry: LogEntry,
         failed_code: Option<u16>,
     ) {
-        let provider = &message.meta.deliveries[index].provider;
+        lane.queued.fetch_sub(1, Ordering::Relaxed);
         self.metrics
             .queue_messages
-            .with_label_values(&[provider])
+            .with_label_values(&[&lane.name])
             .dec();
         let last = {
-            let mut state = message.state.lock().expect("not poisoned");
+            let mut progress = message.progress.lock().expect("not poisoned");
             if let Some(code) = failed_code {
-                state.failed.push((index, code));
+                progress.failed.push((index, code));
             }
-            state.remaining -= 1;
-            state.remaining == 0
+            progress.remaining -= 1;
+            progress.remaining == 0
         };
         if last {
             self.finish(message);
@@ -387,7 +563,12 @@ impl Inner {
     }
 
     fn finish(&self, message: &Arc<QueuedMessage>) {
-        let failed = message.state.lock().expect("not poisoned").failed.clone();
+        let failed = message
+            .progress
+            .lock()
+            .expect("not poisoned")
+            .failed
+            .clone();
         match self.spool.complete(&message.meta, &failed) {
             Ok(()) => {
                 self.metrics.spool_bytes.set(self.spool.bytes() as i64);
@@ -400,41 +581,12 @@ impl Inner {
     }
 }
 
-impl UpstreamSlot {
-    fn is_cooling_off(&self, now: Instant) -> bool {
-        matches!(*self.down_until.lock().expect("not poisoned"), Some(t) if t > now)
-    }
-
-    fn mark_up(&self, metrics: &Metrics) {
-        let mut down = self.down_until.lock().expect("not poisoned");
-        if down.take().is_some() {
-            tracing::info!(upstream = %self.upstream.name, "upstream is back");
+impl QueuedMessage {
+    /// Drops the strong hold on the bytes when no delivery is ready or in flight.
+    fn release_if_idle(&self) {
+        if self.active.load(Ordering::Relaxed) == 0 {
+            self.hot.lock().expect("not poisoned").take();
         }
-        metrics
-            .upstream_up
-            .with_label_values(&[&self.upstream.name])
-            .set(1);
-    }
-
-    fn mark_down(&self, metrics: &Metrics, error: &UpstreamError) {
-        let mut down = self.down_until.lock().expect("not poisoned");
-        if down.is_none() {
-            tracing::warn!(upstream = %self.upstream.name, %error, cool_off_secs = UPSTREAM_COOL_OFF.as_secs(), "upstream failing; skipping it for a while");
-        }
-        *down = Some(Instant::now() + UPSTREAM_COOL_OFF);
-        metrics
-            .upstream_up
-            .with_label_values(&[&self.upstream.name])
-            .set(0);
-    }
-}
-
-/// A failure of the upstream itself (cannot connect, TLS, timeout, `421` service closing) rather
-/// than an answer about this message: the next upstream is tried.
-fn is_upstream_fault(e: &UpstreamError) -> bool {
-    match e.code() {
-        None => e.is_temporary(),
-        Some(code) => code == 421,
     }
 }
 
@@ -465,23 +617,3 @@ pub struct UpstreamStatus {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown provider {0:?}")]
 pub struct UnknownProvider(pub String);
-
-impl Scheduler {
-    /// Stops starting deliveries (all, or one provider's); copies in flight finish. Inbound keeps
-    /// accepting and spooling.
-    pub fn pause(&self, provider: Option<&str>) -> Result<(), UnknownProvider> {
-        let _ = provider;
-        unimplemented!("lanes")
-    }
-
-    /// Undoes [`pause`](Self::pause).
-    pub fn resume(&self, provider: Option<&str>) -> Result<(), UnknownProvider> {
-        let _ = provider;
-        unimplemented!("lanes")
-    }
-
-    /// Paused flags, queue depth per provider, upstream health.
-    pub fn status(&self) -> QueueStatus {
-        unimplemented!("lanes")
-    }
-}
