@@ -94,6 +94,8 @@ pub struct SpoolConfig {
     pub retry_max: Duration,
     /// How long an upstream that failed at connection level is skipped before it is tried again.
     pub upstream_cool_off: Duration,
+    /// Send an RFC 3464 bounce to a non-null sender when a delivery fails permanently.
+    pub bounce: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -467,6 +469,7 @@ fn validate_spool(raw: raw::RawSpool, p: &mut Problems) -> SpoolConfig {
         retry_initial: d(raw.retry_initial, "spool.retry_initial", 5, p),
         retry_max: d(raw.retry_max, "spool.retry_max", 600, p),
         upstream_cool_off: d(raw.upstream_cool_off, "spool.upstream_cool_off", 30, p),
+        bounce: raw.bounce.unwrap_or(false),
     };
     if spool.retry_initial.is_zero() {
         p.push("spool.retry_initial", "must be greater than zero");

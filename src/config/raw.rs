@@ -73,6 +73,7 @@ pub struct RawSpool {
     pub retry_initial: Option<RawDuration>,
     pub retry_max: Option<RawDuration>,
     pub upstream_cool_off: Option<RawDuration>,
+    pub bounce: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,6 +2,7 @@
 //! delivery is tried again ([`retry`]), and the queue that hands copies to upstreams with
 //! failover ([`queue`]).
 
+pub mod bounce;
 pub mod failover;
 pub mod lane;
 pub mod provider;

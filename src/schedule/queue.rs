@@ -16,14 +16,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ProviderConfig, SpoolConfig, UpstreamKind};
+use crate::envelope::Envelope;
 use crate::observe::{Metrics, Redactor};
-use crate::privacy;
-use crate::spool::{LogEntry, MessageMeta, Spool, SpoolError, unix_now};
+use crate::privacy::{self, Decision, PlannedDelivery, Rewrite};
+use crate::spool::{DeliveryRecord, LogEntry, MessageMeta, Spool, SpoolError, unix_now};
 use crate::upstream::{Outbound, Upstream};
 
+use super::bounce::{self, Failure};
 use super::failover::{self, UpstreamSlot};
 use super::lane::{Class, Lane, Ready};
 use super::provider::DEFAULT_PROVIDER;
+use super::provider::ProviderCatalog;
 use super::retry::{backoff, random_jitter};
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
@@ -51,6 +54,9 @@ struct Settings {
     providers: Vec<ProviderConfig>,
     /// The most connections any one upstream may open: what the `default` lane may use.
     upstream_connections: usize,
+    /// For bounces: our name and the lane of the sender they go back to.
+    hostname: String,
+    catalog: ProviderCatalog,
 }
 
 impl Settings {
@@ -68,6 +74,8 @@ impl Settings {
             retry: config.spool.clone(),
             providers: config.providers.clone(),
             upstream_connections,
+            hostname: config.server.hostname.clone(),
+            catalog: ProviderCatalog::new(&config.providers),
         }
     }
 }
@@ -444,6 +452,16 @@ impl Inner {
                     .inc();
                 tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
                     code, %error, attempts, "failed permanently");
+                self.bounce(
+                    meta,
+                    index,
+                    Failure {
+                        code,
+                        diagnostic: &error.to_string(),
+                        expired: false,
+                    },
+                    &header,
+                );
                 Some((
                     LogEntry::Failed {
                         index,
@@ -471,6 +489,16 @@ impl Inner {
                         .inc();
                     tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
                         code, %error, attempts, "failed: max_queue_time reached");
+                    self.bounce(
+                        meta,
+                        index,
+                        Failure {
+                            code,
+                            diagnostic: &error.to_string(),
+                            expired: true,
+                        },
+                        &header,
+                    );
                     Some((
                         LogEntry::Failed {
                             index,
@@ -507,6 +535,67 @@ impl Inner {
             message.release_if_idle();
             self.record(lane, &message, index, entry, failed_code);
         }
+    }
+
+    /// Queues an RFC 3464 bounce to the sender of a failed delivery when `[spool] bounce` is
+    /// on; never for the null sender (no bounce loops).
+    fn bounce(
+        self: &Arc<Self>,
+        meta: &MessageMeta,
+        index: usize,
+        failure: Failure<'_>,
+        header: &[u8],
+    ) {
+        let sender = meta.envelope.mail_from.clone();
+        let (hostname, provider) = {
+            let settings = self.settings.read().expect("not poisoned");
+            if !settings.retry.bounce || sender.is_empty() {
+                return;
+            }
+            (
+                settings.hostname.clone(),
+                settings.catalog.classify(&sender).to_string(),
+            )
+        };
+        let id = Spool::new_id();
+        let bytes = bounce::report(&hostname, meta, index, &failure, header, &id);
+        let dsn = MessageMeta {
+            id,
+            received_at: unix_now(),
+            envelope: Envelope {
+                mail_from: String::new(),
+                rcpt_to: vec![sender.clone()],
+            },
+            decision: Decision::Pass,
+            size: bytes.len() as u64,
+            deliveries: vec![DeliveryRecord {
+                planned: PlannedDelivery {
+                    rcpt_to: vec![sender],
+                    rewrite: Rewrite::Unchanged,
+                },
+                provider,
+            }],
+        };
+        let scheduler = Scheduler {
+            inner: self.clone(),
+        };
+        let (spool, original) = (self.spool.clone(), meta.id.clone());
+        self.tracker.spawn(async move {
+            let bytes = Arc::new(bytes);
+            let stored = {
+                let (bytes, dsn) = (bytes.clone(), dsn.clone());
+                tokio::task::spawn_blocking(move || spool.store(&dsn, &bytes))
+                    .await
+                    .expect("spool task does not panic")
+            };
+            match stored {
+                Ok(()) => {
+                    tracing::info!(queue_id = %dsn.id, %original, "bounce queued for the sender");
+                    scheduler.enqueue(dsn, Some(bytes), &[]);
+                }
+                Err(e) => tracing::error!(%original, error = %e, "cannot spool bounce"),
+            }
+        });
     }
 
     async fn message_bytes(
