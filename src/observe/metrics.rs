@@ -28,6 +28,8 @@ pub struct Metrics {
     pub spool_bytes: IntGauge,
     /// Time from end of DATA to the `250` reply (spool write + fsync).
     pub accept_duration: Histogram,
+    /// 1 while the shared Redis of `[cluster]` answers, 0 while throttles fall back to local.
+    pub cluster_up: IntGauge,
 }
 
 impl Metrics {
@@ -127,6 +129,7 @@ impl Metrics {
                 "Bytes of message data in the spool.",
             ),
             accept_duration,
+            cluster_up: gauge("mailveil_cluster_up", "1 while the cluster Redis answers; 0 while throttles use the local fallback."),
             registry,
         }
     }
