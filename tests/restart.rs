@@ -42,12 +42,12 @@ show_addresses = false
 
     let mut relay = spawn_mailveil(&["run", "-c", &cfg], &work.path().join("relay1.log"), &[]);
     wait_for_port(smtp, &mut relay);
-    let rcpts = ["a@x.test", "b@y.test", "c@z.test"];
+    let rcpts = ["alice@x.test", "bob@y.test", "carol@z.test"];
     for i in 0..5 {
         let m = message(
             &[
                 "From: app@src.test",
-                "To: a@x.test, b@y.test, c@z.test",
+                "To: alice@x.test, bob@y.test, carol@z.test",
                 &format!("Message-ID: <m{i}@src.test>"),
             ],
             "keep me\r\n",
@@ -60,7 +60,8 @@ show_addresses = false
     relay.kill9();
     let log1 = relay.log_text();
     assert!(
-        !log1.contains("a@x.test"),
+        // Local parts with letters outside [0-9a-f], so a redacted hash cannot end with one.
+        !log1.contains("alice@x.test") && !log1.contains("carol@z.test"),
         "addresses are redacted in logs by default:\n{log1}"
     );
     assert!(!log1.contains("keep me"), "bodies never logged");

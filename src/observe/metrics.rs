@@ -129,7 +129,10 @@ impl Metrics {
                 "Bytes of message data in the spool.",
             ),
             accept_duration,
-            cluster_up: gauge("mailveil_cluster_up", "1 while the cluster Redis answers; 0 while throttles use the local fallback."),
+            cluster_up: gauge(
+                "mailveil_cluster_up",
+                "1 while the cluster Redis answers; 0 while throttles use the local fallback.",
+            ),
             registry,
         }
     }
