@@ -173,6 +173,8 @@ pub async fn run(
         }
     };
     scheduler.shutdown(SHUTDOWN_GRACE).await;
+    let flushing = spool.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.flush()).await;
     if let Some(h) = http {
         h.abort();
     }
