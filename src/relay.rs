@@ -95,7 +95,7 @@ impl Relay {
 }
 
 impl Acceptor for Relay {
-    async fn accept(&self, tx: Transaction) -> Verdict {
+    async fn accept(&self, mut tx: Transaction) -> Verdict {
         let started = Instant::now();
         let plan = privacy::plan(&self.privacy, &tx.envelope, &tx.message);
         self.metrics
@@ -112,9 +112,10 @@ impl Acceptor for Relay {
         }
 
         let id = Spool::new_id();
-        let mut message = self.received_field(&tx, &id).into_bytes();
-        message.extend_from_slice(&tx.message);
-        drop(tx.message);
+        let received = self.received_field(&tx, &id);
+        // Prepended in place: a 25 MiB message must not exist twice in memory.
+        let mut message = std::mem::take(&mut tx.message);
+        message.splice(0..0, received.bytes());
         let meta = MessageMeta {
             id: id.clone(),
             received_at: unix_now(),
