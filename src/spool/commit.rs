@@ -7,7 +7,7 @@
 //! directory once, and only then releases the waiting sessions. Under load a round carries many
 //! messages for the price of two syncs; with a single client it costs what one message always did.
 //!
-//! The *syncer* makes outcome records (the batch `.log` files) durable in the background. A
+//! The *syncer* makes outcome records (lines appended to the batch files) durable in the background. A
 //! delivery does not wait for its record: the only thing a crash can lose is the record of a copy
 //! delivered in the last few milliseconds, which is then delivered again (a duplicate, never a loss).
 
@@ -27,64 +27,60 @@ const MAX_BATCH_MESSAGES: usize = 512;
 /// A batch stops taking messages once it holds this many bytes (it always takes one).
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
-/// The files written by one commit round, shared by every message stored in it.
+/// The file written by one commit round, shared by every message stored in it: the records of
+/// its messages, then (appended later) the outcome lines of their deliveries.
 #[derive(Debug)]
 pub(super) struct Batch {
     pub name: String,
-    pub data_path: PathBuf,
-    pub log_path: PathBuf,
-    /// Read handle on the synced batch file (for sending copies).
-    pub data: File,
-    /// Append handle on the batch's outcome log.
-    pub log: Mutex<File>,
-    /// A second handle on the log, so the syncer never holds the append lock while syncing.
-    log_sync: File,
-    /// Messages of the batch not yet done; the files go when it reaches zero.
+    pub path: PathBuf,
+    /// Read handle for copies (`pread`) and append handle for outcome lines (`O_APPEND`).
+    pub file: File,
+    /// Serialises outcome appends, so each line lands whole.
+    pub append: Mutex<()>,
+    /// Messages of the batch not yet done; the file goes when it reaches zero.
     pub live: AtomicUsize,
-    /// Set when the log has lines the syncer has not yet synced.
+    /// Set when outcome lines were written that the syncer has not yet synced.
     pub dirty: AtomicBool,
 }
 
 impl Batch {
-    pub fn paths(msg_dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        (
-            msg_dir.join(format!("{name}.spool")),
-            msg_dir.join(format!("{name}.log")),
-        )
+    pub fn path(msg_dir: &Path, name: &str) -> PathBuf {
+        msg_dir.join(format!("{name}.spool"))
     }
 
-    /// Opens the files of a batch that is on disk (just committed, or found at recovery).
+    /// Opens a batch that is on disk (just committed, or found at recovery).
     pub fn open(msg_dir: &Path, name: &str, live: usize) -> Result<Batch, SpoolError> {
-        let (data_path, log_path) = Batch::paths(msg_dir, name);
-        let data = File::open(&data_path).map_err(SpoolError::io(&data_path))?;
-        let log = OpenOptions::new()
-            .create(true)
+        let path = Batch::path(msg_dir, name);
+        let file = OpenOptions::new()
+            .read(true)
             .append(true)
-            .open(&log_path)
-            .map_err(SpoolError::io(&log_path))?;
-        let log_sync = log.try_clone().map_err(SpoolError::io(&log_path))?;
+            .open(&path)
+            .map_err(SpoolError::io(&path))?;
         Ok(Batch {
             name: name.to_string(),
-            data_path,
-            log_path,
-            data,
-            log: Mutex::new(log),
-            log_sync,
+            path,
+            file,
+            append: Mutex::new(()),
             live: AtomicUsize::new(live),
             dirty: AtomicBool::new(false),
         })
     }
 
-    /// Removes the batch's files: every message in it is done.
-    pub fn remove_files(&self) -> Result<(), SpoolError> {
-        for path in [&self.data_path, &self.log_path] {
-            match fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(SpoolError::io(path)(e)),
-            }
+    /// Appends outcome lines (synced later by the syncer).
+    pub fn append(&self, text: &[u8]) -> Result<(), SpoolError> {
+        let _one_writer = self.append.lock().expect("not poisoned");
+        (&self.file)
+            .write_all(text)
+            .map_err(SpoolError::io(&self.path))
+    }
+
+    /// Removes the batch's file: every message in it is done.
+    pub fn remove_file(&self) -> Result<(), SpoolError> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SpoolError::io(&self.path)(e)),
         }
-        Ok(())
     }
 }
 
@@ -172,8 +168,8 @@ fn commit_round(shared: &Shared, round: Vec<StoreRequest>) {
 
 /// Nothing of a failed round may remain: the clients hear `452` and keep their messages.
 fn fail_round(shared: &Shared, name: &str, round: Vec<StoreRequest>, error: SpoolError) {
-    let (data, log) = Batch::paths(&shared.msg_dir, name);
-    for path in [tmp_path(&data), data, log] {
+    let data = Batch::path(&shared.msg_dir, name);
+    for path in [tmp_path(&data), data] {
         let _ = fs::remove_file(path);
     }
     tracing::error!(batch = name, messages = round.len(), %error, "spool write failed");
@@ -193,14 +189,15 @@ fn tmp_path(data: &Path) -> PathBuf {
     data.with_extension("spool.tmp")
 }
 
-/// Writes the batch file (as `.tmp`, synced, then renamed) and its empty log, then syncs the
-/// directory. Returns each message's offset and length within the file.
+/// Writes the batch file (as `.tmp`, synced, then renamed), then syncs the directory. Returns
+/// each message's offset and length within the file. One file per round, not per message or
+/// per message part: creating inodes is a large share of a busy spool's CPU time.
 fn write_batch(
     shared: &Shared,
     name: &str,
     round: &[StoreRequest],
 ) -> Result<Vec<(u64, u64)>, SpoolError> {
-    let (data, log) = Batch::paths(&shared.msg_dir, name);
+    let data = Batch::path(&shared.msg_dir, name);
     let tmp = tmp_path(&data);
     let mut slots = Vec::with_capacity(round.len());
     let file = File::create(&tmp).map_err(SpoolError::io(&tmp))?;
@@ -221,7 +218,6 @@ fn write_batch(
         .map_err(|e| SpoolError::io(&tmp)(e.into_error()))?;
     file.sync_data().map_err(SpoolError::io(&tmp))?;
     fs::rename(&tmp, &data).map_err(SpoolError::io(&data))?;
-    File::create(&log).map_err(SpoolError::io(&log))?;
     sync_dir(&shared.msg_dir)?;
     Ok(slots)
 }
@@ -254,8 +250,8 @@ fn sync_log(batch: &Batch) {
     if !batch.dirty.swap(false, Ordering::AcqRel) {
         return;
     }
-    // A finished batch's files may be gone already: then there is nothing left to keep.
-    if let Err(e) = batch.log_sync.sync_data() {
+    // A finished batch's file may be gone already: then there is nothing left to keep.
+    if let Err(e) = batch.file.sync_data() {
         if batch.live.load(Ordering::Acquire) > 0 {
             tracing::error!(batch = %batch.name, error = %e, "cannot sync delivery records; copies may be sent again after a crash");
         }

@@ -8,18 +8,18 @@
 //!
 //! ```text
 //! SPOOL/msg/<batch>.spool  records, one per accepted message:
-//!                          "MVS1 <id> <meta-len> <message-len> <check>\n" <meta JSON> <message>
-//!                          <check> is the first 16 hex digits of BLAKE3(meta JSON || message);
-//!                          written as <batch>.spool.tmp and renamed once synced
-//! SPOOL/msg/<batch>.log    append-only outcomes of that batch's messages, one line each:
-//!                          "<id> <k> delivered <unix>", "<id> <k> failed <code> <unix>",
-//!                          "<id> <k> deferred <next-unix>", "<id> done"
+//!                            "MVS1 <id> <meta-len> <message-len> <check>\n" <meta JSON> <message>
+//!                          (<check>: first 16 hex digits of BLAKE3(meta JSON || message)),
+//!                          written as <batch>.spool.tmp, synced, renamed; then outcome lines
+//!                          appended as deliveries finish:
+//!                            "MVO1 <id> <k> delivered <unix>", "MVO1 <id> <k> failed <code> <unix>",
+//!                            "MVO1 <id> <k> deferred <next-unix>", "MVO1 <id> done"
 //! SPOOL/failed/<id>.json   record of a message with permanently failed deliveries
 //! ```
-//! A batch's files are removed when every message in it is done. A log line counts only when it
-//! ends in `\n`, and a record only when its check matches, so whatever a crash tears is ignored:
-//! a torn record was never acknowledged, and a torn outcome means the copy is sent again (worst
-//! case: one duplicate copy, never a loss).
+//! A batch file is removed when every message in it is done. A record counts only when its
+//! check matches, and an outcome line only when it is whole, so whatever a crash tears is
+//! ignored: a torn record was never acknowledged (the rename comes after the sync), and a torn
+//! outcome means the copy is sent again (worst case: one duplicate copy, never a loss).
 
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +106,8 @@ impl LogEntry {
 
 /// First bytes of every record in a batch file (format version 1).
 const RECORD_MAGIC: &str = "MVS1";
+/// First bytes of every outcome line appended to a batch file.
+const OUTCOME_MAGIC: &str = "MVO1";
 /// A record header is one short line; anything longer is not one.
 const MAX_HEADER_LEN: usize = 256;
 
@@ -174,23 +176,26 @@ pub enum BatchLogLine {
 
 impl BatchLogLine {
     pub fn outcome_line(id: &str, entry: &LogEntry) -> String {
-        format!("{id} {}", entry.to_line())
+        format!("{OUTCOME_MAGIC} {id} {}", entry.to_line())
     }
 
     pub fn done_line(id: &str) -> String {
-        format!("{id} done\n")
+        format!("{OUTCOME_MAGIC} {id} done\n")
     }
 
-    /// Parses the complete lines of a batch log; a torn last line and garbage are skipped.
-    pub fn parse_log(text: &str) -> Vec<BatchLogLine> {
-        let complete = match text.rfind('\n') {
-            Some(end) => &text[..end],
+    /// Parses the complete lines of a batch's outcome section; a torn last line and garbage
+    /// (such as the zeros a crash can leave in a file's tail) are skipped.
+    pub fn parse_log(bytes: &[u8]) -> Vec<BatchLogLine> {
+        let complete = match memchr::memrchr(b'\n', bytes) {
+            Some(end) => &bytes[..end],
             None => return Vec::new(),
         };
         complete
-            .lines()
+            .split(|&b| b == b'\n')
             .filter_map(|line| {
-                let (id, rest) = line.split_once(' ')?;
+                let line = std::str::from_utf8(line).ok()?;
+                let rest = line.strip_prefix(OUTCOME_MAGIC)?.strip_prefix(' ')?;
+                let (id, rest) = rest.split_once(' ')?;
                 if rest == "done" {
                     Some(BatchLogLine::Done(id.to_string()))
                 } else {
@@ -252,12 +257,12 @@ mod tests {
             at: 9,
         };
         let text = format!(
-            "{}{}garbage\nB 1 delivered\nC 0 deliv",
+            "{}\0\0\0\n{}garbage\nMVO1 B 1 delivered\nB 2 done\nMVO1 C 0 deliv",
             BatchLogLine::outcome_line("A", &entry),
             BatchLogLine::done_line("B"),
         );
         assert_eq!(
-            BatchLogLine::parse_log(&text),
+            BatchLogLine::parse_log(text.as_bytes()),
             vec![
                 BatchLogLine::Outcome("A".into(), entry),
                 BatchLogLine::Done("B".into())
@@ -267,9 +272,9 @@ mod tests {
 
     #[test]
     fn torn_and_garbage_lines_are_ignored() {
-        let text = "A 1 delivered 5\nnonsense\nA 2 failed x 3\nA 3 delivered 7 extra\nA 4 deliv";
+        let text = "MVO1 A 1 delivered 5\nnonsense\nMVO1 A 2 failed x 3\nMVO1 A 3 delivered 7 extra\nMVO1 A 4 deliv";
         assert_eq!(
-            BatchLogLine::parse_log(text),
+            BatchLogLine::parse_log(text.as_bytes()),
             vec![BatchLogLine::Outcome(
                 "A".into(),
                 LogEntry::Delivered { index: 1, at: 5 }

@@ -197,9 +197,9 @@ impl Spool {
         let slot = self.slot(id)?;
         let mut bytes = vec![0; slot.len as usize];
         slot.batch
-            .data
+            .file
             .read_exact_at(&mut bytes, slot.offset)
-            .map_err(SpoolError::io(&slot.batch.data_path))?;
+            .map_err(SpoolError::io(&slot.batch.path))?;
         Ok(bytes)
     }
 
@@ -214,12 +214,7 @@ impl Spool {
     }
 
     fn write_log(&self, batch: &Arc<Batch>, text: &str) -> Result<(), SpoolError> {
-        batch
-            .log
-            .lock()
-            .expect("not poisoned")
-            .write_all(text.as_bytes())
-            .map_err(SpoolError::io(&batch.log_path))?;
+        batch.append(text.as_bytes())?;
         if !batch.dirty.swap(true, Ordering::AcqRel) {
             if let Some(tx) = self.syncs.lock().expect("not poisoned").as_ref() {
                 let _ = tx.send(SyncRequest::Dirty(batch.clone()));
@@ -259,7 +254,7 @@ impl Spool {
             .bytes
             .fetch_sub(slot.len.min(self.bytes()), Ordering::Relaxed);
         if slot.batch.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            slot.batch.remove_files()
+            slot.batch.remove_file()
         } else {
             self.write_log(&slot.batch, &BatchLogLine::done_line(&meta.id))
         }

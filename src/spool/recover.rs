@@ -1,6 +1,6 @@
 //! Reading the spool back at start: which messages still have deliveries to make, and what is
 //! already known about each. Everything a crash can tear is recognised and ignored here: a batch
-//! file that was never renamed into place, a record whose check does not match, a log line
+//! file that was never renamed into place, a record whose check does not match, an outcome line
 //! without its newline.
 
 use std::collections::{HashMap, HashSet};
@@ -27,16 +27,10 @@ pub(super) struct FoundBatch {
 }
 
 /// Removes leftovers of interrupted writes: batch files never renamed into place (never
-/// acknowledged) and logs whose batch file is gone.
+/// acknowledged).
 pub(super) fn sweep(msg_dir: &Path) -> Result<(), SpoolError> {
-    let names = file_names(msg_dir)?;
-    for name in &names {
-        let orphan = match name.rsplit_once('.') {
-            Some((_, "tmp")) => true,
-            Some((batch, "log")) => !names.contains(&format!("{batch}.spool")),
-            _ => false,
-        };
-        if orphan {
+    for name in file_names(msg_dir)? {
+        if name.ends_with(".tmp") {
             let path = msg_dir.join(name);
             tracing::info!(file = %path.display(), "removing incomplete spool file left by an interrupted write");
             fs::remove_file(&path).map_err(SpoolError::io(&path))?;
@@ -65,17 +59,12 @@ pub(super) fn scan(msg_dir: &Path) -> Result<Vec<FoundBatch>, SpoolError> {
     batches.sort();
     let mut found = Vec::new();
     for name in batches {
-        let (data_path, log_path) = Batch::paths(msg_dir, &name);
-        let data = fs::read(&data_path).map_err(SpoolError::io(&data_path))?;
-        let log = match fs::read(&log_path) {
-            Ok(bytes) => BatchLogLine::parse_log(&String::from_utf8_lossy(&bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(SpoolError::io(&log_path)(e)),
-        };
-        let messages = live_messages(&data_path, &data, log)?;
+        let path = Batch::path(msg_dir, &name);
+        let data = fs::read(&path).map_err(SpoolError::io(&path))?;
+        let messages = live_messages(&path, &data)?;
         let batch = Batch::open(msg_dir, &name, messages.len())?;
         if messages.is_empty() {
-            batch.remove_files()?;
+            batch.remove_file()?;
         } else {
             found.push(FoundBatch { batch, messages });
         }
@@ -83,15 +72,45 @@ pub(super) fn scan(msg_dir: &Path) -> Result<Vec<FoundBatch>, SpoolError> {
     Ok(found)
 }
 
+/// A record found in a batch file: its header and where its parts are.
+struct RecordAt {
+    id: String,
+    meta: std::ops::Range<usize>,
+    message: std::ops::Range<usize>,
+}
+
+/// Splits a batch file into its records (which were synced before the file got its name) and
+/// the outcome lines appended after them.
+fn records(path: &Path, data: &[u8]) -> (Vec<RecordAt>, usize) {
+    let mut found = Vec::new();
+    let mut at = 0usize;
+    while let Some((header, header_len)) = RecordHeader::parse(&data[at..]) {
+        let meta_start = at + header_len;
+        let message_start = meta_start + header.meta_len;
+        let end = message_start.saturating_add(header.message_len);
+        if end > data.len()
+            || record_check(&data[meta_start..message_start], &data[message_start..end])
+                != header.check
+        {
+            tracing::warn!(file = %path.display(), record = %header.id, "ignoring a spool record that does not check out");
+            break;
+        }
+        found.push(RecordAt {
+            id: header.id,
+            meta: meta_start..message_start,
+            message: message_start..end,
+        });
+        at = end;
+    }
+    (found, at)
+}
+
 /// The records of one batch file that are not done, with their outcomes so far.
-fn live_messages(
-    path: &Path,
-    data: &[u8],
-    log: Vec<BatchLogLine>,
-) -> Result<Vec<FoundMessage>, SpoolError> {
+fn live_messages(path: &Path, data: &[u8]) -> Result<Vec<FoundMessage>, SpoolError> {
+    let (records, outcomes_start) = records(path, data);
     let mut done = HashSet::new();
     let mut outcomes: HashMap<String, Vec<LogEntry>> = HashMap::new();
-    for line in log {
+    for line in BatchLogLine::parse_log(&data[outcomes_start..]) {
         match line {
             BatchLogLine::Done(id) => {
                 done.insert(id);
@@ -100,34 +119,18 @@ fn live_messages(
         }
     }
     let mut messages = Vec::new();
-    let mut at = 0usize;
-    while at < data.len() {
-        let Some((header, header_len)) = RecordHeader::parse(&data[at..]) else {
-            torn(path, data.len() - at);
-            break;
-        };
-        let meta_start = at + header_len;
-        let message_start = meta_start + header.meta_len;
-        let end = message_start + header.message_len;
-        if end > data.len()
-            || record_check(&data[meta_start..message_start], &data[message_start..end])
-                != header.check
-        {
-            torn(path, data.len() - at);
-            break;
-        }
-        at = end;
-        if done.contains(&header.id) {
+    for record in records {
+        if done.contains(&record.id) {
             continue;
         }
         let meta: MessageMeta =
-            serde_json::from_slice(&data[meta_start..message_start]).map_err(|e| {
+            serde_json::from_slice(&data[record.meta.clone()]).map_err(|e| {
                 SpoolError::Corrupt {
                     path: path.to_path_buf(),
-                    reason: format!("record {}: {e}", header.id),
+                    reason: format!("record {}: {e}", record.id),
                 }
             })?;
-        let log = outcomes.remove(&header.id).unwrap_or_default();
+        let log = outcomes.remove(&record.id).unwrap_or_default();
         let finals: HashSet<usize> = log
             .iter()
             .filter(|e| e.is_final())
@@ -142,15 +145,9 @@ fn live_messages(
         messages.push(FoundMessage {
             meta,
             log,
-            offset: message_start as u64,
-            len: header.message_len as u64,
+            offset: record.message.start as u64,
+            len: record.message.len() as u64,
         });
     }
     Ok(messages)
-}
-
-/// A record that does not check out was being written when the process stopped: its batch was
-/// never acknowledged, so nothing from there on was accepted.
-fn torn(path: &Path, bytes: usize) {
-    tracing::warn!(file = %path.display(), bytes, "ignoring the torn end of a spool batch (never acknowledged)");
 }

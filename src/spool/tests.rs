@@ -54,7 +54,7 @@ fn half_written_messages_are_swept_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     std::fs::write(dir.path().join("msg/B1.spool.tmp"), b"never acknowledged").unwrap();
-    std::fs::write(dir.path().join("msg/B2.log"), b"X 0 delivered 1\n").unwrap();
+    std::fs::write(dir.path().join("msg/B2.spool.tmp"), b"MVS1 B2 2 1 0\n{}x").unwrap();
     drop(spool);
     let spool = Spool::open(dir.path()).unwrap();
     assert!(spool.recover().unwrap().is_empty());
