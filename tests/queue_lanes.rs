@@ -132,6 +132,12 @@ async fn a_transactional_message_overtakes_a_queued_5000_copy_fan_out() {
     let refs: Vec<&str> = subscribers.iter().map(String::as_str).collect();
     send(&relay, &refs, "newsletter").await;
     send(&relay, &["reset@gmail.com"], "password-reset").await;
+    // Fan-out copies already delivered when the reset was accepted (and queued).
+    let before_reset = upstream.record().messages.len();
+    assert!(
+        before_reset < FAN_OUT / 2,
+        "the fan-out is still mostly queued when the reset arrives ({before_reset} delivered)"
+    );
 
     let end = Instant::now() + Duration::from_secs(60);
     let position = loop {
@@ -150,14 +156,13 @@ async fn a_transactional_message_overtakes_a_queued_5000_copy_fan_out() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    println!("password reset arrived as message {position} of the {FAN_OUT}-copy fan-out");
-    assert!(
-        position < FAN_OUT / 10,
-        "the transactional copy waited behind {position} fan-out copies"
+    println!(
+        "password reset arrived as message {position}; {before_reset} fan-out copies were out when it was accepted"
     );
-    let newsletter = upstream.record().messages.len() - 1;
+    // Only the copies already in flight (at most the lane's concurrency) may go before it.
     assert!(
-        newsletter < FAN_OUT,
-        "the fan-out had not drained when the reset went out"
+        position <= before_reset + 10,
+        "the transactional copy waited behind {} queued fan-out copies",
+        position - before_reset
     );
 }
