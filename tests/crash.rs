@@ -292,6 +292,15 @@ async fn kill_9_during_inbound_load_at_several_points_loses_nothing() {
         after_third - after_second
     );
     report_duplicates("inbound load", &arrived);
+    let unacknowledged: BTreeSet<&String> = arrived
+        .iter()
+        .filter(|c| !want.contains(*c))
+        .map(|(id, _)| id)
+        .collect();
+    println!(
+        "{} message(s) delivered that were spooled but whose 250 the kill cut off (allowed)",
+        unacknowledged.len()
+    );
     assert!(
         !arrived.iter().any(|(id, _)| id == "unfinished@load.test"),
         "a message killed before the end of DATA was never accepted"
@@ -302,70 +311,86 @@ async fn kill_9_during_inbound_load_at_several_points_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_deliveries_in_flight_loses_nothing() {
     let mut setup = Setup::new();
-    // A slow upstream: each message waits 2 s before its final reply, so with 4 connections
-    // most copies are in flight or waiting when the relay is killed.
-    let slow = ScriptedSmtp::start(Script {
+    // Slow upstreams: each message waits 2 s before its final reply, so with 4 connections
+    // copies are in flight when the relay is killed.
+    let slow_script = || Script {
         data_end_delay: Duration::from_secs(2),
         ..Script::default()
-    })
-    .await;
+    };
+    let slow = ScriptedSmtp::start(slow_script()).await;
     setup.configure(slow.port(), 4);
     let mut relay = setup.start_relay();
     let load = Load::start(setup.smtp, "d");
     load.wait_accepted(20).await;
-    // Deliveries are in flight: the upstream has read messages it has not answered yet.
-    let end = Instant::now() + PATIENCE;
-    loop {
-        let r = slow.record();
-        let data = r.commands.iter().filter(|c| *c == "DATA").count();
-        if data >= 4 {
-            break;
-        }
-        assert!(Instant::now() < end, "no deliveries in flight: {r:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    relay.kill9();
-    let in_flight_at_kill = {
-        let r = slow.record();
-        r.commands.iter().filter(|c| *c == "DATA").count() - r.messages.len()
-    };
-    assert!(in_flight_at_kill > 0, "copies were in flight at the kill");
+    let in_flight_1 = kill_with_copies_in_flight(&mut relay, &slow).await;
     let accepted = load.finish().await;
 
-    // Restart on the same spool with a fast upstream.
+    // Restart on the same spool, still slow: recovered copies are in flight when it is killed
+    // a second time.
+    let slower = ScriptedSmtp::start(slow_script()).await;
+    setup.configure(slower.port(), 4);
+    let mut relay = setup.start_relay();
+    let in_flight_2 = kill_with_copies_in_flight(&mut relay, &slower).await;
+
+    // Restart with a fast upstream.
     let fast = ScriptedSmtp::start(Script::default()).await;
     setup.configure(fast.port(), 4);
     let mut relay = setup.start_relay();
-    let copies = |server: &ScriptedSmtp| -> Vec<Copy> {
-        server
-            .record()
-            .messages
+    let servers = [&slow, &slower, &fast];
+    let all_copies = || -> Vec<Copy> {
+        servers
             .iter()
+            .flat_map(|s| s.record().messages)
             .flat_map(|m| {
                 let id = message_id(&m.data);
-                m.rcpt_to.iter().map(move |r| (id.clone(), r.clone()))
+                m.rcpt_to
+                    .into_iter()
+                    .map(move |r| (id.clone(), r))
+                    .collect::<Vec<_>>()
             })
             .collect()
     };
     let want = copies_of(&accepted);
-    wait_for_copies(&want, || [copies(&slow), copies(&fast)].concat()).await;
-    // The slow upstream finishes the sessions that were open at the kill (it counts what it
+    wait_for_copies(&want, all_copies).await;
+    // The slow upstreams finish the sessions that were open at the kills (they count what they
     // read completely as received, as a real server would).
     let end = Instant::now() + PATIENCE;
-    while slow.record().active > 0 {
+    while slow.record().active + slower.record().active > 0 {
         assert!(Instant::now() < end, "slow upstream sessions never ended");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let arrived = [copies(&slow), copies(&fast)].concat();
+    let arrived = all_copies();
     println!(
-        "accepted {} messages ({} copies); {in_flight_at_kill} copies in flight at the kill",
+        "accepted {} messages ({} copies); {in_flight_1} then {in_flight_2} copies in flight at the kills",
         accepted.len(),
         want.len()
     );
     report_duplicates("deliveries in flight", &arrived);
     assert!(
-        !slow.record().saw("MAIL FROM:<>"),
+        !servers.iter().any(|s| s.record().saw("MAIL FROM:<>")),
         "no bounces: nothing failed"
     );
     assert_eq!(relay.terminate(), Some(0), "SIGTERM exits cleanly");
+}
+
+/// Waits until `upstream` has read at least two messages it has not answered yet, then kills
+/// the relay; returns how many were unanswered at the kill.
+async fn kill_with_copies_in_flight(relay: &mut Proc, upstream: &ScriptedSmtp) -> usize {
+    let unanswered = || {
+        let r = upstream.record();
+        r.commands.iter().filter(|c| *c == "DATA").count() - r.messages.len()
+    };
+    let end = Instant::now() + PATIENCE;
+    while unanswered() < 2 {
+        assert!(
+            Instant::now() < end,
+            "no deliveries in flight: {:?}",
+            upstream.record()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.kill9();
+    let n = unanswered();
+    assert!(n > 0, "copies were in flight at the kill");
+    n
 }

@@ -109,12 +109,14 @@ async fn send_one(relay: &InProcessRelay, to: &[&str], mid: &str) {
 
 #[tokio::test]
 async fn replies_421_and_451_are_retried_then_delivered_once() {
-    let mut script = Script::default();
-    script.first_replies = HashMap::from([
-        (Step::Mail, vec!["421 4.3.2 busy, come back later".into()]),
-        (Step::DataEnd, vec!["451 4.3.0 try again".into()]),
-    ]);
-    let upstream = ScriptedSmtp::start(script).await;
+    let upstream = ScriptedSmtp::start(Script {
+        first_replies: HashMap::from([
+            (Step::Mail, vec!["421 4.3.2 busy, come back later".into()]),
+            (Step::DataEnd, vec!["451 4.3.0 try again".into()]),
+        ]),
+        ..Script::default()
+    })
+    .await;
     let relay = InProcessRelay::start(&relay_config(
         &scripted_upstream("scripted", upstream.port(), "none", "5s"),
         "",
@@ -204,9 +206,11 @@ async fn a_550_recipient_is_never_retried_while_the_other_copy_is_delivered() {
 
 #[tokio::test]
 async fn a_connection_dropped_during_data_is_retried_then_delivered() {
-    let mut script = Script::default();
-    script.first_replies = HashMap::from([(Step::DataEnd, vec![DROP.to_string()])]);
-    let upstream = ScriptedSmtp::start(script).await;
+    let upstream = ScriptedSmtp::start(Script {
+        first_replies: HashMap::from([(Step::DataEnd, vec![DROP.to_string()])]),
+        ..Script::default()
+    })
+    .await;
     let relay = InProcessRelay::start(&relay_config(
         &scripted_upstream("scripted", upstream.port(), "none", "5s"),
         "",
@@ -223,9 +227,11 @@ async fn a_connection_dropped_during_data_is_retried_then_delivered() {
 #[tokio::test]
 async fn a_reply_slower_than_the_timeout_is_temporary_and_retried() {
     // The first server answers MAIL after 3 s; the relay's timeout is 1 s.
-    let mut slow = Script::default();
-    slow.delays = HashMap::from([(Step::Mail, Duration::from_secs(3))]);
-    let slow = ScriptedSmtp::start(slow).await;
+    let slow = ScriptedSmtp::start(Script {
+        delays: HashMap::from([(Step::Mail, Duration::from_secs(3))]),
+        ..Script::default()
+    })
+    .await;
     let port = slow.port();
     let relay = InProcessRelay::start(&relay_config(
         &scripted_upstream("scripted", port, "none", "1s"),
