@@ -103,7 +103,7 @@ async fn a_full_spool_answers_452_loses_nothing_and_recovers() {
     };
     // The upstream is down at first, so everything accepted stays in the spool.
     let upstream_port = free_port();
-    let relay = InProcessRelay::start(&format!(
+    let config = format!(
         r#"
 [spool]
 dir = "{spool}"
@@ -118,8 +118,8 @@ tls = "none"
 timeout = "5s"
 "#,
         spool = spool.display()
-    ))
-    .await;
+    );
+    let relay = InProcessRelay::start(&config).await;
 
     // ~100 KiB per message: the 2 MiB spool fills after about twenty.
     let body = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789\r\n"
@@ -155,34 +155,44 @@ timeout = "5s"
     assert!(refused >= 3, "the spool filled up");
     // The session is still usable after 452.
     assert!(smtp.cmd("NOOP").await.starts_with("250"));
+    assert!(smtp.cmd("QUIT").await.starts_with("221"));
+    relay.stop().await.expect("clean stop on a full spool");
 
-    // Nothing half-written counts: every stored message is complete (.eml with .json), no
-    // temp files, and exactly the 250'd messages are there.
+    // Nothing half-written counts: no temp files, every batch file has its log, and the spool
+    // holds exactly the messages answered 250 (read back the way a restart reads them).
     let msg = spool.join("msg");
-    let metas = files_with(&msg, "json");
-    let emls = files_with(&msg, "eml");
-    assert_eq!(metas, emls, "every .json has its .eml and vice versa");
     assert!(
         files_with(&msg, "tmp").is_empty(),
         "no temp files left behind"
     );
-    assert_eq!(metas.len(), accepted.len(), "spooled == answered 250");
+    assert_eq!(
+        files_with(&msg, "spool"),
+        files_with(&msg, "log"),
+        "every batch has its log and vice versa"
+    );
+    {
+        let reopened = mailveil::spool::Spool::open(&spool).expect("spool opens");
+        let recovered = reopened.recover().expect("spool reads back");
+        let spooled: BTreeSet<String> = recovered
+            .iter()
+            .map(|r| message_id(&reopened.read_message(&r.meta.id).unwrap()))
+            .collect();
+        let wanted: BTreeSet<String> = accepted.iter().cloned().collect();
+        assert_eq!(spooled, wanted, "spooled == answered 250");
+        assert_eq!(recovered.len(), accepted.len(), "each stored once");
+    }
 
-    // The upstream comes up: the spool drains and every 250'd message is delivered.
+    // The upstream comes up and the relay restarts on the full spool: it drains, and every
+    // 250'd message is delivered.
     let upstream = ScriptedSmtp::start_at(upstream_port, Script::default()).await;
+    let relay = InProcessRelay::start(&config).await;
     let end = Instant::now() + Duration::from_secs(60);
     loop {
         let delivered: BTreeSet<String> = upstream
             .record()
             .messages
             .iter()
-            .filter_map(|m| {
-                let text = String::from_utf8_lossy(&m.data);
-                text.lines()
-                    .find_map(|l| l.strip_prefix("Message-ID: <"))
-                    .and_then(|l| l.strip_suffix("@src.test>"))
-                    .map(str::to_string)
-            })
+            .map(|m| message_id(&m.data))
             .collect();
         let missing: Vec<&String> = accepted
             .iter()
@@ -199,13 +209,15 @@ timeout = "5s"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let end = Instant::now() + PATIENCE;
-    while !files_with(&msg, "json").is_empty() {
-        assert!(Instant::now() < end, "delivered messages left the spool");
+    while !files_with(&msg, "spool").is_empty() {
+        assert!(Instant::now() < end, "delivered messages leave the spool");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // Space is back: new mail is accepted and delivered.
     let delivered_before = upstream.record().messages.len();
+    let (mut smtp, _) = RawSmtp::connect(relay.smtp).await;
+    assert!(smtp.cmd("EHLO client.test").await.starts_with("250"));
     let reply = send_raw(&mut smtp, "after", &body).await;
     assert!(reply.starts_with("250"), "accepted again: {reply}");
     let end = Instant::now() + PATIENCE;
@@ -215,4 +227,14 @@ timeout = "5s"
     }
     assert!(smtp.cmd("QUIT").await.starts_with("221"));
     relay.stop().await.expect("clean stop");
+}
+
+/// The id part of the Message-ID (`fill3` for `<fill3@src.test>`).
+fn message_id(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .find_map(|l| l.strip_prefix("Message-ID: <"))
+        .and_then(|l| l.strip_suffix("@src.test>"))
+        .unwrap_or("<none>")
+        .to_string()
 }

@@ -312,11 +312,15 @@ async fn an_untrusted_upstream_certificate_defers_and_nothing_goes_in_plaintext(
 #[tokio::test]
 async fn no_starttls_offered_defers_and_nothing_goes_in_plaintext() {
     let upstream = ScriptedSmtp::start(Script::default()).await;
-    let relay = InProcessRelay::start(&relay_config(
+    // The spool outlives the relay here, to be read back after it stops.
+    let work = tempfile::tempdir().unwrap();
+    let spool_dir = work.path().join("spool");
+    let config = relay_config(
         &scripted_upstream("plain", upstream.port(), "starttls", "5s"),
         "",
-    ))
-    .await;
+    )
+    .replace("{dir}/spool", &spool_dir.display().to_string());
+    let relay = InProcessRelay::start(&config).await;
     send_one(&relay, &["r@x.test"], "nostarttls").await;
     wait_metrics(&relay, "two deferrals", |t| {
         sample(t, "mailveil_deliveries_total", &["outcome=\"deferred\""]) >= 2.0
@@ -330,12 +334,16 @@ async fn no_starttls_offered_defers_and_nothing_goes_in_plaintext() {
         record.commands
     );
     assert!(record.messages.is_empty());
-    let spooled = std::fs::read_dir(relay.spool().join("msg"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .count();
-    assert_eq!(spooled, 1, "the message stays spooled");
+    // The message stays spooled for a later attempt.
+    relay.stop().await.expect("clean stop");
+    let spool = mailveil::spool::Spool::open(&spool_dir).unwrap();
+    let recovered = spool.recover().unwrap();
+    assert_eq!(recovered.len(), 1, "the message stays spooled");
+    assert!(
+        recovered[0].log.iter().all(|e| !e.is_final()),
+        "{:?}",
+        recovered[0].log
+    );
 }
 
 #[tokio::test]
