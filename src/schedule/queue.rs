@@ -314,9 +314,11 @@ impl Inner {
             || self.lanes.read().expect("not poisoned").contains_key(name)
     }
 
-    /// In-flight limit of a provider's lane: its configured `max_connections`, else every
-    /// upstream connection for `default` and at most 4 for a named provider (so one slow big
-    /// provider cannot take every connection).
+    /// In-flight limit of a provider's lane: its configured `max_connections`, else all but one
+    /// upstream connection for `default` and at most half of them (and at most 4) for a named
+    /// provider. Why not all: the upstream's connection cap is shared by every lane, and a lane
+    /// whose deliveries hang holds its connections until the upstream `timeout`; it must leave
+    /// some for the other providers.
     fn lane_concurrency(&self, provider: &str) -> usize {
         let settings = self.settings.read().expect("not poisoned");
         let total = settings.upstream_connections;
@@ -327,8 +329,8 @@ impl Inner {
             .and_then(|p| p.max_connections)
         {
             Some(n) => n,
-            None if provider == DEFAULT_PROVIDER => total,
-            None => total.min(4),
+            None if provider == DEFAULT_PROVIDER => total.saturating_sub(1).max(1),
+            None => (total / 2).clamp(1, 4),
         }
     }
 

@@ -9,7 +9,7 @@
 //! [`pki`] makes a private CA and server certificates with rcgen.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,7 +59,19 @@ pub struct Script {
     /// Close the connection silently after this many accepted messages on it (a server that
     /// drops idle clients).
     pub close_after_messages: Option<usize>,
+    /// Replies used once each, in order, before `replies` applies at that step (e.g. `421`
+    /// then `451` then the normal reply). [`DROP`] closes the connection without answering;
+    /// at [`Step::DataEnd`] that is after the message was read and before the final reply.
+    pub first_replies: HashMap<Step, Vec<String>>,
+    /// Never answer RCPT for recipients in these domains (the connection stays open): one
+    /// provider's deliveries hang while others are served.
+    pub stall_rcpt_domains: Vec<String>,
+    /// Wait this long before answering at a step (a slow server).
+    pub delays: HashMap<Step, Duration>,
 }
+
+/// In [`Script::first_replies`]: close the connection instead of answering.
+pub const DROP: &str = "<drop>";
 
 impl Default for Script {
     fn default() -> Script {
@@ -75,6 +87,9 @@ impl Default for Script {
             drop_at: None,
             data_end_delay: Duration::ZERO,
             close_after_messages: None,
+            first_replies: HashMap::new(),
+            stall_rcpt_domains: Vec::new(),
+            delays: HashMap::new(),
         }
     }
 }
@@ -127,9 +142,22 @@ pub struct ScriptedSmtp {
 
 impl ScriptedSmtp {
     pub async fn start(script: Script) -> ScriptedSmtp {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        ScriptedSmtp::start_at(0, script).await
+    }
+
+    /// Like [`start`](Self::start) on a chosen port of 127.0.0.1 (an upstream that comes back
+    /// where the relay expects it).
+    pub async fn start_at(port: u16, script: Script) -> ScriptedSmtp {
+        let listener = bind_reusable(port).await;
         let addr = listener.local_addr().expect("local addr");
         let record = Arc::new(Mutex::new(Record::default()));
+        let once: Once = Arc::new(Mutex::new(
+            script
+                .first_replies
+                .iter()
+                .map(|(k, v)| (*k, v.iter().cloned().collect()))
+                .collect(),
+        ));
         let script = Arc::new(script);
         let rec = record.clone();
         let task = tokio::spawn(async move {
@@ -141,10 +169,10 @@ impl ScriptedSmtp {
                     r.active += 1;
                     r.max_active = r.max_active.max(r.active);
                 }
-                let (script, rec) = (script.clone(), rec.clone());
+                let (script, rec, once) = (script.clone(), rec.clone(), once.clone());
                 sessions.spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    let _ = serve(tcp, &script, &rec).await;
+                    let _ = serve(tcp, &script, &rec, &once).await;
                     rec.lock().unwrap().active -= 1;
                 });
             }
@@ -168,10 +196,32 @@ impl Drop for ScriptedSmtp {
     }
 }
 
+/// Binds 127.0.0.1:`port` with SO_REUSEADDR, retrying for a few seconds: a server dropped a
+/// moment ago on that port may still be closing (its task is aborted asynchronously).
+async fn bind_reusable(port: u16) -> TcpListener {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut tries = 0;
+    loop {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        match socket.bind(addr).and_then(|()| socket.listen(1024)) {
+            Ok(listener) => return listener,
+            Err(_) if port != 0 && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("bind 127.0.0.1:{port}: {e}"),
+        }
+    }
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 type Stream = BufReader<Box<dyn Io>>;
+
+/// What is left of [`Script::first_replies`], shared by all sessions.
+type Once = Arc<Mutex<HashMap<Step, VecDeque<String>>>>;
 
 /// How a session ended or must continue.
 enum Next {
@@ -183,6 +233,7 @@ async fn serve(
     tcp: tokio::net::TcpStream,
     script: &Script,
     rec: &Mutex<Record>,
+    once: &Once,
 ) -> std::io::Result<()> {
     let (mut stream, mut tls): (Stream, bool) = match &script.implicit_tls {
         Some(config) => {
@@ -198,7 +249,7 @@ async fn serve(
     send(&mut stream, &script.greeting).await?;
     let mut session = Session::default();
     loop {
-        match session.run(&mut stream, script, rec, tls).await? {
+        match session.run(&mut stream, script, rec, once, tls).await? {
             Next::Closed => return Ok(()),
             Next::UpgradeTls => {
                 let Some(config) = &script.starttls else {
@@ -215,8 +266,11 @@ async fn serve(
     }
 }
 
-/// Applies `stall_at`/`drop_at`; true when the session must end now.
+/// Applies `delays`, `stall_at` and `drop_at`; true when the session must end now.
 async fn gate(script: &Script, step: Step) -> bool {
+    if let Some(delay) = script.delays.get(&step) {
+        tokio::time::sleep(*delay).await;
+    }
     if script.stall_at == Some(step) {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         return true;
@@ -249,11 +303,20 @@ impl Session {
             .unwrap_or_else(|| default.to_string())
     }
 
+    /// The next unused [`Script::first_replies`] entry for `step`, if any.
+    fn first(once: &Once, step: Step) -> Option<String> {
+        once.lock()
+            .unwrap()
+            .get_mut(&step)
+            .and_then(VecDeque::pop_front)
+    }
+
     async fn run(
         &mut self,
         stream: &mut Stream,
         script: &Script,
         rec: &Mutex<Record>,
+        once: &Once,
         tls: bool,
     ) -> std::io::Result<Next> {
         loop {
@@ -313,7 +376,11 @@ impl Session {
                         return Ok(Next::Closed);
                     }
                     let from = between_brackets(&line);
-                    let reply = Self::reply(script, Step::Mail, "250 2.1.0 ok");
+                    let reply = Self::first(once, Step::Mail)
+                        .unwrap_or_else(|| Self::reply(script, Step::Mail, "250 2.1.0 ok"));
+                    if reply == DROP {
+                        return Ok(Next::Closed);
+                    }
                     if reply.starts_with('2') {
                         self.mail = Some((from, line.clone()));
                         self.rcpt_to.clear();
@@ -325,10 +392,23 @@ impl Session {
                         return Ok(Next::Closed);
                     }
                     let to = between_brackets(&line);
+                    let domain = to.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+                    if script
+                        .stall_rcpt_domains
+                        .iter()
+                        .any(|d| d.eq_ignore_ascii_case(domain))
+                    {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return Ok(Next::Closed);
+                    }
                     let reply = match script.rcpt_replies.get(&to) {
                         Some(r) => r.clone(),
-                        None => Self::reply(script, Step::Rcpt, "250 2.1.5 ok"),
+                        None => Self::first(once, Step::Rcpt)
+                            .unwrap_or_else(|| Self::reply(script, Step::Rcpt, "250 2.1.5 ok")),
                     };
+                    if reply == DROP {
+                        return Ok(Next::Closed);
+                    }
                     if reply.starts_with('2') {
                         self.rcpt_to.push(to);
                     }
@@ -352,7 +432,11 @@ impl Session {
                         return Ok(Next::Closed);
                     }
                     tokio::time::sleep(script.data_end_delay).await;
-                    let reply = Self::reply(script, Step::DataEnd, "250 2.0.0 queued");
+                    let reply = Self::first(once, Step::DataEnd)
+                        .unwrap_or_else(|| Self::reply(script, Step::DataEnd, "250 2.0.0 queued"));
+                    if reply == DROP {
+                        return Ok(Next::Closed);
+                    }
                     let (mail_from, mail_line) = self.mail.take().unwrap_or_default();
                     if reply.starts_with('2') {
                         rec.lock().unwrap().messages.push(Received {
