@@ -179,17 +179,12 @@ timeout = "5s"
     assert!(refused >= 9, "the spool filled up for every session");
     relay.stop().await.expect("clean stop on a full spool");
 
-    // Nothing half-written counts: no temp files, every batch file has its log, and the spool
-    // holds exactly the messages answered 250 (read back the way a restart reads them).
+    // Nothing half-written counts: no temp files, and the spool holds exactly the messages
+    // answered 250 (read back the way a restart reads them).
     let msg = spool.join("msg");
     assert!(
         files_with(&msg, "tmp").is_empty(),
         "no temp files left behind"
-    );
-    assert_eq!(
-        files_with(&msg, "spool"),
-        files_with(&msg, "log"),
-        "every batch has its log and vice versa"
     );
     {
         let reopened = mailveil::spool::Spool::open(&spool).expect("spool opens");
