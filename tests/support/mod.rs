@@ -53,6 +53,7 @@ impl InProcessRelay {
         let listeners = mailveil::Listeners {
             smtp,
             metrics: Some(metrics),
+            admin: None,
         };
         let handle = tokio::spawn(mailveil::run(config, listeners, shutdown.clone()));
         InProcessRelay {
