@@ -171,11 +171,17 @@ impl Acceptor for Relay {
             ));
         }
         self.metrics.spool_bytes.set(self.spool.bytes() as i64);
-        self.metrics
-            .accept_duration
-            .observe(started.elapsed().as_secs_f64());
+        // `mailveil_accept_duration_seconds` is observed by the listener (end of DATA to reply).
+        let mut providers: Vec<&str> = meta
+            .deliveries
+            .iter()
+            .map(|d| d.provider.as_str())
+            .collect();
+        providers.sort_unstable();
+        providers.dedup();
         tracing::info!(queue_id = %id, %from, rcpts = meta.envelope.rcpt_to.len(), deliveries = meta.deliveries.len(),
-            decision = plan.decision.as_str(), visible = plan.visible, size = meta.size, "accepted");
+            providers = %providers.join(","), decision = plan.decision.as_str(), visible = plan.visible, size = meta.size,
+            code = 250, duration_ms = started.elapsed().as_millis() as u64, "accepted");
         self.scheduler.enqueue(meta, Some(message), &[]);
         Verdict::Accepted { queue_id: id }
     }
