@@ -230,6 +230,8 @@ pub async fn run_with(
         }
     };
     scheduler.shutdown(SHUTDOWN_GRACE).await;
+    let flushing = spool.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.flush()).await;
     for h in [http, admin].into_iter().flatten() {
         h.abort();
     }

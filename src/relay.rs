@@ -152,16 +152,7 @@ impl Acceptor for Relay {
             deliveries: rules.records(plan.deliveries),
         };
         let message = Arc::new(message);
-        let spool = self.spool.clone();
-        let (meta, stored) = {
-            let message = message.clone();
-            tokio::task::spawn_blocking(move || {
-                let r = spool.store(&meta, &message);
-                (meta, r)
-            })
-            .await
-            .expect("spool task does not panic")
-        };
+        let stored = self.spool.store_async(&meta, message.clone()).await;
         if let Err(e) = stored {
             tracing::error!(error = %e, "cannot spool message; answering 452");
             return Verdict::Rejected(Reply::new(

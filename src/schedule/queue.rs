@@ -588,12 +588,7 @@ impl Inner {
         let (spool, original) = (self.spool.clone(), meta.id.clone());
         self.tracker.spawn(async move {
             let bytes = Arc::new(bytes);
-            let stored = {
-                let (bytes, dsn) = (bytes.clone(), dsn.clone());
-                tokio::task::spawn_blocking(move || spool.store(&dsn, &bytes))
-                    .await
-                    .expect("spool task does not panic")
-            };
+            let stored = spool.store_async(&dsn, bytes.clone()).await;
             match stored {
                 Ok(()) => {
                     tracing::info!(queue_id = %dsn.id, %original, "bounce queued for the sender");

@@ -1,18 +1,30 @@
 //! The durable spool: a message is on disk and fsync'd (file and directory entry) before the
 //! client hears `250`, stored once however many copies it fans out to, with an append-only
 //! record of each delivery's outcome. On start, [`Spool::recover`] returns every message that
-//! still has deliveries to make. See [`format`] for the files.
+//! still has deliveries to make. See [`format`] for the files and [`commit`] for the group
+//! commit that makes one fsync serve many messages.
 //!
-//! All methods block on disk I/O: async callers run them in `spawn_blocking`.
+//! [`Spool::store`] blocks until the message is durable (async callers use
+//! [`Spool::store_async`]); [`Spool::append`] and [`Spool::complete`] only write (their records
+//! are synced in the background) except when a permanent failure must be recorded.
 
+mod commit;
 pub mod format;
+mod recover;
 
-use std::fs::{self, File, OpenOptions};
+use std::collections::HashMap;
+use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use commit::{Batch, Reply, StoreRequest, SyncRequest};
+use format::BatchLogLine;
 pub use format::{DeliveryRecord, LogEntry, MessageMeta};
 
 /// Why the spool could not do what was asked.
@@ -31,6 +43,13 @@ impl SpoolError {
             source,
         }
     }
+
+    fn gone(id: &str) -> SpoolError {
+        SpoolError::Io {
+            path: PathBuf::from(id),
+            source: io::Error::new(io::ErrorKind::NotFound, "no such message in the spool"),
+        }
+    }
 }
 
 /// A spooled message found at start-up, with the outcomes already recorded for it.
@@ -40,13 +59,32 @@ pub struct Recovered {
     pub log: Vec<LogEntry>,
 }
 
+/// Where a stored message's bytes are.
+#[derive(Debug, Clone)]
+struct Slot {
+    batch: Arc<Batch>,
+    offset: u64,
+    len: u64,
+}
+
+/// State shared with the commit threads.
+#[derive(Debug)]
+struct Shared {
+    msg_dir: PathBuf,
+    /// Every message in the spool that is not done.
+    index: Mutex<HashMap<String, Slot>>,
+    /// Bytes of spooled messages (the `mailveil_spool_bytes` gauge).
+    bytes: AtomicU64,
+}
+
 #[derive(Debug)]
 pub struct Spool {
     root: PathBuf,
-    msg_dir: PathBuf,
     failed_dir: PathBuf,
-    /// Bytes of `.eml` files currently spooled (the `mailveil_spool_bytes` gauge).
-    bytes: AtomicU64,
+    shared: Arc<Shared>,
+    stores: Mutex<Option<Sender<StoreRequest>>>,
+    syncs: Mutex<Option<Sender<SyncRequest>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Current time in whole Unix seconds.
@@ -58,22 +96,41 @@ pub fn unix_now() -> u64 {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool at `root` and clears what a crash may have left
-    /// half-written: temp files, and `.eml` files whose `.json` never landed (never answered 250).
+    /// Opens (creating if needed) the spool at `root`, clears what a crash may have left
+    /// half-written, and starts the commit threads.
     pub fn open(root: &Path) -> Result<Spool, SpoolError> {
         let msg_dir = root.join("msg");
         let failed_dir = root.join("failed");
         for dir in [root, &msg_dir, &failed_dir] {
             fs::create_dir_all(dir).map_err(SpoolError::io(dir))?;
         }
-        let spool = Spool {
-            root: root.to_path_buf(),
+        recover::sweep(&msg_dir)?;
+        let shared = Arc::new(Shared {
             msg_dir,
-            failed_dir,
+            index: Mutex::new(HashMap::new()),
             bytes: AtomicU64::new(0),
+        });
+        let (store_tx, store_rx) = mpsc::channel();
+        let (sync_tx, sync_rx) = mpsc::channel();
+        let committer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("spool-commit".into())
+                .spawn(move || commit::committer(shared, store_rx))
+                .map_err(SpoolError::io(root))?
         };
-        spool.sweep()?;
-        Ok(spool)
+        let syncer = std::thread::Builder::new()
+            .name("spool-sync".into())
+            .spawn(move || commit::syncer(sync_rx))
+            .map_err(SpoolError::io(root))?;
+        Ok(Spool {
+            root: root.to_path_buf(),
+            failed_dir,
+            shared,
+            stores: Mutex::new(Some(store_tx)),
+            syncs: Mutex::new(Some(sync_tx)),
+            threads: Mutex::new(vec![committer, syncer]),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -86,59 +143,93 @@ impl Spool {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.shared.bytes.load(Ordering::Relaxed)
     }
 
-    fn path(&self, id: &str, ext: &str) -> PathBuf {
-        self.msg_dir.join(format!("{id}.{ext}"))
-    }
-
-    /// Stores a message durably. On return `Ok`, the message survives a crash or power loss;
-    /// on error nothing of it remains (the caller answers `452 4.3.1`).
-    pub fn store(&self, meta: &MessageMeta, message: &[u8]) -> Result<(), SpoolError> {
-        let eml = self.path(&meta.id, "eml");
-        let json = self.path(&meta.id, "json");
-        let tmp = self.path(&meta.id, "json.tmp");
-        let result = (|| {
-            write_synced(&eml, message)?;
-            let text = serde_json::to_vec(meta).expect("meta serializes");
-            write_synced(&tmp, &text)?;
-            fs::rename(&tmp, &json).map_err(SpoolError::io(&json))?;
-            sync_dir(&self.msg_dir)
-        })();
-        if result.is_err() {
-            for p in [&tmp, &json, &eml] {
-                let _ = fs::remove_file(p);
-            }
-        } else {
-            self.bytes
-                .fetch_add(message.len() as u64, Ordering::Relaxed);
+    fn submit(&self, meta: &MessageMeta, message: Arc<Vec<u8>>, reply: Reply) {
+        let request = StoreRequest {
+            id: meta.id.clone(),
+            meta: serde_json::to_vec(meta).expect("meta serializes"),
+            message,
+            reply,
+        };
+        let sender = self.stores.lock().expect("not poisoned").clone();
+        let rejected = match sender {
+            Some(tx) => tx.send(request).err().map(|e| e.0),
+            None => Some(request),
+        };
+        if let Some(request) = rejected {
+            request.reply.send(Err(closed(&self.root)));
         }
-        result
+    }
+
+    /// Stores a message durably, waiting for its commit round. On `Ok`, the message survives a
+    /// crash or power loss; on error nothing of it remains (the caller answers `452 4.3.1`).
+    pub fn store(&self, meta: &MessageMeta, message: &[u8]) -> Result<(), SpoolError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(meta, Arc::new(message.to_vec()), Reply::Blocking(tx));
+        rx.recv().unwrap_or_else(|_| Err(closed(&self.root)))
+    }
+
+    /// [`Spool::store`] for async callers: the task waits, no thread blocks.
+    pub async fn store_async(
+        &self,
+        meta: &MessageMeta,
+        message: Arc<Vec<u8>>,
+    ) -> Result<(), SpoolError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(meta, message, Reply::Async(tx));
+        rx.await.unwrap_or_else(|_| Err(closed(&self.root)))
+    }
+
+    fn slot(&self, id: &str) -> Result<Slot, SpoolError> {
+        self.shared
+            .index
+            .lock()
+            .expect("not poisoned")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SpoolError::gone(id))
     }
 
     /// Reads a spooled message's bytes (for sending a copy).
     pub fn read_message(&self, id: &str) -> Result<Vec<u8>, SpoolError> {
-        let path = self.path(id, "eml");
-        fs::read(&path).map_err(SpoolError::io(&path))
+        let slot = self.slot(id)?;
+        let mut bytes = vec![0; slot.len as usize];
+        slot.batch
+            .data
+            .read_exact_at(&mut bytes, slot.offset)
+            .map_err(SpoolError::io(&slot.batch.data_path))?;
+        Ok(bytes)
     }
 
-    /// Appends outcomes to the message's log and fsyncs it.
+    /// Records outcomes of a message's deliveries. The write is synced in the background: a crash
+    /// in the next few milliseconds may lose it, and the copy is then sent again.
     pub fn append(&self, id: &str, entries: &[LogEntry]) -> Result<(), SpoolError> {
-        let path = self.path(id, "log");
-        let text: String = entries.iter().map(LogEntry::to_line).collect();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(SpoolError::io(&path))?;
-        file.write_all(text.as_bytes())
-            .map_err(SpoolError::io(&path))?;
-        file.sync_data().map_err(SpoolError::io(&path))
+        let text: String = entries
+            .iter()
+            .map(|e| BatchLogLine::outcome_line(id, e))
+            .collect();
+        self.write_log(&self.slot(id)?.batch, &text)
     }
 
-    /// Every delivery of the message has a final outcome: remove it from the spool, keeping a
-    /// record under `failed/` when any delivery failed permanently.
+    fn write_log(&self, batch: &Arc<Batch>, text: &str) -> Result<(), SpoolError> {
+        batch
+            .log
+            .lock()
+            .expect("not poisoned")
+            .write_all(text.as_bytes())
+            .map_err(SpoolError::io(&batch.log_path))?;
+        if !batch.dirty.swap(true, Ordering::AcqRel) {
+            if let Some(tx) = self.syncs.lock().expect("not poisoned").as_ref() {
+                let _ = tx.send(SyncRequest::Dirty(batch.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every delivery of the message has a final outcome: it leaves the spool, keeping a record
+    /// under `failed/` (synced before anything is removed) when any delivery failed permanently.
     pub fn complete(&self, meta: &MessageMeta, failed: &[(usize, u16)]) -> Result<(), SpoolError> {
         if !failed.is_empty() {
             let record = serde_json::json!({
@@ -155,51 +246,68 @@ impl Spool {
             write_synced(&path, record.to_string().as_bytes())?;
             sync_dir(&self.failed_dir)?;
         }
-        for ext in ["json", "log", "eml"] {
-            let path = self.path(&meta.id, ext);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(SpoolError::Io { path, source: e }),
-            }
+        let Some(slot) = self
+            .shared
+            .index
+            .lock()
+            .expect("not poisoned")
+            .remove(&meta.id)
+        else {
+            return Ok(());
+        };
+        self.shared
+            .bytes
+            .fetch_sub(slot.len.min(self.bytes()), Ordering::Relaxed);
+        if slot.batch.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            slot.batch.remove_files()
+        } else {
+            self.write_log(&slot.batch, &BatchLogLine::done_line(&meta.id))
         }
-        self.bytes
-            .fetch_sub(meta.size.min(self.bytes()), Ordering::Relaxed);
-        sync_dir(&self.msg_dir)
     }
 
-    /// Every spooled message with its recorded outcomes, oldest first.
+    /// Every spooled message with its recorded outcomes, oldest first. Call once, at start,
+    /// before anything is stored.
     pub fn recover(&self) -> Result<Vec<Recovered>, SpoolError> {
-        let mut found = Vec::new();
+        let found = recover::scan(&self.shared.msg_dir)?;
+        let mut index = self.shared.index.lock().expect("not poisoned");
+        index.clear();
         let mut total = 0;
-        for entry in fs::read_dir(&self.msg_dir).map_err(SpoolError::io(&self.msg_dir))? {
-            let path = entry.map_err(SpoolError::io(&self.msg_dir))?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
+        let mut recovered = Vec::new();
+        for batch in found {
+            let batch_ref = Arc::new(batch.batch);
+            for message in batch.messages {
+                total += message.len;
+                index.insert(
+                    message.meta.id.clone(),
+                    Slot {
+                        batch: batch_ref.clone(),
+                        offset: message.offset,
+                        len: message.len,
+                    },
+                );
+                recovered.push(Recovered {
+                    meta: message.meta,
+                    log: message.log,
+                });
             }
-            let text = fs::read(&path).map_err(SpoolError::io(&path))?;
-            let meta: MessageMeta =
-                serde_json::from_slice(&text).map_err(|e| SpoolError::Corrupt {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            let log_path = self.path(&meta.id, "log");
-            let log = match fs::read(&log_path) {
-                Ok(bytes) => LogEntry::parse_log(&String::from_utf8_lossy(&bytes)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => {
-                    return Err(SpoolError::Io {
-                        path: log_path,
-                        source: e,
-                    });
-                }
-            };
-            total += meta.size;
-            found.push(Recovered { meta, log });
         }
-        found.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
-        self.bytes.store(total, Ordering::Relaxed);
-        Ok(found)
+        recovered.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+        self.shared.bytes.store(total, Ordering::Relaxed);
+        Ok(recovered)
+    }
+
+    /// Makes every outcome written so far durable (at shutdown).
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let sent = self
+            .syncs
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .is_some_and(|s| s.send(SyncRequest::Flush(tx)).is_ok());
+        if sent {
+            let _ = rx.recv();
+        }
     }
 
     /// True when a file can be created and synced in the spool (for `/readyz`).
@@ -223,34 +331,23 @@ impl Spool {
         write_synced(&path, &key)?;
         Ok(key)
     }
+}
 
-    /// Removes leftovers of interrupted writes.
-    fn sweep(&self) -> Result<(), SpoolError> {
-        let mut names = std::collections::HashSet::new();
-        let mut entries = Vec::new();
-        for entry in fs::read_dir(&self.msg_dir).map_err(SpoolError::io(&self.msg_dir))? {
-            let path = entry.map_err(SpoolError::io(&self.msg_dir))?.path();
-            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                names.insert(name.to_string());
-            }
-            entries.push(path);
+impl Drop for Spool {
+    /// Stops the commit threads after they finish what they hold (records get synced).
+    fn drop(&mut self) {
+        self.stores.lock().expect("not poisoned").take();
+        self.syncs.lock().expect("not poisoned").take();
+        for thread in self.threads.lock().expect("not poisoned").drain(..) {
+            let _ = thread.join();
         }
-        for path in entries {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            let orphan = match name.rsplit_once('.') {
-                Some((_, "tmp")) => true,
-                Some((id, "eml")) | Some((id, "log")) => !names.contains(&format!("{id}.json")),
-                _ => false,
-            };
-            if orphan {
-                tracing::info!(file = %path.display(), "removing incomplete spool file left by an interrupted write");
-                fs::remove_file(&path).map_err(SpoolError::io(&path))?;
-            }
-        }
-        Ok(())
+    }
+}
+
+fn closed(root: &Path) -> SpoolError {
+    SpoolError::Io {
+        path: root.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::BrokenPipe, "spool is shut down"),
     }
 }
 

@@ -1,0 +1,263 @@
+//! Group commit: the two threads that make spool writes durable.
+//!
+//! Why: an `fsync` costs milliseconds on real disks, and `250` may only be answered once a message
+//! is synced. Syncing each message's files separately (Postfix's way) caps a relay at a few hundred
+//! messages per second. Instead, the *committer* takes every message that arrived while it was
+//! syncing the previous batch, writes them all into one new batch file, syncs that file and the
+//! directory once, and only then releases the waiting sessions. Under load a round carries many
+//! messages for the price of two syncs; with a single client it costs what one message always did.
+//!
+//! The *syncer* makes outcome records (the batch `.log` files) durable in the background. A
+//! delivery does not wait for its record: the only thing a crash can lose is the record of a copy
+//! delivered in the last few milliseconds, which is then delivered again (a duplicate, never a loss).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+
+use super::format::RecordHeader;
+use super::{Shared, Slot, SpoolError, sync_dir};
+
+/// Most messages in one batch file.
+const MAX_BATCH_MESSAGES: usize = 512;
+/// A batch stops taking messages once it holds this many bytes (it always takes one).
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// The files written by one commit round, shared by every message stored in it.
+#[derive(Debug)]
+pub(super) struct Batch {
+    pub name: String,
+    pub data_path: PathBuf,
+    pub log_path: PathBuf,
+    /// Read handle on the synced batch file (for sending copies).
+    pub data: File,
+    /// Append handle on the batch's outcome log.
+    pub log: Mutex<File>,
+    /// A second handle on the log, so the syncer never holds the append lock while syncing.
+    log_sync: File,
+    /// Messages of the batch not yet done; the files go when it reaches zero.
+    pub live: AtomicUsize,
+    /// Set when the log has lines the syncer has not yet synced.
+    pub dirty: AtomicBool,
+}
+
+impl Batch {
+    pub fn paths(msg_dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        (
+            msg_dir.join(format!("{name}.spool")),
+            msg_dir.join(format!("{name}.log")),
+        )
+    }
+
+    /// Opens the files of a batch that is on disk (just committed, or found at recovery).
+    pub fn open(msg_dir: &Path, name: &str, live: usize) -> Result<Batch, SpoolError> {
+        let (data_path, log_path) = Batch::paths(msg_dir, name);
+        let data = File::open(&data_path).map_err(SpoolError::io(&data_path))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(SpoolError::io(&log_path))?;
+        let log_sync = log.try_clone().map_err(SpoolError::io(&log_path))?;
+        Ok(Batch {
+            name: name.to_string(),
+            data_path,
+            log_path,
+            data,
+            log: Mutex::new(log),
+            log_sync,
+            live: AtomicUsize::new(live),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    /// Removes the batch's files: every message in it is done.
+    pub fn remove_files(&self) -> Result<(), SpoolError> {
+        for path in [&self.data_path, &self.log_path] {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SpoolError::io(path)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the committer sends a store's outcome.
+pub(super) enum Reply {
+    Blocking(std::sync::mpsc::SyncSender<Result<(), SpoolError>>),
+    Async(tokio::sync::oneshot::Sender<Result<(), SpoolError>>),
+}
+
+impl Reply {
+    pub fn send(self, result: Result<(), SpoolError>) {
+        // A waiter that went away (client disconnected) needs no answer.
+        let _ = match self {
+            Reply::Blocking(tx) => tx.send(result).map_err(drop),
+            Reply::Async(tx) => tx.send(result).map_err(drop),
+        };
+    }
+}
+
+/// A message waiting to be committed.
+pub(super) struct StoreRequest {
+    pub id: String,
+    pub meta: Vec<u8>,
+    pub message: Arc<Vec<u8>>,
+    pub reply: Reply,
+}
+
+/// Work for the syncer.
+pub(super) enum SyncRequest {
+    /// A batch log has new lines.
+    Dirty(Arc<Batch>),
+    /// Sync everything dirty, then answer.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// The committer: runs until every sender of `requests` is gone.
+pub(super) fn committer(shared: Arc<Shared>, requests: Receiver<StoreRequest>) {
+    while let Ok(first) = requests.recv() {
+        let mut round = vec![first];
+        let mut bytes = round[0].message.len();
+        while round.len() < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
+            match requests.try_recv() {
+                Ok(next) => {
+                    bytes += next.message.len();
+                    round.push(next);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        commit_round(&shared, round);
+    }
+}
+
+/// Writes one batch, makes it durable, indexes its messages, and answers their waiters.
+fn commit_round(shared: &Shared, round: Vec<StoreRequest>) {
+    let name = ulid::Ulid::new().to_string();
+    match write_batch(shared, &name, &round) {
+        Ok(slots) => {
+            let batch = match Batch::open(&shared.msg_dir, &name, round.len()) {
+                Ok(batch) => Arc::new(batch),
+                Err(e) => return fail_round(shared, &name, round, e),
+            };
+            {
+                let mut index = shared.index.lock().expect("not poisoned");
+                for (request, (offset, len)) in round.iter().zip(slots) {
+                    index.insert(
+                        request.id.clone(),
+                        Slot {
+                            batch: batch.clone(),
+                            offset,
+                            len,
+                        },
+                    );
+                }
+            }
+            let total: usize = round.iter().map(|r| r.message.len()).sum();
+            shared.bytes.fetch_add(total as u64, Ordering::Relaxed);
+            for request in round {
+                request.reply.send(Ok(()));
+            }
+        }
+        Err(e) => fail_round(shared, &name, round, e),
+    }
+}
+
+/// Nothing of a failed round may remain: the clients hear `452` and keep their messages.
+fn fail_round(shared: &Shared, name: &str, round: Vec<StoreRequest>, error: SpoolError) {
+    let (data, log) = Batch::paths(&shared.msg_dir, name);
+    for path in [tmp_path(&data), data, log] {
+        let _ = fs::remove_file(path);
+    }
+    tracing::error!(batch = name, messages = round.len(), %error, "spool write failed");
+    let kind = match &error {
+        SpoolError::Io { source, .. } => source.kind(),
+        SpoolError::Corrupt { .. } => std::io::ErrorKind::Other,
+    };
+    for request in round {
+        request.reply.send(Err(SpoolError::Io {
+            path: shared.msg_dir.clone(),
+            source: std::io::Error::new(kind, error.to_string()),
+        }));
+    }
+}
+
+fn tmp_path(data: &Path) -> PathBuf {
+    data.with_extension("spool.tmp")
+}
+
+/// Writes the batch file (as `.tmp`, synced, then renamed) and its empty log, then syncs the
+/// directory. Returns each message's offset and length within the file.
+fn write_batch(
+    shared: &Shared,
+    name: &str,
+    round: &[StoreRequest],
+) -> Result<Vec<(u64, u64)>, SpoolError> {
+    let (data, log) = Batch::paths(&shared.msg_dir, name);
+    let tmp = tmp_path(&data);
+    let mut slots = Vec::with_capacity(round.len());
+    let file = File::create(&tmp).map_err(SpoolError::io(&tmp))?;
+    let mut out = BufWriter::with_capacity(256 << 10, file);
+    let mut offset = 0u64;
+    for request in round {
+        let header = RecordHeader::new(&request.id, &request.meta, &request.message).to_line();
+        out.write_all(header.as_bytes())
+            .and_then(|()| out.write_all(&request.meta))
+            .and_then(|()| out.write_all(&request.message))
+            .map_err(SpoolError::io(&tmp))?;
+        offset += (header.len() + request.meta.len()) as u64;
+        slots.push((offset, request.message.len() as u64));
+        offset += request.message.len() as u64;
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| SpoolError::io(&tmp)(e.into_error()))?;
+    file.sync_data().map_err(SpoolError::io(&tmp))?;
+    fs::rename(&tmp, &data).map_err(SpoolError::io(&data))?;
+    File::create(&log).map_err(SpoolError::io(&log))?;
+    sync_dir(&shared.msg_dir)?;
+    Ok(slots)
+}
+
+/// The syncer: runs until every sender of `requests` is gone, syncing what is left first.
+pub(super) fn syncer(requests: Receiver<SyncRequest>) {
+    let mut dirty: HashMap<String, Arc<Batch>> = HashMap::new();
+    let mut flushes = Vec::new();
+    while let Ok(first) = requests.recv() {
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                SyncRequest::Dirty(batch) => {
+                    dirty.insert(batch.name.clone(), batch);
+                }
+                SyncRequest::Flush(done) => flushes.push(done),
+            }
+            next = requests.try_recv().ok();
+        }
+        for (_, batch) in dirty.drain() {
+            sync_log(&batch);
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn sync_log(batch: &Batch) {
+    if !batch.dirty.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    // A finished batch's files may be gone already: then there is nothing left to keep.
+    if let Err(e) = batch.log_sync.sync_data() {
+        if batch.live.load(Ordering::Acquire) > 0 {
+            tracing::error!(batch = %batch.name, error = %e, "cannot sync delivery records; copies may be sent again after a crash");
+        }
+    }
+}
