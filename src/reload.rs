@@ -136,6 +136,15 @@ impl Reloader {
         let upstream_names: Vec<String> = next.upstreams.iter().map(|u| u.name.clone()).collect();
         self.metrics
             .init_series(rules.catalog.names(), &upstream_names);
+        for gone in running.upstreams.iter().map(|u| &u.name) {
+            if !upstream_names.contains(gone) {
+                // A removed upstream must not keep showing "up" on dashboards; its counters stay.
+                let _ = self
+                    .metrics
+                    .upstream_up
+                    .remove_label_values(&[gone.as_str()]);
+            }
+        }
         self.relay.set_rules(rules);
         self.scheduler.apply_config(&next, upstreams);
         *running = next;

@@ -536,7 +536,10 @@ fn dashboard_queries_name_existing_series_and_parse() {
 
     let metrics = mailveil::observe::Metrics::new();
     metrics.init_series(&["default".to_string()], &["primary".to_string()]);
-    metrics.delivery_duration.with_label_values(&["default"]).observe(0.1);
+    metrics
+        .delivery_duration
+        .with_label_values(&["default"])
+        .observe(0.1);
     metrics.accept_duration.observe(0.01);
     metrics.init_rejection_reasons(&mailveil::inbound::rejection_reasons());
     let exposed = metrics.render();

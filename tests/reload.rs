@@ -251,6 +251,17 @@ async fn reload_picks_up_rotated_tls_certificate_files() {
         "new CA does not trust the old cert"
     );
 
+    // A certificate file that exists but does not parse: refused (422), the old one stays.
+    let broken = make_pki(work.path(), "broken", &["localhost"]);
+    std::fs::write(&broken.cert_file, "not a certificate").unwrap();
+    r.rewrite_config(&config(5, "split", &tls(&broken)));
+    let (code, body) = http_request(r.admin, "POST", "/reload", Some(TOKEN)).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("TLS"), "{body}");
+    send(old.ca_pem.clone())
+        .await
+        .expect("old certificate still served");
+
     r.rewrite_config(&config(5, "split", &tls(&new)));
     r.signal("HUP");
     r.wait_for_log("configuration reloaded", 0).await;
@@ -261,5 +272,57 @@ async fn reload_picks_up_rotated_tls_certificate_files() {
         send(old.ca_pem.clone()).await.is_err(),
         "old certificate no longer served"
     );
-    wait_for_captures(&r.outbox(), 2).await;
+    wait_for_captures(&r.outbox(), 3).await;
+}
+
+/// The runbook's "upstream compromised" drill: pause, swap the upstream by reload, resume; the
+/// held copies go to the new upstream only.
+#[tokio::test]
+async fn fail_over_to_a_new_upstream_by_pause_reload_resume() {
+    let with_upstream = |name: &str| {
+        config(5, "split", "").replace(
+            "name = \"outbox\"\ndir = \"{dir}/outbox\"",
+            &format!("name = \"{name}\"\ndir = \"{{dir}}/{name}\""),
+        )
+    };
+    let r = RelayProc::start(&with_upstream("oldprov"), &[("TEST_ADMIN_TOKEN", TOKEN)]).await;
+    let (code, _) = http_request(r.admin, "POST", "/pause", Some(TOKEN)).await;
+    assert_eq!(code, 200);
+    let to = ["opal@example.org", "piet@example.org"];
+    lettre_send(r.smtp, Some("news@example.com"), &to, &exposing(&to))
+        .await
+        .unwrap();
+
+    r.rewrite_config(&with_upstream("newprov"));
+    let (code, body) = http_request(r.admin, "POST", "/reload", Some(TOKEN)).await;
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = http_request(r.admin, "GET", "/status", Some(TOKEN)).await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = status["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["newprov"]);
+    let (_, metrics) = http_get(r.metrics, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "mailveil_upstream_up{upstream=\"newprov\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&metrics, "mailveil_upstream_up{upstream=\"oldprov\"}"),
+        None
+    );
+
+    let (code, _) = http_request(r.admin, "POST", "/resume", Some(TOKEN)).await;
+    assert_eq!(code, 200);
+    let got = wait_for_captures(&r.dir.path().join("newprov"), 2).await;
+    assert_eq!(got.len(), 2);
+    assert!(
+        mailveil::capture::read_all(&r.dir.path().join("oldprov"))
+            .unwrap_or_default()
+            .is_empty(),
+        "nothing went to the replaced upstream"
+    );
 }
