@@ -135,6 +135,9 @@ async fn pausing_one_provider_holds_only_its_copies() {
             .contains("nosuchprovider")
     );
 
+    let (code, _) = http_request(r.admin, "POST", "/resume?provider=", Some(TOKEN)).await;
+    assert_eq!(code, 400, "an empty provider is not 'all providers'");
+
     let (code, body) = http_request(r.admin, "POST", "/pause?provider=yahoo", Some(TOKEN)).await;
     assert_eq!(code, 200, "{body}");
     let status = json(&body);
@@ -213,7 +216,7 @@ async fn ctl_drives_a_running_relay() {
 
     // The token can come from the environment too.
     let out = Command::new(BIN)
-        .args(["ctl", "--admin", &format!("http://{}", r.admin), "status"])
+        .args(["ctl", "--admin", &r.admin.to_string(), "status"])
         .env("MAILVEIL_ADMIN_TOKEN", TOKEN)
         .output()
         .unwrap();

@@ -73,7 +73,8 @@ pub async fn serve(
 }
 
 /// True when `headers` carry `Bearer <token>`. The comparison takes the same time wherever the
-/// first difference is, so the token cannot be guessed byte by byte from response times.
+/// first difference is, so the token cannot be guessed byte by byte from response times (only
+/// its length is not hidden).
 pub fn bearer_matches(headers: &HeaderMap, token: &Secret) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
@@ -126,7 +127,15 @@ async fn resume(State(state): State<AdminState>, Query(target): Query<Target>) -
 }
 
 fn switch(state: &AdminState, target: Target, pause: bool) -> Response {
-    let provider = target.provider.as_deref().filter(|p| !p.is_empty());
+    // `?provider=` with nothing after it is a script's empty variable, not "all providers".
+    if target.provider.as_deref() == Some("") {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "provider must not be empty; omit it for all providers"})),
+        )
+            .into_response();
+    }
+    let provider = target.provider.as_deref();
     let result = if pause {
         state.scheduler.pause(provider)
     } else {

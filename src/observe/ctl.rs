@@ -74,7 +74,8 @@ pub fn send(base: &str, token: &str, action: &Action) -> Result<Answer, CtlError
         .build()
         .into();
     let (method, path) = action.request_line();
-    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let scheme = if base.contains("://") { "" } else { "http://" };
+    let url = format!("{scheme}{}{path}", base.trim_end_matches('/'));
     let auth = format!("Bearer {token}");
     let sent = if method == "GET" {
         agent.get(&url).header("Authorization", &auth).call()
