@@ -214,7 +214,7 @@ async fn ctl_drives_a_running_relay() {
     assert_eq!(code, Some(0));
     assert_eq!(provider(&json(&out), "google")["paused"], false);
 
-    // The token can come from the environment too.
+    // The token can come from the environment too, and the URL may omit its scheme.
     let out = Command::new(BIN)
         .args(["ctl", "--admin", &r.admin.to_string(), "status"])
         .env("MAILVEIL_ADMIN_TOKEN", TOKEN)
