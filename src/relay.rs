@@ -122,7 +122,7 @@ impl RelayRules {
 }
 
 impl Acceptor for Relay {
-    async fn accept(&self, tx: Transaction) -> Verdict {
+    async fn accept(&self, mut tx: Transaction) -> Verdict {
         let started = Instant::now();
         let rules = self.rules();
         let plan = privacy::plan(&rules.privacy, &tx.envelope, &tx.message);
@@ -140,9 +140,10 @@ impl Acceptor for Relay {
         }
 
         let id = Spool::new_id();
-        let mut message = rules.received_field(&tx, &id).into_bytes();
-        message.extend_from_slice(&tx.message);
-        drop(tx.message);
+        let received = rules.received_field(&tx, &id);
+        // Prepended in place: a 25 MiB message must not exist twice in memory.
+        let mut message = std::mem::take(&mut tx.message);
+        message.splice(0..0, received.bytes());
         let meta = MessageMeta {
             id: id.clone(),
             received_at: unix_now(),

@@ -182,12 +182,10 @@ impl SmtpClient {
         let parts = data_parts(msg.header, msg.body);
         let len = parts[0].len() + parts[1].len();
         let after = t.message_timeout(len);
-        let reply = step(
-            Stage::Message,
-            after,
-            conn.smtp.message_iter(parts.iter().copied()),
-        )
-        .await?;
+        // lettre dot-stuffs each part into a buffer of its own size before writing it: fed in
+        // bounded chunks, a copy in flight costs DATA_CHUNK of memory, not the message's size.
+        let chunks = parts.into_iter().flat_map(|p| p.chunks(DATA_CHUNK));
+        let reply = step(Stage::Message, after, conn.smtp.message_iter(chunks)).await?;
         conn.transactions += 1;
         Ok(reply_text(&reply))
     }
@@ -209,6 +207,9 @@ impl SmtpClient {
         }
     }
 }
+
+/// Bytes of a message handed to lettre at a time (see [`Client::transaction`]).
+const DATA_CHUNK: usize = 64 << 10;
 
 /// Runs one lettre step under a timeout and maps its error for `stage`.
 async fn step<T>(

@@ -1,0 +1,114 @@
+//! Criterion benchmarks for the per-message CPU work of the relay: finding the visible
+//! recipients (the RFC 5322 address parser), planning the split, rendering each copy's header
+//! block (the rewrite), and decoding the DATA stream. Run: `cargo bench --bench privacy`.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use mailveil::config::{PrivacyConfig, PrivacyMode};
+use mailveil::envelope::Envelope;
+use mailveil::inbound::DotDecoder;
+use mailveil::privacy::{self, Rewrite};
+
+/// A newsletter whose To: shows `n` addresses, with a 4 KiB body.
+fn leaky_message(n: usize) -> (Vec<u8>, Vec<String>) {
+    let rcpts: Vec<String> = (0..n)
+        .map(|i| format!("user{i}@dest{}.test", i % 7))
+        .collect();
+    let mut m = String::from("From: News <news@src.test>\r\nSubject: index methodology update\r\n");
+    m.push_str("Message-ID: <bench@src.test>\r\nMIME-Version: 1.0\r\nTo: ");
+    m.push_str(
+        &rcpts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("\"Customer {i}\" <{r}>"))
+            .collect::<Vec<_>>()
+            .join(",\r\n "),
+    );
+    m.push_str("\r\n\r\n");
+    for _ in 0..64 {
+        m.push_str(&"x".repeat(62));
+        m.push_str("\r\n");
+    }
+    (m.into_bytes(), rcpts)
+}
+
+fn split_config() -> PrivacyConfig {
+    PrivacyConfig {
+        mode: PrivacyMode::Split,
+        max_visible_recipients: 1,
+        trusted_domains: Vec::new(),
+    }
+}
+
+fn parser(c: &mut Criterion) {
+    let mut group = c.benchmark_group("visible_recipients");
+    for n in [1, 100, 1000] {
+        let (message, _) = leaky_message(n);
+        group.throughput(Throughput::Bytes(message.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &message, |b, m| {
+            b.iter(|| privacy::visible_recipients(m, &[]))
+        });
+    }
+    group.finish();
+}
+
+fn rewrite(c: &mut Criterion) {
+    let mut group = c.benchmark_group("split");
+    for n in [100, 1000] {
+        let (message, rcpts) = leaky_message(n);
+        let envelope = Envelope {
+            mail_from: "news@src.test".into(),
+            rcpt_to: rcpts,
+        };
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("plan", n), &message, |b, m| {
+            b.iter(|| privacy::plan(&split_config(), &envelope, m))
+        });
+        let plan = privacy::plan(&split_config(), &envelope, &message);
+        group.bench_with_input(
+            BenchmarkId::new("render_all_copies", n),
+            &message,
+            |b, m| {
+                b.iter(|| {
+                    plan.deliveries
+                        .iter()
+                        .map(|d| privacy::render_header(m, &d.rewrite).len())
+                        .sum::<usize>()
+                })
+            },
+        );
+    }
+    group.finish();
+    let (message, _) = leaky_message(1);
+    let only = Rewrite::OnlyRecipient {
+        address: "user0@dest0.test".into(),
+        display_name: Some("Customer 0".into()),
+    };
+    c.bench_function("render_header/one_copy", |b| {
+        b.iter(|| privacy::render_header(&message, &only))
+    });
+}
+
+fn data_decoder(c: &mut Criterion) {
+    let mut wire = Vec::new();
+    for _ in 0..(1 << 14) {
+        wire.extend_from_slice(b"..a dot-stuffed line of a 1 MiB message body, 64 bytes long!\r\n");
+    }
+    wire.extend_from_slice(b".\r\n");
+    let mut group = c.benchmark_group("dot_decoder");
+    group.throughput(Throughput::Bytes(wire.len() as u64));
+    group.bench_function("1MiB_in_4KiB_reads", |b| {
+        let mut out = Vec::with_capacity(wire.len());
+        b.iter(|| {
+            out.clear();
+            let mut decoder = DotDecoder::new(usize::MAX);
+            for chunk in wire.chunks(4096) {
+                let _ = decoder.feed(chunk, &mut out);
+            }
+            out.len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parser, rewrite, data_decoder);
+criterion_main!(benches);
