@@ -17,7 +17,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, in their own layer, so editing the sources does not rebuild them.
+# benches/ only because Cargo.toml declares a [[bench]] target, which cargo wants to find.
 COPY Cargo.toml Cargo.lock ./
+COPY benches benches
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && cargo build --release --locked \
  && rm -rf src
