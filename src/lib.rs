@@ -8,7 +8,9 @@
 //! - [`spool`]: the message stored once and fsync'd before `250`, with per-delivery records.
 //! - [`schedule`]: delivery queue, retries with backoff, failover between upstreams.
 //! - [`upstream`]: lettre SMTP client with verified TLS, or a capture directory.
-//! - [`observe`]: metrics, `/metrics` `/healthz` `/readyz`, address redaction for logs.
+//! - [`observe`]: metrics, `/metrics` `/healthz` `/readyz`, the admin API (pause/resume/status/
+//!   reload), address redaction for logs.
+//! - [`reload`]: hot reload (SIGHUP, `POST /reload`) of a validated config into the running relay.
 //! - [`sink`] and [`capture`]: the capture SMTP server and its on-disk format.
 //! - [`envelope`], [`reply`]: types every stage speaks.
 #![forbid(unsafe_code)]
@@ -20,12 +22,14 @@ pub mod inbound;
 pub mod observe;
 pub mod privacy;
 pub mod relay;
+pub mod reload;
 pub mod reply;
 pub mod schedule;
 pub mod sink;
 pub mod spool;
 pub mod upstream;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -47,18 +51,38 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 pub struct Listeners {
     pub smtp: TcpListener,
     pub metrics: Option<TcpListener>,
+    /// The admin API; only served when an admin token is configured.
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds the addresses in the config.
+    /// Binds the addresses in the config. The admin address is bound only when a token is
+    /// configured (without one the API is off and its port stays free).
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
         let smtp = TcpListener::bind(config.server.listen).await?;
         let metrics = match config.metrics.listen {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
-        Ok(Listeners { smtp, metrics })
+        let admin = match &config.admin {
+            Some(a) if a.token.is_some() => Some(TcpListener::bind(a.listen).await?),
+            _ => None,
+        };
+        Ok(Listeners {
+            smtp,
+            metrics,
+            admin,
+        })
     }
+}
+
+/// How the running relay can be told to reload.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The file the config came from; reloads read it again. `None`: reloads are refused.
+    pub config_path: Option<PathBuf>,
+    /// Reload on SIGHUP (the `mailveil run` process; not tests running in-process).
+    pub reload_on_sighup: bool,
 }
 
 /// Why the relay could not start or had to stop.
@@ -77,11 +101,21 @@ pub enum RunError {
 
 /// Runs the relay until `shutdown` is cancelled: recovers the spool, starts the delivery queue,
 /// the metrics endpoint and the SMTP listener; on shutdown stops accepting, finishes what is in
-/// flight within [`SHUTDOWN_GRACE`], and returns.
+/// flight within [`SHUTDOWN_GRACE`], and returns. Without a config file to reload from.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    run_with(config, listeners, shutdown, RunOptions::default()).await
+}
+
+/// [`run`] with hot reload from `options.config_path` (SIGHUP and `POST /reload`).
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    options: RunOptions,
 ) -> Result<(), RunError> {
     let spool = Arc::new(Spool::open(&config.spool.dir)?);
     let redactor = Redactor::new(config.log.show_addresses, spool.redaction_key()?);
@@ -96,6 +130,7 @@ pub async fn run(
         })?;
         upstreams.push(built);
     }
+    let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
     let scheduler = Scheduler::new(
         spool.clone(),
         upstreams,
@@ -135,17 +170,39 @@ pub async fn run(
         metrics.clone(),
         redactor.clone(),
     ));
-    let settings = Arc::new(inbound::InboundSettings {
+    metrics.init_series(relay.rules().catalog.names(), &upstream_names);
+    metrics.init_rejection_reasons(&inbound::rejection_reasons());
+    let live = inbound::LiveInbound::new(inbound::InboundSettings {
         server: config.server.clone(),
         access: config.access.clone(),
-    });
+    })
+    .map_err(|e| RunError::Inbound(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let reloader = Arc::new(reload::Reloader::new(
+        options.config_path.clone(),
+        config.clone(),
+        live.clone(),
+        relay.clone(),
+        scheduler.clone(),
+        metrics.clone(),
+    ));
+    if options.reload_on_sighup {
+        spawn_sighup_reload(reloader.clone(), shutdown.clone());
+    }
+    let admin = serve_admin(
+        &config,
+        listeners.admin,
+        &scheduler,
+        &relay,
+        &reloader,
+        &shutdown,
+    );
     if let Ok(addr) = listeners.smtp.local_addr() {
         tracing::info!(%addr, upstreams = config.upstreams.len(), privacy = ?config.privacy.mode, "mailveil listening");
     }
     readiness.listening.store(true, Ordering::Relaxed);
-    let mut inbound = tokio::spawn(inbound::serve(
+    let mut inbound = tokio::spawn(inbound::serve_live(
         listeners.smtp,
-        settings,
+        live,
         relay,
         metrics.clone(),
         redactor,
@@ -175,11 +232,74 @@ pub async fn run(
     scheduler.shutdown(SHUTDOWN_GRACE).await;
     let flushing = spool.clone();
     let _ = tokio::task::spawn_blocking(move || flushing.flush()).await;
-    if let Some(h) = http {
+    for h in [http, admin].into_iter().flatten() {
         h.abort();
     }
     match inbound_result {
         Some(Ok(Err(e))) => Err(RunError::Inbound(e)),
         _ => Ok(()),
     }
+}
+
+/// Starts the admin API when a token is configured; otherwise says why it is off.
+fn serve_admin(
+    config: &Config,
+    listener: Option<TcpListener>,
+    scheduler: &Scheduler,
+    relay: &Arc<relay::Relay>,
+    reloader: &Arc<reload::Reloader>,
+    shutdown: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let Some(admin) = &config.admin else {
+        tracing::info!("admin API disabled: no [admin] section");
+        return None;
+    };
+    let Some(token) = admin.token.clone() else {
+        tracing::warn!(
+            token_env = admin.token_env.as_deref().unwrap_or("(unset)"),
+            "admin API disabled: admin.token_env names no non-empty environment variable"
+        );
+        return None;
+    };
+    let listener = listener?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin API listening");
+    }
+    let state = observe::admin::AdminState {
+        token,
+        scheduler: scheduler.clone(),
+        relay: relay.clone(),
+        reloader: reloader.clone(),
+    };
+    let shutdown = shutdown.clone();
+    Some(tokio::spawn(async move {
+        if let Err(e) = observe::admin::serve(listener, state, shutdown).await {
+            tracing::error!(error = %e, "admin API failed");
+        }
+    }))
+}
+
+/// Reloads the config on every SIGHUP until shutdown. Installed before the relay reports ready,
+/// so a SIGHUP never hits the default action (terminate).
+fn spawn_sighup_reload(reloader: Arc<reload::Reloader>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; reload via the admin API only");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGHUP received: reloading the configuration");
+            let reloader = reloader.clone();
+            // The outcome is logged by `reload` itself.
+            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+        }
+    });
 }

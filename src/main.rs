@@ -1,7 +1,8 @@
 //! The `mailveil` command: CLI -> Config -> run. Exit codes: 0 ok, 64 invalid configuration or
-//! usage, 1 runtime failure.
+//! usage, 1 runtime failure (and, for `ctl`, a request the admin API refused), 69 admin API
+//! unreachable.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -13,6 +14,8 @@ use mailveil::envelope::Envelope;
 
 /// Exit code for a configuration or usage error (EX_USAGE in sysexits.h).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code when the admin API cannot be reached (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +54,22 @@ enum Command {
         #[arg(long = "to")]
         to: Vec<String>,
     },
+    /// Talk to a running relay's admin API: status, pause/resume deliveries, reload.
+    Ctl {
+        /// Admin API base URL (default: `[admin] listen` of the config file, else
+        /// http://127.0.0.1:9726).
+        #[arg(long, env = "MAILVEIL_ADMIN_URL")]
+        admin: Option<String>,
+        /// Bearer token (default: env MAILVEIL_ADMIN_TOKEN, else the variable named by the
+        /// config's `admin.token_env`).
+        #[arg(long, env = "MAILVEIL_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Configuration file, read only for the admin address and token variable.
+        #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
     /// A capture SMTP server: stores each message as DIR/<id>.eml + DIR/<id>.json.
     Sink {
         #[arg(long)]
@@ -64,6 +83,24 @@ enum Command {
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// Paused flags, queue depth per provider, upstream health (JSON).
+    Status,
+    /// Stop starting upstream deliveries (all, or one provider's); inbound keeps spooling.
+    Pause {
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Start delivering again.
+    Resume {
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Re-read and apply the configuration file (like SIGHUP).
+    Reload,
 }
 
 fn main() -> ExitCode {
@@ -83,6 +120,12 @@ fn main() -> ExitCode {
             from,
             to,
         } => inspect(config, message, from, to),
+        Command::Ctl {
+            admin,
+            token,
+            config,
+            action,
+        } => ctl(admin, token, &config, action),
         Command::Sink {
             listen,
             dir,
@@ -128,7 +171,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -138,11 +181,13 @@ fn run(path: PathBuf) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let listeners = mailveil::Listeners::bind(&config).await.with_context(|| {
         format!(
-            "cannot listen on {} / metrics {:?}",
-            config.server.listen, config.metrics.listen
+            "cannot listen on {} / metrics {:?} / admin {:?}",
+            config.server.listen,
+            config.metrics.listen,
+            config.admin.as_ref().map(|a| a.listen)
         )
     })?;
     let shutdown = CancellationToken::new();
@@ -162,9 +207,52 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         signals.cancel();
     });
-    mailveil::run(config, listeners, shutdown).await?;
+    let options = mailveil::RunOptions {
+        config_path: Some(path),
+        reload_on_sighup: true,
+    };
+    mailveil::run_with(config, listeners, shutdown, options).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `mailveil ctl`: exit 0 when the API accepted the request, 1 when it refused (401, 404,
+/// 422, ...), 69 when it cannot be reached, 64 when no token is available.
+fn ctl(admin: Option<String>, token: Option<String>, config: &Path, action: CtlAction) -> ExitCode {
+    use mailveil::observe::ctl;
+    let text = std::fs::read_to_string(config).ok();
+    let url = admin
+        .or_else(|| text.as_deref().and_then(ctl::url_from_config))
+        .unwrap_or_else(|| ctl::DEFAULT_ADMIN_URL.to_string());
+    let token = token.or_else(|| {
+        let var = text.as_deref().and_then(ctl::token_env_from_config)?;
+        std::env::var(var).ok().filter(|t| !t.is_empty())
+    });
+    let Some(token) = token else {
+        eprintln!("mailveil ctl: no admin token: pass --token or set MAILVEIL_ADMIN_TOKEN");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let action = match action {
+        CtlAction::Status => ctl::Action::Status,
+        CtlAction::Pause { provider } => ctl::Action::Pause { provider },
+        CtlAction::Resume { provider } => ctl::Action::Resume { provider },
+        CtlAction::Reload => ctl::Action::Reload,
+    };
+    match ctl::send(&url, &token, &action) {
+        Ok(answer) => {
+            println!("{}", answer.body.trim_end());
+            if answer.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("mailveil ctl: the admin API answered {}", answer.status);
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("mailveil ctl: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
 }
 
 fn inspect(config: PathBuf, message: PathBuf, from: Option<String>, to: Vec<String>) -> ExitCode {

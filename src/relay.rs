@@ -1,7 +1,7 @@
 //! The relay's answer to end of DATA: privacy policy, trace field, durable spool, then the
 //! delivery queue. This is where a message turns into deliveries.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use crate::config::{Config, PrivacyConfig};
@@ -12,11 +12,27 @@ use crate::reply::Reply;
 use crate::schedule::{ProviderCatalog, Scheduler};
 use crate::spool::{DeliveryRecord, MessageMeta, Spool, unix_now};
 
-/// Implements [`Acceptor`] for the inbound listener.
-pub struct Relay {
+/// The reloadable part of the relay: what a message is checked and divided by. A message uses
+/// the rules current when its DATA ends, from policy decision to provider lanes.
+pub struct RelayRules {
     pub hostname: String,
     pub privacy: PrivacyConfig,
     pub catalog: ProviderCatalog,
+}
+
+impl RelayRules {
+    pub fn from_config(config: &Config) -> RelayRules {
+        RelayRules {
+            hostname: config.server.hostname.clone(),
+            privacy: config.privacy.clone(),
+            catalog: ProviderCatalog::new(&config.providers),
+        }
+    }
+}
+
+/// Implements [`Acceptor`] for the inbound listener.
+pub struct Relay {
+    rules: RwLock<Arc<RelayRules>>,
     pub spool: Arc<Spool>,
     pub scheduler: Scheduler,
     pub metrics: Metrics,
@@ -32,9 +48,7 @@ impl Relay {
         redactor: Redactor,
     ) -> Relay {
         Relay {
-            hostname: config.server.hostname.clone(),
-            privacy: config.privacy.clone(),
-            catalog: ProviderCatalog::new(&config.providers),
+            rules: RwLock::new(Arc::new(RelayRules::from_config(config))),
             spool,
             scheduler,
             metrics,
@@ -42,6 +56,19 @@ impl Relay {
         }
     }
 
+    /// Replaces the privacy settings, hostname and provider catalog for messages whose DATA ends
+    /// from now on (hot reload); messages already spooled keep the copies they were planned with.
+    pub fn set_rules(&self, rules: RelayRules) {
+        *self.rules.write().expect("not poisoned") = Arc::new(rules);
+    }
+
+    /// The rules in force now.
+    pub fn rules(&self) -> Arc<RelayRules> {
+        self.rules.read().expect("not poisoned").clone()
+    }
+}
+
+impl RelayRules {
     /// Divides each planned delivery by provider lane, so one slow provider never holds another
     /// provider's recipients (envelope recipients are only divided, never changed).
     fn records(&self, planned: Vec<PlannedDelivery>) -> Vec<DeliveryRecord> {
@@ -97,7 +124,8 @@ impl Relay {
 impl Acceptor for Relay {
     async fn accept(&self, mut tx: Transaction) -> Verdict {
         let started = Instant::now();
-        let plan = privacy::plan(&self.privacy, &tx.envelope, &tx.message);
+        let rules = self.rules();
+        let plan = privacy::plan(&rules.privacy, &tx.envelope, &tx.message);
         self.metrics
             .privacy_actions
             .with_label_values(&[plan.decision.as_str()])
@@ -112,7 +140,7 @@ impl Acceptor for Relay {
         }
 
         let id = Spool::new_id();
-        let received = self.received_field(&tx, &id);
+        let received = rules.received_field(&tx, &id);
         // Prepended in place: a 25 MiB message must not exist twice in memory.
         let mut message = std::mem::take(&mut tx.message);
         message.splice(0..0, received.bytes());
@@ -122,7 +150,7 @@ impl Acceptor for Relay {
             envelope: tx.envelope,
             decision: plan.decision,
             size: message.len() as u64,
-            deliveries: self.records(plan.deliveries),
+            deliveries: rules.records(plan.deliveries),
         };
         let message = Arc::new(message);
         let stored = self.spool.store_async(&meta, message.clone()).await;
@@ -135,11 +163,17 @@ impl Acceptor for Relay {
             ));
         }
         self.metrics.spool_bytes.set(self.spool.bytes() as i64);
-        self.metrics
-            .accept_duration
-            .observe(started.elapsed().as_secs_f64());
+        // `mailveil_accept_duration_seconds` is observed by the listener (end of DATA to reply).
+        let mut providers: Vec<&str> = meta
+            .deliveries
+            .iter()
+            .map(|d| d.provider.as_str())
+            .collect();
+        providers.sort_unstable();
+        providers.dedup();
         tracing::info!(queue_id = %id, %from, rcpts = meta.envelope.rcpt_to.len(), deliveries = meta.deliveries.len(),
-            decision = plan.decision.as_str(), visible = plan.visible, size = meta.size, "accepted");
+            providers = %providers.join(","), decision = plan.decision.as_str(), visible = plan.visible, size = meta.size,
+            code = 250, duration_ms = started.elapsed().as_millis() as u64, "accepted");
         self.scheduler.enqueue(meta, Some(message), &[]);
         Verdict::Accepted { queue_id: id }
     }

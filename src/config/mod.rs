@@ -162,6 +162,9 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The environment variable the token is read from (named in log lines, never its value).
+    pub token_env: Option<String>,
+    /// `None` when `token_env` is unset or empty: the admin API stays off.
     pub token: Option<Secret>,
 }
 
@@ -670,11 +673,18 @@ fn validate_admin(raw: raw::RawAdmin, p: &mut Problems) -> AdminConfig {
             raw.listen.as_deref().unwrap_or("127.0.0.1:9726"),
         )
         .unwrap_or_else(|| ([127, 0, 0, 1], 9726).into());
-    let token = raw.token_env.and_then(|var| match std::env::var(&var) {
-        Ok(v) if !v.is_empty() => Some(Secret::new(v)),
-        _ => None,
-    });
-    AdminConfig { listen, token }
+    let token = raw
+        .token_env
+        .as_ref()
+        .and_then(|var| match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+            _ => None,
+        });
+    AdminConfig {
+        listen,
+        token_env: raw.token_env,
+        token,
+    }
 }
 
 fn validate_log(raw: raw::RawLog, p: &mut Problems) -> LogConfig {

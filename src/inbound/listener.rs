@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::Acceptor;
+use super::live::LiveInbound;
 use super::replies;
 use super::session::{Context, Flow, Rejection, Session, Stream};
 
@@ -22,12 +23,18 @@ const REFUSAL_WRITE_LIMIT: Duration = Duration::from_secs(5);
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// Accepts until shutdown. With `live`, every accepted connection gets the settings snapshot
+/// current at that moment (a reload takes effect for new sessions; open ones keep theirs), and a
+/// changed `max_connections` resizes the connection cap.
 pub(super) async fn run<A: Acceptor>(
     listener: TcpListener,
-    ctx: Arc<Context<A>>,
+    mut ctx: Arc<Context<A>>,
+    live: Option<LiveInbound>,
 ) -> std::io::Result<()> {
     let sessions = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(ctx.settings.server.max_connections));
+    let mut cap = ctx.settings.server.max_connections;
+    let slots = Arc::new(Semaphore::new(cap));
+    let mut current = live.as_ref().map(LiveInbound::snapshot);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -43,6 +50,14 @@ pub(super) async fn run<A: Acceptor>(
             }
         };
         let _ = stream.set_nodelay(true);
+        if let (Some(live), Some(seen)) = (&live, &mut current) {
+            let now = live.snapshot();
+            if !Arc::ptr_eq(&now, seen) {
+                ctx = Arc::new(ctx.with_snapshot(&now));
+                cap = resize(&slots, cap, now.settings.server.max_connections);
+                *seen = now;
+            }
+        }
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let ctx = ctx.clone();
@@ -70,6 +85,25 @@ pub(super) async fn run<A: Acceptor>(
     );
     sessions.wait().await;
     Ok(())
+}
+
+/// Moves the connection cap from `old` to `new` and returns `new`. Lowering it removes free
+/// slots at once and the rest as open sessions end (their slots are not revoked).
+fn resize(slots: &Arc<Semaphore>, old: usize, new: usize) -> usize {
+    if new > old {
+        slots.add_permits(new - old);
+    } else if new < old {
+        let rest = (old - new) - slots.forget_permits(old - new);
+        if rest > 0 {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                if let Ok(permits) = slots.acquire_many_owned(rest as u32).await {
+                    permits.forget();
+                }
+            });
+        }
+    }
+    new
 }
 
 async fn refuse(mut stream: TcpStream) {

@@ -11,6 +11,7 @@
 //! - `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `auth.rs`: one file per SMTP verb.
 //! - `dot.rs`: the sans-IO DATA decoder (end-of-data, dot-unstuffing, bare LF, size cap).
 //! - `tls.rs`: building the rustls acceptor and the STARTTLS upgrade of a session.
+//! - `live.rs`: the settings snapshot a reload replaces; each session keeps the one it began with.
 //! - `access.rs`: who may relay (networks or AUTH); never an open relay.
 //! - `replies.rs`: every fixed reply the listener sends, in one place.
 
@@ -20,6 +21,7 @@ mod data;
 mod dot;
 mod ehlo;
 mod listener;
+mod live;
 mod mail;
 mod rcpt;
 mod replies;
@@ -42,6 +44,12 @@ use crate::observe::{Metrics, Redactor};
 use crate::reply::Reply;
 
 pub use dot::{DotDecoder, Feed};
+pub use live::{LiveInbound, Snapshot};
+
+/// Every `reason` label of `mailveil_inbound_rejections_total` the listener can use.
+pub fn rejection_reasons() -> Vec<&'static str> {
+    session::Rejection::ALL.iter().map(|r| r.reason()).collect()
+}
 
 /// One complete inbound transaction at end of DATA.
 #[derive(Debug)]
@@ -131,21 +139,30 @@ pub async fn serve<A: Acceptor>(
     redactor: Redactor,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let tls = match &settings.server.tls {
-        Some(cfg) => Some(
-            tls::acceptor(cfg)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-        ),
-        None => None,
-    };
+    let live = LiveInbound::new((*settings).clone())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    serve_live(listener, live, acceptor, metrics, redactor, shutdown).await
+}
+
+/// Like [`serve`], with settings a reload can replace: each new session takes the current
+/// [`LiveInbound::snapshot`]; sessions already open keep theirs.
+pub async fn serve_live<A: Acceptor>(
+    listener: TcpListener,
+    live: LiveInbound,
+    acceptor: Arc<A>,
+    metrics: Metrics,
+    redactor: Redactor,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let snapshot = live.snapshot();
     let ctx = session::Context {
-        settings,
+        settings: snapshot.settings.clone(),
         acceptor,
         metrics,
         redactor,
         shutdown,
-        tls,
+        tls: snapshot.tls.clone(),
         tuning: session::Tuning::default(),
     };
-    listener::run(listener, Arc::new(ctx)).await
+    listener::run(listener, Arc::new(ctx), Some(live)).await
 }

@@ -65,6 +65,21 @@ pub(crate) struct Context<A> {
     pub tuning: Tuning,
 }
 
+impl<A> Context<A> {
+    /// The same context with another settings snapshot (after a reload).
+    pub fn with_snapshot(&self, snapshot: &super::Snapshot) -> Context<A> {
+        Context {
+            settings: snapshot.settings.clone(),
+            acceptor: self.acceptor.clone(),
+            metrics: self.metrics.clone(),
+            redactor: self.redactor.clone(),
+            shutdown: self.shutdown.clone(),
+            tls: snapshot.tls.clone(),
+            tuning: self.tuning.clone(),
+        }
+    }
+}
+
 /// The transaction being built between MAIL and end of DATA.
 #[derive(Debug)]
 pub(super) struct Draft {
@@ -95,6 +110,24 @@ pub(super) enum Rejection {
 }
 
 impl Rejection {
+    /// Every rejection, so metrics can create each `reason` series at zero.
+    pub const ALL: [Rejection; 14] = [
+        Rejection::Syntax,
+        Rejection::UnknownCommand,
+        Rejection::BadSequence,
+        Rejection::NotImplemented,
+        Rejection::LineTooLong,
+        Rejection::RelayDenied,
+        Rejection::TlsRequired,
+        Rejection::EncryptionRequired,
+        Rejection::AuthFailed,
+        Rejection::Size,
+        Rejection::TooManyRecipients,
+        Rejection::TooManyErrors,
+        Rejection::TooManyConnections,
+        Rejection::Timeout,
+    ];
+
     pub fn reason(self) -> &'static str {
         match self {
             Rejection::Syntax => "syntax",

@@ -83,6 +83,12 @@ impl Metrics {
         registry
             .register(Box::new(accept_duration.clone()))
             .expect("unique metric");
+        // CPU, memory, open file descriptors and start time of this process (`process_*`).
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         Metrics {
             messages_received: counter(
                 "mailveil_messages_received_total",
@@ -134,6 +140,41 @@ impl Metrics {
                 "1 while the cluster Redis answers; 0 while throttles use the local fallback.",
             ),
             registry,
+        }
+    }
+
+    /// Creates every series whose labels are known, at zero, so dashboards and alerts see them
+    /// from start (a counter that appears only on its first increment hides the first event from
+    /// `rate()`). Called at start and after a reload with the catalog's providers and the
+    /// configured upstreams; series of removed names are left as they are.
+    pub fn init_series(&self, providers: &[String], upstreams: &[String]) {
+        for outcome in ["accepted", "rejected"] {
+            self.messages_received.with_label_values(&[outcome]);
+        }
+        for action in ["pass", "split", "bcc", "reject", "monitor"] {
+            self.privacy_actions.with_label_values(&[action]);
+        }
+        for provider in providers {
+            let p = provider.as_str();
+            self.delivery_duration.with_label_values(&[p]);
+            self.queue_messages.with_label_values(&[p]);
+            self.throttle_delays.with_label_values(&[p]);
+            for upstream in upstreams {
+                for outcome in ["delivered", "deferred", "failed"] {
+                    self.deliveries
+                        .with_label_values(&[p, upstream.as_str(), outcome]);
+                }
+            }
+        }
+        for upstream in upstreams {
+            self.upstream_up.with_label_values(&[upstream.as_str()]);
+        }
+    }
+
+    /// Creates `mailveil_inbound_rejections_total` at zero for each reason the listener uses.
+    pub fn init_rejection_reasons(&self, reasons: &[&str]) {
+        for reason in reasons {
+            self.inbound_rejections.with_label_values(&[reason]);
         }
     }
 

@@ -1,6 +1,8 @@
-//! Observing every stage: Prometheus metrics, the health/metrics HTTP endpoint, and log
-//! redaction of addresses.
+//! Observing and steering every stage: Prometheus metrics, the health/metrics HTTP endpoint,
+//! the admin API and its `ctl` client, and log redaction of addresses.
 
+pub mod admin;
+pub mod ctl;
 pub mod http;
 pub mod log;
 pub mod metrics;

@@ -436,8 +436,13 @@ impl Inner {
                     .delivery_duration
                     .with_label_values(&[provider])
                     .observe(elapsed.as_secs_f64());
+                let code = delivered
+                    .reply
+                    .get(..3)
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .unwrap_or(250);
                 tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                    reply = %delivered.reply, duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
+                    code, reply = %delivered.reply, duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
                 Some((
                     LogEntry::Delivered {
                         index,
@@ -453,7 +458,7 @@ impl Inner {
                     .with_label_values(&[provider, upstream, "failed"])
                     .inc();
                 tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                    code, %error, attempts, "failed permanently");
+                    code, %error, duration_ms = started.elapsed().as_millis() as u64, attempts, "failed permanently");
                 self.bounce(
                     meta,
                     index,
@@ -490,7 +495,7 @@ impl Inner {
                         .with_label_values(&[provider, upstream, "failed"])
                         .inc();
                     tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                        code, %error, attempts, "failed: max_queue_time reached");
+                        code, %error, duration_ms = started.elapsed().as_millis() as u64, attempts, "failed: max_queue_time reached");
                     self.bounce(
                         meta,
                         index,
@@ -515,7 +520,8 @@ impl Inner {
                         .with_label_values(&[provider, upstream, "deferred"])
                         .inc();
                     tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                        %error, attempts, retry_in_secs = delay.as_secs(), "deferred");
+                        code = error.code(), %error, duration_ms = started.elapsed().as_millis() as u64, attempts,
+                        retry_in_secs = delay.as_secs(), "deferred");
                     if let Err(e) = self.spool.append(
                         &meta.id,
                         &[LogEntry::Deferred {

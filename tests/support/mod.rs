@@ -53,6 +53,7 @@ impl InProcessRelay {
         let listeners = mailveil::Listeners {
             smtp,
             metrics: Some(metrics),
+            admin: None,
         };
         let handle = tokio::spawn(mailveil::run(config, listeners, shutdown.clone()));
         InProcessRelay {
@@ -417,4 +418,152 @@ pub fn body_of(message: &[u8]) -> &[u8] {
         .map(|p| p + 4)
         .unwrap_or(message.len());
     &message[pos..]
+}
+
+/// A `mailveil run` process on fresh ports with its config file, spool and outbox in a
+/// temporary directory. Killed on drop.
+pub struct RelayProc {
+    pub proc_: Proc,
+    pub smtp: SocketAddr,
+    pub metrics: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl RelayProc {
+    /// Starts `mailveil run -c FILE` where FILE is `template` with `{dir}`, `{smtp}`,
+    /// `{metrics}` and `{admin}` filled in; returns once `/readyz` answers 200 (signal handlers
+    /// are installed by then).
+    pub async fn start(template: &str, envs: &[(&str, &str)]) -> RelayProc {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+        let (smtp, metrics, admin) = (addr(free_port()), addr(free_port()), addr(free_port()));
+        let config = dir.path().join("mailveil.toml");
+        std::fs::write(
+            &config,
+            Self::render(template, dir.path(), smtp, metrics, admin),
+        )
+        .unwrap();
+        let mut proc_ = spawn_mailveil(
+            &["run", "-c", &config.display().to_string()],
+            &dir.path().join("relay.log"),
+            envs,
+        );
+        wait_for_port(metrics, &mut proc_);
+        let end = Instant::now() + PATIENCE;
+        loop {
+            if http_get(metrics, "/readyz").await.0 == 200 {
+                break;
+            }
+            if let Ok(Some(status)) = proc_.child.try_wait() {
+                panic!("relay exited ({status}); log:\n{}", proc_.log_text());
+            }
+            assert!(
+                Instant::now() < end,
+                "relay not ready; log:\n{}",
+                proc_.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        RelayProc {
+            proc_,
+            smtp,
+            metrics,
+            admin,
+            config,
+            dir,
+        }
+    }
+
+    fn render(
+        template: &str,
+        dir: &Path,
+        smtp: SocketAddr,
+        metrics: SocketAddr,
+        admin: SocketAddr,
+    ) -> String {
+        template
+            .replace("{dir}", &dir.display().to_string())
+            .replace("{smtp}", &smtp.to_string())
+            .replace("{metrics}", &metrics.to_string())
+            .replace("{admin}", &admin.to_string())
+    }
+
+    /// Rewrites the config file from another template (same ports and directory).
+    pub fn rewrite_config(&self, template: &str) {
+        let text = Self::render(
+            template,
+            self.dir.path(),
+            self.smtp,
+            self.metrics,
+            self.admin,
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn outbox(&self) -> PathBuf {
+        self.dir.path().join("outbox")
+    }
+
+    /// Sends a signal (`HUP`, `TERM`) to the relay by PID.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.proc_.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits until the relay's log contains `needle` (counting from occurrence `after`).
+    pub async fn wait_for_log(&self, needle: &str, after: usize) -> String {
+        let end = Instant::now() + PATIENCE;
+        loop {
+            let log = self.proc_.log_text();
+            if log.matches(needle).count() > after {
+                return log;
+            }
+            assert!(Instant::now() < end, "log never showed {needle:?}:\n{log}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 request with an optional bearer token: (status, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(
+        format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+    )
+    .await
+    .expect("answer within patience")
+    .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -1,0 +1,214 @@
+//! The admin API: the operator's kill switch, on its own listener (`[admin] listen`), separate
+//! from `/metrics` so that scraping access never grants control.
+//!
+//! Every request needs `Authorization: Bearer <token>` with the token from the environment
+//! variable named by `admin.token_env`, compared in constant time; anything else is `401`.
+//! Without a token the API is not served at all (the relay logs that it is disabled).
+//!
+//! - `GET /status`: paused flags (all, and per provider), queue depth per provider, upstream
+//!   health.
+//! - `POST /pause`, `POST /resume`, optional `?provider=NAME`: stop or restart starting upstream
+//!   deliveries; inbound keeps accepting and spooling. Unknown provider: `404`.
+//! - `POST /reload`: same as SIGHUP; `422` with every problem when the new file is refused.
+//!
+//! Answers are JSON: the status after the change, or `{"error": "..."}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+use crate::relay::Relay;
+use crate::reload::{ReloadError, Reloader};
+use crate::schedule::Scheduler;
+use crate::schedule::queue::{ProviderStatus, QueueStatus};
+
+/// What the handlers act on.
+#[derive(Clone)]
+pub struct AdminState {
+    pub token: Secret,
+    pub scheduler: Scheduler,
+    /// For the provider catalog: `/status` lists every known provider, not only busy ones.
+    pub relay: Arc<Relay>,
+    pub reloader: Arc<Reloader>,
+}
+
+#[derive(Deserialize)]
+struct Target {
+    provider: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ReloadAnswer {
+    reloaded: bool,
+    restart_needed: Vec<String>,
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
+        .route("/reload", post(reload))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// True when `headers` carry `Bearer <token>`. The comparison takes the same time wherever the
+/// first difference is, so the token cannot be guessed byte by byte from response times (only
+/// its length is not hidden).
+pub fn bearer_matches(headers: &HeaderMap, token: &Secret) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    bool::from(given.ct_eq(token.expose().as_bytes()))
+}
+
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if bearer_matches(request.headers(), &state.token) {
+        return next.run(request).await;
+    }
+    tracing::warn!(path = %request.uri().path(), "admin request refused: missing or wrong token");
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        axum::Json(json!({"error": "missing or wrong bearer token"})),
+    )
+        .into_response()
+}
+
+/// The scheduler's status with every catalog provider listed (idle ones with zero queued).
+fn full_status(state: &AdminState) -> QueueStatus {
+    let mut status = state.scheduler.status();
+    for name in state.relay.rules().catalog.names() {
+        if !status.providers.iter().any(|p| &p.name == name) {
+            status.providers.push(ProviderStatus {
+                name: name.clone(),
+                paused: false,
+                queued: 0,
+            });
+        }
+    }
+    status.providers.sort_by(|a, b| a.name.cmp(&b.name));
+    status
+}
+
+async fn status(State(state): State<AdminState>) -> Response {
+    axum::Json(full_status(&state)).into_response()
+}
+
+async fn pause(State(state): State<AdminState>, Query(target): Query<Target>) -> Response {
+    switch(&state, target, true)
+}
+
+async fn resume(State(state): State<AdminState>, Query(target): Query<Target>) -> Response {
+    switch(&state, target, false)
+}
+
+fn switch(state: &AdminState, target: Target, pause: bool) -> Response {
+    // `?provider=` with nothing after it is a script's empty variable, not "all providers".
+    if target.provider.as_deref() == Some("") {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "provider must not be empty; omit it for all providers"})),
+        )
+            .into_response();
+    }
+    let provider = target.provider.as_deref();
+    let result = if pause {
+        state.scheduler.pause(provider)
+    } else {
+        state.scheduler.resume(provider)
+    };
+    match result {
+        Ok(()) => {
+            tracing::warn!(
+                provider = provider.unwrap_or("*"),
+                "admin: deliveries {}",
+                if pause { "paused" } else { "resumed" }
+            );
+            axum::Json(full_status(state)).into_response()
+        }
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn reload(State(state): State<AdminState>) -> Response {
+    let reloader = state.reloader.clone();
+    let result = tokio::task::spawn_blocking(move || reloader.reload()).await;
+    match result {
+        Ok(Ok(report)) => axum::Json(ReloadAnswer {
+            reloaded: true,
+            restart_needed: report.restart_needed,
+        })
+        .into_response(),
+        Ok(Err(e)) => {
+            let code = match e {
+                ReloadError::NoFile => StatusCode::CONFLICT,
+                ReloadError::Invalid(_)
+                | ReloadError::Upstream { .. }
+                | ReloadError::InboundTls(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (
+                code,
+                axum::Json(json!({
+                    "error": "reload refused; the running configuration stays",
+                    "problems": e.problems(),
+                })),
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": "reload task failed"})),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_token_must_match_exactly() {
+        let token = Secret::new("s3cret-token");
+        assert!(bearer_matches(&headers("Bearer s3cret-token"), &token));
+        assert!(!bearer_matches(&headers("Bearer s3cret-toke"), &token));
+        assert!(!bearer_matches(&headers("Bearer s3cret-token2"), &token));
+        assert!(!bearer_matches(&headers("Basic s3cret-token"), &token));
+        assert!(!bearer_matches(&headers("s3cret-token"), &token));
+        assert!(!bearer_matches(&HeaderMap::new(), &token));
+    }
+}

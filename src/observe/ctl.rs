@@ -1,0 +1,151 @@
+//! The client side of the admin API, for `mailveil ctl`: one blocking HTTP request (ureq, plain
+//! HTTP: the admin listener is meant for loopback or a pod-local network) and its answer.
+
+use std::time::Duration;
+
+/// How long `ctl` waits for the relay; a reload reads files, everything else is immediate.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the admin API listens when neither `--admin` nor the config says otherwise.
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9726";
+
+/// One admin request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Status,
+    Pause { provider: Option<String> },
+    Resume { provider: Option<String> },
+    Reload,
+}
+
+impl Action {
+    /// Method and path (with the query) of the request.
+    pub fn request_line(&self) -> (&'static str, String) {
+        let with = |path: &str, provider: &Option<String>| match provider {
+            Some(p) => format!("{path}?provider={}", encode(p)),
+            None => path.to_string(),
+        };
+        match self {
+            Action::Status => ("GET", "/status".into()),
+            Action::Pause { provider } => ("POST", with("/pause", provider)),
+            Action::Resume { provider } => ("POST", with("/resume", provider)),
+            Action::Reload => ("POST", "/reload".into()),
+        }
+    }
+}
+
+/// Percent-encodes a provider name for the query string (names are normally `[A-Za-z0-9._-]`).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The admin API's answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Why no answer came back.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot reach the admin API at {url}: {source}")]
+    Unreachable { url: String, source: ureq::Error },
+}
+
+/// Sends `action` to the admin API at `base` (e.g. `http://127.0.0.1:9726`).
+pub fn send(base: &str, token: &str, action: &Action) -> Result<Answer, CtlError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(TIMEOUT))
+        .build()
+        .into();
+    let (method, path) = action.request_line();
+    let scheme = if base.contains("://") { "" } else { "http://" };
+    let url = format!("{scheme}{}{path}", base.trim_end_matches('/'));
+    let auth = format!("Bearer {token}");
+    let sent = if method == "GET" {
+        agent.get(&url).header("Authorization", &auth).call()
+    } else {
+        agent.post(&url).header("Authorization", &auth).send_empty()
+    };
+    let unreachable = |source| CtlError::Unreachable {
+        url: url.clone(),
+        source,
+    };
+    let mut response = sent.map_err(unreachable)?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().map_err(unreachable)?;
+    Ok(Answer { status, body })
+}
+
+/// The admin URL from a config file's `[admin] listen`, read without validating the rest of the
+/// file (ctl runs where the relay's secrets may not be set). A wildcard address becomes loopback.
+pub fn url_from_config(text: &str) -> Option<String> {
+    let table: toml::Table = text.parse().ok()?;
+    let listen = table.get("admin")?.get("listen")?.as_str()?;
+    let addr: std::net::SocketAddr = listen.parse().ok()?;
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    Some(format!("http://{ip}:{}", addr.port()))
+}
+
+/// The name of the token variable in a config file's `[admin] token_env`.
+pub fn token_env_from_config(text: &str) -> Option<String> {
+    let table: toml::Table = text.parse().ok()?;
+    Some(table.get("admin")?.get("token_env")?.as_str()?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines() {
+        assert_eq!(Action::Status.request_line(), ("GET", "/status".into()));
+        assert_eq!(
+            Action::Pause {
+                provider: Some("yahoo".into())
+            }
+            .request_line(),
+            ("POST", "/pause?provider=yahoo".into())
+        );
+        assert_eq!(
+            Action::Resume {
+                provider: Some("a b&c".into())
+            }
+            .request_line(),
+            ("POST", "/resume?provider=a%20b%26c".into())
+        );
+        assert_eq!(Action::Reload.request_line(), ("POST", "/reload".into()));
+    }
+
+    #[test]
+    fn url_and_token_env_from_config() {
+        let text = "[admin]\nlisten = \"0.0.0.0:9800\"\ntoken_env = \"X_TOKEN\"\n";
+        assert_eq!(url_from_config(text).unwrap(), "http://127.0.0.1:9800");
+        assert_eq!(token_env_from_config(text).unwrap(), "X_TOKEN");
+        assert_eq!(
+            url_from_config("[admin]\nlisten = \"[::1]:9726\"\n").unwrap(),
+            "http://[::1]:9726"
+        );
+        assert_eq!(url_from_config("[server]\n"), None);
+    }
+}

@@ -1,0 +1,508 @@
+//! Metrics and logs of a real `mailveil run` process after real traffic: every SPEC series
+//! present from start, values matching what was sent, `promtool check metrics` clean, JSON log
+//! events with the fields operators search by, and no address in logs by default.
+
+#[path = "support/scripted_smtp.rs"]
+mod scripted_smtp;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use scripted_smtp::{Script, ScriptedSmtp};
+use support::*;
+
+/// One sample of the text exposition format.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses Prometheus text (our label values never contain `"`, `,` or `=`).
+fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("sample has a value");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => {
+                    let body = rest.strip_suffix('}').expect("closing brace");
+                    let labels = body
+                        .split(',')
+                        .filter(|kv| !kv.is_empty())
+                        .map(|kv| {
+                            let (k, v) = kv.split_once('=').expect("label pair");
+                            (k.to_string(), v.trim_matches('"').to_string())
+                        })
+                        .collect();
+                    (n.to_string(), labels)
+                }
+                None => (series.to_string(), BTreeMap::new()),
+            };
+            Sample {
+                name,
+                labels,
+                value: value.parse().expect("numeric value"),
+            }
+        })
+        .collect()
+}
+
+/// The value of the sample `name` whose labels include `labels`; panics if there is none, so a
+/// missing series fails the test as clearly as a wrong value.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && s.labels.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+        .value
+}
+
+const SPEC_SERIES: &[&str] = &[
+    "mailveil_messages_received_total",
+    "mailveil_privacy_actions_total",
+    "mailveil_deliveries_total",
+    "mailveil_delivery_duration_seconds_bucket",
+    "mailveil_delivery_duration_seconds_count",
+    "mailveil_queue_messages",
+    "mailveil_throttle_delays_total",
+    "mailveil_upstream_up",
+    "mailveil_inbound_connections",
+    "mailveil_inbound_rejections_total",
+    "mailveil_spool_bytes",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_start_time_seconds",
+];
+
+fn outbox_config() -> String {
+    r#"
+[server]
+listen = "{smtp}"
+[spool]
+dir = "{dir}/spool"
+[[upstream]]
+name = "outbox"
+dir = "{dir}/outbox"
+[metrics]
+listen = "{metrics}"
+"#
+    .to_string()
+}
+
+#[tokio::test]
+async fn every_series_exists_at_start_with_bounded_labels() {
+    let r = RelayProc::start(&outbox_config(), &[]).await;
+    let (code, text) = http_get(r.metrics, "/metrics").await;
+    assert_eq!(code, 200);
+    let samples = parse(&text);
+    for name in SPEC_SERIES {
+        assert!(
+            samples.iter().any(|s| &s.name == name),
+            "{name} missing:\n{text}"
+        );
+    }
+    for outcome in ["accepted", "rejected"] {
+        assert_eq!(
+            value(
+                &samples,
+                "mailveil_messages_received_total",
+                &[("outcome", outcome)]
+            ),
+            0.0
+        );
+    }
+    for action in ["pass", "split", "bcc", "reject", "monitor"] {
+        assert_eq!(
+            value(
+                &samples,
+                "mailveil_privacy_actions_total",
+                &[("action", action)]
+            ),
+            0.0
+        );
+    }
+    for provider in [
+        "yahoo",
+        "netease",
+        "qq",
+        "google",
+        "microsoft",
+        "apple",
+        "default",
+    ] {
+        for outcome in ["delivered", "deferred", "failed"] {
+            let labels = [
+                ("provider", provider),
+                ("upstream", "outbox"),
+                ("outcome", outcome),
+            ];
+            assert_eq!(value(&samples, "mailveil_deliveries_total", &labels), 0.0);
+        }
+        assert_eq!(
+            value(
+                &samples,
+                "mailveil_queue_messages",
+                &[("provider", provider)]
+            ),
+            0.0
+        );
+        assert_eq!(
+            value(
+                &samples,
+                "mailveil_throttle_delays_total",
+                &[("provider", provider)]
+            ),
+            0.0
+        );
+    }
+    assert_eq!(
+        value(&samples, "mailveil_upstream_up", &[("upstream", "outbox")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "mailveil_inbound_rejections_total",
+            &[("reason", "relay_denied")]
+        ),
+        0.0
+    );
+    // Labels come from fixed sets only: no sample carries an `@`.
+    assert!(!text.contains('@'));
+}
+
+#[tokio::test]
+async fn metrics_match_the_traffic_sent() {
+    let mut script = Script::default();
+    script.rcpt_replies.insert(
+        "bad.rcpt@example.org".into(),
+        "550 5.1.1 no such user".into(),
+    );
+    script.rcpt_replies.insert(
+        "later.rcpt@example.org".into(),
+        "451 4.3.0 try later".into(),
+    );
+    let mx = ScriptedSmtp::start(script).await;
+    let config = format!(
+        r#"
+[server]
+listen = "{{smtp}}"
+max_recipients = 3
+[spool]
+dir = "{{dir}}/spool"
+retry_initial = "1h"
+retry_max = "2h"
+[[upstream]]
+name = "mx"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+[metrics]
+listen = "{{metrics}}"
+"#,
+        port = mx.port()
+    );
+    let r = RelayProc::start(&config, &[]).await;
+
+    // 1: an exposing message to three recipients -> split; two delivered, one refused (550).
+    let to = ["ann@example.org", "bob@example.org", "bad.rcpt@example.org"];
+    let m = message(
+        &[
+            "From: shop@example.com",
+            &format!("To: {}", to.join(", ")),
+            "Subject: a",
+        ],
+        "One.\r\n",
+    );
+    lettre_send(r.smtp, Some("shop@example.com"), &to, &m)
+        .await
+        .unwrap();
+    // 2: one Yahoo recipient -> pass, delivered.
+    let m = message(
+        &["From: shop@example.com", "To: uma@yahoo.com", "Subject: b"],
+        "Two.\r\n",
+    );
+    lettre_send(r.smtp, Some("shop@example.com"), &["uma@yahoo.com"], &m)
+        .await
+        .unwrap();
+    // 3: one recipient the upstream defers (451) -> deferred, stays queued.
+    let m = message(
+        &[
+            "From: shop@example.com",
+            "To: later.rcpt@example.org",
+            "Subject: c",
+        ],
+        "Three.\r\n",
+    );
+    lettre_send(
+        r.smtp,
+        Some("shop@example.com"),
+        &["later.rcpt@example.org"],
+        &m,
+    )
+    .await
+    .unwrap();
+    // 4: a fourth recipient over max_recipients -> 452, counted as an inbound rejection.
+    let (mut s, _) = RawSmtp::connect(r.smtp).await;
+    s.cmd("EHLO client.test").await;
+    s.cmd("MAIL FROM:<shop@example.com>").await;
+    for rcpt in ["a1@example.org", "a2@example.org", "a3@example.org"] {
+        assert!(s.cmd(&format!("RCPT TO:<{rcpt}>")).await.starts_with("250"));
+    }
+    assert!(s.cmd("RCPT TO:<a4@example.org>").await.starts_with("452"));
+    assert!(s.cmd("QUIT").await.starts_with("221"));
+    drop(s);
+
+    // Wait until every copy has an outcome and every connection is closed.
+    let end = Instant::now() + PATIENCE;
+    let samples = loop {
+        let samples = parse(&http_get(r.metrics, "/metrics").await.1);
+        let outcomes: f64 = samples
+            .iter()
+            .filter(|s| s.name == "mailveil_deliveries_total")
+            .map(|s| s.value)
+            .sum();
+        if outcomes >= 5.0 && value(&samples, "mailveil_inbound_connections", &[]) == 0.0 {
+            break samples;
+        }
+        assert!(Instant::now() < end, "outcomes so far: {outcomes}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let v = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
+    assert_eq!(
+        v(
+            "mailveil_messages_received_total",
+            &[("outcome", "accepted")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        v(
+            "mailveil_messages_received_total",
+            &[("outcome", "rejected")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        v("mailveil_privacy_actions_total", &[("action", "split")]),
+        1.0
+    );
+    assert_eq!(
+        v("mailveil_privacy_actions_total", &[("action", "pass")]),
+        2.0
+    );
+    assert_eq!(
+        v("mailveil_privacy_actions_total", &[("action", "bcc")]),
+        0.0
+    );
+    let d = |provider, outcome| {
+        v(
+            "mailveil_deliveries_total",
+            &[
+                ("provider", provider),
+                ("upstream", "mx"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(d("default", "delivered"), 2.0);
+    assert_eq!(d("default", "failed"), 1.0);
+    assert_eq!(d("default", "deferred"), 1.0);
+    assert_eq!(d("yahoo", "delivered"), 1.0);
+    assert_eq!(d("yahoo", "failed"), 0.0);
+    assert_eq!(d("google", "delivered"), 0.0);
+    assert_eq!(
+        v(
+            "mailveil_delivery_duration_seconds_count",
+            &[("provider", "default")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        v(
+            "mailveil_delivery_duration_seconds_count",
+            &[("provider", "yahoo")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v("mailveil_queue_messages", &[("provider", "default")]),
+        1.0,
+        "the deferred copy"
+    );
+    assert_eq!(v("mailveil_queue_messages", &[("provider", "yahoo")]), 0.0);
+    assert_eq!(v("mailveil_upstream_up", &[("upstream", "mx")]), 1.0);
+    assert_eq!(
+        v(
+            "mailveil_inbound_rejections_total",
+            &[("reason", "too_many_recipients")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "mailveil_inbound_rejections_total",
+            &[("reason", "relay_denied")]
+        ),
+        0.0
+    );
+    assert_eq!(v("mailveil_accept_duration_seconds_count", &[]), 3.0);
+    assert!(
+        v("mailveil_spool_bytes", &[]) > 0.0,
+        "the deferred message is spooled"
+    );
+    assert!(v("process_start_time_seconds", &[]) > 1.0e9);
+    // The upstream saw exactly the three delivered copies.
+    let seen: Vec<_> = mx
+        .record()
+        .messages
+        .iter()
+        .map(|m| m.rcpt_to.clone())
+        .collect();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+#[tokio::test]
+async fn promtool_accepts_the_metrics_of_a_running_relay() {
+    let required = std::env::var("MAILVEIL_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
+    let have = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            !required,
+            "promtool is required (MAILVEIL_REQUIRE_TOOLS=1) but not installed"
+        );
+        eprintln!("promtool not installed; skipping (CI installs it)");
+        return;
+    }
+    let r = RelayProc::start(&outbox_config(), &[]).await;
+    let to = ["vic@example.org", "wyn@example.org"];
+    let m = message(
+        &["From: s@example.com", &format!("To: {}", to.join(", "))],
+        "x\r\n",
+    );
+    lettre_send(r.smtp, Some("s@example.com"), &to, &m)
+        .await
+        .unwrap();
+    wait_for_captures(&r.outbox(), 2).await;
+    let (_, text) = http_get(r.metrics, "/metrics").await;
+    let file = r.dir.path().join("metrics.txt");
+    std::fs::write(&file, &text).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < '{}'", file.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Local parts made of letters outside `[0-9a-f]`, so a hex hash cannot end with them.
+const SECRET_LOCALS: &[&str] = &["zelda.quokka", "wilhelmina.rutz", "yvonne.sprout"];
+
+fn private_traffic_config(format: &str, show: bool) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{smtp}}"
+[spool]
+dir = "{{dir}}/spool"
+[[upstream]]
+name = "outbox"
+dir = "{{dir}}/outbox"
+[metrics]
+listen = "{{metrics}}"
+[log]
+format = "{format}"
+show_addresses = {show}
+"#
+    )
+}
+
+/// Sends a split message and a rejected recipient, returns the relay's log once all copies
+/// went out.
+async fn private_traffic(config: &str) -> (RelayProc, String) {
+    let r = RelayProc::start(config, &[("MAILVEIL_LOG", "debug")]).await;
+    let to: Vec<String> = SECRET_LOCALS[..2]
+        .iter()
+        .map(|l| format!("{l}@example.org"))
+        .collect();
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let sender = format!("{}@example.com", SECRET_LOCALS[2]);
+    let m = message(
+        &[
+            &format!("From: {sender}"),
+            &format!("To: {}", to.join(", ")),
+            "Subject: s",
+        ],
+        "Body.\r\n",
+    );
+    lettre_send(r.smtp, Some(&sender), &to, &m).await.unwrap();
+    wait_for_captures(&r.outbox(), 2).await;
+    let log = r.wait_for_log("delivered", 1).await;
+    (r, log)
+}
+
+#[tokio::test]
+async fn addresses_never_appear_in_logs_by_default() {
+    let (_r, log) = private_traffic(&private_traffic_config("text", false)).await;
+    for local in SECRET_LOCALS {
+        assert!(!log.contains(local), "{local} leaked into the log:\n{log}");
+    }
+    assert!(
+        log.contains("@example.org"),
+        "domains stay readable:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_fields_of_accepted_and_delivery_events() {
+    let (_r, log) = private_traffic(&private_traffic_config("json", true)).await;
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let accepted: Vec<_> = events
+        .iter()
+        .filter(|e| e["message"] == "accepted")
+        .collect();
+    assert_eq!(accepted.len(), 1, "one accepted event per message");
+    let a = accepted[0];
+    let queue_id = a["queue_id"].as_str().expect("queue_id");
+    assert_eq!(a["code"], 250);
+    assert_eq!(a["providers"], "default");
+    assert_eq!(a["decision"], "split");
+    assert!(a["duration_ms"].is_u64());
+    let delivered: Vec<_> = events
+        .iter()
+        .filter(|e| e["message"] == "delivered")
+        .collect();
+    assert_eq!(delivered.len(), 2, "one event per delivery outcome");
+    for d in delivered {
+        assert_eq!(d["queue_id"], queue_id);
+        assert_eq!(d["provider"], "default");
+        assert_eq!(d["upstream"], "outbox");
+        assert_eq!(d["code"], 250);
+        assert!(d["duration_ms"].is_u64());
+        assert_eq!(d["level"], "INFO");
+    }
+    // show_addresses = true: the addresses are there (the default test above is not vacuous).
+    assert!(log.contains(SECRET_LOCALS[0]), "{log}");
+}
