@@ -117,13 +117,13 @@ pub(super) fn validate_providers(raw: Vec<RawProvider>, p: &mut Problems) -> Vec
                 format!("{name:?} is already used by provider[{j}]"),
             );
         }
-        if let Some(rate) = r.messages_per_second {
-            if !(rate.is_finite() && rate > 0.0) {
-                p.push(
-                    &format!("{path}.messages_per_second"),
-                    "must be a positive number",
-                );
-            }
+        if let Some(rate) = r.messages_per_second
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            p.push(
+                &format!("{path}.messages_per_second"),
+                "must be a positive number",
+            );
         }
         let mut at_least_one = |key: &str, v: Option<u64>| match v {
             Some(0) => {

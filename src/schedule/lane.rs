@@ -180,10 +180,10 @@ impl Lane {
                 self.throttle.acquire().await;
                 // Only this lane's dispatcher takes items, so one is still there unless a pause
                 // came while the throttle waited (then the throttle's turn is simply spent).
-                if may_start() {
-                    if let Some(Reverse(item)) = self.ready.lock().expect("not poisoned").pop() {
-                        return Some((item, permit));
-                    }
+                if may_start()
+                    && let Some(Reverse(item)) = self.ready.lock().expect("not poisoned").pop()
+                {
+                    return Some((item, permit));
                 }
                 continue;
             }

@@ -270,10 +270,10 @@ impl SmtpUpstream {
             } else {
                 self.pool.take(key)
             };
-            if idle.is_none() {
-                if let Some(other) = self.pool.evict_other(key) {
-                    self.client.close(other);
-                }
+            if idle.is_none()
+                && let Some(other) = self.pool.evict_other(key)
+            {
+                self.client.close(other);
             }
             let (mut conn, reused) = match idle {
                 Some((mut conn, idle_for)) => {
