@@ -35,7 +35,7 @@ use super::provider::DEFAULT_PROVIDER;
 use super::provider::ProviderCatalog;
 use super::retry::{backoff, random_jitter};
 use super::rules;
-use super::throttle::{Rate, Throttle};
+use super::throttle::{Rate, Throttle, ThrottleMetrics};
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
 #[derive(Clone)]
@@ -370,7 +370,10 @@ impl Inner {
         let throttle = Throttle::new(
             provider,
             self.lane_rate(provider),
-            self.metrics.throttle_delays.with_label_values(&[provider]),
+            ThrottleMetrics {
+                delays: self.metrics.throttle_delays.with_label_values(&[provider]),
+                slowed: self.metrics.provider_slowed.with_label_values(&[provider]),
+            },
             self.cluster.clone(),
         );
         let lane = Arc::new(Lane::new(

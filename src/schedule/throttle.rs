@@ -19,7 +19,7 @@ use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -114,8 +114,15 @@ pub struct Throttle {
     state: Mutex<State>,
     /// Woken when limits change, so a waiting dispatcher re-computes its wait.
     changed: Notify,
-    delays: IntCounter,
+    metrics: ThrottleMetrics,
     cluster: Option<Arc<SharedLimits>>,
+}
+
+/// The provider's series of `mailveil_throttle_delays_total` and `mailveil_provider_slowed`.
+#[derive(Clone)]
+pub struct ThrottleMetrics {
+    pub delays: IntCounter,
+    pub slowed: IntGauge,
 }
 
 struct State {
@@ -144,9 +151,10 @@ impl Throttle {
     pub fn new(
         provider: &str,
         rate: Option<Rate>,
-        delays: IntCounter,
+        metrics: ThrottleMetrics,
         cluster: Option<Arc<SharedLimits>>,
     ) -> Throttle {
+        metrics.slowed.set(0);
         let throttle = Throttle {
             provider: provider.to_string(),
             clock: TokioClock::new(),
@@ -157,7 +165,7 @@ impl Throttle {
                 local: None,
             }),
             changed: Notify::new(),
-            delays,
+            metrics,
             cluster,
         };
         throttle.rebuild(&mut throttle.state.lock().expect("not poisoned"), false);
@@ -189,7 +197,7 @@ impl Throttle {
             };
             if !delayed {
                 delayed = true;
-                self.delays.inc();
+                self.metrics.delays.inc();
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -260,6 +268,7 @@ impl Throttle {
             ),
         };
         state.slowdown = Some(slowdown);
+        self.metrics.slowed.set(1);
         if slower {
             self.rebuild(&mut state, true);
         }
@@ -275,6 +284,7 @@ impl Throttle {
             return false;
         }
         state.slowdown = None;
+        self.metrics.slowed.set(0);
         self.rebuild(&mut state, true);
         drop(state);
         self.changed.notify_waiters();
@@ -343,8 +353,12 @@ mod tests {
     use super::*;
 
     fn throttle(rate: Option<Rate>) -> (Throttle, IntCounter) {
-        let counter = IntCounter::new("t", "t").unwrap();
-        (Throttle::new("p", rate, counter.clone(), None), counter)
+        let metrics = ThrottleMetrics {
+            delays: IntCounter::new("t", "t").unwrap(),
+            slowed: IntGauge::new("s", "s").unwrap(),
+        };
+        let delays = metrics.delays.clone();
+        (Throttle::new("p", rate, metrics, None), delays)
     }
 
     fn rate(per_second: f64, burst: u32) -> Option<Rate> {

@@ -273,7 +273,7 @@ impl SmtpUpstream {
             if idle.is_none()
                 && let Some(other) = self.pool.evict_other(key)
             {
-                self.client.close(other);
+                self.client.close_now(other).await;
             }
             let (mut conn, reused) = match idle {
                 Some((mut conn, idle_for)) => {
@@ -288,7 +288,7 @@ impl SmtpUpstream {
             };
             match self.client.transaction(&mut conn, msg).await {
                 Ok(reply) => {
-                    self.release(conn, limits, key);
+                    self.release(conn, limits, key).await;
                     return Ok(Delivered { reply });
                 }
                 Err(e) if reused && e.is_stale_connection() => {
@@ -296,7 +296,7 @@ impl SmtpUpstream {
                 }
                 Err(e) => {
                     if e.leaves_connection_usable() && self.client.reset(&mut conn).await.is_ok() {
-                        self.release(conn, limits, key);
+                        self.release(conn, limits, key).await;
                     }
                     return Err(e);
                 }
@@ -305,10 +305,12 @@ impl SmtpUpstream {
     }
 
     /// Returns a healthy connection to the pool, or closes it when it has done its share or the
-    /// pool is full. Called while the sender still holds its permit (see `pool.rs`).
-    fn release(&self, conn: Connection, limits: PoolLimits, key: &str) {
+    /// pool is full. Called while the sender still holds its permit (see `pool.rs`); a
+    /// connection that has done its share is closed before the permit goes, since the next
+    /// sender will open a new one in its place.
+    async fn release(&self, conn: Connection, limits: PoolLimits, key: &str) {
         if conn.transactions >= limits.max_transactions {
-            self.client.close(conn);
+            self.client.close_now(conn).await;
         } else if let Some(conn) = self.pool.put(conn, key) {
             self.client.close(conn);
         }

@@ -59,6 +59,9 @@ pub struct Script {
     /// Close the connection silently after this many accepted messages on it (a server that
     /// drops idle clients).
     pub close_after_messages: Option<usize>,
+    /// Replies for the first occurrences of a step across all sessions (the first MAIL gets
+    /// `first_replies[Mail][0]`, ...); later ones get the normal reply. For "deferred once".
+    pub first_replies: HashMap<Step, Vec<String>>,
 }
 
 impl Default for Script {
@@ -75,6 +78,7 @@ impl Default for Script {
             drop_at: None,
             data_end_delay: Duration::ZERO,
             close_after_messages: None,
+            first_replies: HashMap::new(),
         }
     }
 }
@@ -106,6 +110,12 @@ pub struct Record {
     pub commands: Vec<String>,
     /// Messages whose final reply was positive.
     pub messages: Vec<Received>,
+    /// When each of `messages` was accepted.
+    pub arrivals: Vec<std::time::Instant>,
+    /// The most messages accepted on one connection.
+    pub max_messages_per_connection: usize,
+    /// How often each step was reached, across sessions (drives `first_replies`).
+    pub step_counts: HashMap<Step, usize>,
 }
 
 impl Record {
@@ -144,8 +154,10 @@ impl ScriptedSmtp {
                 let (script, rec) = (script.clone(), rec.clone());
                 sessions.spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    let _ = serve(tcp, &script, &rec).await;
-                    rec.lock().unwrap().active -= 1;
+                    // A session that got QUIT stopped counting as active before its reply.
+                    if !matches!(serve(tcp, &script, &rec).await, Ok(true)) {
+                        rec.lock().unwrap().active -= 1;
+                    }
                 });
             }
         });
@@ -176,6 +188,8 @@ type Stream = BufReader<Box<dyn Io>>;
 /// How a session ended or must continue.
 enum Next {
     Closed,
+    /// QUIT: the session is already no longer counted as active.
+    Quit,
     UpgradeTls,
 }
 
@@ -183,7 +197,7 @@ async fn serve(
     tcp: tokio::net::TcpStream,
     script: &Script,
     rec: &Mutex<Record>,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
     let (mut stream, mut tls): (Stream, bool) = match &script.implicit_tls {
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
@@ -193,16 +207,17 @@ async fn serve(
         None => (BufReader::new(Box::new(tcp)), false),
     };
     if gate(script, Step::Greeting).await {
-        return Ok(());
+        return Ok(false);
     }
     send(&mut stream, &script.greeting).await?;
     let mut session = Session::default();
     loop {
         match session.run(&mut stream, script, rec, tls).await? {
-            Next::Closed => return Ok(()),
+            Next::Closed => return Ok(false),
+            Next::Quit => return Ok(true),
             Next::UpgradeTls => {
                 let Some(config) = &script.starttls else {
-                    return Ok(());
+                    return Ok(false);
                 };
                 let inner = stream.into_inner();
                 let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
@@ -241,7 +256,16 @@ struct Session {
 }
 
 impl Session {
-    fn reply(script: &Script, step: Step, default: &str) -> String {
+    fn reply(script: &Script, rec: &Mutex<Record>, step: Step, default: &str) -> String {
+        let nth = {
+            let mut r = rec.lock().unwrap();
+            let n = r.step_counts.entry(step).or_default();
+            *n += 1;
+            *n - 1
+        };
+        if let Some(first) = script.first_replies.get(&step).and_then(|v| v.get(nth)) {
+            return first.clone();
+        }
         script
             .replies
             .get(&step)
@@ -285,7 +309,7 @@ impl Session {
                     if keywords.is_empty() {
                         reply = "250 scripted.test greets you".into();
                     }
-                    send(stream, &Self::reply(script, Step::Ehlo, &reply)).await?;
+                    send(stream, &Self::reply(script, rec, Step::Ehlo, &reply)).await?;
                 }
                 "STARTTLS" => {
                     if gate(script, Step::StartTls).await {
@@ -295,7 +319,7 @@ impl Session {
                         send(stream, "502 5.5.1 no STARTTLS here").await?;
                         continue;
                     }
-                    let reply = Self::reply(script, Step::StartTls, "220 2.0.0 go ahead");
+                    let reply = Self::reply(script, rec, Step::StartTls, "220 2.0.0 go ahead");
                     send(stream, &reply).await?;
                     if reply.starts_with("220") {
                         return Ok(Next::UpgradeTls);
@@ -305,7 +329,7 @@ impl Session {
                     if gate(script, Step::Auth).await {
                         return Ok(Next::Closed);
                     }
-                    let reply = self.auth(stream, script, tls, &line).await?;
+                    let reply = self.auth(stream, script, rec, tls, &line).await?;
                     send(stream, &reply).await?;
                 }
                 "MAIL" => {
@@ -313,7 +337,7 @@ impl Session {
                         return Ok(Next::Closed);
                     }
                     let from = between_brackets(&line);
-                    let reply = Self::reply(script, Step::Mail, "250 2.1.0 ok");
+                    let reply = Self::reply(script, rec, Step::Mail, "250 2.1.0 ok");
                     if reply.starts_with('2') {
                         self.mail = Some((from, line.clone()));
                         self.rcpt_to.clear();
@@ -327,7 +351,7 @@ impl Session {
                     let to = between_brackets(&line);
                     let reply = match script.rcpt_replies.get(&to) {
                         Some(r) => r.clone(),
-                        None => Self::reply(script, Step::Rcpt, "250 2.1.5 ok"),
+                        None => Self::reply(script, rec, Step::Rcpt, "250 2.1.5 ok"),
                     };
                     if reply.starts_with('2') {
                         self.rcpt_to.push(to);
@@ -342,7 +366,7 @@ impl Session {
                         send(stream, "503 5.5.1 need MAIL and RCPT first").await?;
                         continue;
                     }
-                    let reply = Self::reply(script, Step::Data, "354 go ahead");
+                    let reply = Self::reply(script, rec, Step::Data, "354 go ahead");
                     send(stream, &reply).await?;
                     if !reply.starts_with('3') {
                         continue;
@@ -352,10 +376,12 @@ impl Session {
                         return Ok(Next::Closed);
                     }
                     tokio::time::sleep(script.data_end_delay).await;
-                    let reply = Self::reply(script, Step::DataEnd, "250 2.0.0 queued");
+                    let reply = Self::reply(script, rec, Step::DataEnd, "250 2.0.0 queued");
                     let (mail_from, mail_line) = self.mail.take().unwrap_or_default();
                     if reply.starts_with('2') {
-                        rec.lock().unwrap().messages.push(Received {
+                        self.messages += 1;
+                        let mut r = rec.lock().unwrap();
+                        r.messages.push(Received {
                             mail_from,
                             mail_line,
                             rcpt_to: std::mem::take(&mut self.rcpt_to),
@@ -363,7 +389,9 @@ impl Session {
                             tls,
                             user: self.user.clone(),
                         });
-                        self.messages += 1;
+                        r.arrivals.push(std::time::Instant::now());
+                        r.max_messages_per_connection =
+                            r.max_messages_per_connection.max(self.messages);
                     }
                     self.rcpt_to.clear();
                     send(stream, &reply).await?;
@@ -381,8 +409,9 @@ impl Session {
                 }
                 "NOOP" => send(stream, "250 2.0.0 ok").await?,
                 "QUIT" => {
-                    send(stream, "221 2.0.0 bye").await?;
-                    return Ok(Next::Closed);
+                    rec.lock().unwrap().active -= 1;
+                    let _ = send(stream, "221 2.0.0 bye").await;
+                    return Ok(Next::Quit);
                 }
                 _ => send(stream, "500 5.5.2 unknown command").await?,
             }
@@ -394,6 +423,7 @@ impl Session {
         &mut self,
         stream: &mut Stream,
         script: &Script,
+        rec: &Mutex<Record>,
         tls: bool,
         line: &str,
     ) -> std::io::Result<String> {
@@ -426,7 +456,12 @@ impl Session {
         let ok = parts.len() == 3 && parts[1] == user.as_bytes() && parts[2] == pass.as_bytes();
         if ok {
             self.user = Some(user.clone());
-            Ok(Self::reply(script, Step::Auth, "235 2.7.0 authenticated"))
+            Ok(Self::reply(
+                script,
+                rec,
+                Step::Auth,
+                "235 2.7.0 authenticated",
+            ))
         } else {
             Ok("535 5.7.8 bad credentials".into())
         }
