@@ -252,6 +252,8 @@ impl Scheduler {
                 paused: l.is_paused(),
                 queued: l.queued.load(Ordering::Relaxed),
                 slowed: l.throttle.slowdown().is_some(),
+                messages_per_second: l.throttle.effective_rate().map(|r| r.per_second),
+                concurrency: l.concurrency(),
             })
             .collect();
         providers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -754,6 +756,10 @@ pub struct ProviderStatus {
     pub queued: u64,
     /// A "too fast" deferral has slowed (or suspended) this provider for a while.
     pub slowed: bool,
+    /// The rate in force (configured, times any slowdown); `None`: unthrottled.
+    pub messages_per_second: Option<f64>,
+    /// Deliveries in flight allowed now.
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
