@@ -7,7 +7,6 @@
 //! `MAILVEIL_REQUIRE_REDIS=1` (CI), where that is a failure.
 
 #[path = "support/scripted_smtp.rs"]
-#[allow(dead_code)]
 mod scripted_smtp;
 mod support;
 

@@ -7,7 +7,6 @@
 //! never break these assertions. Nothing asserts that anything is fast.
 
 #[path = "support/scripted_smtp.rs"]
-#[allow(dead_code)]
 mod scripted_smtp;
 mod support;
 
