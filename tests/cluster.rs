@@ -228,3 +228,57 @@ async fn two_replicas_share_one_provider_limit_and_survive_redis_going_away() {
     );
     redis.stop();
 }
+
+#[tokio::test]
+async fn the_lua_gcra_allows_the_burst_then_answers_the_wait() {
+    if !redis_available() {
+        return;
+    }
+    use mailveil::schedule::cluster::SharedLimits;
+    use mailveil::schedule::throttle::Rate;
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut redis = Redis::start(port, work.path());
+    let gauge = prometheus::IntGauge::new("up", "up").unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = mailveil::config::ClusterConfig {
+        redis_url: format!("redis://127.0.0.1:{port}/"),
+        replicas: 2,
+    };
+    let shared = SharedLimits::start(&config, gauge.clone(), shutdown.clone());
+    let end = Instant::now() + PATIENCE;
+    while !shared.is_up() {
+        assert!(Instant::now() < end, "never connected to redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gauge.get(), 1);
+    // One message every 10 s with a burst of 3: three go at once, the fourth must wait.
+    let rate = Rate {
+        per_second: 0.1,
+        burst: 3,
+    };
+    for i in 0..3 {
+        let wait = shared.acquire("p", rate).await;
+        assert_eq!(wait, Some(Duration::ZERO), "cell {i} of the burst");
+    }
+    let wait = shared.acquire("p", rate).await.unwrap();
+    assert!(
+        wait > Duration::from_secs(5) && wait <= Duration::from_secs(10),
+        "{wait:?}"
+    );
+    assert_eq!(
+        shared.acquire("other", rate).await,
+        Some(Duration::ZERO),
+        "providers have separate limits"
+    );
+
+    redis.stop();
+    let end = Instant::now() + PATIENCE;
+    while shared.acquire("p", rate).await.is_some() {
+        assert!(Instant::now() < end, "a stopped redis still answers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!shared.is_up());
+    assert_eq!(gauge.get(), 0);
+    shutdown.cancel();
+}
