@@ -275,8 +275,9 @@ impl Scheduler {
 
     /// Applies a reloaded configuration: retry timing, provider limits (rate, burst,
     /// concurrency, deliveries per connection), shaping rules, and the upstreams (new
-    /// credentials or TLS files). A slowdown in force keeps running to its end. Deliveries in flight finish on the upstream they started
-    /// with; health state carries over for upstreams with the same name.
+    /// credentials or TLS files). A slowdown in force keeps running to its end. Deliveries in
+    /// flight finish on the upstream they started with; health state carries over for
+    /// upstreams with the same name. `[cluster]` changes need a restart.
     pub fn apply_config(&self, config: &Config, upstreams: Vec<Upstream>) {
         *self.inner.settings.write().expect("not poisoned") = Settings::from_config(config);
         let old = self.inner.upstreams();
