@@ -5,6 +5,9 @@
 #   bench/shaping.sh                 # RATE=20 msg/s, WINDOW=30 s
 #   RATE=50 WINDOW=30 bench/shaping.sh
 #
+# The sink fsyncs every message, so the lane needs enough connections (CONNECTIONS) for the sink
+# not to be the bottleneck: what is measured must be the limiter.
+#
 # Each relay gets a backlog larger than the window can drain, so the lane is always saturated;
 # the first WARMUP seconds (the burst) are skipped. The rate is copies whose capture file was
 # written inside the window, divided by the window. Needs python3 and (for 2 nodes)
@@ -16,6 +19,8 @@ RATE=${RATE:-20}
 WINDOW=${WINDOW:-30}
 WARMUP=${WARMUP:-3}
 BURST=${BURST:-5}
+# Lane concurrency: enough that the sink's per-message fsync never becomes the limit.
+CONNECTIONS=${CONNECTIONS:-32}
 
 cargo build --release --quiet
 BIN=$PWD/target/release/mailveil
@@ -91,13 +96,13 @@ name = "sink"
 host = "127.0.0.1"
 port = $sink_port
 tls = "none"
-max_connections = 16
+max_connections = $CONNECTIONS
 [[provider]]
 name = "alpha"
 domains = ["a.test"]
 messages_per_second = $RATE
 burst = $BURST
-max_connections = 8
+max_connections = $CONNECTIONS
 [metrics]
 listen = "127.0.0.1:0"
 $cluster
@@ -139,7 +144,7 @@ EOF
   stop_all
 }
 
-echo "shaping bench: RATE=$RATE/s BURST=$BURST WINDOW=${WINDOW}s WARMUP=${WARMUP}s ($(nproc) cores)"
+echo "shaping bench: RATE=$RATE/s BURST=$BURST CONNECTIONS=$CONNECTIONS WINDOW=${WINDOW}s WARMUP=${WARMUP}s ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 run_case 1
 if command -v redis-server >/dev/null 2>&1; then
   run_case 2
