@@ -230,6 +230,40 @@ impl Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::throttle::{Rate, ThrottleMetrics};
+
+    fn lane(concurrency: usize) -> Arc<Lane> {
+        let metrics = ThrottleMetrics {
+            delays: prometheus::IntCounter::new("d", "d").unwrap(),
+            slowed: prometheus::IntGauge::new("s", "s").unwrap(),
+        };
+        let rate = Some(Rate {
+            per_second: 10.0,
+            burst: 4,
+        });
+        let throttle = Throttle::new("p", rate, metrics, None);
+        Arc::new(Lane::new("p", concurrency, throttle))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slowdown_lowers_concurrency_and_rate_until_it_ends() {
+        let lane = lane(4);
+        lane.slow_down(
+            ShapingAction::Slow { factor: 0.5 },
+            Duration::from_secs(60),
+            "test",
+        );
+        assert_eq!(lane.concurrency(), 2);
+        assert_eq!(lane.throttle.effective_rate().unwrap().per_second, 5.0);
+        lane.set_concurrency(8); // a reload during the slowdown
+        assert_eq!(lane.concurrency(), 4, "the slowdown still applies");
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(lane.concurrency(), 4);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(lane.concurrency(), 8, "recovered to the reloaded value");
+        assert_eq!(lane.throttle.effective_rate().unwrap().per_second, 10.0);
+        assert!(lane.throttle.slowdown().is_none());
+    }
 
     #[test]
     fn classes_order_before_arrival() {
