@@ -6,6 +6,7 @@
 //! here from `*_env` / `*_file` and never appear in `Debug` output.
 
 mod raw;
+mod shaping;
 mod values;
 
 use std::net::SocketAddr;
@@ -15,6 +16,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
+pub use shaping::{
+    ClusterConfig, DEFAULT_REPLICAS, ProviderConfig, ReplyPattern, ShapingAction, ShapingConfig,
+    ShapingRule,
+};
 pub use values::Secret;
 use values::{Problems, duration, size};
 
@@ -28,6 +33,8 @@ pub struct Config {
     /// Tried in order; at least one.
     pub upstreams: Vec<UpstreamConfig>,
     pub providers: Vec<ProviderConfig>,
+    /// Deferral replies that slow a provider down.
+    pub shaping: ShapingConfig,
     pub metrics: MetricsConfig,
     pub admin: Option<AdminConfig>,
     pub cluster: Option<ClusterConfig>,
@@ -144,16 +151,6 @@ pub struct Credentials {
 }
 
 #[derive(Debug, Clone)]
-pub struct ProviderConfig {
-    pub name: String,
-    pub domains: Vec<String>,
-    pub mx_suffixes: Vec<String>,
-    pub messages_per_second: Option<f64>,
-    pub burst: Option<u32>,
-    pub max_connections: Option<usize>,
-}
-
-#[derive(Debug, Clone)]
 pub struct MetricsConfig {
     /// `None` disables the HTTP endpoint.
     pub listen: Option<SocketAddr>,
@@ -166,11 +163,6 @@ pub struct AdminConfig {
     pub token_env: Option<String>,
     /// `None` when `token_env` is unset or empty: the admin API stays off.
     pub token: Option<Secret>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    pub redis_url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +240,7 @@ impl Config {
         let providers = array::<raw::RawProvider>(&table, "provider", &mut p);
         let metrics = section::<raw::RawMetrics>(&table, "metrics", &mut p).unwrap_or_default();
         let admin = section::<raw::RawAdmin>(&table, "admin", &mut p);
+        let shaping = section::<raw::RawShaping>(&table, "shaping", &mut p);
         let cluster = section::<raw::RawCluster>(&table, "cluster", &mut p);
         let log = section::<raw::RawLog>(&table, "log", &mut p).unwrap_or_default();
 
@@ -257,23 +250,15 @@ impl Config {
             privacy: validate_privacy(privacy, &mut p),
             spool: validate_spool(spool, &mut p),
             upstreams: validate_upstreams(upstreams, &mut p),
-            providers: validate_providers(providers, &mut p),
+            providers: shaping::validate_providers(providers, &mut p),
+            shaping: shaping::validate_shaping(shaping, &mut p),
             metrics: MetricsConfig {
                 listen: metrics
                     .listen
                     .and_then(|l| p.socket_addr("metrics.listen", &l)),
             },
             admin: admin.map(|a| validate_admin(a, &mut p)),
-            cluster: cluster.and_then(|c| match c.redis_url {
-                Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                    Some(ClusterConfig { redis_url: url })
-                }
-                Some(_) => {
-                    p.push("cluster.redis_url", "must start with redis:// or rediss://");
-                    None
-                }
-                None => None,
-            }),
+            cluster: shaping::validate_cluster(cluster, &mut p),
             log: validate_log(log, &mut p),
         };
         p.into_result(config)
@@ -281,8 +266,8 @@ impl Config {
 }
 
 const KNOWN_SECTIONS: &[&str] = &[
-    "server", "access", "privacy", "spool", "upstream", "provider", "metrics", "admin", "cluster",
-    "log",
+    "server", "access", "privacy", "spool", "upstream", "provider", "shaping", "metrics", "admin",
+    "cluster", "log",
 ];
 
 /// Deserializes one `[section]`, recording a problem (with the key path) if it does not fit.
@@ -620,48 +605,6 @@ fn validate_upstreams(raw: Vec<raw::RawUpstream>, p: &mut Problems) -> Vec<Upstr
             }
         };
         out.push(UpstreamConfig { name, kind });
-    }
-    out
-}
-
-fn validate_providers(raw: Vec<raw::RawProvider>, p: &mut Problems) -> Vec<ProviderConfig> {
-    let mut out: Vec<ProviderConfig> = Vec::new();
-    for (i, r) in raw.into_iter().enumerate() {
-        let path = format!("provider[{i}]");
-        let Some(name) = p.required(&format!("{path}.name"), r.name) else {
-            continue;
-        };
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            p.push(
-                &format!("{path}.name"),
-                "must be letters, digits, '-', '_' or '.' (it is a metric label)",
-            );
-        }
-        if let Some(rate) = r.messages_per_second {
-            if !(rate.is_finite() && rate > 0.0) {
-                p.push(
-                    &format!("{path}.messages_per_second"),
-                    "must be a positive number",
-                );
-            }
-        }
-        let lower = |v: Option<Vec<String>>| {
-            v.unwrap_or_default()
-                .into_iter()
-                .map(|d| d.to_ascii_lowercase())
-                .collect()
-        };
-        out.push(ProviderConfig {
-            name,
-            domains: lower(r.domains),
-            mx_suffixes: lower(r.mx_suffixes),
-            messages_per_second: r.messages_per_second,
-            burst: r.burst.map(|b| b.clamp(1, u32::MAX as u64) as u32),
-            max_connections: r.max_connections.map(|c| c.max(1) as usize),
-        });
     }
     out
 }

@@ -101,6 +101,26 @@ pub struct RawProvider {
     pub messages_per_second: Option<f64>,
     pub burst: Option<u64>,
     pub max_connections: Option<u64>,
+    pub max_deliveries_per_connection: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShaping {
+    pub default_rules: Option<bool>,
+    /// Each rule is deserialized on its own, so one bad rule does not hide another's problems.
+    #[serde(default)]
+    pub rule: Vec<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub contains: Option<String>,
+    pub regex: Option<String>,
+    pub action: Option<String>,
+    pub factor: Option<f64>,
+    pub duration: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +140,7 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     pub redis_url: Option<String>,
+    pub replicas: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

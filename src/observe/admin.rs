@@ -101,12 +101,18 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
 /// The scheduler's status with every catalog provider listed (idle ones with zero queued).
 fn full_status(state: &AdminState) -> QueueStatus {
     let mut status = state.scheduler.status();
-    for name in state.relay.rules().catalog.names() {
+    let rules = state.relay.rules();
+    for name in rules.catalog.names() {
         if !status.providers.iter().any(|p| &p.name == name) {
+            let limits = rules.catalog.limits(name);
             status.providers.push(ProviderStatus {
                 name: name.clone(),
                 paused: false,
                 queued: 0,
+                slowed: false,
+                messages_per_second: limits.messages_per_second,
+                // No lane yet: its cap once one opens (0 = what the upstreams allow).
+                concurrency: limits.max_connections.unwrap_or(0),
             });
         }
     }

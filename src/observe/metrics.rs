@@ -21,6 +21,8 @@ pub struct Metrics {
     pub delivery_duration: HistogramVec,
     pub queue_messages: IntGaugeVec,
     pub throttle_delays: IntCounterVec,
+    /// 1 while a "too fast" deferral keeps the provider slowed down or suspended.
+    pub provider_slowed: IntGaugeVec,
     pub upstream_up: IntGaugeVec,
     pub inbound_connections: IntGauge,
     /// `reason`: a short fixed word such as `relay_denied`, `size`, `too_many_recipients`.
@@ -114,6 +116,11 @@ impl Metrics {
             throttle_delays: counter(
                 "mailveil_throttle_delays_total",
                 "Deliveries delayed by a provider throttle.",
+                &["provider"],
+            ),
+            provider_slowed: gauge_vec(
+                "mailveil_provider_slowed",
+                "1 while a deferral rule keeps the provider slowed down or suspended, else 0.",
                 &["provider"],
             ),
             upstream_up: gauge_vec(

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::observe::Metrics;
-use crate::upstream::{Delivered, Outbound, Upstream, UpstreamError};
+use crate::upstream::{Delivered, Outbound, Reuse, Upstream, UpstreamError};
 
 pub struct UpstreamSlot {
     pub upstream: Upstream,
@@ -67,10 +67,12 @@ impl UpstreamSlot {
 }
 
 /// Tries `slots` in order, skipping those cooling off (unless all are), and returns the name of
-/// the upstream that answered last with its result.
+/// the upstream that answered last with its result. `reuse` keeps the provider's connections
+/// apart (see [`Reuse`]).
 pub async fn send<'a>(
     slots: &'a [std::sync::Arc<UpstreamSlot>],
     outbound: Outbound<'_>,
+    reuse: Reuse<'_>,
     metrics: &Metrics,
     cool_off: Duration,
 ) -> (&'a str, Result<Delivered, UpstreamError>) {
@@ -84,7 +86,7 @@ pub async fn send<'a>(
     };
     let mut last = None;
     for slot in candidates {
-        let result = slot.upstream.send(outbound).await;
+        let result = slot.upstream.send_reusing(outbound, reuse).await;
         match &result {
             Err(e) if is_upstream_fault(e) => {
                 slot.mark_down(metrics, e, cool_off);

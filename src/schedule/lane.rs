@@ -5,15 +5,23 @@
 //! others keep their own slots and keep flowing. Why priority: a password reset that arrives
 //! behind a 23,000-copy newsletter must not wait for it, so deliveries of messages with few
 //! copies ([`Class::Transactional`]) are taken before copies of a large fan-out.
+//!
+//! Pacing: before a delivery starts, the dispatcher awaits the lane's [`Throttle`] (the
+//! provider's rate); a "too fast" deferral slows the lane ([`Lane::slow_down`]) — rate and
+//! concurrency — until a timer restores the configured limits.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::config::ShapingAction;
+
 use super::queue::QueuedMessage;
+use super::throttle::Throttle;
 
 /// Messages with at most this many deliveries are transactional.
 pub const TRANSACTIONAL_MAX_DELIVERIES: usize = 10;
@@ -71,13 +79,18 @@ pub struct Lane {
     paused: AtomicBool,
     /// Slots for deliveries in flight; the lane's concurrency.
     slots: Arc<Semaphore>,
+    /// Slots in force (the configured concurrency, lowered while slowed down).
     concurrency: AtomicUsize,
+    /// The configured concurrency.
+    configured: AtomicUsize,
+    /// The provider's pacing.
+    pub throttle: Throttle,
     /// Deliveries of this provider not yet final: ready, in flight or waiting for a retry.
     pub queued: AtomicU64,
 }
 
 impl Lane {
-    pub fn new(name: &str, concurrency: usize) -> Lane {
+    pub fn new(name: &str, concurrency: usize, throttle: Throttle) -> Lane {
         let concurrency = concurrency.max(1);
         Lane {
             name: name.to_string(),
@@ -86,6 +99,8 @@ impl Lane {
             paused: AtomicBool::new(false),
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency: AtomicUsize::new(concurrency),
+            configured: AtomicUsize::new(concurrency),
+            throttle,
             queued: AtomicU64::new(0),
         }
     }
@@ -112,8 +127,20 @@ impl Lane {
     }
 
     /// Changes how many deliveries may be in flight (config reload). Lowering takes effect as
-    /// deliveries in flight finish.
-    pub fn set_concurrency(&self, target: usize) {
+    /// deliveries in flight finish. A slowdown in force still applies on top.
+    pub fn set_concurrency(&self, configured: usize) {
+        self.configured.store(configured.max(1), Ordering::Relaxed);
+        self.apply_concurrency();
+    }
+
+    /// Sets the slots in force from the configured concurrency and the throttle's slowdown.
+    fn apply_concurrency(&self) {
+        let configured = self.configured.load(Ordering::Relaxed) as f64;
+        let factor = self.throttle.concurrency_factor();
+        self.resize((configured * factor).floor() as usize);
+    }
+
+    fn resize(&self, target: usize) {
         let target = target.max(1);
         let old = self.concurrency.swap(target, Ordering::Relaxed);
         if target > old {
@@ -137,8 +164,10 @@ impl Lane {
         self.concurrency.load(Ordering::Relaxed)
     }
 
-    /// Waits for a free slot and then for a ready item while the lane (and the whole queue, per
-    /// `globally_paused`) is not paused. Returns `None` only if the semaphore is closed.
+    /// Waits for a free slot, then for a ready item while the lane (and the whole queue, per
+    /// `globally_paused`) is not paused, then for the provider's throttle. The item is taken
+    /// only after the throttle, so one that arrives meanwhile with a higher priority goes first.
+    /// Returns `None` only if the semaphore is closed.
     pub async fn next(
         &self,
         globally_paused: &AtomicBool,
@@ -146,19 +175,95 @@ impl Lane {
         let permit = self.slots.clone().acquire_owned().await.ok()?;
         loop {
             let notified = self.wake.notified();
-            if !self.is_paused() && !globally_paused.load(Ordering::Relaxed) {
-                if let Some(Reverse(item)) = self.ready.lock().expect("not poisoned").pop() {
+            let may_start = || !self.is_paused() && !globally_paused.load(Ordering::Relaxed);
+            if may_start() && !self.ready.lock().expect("not poisoned").is_empty() {
+                self.throttle.acquire().await;
+                // Only this lane's dispatcher takes items, so one is still there unless a pause
+                // came while the throttle waited (then the throttle's turn is simply spent).
+                if may_start()
+                    && let Some(Reverse(item)) = self.ready.lock().expect("not poisoned").pop()
+                {
                     return Some((item, permit));
                 }
+                continue;
             }
             notified.await;
         }
+    }
+
+    /// Applies a shaping rule's action to this provider for `duration`, then restores the
+    /// configured limits. Logs one line when the provider gets slower and one when it recovers
+    /// (naming the rule, not the reply, which may contain an address).
+    pub fn slow_down(self: &Arc<Self>, action: ShapingAction, duration: Duration, rule: &str) {
+        let change = self.throttle.slow_down(action, duration);
+        self.apply_concurrency();
+        if change.slower {
+            match action {
+                ShapingAction::Suspend => tracing::warn!(
+                    provider = %self.name, for_secs = duration.as_secs(), %rule,
+                    "provider suspended after a deferral"
+                ),
+                ShapingAction::Slow { .. } => tracing::warn!(
+                    provider = %self.name, factor = change.slowdown.factor,
+                    messages_per_second = self.throttle.effective_rate().map(|r| r.per_second),
+                    concurrency = self.concurrency(), for_secs = duration.as_secs(), %rule,
+                    "provider slowed down after a deferral"
+                ),
+            }
+        }
+        let lane = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(change.slowdown.until).await;
+            if lane.throttle.recover(change.slowdown.generation) {
+                lane.apply_concurrency();
+                tracing::info!(
+                    provider = %lane.name,
+                    messages_per_second = lane.throttle.effective_rate().map(|r| r.per_second),
+                    concurrency = lane.concurrency(),
+                    "provider recovered; configured limits restored"
+                );
+            }
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::throttle::{Rate, ThrottleMetrics};
+
+    fn lane(concurrency: usize) -> Arc<Lane> {
+        let metrics = ThrottleMetrics {
+            delays: prometheus::IntCounter::new("d", "d").unwrap(),
+            slowed: prometheus::IntGauge::new("s", "s").unwrap(),
+        };
+        let rate = Some(Rate {
+            per_second: 10.0,
+            burst: 4,
+        });
+        let throttle = Throttle::new("p", rate, metrics, None);
+        Arc::new(Lane::new("p", concurrency, throttle))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slowdown_lowers_concurrency_and_rate_until_it_ends() {
+        let lane = lane(4);
+        lane.slow_down(
+            ShapingAction::Slow { factor: 0.5 },
+            Duration::from_secs(60),
+            "test",
+        );
+        assert_eq!(lane.concurrency(), 2);
+        assert_eq!(lane.throttle.effective_rate().unwrap().per_second, 5.0);
+        lane.set_concurrency(8); // a reload during the slowdown
+        assert_eq!(lane.concurrency(), 4, "the slowdown still applies");
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(lane.concurrency(), 4);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(lane.concurrency(), 8, "recovered to the reloaded value");
+        assert_eq!(lane.throttle.effective_rate().unwrap().per_second, 10.0);
+        assert!(lane.throttle.slowdown().is_none());
+    }
 
     #[test]
     fn classes_order_before_arrival() {

@@ -1,13 +1,18 @@
-//! Delivery scheduling: which provider a recipient belongs to ([`provider`]), when a deferred
-//! delivery is tried again ([`retry`]), and the queue that hands copies to upstreams with
-//! failover ([`queue`]).
+//! Delivery scheduling: which provider a recipient belongs to and its limits ([`provider`]),
+//! when a deferred delivery is tried again ([`retry`]), the queue that hands copies to
+//! upstreams with failover ([`queue`]) in per-provider lanes ([`lane`]), and traffic shaping:
+//! the per-provider rate limiter ([`throttle`]), shared across replicas through Redis
+//! ([`cluster`]), and the deferral rules that slow a provider down ([`rules`]).
 
 pub mod bounce;
+pub mod cluster;
 pub mod failover;
 pub mod lane;
 pub mod provider;
 pub mod queue;
 pub mod retry;
+pub mod rules;
+pub mod throttle;
 
 pub use provider::ProviderCatalog;
 pub use queue::Scheduler;

@@ -1,8 +1,10 @@
-//! The provider of a recipient: which big mailbox provider's rules its copy is paced by.
+//! The provider of a recipient: which big mailbox provider's rules its copy is paced by, and
+//! the limits of that provider.
 //!
-//! Built-in entries cover the providers that throttle hard; `[[provider]]` entries in the config
-//! add new providers or replace a built-in one's domains by name. Anything else is `default`.
-//! (Limits per provider and MX-suffix classification arrive with traffic shaping.)
+//! Built-in entries cover the providers that throttle hard, with conservative default limits
+//! (see `docs/shaping.md` for where the numbers come from); `[[provider]]` entries in the config
+//! add new providers or override a built-in one field by field, by name. Anything else is
+//! `default`, which is unthrottled unless a `[[provider]] name = "default"` entry sets limits.
 
 use std::collections::HashMap;
 
@@ -11,10 +13,65 @@ use crate::config::ProviderConfig;
 /// Name of the lane for recipients no catalog entry claims.
 pub const DEFAULT_PROVIDER: &str = "default";
 
-const BUILT_IN: &[(&str, &[&str])] = &[
-    (
-        "yahoo",
-        &[
+/// How fast, and over how many connections, one provider may be sent to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProviderLimits {
+    /// Sustained message rate; `None` is unthrottled.
+    pub messages_per_second: Option<f64>,
+    /// Messages that may go back to back before the rate applies (GCRA burst).
+    pub burst: u32,
+    /// Deliveries in flight (= upstream connections busy) at once; `None`: what the upstreams
+    /// allow.
+    pub max_connections: Option<usize>,
+    /// Transactions on one connection before it is closed and a fresh one opened; `None`: the
+    /// upstream's own limit.
+    pub max_deliveries_per_connection: Option<u32>,
+}
+
+impl ProviderLimits {
+    /// No limits at all: the `default` lane and configured providers without limits.
+    pub const UNLIMITED: ProviderLimits = ProviderLimits {
+        messages_per_second: None,
+        burst: 1,
+        max_connections: None,
+        max_deliveries_per_connection: None,
+    };
+
+    const fn new(rate: f64, burst: u32, connections: usize, per_connection: u32) -> Self {
+        ProviderLimits {
+            messages_per_second: Some(rate),
+            burst,
+            max_connections: Some(connections),
+            max_deliveries_per_connection: Some(per_connection),
+        }
+    }
+
+    /// These limits with every field the config sets replaced.
+    fn overridden_by(self, p: &ProviderConfig) -> ProviderLimits {
+        ProviderLimits {
+            messages_per_second: p.messages_per_second.or(self.messages_per_second),
+            burst: p.burst.unwrap_or(self.burst),
+            max_connections: p.max_connections.or(self.max_connections),
+            max_deliveries_per_connection: p
+                .max_deliveries_per_connection
+                .or(self.max_deliveries_per_connection),
+        }
+    }
+}
+
+struct BuiltIn {
+    name: &'static str,
+    domains: &'static [&'static str],
+    limits: ProviderLimits,
+}
+
+/// The built-in catalog. Limits are per relay (or per cluster with `[cluster]`) and deliberately
+/// conservative: a sender without an established reputation that stays under them should rarely
+/// see a "too fast" deferral. None of these providers publishes exact numbers.
+const BUILT_IN: &[BuiltIn] = &[
+    BuiltIn {
+        name: "yahoo",
+        domains: &[
             "yahoo.com",
             "ymail.com",
             "rocketmail.com",
@@ -25,10 +82,11 @@ const BUILT_IN: &[(&str, &[&str])] = &[
             "yahoo.fr",
             "yahoo.de",
         ],
-    ),
-    (
-        "netease",
-        &[
+        limits: ProviderLimits::new(2.0, 10, 4, 20),
+    },
+    BuiltIn {
+        name: "netease",
+        domains: &[
             "163.com",
             "126.com",
             "yeah.net",
@@ -36,12 +94,21 @@ const BUILT_IN: &[(&str, &[&str])] = &[
             "vip.163.com",
             "vip.126.com",
         ],
-    ),
-    ("qq", &["qq.com", "foxmail.com", "vip.qq.com"]),
-    ("google", &["gmail.com", "googlemail.com"]),
-    (
-        "microsoft",
-        &[
+        limits: ProviderLimits::new(1.0, 5, 2, 10),
+    },
+    BuiltIn {
+        name: "qq",
+        domains: &["qq.com", "foxmail.com", "vip.qq.com"],
+        limits: ProviderLimits::new(1.0, 5, 2, 10),
+    },
+    BuiltIn {
+        name: "google",
+        domains: &["gmail.com", "googlemail.com"],
+        limits: ProviderLimits::new(10.0, 50, 10, 100),
+    },
+    BuiltIn {
+        name: "microsoft",
+        domains: &[
             "outlook.com",
             "hotmail.com",
             "live.com",
@@ -49,8 +116,13 @@ const BUILT_IN: &[(&str, &[&str])] = &[
             "hotmail.co.uk",
             "outlook.fr",
         ],
-    ),
-    ("apple", &["icloud.com", "me.com", "mac.com"]),
+        limits: ProviderLimits::new(5.0, 20, 5, 50),
+    },
+    BuiltIn {
+        name: "apple",
+        domains: &["icloud.com", "me.com", "mac.com"],
+        limits: ProviderLimits::new(5.0, 20, 4, 50),
+    },
 ];
 
 /// Names of the built-in providers.
@@ -60,31 +132,53 @@ pub const BUILT_IN_NAMES: &[&str] = &["yahoo", "netease", "qq", "google", "micro
 pub struct ProviderCatalog {
     by_domain: HashMap<String, String>,
     names: Vec<String>,
+    limits: HashMap<String, ProviderLimits>,
 }
 
 impl ProviderCatalog {
     /// Built-in entries overridden or extended by the configured ones.
     pub fn new(configured: &[ProviderConfig]) -> Self {
-        let mut entries: Vec<(String, Vec<String>)> = BUILT_IN
+        let mut entries: Vec<(String, Vec<String>, ProviderLimits)> = BUILT_IN
             .iter()
-            .map(|(n, d)| (n.to_string(), d.iter().map(|d| d.to_string()).collect()))
+            .map(|b| {
+                let domains = b.domains.iter().map(|d| d.to_string()).collect();
+                (b.name.to_string(), domains, b.limits)
+            })
             .collect();
+        entries.push((DEFAULT_PROVIDER.into(), vec![], ProviderLimits::UNLIMITED));
         for p in configured {
-            match entries.iter_mut().find(|(n, _)| *n == p.name) {
-                Some(entry) if !p.domains.is_empty() => entry.1 = p.domains.clone(),
-                Some(_) => {}
-                None => entries.push((p.name.clone(), p.domains.clone())),
+            match entries.iter_mut().find(|(n, _, _)| *n == p.name) {
+                Some(entry) => {
+                    if !p.domains.is_empty() {
+                        entry.1 = p.domains.clone();
+                    }
+                    entry.2 = entry.2.overridden_by(p);
+                }
+                None => entries.push((
+                    p.name.clone(),
+                    p.domains.clone(),
+                    ProviderLimits::UNLIMITED.overridden_by(p),
+                )),
             }
         }
         let mut by_domain = HashMap::new();
-        for (name, domains) in &entries {
+        let mut names = Vec::new();
+        let mut limits = HashMap::new();
+        for (name, domains, l) in entries {
             for d in domains {
                 by_domain.insert(d.to_ascii_lowercase(), name.clone());
             }
+            limits.insert(name.clone(), l);
+            if name != DEFAULT_PROVIDER {
+                names.push(name);
+            }
         }
-        let mut names: Vec<String> = entries.into_iter().map(|(n, _)| n).collect();
         names.push(DEFAULT_PROVIDER.to_string());
-        ProviderCatalog { by_domain, names }
+        ProviderCatalog {
+            by_domain,
+            names,
+            limits,
+        }
     }
 
     /// The provider lane of one address (by its domain, case-insensitively).
@@ -101,6 +195,14 @@ impl ProviderCatalog {
     pub fn names(&self) -> &[String] {
         &self.names
     }
+
+    /// The limits of `provider`; unknown names (a lane from an older config) are unlimited.
+    pub fn limits(&self, provider: &str) -> ProviderLimits {
+        self.limits
+            .get(provider)
+            .copied()
+            .unwrap_or(ProviderLimits::UNLIMITED)
+    }
 }
 
 #[cfg(test)]
@@ -111,28 +213,46 @@ mod tests {
     fn built_in_domains_and_default() {
         let c = ProviderCatalog::new(&[]);
         assert_eq!(c.classify("a@Yahoo.COM"), "yahoo");
+        assert_eq!(c.classify("a@aol.com"), "yahoo");
         assert_eq!(c.classify("a@vip.163.com"), "netease");
+        assert_eq!(c.classify("a@yeah.net"), "netease");
         assert_eq!(c.classify("a@foxmail.com"), "qq");
+        assert_eq!(c.classify("a@msn.com"), "microsoft");
+        assert_eq!(c.classify("a@mac.com"), "apple");
         assert_eq!(c.classify("a@example.org"), DEFAULT_PROVIDER);
         assert_eq!(c.classify("no-domain"), DEFAULT_PROVIDER);
     }
 
     #[test]
     fn built_in_names_match_the_table() {
-        let names: Vec<&str> = BUILT_IN.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = BUILT_IN.iter().map(|b| b.name).collect();
         assert_eq!(names, BUILT_IN_NAMES);
     }
 
     #[test]
-    fn config_adds_and_overrides_by_name() {
-        let p = |name: &str, domains: &[&str]| ProviderConfig {
+    fn every_built_in_has_complete_conservative_limits() {
+        let c = ProviderCatalog::new(&[]);
+        for name in BUILT_IN_NAMES {
+            let l = c.limits(name);
+            let rate = l.messages_per_second.expect("built-ins are throttled");
+            assert!(rate > 0.0 && rate <= 10.0, "{name}");
+            assert!(l.burst >= 1 && f64::from(l.burst) <= rate * 10.0, "{name}");
+            assert!(l.max_connections.is_some_and(|n| n <= 10), "{name}");
+            assert!(l.max_deliveries_per_connection.is_some(), "{name}");
+        }
+        assert_eq!(c.limits(DEFAULT_PROVIDER), ProviderLimits::UNLIMITED);
+    }
+
+    fn p(name: &str, domains: &[&str]) -> ProviderConfig {
+        ProviderConfig {
             name: name.into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
-            mx_suffixes: vec![],
-            messages_per_second: None,
-            burst: None,
-            max_connections: None,
-        };
+            ..ProviderConfig::default()
+        }
+    }
+
+    #[test]
+    fn config_adds_and_overrides_by_name() {
         let c = ProviderCatalog::new(&[p("yahoo", &["yahoo.com"]), p("corp", &["corp.example"])]);
         assert_eq!(
             c.classify("a@aol.com"),
@@ -142,5 +262,35 @@ mod tests {
         assert_eq!(c.classify("a@corp.example"), "corp");
         assert!(c.names().iter().any(|n| n == "corp"));
         assert_eq!(c.names().last().unwrap(), DEFAULT_PROVIDER);
+        assert_eq!(
+            c.names().iter().filter(|n| *n == DEFAULT_PROVIDER).count(),
+            1
+        );
+        assert_eq!(c.limits("corp"), ProviderLimits::UNLIMITED);
+    }
+
+    #[test]
+    fn overrides_are_per_field() {
+        let yahoo = ProviderConfig {
+            messages_per_second: Some(7.5),
+            ..p("yahoo", &[])
+        };
+        let default = ProviderConfig {
+            max_connections: Some(3),
+            ..p(DEFAULT_PROVIDER, &[])
+        };
+        let c = ProviderCatalog::new(&[yahoo, default]);
+        let built_in = ProviderCatalog::new(&[]).limits("yahoo");
+        let l = c.limits("yahoo");
+        assert_eq!(l.messages_per_second, Some(7.5));
+        assert_eq!(l.burst, built_in.burst, "burst kept from the built-in");
+        assert_eq!(l.max_connections, built_in.max_connections);
+        assert_eq!(
+            c.classify("a@aol.com"),
+            "yahoo",
+            "domains kept when none given"
+        );
+        assert_eq!(c.limits(DEFAULT_PROVIDER).max_connections, Some(3));
+        assert_eq!(c.limits(DEFAULT_PROVIDER).messages_per_second, None);
     }
 }

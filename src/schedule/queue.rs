@@ -6,6 +6,11 @@
 //! Outcomes: `2xx` delivered; a temporary failure waits (a timer, not a slot) and is retried
 //! with backoff until `spool.max_queue_time`, then failed; `5xx` failed at once, never retried.
 //! A message leaves the spool when all its deliveries are final.
+//!
+//! Shaping: each lane paces its provider ([`Throttle`], shared across replicas through
+//! [`SharedLimits`] with `[cluster]`), caps its concurrency and its deliveries per connection
+//! from the provider catalog, and a deferral matching a shaping rule ([`rules`](super::rules))
+//! slows the lane down for a while.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,19 +20,22 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ProviderConfig, SpoolConfig, UpstreamKind};
+use crate::config::{Config, ShapingRule, SpoolConfig, UpstreamKind};
 use crate::envelope::Envelope;
 use crate::observe::{Metrics, Redactor};
 use crate::privacy::{self, Decision, PlannedDelivery, Rewrite};
 use crate::spool::{DeliveryRecord, LogEntry, MessageMeta, Spool, SpoolError, unix_now};
-use crate::upstream::{Outbound, Upstream};
+use crate::upstream::{Outbound, Reuse, Upstream};
 
 use super::bounce::{self, Failure};
+use super::cluster::SharedLimits;
 use super::failover::{self, UpstreamSlot};
 use super::lane::{Class, Lane, Ready};
 use super::provider::DEFAULT_PROVIDER;
 use super::provider::ProviderCatalog;
 use super::retry::{backoff, random_jitter};
+use super::rules;
+use super::throttle::{Rate, Throttle, ThrottleMetrics};
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
 #[derive(Clone)]
@@ -46,17 +54,20 @@ struct Inner {
     redactor: Redactor,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// The shared Redis of `[cluster]` (fixed for the process' life).
+    cluster: Option<Arc<SharedLimits>>,
 }
 
 /// The reloadable part of the scheduler's configuration.
 struct Settings {
     retry: SpoolConfig,
-    providers: Vec<ProviderConfig>,
     /// The most connections any one upstream may open: what the `default` lane may use.
     upstream_connections: usize,
     /// For bounces: our name and the lane of the sender they go back to.
     hostname: String,
     catalog: ProviderCatalog,
+    /// Shaping rules in matching order.
+    rules: Arc<Vec<ShapingRule>>,
 }
 
 impl Settings {
@@ -72,10 +83,10 @@ impl Settings {
             .unwrap_or(16);
         Settings {
             retry: config.spool.clone(),
-            providers: config.providers.clone(),
             upstream_connections,
             hostname: config.server.hostname.clone(),
             catalog: ProviderCatalog::new(&config.providers),
+            rules: Arc::new(rules::for_config(&config.shaping)),
         }
     }
 }
@@ -113,6 +124,11 @@ impl Scheduler {
             .into_iter()
             .map(|u| Arc::new(UpstreamSlot::new(u)))
             .collect();
+        let shutdown = CancellationToken::new();
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(|c| SharedLimits::start(c, metrics.cluster_up.clone(), shutdown.child_token()));
         Scheduler {
             inner: Arc::new(Inner {
                 spool,
@@ -124,7 +140,8 @@ impl Scheduler {
                 metrics,
                 redactor,
                 tracker: TaskTracker::new(),
-                shutdown: CancellationToken::new(),
+                shutdown,
+                cluster,
             }),
         }
     }
@@ -234,6 +251,9 @@ impl Scheduler {
                 name: l.name.clone(),
                 paused: l.is_paused(),
                 queued: l.queued.load(Ordering::Relaxed),
+                slowed: l.throttle.slowdown().is_some(),
+                messages_per_second: l.throttle.effective_rate().map(|r| r.per_second),
+                concurrency: l.concurrency(),
             })
             .collect();
         providers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -253,9 +273,11 @@ impl Scheduler {
         }
     }
 
-    /// Applies a reloaded configuration: retry timing, provider concurrency, and the upstreams
-    /// (new credentials or TLS files). Deliveries in flight finish on the upstream they started
-    /// with; health state carries over for upstreams with the same name.
+    /// Applies a reloaded configuration: retry timing, provider limits (rate, burst,
+    /// concurrency, deliveries per connection), shaping rules, and the upstreams (new
+    /// credentials or TLS files). A slowdown in force keeps running to its end. Deliveries in
+    /// flight finish on the upstream they started with; health state carries over for
+    /// upstreams with the same name. `[cluster]` changes need a restart.
     pub fn apply_config(&self, config: &Config, upstreams: Vec<Upstream>) {
         *self.inner.settings.write().expect("not poisoned") = Settings::from_config(config);
         let old = self.inner.upstreams();
@@ -276,6 +298,7 @@ impl Scheduler {
         *self.inner.upstreams.write().expect("not poisoned") = Arc::new(slots);
         for lane in self.inner.lanes.read().expect("not poisoned").values() {
             lane.set_concurrency(self.inner.lane_concurrency(&lane.name));
+            lane.throttle.set_rate(self.inner.lane_rate(&lane.name));
         }
     }
 
@@ -308,30 +331,39 @@ impl Inner {
                 .settings
                 .read()
                 .expect("not poisoned")
-                .providers
+                .catalog
+                .names()
                 .iter()
-                .any(|p| p.name == name)
+                .any(|p| p == name)
             || self.lanes.read().expect("not poisoned").contains_key(name)
     }
 
-    /// In-flight limit of a provider's lane: its configured `max_connections`, else all but one
-    /// upstream connection for `default` and at most half of them (and at most 4) for a named
-    /// provider. Why not all: the upstream's connection cap is shared by every lane, and a lane
-    /// whose deliveries hang holds its connections until the upstream `timeout`; it must leave
-    /// some for the other providers.
+    /// In-flight limit of a provider's lane: its `max_connections` (catalog or config) but never
+    /// more than all upstream connections but one, else all but one for `default` and at most
+    /// half of them (and at most 4) for a named provider. Why not all: the upstream's connection cap is shared by every lane, and a
+    /// lane whose deliveries hang holds its connections until the upstream `timeout`; it must
+    /// leave some for the other providers.
     fn lane_concurrency(&self, provider: &str) -> usize {
         let settings = self.settings.read().expect("not poisoned");
         let total = settings.upstream_connections;
-        match settings
-            .providers
-            .iter()
-            .find(|p| p.name == provider)
-            .and_then(|p| p.max_connections)
-        {
-            Some(n) => n,
-            None if provider == DEFAULT_PROVIDER => total.saturating_sub(1).max(1),
+        // Every lane leaves at least one upstream connection for the others, even when its
+        // provider's own limit (built-in catalog or config) is higher.
+        let all_but_one = total.saturating_sub(1).max(1);
+        match settings.catalog.limits(provider).max_connections {
+            Some(n) => n.min(all_but_one),
+            None if provider == DEFAULT_PROVIDER => all_but_one,
             None => (total / 2).clamp(1, 4),
         }
+    }
+
+    /// The configured message rate of a provider (`None`: unthrottled).
+    fn lane_rate(&self, provider: &str) -> Option<Rate> {
+        let settings = self.settings.read().expect("not poisoned");
+        let limits = settings.catalog.limits(provider);
+        limits.messages_per_second.map(|per_second| Rate {
+            per_second,
+            burst: limits.burst,
+        })
     }
 
     /// The lane of `provider`, created with its dispatcher on first use.
@@ -343,7 +375,20 @@ impl Inner {
         if let Some(lane) = lanes.get(provider) {
             return lane.clone();
         }
-        let lane = Arc::new(Lane::new(provider, self.lane_concurrency(provider)));
+        let throttle = Throttle::new(
+            provider,
+            self.lane_rate(provider),
+            ThrottleMetrics {
+                delays: self.metrics.throttle_delays.with_label_values(&[provider]),
+                slowed: self.metrics.provider_slowed.with_label_values(&[provider]),
+            },
+            self.cluster.clone(),
+        );
+        let lane = Arc::new(Lane::new(
+            provider,
+            self.lane_concurrency(provider),
+            throttle,
+        ));
         lanes.insert(provider.to_string(), lane.clone());
         let (inner, dispatched) = (self.clone(), lane.clone());
         self.tracker
@@ -414,13 +459,20 @@ impl Inner {
             body,
         };
         let slots = self.upstreams();
-        let cool_off = self
-            .settings
-            .read()
-            .expect("not poisoned")
-            .retry
-            .upstream_cool_off;
-        let (upstream, result) = failover::send(&slots, outbound, &self.metrics, cool_off).await;
+        let (cool_off, per_connection) = {
+            let settings = self.settings.read().expect("not poisoned");
+            let limits = settings.catalog.limits(&lane.name);
+            (
+                settings.retry.upstream_cool_off,
+                limits.max_deliveries_per_connection,
+            )
+        };
+        let reuse = Reuse {
+            provider: &lane.name,
+            max_transactions: per_connection,
+        };
+        let (upstream, result) =
+            failover::send(&slots, outbound, reuse, &self.metrics, cool_off).await;
         drop(bytes);
         let rcpts = self.redactor.list(&record.planned.rcpt_to);
         let provider = lane.name.as_str();
@@ -479,6 +531,7 @@ impl Inner {
                 ))
             }
             Err(error) => {
+                self.shape(lane, &error);
                 let now = unix_now();
                 let retry = self.settings.read().expect("not poisoned").retry.clone();
                 let delay = backoff(
@@ -542,6 +595,17 @@ impl Inner {
             message.active.fetch_sub(1, Ordering::Relaxed);
             message.release_if_idle();
             self.record(lane, &message, index, entry, failed_code);
+        }
+    }
+
+    /// Slows `lane` down when a temporary failure's reply matches a shaping rule.
+    fn shape(&self, lane: &Arc<Lane>, error: &crate::upstream::UpstreamError) {
+        let Some(reply) = rules::deferral_reply(error) else {
+            return;
+        };
+        let rules = self.settings.read().expect("not poisoned").rules.clone();
+        if let Some(rule) = rules::find(&rules, &reply) {
+            lane.slow_down(rule.action, rule.duration, &rule.pattern.to_string());
         }
     }
 
@@ -697,6 +761,12 @@ pub struct ProviderStatus {
     pub paused: bool,
     /// Deliveries waiting or in flight in this provider's lane.
     pub queued: u64,
+    /// A "too fast" deferral has slowed (or suspended) this provider for a while.
+    pub slowed: bool,
+    /// The rate in force (configured, times any slowdown); `None`: unthrottled.
+    pub messages_per_second: Option<f64>,
+    /// Deliveries in flight allowed now.
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -154,3 +154,31 @@ async fn a_transactional_message_overtakes_a_queued_fan_out() {
         "first delivered was not the reset"
     );
 }
+
+#[tokio::test]
+async fn reloaded_provider_limits_apply_to_existing_lanes() {
+    let f = fixture(
+        "[[provider]]\nname = \"alpha\"\ndomains = [\"a.test\"]\nmessages_per_second = 1.0\nmax_connections = 2",
+    );
+    f.scheduler.pause(Some("alpha")).unwrap(); // creates the lane
+    let alpha = |f: &Fixture| {
+        let status = f.scheduler.status();
+        let p = status
+            .providers
+            .into_iter()
+            .find(|p| p.name == "alpha")
+            .unwrap();
+        (p.messages_per_second, p.concurrency)
+    };
+    assert_eq!(alpha(&f), (Some(1.0), 2));
+    let dir = f._dir.path();
+    let reloaded = Config::from_toml(&format!(
+        "[[provider]]\nname = \"alpha\"\ndomains = [\"a.test\"]\nmessages_per_second = 20.0\nmax_connections = 5\n[spool]\ndir = \"{}\"\n[[upstream]]\nname = \"outbox\"\ndir = \"{}\"\n",
+        dir.join("spool").display(),
+        f.outbox.display()
+    ))
+    .unwrap();
+    let upstreams = vec![Upstream::from_config(&reloaded.upstreams[0], "test").unwrap()];
+    f.scheduler.apply_config(&reloaded, upstreams);
+    assert_eq!(alpha(&f), (Some(20.0), 5));
+}

@@ -197,6 +197,13 @@ impl SmtpClient {
             .map(|_| ())
     }
 
+    /// Closes and waits (briefly) for the answer to QUIT. Used where a new connection takes
+    /// this one's place, so the upstream never sees more than the cap open at once.
+    pub async fn close_now(&self, mut conn: Connection) {
+        let after = self.timeouts.command.min(std::time::Duration::from_secs(5));
+        let _ = tokio::time::timeout(after, conn.smtp.command(Quit)).await;
+    }
+
     /// Closes politely in the background: QUIT costs a round trip nobody should wait for.
     pub fn close(&self, mut conn: Connection) {
         let after = self.timeouts.command;

@@ -145,6 +145,30 @@ impl UpstreamError {
         }
     }
 
+    /// The upstream's reply text (without the code) when it answered with one: what traffic
+    /// shaping rules match "too fast" deferrals against.
+    pub fn reply_text(&self) -> Option<&str> {
+        match self {
+            UpstreamError::Refused { text, .. } | UpstreamError::Rejected { text, .. } => {
+                Some(text)
+            }
+            UpstreamError::Auth {
+                code: Some(_),
+                text,
+            } => Some(text),
+            UpstreamError::Auth { code: None, .. }
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Tls(_)
+            | UpstreamError::NoStartTls
+            | UpstreamError::Protocol { .. }
+            | UpstreamError::Io { .. }
+            | UpstreamError::Envelope(_)
+            | UpstreamError::Config(_)
+            | UpstreamError::Capture(_) => None,
+        }
+    }
+
     /// Maps a lettre error raised at `stage`. Negative replies become `Refused`/`Rejected`
     /// (by stage) or `Auth`/`Tls` for those steps; the rest by lettre's own kind.
     pub(crate) fn from_lettre(stage: Stage, err: lettre::transport::smtp::Error) -> Self {

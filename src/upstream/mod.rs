@@ -36,6 +36,24 @@ pub struct Outbound<'a> {
     pub body: &'a [u8],
 }
 
+/// Which connections a copy may use: those opened for the same provider lane, each closed after
+/// `max_transactions` (when lower than the upstream's own limit). Why: providers count
+/// deliveries per connection and connections per sender; keeping each provider's connections
+/// apart makes those limits exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse<'a> {
+    pub provider: &'a str,
+    pub max_transactions: Option<u32>,
+}
+
+impl Reuse<'static> {
+    /// No provider: every such copy shares the same connections under the upstream's limits.
+    pub const ANY: Reuse<'static> = Reuse {
+        provider: "",
+        max_transactions: None,
+    };
+}
+
 /// A successful hand-over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
@@ -198,8 +216,17 @@ impl Upstream {
     /// Hands one copy over: one SMTP transaction with every recipient of `msg` (all accepted,
     /// or the copy fails as a whole), or one capture in the directory.
     pub async fn send(&self, msg: Outbound<'_>) -> Result<Delivered, UpstreamError> {
+        self.send_reusing(msg, Reuse::ANY).await
+    }
+
+    /// Like [`send`](Self::send), on a connection of `reuse.provider`.
+    pub async fn send_reusing(
+        &self,
+        msg: Outbound<'_>,
+        reuse: Reuse<'_>,
+    ) -> Result<Delivered, UpstreamError> {
         match &self.kind {
-            Kind::Smtp(smtp) => smtp.send(&msg).await,
+            Kind::Smtp(smtp) => smtp.send(&msg, reuse).await,
             Kind::Dir(dir) => send_to_dir(dir.clone(), &msg).await,
         }
     }
@@ -226,15 +253,28 @@ impl SmtpUpstream {
         })
     }
 
-    async fn send(&self, msg: &Outbound<'_>) -> Result<Delivered, UpstreamError> {
+    async fn send(&self, msg: &Outbound<'_>, reuse: Reuse<'_>) -> Result<Delivered, UpstreamError> {
         client::check_envelope(msg)?;
         let _permit = self.pool.admit().await;
-        let limits = *self.pool.limits();
+        let mut limits = *self.pool.limits();
+        if let Some(n) = reuse.max_transactions {
+            limits.max_transactions = limits.max_transactions.min(n.max(1));
+        }
+        let key = reuse.provider;
         // A pooled connection the server closed while idle fails on MAIL; nothing was accepted
         // then, so the copy goes once more over a fresh connection.
         let mut fresh_only = false;
         loop {
-            let idle = if fresh_only { None } else { self.pool.take() };
+            let idle = if fresh_only {
+                None
+            } else {
+                self.pool.take(key)
+            };
+            if idle.is_none()
+                && let Some(other) = self.pool.evict_other(key)
+            {
+                self.client.close_now(other).await;
+            }
             let (mut conn, reused) = match idle {
                 Some((mut conn, idle_for)) => {
                     if idle_for >= limits.check_after_idle
@@ -248,7 +288,7 @@ impl SmtpUpstream {
             };
             match self.client.transaction(&mut conn, msg).await {
                 Ok(reply) => {
-                    self.release(conn, limits);
+                    self.release(conn, limits, key).await;
                     return Ok(Delivered { reply });
                 }
                 Err(e) if reused && e.is_stale_connection() => {
@@ -256,7 +296,7 @@ impl SmtpUpstream {
                 }
                 Err(e) => {
                     if e.leaves_connection_usable() && self.client.reset(&mut conn).await.is_ok() {
-                        self.release(conn, limits);
+                        self.release(conn, limits, key).await;
                     }
                     return Err(e);
                 }
@@ -265,11 +305,13 @@ impl SmtpUpstream {
     }
 
     /// Returns a healthy connection to the pool, or closes it when it has done its share or the
-    /// pool is full. Called while the sender still holds its permit (see `pool.rs`).
-    fn release(&self, conn: Connection, limits: PoolLimits) {
+    /// pool is full. Called while the sender still holds its permit (see `pool.rs`); a
+    /// connection that has done its share is closed before the permit goes, since the next
+    /// sender will open a new one in its place.
+    async fn release(&self, conn: Connection, limits: PoolLimits, key: &str) {
         if conn.transactions >= limits.max_transactions {
-            self.client.close(conn);
-        } else if let Some(conn) = self.pool.put(conn) {
+            self.client.close_now(conn).await;
+        } else if let Some(conn) = self.pool.put(conn, key) {
             self.client.close(conn);
         }
     }

@@ -9,6 +9,11 @@
 //! permit is released, so busy + idle never exceeds `max_connections` open connections.
 //! Idle connections are reused most-recently-used first, so a burst's extra connections age out
 //! instead of being kept warm in rotation.
+//!
+//! Each connection belongs to the provider lane it was opened for (its key) and carries only that
+//! provider's copies, so a provider's connection count and deliveries per connection are its own.
+//! When a send finds no idle connection of its key, it closes one idle connection of another key
+//! before opening its own, which keeps the cap above.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,6 +26,7 @@ use super::PoolLimits;
 struct Idle<C> {
     conn: C,
     since: Instant,
+    key: String,
 }
 
 pub(crate) struct Pool<C> {
@@ -51,9 +57,10 @@ impl<C> Pool<C> {
         }
     }
 
-    /// The most recently used idle connection and how long it sat idle. Connections idle for
-    /// longer than `max_idle` are dropped (closed) on the way: the server has likely closed them.
-    pub fn take(&self) -> Option<(C, Duration)> {
+    /// The most recently used idle connection of `key` and how long it sat idle. Connections
+    /// idle for longer than `max_idle` are dropped (closed) on the way: the server has likely
+    /// closed them.
+    pub fn take(&self, key: &str) -> Option<(C, Duration)> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // Oldest first in the vector: drop the expired prefix.
@@ -62,12 +69,22 @@ impl<C> Pool<C> {
             .position(|i| now.duration_since(i.since) <= self.limits.max_idle)
             .unwrap_or(idle.len());
         idle.drain(..fresh_from);
-        idle.pop().map(|i| (i.conn, now.duration_since(i.since)))
+        let at = idle.iter().rposition(|i| i.key == key)?;
+        let i = idle.remove(at);
+        Some((i.conn, now.duration_since(i.since)))
     }
 
-    /// Offers a healthy connection back. Returns it when the pool does not want it (full), so
-    /// the caller can close it politely.
-    pub fn put(&self, conn: C) -> Option<C> {
+    /// Removes the oldest idle connection of another key, for the caller to close before it
+    /// opens one for `key` (so busy + idle stays within the cap).
+    pub fn evict_other(&self, key: &str) -> Option<C> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let at = idle.iter().position(|i| i.key != key)?;
+        Some(idle.remove(at).conn)
+    }
+
+    /// Offers a healthy connection of `key` back. Returns it when the pool does not want it
+    /// (full), so the caller can close it politely.
+    pub fn put(&self, conn: C, key: &str) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= self.limits.max_connections {
             return Some(conn);
@@ -75,6 +92,7 @@ impl<C> Pool<C> {
         idle.push(Idle {
             conn,
             since: Instant::now(),
+            key: key.to_string(),
         });
         None
     }
@@ -100,22 +118,39 @@ mod tests {
     #[test]
     fn most_recent_first_and_capped() {
         let pool = Pool::new(limits(2, Duration::from_secs(30)));
-        assert!(pool.put(1).is_none());
-        assert!(pool.put(2).is_none());
-        assert_eq!(pool.put(3), Some(3), "full pool hands the connection back");
-        assert_eq!(pool.take().map(|(c, _)| c), Some(2));
-        assert_eq!(pool.take().map(|(c, _)| c), Some(1));
-        assert!(pool.take().is_none());
+        assert!(pool.put(1, "").is_none());
+        assert!(pool.put(2, "").is_none());
+        assert_eq!(
+            pool.put(3, ""),
+            Some(3),
+            "full pool hands the connection back"
+        );
+        assert_eq!(pool.take("").map(|(c, _)| c), Some(2));
+        assert_eq!(pool.take("").map(|(c, _)| c), Some(1));
+        assert!(pool.take("").is_none());
+    }
+
+    #[test]
+    fn connections_serve_only_their_own_key() {
+        let pool = Pool::new(limits(4, Duration::from_secs(30)));
+        pool.put(1, "yahoo");
+        pool.put(2, "google");
+        pool.put(3, "yahoo");
+        assert_eq!(pool.take("google").map(|(c, _)| c), Some(2));
+        assert!(pool.take("google").is_none());
+        assert_eq!(pool.evict_other("google"), Some(1), "oldest of another key");
+        assert_eq!(pool.take("yahoo").map(|(c, _)| c), Some(3));
+        assert_eq!(pool.evict_other("google"), None);
     }
 
     #[test]
     fn expired_connections_are_dropped() {
         let pool = Pool::new(limits(4, Duration::from_millis(20)));
-        pool.put(1);
+        pool.put(1, "");
         std::thread::sleep(Duration::from_millis(40));
-        pool.put(2);
-        assert_eq!(pool.take().map(|(c, _)| c), Some(2));
-        assert!(pool.take().is_none(), "1 had been idle too long");
+        pool.put(2, "");
+        assert_eq!(pool.take("").map(|(c, _)| c), Some(2));
+        assert!(pool.take("").is_none(), "1 had been idle too long");
         assert_eq!(pool.idle_count(), 0);
     }
 

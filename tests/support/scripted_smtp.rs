@@ -121,6 +121,12 @@ pub struct Record {
     pub commands: Vec<String>,
     /// Messages whose final reply was positive.
     pub messages: Vec<Received>,
+    /// When each of `messages` was accepted.
+    pub arrivals: Vec<std::time::Instant>,
+    /// The most messages accepted on one connection.
+    pub max_messages_per_connection: usize,
+    /// How often MAIL, RCPT and end of DATA were reached, across sessions.
+    pub step_counts: HashMap<Step, usize>,
 }
 
 impl Record {
@@ -172,8 +178,10 @@ impl ScriptedSmtp {
                 let (script, rec, once) = (script.clone(), rec.clone(), once.clone());
                 sessions.spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    let _ = serve(tcp, &script, &rec, &once).await;
-                    rec.lock().unwrap().active -= 1;
+                    // A session that got QUIT stopped counting as active before its reply.
+                    if !matches!(serve(tcp, &script, &rec, &once).await, Ok(true)) {
+                        rec.lock().unwrap().active -= 1;
+                    }
                 });
             }
         });
@@ -226,6 +234,8 @@ type Once = Arc<Mutex<HashMap<Step, VecDeque<String>>>>;
 /// How a session ended or must continue.
 enum Next {
     Closed,
+    /// QUIT: the session is already no longer counted as active.
+    Quit,
     UpgradeTls,
 }
 
@@ -234,7 +244,7 @@ async fn serve(
     script: &Script,
     rec: &Mutex<Record>,
     once: &Once,
-) -> std::io::Result<()> {
+) -> std::io::Result<bool> {
     let (mut stream, mut tls): (Stream, bool) = match &script.implicit_tls {
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
@@ -244,16 +254,17 @@ async fn serve(
         None => (BufReader::new(Box::new(tcp)), false),
     };
     if gate(script, Step::Greeting).await {
-        return Ok(());
+        return Ok(false);
     }
     send(&mut stream, &script.greeting).await?;
     let mut session = Session::default();
     loop {
         match session.run(&mut stream, script, rec, once, tls).await? {
-            Next::Closed => return Ok(()),
+            Next::Closed => return Ok(false),
+            Next::Quit => return Ok(true),
             Next::UpgradeTls => {
                 let Some(config) = &script.starttls else {
-                    return Ok(());
+                    return Ok(false);
                 };
                 let inner = stream.into_inner();
                 let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
@@ -303,8 +314,9 @@ impl Session {
             .unwrap_or_else(|| default.to_string())
     }
 
-    /// The next unused [`Script::first_replies`] entry for `step`, if any.
-    fn first(once: &Once, step: Step) -> Option<String> {
+    /// The next unused [`Script::first_replies`] entry for `step`, if any; also counts the step.
+    fn first(once: &Once, rec: &Mutex<Record>, step: Step) -> Option<String> {
+        *rec.lock().unwrap().step_counts.entry(step).or_default() += 1;
         once.lock()
             .unwrap()
             .get_mut(&step)
@@ -376,7 +388,7 @@ impl Session {
                         return Ok(Next::Closed);
                     }
                     let from = between_brackets(&line);
-                    let reply = Self::first(once, Step::Mail)
+                    let reply = Self::first(once, rec, Step::Mail)
                         .unwrap_or_else(|| Self::reply(script, Step::Mail, "250 2.1.0 ok"));
                     if reply == DROP {
                         return Ok(Next::Closed);
@@ -403,7 +415,7 @@ impl Session {
                     }
                     let reply = match script.rcpt_replies.get(&to) {
                         Some(r) => r.clone(),
-                        None => Self::first(once, Step::Rcpt)
+                        None => Self::first(once, rec, Step::Rcpt)
                             .unwrap_or_else(|| Self::reply(script, Step::Rcpt, "250 2.1.5 ok")),
                     };
                     if reply == DROP {
@@ -432,14 +444,16 @@ impl Session {
                         return Ok(Next::Closed);
                     }
                     tokio::time::sleep(script.data_end_delay).await;
-                    let reply = Self::first(once, Step::DataEnd)
+                    let reply = Self::first(once, rec, Step::DataEnd)
                         .unwrap_or_else(|| Self::reply(script, Step::DataEnd, "250 2.0.0 queued"));
                     if reply == DROP {
                         return Ok(Next::Closed);
                     }
                     let (mail_from, mail_line) = self.mail.take().unwrap_or_default();
                     if reply.starts_with('2') {
-                        rec.lock().unwrap().messages.push(Received {
+                        self.messages += 1;
+                        let mut r = rec.lock().unwrap();
+                        r.messages.push(Received {
                             mail_from,
                             mail_line,
                             rcpt_to: std::mem::take(&mut self.rcpt_to),
@@ -447,7 +461,9 @@ impl Session {
                             tls,
                             user: self.user.clone(),
                         });
-                        self.messages += 1;
+                        r.arrivals.push(std::time::Instant::now());
+                        r.max_messages_per_connection =
+                            r.max_messages_per_connection.max(self.messages);
                     }
                     self.rcpt_to.clear();
                     send(stream, &reply).await?;
@@ -465,8 +481,9 @@ impl Session {
                 }
                 "NOOP" => send(stream, "250 2.0.0 ok").await?,
                 "QUIT" => {
-                    send(stream, "221 2.0.0 bye").await?;
-                    return Ok(Next::Closed);
+                    rec.lock().unwrap().active -= 1;
+                    let _ = send(stream, "221 2.0.0 bye").await;
+                    return Ok(Next::Quit);
                 }
                 _ => send(stream, "500 5.5.2 unknown command").await?,
             }
