@@ -17,8 +17,8 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 pub use shaping::{
-    ClusterConfig, DEFAULT_REPLICAS, ProviderConfig, ReplyPattern, ShapingAction, ShapingConfig,
-    ShapingRule,
+    ClusterConfig, DEFAULT_REPLICAS, MxConfig, ProviderConfig, ReplyPattern, ShapingAction,
+    ShapingConfig, ShapingRule,
 };
 pub use values::Secret;
 use values::{Problems, duration, size};

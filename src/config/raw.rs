@@ -108,6 +108,9 @@ pub struct RawProvider {
 #[serde(deny_unknown_fields)]
 pub struct RawShaping {
     pub default_rules: Option<bool>,
+    pub classify_by_mx: Option<bool>,
+    pub mx_nameservers: Option<Vec<String>>,
+    pub mx_timeout: Option<RawDuration>,
     /// Each rule is deserialized on its own, so one bad rule does not hide another's problems.
     #[serde(default)]
     pub rule: Vec<toml::Value>,

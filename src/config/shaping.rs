@@ -30,13 +30,28 @@ pub struct ShapingConfig {
     pub default_rules: bool,
     /// Configured rules, tried in order before the built-in ones; the first match wins.
     pub rules: Vec<ShapingRule>,
+    /// Classify recipient domains the catalog does not know by their MX hosts (`mx_suffixes`).
+    pub mx: Option<MxConfig>,
 }
+
+/// `[shaping] classify_by_mx = true`: how MX lookups are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxConfig {
+    /// Resolvers to ask (`ip:port`); empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// Longest an accepted message waits for the lookups of its domains; unanswered: `default`.
+    pub timeout: Duration,
+}
+
+/// Default of `shaping.mx_timeout`.
+pub const DEFAULT_MX_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for ShapingConfig {
     fn default() -> Self {
         ShapingConfig {
             default_rules: true,
             rules: Vec::new(),
+            mx: None,
         }
     }
 }
@@ -248,9 +263,25 @@ pub(super) fn validate_shaping(raw: Option<RawShaping>, p: &mut Problems) -> Sha
             });
         }
     }
+    let timeout = raw
+        .mx_timeout
+        .and_then(|d| duration(&d, "shaping.mx_timeout", p))
+        .unwrap_or(DEFAULT_MX_TIMEOUT);
+    let nameservers: Vec<_> = raw
+        .mx_nameservers
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| p.socket_addr(&format!("shaping.mx_nameservers[{i}]"), n))
+        .collect();
+    let mx = raw.classify_by_mx.unwrap_or(false).then_some(MxConfig {
+        nameservers,
+        timeout,
+    });
     ShapingConfig {
         default_rules: raw.default_rules.unwrap_or(true),
         rules,
+        mx,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Delivery scheduling: which provider a recipient belongs to and its limits ([`provider`]),
+//! Delivery scheduling: which provider a recipient belongs to and its limits ([`provider`],
+//! optionally by MX host: [`mx`]),
 //! when a deferred delivery is tried again ([`retry`]), the queue that hands copies to
 //! upstreams with failover ([`queue`]) in per-provider lanes ([`lane`]), and traffic shaping:
 //! the per-provider rate limiter ([`throttle`]), shared across replicas through Redis
@@ -8,6 +9,7 @@ pub mod bounce;
 pub mod cluster;
 pub mod failover;
 pub mod lane;
+pub mod mx;
 pub mod provider;
 pub mod queue;
 pub mod retry;

@@ -62,6 +62,9 @@ impl ProviderLimits {
 struct BuiltIn {
     name: &'static str,
     domains: &'static [&'static str],
+    /// Host-name endings of the provider's MX servers, for `[shaping] classify_by_mx`: a domain
+    /// hosted by the provider (a company on Google Workspace, say) is throttled with it.
+    mx_suffixes: &'static [&'static str],
     limits: ProviderLimits,
 }
 
@@ -71,6 +74,7 @@ struct BuiltIn {
 const BUILT_IN: &[BuiltIn] = &[
     BuiltIn {
         name: "yahoo",
+        mx_suffixes: &[".yahoodns.net"],
         domains: &[
             "yahoo.com",
             "ymail.com",
@@ -86,6 +90,7 @@ const BUILT_IN: &[BuiltIn] = &[
     },
     BuiltIn {
         name: "netease",
+        mx_suffixes: &[".netease.com"],
         domains: &[
             "163.com",
             "126.com",
@@ -98,16 +103,19 @@ const BUILT_IN: &[BuiltIn] = &[
     },
     BuiltIn {
         name: "qq",
+        mx_suffixes: &[".qq.com"],
         domains: &["qq.com", "foxmail.com", "vip.qq.com"],
         limits: ProviderLimits::new(1.0, 5, 2, 10),
     },
     BuiltIn {
         name: "google",
+        mx_suffixes: &[".google.com", ".googlemail.com"],
         domains: &["gmail.com", "googlemail.com"],
         limits: ProviderLimits::new(10.0, 50, 10, 100),
     },
     BuiltIn {
         name: "microsoft",
+        mx_suffixes: &[".protection.outlook.com"],
         domains: &[
             "outlook.com",
             "hotmail.com",
@@ -120,6 +128,7 @@ const BUILT_IN: &[BuiltIn] = &[
     },
     BuiltIn {
         name: "apple",
+        mx_suffixes: &[".mail.icloud.com"],
         domains: &["icloud.com", "me.com", "mac.com"],
         limits: ProviderLimits::new(5.0, 20, 4, 50),
     },
@@ -131,54 +140,105 @@ pub const BUILT_IN_NAMES: &[&str] = &["yahoo", "netease", "qq", "google", "micro
 #[derive(Debug, Clone)]
 pub struct ProviderCatalog {
     by_domain: HashMap<String, String>,
+    /// (host-name ending, provider), longest ending first.
+    by_mx_suffix: Vec<(String, String)>,
     names: Vec<String>,
     limits: HashMap<String, ProviderLimits>,
+}
+
+/// One catalog entry while the built-in and configured ones are merged.
+struct Entry {
+    name: String,
+    domains: Vec<String>,
+    mx_suffixes: Vec<String>,
+    limits: ProviderLimits,
 }
 
 impl ProviderCatalog {
     /// Built-in entries overridden or extended by the configured ones.
     pub fn new(configured: &[ProviderConfig]) -> Self {
-        let mut entries: Vec<(String, Vec<String>, ProviderLimits)> = BUILT_IN
+        let strings = |v: &[&str]| v.iter().map(|d| d.to_string()).collect();
+        let mut entries: Vec<Entry> = BUILT_IN
             .iter()
-            .map(|b| {
-                let domains = b.domains.iter().map(|d| d.to_string()).collect();
-                (b.name.to_string(), domains, b.limits)
+            .map(|b| Entry {
+                name: b.name.to_string(),
+                domains: strings(b.domains),
+                mx_suffixes: strings(b.mx_suffixes),
+                limits: b.limits,
             })
             .collect();
-        entries.push((DEFAULT_PROVIDER.into(), vec![], ProviderLimits::UNLIMITED));
+        entries.push(Entry {
+            name: DEFAULT_PROVIDER.into(),
+            domains: Vec::new(),
+            mx_suffixes: Vec::new(),
+            limits: ProviderLimits::UNLIMITED,
+        });
         for p in configured {
-            match entries.iter_mut().find(|(n, _, _)| *n == p.name) {
+            match entries.iter_mut().find(|e| e.name == p.name) {
                 Some(entry) => {
                     if !p.domains.is_empty() {
-                        entry.1 = p.domains.clone();
+                        entry.domains = p.domains.clone();
                     }
-                    entry.2 = entry.2.overridden_by(p);
+                    if !p.mx_suffixes.is_empty() {
+                        entry.mx_suffixes = p.mx_suffixes.clone();
+                    }
+                    entry.limits = entry.limits.overridden_by(p);
                 }
-                None => entries.push((
-                    p.name.clone(),
-                    p.domains.clone(),
-                    ProviderLimits::UNLIMITED.overridden_by(p),
-                )),
+                None => entries.push(Entry {
+                    name: p.name.clone(),
+                    domains: p.domains.clone(),
+                    mx_suffixes: p.mx_suffixes.clone(),
+                    limits: ProviderLimits::UNLIMITED.overridden_by(p),
+                }),
             }
         }
         let mut by_domain = HashMap::new();
+        let mut by_mx_suffix = Vec::new();
         let mut names = Vec::new();
         let mut limits = HashMap::new();
-        for (name, domains, l) in entries {
-            for d in domains {
-                by_domain.insert(d.to_ascii_lowercase(), name.clone());
+        for e in entries {
+            for d in e.domains {
+                by_domain.insert(d.to_ascii_lowercase(), e.name.clone());
             }
-            limits.insert(name.clone(), l);
-            if name != DEFAULT_PROVIDER {
-                names.push(name);
+            for suffix in e.mx_suffixes {
+                let suffix = suffix.trim_end_matches('.').to_ascii_lowercase();
+                let suffix = if suffix.starts_with('.') {
+                    suffix
+                } else {
+                    format!(".{suffix}")
+                };
+                by_mx_suffix.push((suffix, e.name.clone()));
+            }
+            limits.insert(e.name.clone(), e.limits);
+            if e.name != DEFAULT_PROVIDER {
+                names.push(e.name);
             }
         }
+        by_mx_suffix.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         names.push(DEFAULT_PROVIDER.to_string());
         ProviderCatalog {
             by_domain,
+            by_mx_suffix,
             names,
             limits,
         }
+    }
+
+    /// True when the catalog knows the address's domain (no MX lookup needed).
+    pub fn knows(&self, address: &str) -> bool {
+        self.classify(address) != DEFAULT_PROVIDER
+    }
+
+    /// The provider whose MX host-name endings match the first of `hosts` (in preference order)
+    /// that matches any; `None`: hosted by nobody in the catalog.
+    pub fn classify_mx(&self, hosts: &[String]) -> Option<&str> {
+        hosts.iter().find_map(|host| {
+            let host = format!(".{}", host.trim_end_matches('.').to_ascii_lowercase());
+            self.by_mx_suffix
+                .iter()
+                .find(|(suffix, _)| host.ends_with(suffix.as_str()))
+                .map(|(_, name)| name.as_str())
+        })
     }
 
     /// The provider lane of one address (by its domain, case-insensitively).
@@ -219,6 +279,21 @@ mod tests {
         assert_eq!(c.classify("a@foxmail.com"), "qq");
         assert_eq!(c.classify("a@msn.com"), "microsoft");
         assert_eq!(c.classify("a@mac.com"), "apple");
+        let hosts = |h: &[&str]| h.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            c.classify_mx(&hosts(&["mta5.am0.yahoodns.net."])),
+            Some("yahoo")
+        );
+        assert_eq!(
+            c.classify_mx(&hosts(&["mx.example.org", "aspmx.l.GOOGLE.com"])),
+            Some("google")
+        );
+        assert_eq!(
+            c.classify_mx(&hosts(&["example-com.mail.protection.outlook.com"])),
+            Some("microsoft")
+        );
+        assert_eq!(c.classify_mx(&hosts(&["notgoogle.com"])), None);
+        assert_eq!(c.classify_mx(&hosts(&["mx.example.org"])), None);
         assert_eq!(c.classify("a@example.org"), DEFAULT_PROVIDER);
         assert_eq!(c.classify("no-domain"), DEFAULT_PROVIDER);
     }

@@ -111,6 +111,7 @@ mod tests {
         let config = ShapingConfig {
             default_rules: true,
             rules: vec![mine],
+            mx: None,
         };
         let rules = for_config(&config);
         assert_eq!(rules.len(), built_in().len() + 1);
