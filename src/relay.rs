@@ -257,3 +257,56 @@ impl Acceptor for Relay {
         Verdict::Accepted { queue_id: id }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(extra: &str) -> RelayRules {
+        let text = format!(
+            "[privacy]\nhold_fanout_above = 3\n{extra}\n[[upstream]]\nname = \"o\"\ndir = \"./o\"\n"
+        );
+        RelayRules::from_config(&Config::from_toml(&text).unwrap())
+    }
+
+    fn one_delivery(rcpts: &[&str]) -> Vec<DeliveryRecord> {
+        vec![DeliveryRecord {
+            planned: PlannedDelivery {
+                rcpt_to: rcpts.iter().map(|r| r.to_string()).collect(),
+                rewrite: Rewrite::Unchanged,
+            },
+            provider: "default".into(),
+        }]
+    }
+
+    #[test]
+    fn canaries_are_carved_out_of_a_multi_recipient_delivery() {
+        let rules = rules("canary = 2");
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test"]);
+        assert_eq!(rules.hold(3, Decision::Pass, &mut d), None, "not above");
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
+        let hold = rules.hold(4, Decision::Pass, &mut d).unwrap();
+        assert_eq!(hold.canaries, vec![0]);
+        assert_eq!(d[0].planned.rcpt_to, ["a@x.test", "b@x.test"]);
+        assert_eq!(d[1].planned.rcpt_to, ["c@x.test", "d@x.test"]);
+    }
+
+    #[test]
+    fn operator_canaries_are_extra_private_copies() {
+        let rules = rules("canary_recipients = [\"ops@y.test\"]");
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
+        let hold = rules.hold(4, Decision::Split, &mut d).unwrap();
+        assert_eq!(hold.canaries, vec![1]);
+        assert_eq!(d[1].planned.rcpt_to, ["ops@y.test"]);
+        assert_eq!(
+            d[1].planned.rewrite,
+            Rewrite::OnlyRecipient {
+                address: "ops@y.test".into(),
+                display_name: None
+            }
+        );
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
+        rules.hold(4, Decision::Bcc, &mut d).unwrap();
+        assert_eq!(d[1].planned.rewrite, Rewrite::Undisclosed);
+    }
+}

@@ -22,7 +22,6 @@ hostname = "relay.test"
 max_recipients = 1000
 [privacy]
 hold_fanout_above = 100
-canary = 3
 {extra}
 [spool]
 dir = "{dir}/spool"
@@ -153,7 +152,7 @@ fn spool_has(spool: &Path, id: &str) -> bool {
 
 #[tokio::test]
 async fn a_held_bulk_send_sends_canaries_survives_restarts_and_releases_each_copy_once() {
-    let mut r = relay("").await;
+    let mut r = relay("canary = 3").await;
     let rcpts = recipients(500, "r");
     let id = send_bulk(&r, &rcpts).await;
     assert_copies_stay(&r.outbox(), 3).await;
@@ -227,7 +226,7 @@ async fn a_held_bulk_send_sends_canaries_survives_restarts_and_releases_each_cop
 
 #[tokio::test]
 async fn a_dropped_bulk_send_sends_nothing_more_and_leaves_the_spool() {
-    let mut r = relay("").await;
+    let mut r = relay("canary = 3").await;
     let id = send_bulk(&r, &recipients(150, "d")).await;
     assert_copies_stay(&r.outbox(), 3).await;
     let spool = r.dir.path().join("spool");
@@ -261,11 +260,26 @@ async fn a_dropped_bulk_send_sends_nothing_more_and_leaves_the_spool() {
 
 #[tokio::test]
 async fn the_hold_timeout_releases_without_an_operator() {
-    let r = relay("hold_timeout = \"2s\"\nhold_timeout_action = \"release\"").await;
-    send_bulk(&r, &recipients(120, "t")).await;
-    let got = wait_for_captures(&r.outbox(), 120).await;
-    assert_eq!(got.len(), 120);
-    assert!(delivered(&r.outbox()).values().all(|&n| n == 1));
+    // Canaries to an operator mailbox instead of the first recipients.
+    let r = relay(
+        "hold_timeout = \"2s\"\nhold_timeout_action = \"release\"\ncanary_recipients = [\"ops@example.net\"]",
+    )
+    .await;
+    let rcpts = recipients(120, "t");
+    send_bulk(&r, &rcpts).await;
+    let got = wait_for_captures(&r.outbox(), 121).await;
+    assert_eq!(got.len(), 121);
+    let count = delivered(&r.outbox());
+    assert!(count.values().all(|&n| n == 1));
+    assert!(rcpts.iter().all(|r| count.get(r) == Some(&1)));
+    // The operator's canary is a private copy: its To shows only the operator.
+    let canary = got
+        .iter()
+        .find(|c| c.rcpt_to == ["ops@example.net"])
+        .expect("canary to the operator");
+    let text = String::from_utf8_lossy(&canary.bytes);
+    assert!(text.contains("To: ops@example.net"), "{text}");
+    assert!(!text.contains("t000@example.org"), "{text}");
     assert!(held(&r).is_empty());
     let text = metrics(&r).await;
     assert_eq!(
