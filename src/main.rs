@@ -54,7 +54,7 @@ enum Command {
         #[arg(long = "to")]
         to: Vec<String>,
     },
-    /// Talk to a running relay's admin API: status, pause/resume deliveries, reload.
+    /// Talk to a running relay's admin API: status, pause/resume deliveries, reload, bulk holds.
     Ctl {
         /// Admin API base URL (default: `[admin] listen` of the config file, else
         /// http://127.0.0.1:9726).
@@ -101,6 +101,16 @@ enum CtlAction {
     },
     /// Re-read and apply the configuration file (like SIGHUP).
     Reload,
+    /// Messages under a bulk hold: id, age, recipient and copy counts (JSON).
+    Held {
+        /// Show the sender and canary recipients in full.
+        #[arg(long)]
+        show_addresses: bool,
+    },
+    /// Send the held copies of a message under a bulk hold.
+    Release { id: String },
+    /// Never send the held copies of a message under a bulk hold; it leaves the spool.
+    Drop { id: String },
 }
 
 fn main() -> ExitCode {
@@ -237,6 +247,9 @@ fn ctl(admin: Option<String>, token: Option<String>, config: &Path, action: CtlA
         CtlAction::Pause { provider } => ctl::Action::Pause { provider },
         CtlAction::Resume { provider } => ctl::Action::Resume { provider },
         CtlAction::Reload => ctl::Action::Reload,
+        CtlAction::Held { show_addresses } => ctl::Action::Held { show_addresses },
+        CtlAction::Release { id } => ctl::Action::Release { id },
+        CtlAction::Drop { id } => ctl::Action::Drop { id },
     };
     match ctl::send(&url, &token, &action) {
         Ok(answer) => {

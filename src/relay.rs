@@ -4,13 +4,13 @@
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use crate::config::{Config, PrivacyConfig};
+use crate::config::{Config, HoldConfig, PrivacyConfig};
 use crate::inbound::{Acceptor, Transaction, Verdict};
 use crate::observe::{Metrics, Redactor};
-use crate::privacy::{self, Decision, PlannedDelivery};
+use crate::privacy::{self, Decision, PlannedDelivery, Rewrite};
 use crate::reply::Reply;
 use crate::schedule::{ProviderCatalog, Scheduler};
-use crate::spool::{DeliveryRecord, MessageMeta, Spool, unix_now};
+use crate::spool::{DeliveryRecord, Hold, HoldState, MessageMeta, Spool, unix_now};
 
 /// The reloadable part of the relay: what a message is checked and divided by. A message uses
 /// the rules current when its DATA ends, from policy decision to provider lanes.
@@ -18,6 +18,8 @@ pub struct RelayRules {
     pub hostname: String,
     pub privacy: PrivacyConfig,
     pub catalog: ProviderCatalog,
+    /// The bulk hold (`docs/bulk-hold.md`); `None` when off.
+    pub hold: Option<HoldConfig>,
 }
 
 impl RelayRules {
@@ -26,6 +28,7 @@ impl RelayRules {
             hostname: config.server.hostname.clone(),
             privacy: config.privacy.clone(),
             catalog: ProviderCatalog::new(&config.providers),
+            hold: config.hold.clone(),
         }
     }
 }
@@ -95,6 +98,73 @@ impl RelayRules {
         out
     }
 
+    /// The bulk hold: `None` when the message fans out to no more than `hold_fanout_above`
+    /// recipients. Otherwise picks its canary deliveries: the first `canary` recipients in
+    /// delivery order (a multi-recipient delivery is divided so that exactly that many go out),
+    /// or one extra copy per `canary_recipients` mailbox, rewritten as that mailbox's own copy
+    /// would be so an operator's canary never shows the real recipients either.
+    fn hold(
+        &self,
+        recipients: usize,
+        decision: Decision,
+        deliveries: &mut Vec<DeliveryRecord>,
+    ) -> Option<Hold> {
+        let config = self.hold.as_ref()?;
+        if recipients <= config.fanout_above {
+            return None;
+        }
+        let mut canaries = Vec::new();
+        if config.canary_recipients.is_empty() {
+            let mut budget = config.canary;
+            let mut out = Vec::with_capacity(deliveries.len() + 1);
+            for mut delivery in deliveries.drain(..) {
+                if budget > 0 {
+                    canaries.push(out.len());
+                    if delivery.planned.rcpt_to.len() > budget {
+                        let rest = delivery.planned.rcpt_to.split_off(budget);
+                        let held = DeliveryRecord {
+                            planned: PlannedDelivery {
+                                rcpt_to: rest,
+                                rewrite: delivery.planned.rewrite.clone(),
+                            },
+                            provider: delivery.provider.clone(),
+                        };
+                        budget = 0;
+                        out.push(delivery);
+                        out.push(held);
+                        continue;
+                    }
+                    budget -= delivery.planned.rcpt_to.len();
+                }
+                out.push(delivery);
+            }
+            *deliveries = out;
+        } else {
+            for address in &config.canary_recipients {
+                let rewrite = match decision {
+                    Decision::Pass => Rewrite::Unchanged,
+                    Decision::Bcc => Rewrite::Undisclosed,
+                    _ => Rewrite::OnlyRecipient {
+                        address: address.clone(),
+                        display_name: None,
+                    },
+                };
+                canaries.push(deliveries.len());
+                deliveries.push(DeliveryRecord {
+                    planned: PlannedDelivery {
+                        rcpt_to: vec![address.clone()],
+                        rewrite,
+                    },
+                    provider: self.catalog.classify(address).to_string(),
+                });
+            }
+        }
+        Some(Hold {
+            canaries,
+            state: HoldState::Held,
+        })
+    }
+
     /// The `Received:` field. It names no recipient: one stored message serves every copy.
     fn received_field(&self, tx: &Transaction, id: &str) -> String {
         let with = match (tx.client.tls, tx.client.user.is_some()) {
@@ -144,13 +214,16 @@ impl Acceptor for Relay {
         // Prepended in place: a 25 MiB message must not exist twice in memory.
         let mut message = std::mem::take(&mut tx.message);
         message.splice(0..0, received.bytes());
+        let mut deliveries = rules.records(plan.deliveries);
+        let hold = rules.hold(tx.envelope.rcpt_to.len(), plan.decision, &mut deliveries);
         let meta = MessageMeta {
             id: id.clone(),
             received_at: unix_now(),
             envelope: tx.envelope,
             decision: plan.decision,
             size: message.len() as u64,
-            deliveries: rules.records(plan.deliveries),
+            deliveries,
+            hold,
         };
         let message = Arc::new(message);
         let stored = self.spool.store_async(&meta, message.clone()).await;
@@ -174,7 +247,66 @@ impl Acceptor for Relay {
         tracing::info!(queue_id = %id, %from, rcpts = meta.envelope.rcpt_to.len(), deliveries = meta.deliveries.len(),
             providers = %providers.join(","), decision = plan.decision.as_str(), visible = plan.visible, size = meta.size,
             code = 250, duration_ms = started.elapsed().as_millis() as u64, "accepted");
+        if let Some(hold) = &meta.hold {
+            self.metrics.hold_actions.with_label_values(&["held"]).inc();
+            tracing::warn!(queue_id = %id, rcpts = meta.envelope.rcpt_to.len(), canaries = hold.canaries.len(),
+                held_copies = meta.deliveries.len() - hold.canaries.len(),
+                "bulk send held: canaries go out now, the rest waits for `mailveil ctl release` or `drop`");
+        }
         self.scheduler.enqueue(meta, Some(message), &[]);
         Verdict::Accepted { queue_id: id }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(extra: &str) -> RelayRules {
+        let text = format!(
+            "[privacy]\nhold_fanout_above = 3\n{extra}\n[[upstream]]\nname = \"o\"\ndir = \"./o\"\n"
+        );
+        RelayRules::from_config(&Config::from_toml(&text).unwrap())
+    }
+
+    fn one_delivery(rcpts: &[&str]) -> Vec<DeliveryRecord> {
+        vec![DeliveryRecord {
+            planned: PlannedDelivery {
+                rcpt_to: rcpts.iter().map(|r| r.to_string()).collect(),
+                rewrite: Rewrite::Unchanged,
+            },
+            provider: "default".into(),
+        }]
+    }
+
+    #[test]
+    fn canaries_are_carved_out_of_a_multi_recipient_delivery() {
+        let rules = rules("canary = 2");
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test"]);
+        assert_eq!(rules.hold(3, Decision::Pass, &mut d), None, "not above");
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
+        let hold = rules.hold(4, Decision::Pass, &mut d).unwrap();
+        assert_eq!(hold.canaries, vec![0]);
+        assert_eq!(d[0].planned.rcpt_to, ["a@x.test", "b@x.test"]);
+        assert_eq!(d[1].planned.rcpt_to, ["c@x.test", "d@x.test"]);
+    }
+
+    #[test]
+    fn operator_canaries_are_extra_private_copies() {
+        let rules = rules("canary_recipients = [\"ops@y.test\"]");
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
+        let hold = rules.hold(4, Decision::Split, &mut d).unwrap();
+        assert_eq!(hold.canaries, vec![1]);
+        assert_eq!(d[1].planned.rcpt_to, ["ops@y.test"]);
+        assert_eq!(
+            d[1].planned.rewrite,
+            Rewrite::OnlyRecipient {
+                address: "ops@y.test".into(),
+                display_name: None
+            }
+        );
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
+        rules.hold(4, Decision::Bcc, &mut d).unwrap();
+        assert_eq!(d[1].planned.rewrite, Rewrite::Undisclosed);
     }
 }

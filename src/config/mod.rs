@@ -5,6 +5,7 @@
 //! problem with its key path so an operator fixes the file in one pass. Secrets are resolved
 //! here from `*_env` / `*_file` and never appear in `Debug` output.
 
+mod hold;
 mod raw;
 mod shaping;
 mod values;
@@ -20,6 +21,7 @@ pub use shaping::{
     ClusterConfig, DEFAULT_REPLICAS, MxConfig, ProviderConfig, ReplyPattern, ShapingAction,
     ShapingConfig, ShapingRule,
 };
+pub use hold::{DEFAULT_HOLD_TIMEOUT, HoldConfig, HoldTimeoutAction};
 pub use values::Secret;
 use values::{Problems, duration, size};
 
@@ -29,6 +31,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub access: AccessConfig,
     pub privacy: PrivacyConfig,
+    /// The bulk hold (`[privacy] hold_fanout_above` and friends); `None` when off.
+    pub hold: Option<HoldConfig>,
     pub spool: SpoolConfig,
     /// Tried in order; at least one.
     pub upstreams: Vec<UpstreamConfig>,
@@ -244,10 +248,12 @@ impl Config {
         let cluster = section::<raw::RawCluster>(&table, "cluster", &mut p);
         let log = section::<raw::RawLog>(&table, "log", &mut p).unwrap_or_default();
 
+        let hold = hold::validate(&privacy, &mut p);
         let config = Config {
             server: validate_server(server, &mut p),
             access: validate_access(access, &mut p),
             privacy: validate_privacy(privacy, &mut p),
+            hold,
             spool: validate_spool(spool, &mut p),
             upstreams: validate_upstreams(upstreams, &mut p),
             providers: shaping::validate_providers(providers, &mut p),

@@ -63,6 +63,11 @@ pub struct RawPrivacy {
     pub mode: Option<String>,
     pub max_visible_recipients: Option<u64>,
     pub trusted_domains: Option<Vec<String>>,
+    pub hold_fanout_above: Option<u64>,
+    pub canary: Option<u64>,
+    pub canary_recipients: Option<Vec<String>>,
+    pub hold_timeout: Option<RawDuration>,
+    pub hold_timeout_action: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

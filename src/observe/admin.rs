@@ -10,13 +10,16 @@
 //! - `POST /pause`, `POST /resume`, optional `?provider=NAME`: stop or restart starting upstream
 //!   deliveries; inbound keeps accepting and spooling. Unknown provider: `404`.
 //! - `POST /reload`: same as SIGHUP; `422` with every problem when the new file is refused.
+//! - `GET /held` (`?show_addresses=true` for the sender and canary recipients in full): messages
+//!   under a bulk hold, with counts only. `POST /held/<id>/release`, `POST /held/<id>/drop`:
+//!   the operator's decision (`404` when no such message is held). See `docs/bulk-hold.md`.
 //!
 //! Answers are JSON: the status after the change, or `{"error": "..."}`.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +34,7 @@ use crate::config::Secret;
 use crate::relay::Relay;
 use crate::reload::{ReloadError, Reloader};
 use crate::schedule::Scheduler;
-use crate::schedule::queue::{ProviderStatus, QueueStatus};
+use crate::schedule::queue::{HoldError, ProviderStatus, QueueStatus};
 
 /// What the handlers act on.
 #[derive(Clone)]
@@ -46,6 +49,12 @@ pub struct AdminState {
 #[derive(Deserialize)]
 struct Target {
     provider: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HeldQuery {
+    #[serde(default)]
+    show_addresses: bool,
 }
 
 #[derive(Serialize)]
@@ -65,6 +74,9 @@ pub async fn serve(
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .route("/reload", post(reload))
+        .route("/held", get(held))
+        .route("/held/{id}/release", post(release))
+        .route("/held/{id}/drop", post(drop_held))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
     axum::serve(listener, app)
@@ -158,6 +170,39 @@ fn switch(state: &AdminState, target: Target, pause: bool) -> Response {
         }
         Err(e) => (
             StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn held(State(state): State<AdminState>, Query(q): Query<HeldQuery>) -> Response {
+    axum::Json(json!({"held": state.scheduler.held(q.show_addresses)})).into_response()
+}
+
+async fn release(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    let result = state.scheduler.release(&id).await;
+    decided(result, "released")
+}
+
+async fn drop_held(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    let result = state.scheduler.drop_held(&id).await;
+    decided(result, "dropped")
+}
+
+fn decided(
+    result: Result<crate::schedule::queue::HeldMessage, HoldError>,
+    action: &str,
+) -> Response {
+    match result {
+        Ok(message) => axum::Json(json!({"action": action, "message": message})).into_response(),
+        Err(e @ HoldError::NotHeld(_)) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
             axum::Json(json!({"error": e.to_string()})),
         )
             .into_response(),

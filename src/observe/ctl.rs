@@ -13,9 +13,25 @@ pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9726";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Status,
-    Pause { provider: Option<String> },
-    Resume { provider: Option<String> },
+    Pause {
+        provider: Option<String>,
+    },
+    Resume {
+        provider: Option<String>,
+    },
     Reload,
+    /// Messages under a bulk hold.
+    Held {
+        show_addresses: bool,
+    },
+    /// Send a held message's remaining copies.
+    Release {
+        id: String,
+    },
+    /// Never send a held message's remaining copies; it leaves the spool.
+    Drop {
+        id: String,
+    },
 }
 
 impl Action {
@@ -30,6 +46,16 @@ impl Action {
             Action::Pause { provider } => ("POST", with("/pause", provider)),
             Action::Resume { provider } => ("POST", with("/resume", provider)),
             Action::Reload => ("POST", "/reload".into()),
+            Action::Held { show_addresses } => (
+                "GET",
+                if *show_addresses {
+                    "/held?show_addresses=true".into()
+                } else {
+                    "/held".into()
+                },
+            ),
+            Action::Release { id } => ("POST", format!("/held/{}/release", encode(id))),
+            Action::Drop { id } => ("POST", format!("/held/{}/drop", encode(id))),
         }
     }
 }
@@ -135,6 +161,21 @@ mod tests {
             ("POST", "/resume?provider=a%20b%26c".into())
         );
         assert_eq!(Action::Reload.request_line(), ("POST", "/reload".into()));
+        assert_eq!(
+            Action::Held {
+                show_addresses: false
+            }
+            .request_line(),
+            ("GET", "/held".into())
+        );
+        assert_eq!(
+            Action::Release { id: "01AB".into() }.request_line(),
+            ("POST", "/held/01AB/release".into())
+        );
+        assert_eq!(
+            Action::Drop { id: "../x".into() }.request_line(),
+            ("POST", "/held/..%2Fx/drop".into())
+        );
     }
 
     #[test]

@@ -32,7 +32,22 @@ pub struct Metrics {
     pub accept_duration: Histogram,
     /// 1 while the shared Redis of `[cluster]` answers, 0 while throttles fall back to local.
     pub cluster_up: IntGauge,
+    /// Messages under a bulk hold (canaries sent, the rest waiting for an operator).
+    pub held_messages: IntGauge,
+    /// Copies waiting in held messages.
+    pub held_copies: IntGauge,
+    /// `action`: held | released | dropped | timeout_released | timeout_dropped.
+    pub hold_actions: IntCounterVec,
 }
+
+/// The `action` labels of `mailveil_hold_actions_total`.
+pub const HOLD_ACTIONS: [&str; 5] = [
+    "held",
+    "released",
+    "dropped",
+    "timeout_released",
+    "timeout_dropped",
+];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -146,6 +161,19 @@ impl Metrics {
                 "mailveil_cluster_up",
                 "1 while the cluster Redis answers; 0 while throttles use the local fallback.",
             ),
+            held_messages: gauge(
+                "mailveil_held_messages",
+                "Messages under a bulk hold, waiting for release or drop.",
+            ),
+            held_copies: gauge(
+                "mailveil_held_copies",
+                "Copies waiting in messages under a bulk hold.",
+            ),
+            hold_actions: counter(
+                "mailveil_hold_actions_total",
+                "Bulk hold events, by action.",
+                &["action"],
+            ),
             registry,
         }
     }
@@ -160,6 +188,9 @@ impl Metrics {
         }
         for action in ["pass", "split", "bcc", "reject", "monitor"] {
             self.privacy_actions.with_label_values(&[action]);
+        }
+        for action in HOLD_ACTIONS {
+            self.hold_actions.with_label_values(&[action]);
         }
         for provider in providers {
             let p = provider.as_str();

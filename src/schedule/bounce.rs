@@ -134,6 +134,7 @@ mod tests {
                     provider: "default".into(),
                 })
                 .collect(),
+            hold: None,
         };
         let failure = Failure {
             code: 550,

@@ -37,6 +37,9 @@ use super::retry::{backoff, random_jitter};
 use super::rules;
 use super::throttle::{Rate, Throttle, ThrottleMetrics};
 
+mod hold;
+pub use hold::{HeldMessage, HoldError};
+
 /// Hands spooled deliveries to upstreams. Cheap to clone.
 #[derive(Clone)]
 pub struct Scheduler {
@@ -56,6 +59,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// The shared Redis of `[cluster]` (fixed for the process' life).
     cluster: Option<Arc<SharedLimits>>,
+    /// Messages under a bulk hold ([`hold`]).
+    holds: hold::Holds,
 }
 
 /// The reloadable part of the scheduler's configuration.
@@ -142,6 +147,7 @@ impl Scheduler {
                 tracker: TaskTracker::new(),
                 shutdown,
                 cluster,
+                holds: hold::Holds::new(config.hold.as_ref()),
             }),
         }
     }
@@ -168,42 +174,27 @@ impl Scheduler {
                 pending.push((index, due));
             }
         }
+        // A held message queues only its canaries; the rest wait in `holds` (no lane, no slot).
+        let (pending, held) = hold::divide(&meta, pending);
         let message = Arc::new(QueuedMessage {
             class: Class::of(meta.deliveries.len()),
             weak: Mutex::new(bytes.as_ref().map(Arc::downgrade).unwrap_or_default()),
             hot: Mutex::new(bytes),
             active: AtomicUsize::new(0),
             progress: Mutex::new(Progress {
-                remaining: pending.len(),
+                remaining: pending.len() + held.len(),
                 failed,
             }),
             meta,
         });
-        if pending.is_empty() {
+        if !held.is_empty() {
+            self.inner.hold(&message, held);
+        } else if pending.is_empty() {
             self.inner.finish(&message);
             return;
         }
         for (index, due) in pending {
-            let lane = self.inner.lane(&message.meta.deliveries[index].provider);
-            lane.queued.fetch_add(1, Ordering::Relaxed);
-            self.inner
-                .metrics
-                .queue_messages
-                .with_label_values(&[&lane.name])
-                .inc();
-            let item = Ready {
-                class: message.class,
-                seq: 0,
-                message: message.clone(),
-                index,
-                attempts: 0,
-            };
-            if due <= now {
-                self.inner.make_ready(&lane, item);
-            } else {
-                self.inner
-                    .retry_later(lane, item, Duration::from_secs(due - now));
-            }
+            self.inner.queue_delivery(&message, index, due, now);
         }
         message.release_if_idle();
     }
@@ -296,6 +287,7 @@ impl Scheduler {
                 .set(i64::from(s.is_up()));
         }
         *self.inner.upstreams.write().expect("not poisoned") = Arc::new(slots);
+        self.inner.holds.apply(config.hold.as_ref());
         for lane in self.inner.lanes.read().expect("not poisoned").values() {
             lane.set_concurrency(self.inner.lane_concurrency(&lane.name));
             lane.throttle.set_rate(self.inner.lane_rate(&lane.name));
@@ -409,6 +401,34 @@ impl Inner {
                 inner.attempt(&lane, item).await;
                 drop(permit);
             });
+        }
+    }
+
+    /// Puts delivery `index` of `message` into its provider's lane, ready at `due` (Unix s).
+    fn queue_delivery(
+        self: &Arc<Self>,
+        message: &Arc<QueuedMessage>,
+        index: usize,
+        due: u64,
+        now: u64,
+    ) {
+        let lane = self.lane(&message.meta.deliveries[index].provider);
+        lane.queued.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .queue_messages
+            .with_label_values(&[&lane.name])
+            .inc();
+        let item = Ready {
+            class: message.class,
+            seq: 0,
+            message: message.clone(),
+            index,
+            attempts: 0,
+        };
+        if due <= now {
+            self.make_ready(&lane, item);
+        } else {
+            self.retry_later(lane, item, Duration::from_secs(due - now));
         }
     }
 
@@ -647,6 +667,7 @@ impl Inner {
                 },
                 provider,
             }],
+            hold: None,
         };
         let scheduler = Scheduler {
             inner: self.clone(),

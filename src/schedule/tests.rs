@@ -65,6 +65,7 @@ fn submit(f: &Fixture, tag: &str, rcpts: &[String]) {
                 provider: "default".into(),
             })
             .collect(),
+        hold: None,
     };
     f.spool.store(&meta, &message).unwrap();
     f.scheduler.enqueue(meta, Some(Arc::new(message)), &[]);

@@ -14,6 +14,8 @@
 //!                          appended as deliveries finish:
 //!                            "MVO1 <id> <k> delivered <unix>", "MVO1 <id> <k> failed <code> <unix>",
 //!                            "MVO1 <id> <k> deferred <next-unix>", "MVO1 <id> done"
+//!                          and, for a message under a bulk hold (see `docs/bulk-hold.md`),
+//!                            "MVO1 <id> released", "MVO1 <id> dropped"
 //! SPOOL/failed/<id>.json   record of a message with permanently failed deliveries
 //! ```
 //! A batch file is removed when every message in it is done. A record counts only when its
@@ -37,6 +39,41 @@ pub struct MessageMeta {
     /// Size of the stored `.eml` in bytes.
     pub size: u64,
     pub deliveries: Vec<DeliveryRecord>,
+    /// Set when the message fanned out to more recipients than `privacy.hold_fanout_above`: only
+    /// its canary deliveries go out until an operator (or the hold timeout) releases or drops
+    /// it. Stored with the record, so the hold is durable before the client hears `250`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+}
+
+/// A bulk hold on a message (see `docs/bulk-hold.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Indices of the deliveries sent at once; every other delivery waits for the release.
+    pub canaries: Vec<usize>,
+    /// What became of the hold: never stored in the record (which is written once), but read
+    /// back from the `released`/`dropped` outcome lines at recovery.
+    #[serde(skip)]
+    pub state: HoldState,
+}
+
+/// Where a held message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HoldState {
+    /// Only the canaries may go out.
+    #[default]
+    Held,
+    /// Every delivery may go out.
+    Released,
+    /// The held deliveries never go out; the message leaves the spool once its canaries are
+    /// final.
+    Dropped,
+}
+
+impl Hold {
+    pub fn is_canary(&self, index: usize) -> bool {
+        self.canaries.contains(&index)
+    }
 }
 
 /// One delivery of the message (one copy, or one multi-recipient transaction).
@@ -172,6 +209,8 @@ impl RecordHeader {
 pub enum BatchLogLine {
     Outcome(String, LogEntry),
     Done(String),
+    /// A held message was released or dropped (never [`HoldState::Held`]).
+    Hold(String, HoldState),
 }
 
 impl BatchLogLine {
@@ -181,6 +220,16 @@ impl BatchLogLine {
 
     pub fn done_line(id: &str) -> String {
         format!("{OUTCOME_MAGIC} {id} done\n")
+    }
+
+    /// The line recording an operator's (or the hold timeout's) decision on a held message.
+    pub fn hold_line(id: &str, state: HoldState) -> String {
+        let word = match state {
+            HoldState::Held => "held",
+            HoldState::Released => "released",
+            HoldState::Dropped => "dropped",
+        };
+        format!("{OUTCOME_MAGIC} {id} {word}\n")
     }
 
     /// Parses the complete lines of a batch's outcome section; a torn last line and garbage
@@ -198,6 +247,10 @@ impl BatchLogLine {
                 let (id, rest) = rest.split_once(' ')?;
                 if rest == "done" {
                     Some(BatchLogLine::Done(id.to_string()))
+                } else if rest == "released" {
+                    Some(BatchLogLine::Hold(id.to_string(), HoldState::Released))
+                } else if rest == "dropped" {
+                    Some(BatchLogLine::Hold(id.to_string(), HoldState::Dropped))
                 } else {
                     LogEntry::parse_line(rest).map(|e| BatchLogLine::Outcome(id.to_string(), e))
                 }
@@ -266,6 +319,22 @@ mod tests {
             vec![
                 BatchLogLine::Outcome("A".into(), entry),
                 BatchLogLine::Done("B".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn hold_lines_round_trip() {
+        let text = format!(
+            "{}{}MVO1 C held\n",
+            BatchLogLine::hold_line("A", HoldState::Released),
+            BatchLogLine::hold_line("B", HoldState::Dropped),
+        );
+        assert_eq!(
+            BatchLogLine::parse_log(text.as_bytes()),
+            vec![
+                BatchLogLine::Hold("A".into(), HoldState::Released),
+                BatchLogLine::Hold("B".into(), HoldState::Dropped)
             ]
         );
     }

@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use commit::{Batch, Reply, StoreRequest, SyncRequest};
 use format::BatchLogLine;
-pub use format::{DeliveryRecord, LogEntry, MessageMeta};
+pub use format::{DeliveryRecord, Hold, HoldState, LogEntry, MessageMeta};
 
 /// Why the spool could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +211,15 @@ impl Spool {
             .map(|e| BatchLogLine::outcome_line(id, e))
             .collect();
         self.write_log(&self.slot(id)?.batch, &text)
+    }
+
+    /// Records that a held message was released or dropped, synced before it returns: once the
+    /// operator hears "released", a restart must not hold the message again, and once they hear
+    /// "dropped", it must not send the held copies. Blocks for one `fdatasync`.
+    pub fn record_hold(&self, id: &str, state: HoldState) -> Result<(), SpoolError> {
+        let batch = self.slot(id)?.batch;
+        batch.append(BatchLogLine::hold_line(id, state).as_bytes())?;
+        batch.file.sync_data().map_err(SpoolError::io(&batch.path))
     }
 
     fn write_log(&self, batch: &Arc<Batch>, text: &str) -> Result<(), SpoolError> {

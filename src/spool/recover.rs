@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::SpoolError;
 use super::commit::Batch;
-use super::format::{BatchLogLine, LogEntry, MessageMeta, RecordHeader, record_check};
+use super::format::{BatchLogLine, HoldState, LogEntry, MessageMeta, RecordHeader, record_check};
 
 /// A message of a batch that is not done.
 pub(super) struct FoundMessage {
@@ -110,12 +110,16 @@ fn live_messages(path: &Path, data: &[u8]) -> Result<Vec<FoundMessage>, SpoolErr
     let (records, outcomes_start) = records(path, data);
     let mut done = HashSet::new();
     let mut outcomes: HashMap<String, Vec<LogEntry>> = HashMap::new();
+    let mut holds: HashMap<String, HoldState> = HashMap::new();
     for line in BatchLogLine::parse_log(&data[outcomes_start..]) {
         match line {
             BatchLogLine::Done(id) => {
                 done.insert(id);
             }
             BatchLogLine::Outcome(id, entry) => outcomes.entry(id).or_default().push(entry),
+            BatchLogLine::Hold(id, state) => {
+                holds.insert(id, state);
+            }
         }
     }
     let mut messages = Vec::new();
@@ -123,7 +127,7 @@ fn live_messages(path: &Path, data: &[u8]) -> Result<Vec<FoundMessage>, SpoolErr
         if done.contains(&record.id) {
             continue;
         }
-        let meta: MessageMeta =
+        let mut meta: MessageMeta =
             serde_json::from_slice(&data[record.meta.clone()]).map_err(|e| {
                 SpoolError::Corrupt {
                     path: path.to_path_buf(),
@@ -137,6 +141,16 @@ fn live_messages(path: &Path, data: &[u8]) -> Result<Vec<FoundMessage>, SpoolErr
             .map(LogEntry::index)
             .collect();
         let failed = log.iter().any(|e| matches!(e, LogEntry::Failed { .. }));
+        if let (Some(hold), Some(state)) = (meta.hold.as_mut(), holds.get(&record.id)) {
+            hold.state = *state;
+        }
+        // Dropped, and every canary final: the held copies never go out, so nothing is left.
+        let dropped_and_done = meta.hold.as_ref().is_some_and(|h| {
+            h.state == HoldState::Dropped && h.canaries.iter().all(|k| finals.contains(k))
+        });
+        if dropped_and_done && !failed {
+            continue;
+        }
         // All copies final but the completion was not recorded: the queue completes it (and
         // writes the failure record) when it is queued, so it is kept only if a failure needs one.
         if finals.len() == meta.deliveries.len() && !failed {

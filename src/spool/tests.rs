@@ -25,6 +25,7 @@ fn meta(id: &str, rcpts: &[&str]) -> MessageMeta {
                 provider: "default".into(),
             })
             .collect(),
+        hold: None,
     }
 }
 
@@ -192,4 +193,44 @@ fn a_message_whose_copies_were_all_delivered_is_not_recovered() {
         std::fs::read_dir(dir.path().join("msg")).unwrap().count(),
         0
     );
+}
+
+#[test]
+fn hold_decisions_survive_recovery_and_a_dropped_message_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = |id: &str| MessageMeta {
+        hold: Some(Hold {
+            canaries: vec![0],
+            state: HoldState::Held,
+        }),
+        ..meta(id, &["a@x.test", "b@x.test", "c@x.test"])
+    };
+    {
+        let spool = Spool::open(dir.path()).unwrap();
+        for id in ["HELD", "REL", "DROP", "DROPWAIT"] {
+            spool.store(&held(id), b"bytes").unwrap();
+        }
+        let canary_done = [LogEntry::Delivered { index: 0, at: 2 }];
+        spool.append("HELD", &canary_done).unwrap();
+        spool.append("REL", &canary_done).unwrap();
+        spool.record_hold("REL", HoldState::Released).unwrap();
+        spool.append("DROP", &canary_done).unwrap();
+        spool.record_hold("DROP", HoldState::Dropped).unwrap();
+        spool.record_hold("DROPWAIT", HoldState::Dropped).unwrap();
+        spool.flush();
+    }
+    let spool = Spool::open(dir.path()).unwrap();
+    let found = spool.recover().unwrap();
+    let state = |id: &str| {
+        found
+            .iter()
+            .find(|r| r.meta.id == id)
+            .map(|r| r.meta.hold.as_ref().unwrap().state)
+    };
+    assert_eq!(state("HELD"), Some(HoldState::Held));
+    assert_eq!(state("REL"), Some(HoldState::Released));
+    // Dropped with its canary final: nothing left to do, so it is not recovered at all.
+    assert_eq!(state("DROP"), None);
+    // Dropped while its canary was still pending: the canary still goes out.
+    assert_eq!(state("DROPWAIT"), Some(HoldState::Dropped));
 }
