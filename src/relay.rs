@@ -1,6 +1,7 @@
 //! The relay's answer to end of DATA: privacy policy, trace field, durable spool, then the
 //! delivery queue. This is where a message turns into deliveries.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -9,6 +10,7 @@ use crate::inbound::{Acceptor, Transaction, Verdict};
 use crate::observe::{Metrics, Redactor};
 use crate::privacy::{self, Decision, PlannedDelivery, Rewrite};
 use crate::reply::Reply;
+use crate::schedule::mx::MxClassifier;
 use crate::schedule::{ProviderCatalog, Scheduler};
 use crate::spool::{DeliveryRecord, Hold, HoldState, MessageMeta, Spool, unix_now};
 
@@ -20,6 +22,8 @@ pub struct RelayRules {
     pub catalog: ProviderCatalog,
     /// The bulk hold (`docs/bulk-hold.md`); `None` when off.
     pub hold: Option<HoldConfig>,
+    /// Classifies domains the catalog does not list by MX host (`[shaping] classify_by_mx`).
+    pub mx: Option<MxClassifier>,
 }
 
 impl RelayRules {
@@ -29,6 +33,11 @@ impl RelayRules {
             privacy: config.privacy.clone(),
             catalog: ProviderCatalog::new(&config.providers),
             hold: config.hold.clone(),
+            mx: config
+                .shaping
+                .mx
+                .as_ref()
+                .and_then(MxClassifier::from_config),
         }
     }
 }
@@ -74,12 +83,24 @@ impl Relay {
 impl RelayRules {
     /// Divides each planned delivery by provider lane, so one slow provider never holds another
     /// provider's recipients (envelope recipients are only divided, never changed).
-    fn records(&self, planned: Vec<PlannedDelivery>) -> Vec<DeliveryRecord> {
+    /// `by_mx` maps domains the catalog does not list to a provider found by their MX hosts.
+    fn records(
+        &self,
+        planned: Vec<PlannedDelivery>,
+        by_mx: &HashMap<String, String>,
+    ) -> Vec<DeliveryRecord> {
         let mut out = Vec::with_capacity(planned.len());
         for delivery in planned {
             let mut lanes: Vec<(String, Vec<String>)> = Vec::new();
             for rcpt in delivery.rcpt_to {
-                let provider = self.catalog.classify(&rcpt);
+                let mut provider = self.catalog.classify(&rcpt);
+                if !by_mx.is_empty() && !self.catalog.knows(&rcpt) {
+                    let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+                    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+                    if let Some(p) = by_mx.get(&domain) {
+                        provider = p;
+                    }
+                }
                 match lanes.iter_mut().find(|(p, _)| p == provider) {
                     Some((_, rcpts)) => rcpts.push(rcpt),
                     None => lanes.push((provider.to_string(), vec![rcpt])),
@@ -214,7 +235,14 @@ impl Acceptor for Relay {
         // Prepended in place: a 25 MiB message must not exist twice in memory.
         let mut message = std::mem::take(&mut tx.message);
         message.splice(0..0, received.bytes());
-        let mut deliveries = rules.records(plan.deliveries);
+        let by_mx = match &rules.mx {
+            Some(mx) => {
+                let rcpts = plan.deliveries.iter().flat_map(|d| d.rcpt_to.iter());
+                mx.providers(&rules.catalog, rcpts).await
+            }
+            None => HashMap::new(),
+        };
+        let mut deliveries = rules.records(plan.deliveries, &by_mx);
         let hold = rules.hold(tx.envelope.rcpt_to.len(), plan.decision, &mut deliveries);
         let meta = MessageMeta {
             id: id.clone(),

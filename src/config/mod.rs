@@ -17,11 +17,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
+pub use hold::{DEFAULT_HOLD_TIMEOUT, HoldConfig, HoldTimeoutAction};
 pub use shaping::{
     ClusterConfig, DEFAULT_REPLICAS, MxConfig, ProviderConfig, ReplyPattern, ShapingAction,
     ShapingConfig, ShapingRule,
 };
-pub use hold::{DEFAULT_HOLD_TIMEOUT, HoldConfig, HoldTimeoutAction};
 pub use values::Secret;
 use values::{Problems, duration, size};
 
