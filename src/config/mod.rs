@@ -5,6 +5,7 @@
 //! problem with its key path so an operator fixes the file in one pass. Secrets are resolved
 //! here from `*_env` / `*_file` and never appear in `Debug` output.
 
+mod dkim;
 mod raw;
 mod values;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
+pub use dkim::{DkimConfig, DkimKeyConfig};
 pub use values::Secret;
 use values::{Problems, duration, size};
 
@@ -32,6 +34,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub cluster: Option<ClusterConfig>,
     pub log: LogConfig,
+    /// `[[dkim]]` signing keys, parsed (see `crate::dkim`).
+    pub dkim: DkimConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +254,7 @@ impl Config {
         let admin = section::<raw::RawAdmin>(&table, "admin", &mut p);
         let cluster = section::<raw::RawCluster>(&table, "cluster", &mut p);
         let log = section::<raw::RawLog>(&table, "log", &mut p).unwrap_or_default();
+        let dkim = array::<raw::RawDkim>(&table, "dkim", &mut p);
 
         let config = Config {
             server: validate_server(server, &mut p),
@@ -275,6 +280,7 @@ impl Config {
                 None => None,
             }),
             log: validate_log(log, &mut p),
+            dkim: dkim::validate_dkim(dkim, &mut p),
         };
         p.into_result(config)
     }
@@ -282,7 +288,7 @@ impl Config {
 
 const KNOWN_SECTIONS: &[&str] = &[
     "server", "access", "privacy", "spool", "upstream", "provider", "metrics", "admin", "cluster",
-    "log",
+    "log", "dkim",
 ];
 
 /// Deserializes one `[section]`, recording a problem (with the key path) if it does not fit.

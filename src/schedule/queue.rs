@@ -57,6 +57,8 @@ struct Settings {
     /// For bounces: our name and the lane of the sender they go back to.
     hostname: String,
     catalog: ProviderCatalog,
+    /// DKIM keys (parsed when the config was validated); swapped with the rest on reload.
+    dkim: Arc<crate::dkim::Signer>,
 }
 
 impl Settings {
@@ -76,6 +78,7 @@ impl Settings {
             upstream_connections,
             hostname: config.server.hostname.clone(),
             catalog: ProviderCatalog::new(&config.providers),
+            dkim: Arc::new(crate::dkim::Signer::from_config(&config.dkim)),
         }
     }
 }
@@ -405,8 +408,10 @@ impl Inner {
         };
         item.attempts += 1;
         let started = Instant::now();
-        let header = privacy::render_header(&bytes, &record.planned.rewrite);
+        let mut header = privacy::render_header(&bytes, &record.planned.rewrite);
         let body = &bytes[privacy::body_offset(&bytes)..];
+        let dkim = self.settings.read().expect("not poisoned").dkim.clone();
+        dkim.sign_copy(&mut header, body, &record.planned.rewrite);
         let outbound = Outbound {
             mail_from: &meta.envelope.mail_from,
             rcpt_to: &record.planned.rcpt_to,
