@@ -297,10 +297,10 @@ fn field_names(header: &[u8]) -> Vec<&str> {
         if line[0] == b' ' || line[0] == b'\t' {
             continue;
         }
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            if let Ok(name) = std::str::from_utf8(&line[..colon]) {
-                names.push(name.trim_end());
-            }
+        if let Some(colon) = line.iter().position(|&b| b == b':')
+            && let Ok(name) = std::str::from_utf8(&line[..colon])
+        {
+            names.push(name.trim_end());
         }
     }
     names

@@ -53,13 +53,13 @@ pub(super) fn validate_dkim(raw: Vec<RawDkim>, p: &mut Problems) -> DkimConfig {
             }
         }
         let selector = p.required(&format!("{path}.selector"), r.selector);
-        if let Some(s) = &selector {
-            if s.is_empty() || !s.chars().all(is_domain_char) {
-                p.push(
-                    &format!("{path}.selector"),
-                    "must be letters, digits, '-', '_' or '.' (it is a DNS label)",
-                );
-            }
+        if let Some(s) = &selector
+            && (s.is_empty() || !s.chars().all(is_domain_char))
+        {
+            p.push(
+                &format!("{path}.selector"),
+                "must be letters, digits, '-', '_' or '.' (it is a DNS label)",
+            );
         }
         let key_file = p
             .required(&format!("{path}.key_file"), r.key_file)
