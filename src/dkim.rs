@@ -228,7 +228,11 @@ impl Signer {
             .headers(names)
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed);
-        match signer.sign_chained([header, body]) {
+        // Streaming: the body is hashed where it lies, never copied behind the header.
+        let mut stream = signer.sign_streaming();
+        stream.write(header);
+        stream.write(body);
+        match stream.finish() {
             Ok(signature) => Some(signature.to_header().into_bytes()),
             Err(e) => {
                 tracing::error!(domain = %entry.domain, selector = %entry.selector, error = %e,
