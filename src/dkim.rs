@@ -104,14 +104,16 @@ impl LoadedKey {
             path: String::new(),
             reason,
         };
-        let key = match der {
-            PrivateKeyDer::Pkcs1(_) => DkimKey::Rsa(
-                RsaKey::<Sha256>::from_key_der(der).map_err(|e| bad(format!("RSA key: {e}")))?,
-            ),
-            PrivateKeyDer::Pkcs8(ref pkcs8) => {
-                let bytes = pkcs8.secret_pkcs8_der().to_vec();
-                match RsaKey::<Sha256>::from_key_der(der) {
+        let key =
+            match der {
+                PrivateKeyDer::Pkcs1(_) => DkimKey::Rsa(
+                    RsaKey::<Sha256>::from_key_der(der).map_err(|e| bad(rsa_reason(&e)))?,
+                ),
+                PrivateKeyDer::Pkcs8(ref pkcs8) => {
+                    let bytes = pkcs8.secret_pkcs8_der().to_vec();
+                    match RsaKey::<Sha256>::from_key_der(der) {
                     Ok(rsa) => DkimKey::Rsa(rsa),
+                    Err(e) if e.to_string().contains("TooSmall") => return Err(bad(rsa_reason(&e))),
                     Err(rsa_err) => DkimKey::Ed25519(
                         Ed25519Key::from_pkcs8_maybe_unchecked_der(&bytes).map_err(|ed_err| {
                             bad(format!(
@@ -120,13 +122,13 @@ impl LoadedKey {
                         })?,
                     ),
                 }
-            }
-            _ => {
-                return Err(bad(
-                    "only RSA and Ed25519 keys are used for DKIM (this is an EC key)".into(),
-                ));
-            }
-        };
+                }
+                _ => {
+                    return Err(bad(
+                        "only RSA and Ed25519 keys are used for DKIM (this is an EC key)".into(),
+                    ));
+                }
+            };
         Ok(LoadedKey(Arc::new(key)))
     }
 
@@ -137,6 +139,15 @@ impl LoadedKey {
             Algorithm::RsaSha1 => "rsa-sha1",
             Algorithm::RsaSha256 => "rsa-sha256",
         }
+    }
+}
+
+/// Why an RSA key was refused, in the operator's terms.
+fn rsa_reason(e: &mail_auth::Error) -> String {
+    if e.to_string().contains("TooSmall") {
+        "RSA key too small: use 2048 bits or more (RFC 8301)".into()
+    } else {
+        format!("RSA key: {e}")
     }
 }
 
@@ -219,6 +230,12 @@ impl Signer {
         let domain = from.rsplit_once('@')?.1.trim().to_ascii_lowercase();
         let entry = self.entry_for(&domain)?;
         if !rewritten && !entry.sign_unchanged {
+            return None;
+        }
+        if !header.ends_with(b"\r\n\r\n") {
+            // Bare-LF line endings (or no empty line before the body): the signer would not
+            // find the body, and a signature over the wrong body fails at every receiver.
+            tracing::warn!(domain = %entry.domain, "DKIM: header block does not end with CRLF CRLF; copy sent unsigned");
             return None;
         }
         let names = entry.signed_names(header);

@@ -152,3 +152,17 @@ fn field_names_skip_folded_lines_and_stop_at_the_body() {
     let names = field_names(b"A: 1\r\n 2\r\nB-c : x\r\n\r\nD: body\r\n");
     assert_eq!(names, ["A", "B-c"]);
 }
+
+#[test]
+fn bare_lf_header_blocks_are_left_unsigned_rather_than_signed_wrongly() {
+    let s = signer(vec![entry("example.com", false, false)]);
+    let bare = b"From: a@example.com\nTo: b@example.org\n\n";
+    assert!(s.sign(bare, b"Hi.\n", true).is_none());
+    let crlf = b"From: a@example.com\r\nTo: b@example.org\r\n\r\n";
+    let field = s.sign(crlf, b"Hi.\r\n", true).unwrap();
+    // The body hash is over "Hi.", not over an empty body.
+    assert_ne!(
+        tag(&field, "bh"),
+        "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+    );
+}
