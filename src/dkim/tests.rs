@@ -166,3 +166,15 @@ fn bare_lf_header_blocks_are_left_unsigned_rather_than_signed_wrongly() {
         "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
     );
 }
+
+#[test]
+fn debug_output_never_shows_key_material() {
+    let pem = ed25519_pem();
+    let key = LoadedKey::from_pem(&pem).unwrap();
+    assert_eq!(format!("{key:?}"), "LoadedKey(ed25519-sha256)");
+    let shown = format!("{:?}", entry("example.com", false, false));
+    assert!(
+        !shown.contains("PRIVATE") && shown.contains("ed25519"),
+        "{shown}"
+    );
+}
