@@ -7,6 +7,7 @@
 //! - [`privacy`]: pure policy over message bytes: visible recipients, decision, header rewrite.
 //! - [`spool`]: the message stored once and fsync'd before `250`, with per-delivery records.
 //! - [`schedule`]: delivery queue, retries with backoff, failover between upstreams.
+//! - [`dkim`]: re-signs each copy after its rewrite with the key for its `From:` domain.
 //! - [`upstream`]: lettre SMTP client with verified TLS, or a capture directory.
 //! - [`observe`]: metrics, `/metrics` `/healthz` `/readyz`, the admin API (pause/resume/status/
 //!   reload), address redaction for logs.
@@ -17,6 +18,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod dkim;
 pub mod envelope;
 pub mod inbound;
 pub mod observe;

@@ -9,6 +9,9 @@
 //!   ([`Relay::set_rules`]);
 //! - retry timing, provider limits, upstreams and their credentials: in the scheduler
 //!   ([`Scheduler::apply_config`]); deliveries in flight finish on the upstream they started on.
+//! - `[[dkim]]` keys and selectors (rotation): key files are parsed while the file is validated,
+//!   so an unusable key refuses the reload; the new signer is swapped in with the scheduler's
+//!   settings and signs every copy sent from then on.
 //!
 //! Listen addresses, the spool directory, `[cluster]` and `[log]` are bound at start; a changed
 //! value is reported as needing a restart and the running value is kept.

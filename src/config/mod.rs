@@ -6,6 +6,7 @@
 //! here from `*_env` / `*_file` and never appear in `Debug` output.
 
 mod hold;
+mod dkim;
 mod raw;
 mod shaping;
 mod values;
@@ -22,6 +23,7 @@ pub use shaping::{
     ClusterConfig, DEFAULT_REPLICAS, MxConfig, ProviderConfig, ReplyPattern, ShapingAction,
     ShapingConfig, ShapingRule,
 };
+pub use dkim::{DkimConfig, DkimKeyConfig};
 pub use values::Secret;
 use values::{Problems, duration, size};
 
@@ -43,6 +45,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub cluster: Option<ClusterConfig>,
     pub log: LogConfig,
+    /// `[[dkim]]` signing keys, parsed (see `crate::dkim`).
+    pub dkim: DkimConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +251,7 @@ impl Config {
         let shaping = section::<raw::RawShaping>(&table, "shaping", &mut p);
         let cluster = section::<raw::RawCluster>(&table, "cluster", &mut p);
         let log = section::<raw::RawLog>(&table, "log", &mut p).unwrap_or_default();
+        let dkim = array::<raw::RawDkim>(&table, "dkim", &mut p);
 
         let hold = hold::validate(&privacy, &mut p);
         let config = Config {
@@ -266,6 +271,7 @@ impl Config {
             admin: admin.map(|a| validate_admin(a, &mut p)),
             cluster: shaping::validate_cluster(cluster, &mut p),
             log: validate_log(log, &mut p),
+            dkim: dkim::validate_dkim(dkim, &mut p),
         };
         p.into_result(config)
     }
@@ -273,7 +279,7 @@ impl Config {
 
 const KNOWN_SECTIONS: &[&str] = &[
     "server", "access", "privacy", "spool", "upstream", "provider", "shaping", "metrics", "admin",
-    "cluster", "log",
+    "cluster", "log", "dkim",
 ];
 
 /// Deserializes one `[section]`, recording a problem (with the key path) if it does not fit.

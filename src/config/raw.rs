@@ -157,3 +157,15 @@ pub struct RawLog {
     pub format: Option<String>,
     pub show_addresses: Option<bool>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDkim {
+    pub domain: Option<String>,
+    pub selector: Option<String>,
+    pub key_file: Option<String>,
+    pub headers: Option<Vec<String>>,
+    pub oversign: Option<Vec<String>>,
+    pub subdomains: Option<bool>,
+    pub sign_unchanged: Option<bool>,
+}

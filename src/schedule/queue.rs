@@ -73,6 +73,8 @@ struct Settings {
     catalog: ProviderCatalog,
     /// Shaping rules in matching order.
     rules: Arc<Vec<ShapingRule>>,
+    /// DKIM keys (parsed when the config was validated); swapped with the rest on reload.
+    dkim: Arc<crate::dkim::Signer>,
 }
 
 impl Settings {
@@ -92,6 +94,7 @@ impl Settings {
             hostname: config.server.hostname.clone(),
             catalog: ProviderCatalog::new(&config.providers),
             rules: Arc::new(rules::for_config(&config.shaping)),
+            dkim: Arc::new(crate::dkim::Signer::from_config(&config.dkim)),
         }
     }
 }
@@ -470,8 +473,10 @@ impl Inner {
         };
         item.attempts += 1;
         let started = Instant::now();
-        let header = privacy::render_header(&bytes, &record.planned.rewrite);
+        let mut header = privacy::render_header(&bytes, &record.planned.rewrite);
         let body = &bytes[privacy::body_offset(&bytes)..];
+        let dkim = self.settings.read().expect("not poisoned").dkim.clone();
+        dkim.sign_copy(&mut header, body, &record.planned.rewrite);
         let outbound = Outbound {
             mail_from: &meta.envelope.mail_from,
             rcpt_to: &record.planned.rcpt_to,
