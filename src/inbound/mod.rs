@@ -19,6 +19,8 @@ mod auth;
 mod data;
 mod dot;
 mod ehlo;
+#[doc(hidden)]
+pub mod fuzz;
 mod listener;
 mod mail;
 mod rcpt;
