@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -14,7 +15,8 @@ use crate::observe::{Metrics, Redactor};
 /// Runs one session (greeting to close) with `input` as everything the client sends, written
 /// in pieces of `chunk` bytes, and returns everything the server answered. `pretend_tls`
 /// starts the session as if STARTTLS had completed, so AUTH is reachable without a handshake.
-/// Must run inside a tokio runtime; with paused time the AUTH delay and timeouts cost nothing.
+/// Must run inside a tokio runtime with time enabled. The client half closes after its last
+/// byte, so the session ends on EOF rather than on a timeout.
 pub async fn session<A: Acceptor>(
     input: &[u8],
     chunk: usize,
@@ -29,7 +31,11 @@ pub async fn session<A: Acceptor>(
         redactor: Redactor::plain(),
         shutdown: CancellationToken::new(),
         tls: None,
-        tuning: Tuning::default(),
+        // No pause after a failed AUTH: the fuzzer would spend its time asleep.
+        tuning: Tuning {
+            auth_failure_delay: Duration::ZERO,
+            ..Tuning::default()
+        },
     });
     let (client, server) = tokio::io::duplex(64 * 1024);
     let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
