@@ -642,7 +642,7 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn huge_data_stream_is_refused_without_buffering() {
     const STREAM: usize = 256 * 1024 * 1024;
-    const RSS_BOUND_KIB: u64 = 96 * 1024;
+    const RSS_BOUND_KIB: u64 = 64 * 1024;
     let work = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = work.path().join("mailveil.toml");
