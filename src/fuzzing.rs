@@ -57,18 +57,25 @@ pub fn session(data: &[u8]) {
         },
         access: AccessConfig { networks, users },
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let replies = RUNTIME.with(|runtime| {
+        runtime.block_on(crate::inbound::fuzz::session(
+            input,
+            chunk,
+            settings,
+            Arc::new(PolicyAcceptor),
+            pretend_tls,
+        ))
+    });
+    check_replies(&replies);
+}
+
+thread_local! {
+    /// One runtime per thread, reused by every input (building one per input is slow). Each
+    /// session runs to completion inside `block_on`, so no task outlives its input.
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .expect("tokio runtime");
-    let replies = runtime.block_on(crate::inbound::fuzz::session(
-        input,
-        chunk,
-        settings,
-        Arc::new(PolicyAcceptor),
-        pretend_tls,
-    ));
-    check_replies(&replies);
 }
 
 /// Every reply line is `ddd` then space or hyphen, ending in CRLF, and carries no bare CR/LF.

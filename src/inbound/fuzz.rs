@@ -27,7 +27,8 @@ pub async fn session<A: Acceptor>(
     let ctx = Arc::new(Context {
         settings: Arc::new(settings),
         acceptor,
-        metrics: Metrics::new(),
+        // One registry for every run: building one per input would dominate the fuzzer's time.
+        metrics: shared_metrics(),
         redactor: Redactor::plain(),
         shutdown: CancellationToken::new(),
         tls: None,
@@ -69,4 +70,9 @@ pub async fn session<A: Acceptor>(
         reader_task
     );
     replies
+}
+
+fn shared_metrics() -> Metrics {
+    static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(Metrics::new).clone()
 }
