@@ -285,11 +285,9 @@ async fn every_hostile_upstream_is_a_temporary_failure() {
 }
 
 /// Runs futures concurrently (the attempts wait on timeouts; in sequence they would add up).
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output>
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();

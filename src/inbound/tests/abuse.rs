@@ -46,7 +46,7 @@ async fn auth_failure_delay_grows_then_the_connection_closes() {
 #[tokio::test(start_paused = true)]
 async fn command_timeout_covers_the_whole_line() {
     let h = Harness::new(settings(), None); // command_timeout = 5 s
-    let (mut c, _task) = h.connect("127.0.0.1:1000").await;
+    let (c, _task) = h.connect("127.0.0.1:1000").await;
     let started = Instant::now();
     let mut stream = c.into_inner();
     // One byte a second: each read comes well within the timeout, the line never does.
