@@ -40,7 +40,8 @@ pub(crate) struct Tuning {
     pub max_errors: u32,
     /// Failed AUTH attempts before the connection is closed.
     pub max_auth_failures: u32,
-    /// Pause before answering a failed AUTH, slowing password guessing.
+    /// Pause before answering a failed AUTH, times the number of failures so far on the
+    /// connection (1x, 2x, ...), slowing password guessing.
     pub auth_failure_delay: Duration,
 }
 
