@@ -290,12 +290,15 @@ enum Kind {
     Cc,
     Bcc,
     Dkim,
+    From,
     Other,
 }
 
 /// An independent header splitter, written from the rules the privacy module documents (a
-/// field starts at a line `name[WSP]:`, any other line continues the previous one, the header
-/// ends at the first empty line), so the checks do not trust the code they check.
+/// field starts at a line `name[WSP]:`, or where a lenient reader that ignores white space
+/// before the colon would read an address field name; any other line continues the previous
+/// one; the header ends at the first empty line), so the checks do not trust the code they
+/// check.
 struct Oracle<'a> {
     fields: Vec<(Kind, &'a [u8])>,
     /// The empty line ending the block (empty when there is none).
@@ -307,6 +310,8 @@ impl<'a> Oracle<'a> {
         let mut starts: Vec<(Kind, usize)> = Vec::new();
         let mut pos = 0;
         let mut end: &'a [u8] = &[];
+        // Whether a lenient reader looks for a field name at the start of the current line.
+        let mut seeking_name = true;
         while pos < header.len() {
             let line_end = header[pos..]
                 .iter()
@@ -317,7 +322,15 @@ impl<'a> Oracle<'a> {
                 end = line;
                 break;
             }
-            match Self::field_kind(line) {
+            let folded = line.starts_with(b" ") || line.starts_with(b"\t");
+            let lenient = if seeking_name || !folded {
+                Self::lenient_kind(line)
+            } else {
+                None
+            };
+            seeking_name = (seeking_name || !folded) && lenient.is_none();
+            let lenient = lenient.filter(|&k| k != Kind::Other);
+            match Self::field_kind(line).or(lenient) {
                 Some(kind) => starts.push((kind, pos)),
                 // Lines before the first field form a field of their own.
                 None if starts.is_empty() => starts.push((Kind::Other, pos)),
@@ -359,8 +372,23 @@ impl<'a> Oracle<'a> {
             "cc" => Kind::Cc,
             "bcc" => Kind::Bcc,
             "dkim-signature" => Kind::Dkim,
+            "from" => Kind::From,
             _ => Kind::Other,
         })
+    }
+
+    /// The kind of field a reader that drops white space before the colon sees on `line`.
+    fn lenient_kind(line: &[u8]) -> Option<Kind> {
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name: String = String::from_utf8_lossy(&line[..colon])
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '\t' | '\r' | '\x0c' | '\n'))
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if name.is_empty() {
+            return None;
+        }
+        Self::field_kind(format!("{name}:").as_bytes())
     }
 
     fn count(&self, kind: Kind) -> usize {
