@@ -703,3 +703,33 @@ async fn huge_data_stream_is_refused_without_buffering() {
         "nothing delivered"
     );
 }
+
+/// Field names a lenient mail program reads despite white space (`T o:`, a form feed before
+/// `Cc:`) count as address fields and never reach a copy (found by the rewrite fuzz target).
+#[tokio::test]
+async fn address_fields_with_spaced_names_are_counted_and_removed() {
+    let relay = InProcessRelay::start(&config("", "")).await;
+    let msg = [
+        b"From: app@src.test\r\nTo: a@x.test\r\nSubject: s\r\nT o: b@y.test\r\n".as_slice(),
+        b"\x0cCc: c@z.test\r\n\r\nbody\r\n",
+    ]
+    .concat();
+    let rcpts: &[&[u8]] = &[b"<a@x.test>", b"<b@y.test>", b"<c@z.test>"];
+    let (_, fin) = send_raw(relay.smtp, "<app@src.test>", rcpts, &msg).await;
+    assert!(fin.starts_with("250"), "{fin}");
+    let copies = wait_for_captures(&relay.outbox(), 3).await;
+    assert_eq!(copies.len(), 3, "three visible addresses: split");
+    for copy in &copies {
+        let own = &copy.rcpt_to[0];
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&copy.bytes)
+            .unwrap();
+        let shown: Vec<String> = [parsed.to(), parsed.cc()]
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a.iter())
+            .filter_map(|a| a.address.as_deref().map(str::to_string))
+            .collect();
+        assert_eq!(shown, [own.clone()], "what a mail program shows {own}");
+    }
+}
