@@ -388,7 +388,8 @@ impl<'a> Oracle<'a> {
         if name.is_empty() {
             return None;
         }
-        Self::field_kind(format!("{name}:").as_bytes())
+        // Any name counts (it ends the reader's search), even one no strict rule accepts.
+        Some(Self::field_kind(format!("{name}:").as_bytes()).unwrap_or(Kind::Other))
     }
 
     fn count(&self, kind: Kind) -> usize {
