@@ -248,10 +248,24 @@ fn check_rewritten(original: &Oracle<'_>, copy: &Oracle<'_>) {
     );
 }
 
-/// True when `address` occurs in `text` as a token a reader could take for an address: not
-/// glued to other address characters on either side (so `"@z` inside `"to:ai@ay"@z`, the
-/// quoted form of a different address, does not count).
+/// True when `address` occurs in `text`, outside quoted strings, as a token a reader could
+/// take for an address: not glued to other address characters on either side. So `"@z`
+/// inside `"to:ai@ay"@z`, the quoted form of a different address, does not count. (Quoted
+/// display names are checked through what mail-parser decodes.)
 fn shows_token(text: &str, address: &str) -> bool {
+    let mut outside = String::with_capacity(text.len());
+    let (mut quoted, mut escaped) = (false, false);
+    for c in text.chars() {
+        let was_quoted = quoted;
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ => {}
+        }
+        outside.push(if was_quoted || quoted { ' ' } else { c });
+    }
+    let text = outside.as_str();
     let boundary = |c: Option<char>| c.is_none_or(|c| c.is_whitespace() || "<>,;:()".contains(c));
     text.match_indices(address).any(|(i, m)| {
         boundary(text[..i].chars().next_back()) && boundary(text[i + m.len()..].chars().next())
