@@ -130,17 +130,23 @@ fn only_recipient_field(address: &str, display_name: Option<&str>, eol: &[u8]) -
 }
 
 /// `address` as an RFC 5322 addr-spec: the local part as it is when it is a dot-atom,
-/// quoted otherwise; `None` when it has no `@`, contains a control character, or its domain is
-/// not a dot-atom.
+/// quoted otherwise; `None` when it has no `@`, contains a control character or `=?`, or its
+/// domain is not a dot-atom.
 ///
 /// Why: smtp-proto hands over RCPT TO addresses with their quotes removed, so the envelope of
 /// `RCPT TO:<"bob@y.test, x"@z.test>` holds `bob@y.test, x@z.test`. Written into `To:` as it
 /// is, a reader would see two mailboxes, one of them another recipient's. Quoted, it is the
 /// one mailbox it is. Control characters are refused, not stripped: stripping could turn an
-/// address into another recipient's.
+/// address into another recipient's. `=?` starts an RFC 2047 encoded-word, which lenient
+/// readers (mail-parser) decode even inside an address: `=?utf-8?q?x=40y?=victim@v.test`
+/// would show `victim@v.test`.
 fn addr_spec(address: &str) -> Option<String> {
     let (local, domain) = address.rsplit_once('@')?;
-    if local.is_empty() || address.chars().any(char::is_control) || !is_dot_atom(domain) {
+    if local.is_empty()
+        || address.chars().any(char::is_control)
+        || address.contains("=?")
+        || !is_dot_atom(domain)
+    {
         return None;
     }
     if is_dot_atom(local) {
