@@ -163,6 +163,7 @@ fn unusual_local_parts_are_quoted() {
         "no-at",
         "a@x,y.test",
         "a\u{1}@x.test",
+        "=?utf-8?q?x=40y?=victim@v.test",
     ] {
         let h = render(&m, &only(unusable, None));
         assert!(
