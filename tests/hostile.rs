@@ -730,6 +730,10 @@ async fn address_fields_with_spaced_names_are_counted_and_removed() {
             .flat_map(|a| a.iter())
             .filter_map(|a| a.address.as_deref().map(str::to_string))
             .collect();
-        assert_eq!(shown, [own.clone()], "what a mail program shows {own}");
+        assert_eq!(
+            shown,
+            std::slice::from_ref(own),
+            "what a mail program shows {own}"
+        );
     }
 }
