@@ -20,6 +20,8 @@ pub mod capture;
 pub mod config;
 pub mod dkim;
 pub mod envelope;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inbound;
 pub mod observe;
 pub mod privacy;

@@ -5,8 +5,8 @@
 //! problem with its key path so an operator fixes the file in one pass. Secrets are resolved
 //! here from `*_env` / `*_file` and never appear in `Debug` output.
 
-mod hold;
 mod dkim;
+mod hold;
 mod raw;
 mod shaping;
 mod values;
@@ -18,12 +18,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
+pub use dkim::{DkimConfig, DkimKeyConfig};
 pub use hold::{DEFAULT_HOLD_TIMEOUT, HoldConfig, HoldTimeoutAction};
 pub use shaping::{
     ClusterConfig, DEFAULT_REPLICAS, MxConfig, ProviderConfig, ReplyPattern, ShapingAction,
     ShapingConfig, ShapingRule,
 };
-pub use dkim::{DkimConfig, DkimKeyConfig};
 pub use values::Secret;
 use values::{Problems, duration, size};
 

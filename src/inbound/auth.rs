@@ -1,8 +1,9 @@
 //! AUTH PLAIN and LOGIN (RFC 4954), offered only under TLS so a password never crosses the
 //! network in clear text.
 //!
-//! Failed attempts are answered after a pause and the connection is closed after a few of
-//! them, which makes guessing slow. Passwords are compared in constant time (BLAKE3 digests,
+//! Failed attempts are answered after a pause that grows with each failure (1 s, 2 s, ... by
+//! default) and the connection is closed with `421 4.7.0` after a few of them (3 by default),
+//! which makes guessing slow; a reconnecting guesser starts over but pays a TLS handshake. Passwords are compared in constant time (BLAKE3 digests,
 //! whose equality is constant-time, so neither content nor length leaks through timing), and
 //! never logged: not even the user name of a failed attempt, which is often a mistyped password.
 
@@ -133,9 +134,14 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         self.st.auth_failures += 1;
         self.count(Rejection::AuthFailed);
         tracing::info!(peer = %self.st.peer, failures = self.st.auth_failures, "AUTH failed");
-        // Earlier replies go out now; only the 535 waits.
+        // Earlier replies go out now; only the 535 waits, longer after each failure.
         self.flush().await?;
-        tokio::time::sleep(self.ctx.tuning.auth_failure_delay).await;
+        let delay = self
+            .ctx
+            .tuning
+            .auth_failure_delay
+            .saturating_mul(self.st.auth_failures);
+        tokio::time::sleep(delay).await;
         self.reply(&replies::AUTH_FAILED);
         if self.st.auth_failures >= self.ctx.tuning.max_auth_failures {
             self.reply(&replies::TOO_MANY_AUTH_FAILURES);

@@ -6,7 +6,9 @@
 //! over afterwards, so the client can start the next one.
 
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant as WallClock};
+
+use tokio::time::Instant;
 
 use super::dot::{DotDecoder, Feed};
 use super::replies;
@@ -16,6 +18,18 @@ use crate::envelope::{ClientInfo, Envelope};
 
 /// Initial message buffer when the client gave no `SIZE=`; it grows by doubling.
 const INITIAL_MESSAGE_CAPACITY: usize = 16 * 1024;
+
+/// Slowest average rate a message may arrive at, once `command_timeout` of credit is spent.
+const MIN_DATA_RATE: u64 = 1024; // bytes per second
+
+/// The DATA deadline after `received` more bytes: each byte earns `1 / MIN_DATA_RATE` seconds,
+/// but the deadline never lies more than `limit` ahead. So a stall still ends after
+/// `command_timeout`, and a client trickling bytes (slowloris inside DATA, where every read
+/// would otherwise reset the clock) is cut off once it falls below `MIN_DATA_RATE` on average.
+fn extend(deadline: Instant, received: usize, limit: Duration) -> Instant {
+    let credit = Duration::from_millis(received as u64 * 1000 / MIN_DATA_RATE);
+    (deadline + credit).min(Instant::now() + limit)
+}
 
 impl<S: Stream, A: Acceptor> Session<S, A> {
     pub(super) async fn data(&mut self) -> Result<Flow, InboundError> {
@@ -38,6 +52,8 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
 
         self.reply(&replies::START_DATA);
         self.flush().await?;
+        let limit = self.ctx.settings.server.command_timeout;
+        let mut deadline = Instant::now() + limit;
         loop {
             match decoder.feed(self.st.unread(), &mut message) {
                 Feed::End { consumed } => {
@@ -50,10 +66,11 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                 }
             }
             // A transaction is open: shutdown does not interrupt it.
-            if let Some(end) = self.fill(false).await? {
+            if let Some(end) = self.fill(false, deadline).await? {
                 self.st.tx = None;
                 return Ok(self.end(end));
             }
+            deadline = extend(deadline, self.st.unread().len(), limit);
         }
 
         let Some(draft) = self.st.tx.take() else {
@@ -88,7 +105,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                 user: self.st.user.clone(),
             },
         };
-        let started = Instant::now();
+        let started = WallClock::now();
         let verdict = self.ctx.acceptor.accept(tx).await;
         let metrics = &self.ctx.metrics;
         match verdict {

@@ -33,6 +33,9 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         if self.st.tx.is_some() {
             return self.reject(Rejection::BadSequence, &replies::NESTED_MAIL);
         }
+        if super::rcpt::has_control(&from.address) {
+            return self.reject(Rejection::Syntax, &replies::BAD_SENDER);
+        }
         if !only_advertised(&from) {
             return self.reject(Rejection::Syntax, &replies::UNSUPPORTED_PARAM);
         }

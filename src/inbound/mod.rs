@@ -20,6 +20,8 @@ mod auth;
 mod data;
 mod dot;
 mod ehlo;
+#[doc(hidden)]
+pub mod fuzz;
 mod listener;
 mod live;
 mod mail;

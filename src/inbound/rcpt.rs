@@ -20,6 +20,12 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             // no local mailbox to give them to.
             return self.reject(Rejection::Syntax, &replies::BAD_RECIPIENT);
         }
+        if has_control(&to.address) {
+            // smtp-proto lets control characters (NUL, ESC, ...) through inside a quoted local
+            // part. No mailbox needs them, and downstream they could only be stripped (turning
+            // the address into someone else's) or smuggled into headers and logs.
+            return self.reject(Rejection::Syntax, &replies::BAD_RECIPIENT);
+        }
         let access = &self.ctx.settings.access;
         let auth_possible = !access.users.is_empty() && (self.st.tls || self.ctx.tls.is_some());
         let decision = relay(
@@ -50,4 +56,9 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         self.reply(&replies::RECIPIENT_OK);
         Flow::Continue
     }
+}
+
+/// True when an envelope address holds a control character (C0, DEL or C1).
+pub(super) fn has_control(address: &str) -> bool {
+    address.chars().any(char::is_control)
 }

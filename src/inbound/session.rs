@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use smtp_proto::{Error as ParseError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +40,8 @@ pub(crate) struct Tuning {
     pub max_errors: u32,
     /// Failed AUTH attempts before the connection is closed.
     pub max_auth_failures: u32,
-    /// Pause before answering a failed AUTH, slowing password guessing.
+    /// Pause before answering a failed AUTH, times the number of failures so far on the
+    /// connection (1x, 2x, ...), slowing password guessing.
     pub auth_failure_delay: Duration,
 }
 
@@ -385,13 +387,17 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         Ok(())
     }
 
-    /// Flushes pending replies, then reads more input. `idle` allows shutdown to interrupt the
-    /// wait: it is false while a transaction is open, so that transaction can finish.
-    pub async fn fill(&mut self, idle: bool) -> Result<Option<End>, InboundError> {
+    /// Flushes pending replies, then reads more input, giving up at `deadline`. `idle` allows
+    /// shutdown to interrupt the wait: it is false while a transaction is open, so that
+    /// transaction can finish.
+    pub async fn fill(
+        &mut self,
+        idle: bool,
+        deadline: Instant,
+    ) -> Result<Option<End>, InboundError> {
         self.flush().await?;
         self.st.prepare_read();
-        let limit = self.ctx.settings.server.command_timeout;
-        let read = tokio::time::timeout(limit, self.stream.read_buf(&mut self.st.rbuf));
+        let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.st.rbuf));
         tokio::select! {
             biased;
             _ = self.ctx.shutdown.cancelled(), if idle => Ok(Some(End::Shutdown)),
@@ -405,13 +411,17 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
     }
 
     /// The next command line (or AUTH response line), reading as needed.
+    ///
+    /// `command_timeout` bounds the whole line, not each read: a client trickling one byte
+    /// at a time (slowloris) would otherwise hold its connection slot forever.
     pub async fn next_line(&mut self) -> Result<Input, InboundError> {
         let max = self.ctx.settings.server.max_line_length;
+        let deadline = Instant::now() + self.ctx.settings.server.command_timeout;
         loop {
             if let Some(input) = self.st.take_line(max) {
                 return Ok(input);
             }
-            if let Some(end) = self.fill(self.st.tx.is_none()).await? {
+            if let Some(end) = self.fill(self.st.tx.is_none(), deadline).await? {
                 return Ok(Input::End(end));
             }
         }

@@ -11,6 +11,12 @@
 //!   before the colon) starts a field. Any other line continues the previous field: folded
 //!   lines, but also malformed lines such as a bare `b@y, c@z` after a `To:` line, so that
 //!   stray addresses are removed (and counted) together with the field they follow.
+//! - Except where lenient readers disagree: mail-parser (and mail programs like it) skip
+//!   ASCII white space (space, tab, CR, form feed) anywhere before the colon, so they read
+//!   `T o: b@y` or `\x0cCc: b@y` as address fields. Where such a reader would start a field on
+//!   a line (see [`Reader`]) and the name it reads is one the policy handles (To, Cc, Bcc,
+//!   DKIM-Signature, From), that line starts a field of that kind here too: it is counted
+//!   and removed from rewritten copies instead of being kept as part of another field.
 
 /// The header fields the privacy policy treats specially.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +69,7 @@ pub(crate) struct HeaderBlock {
 /// Scans the header block once, without copying anything.
 pub(crate) fn scan(message: &[u8]) -> HeaderBlock {
     let mut fields: Vec<Field> = Vec::new();
+    let mut reader = Reader::AtFieldStart;
     let mut pos = 0;
     while pos < message.len() {
         let line_end = message[pos..]
@@ -77,12 +84,22 @@ pub(crate) fn scan(message: &[u8]) -> HeaderBlock {
                 body_start: line_end,
             };
         }
-        match field_name(line) {
-            Some((name_len, colon)) => fields.push(Field {
+        let lenient = reader
+            .reads_name(line)
+            .then(|| lenient_name(line))
+            .flatten();
+        reader = reader.after(line, lenient.is_some());
+        let strict =
+            field_name(line).map(|(name_len, colon)| (FieldKind::of(&line[..name_len]), colon));
+        let lenient = lenient
+            .map(|(name, colon)| (FieldKind::of(&name), colon))
+            .filter(|(kind, _)| *kind != FieldKind::Other);
+        match strict.or(lenient) {
+            Some((kind, colon)) => fields.push(Field {
                 start: pos,
                 value_start: pos + colon + 1,
                 end: line_end,
-                kind: FieldKind::of(&line[..name_len]),
+                kind,
             }),
             None => match fields.last_mut() {
                 Some(last) => last.end = line_end,
@@ -101,6 +118,45 @@ pub(crate) fn scan(message: &[u8]) -> HeaderBlock {
         fields_end: message.len(),
         body_start: message.len(),
     }
+}
+
+/// Where a lenient reader (mail-parser) is at the start of a header line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// Looking for the next field name: at the top, and after a line it could not read as a
+    /// field (no colon), where it skips white space, even a leading space or tab.
+    AtFieldStart,
+    /// Inside a field value: a line starting with space or tab continues it; any other line
+    /// ends it and is read as the next field name.
+    InValue,
+}
+
+impl Reader {
+    /// True when the reader takes `line` as a possible field name.
+    fn reads_name(self, line: &[u8]) -> bool {
+        self == Reader::AtFieldStart || !matches!(line.first(), Some(b' ' | b'\t'))
+    }
+
+    /// The state at the start of the next line. `named`: the reader found a field name on it.
+    fn after(self, line: &[u8], named: bool) -> Reader {
+        match (self.reads_name(line), named) {
+            (true, true) => Reader::InValue,
+            (true, false) => Reader::AtFieldStart,
+            (false, _) => Reader::InValue,
+        }
+    }
+}
+
+/// The field name a lenient reader takes from `line`: every non-white-space byte before the
+/// first colon, and the colon's index; `None` without a colon or a name.
+fn lenient_name(line: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let colon = memchr::memchr(b':', line)?;
+    let name: Vec<u8> = line[..colon]
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    (!name.is_empty()).then_some((name, colon))
 }
 
 /// If `line` starts a field, the length of its name and the index of its colon.
@@ -160,6 +216,27 @@ mod tests {
         let h = scan(m);
         assert_eq!((h.fields_end, h.body_start), (m.len(), m.len()));
         assert_eq!(h.fields[1].end, m.len());
+    }
+
+    #[test]
+    fn names_lenient_readers_see_start_fields() {
+        // Space inside the name, form feed or CR before it, and a space-led line after a line
+        // without a colon: mail-parser reads each as an address field, and so do we.
+        let m = b"Subject: a\nT o: b@y\n\x0cCc: c@z\nno colon here\n  bcc: d@w\n\rTo: e@v\nX-Y z: f@u\n\n";
+        let kinds: Vec<_> = scan(m).fields.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                FieldKind::Other,
+                FieldKind::To,
+                FieldKind::Cc,
+                FieldKind::Bcc,
+                FieldKind::To
+            ]
+        );
+        // A folded line inside a value stays a continuation, whatever it looks like.
+        let m = b"Subject: a\n To: b@y\n\n";
+        assert_eq!(scan(m).fields.len(), 1);
     }
 
     #[test]

@@ -77,11 +77,16 @@ pub fn body_offset(message: &[u8]) -> usize {
 
 /// `To: R` or `To: "Name" <R>`, folded, ending with `eol`.
 ///
-/// Names and addresses come from the client (header or RCPT TO) and may be hostile: control
-/// characters are removed so a CR or LF can never start a new header field (injection).
+/// Names and addresses come from the client (header or RCPT TO) and may be hostile. Control
+/// characters are removed from names so a CR or LF can never start a new header field
+/// (injection). The address is written as an addr-spec a reader parses as exactly this one
+/// mailbox (see [`addr_spec`]); one that cannot be written so gives
+/// `To: undisclosed-recipients:;` rather than a header that could show something else.
 fn only_recipient_field(address: &str, display_name: Option<&str>, eol: &[u8]) -> Vec<u8> {
-    let address: String = address.chars().filter(|c| !c.is_control()).collect();
-    let address = address.trim();
+    let Some(address) = addr_spec(address.trim()) else {
+        return [b"To: undisclosed-recipients:;".as_slice(), eol].concat();
+    };
+    let address = address.as_str();
     let name: String = display_name
         .unwrap_or("")
         .chars()
@@ -122,6 +127,46 @@ fn only_recipient_field(address: &str, display_name: Option<&str>, eol: &[u8]) -
     out.push(b'>');
     out.extend_from_slice(eol);
     out
+}
+
+/// `address` as an RFC 5322 addr-spec: the local part as it is when it is a dot-atom,
+/// quoted otherwise; `None` when it has no `@`, contains a control character or `=?`, or its
+/// domain is not a dot-atom.
+///
+/// Why: smtp-proto hands over RCPT TO addresses with their quotes removed, so the envelope of
+/// `RCPT TO:<"bob@y.test, x"@z.test>` holds `bob@y.test, x@z.test`. Written into `To:` as it
+/// is, a reader would see two mailboxes, one of them another recipient's. Quoted, it is the
+/// one mailbox it is. Control characters are refused, not stripped: stripping could turn an
+/// address into another recipient's. `=?` starts an RFC 2047 encoded-word, which lenient
+/// readers (mail-parser) decode even inside an address: `=?utf-8?q?x=40y?=victim@v.test`
+/// would show `victim@v.test`.
+fn addr_spec(address: &str) -> Option<String> {
+    let (local, domain) = address.rsplit_once('@')?;
+    if local.is_empty()
+        || address.chars().any(char::is_control)
+        || address.contains("=?")
+        || !is_dot_atom(domain)
+    {
+        return None;
+    }
+    if is_dot_atom(local) {
+        Some(address.to_string())
+    } else {
+        Some(format!("{}@{domain}", quoted_string(local)))
+    }
+}
+
+/// RFC 5322 dot-atom, with RFC 6532's UTF-8 characters counted as atext.
+fn is_dot_atom(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|atom| {
+            !atom.is_empty()
+                && atom.chars().all(|c| {
+                    c.is_ascii_alphanumeric()
+                        || "!#$%&'*+-/=?^_`{|}~".contains(c)
+                        || (!c.is_ascii() && !c.is_whitespace() && !c.is_control())
+                })
+        })
 }
 
 /// RFC 5322 quoted-string: backslash before `"` and `\`.

@@ -1,6 +1,7 @@
 //! Tests of the listener at two levels: scripted sessions over `tokio::io::duplex` (no
 //! sockets, deterministic) and real TCP/TLS connections against `serve`.
 
+mod abuse;
 mod scripted;
 mod support;
 mod tcp;

@@ -114,13 +114,63 @@ fn header_injection_through_names_and_addresses_is_stripped() {
             Some("Eve\r\nCc: victim@z.com\n\u{0}\u{7f}"),
         ),
     );
-    // Exactly the lines we expect: no new field appeared.
+    // An address with control characters cannot be shown as itself: no address at all.
+    assert_eq!(h, "To: undisclosed-recipients:;\r\nSubject: s\r\n\r\n");
+    // A name loses its control characters, so it cannot start a field either.
+    let h = render(
+        &m,
+        &only("a@x.com", Some("Eve\r\nCc: victim@z.com\n\u{0}\u{7f}")),
+    );
     assert_eq!(
         h,
-        "To: \"EveCc: victim@z.com\" <a@x.comBcc: evil@z.com>\r\nSubject: s\r\n\r\n"
+        "To: \"EveCc: victim@z.com\" <a@x.com>\r\nSubject: s\r\n\r\n"
     );
     let lines: Vec<&str> = h.split("\r\n").collect();
     assert_eq!(lines[1], "Subject: s");
+}
+
+/// smtp-proto strips the quotes of a quoted local part; the copy writes them back, so a
+/// reader sees exactly one mailbox, never the addresses the local part spells out.
+#[test]
+fn unusual_local_parts_are_quoted() {
+    let m = crlf("To: a@x.com, b@y.com\nSubject: s\n\n");
+    for (address, shown) in [
+        ("bob@y.test, x@z.test", "To: \"bob@y.test, x\"@z.test"),
+        ("Cc:ther@q.test", "To: \"Cc:ther\"@q.test"),
+        ("a\"b\\c@d.test", "To: \"a\\\"b\\\\c\"@d.test"),
+        ("first.last+tag@x.test", "To: first.last+tag@x.test"),
+        (
+            "j\u{fc}rgen@b\u{fc}cher.test",
+            "To: j\u{fc}rgen@b\u{fc}cher.test",
+        ),
+        ("a..b@x.test", "To: \"a..b\"@x.test"),
+        ("a@x, b@y.test", "To: \"a@x, b\"@y.test"),
+    ] {
+        let h = render(&m, &only(address, None));
+        assert_eq!(h.lines().next().unwrap(), shown, "{address:?}");
+        let copy = [h.as_bytes(), b"body"].concat();
+        let parsed = mail_parser::MessageParser::default().parse(&copy).unwrap();
+        assert_eq!(
+            parsed.to().unwrap().iter().count(),
+            1,
+            "{address:?}: one mailbox"
+        );
+    }
+    for unusable in [
+        "a@x y",
+        "a@",
+        "@x.test",
+        "no-at",
+        "a@x,y.test",
+        "a\u{1}@x.test",
+        "=?utf-8?q?x=40y?=victim@v.test",
+    ] {
+        let h = render(&m, &only(unusable, None));
+        assert!(
+            h.starts_with("To: undisclosed-recipients:;\r\n"),
+            "{unusable:?}: {h}"
+        );
+    }
 }
 
 #[test]
