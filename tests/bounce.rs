@@ -2,7 +2,6 @@
 //! naming only the failed copy's recipient; the null sender never gets one.
 
 #[path = "support/scripted_smtp.rs"]
-#[allow(dead_code)]
 mod scripted_smtp;
 mod support;
 

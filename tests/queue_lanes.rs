@@ -160,9 +160,13 @@ async fn a_transactional_message_overtakes_a_queued_5000_copy_fan_out() {
     println!(
         "password reset arrived as message {position}; {before_reset} fan-out copies were out when it was accepted"
     );
-    // Only the copies already in flight (at most the lane's concurrency) may go before it.
+    // It is dispatched as soon as a slot frees, but it may need a fresh connection (connect,
+    // EHLO) while the lane's other slots (9 here) keep sending fan-out copies on connections
+    // already open: so at most the copies in flight plus about one more round of them arrive
+    // first (up to 15 seen on an idle machine; the bound leaves room for a loaded one). Without
+    // priority it arrives after all 5,000.
     assert!(
-        position <= before_reset + 10,
+        position <= before_reset + 100,
         "the transactional copy waited behind {} queued fan-out copies",
         position - before_reset
     );

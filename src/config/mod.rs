@@ -366,10 +366,10 @@ fn validate_server(raw: raw::RawServer, p: &mut Problems) -> ServerConfig {
             let cert = p.required("server.tls.cert", t.cert).map(PathBuf::from);
             let key = p.required("server.tls.key", t.key).map(PathBuf::from);
             for (k, f) in [("server.tls.cert", &cert), ("server.tls.key", &key)] {
-                if let Some(f) = f {
-                    if let Err(e) = std::fs::metadata(f) {
-                        p.push(k, format!("cannot read {}: {e}", f.display()));
-                    }
+                if let Some(f) = f
+                    && let Err(e) = std::fs::metadata(f)
+                {
+                    p.push(k, format!("cannot read {}: {e}", f.display()));
                 }
             }
             Some(InboundTlsConfig {
@@ -566,13 +566,13 @@ fn validate_upstreams(raw: Vec<raw::RawUpstream>, p: &mut Problems) -> Vec<Upstr
                     p.push(&format!("{path}.host"), "must be a host name or IP address");
                 }
                 let ca_file = u.ca_file.map(PathBuf::from);
-                if let Some(f) = &ca_file {
-                    if let Err(e) = std::fs::metadata(f) {
-                        p.push(
-                            &format!("{path}.ca_file"),
-                            format!("cannot read {}: {e}", f.display()),
-                        );
-                    }
+                if let Some(f) = &ca_file
+                    && let Err(e) = std::fs::metadata(f)
+                {
+                    p.push(
+                        &format!("{path}.ca_file"),
+                        format!("cannot read {}: {e}", f.display()),
+                    );
                 }
                 let password = p.secret(&path, "password", u.password_env, u.password_file, false);
                 let credentials = match (u.username, password) {

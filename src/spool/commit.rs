@@ -251,9 +251,9 @@ fn sync_log(batch: &Batch) {
         return;
     }
     // A finished batch's file may be gone already: then there is nothing left to keep.
-    if let Err(e) = batch.file.sync_data() {
-        if batch.live.load(Ordering::Acquire) > 0 {
-            tracing::error!(batch = %batch.name, error = %e, "cannot sync delivery records; copies may be sent again after a crash");
-        }
+    if let Err(e) = batch.file.sync_data()
+        && batch.live.load(Ordering::Acquire) > 0
+    {
+        tracing::error!(batch = %batch.name, error = %e, "cannot sync delivery records; copies may be sent again after a crash");
     }
 }

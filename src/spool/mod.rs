@@ -224,10 +224,10 @@ impl Spool {
 
     fn write_log(&self, batch: &Arc<Batch>, text: &str) -> Result<(), SpoolError> {
         batch.append(text.as_bytes())?;
-        if !batch.dirty.swap(true, Ordering::AcqRel) {
-            if let Some(tx) = self.syncs.lock().expect("not poisoned").as_ref() {
-                let _ = tx.send(SyncRequest::Dirty(batch.clone()));
-            }
+        if !batch.dirty.swap(true, Ordering::AcqRel)
+            && let Some(tx) = self.syncs.lock().expect("not poisoned").as_ref()
+        {
+            let _ = tx.send(SyncRequest::Dirty(batch.clone()));
         }
         Ok(())
     }
@@ -326,10 +326,10 @@ impl Spool {
     /// stable across restarts without being guessable from the outside.
     pub fn redaction_key(&self) -> Result<[u8; 32], SpoolError> {
         let path = self.root.join(".redaction-key");
-        if let Ok(bytes) = fs::read(&path) {
-            if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
-                return Ok(key);
-            }
+        if let Ok(bytes) = fs::read(&path)
+            && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+        {
+            return Ok(key);
         }
         let key: [u8; 32] = rand::random();
         write_synced(&path, &key)?;
