@@ -502,6 +502,16 @@ impl Inner {
         let rcpts = self.redactor.list(&record.planned.rcpt_to);
         let provider = lane.name.as_str();
         let attempts = item.attempts;
+        let final_of = || Final {
+            meta,
+            index,
+            provider,
+            upstream,
+            rcpts: &rcpts,
+            header: &header,
+            duration_ms: started.elapsed().as_millis() as u64,
+            attempts,
+        };
         let outcome = match result {
             Ok(delivered) => {
                 let elapsed = started.elapsed();
@@ -530,30 +540,7 @@ impl Inner {
             }
             Err(error) if !error.is_temporary() => {
                 let code = error.code().unwrap_or(554);
-                self.metrics
-                    .deliveries
-                    .with_label_values(&[provider, upstream, "failed"])
-                    .inc();
-                tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                    code, %error, duration_ms = started.elapsed().as_millis() as u64, attempts, "failed permanently");
-                self.bounce(
-                    meta,
-                    index,
-                    Failure {
-                        code,
-                        diagnostic: &error.to_string(),
-                        expired: false,
-                    },
-                    &header,
-                );
-                Some((
-                    LogEntry::Failed {
-                        index,
-                        code,
-                        at: unix_now(),
-                    },
-                    Some(code),
-                ))
+                Some(self.fail(final_of(), code, &error, false))
             }
             Err(error) => {
                 self.shape(lane, &error);
@@ -568,30 +555,7 @@ impl Inner {
                 let next = now + delay.as_secs().max(1);
                 if next.saturating_sub(meta.received_at) > retry.max_queue_time.as_secs() {
                     let code = error.code().unwrap_or(451);
-                    self.metrics
-                        .deliveries
-                        .with_label_values(&[provider, upstream, "failed"])
-                        .inc();
-                    tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                        code, %error, duration_ms = started.elapsed().as_millis() as u64, attempts, "failed: max_queue_time reached");
-                    self.bounce(
-                        meta,
-                        index,
-                        Failure {
-                            code,
-                            diagnostic: &error.to_string(),
-                            expired: true,
-                        },
-                        &header,
-                    );
-                    Some((
-                        LogEntry::Failed {
-                            index,
-                            code,
-                            at: now,
-                        },
-                        Some(code),
-                    ))
+                    Some(self.fail(final_of(), code, &error, true))
                 } else {
                     self.metrics
                         .deliveries
@@ -624,6 +588,43 @@ impl Inner {
     }
 
     /// Slows `lane` down when a temporary failure's reply matches a shaping rule.
+    /// A delivery failed for good (a permanent reply, or `max_queue_time` reached while
+    /// deferred): counted, logged once, bounced when configured; returns its outcome record.
+    fn fail(
+        self: &Arc<Self>,
+        f: Final<'_>,
+        code: u16,
+        error: &crate::upstream::UpstreamError,
+        expired: bool,
+    ) -> (LogEntry, Option<u16>) {
+        let (meta, index, provider, upstream) = (f.meta, f.index, f.provider, f.upstream);
+        self.metrics
+            .deliveries
+            .with_label_values(&[provider, upstream, "failed"])
+            .inc();
+        let (rcpt, duration_ms, attempts) = (f.rcpts, f.duration_ms, f.attempts);
+        if expired {
+            tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, %rcpt,
+                code, %error, duration_ms, attempts, "failed: max_queue_time reached");
+        } else {
+            tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, %rcpt,
+                code, %error, duration_ms, attempts, "failed permanently");
+        }
+        let diagnostic = error.to_string();
+        let failure = Failure {
+            code,
+            diagnostic: &diagnostic,
+            expired,
+        };
+        self.bounce(meta, index, failure, f.header);
+        let entry = LogEntry::Failed {
+            index,
+            code,
+            at: unix_now(),
+        };
+        (entry, Some(code))
+    }
+
     fn shape(&self, lane: &Arc<Lane>, error: &crate::upstream::UpstreamError) {
         let Some(reply) = rules::deferral_reply(error) else {
             return;
@@ -805,3 +806,15 @@ pub struct UpstreamStatus {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown provider {0:?}")]
 pub struct UnknownProvider(pub String);
+
+/// What [`Inner::fail`] needs to know about the delivery that failed.
+struct Final<'a> {
+    meta: &'a MessageMeta,
+    index: usize,
+    provider: &'a str,
+    upstream: &'a str,
+    rcpts: &'a str,
+    header: &'a [u8],
+    duration_ms: u64,
+    attempts: u32,
+}
