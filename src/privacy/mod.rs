@@ -12,6 +12,7 @@
 //! - `fields`: the header scanner the parser and the rewrite share, so they agree on which
 //!   bytes are a `To` field.
 
+pub mod address;
 mod fields;
 pub mod inspect;
 pub mod policy;
