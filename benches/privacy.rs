@@ -1,9 +1,11 @@
 //! Criterion benchmarks for the per-message CPU work of the relay: finding the visible
-//! recipients (the RFC 5322 address parser), planning the split, rendering each copy's header
-//! block (the rewrite), and decoding the DATA stream. Run: `cargo bench --bench privacy`.
+//! recipients (the RFC 5322 address parser), the privacy checks on the bytes (private
+//! addresses, egress check, body check) at 1k/10k/40k addresses, planning the split, rendering
+//! and checking each copy's header block, and decoding the DATA stream.
+//! Run: `cargo bench --bench privacy`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use mailveil::config::{PrivacyConfig, PrivacyMode};
+use mailveil::config::{BodyCheck, PrivacyConfig, PrivacyMode};
 use mailveil::envelope::Envelope;
 use mailveil::inbound::DotDecoder;
 use mailveil::privacy::{self, Rewrite};
@@ -36,7 +38,40 @@ fn split_config() -> PrivacyConfig {
         mode: PrivacyMode::Split,
         max_visible_recipients: 1,
         trusted_domains: Vec::new(),
+        body_check: BodyCheck::Reject,
     }
+}
+
+/// The whole policy at end of DATA on a message whose To: shows n addresses, all of them
+/// envelope recipients: private set, the egress check of the unchanged and split copies,
+/// the body check. Linear in n: 40k addresses must stay well under 100 ms.
+fn header_scan(c: &mut Criterion) {
+    let mut group = c.benchmark_group("header_scan");
+    group.sample_size(10);
+    for n in [1_000, 10_000, 40_000] {
+        let (message, rcpts) = leaky_message(n);
+        let envelope = Envelope {
+            mail_from: "news@src.test".into(),
+            rcpt_to: rcpts,
+        };
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("assess", n), &message, |b, m| {
+            b.iter(|| {
+                privacy::assess(&split_config(), &envelope, m)
+                    .1
+                    .deliveries
+                    .len()
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("private_addresses", n),
+            &message,
+            |b, m| {
+                b.iter(|| privacy::Exposure::assess(&split_config(), &envelope, m).private_count())
+            },
+        );
+    }
+    group.finish();
 }
 
 fn parser(c: &mut Criterion) {
@@ -63,7 +98,7 @@ fn rewrite(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("plan", n), &message, |b, m| {
             b.iter(|| privacy::plan(&split_config(), &envelope, m))
         });
-        let plan = privacy::plan(&split_config(), &envelope, &message);
+        let (exposure, plan) = privacy::assess(&split_config(), &envelope, &message);
         group.bench_with_input(
             BenchmarkId::new("render_all_copies", n),
             &message,
@@ -71,8 +106,25 @@ fn rewrite(c: &mut Criterion) {
                 b.iter(|| {
                     plan.deliveries
                         .iter()
-                        .map(|d| privacy::render_header(m, &d.rewrite).len())
+                        .map(|d| privacy::render_header(m, &d.rewrite, &exposure).len())
                         .sum::<usize>()
+                })
+            },
+        );
+        // What the queue does per copy before sending: render, then the egress check.
+        group.bench_with_input(
+            BenchmarkId::new("render_and_check_all_copies", n),
+            &message,
+            |b, m| {
+                b.iter(|| {
+                    plan.deliveries
+                        .iter()
+                        .filter(|d| {
+                            let h = privacy::render_header(m, &d.rewrite, &exposure);
+                            let who = exposure.audience(d.rcpt_to.iter().map(String::as_str));
+                            privacy::egress::check(&exposure, &h, &who).is_ok()
+                        })
+                        .count()
                 })
             },
         );
@@ -83,8 +135,9 @@ fn rewrite(c: &mut Criterion) {
         address: "user0@dest0.test".into(),
         display_name: Some("Customer 0".into()),
     };
+    let none = privacy::Exposure::default();
     c.bench_function("render_header/one_copy", |b| {
-        b.iter(|| privacy::render_header(&message, &only))
+        b.iter(|| privacy::render_header(&message, &only, &none))
     });
 }
 
@@ -110,5 +163,5 @@ fn data_decoder(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parser, rewrite, data_decoder);
+criterion_group!(benches, parser, header_scan, rewrite, data_decoder);
 criterion_main!(benches);

@@ -280,6 +280,16 @@ fn inspect(config: PathBuf, message: PathBuf, from: Option<String>, to: Vec<Stri
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The same bytes `run` plans with: CRLF line ends only, NUL refused, our trace field on
+    // top.
+    let bytes = match mailveil::privacy::bytes::crlf_only(&bytes) {
+        Ok(b) => b.into_owned(),
+        Err(e) => {
+            println!("decision: reject (visible 0)");
+            eprintln!("mailveil inspect: refused: 550 5.6.0 {e}; nothing would be accepted");
+            return ExitCode::SUCCESS;
+        }
+    };
     let envelope = Envelope {
         mail_from: from
             .or_else(|| mailveil::privacy::header_from(&bytes))
@@ -290,10 +300,22 @@ fn inspect(config: PathBuf, message: PathBuf, from: Option<String>, to: Vec<Stri
             to
         },
     };
-    print!(
-        "{}",
-        mailveil::privacy::inspect_report(&config.privacy, &envelope, &bytes)
-    );
+    let client = mailveil::envelope::ClientInfo {
+        peer: ([127, 0, 0, 1], 0).into(),
+        helo: "inspect".into(),
+        tls: false,
+        user: None,
+    };
+    let received = mailveil::relay::received_field(&client, &config.server.hostname, "INSPECT");
+    let message = [received.as_bytes(), &bytes].concat();
+    let inspection = mailveil::privacy::inspect::inspect(&config.privacy, &envelope, &message);
+    print!("{}", inspection.report);
+    if let Some(refusal) = inspection.refusal {
+        eprintln!("mailveil inspect: refused: {refusal}");
+    }
+    if let Some(part) = inspection.body_warning {
+        eprintln!("mailveil inspect: body check (monitor): {part} shows a recipient's address");
+    }
     ExitCode::SUCCESS
 }
 

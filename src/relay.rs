@@ -6,9 +6,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use crate::config::{Config, HoldConfig, PrivacyConfig};
+use crate::envelope::{ClientInfo, Envelope};
 use crate::inbound::{Acceptor, Transaction, Verdict};
 use crate::observe::{Metrics, Redactor};
-use crate::privacy::{self, Decision, PlannedDelivery, Rewrite};
+use crate::privacy::{self, Decision, Exposure, Plan, PlannedDelivery, PrivacySettings, Rewrite};
 use crate::reply::Reply;
 use crate::schedule::mx::MxClassifier;
 use crate::schedule::{ProviderCatalog, Scheduler};
@@ -45,6 +46,9 @@ impl RelayRules {
 /// Implements [`Acceptor`] for the inbound listener.
 pub struct Relay {
     rules: RwLock<Arc<RelayRules>>,
+    /// Messages being planned at once (one per core): the rest wait their turn, off the I/O
+    /// threads.
+    planning: tokio::sync::Semaphore,
     pub spool: Arc<Spool>,
     pub scheduler: Scheduler,
     pub metrics: Metrics,
@@ -59,8 +63,10 @@ impl Relay {
         metrics: Metrics,
         redactor: Redactor,
     ) -> Relay {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Relay {
             rules: RwLock::new(Arc::new(RelayRules::from_config(config))),
+            planning: tokio::sync::Semaphore::new(cores),
             spool,
             scheduler,
             metrics,
@@ -185,56 +191,64 @@ impl RelayRules {
             state: HoldState::Held,
         })
     }
+}
 
-    /// The `Received:` field. It names no recipient: one stored message serves every copy.
-    fn received_field(&self, tx: &Transaction, id: &str) -> String {
-        let with = match (tx.client.tls, tx.client.user.is_some()) {
-            (false, false) => "ESMTP",
-            (true, false) => "ESMTPS",
-            (false, true) => "ESMTPA",
-            (true, true) => "ESMTPSA",
-        };
-        let helo: String = tx
-            .client
-            .helo
-            .chars()
-            .filter(|c| c.is_ascii_graphic())
-            .take(255)
-            .collect();
-        let date = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc2822)
-            .unwrap_or_default();
-        format!(
-            "Received: from {helo} ([{ip}])\r\n\tby {host} (mailveil) with {with} id {id};\r\n\t{date}\r\n",
-            ip = tx.client.peer.ip(),
-            host = self.hostname,
-        )
-    }
+/// The relay's `Received:` field. It names no recipient: one stored message serves every
+/// copy. `mailveil inspect` prepends one too, so it plans the same bytes as `run`.
+pub fn received_field(client: &ClientInfo, hostname: &str, id: &str) -> String {
+    let with = match (client.tls, client.user.is_some()) {
+        (false, false) => "ESMTP",
+        (true, false) => "ESMTPS",
+        (false, true) => "ESMTPA",
+        (true, true) => "ESMTPSA",
+    };
+    let helo: String = client
+        .helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(255)
+        .collect();
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_default();
+    format!(
+        "Received: from {helo} ([{ip}])\r\n\tby {hostname} (mailveil) with {with} id {id};\r\n\t{date}\r\n",
+        ip = client.peer.ip(),
+    )
 }
 
 impl Acceptor for Relay {
     async fn accept(&self, mut tx: Transaction) -> Verdict {
         let started = Instant::now();
         let rules = self.rules();
-        let plan = privacy::plan(&rules.privacy, &tx.envelope, &tx.message);
+        let id = Spool::new_id();
+        // The policy reads the exact bytes that will be delivered: our trace field first
+        // (prepended in place: a 25 MiB message must not exist twice in memory).
+        let received = received_field(&tx.client, &rules.hostname, &id);
+        let mut message = std::mem::take(&mut tx.message);
+        message.splice(0..0, received.bytes());
+        let (exposure, plan, message, envelope) = self.plan(&rules, tx.envelope, message).await;
         self.metrics
             .privacy_actions
             .with_label_values(&[plan.decision.as_str()])
             .inc();
-        let from = self.redactor.addr(&tx.envelope.mail_from).to_string();
-        if plan.decision == Decision::Reject {
-            tracing::warn!(%from, rcpts = tx.envelope.rcpt_to.len(), visible = plan.visible, "rejected: message exposes recipients");
-            return Verdict::Rejected(Reply::new(550, "5.7.1", privacy::reject_text(plan.visible)));
+        let from = self.redactor.addr(&envelope.mail_from).to_string();
+        if let Some(refusal) = &plan.refusal {
+            self.metrics
+                .privacy_blocked
+                .with_label_values(&[refusal.reason.as_str()])
+                .inc();
+            tracing::warn!(%from, rcpts = envelope.rcpt_to.len(), visible = plan.visible, reason = refusal.reason.as_str(),
+                detail = %refusal.text, "rejected: message would show recipients' addresses");
+            return Verdict::Rejected(Reply::new(550, "5.7.1", refusal.text.clone()));
         }
         if plan.decision == Decision::Monitor {
-            tracing::warn!(%from, rcpts = tx.envelope.rcpt_to.len(), visible = plan.visible, "monitor: relaying a message that exposes recipients");
+            tracing::warn!(%from, rcpts = envelope.rcpt_to.len(), visible = plan.visible, "monitor: relaying a message that exposes recipients");
+        }
+        if let Some(part) = &plan.body_warning {
+            tracing::warn!(%from, rcpts = envelope.rcpt_to.len(), %part, "body check (monitor): relaying a body that shows a recipient's address");
         }
 
-        let id = Spool::new_id();
-        let received = rules.received_field(&tx, &id);
-        // Prepended in place: a 25 MiB message must not exist twice in memory.
-        let mut message = std::mem::take(&mut tx.message);
-        message.splice(0..0, received.bytes());
         let by_mx = match &rules.mx {
             Some(mx) => {
                 let rcpts = plan.deliveries.iter().flat_map(|d| d.rcpt_to.iter());
@@ -243,15 +257,17 @@ impl Acceptor for Relay {
             None => HashMap::new(),
         };
         let mut deliveries = rules.records(plan.deliveries, &by_mx);
-        let hold = rules.hold(tx.envelope.rcpt_to.len(), plan.decision, &mut deliveries);
+        let recipients = deliveries.iter().map(|d| d.planned.rcpt_to.len()).sum();
+        let hold = rules.hold(recipients, plan.decision, &mut deliveries);
         let meta = MessageMeta {
             id: id.clone(),
             received_at: unix_now(),
-            envelope: tx.envelope,
+            envelope,
             decision: plan.decision,
             size: message.len() as u64,
             deliveries,
             hold,
+            privacy: Some(PrivacySettings::of(&rules.privacy)),
         };
         let message = Arc::new(message);
         let stored = self.spool.store_async(&meta, message.clone()).await;
@@ -281,8 +297,30 @@ impl Acceptor for Relay {
                 held_copies = meta.deliveries.len() - hold.canaries.len(),
                 "bulk send held: canaries go out now, the rest waits for `mailveil ctl release` or `drop`");
         }
-        self.scheduler.enqueue(meta, Some(message), &[]);
+        self.scheduler
+            .enqueue_checked(meta, message, Arc::new(exposure));
         Verdict::Accepted { queue_id: id }
+    }
+}
+
+impl Relay {
+    /// Runs the privacy policy on a blocking thread, at most [`Relay::planning`] at a time:
+    /// its cost grows with the message (linearly, up to `max_message_size`), and a big header
+    /// must not hold up the I/O threads that greet new connections.
+    async fn plan(
+        &self,
+        rules: &Arc<RelayRules>,
+        envelope: Envelope,
+        message: Vec<u8>,
+    ) -> (Exposure, Plan, Vec<u8>, Envelope) {
+        let _permit = self.planning.acquire().await.expect("never closed");
+        let rules = rules.clone();
+        tokio::task::spawn_blocking(move || {
+            let (exposure, plan) = privacy::assess(&rules.privacy, &envelope, &message);
+            (exposure, plan, message, envelope)
+        })
+        .await
+        .expect("the privacy policy does not panic")
     }
 }
 

@@ -4,9 +4,10 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use mailveil::config::{PrivacyConfig, PrivacyMode};
+use mailveil::config::{BodyCheck, PrivacyConfig, PrivacyMode};
 use mailveil::envelope::Envelope;
-use mailveil::privacy::{Decision, Rewrite, body_offset, plan, render_header};
+use mailveil::fuzzing::oracle;
+use mailveil::privacy::{Decision, Rewrite, assess, body_offset, plan, render_header};
 use proptest::prelude::*;
 
 const DOMAINS: [&str; 3] = ["example.com", "mail.test", "x.org"];
@@ -239,7 +240,9 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn check(c: &Case) -> Result<(), TestCaseError> {
-    let eol = if c.crlf { "\r\n" } else { "\n" };
+    // The relay plans CRLF-only bytes (its DATA decoder turns bare LF into CRLF); bare-LF
+    // input is generated and normalised the same way.
+    let eol = "\r\n";
     let pool = &c.pool;
     let mut header = String::new();
     let mut survivors = String::new();
@@ -262,14 +265,22 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         Some(b) => format!("{header}{eol}{b}"),
         None => header.clone(),
     };
-    let message = message.as_bytes();
+    let bare_lf = message.replace("\r\n", "\n");
+    let normalised = mailveil::privacy::bytes::crlf_only(bare_lf.as_bytes()).unwrap();
+    prop_assert_eq!(normalised.as_ref(), message.as_bytes());
+    let message = if c.crlf {
+        message.as_bytes()
+    } else {
+        normalised.as_ref()
+    };
     let body = body.unwrap_or_default();
 
     // The body is found where it was put, whatever the header holds.
     prop_assert_eq!(&message[body_offset(message)..], body.as_bytes());
 
-    // Expected |V|: distinct pool addresses the To/Cc fields name. A display name showing
-    // another address (form 6) is seen by readers, so the message fails closed.
+    // Expected |V|: distinct pool addresses the To/Cc fields show, names included. A display
+    // name showing another address (form 6) does not parse as one mailbox, so the message
+    // also fails closed.
     let mut visible: Vec<usize> = Vec::new();
     let mut fails_closed = false;
     for s in &c.specs {
@@ -280,9 +291,10 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
                     Entry::Group(_, ms) => ms.as_slice(),
                 };
                 visible.extend(ms.iter().map(|m| m.idx % pool.len()));
-                fails_closed |= ms
-                    .iter()
-                    .any(|m| m.form == 6 && m.other % pool.len() != m.idx % pool.len());
+                for m in ms.iter().filter(|m| m.form == 6) {
+                    visible.push(m.other % pool.len());
+                    fails_closed |= m.other % pool.len() != m.idx % pool.len();
+                }
             }
         }
     }
@@ -306,9 +318,11 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         mode: PrivacyMode::Split,
         max_visible_recipients: max,
         trusted_domains: Vec::new(),
+        body_check: BodyCheck::Reject,
     };
 
-    // The decision follows |V| exactly (the generated syntax is valid).
+    // |V| is exact; the decision is per copy: unchanged only when no recipient would see an
+    // address other than its own (SPEC v2: the mail-merge `To: a` to a, b is exposing).
     let expected = if fails_closed {
         visible.len().max(2)
     } else {
@@ -321,9 +335,10 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         "message: {:?}",
         String::from_utf8_lossy(message)
     );
+    let exposing = fails_closed || rcpt_idx.iter().any(|r| visible.iter().any(|v| v != r));
     prop_assert_eq!(
         p.decision,
-        if expected > 1 {
+        if exposing {
             Decision::Split
         } else {
             Decision::Pass
@@ -331,7 +346,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     );
 
     // Split copies (forced with a threshold of 0 so every case exercises the rewrite).
-    let p = plan(&config(0), &envelope, message);
+    let (exposure, p) = assess(&config(0), &envelope, message);
     let rewrites: Vec<Rewrite> = if p.decision == Decision::Split {
         prop_assert_eq!(p.deliveries.len(), rcpt_to.len());
         p.deliveries.iter().map(|d| d.rewrite.clone()).collect()
@@ -346,7 +361,12 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     };
     for (k, rewrite) in rewrites.iter().enumerate() {
         let own = rcpt_idx[k];
-        let h = render_header(message, rewrite);
+        let h = render_header(message, rewrite, &exposure);
+        for (j, other) in pool.iter().enumerate() {
+            if j != own {
+                prop_assert!(!oracle::shows(&h, other), "oracle: {other} shown to {own}");
+            }
+        }
         let copy = [h.as_slice(), body.as_bytes()].concat();
         let text = String::from_utf8(copy).expect("utf-8 copy").to_lowercase();
         prop_assert!(text.contains(&pool[own]), "own address missing: {text:?}");
@@ -378,7 +398,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     }
 
     // Bcc mode shows nobody's address.
-    let h = render_header(message, &Rewrite::Undisclosed);
+    let h = render_header(message, &Rewrite::Undisclosed, &exposure);
     let text = String::from_utf8(h).unwrap().to_lowercase();
     for a in pool {
         prop_assert!(!text.contains(a), "{a} in bcc-mode header {text:?}");

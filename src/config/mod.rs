@@ -92,13 +92,25 @@ pub enum PrivacyMode {
     Monitor,
 }
 
+/// `[privacy] body_check`: what a recipient's address in the shared body does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyCheck {
+    /// `550 5.7.1` naming the body part (default).
+    Reject,
+    /// Relayed; logged and counted.
+    Monitor,
+    Off,
+}
+
 #[derive(Debug, Clone)]
 pub struct PrivacyConfig {
     pub mode: PrivacyMode,
-    /// A message exposes recipients when To+Cc show more than this many addresses.
+    /// At most this many private addresses may be shown (in To/Cc), and only to themselves.
     pub max_visible_recipients: usize,
-    /// Lower-cased domains whose visible addresses are not counted.
+    /// Lower-cased domains whose addresses are not private, and whose mailboxes may see
+    /// every copy (the operator's own: archives, Bcc to self).
     pub trusted_domains: Vec<String>,
+    pub body_check: BodyCheck,
 }
 
 #[derive(Debug, Clone)]
@@ -451,10 +463,23 @@ fn validate_privacy(raw: raw::RawPrivacy, p: &mut Problems) -> PrivacyConfig {
             }
         })
         .collect();
+    let body_check = match raw.body_check.as_deref().unwrap_or("reject") {
+        "reject" => BodyCheck::Reject,
+        "monitor" => BodyCheck::Monitor,
+        "off" => BodyCheck::Off,
+        other => {
+            p.push(
+                "privacy.body_check",
+                format!("{other:?} is not one of reject, monitor, off"),
+            );
+            BodyCheck::Reject
+        }
+    };
     PrivacyConfig {
         mode,
         max_visible_recipients: raw.max_visible_recipients.unwrap_or(1) as usize,
         trusted_domains,
+        body_check,
     }
 }
 

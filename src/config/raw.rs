@@ -63,6 +63,7 @@ pub struct RawPrivacy {
     pub mode: Option<String>,
     pub max_visible_recipients: Option<u64>,
     pub trusted_domains: Option<Vec<String>>,
+    pub body_check: Option<String>,
     pub hold_fanout_above: Option<u64>,
     pub canary: Option<u64>,
     pub canary_recipients: Option<Vec<String>>,

@@ -16,6 +16,9 @@ pub struct Metrics {
     pub messages_received: IntCounterVec,
     /// `action`: pass | split | bcc | reject | monitor.
     pub privacy_actions: IntCounterVec,
+    /// `reason`: field | body | malformed. Messages refused by the privacy checks (and copies
+    /// stopped by the check before sending, counted as `field`).
+    pub privacy_blocked: IntCounterVec,
     /// `provider`, `upstream`, `outcome` (delivered | deferred | failed); one per copy.
     pub deliveries: IntCounterVec,
     pub delivery_duration: HistogramVec,
@@ -117,6 +120,11 @@ impl Metrics {
                 "Privacy policy decisions, by action.",
                 &["action"],
             ),
+            privacy_blocked: counter(
+                "mailveil_privacy_blocked_total",
+                "Messages refused by the privacy checks, by reason.",
+                &["reason"],
+            ),
             deliveries: counter(
                 "mailveil_deliveries_total",
                 "Delivery attempts of one copy, by provider, upstream and outcome.",
@@ -188,6 +196,9 @@ impl Metrics {
         }
         for action in ["pass", "split", "bcc", "reject", "monitor"] {
             self.privacy_actions.with_label_values(&[action]);
+        }
+        for reason in ["field", "body", "malformed"] {
+            self.privacy_blocked.with_label_values(&[reason]);
         }
         for action in HOLD_ACTIONS {
             self.hold_actions.with_label_values(&[action]);

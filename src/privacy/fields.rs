@@ -1,6 +1,6 @@
-//! Header block scanning shared by the visible-set parser and the rewrite.
+//! Header block scanning shared by the policy, the display-name parser and the rewrite.
 //!
-//! The parser and the rewrite must agree on exactly which bytes form a `To` or `Cc` field:
+//! They must agree on exactly which bytes form a `To` or `Cc` field:
 //! if they disagreed, a field could be counted as harmless and then kept, or removed while a
 //! look-alike survived. So both walk the header with this one scanner.
 //!
@@ -14,9 +14,14 @@
 //! - Except where lenient readers disagree: mail-parser (and mail programs like it) skip
 //!   ASCII white space (space, tab, CR, form feed) anywhere before the colon, so they read
 //!   `T o: b@y` or `\x0cCc: b@y` as address fields. Where such a reader would start a field on
-//!   a line (see [`Reader`]) and the name it reads is one the policy handles (To, Cc, Bcc,
-//!   DKIM-Signature, From), that line starts a field of that kind here too: it is counted
-//!   and removed from rewritten copies instead of being kept as part of another field.
+//!   a line (see [`Reader`]) and the name it reads is one the policy handles (recipient
+//!   fields, DKIM-Signature, From, Sender, Received), that line starts a field of that kind
+//!   here too: it is counted and removed from rewritten copies instead of being kept as part
+//!   of another field.
+//!
+//! The scanner only decides how copies are rewritten. Whether a copy may leave is decided by
+//! the egress check ([`super::egress`]), which searches every byte of the copy's header for
+//! private addresses whatever fields those bytes belong to.
 
 /// The header fields the privacy policy treats specially.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,24 +29,83 @@ pub(crate) enum FieldKind {
     To,
     Cc,
     Bcc,
+    ResentTo,
+    ResentCc,
+    ResentBcc,
+    /// Other fields that exist to name recipients: `Apparently-To`, `Delivered-To`,
+    /// `X-Original-To`, `Envelope-To`, `Mail-Followup-To`... (see [`RECIPIENT_FIELDS`]).
+    OtherRecipient,
     DkimSignature,
     From,
+    Sender,
+    Received,
     Other,
 }
 
+/// Names of the fields that name recipients besides To/Cc/Bcc and their `Resent-` forms:
+/// their addresses are private, and split and Bcc copies drop them.
+pub(crate) const RECIPIENT_FIELDS: [&str; 10] = [
+    "apparently-to",
+    "delivered-to",
+    "x-original-to",
+    "envelope-to",
+    "x-envelope-to",
+    "x-rcpt-to",
+    "x-recipient",
+    "original-recipient",
+    "x-original-recipient",
+    "mail-followup-to",
+];
+
 impl FieldKind {
     fn of(name: &[u8]) -> FieldKind {
-        const NAMES: [(&[u8], FieldKind); 5] = [
+        const NAMES: [(&[u8], FieldKind); 11] = [
             (b"to", FieldKind::To),
             (b"cc", FieldKind::Cc),
             (b"bcc", FieldKind::Bcc),
+            (b"resent-to", FieldKind::ResentTo),
+            (b"resent-cc", FieldKind::ResentCc),
+            (b"resent-bcc", FieldKind::ResentBcc),
             (b"dkim-signature", FieldKind::DkimSignature),
             (b"from", FieldKind::From),
+            (b"sender", FieldKind::Sender),
+            (b"received", FieldKind::Received),
+            (b"apparently-to", FieldKind::OtherRecipient),
         ];
-        NAMES
+        if let Some(&(_, kind)) = NAMES.iter().find(|(n, _)| name.eq_ignore_ascii_case(n)) {
+            return kind;
+        }
+        if RECIPIENT_FIELDS
             .iter()
-            .find(|(n, _)| name.eq_ignore_ascii_case(n))
-            .map_or(FieldKind::Other, |&(_, kind)| kind)
+            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        {
+            return FieldKind::OtherRecipient;
+        }
+        FieldKind::Other
+    }
+
+    /// A field whose addresses are recipients' (private) addresses.
+    pub(crate) fn is_recipient(self) -> bool {
+        matches!(
+            self,
+            FieldKind::To
+                | FieldKind::Cc
+                | FieldKind::Bcc
+                | FieldKind::ResentTo
+                | FieldKind::ResentCc
+                | FieldKind::ResentBcc
+                | FieldKind::OtherRecipient
+        )
+    }
+
+    /// To and Cc: the fields whose addresses make the visible set V.
+    pub(crate) fn is_visible(self) -> bool {
+        matches!(self, FieldKind::To | FieldKind::Cc)
+    }
+
+    /// Bcc and Resent-Bcc: removed from every copy.
+    pub(crate) fn is_blind(self) -> bool {
+        matches!(self, FieldKind::Bcc | FieldKind::ResentBcc)
     }
 }
 

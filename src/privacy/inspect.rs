@@ -7,7 +7,19 @@
 use crate::config::PrivacyConfig;
 use crate::envelope::Envelope;
 
-use super::{plan, render_header};
+use super::{assess, render_header};
+
+/// What `mailveil inspect` shows: the report (standard output) and, apart from it, why the
+/// message would be refused or what the body check found (standard error), so the report's
+/// line format stays exactly as SPEC gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    pub report: String,
+    /// `550 5.7.1 ...`, as the client would be answered at end of DATA.
+    pub refusal: Option<String>,
+    /// The body shows a recipient's address but is relayed (monitor).
+    pub body_warning: Option<String>,
+}
 
 /// The full report text, every line ending in `\n`:
 ///
@@ -23,8 +35,16 @@ use super::{plan, render_header};
 /// Header lines are shown with LF line endings and without the empty line that ends the
 /// header block; the body is not shown (it is never changed). A `reject` decision has no
 /// deliveries, so the report is only its first line.
+///
+/// `message` must be the bytes the relay would plan with: CRLF line ends only (see
+/// [`super::bytes::crlf_only`]) and the relay's own `Received` field on top.
 pub fn inspect_report(config: &PrivacyConfig, envelope: &Envelope, message: &[u8]) -> String {
-    let plan = plan(config, envelope, message);
+    inspect(config, envelope, message).report
+}
+
+/// The report and the notes beside it; see [`inspect_report`].
+pub fn inspect(config: &PrivacyConfig, envelope: &Envelope, message: &[u8]) -> Inspection {
+    let (exposure, plan) = assess(config, envelope, message);
     let mut out = format!(
         "decision: {} (visible {})\n",
         plan.decision.as_str(),
@@ -39,7 +59,7 @@ pub fn inspect_report(config: &PrivacyConfig, envelope: &Envelope, message: &[u8
             envelope.mail_from,
             rcpts.join(" ")
         ));
-        let header = render_header(message, &delivery.rewrite);
+        let header = render_header(message, &delivery.rewrite, &exposure);
         let text = String::from_utf8_lossy(&header);
         let mut lines: Vec<&str> = text
             .split('\n')
@@ -55,5 +75,9 @@ pub fn inspect_report(config: &PrivacyConfig, envelope: &Envelope, message: &[u8
         }
         out.push('\n');
     }
-    out
+    Inspection {
+        report: out,
+        refusal: plan.refusal.map(|r| format!("550 5.7.1 {}", r.text)),
+        body_warning: plan.body_warning,
+    }
 }

@@ -6,11 +6,12 @@
 //! cross-checked against a small lexical scan of the raw bytes, and any doubt marks the field
 //! unparseable, which makes the whole message count as exposing (fail closed).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use mail_parser::parsers::MessageStream;
 use mail_parser::{Addr, HeaderValue};
 
+use super::address;
 use super::fields::{self, FieldKind};
 
 /// An address as written in a header, with the display name a reader sees next to it.
@@ -43,13 +44,16 @@ impl VisibleRecipients {
         }
     }
 
-    /// The display name `address` has in To/Cc, compared case-insensitively.
-    pub fn display_name_of(&self, address: &str) -> Option<&str> {
-        let key = address.to_lowercase();
-        self.addresses
-            .iter()
-            .find(|a| a.address.to_lowercase() == key)
-            .and_then(|a| a.display_name.as_deref())
+    /// The display name each address has in To/Cc (the first one a reader sees), keyed by
+    /// [`address::key`].
+    pub fn display_names(&self) -> HashMap<String, &str> {
+        let mut names = HashMap::with_capacity(self.addresses.len());
+        for a in &self.addresses {
+            if let Some(name) = a.display_name.as_deref() {
+                names.entry(address::key(&a.address)).or_insert(name);
+            }
+        }
+        names
     }
 }
 
@@ -169,6 +173,9 @@ pub(crate) fn parse_field(raw: &[u8]) -> ParsedField {
     let text = String::from_utf8_lossy(&value);
     let mut addresses = Vec::with_capacity(list.len());
     let mut error = lexical.as_ref().err().cloned();
+    // Addresses come back in the order they stand in the field: each is looked for after the
+    // previous one, so a list of n addresses costs one pass, not n.
+    let mut cursor = 0;
     for addr in list {
         let Some(address) = addr.address.as_deref().map(str::trim) else {
             error.get_or_insert(AddressFieldError::MissingAddress);
@@ -176,10 +183,12 @@ pub(crate) fn parse_field(raw: &[u8]) -> ParsedField {
         };
         // The address must be a plain addr-spec that literally occurs in the field: this
         // catches mail-parser gluing tokens together (`a@x b@y` -> `a@xb@y`).
-        if !is_plain_address(address) || !text.contains(address) {
+        let found = text[cursor..].find(address).map(|i| cursor + i);
+        let Some(at) = found.filter(|_| is_plain_address(address)) else {
             error.get_or_insert(AddressFieldError::MalformedAddress(address.to_string()));
             continue;
-        }
+        };
+        cursor = at + address.len();
         let display_name = addr
             .name
             .as_deref()

@@ -9,6 +9,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use super::Rewrite;
+use super::address::{is_dot_atom, quoted_string};
+use super::exposure::Exposure;
 use super::fields::{self, FieldKind};
 
 /// Longest line we write, per RFC 5322's "SHOULD be no more than 78 characters".
@@ -19,16 +21,24 @@ const ENCODED_CHUNK: usize = 40;
 
 /// Header block (including the empty line that ends it) of the copy described by `rewrite`.
 /// Everything after the original header block is the body and is sent unchanged.
-pub fn render_header(message: &[u8], rewrite: &Rewrite) -> Vec<u8> {
+///
+/// Every copy loses `Bcc` and `Resent-Bcc`, and the `for <address>` clause of a `Received`
+/// field that names a private address (a trace field must not tell one recipient who else
+/// got the message). Rewritten copies also lose every recipient field and `DKIM-Signature`.
+pub fn render_header(message: &[u8], rewrite: &Rewrite, exposure: &Exposure) -> Vec<u8> {
     let block = fields::scan(message);
     let header = &message[..block.body_start];
     let rewritten = !matches!(rewrite, Rewrite::Unchanged);
-    let dropped = |kind: FieldKind| match kind {
-        FieldKind::Bcc => true,
-        FieldKind::To | FieldKind::Cc | FieldKind::DkimSignature => rewritten,
-        FieldKind::From | FieldKind::Other => false,
+    let dropped = |kind: FieldKind| {
+        kind.is_blind() || (rewritten && (kind.is_recipient() || kind == FieldKind::DkimSignature))
     };
-    if !block.fields.iter().any(|f| dropped(f.kind)) && !rewritten {
+    let trace = |f: &fields::Field| {
+        (f.kind == FieldKind::Received)
+            .then(|| without_private_for(&message[f.start..f.end], exposure))
+            .flatten()
+    };
+    let touched = |f: &fields::Field| dropped(f.kind) || trace(f).is_some();
+    if !rewritten && !block.fields.iter().any(touched) {
         return header.to_vec();
     }
 
@@ -46,15 +56,21 @@ pub fn render_header(message: &[u8], rewrite: &Rewrite) -> Vec<u8> {
     // Copy maximal runs of kept fields in one go.
     let mut run_start = 0;
     for f in &block.fields {
-        if !dropped(f.kind) {
-            continue;
-        }
+        let replacement = if dropped(f.kind) {
+            Vec::new()
+        } else {
+            match trace(f) {
+                Some(bytes) => bytes,
+                None => continue,
+            }
+        };
         out.extend_from_slice(&message[run_start..f.start]);
         run_start = f.end;
-        if !inserted && matches!(f.kind, FieldKind::To | FieldKind::Cc) {
+        if !inserted && f.kind.is_visible() {
             out.extend_from_slice(&to_field);
             inserted = true;
         }
+        out.extend_from_slice(&replacement);
     }
     out.extend_from_slice(&message[run_start..block.fields_end]);
     if !inserted {
@@ -67,6 +83,45 @@ pub fn render_header(message: &[u8], rewrite: &Rewrite) -> Vec<u8> {
     }
     out.extend_from_slice(&message[block.fields_end..block.body_start]);
     out
+}
+
+/// The `To:` field of a split copy: what [`render_header`] writes for `OnlyRecipient`, for a
+/// check of that one field.
+pub fn only_recipient_to(address: &str, display_name: Option<&str>) -> Vec<u8> {
+    only_recipient_field(address, display_name, b"\r\n")
+}
+
+/// A `Received` field without its `for` clause when the clause names a private address;
+/// `None` when there is nothing to remove. The clause is `for` between white space, then an
+/// address with or without angle brackets, up to the `;` or the next white space.
+fn without_private_for(field: &[u8], exposure: &Exposure) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(field).ok()?;
+    let lower = text.to_ascii_lowercase();
+    let mut search = 0;
+    while let Some(rel) = lower[search..].find("for") {
+        let at = search + rel;
+        search = at + 3;
+        let before_ok = lower[..at].ends_with(|c: char| c.is_ascii_whitespace());
+        let rest = &text[at + 3..];
+        let addr_start = rest.len() - rest.trim_start().len();
+        if !before_ok || addr_start == 0 {
+            continue;
+        }
+        let tail = &rest[addr_start..];
+        let len = tail
+            .find(|c: char| c == ';' || c.is_ascii_whitespace())
+            .unwrap_or(tail.len());
+        let address = tail[..len].trim_start_matches('<').trim_end_matches('>');
+        if !exposure.is_private(address) {
+            continue;
+        }
+        let clause_start = lower[..at].trim_end().len();
+        let clause_end = at + 3 + addr_start + len;
+        let shorter = [&field[..clause_start], &field[clause_end..]].concat();
+        // Another clause may follow (`for <a@x>, for <b@y>` is not valid, but cheap to handle).
+        return Some(without_private_for(&shorter, exposure).unwrap_or(shorter));
+    }
+    None
 }
 
 /// Byte offset where the body starts (just after the empty line that ends the header block);
@@ -149,38 +204,30 @@ fn addr_spec(address: &str) -> Option<String> {
     {
         return None;
     }
-    if is_dot_atom(local) {
+    if is_dot_atom(local) || is_quoted_string(local) {
         Some(address.to_string())
     } else {
         Some(format!("{}@{domain}", quoted_string(local)))
     }
 }
 
-/// RFC 5322 dot-atom, with RFC 6532's UTF-8 characters counted as atext.
-fn is_dot_atom(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.').all(|atom| {
-            !atom.is_empty()
-                && atom.chars().all(|c| {
-                    c.is_ascii_alphanumeric()
-                        || "!#$%&'*+-/=?^_`{|}~".contains(c)
-                        || (!c.is_ascii() && !c.is_whitespace() && !c.is_control())
-                })
-        })
-}
-
-/// RFC 5322 quoted-string: backslash before `"` and `\`.
-fn quoted_string(s: &str) -> String {
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            q.push('\\');
+/// A complete RFC 5322 quoted-string (`"a b"`, `"a\"b"`): the envelope keeps quoted local
+/// parts in this form.
+fn is_quoted_string(s: &str) -> bool {
+    let Some(inner) = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
+        return false;
+    };
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.next().is_none() => {
+                return false;
+            }
+            '"' => return false,
+            _ => {}
         }
-        q.push(c);
     }
-    q.push('"');
-    q
+    true
 }
 
 /// Splits `s` into pieces of at most `max` bytes without cutting a character (an encoded-word

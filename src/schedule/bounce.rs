@@ -135,6 +135,7 @@ mod tests {
                 })
                 .collect(),
             hold: None,
+            privacy: None,
         };
         let failure = Failure {
             code: 550,

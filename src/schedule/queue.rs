@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ShapingRule, SpoolConfig, UpstreamKind};
 use crate::envelope::Envelope;
 use crate::observe::{Metrics, Redactor};
-use crate::privacy::{self, Decision, PlannedDelivery, Rewrite};
+use crate::privacy::{self, Decision, Exposure, PlannedDelivery, Rewrite};
 use crate::spool::{DeliveryRecord, LogEntry, MessageMeta, Spool, SpoolError, unix_now};
 use crate::upstream::{Outbound, Reuse, Upstream};
 
@@ -75,6 +75,8 @@ struct Settings {
     rules: Arc<Vec<ShapingRule>>,
     /// DKIM keys (parsed when the config was validated); swapped with the rest on reload.
     dkim: Arc<crate::dkim::Signer>,
+    /// For the check before sending a message spooled without its own privacy settings.
+    privacy: crate::config::PrivacyConfig,
 }
 
 impl Settings {
@@ -95,6 +97,7 @@ impl Settings {
             catalog: ProviderCatalog::new(&config.providers),
             rules: Arc::new(rules::for_config(&config.shaping)),
             dkim: Arc::new(crate::dkim::Signer::from_config(&config.dkim)),
+            privacy: config.privacy.clone(),
         }
     }
 }
@@ -110,6 +113,9 @@ pub struct QueuedMessage {
     weak: Mutex<Weak<Vec<u8>>>,
     active: AtomicUsize,
     progress: Mutex<Progress>,
+    /// The private addresses each copy is checked against before it is sent: handed over by
+    /// the relay, or assessed again from the spooled bytes on the first attempt after a restart.
+    exposure: OnceLock<Arc<Exposure>>,
 }
 
 struct Progress {
@@ -157,7 +163,23 @@ impl Scheduler {
 
     /// Queues every delivery of `meta` that `log` does not show as final. `bytes` are the message
     /// bytes when the caller has them (just accepted), saving a read.
+    /// Queues a message the relay just accepted, with the privacy facts it was planned with.
+    pub fn enqueue_checked(&self, meta: MessageMeta, bytes: Arc<Vec<u8>>, exposure: Arc<Exposure>) {
+        self.enqueue_message(meta, Some(bytes), Some(exposure), &[]);
+    }
+
+    /// Queues a message's pending deliveries (`log`: its outcomes so far, from recovery).
     pub fn enqueue(&self, meta: MessageMeta, bytes: Option<Arc<Vec<u8>>>, log: &[LogEntry]) {
+        self.enqueue_message(meta, bytes, None, log);
+    }
+
+    fn enqueue_message(
+        &self,
+        meta: MessageMeta,
+        bytes: Option<Arc<Vec<u8>>>,
+        exposure: Option<Arc<Exposure>>,
+        log: &[LogEntry],
+    ) {
         let now = unix_now();
         let mut pending: Vec<(usize, u64)> = Vec::new();
         let mut failed = Vec::new();
@@ -188,6 +210,7 @@ impl Scheduler {
                 remaining: pending.len() + held.len(),
                 failed,
             }),
+            exposure: exposure.map(OnceLock::from).unwrap_or_default(),
             meta,
         });
         if !held.is_empty() {
@@ -473,10 +496,42 @@ impl Inner {
         };
         item.attempts += 1;
         let started = Instant::now();
-        let mut header = privacy::render_header(&bytes, &record.planned.rewrite);
+        let exposure = self.exposure(&message, &bytes).await;
+        let mut header = privacy::render_header(&bytes, &record.planned.rewrite, &exposure);
         let body = &bytes[privacy::body_offset(&bytes)..];
         let dkim = self.settings.read().expect("not poisoned").dkim.clone();
         dkim.sign_copy(&mut header, body, &record.planned.rewrite);
+        if let Err(stopped) = check_copy(meta, record, &exposure, &header, &bytes) {
+            // Never expected: the same check passed at end of DATA. Whatever went wrong in
+            // between, this copy does not leave.
+            drop(bytes);
+            tracing::error!(queue_id = %meta.id, delivery = index, provider = %lane.name, error = %stopped,
+                "copy stopped by the check before sending; it is failed, not delivered");
+            self.metrics
+                .privacy_blocked
+                .with_label_values(&["field"])
+                .inc();
+            let rcpts = self.redactor.list(&record.planned.rcpt_to);
+            let entry = self.fail(
+                Final {
+                    meta,
+                    index,
+                    provider: &lane.name,
+                    upstream: NO_UPSTREAM,
+                    rcpts: &rcpts,
+                    header: &header,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    attempts: item.attempts,
+                },
+                554,
+                &stopped,
+                false,
+            );
+            message.active.fetch_sub(1, Ordering::Relaxed);
+            message.release_if_idle();
+            self.record(lane, &message, index, entry.0, entry.1);
+            return;
+        }
         let outbound = Outbound {
             mail_from: &meta.envelope.mail_from,
             rcpt_to: &record.planned.rcpt_to,
@@ -594,7 +649,7 @@ impl Inner {
         self: &Arc<Self>,
         f: Final<'_>,
         code: u16,
-        error: &crate::upstream::UpstreamError,
+        error: &dyn std::fmt::Display,
         expired: bool,
     ) -> (LogEntry, Option<u16>) {
         let (meta, index, provider, upstream) = (f.meta, f.index, f.provider, f.upstream);
@@ -674,6 +729,7 @@ impl Inner {
                 provider,
             }],
             hold: None,
+            privacy: None,
         };
         let scheduler = Scheduler {
             inner: self.clone(),
@@ -692,6 +748,26 @@ impl Inner {
         });
     }
 
+    /// The message's private-address facts: kept from the relay, or assessed again from the
+    /// spooled bytes (on a blocking thread: it costs as much as planning did) with the
+    /// settings the message was planned with.
+    async fn exposure(&self, message: &Arc<QueuedMessage>, bytes: &Arc<Vec<u8>>) -> Arc<Exposure> {
+        if let Some(e) = message.exposure.get() {
+            return e.clone();
+        }
+        let current = self.settings.read().expect("not poisoned").privacy.clone();
+        let config = match &message.meta.privacy {
+            Some(settings) => settings.apply(&current),
+            None => current,
+        };
+        let (meta_envelope, bytes) = (message.meta.envelope.clone(), bytes.clone());
+        let assessed =
+            tokio::task::spawn_blocking(move || Exposure::assess(&config, &meta_envelope, &bytes))
+                .await
+                .expect("assessing does not panic");
+        message.exposure.get_or_init(|| Arc::new(assessed)).clone()
+    }
+
     async fn message_bytes(
         &self,
         message: &Arc<QueuedMessage>,
@@ -705,7 +781,7 @@ impl Inner {
         let spool = self.spool.clone();
         let id = message.meta.id.clone();
         let bytes = Arc::new(
-            tokio::task::spawn_blocking(move || spool.read_message(&id))
+            tokio::task::spawn_blocking(move || spool.read_message(&id).map(one_view))
                 .await
                 .expect("spool read does not panic")?,
         );
@@ -770,6 +846,49 @@ impl QueuedMessage {
         if self.active.load(Ordering::Relaxed) == 0 {
             self.hot.lock().expect("not poisoned").take();
         }
+    }
+}
+
+/// The `upstream` label of a copy that never reached one.
+const NO_UPSTREAM: &str = "none";
+
+/// Why a copy was stopped by the check before sending.
+#[derive(Debug, thiserror::Error)]
+enum Stopped {
+    #[error("the {} field would show {} other recipient address(es)", .0.field, .0.addresses)]
+    Shows(privacy::egress::Leak),
+    #[error("the copy holds a bare CR, a bare LF or a NUL")]
+    Bytes,
+}
+
+/// The egress check of one copy, on the exact header it is about to send (after the DKIM
+/// signature): no private address its recipients must not see, and nothing but CRLF line
+/// ends and no NUL in the header or the shared body. Monitor mode relays exposing copies on
+/// purpose; its copies are only checked for bytes.
+fn check_copy(
+    meta: &MessageMeta,
+    record: &crate::spool::DeliveryRecord,
+    exposure: &Exposure,
+    header: &[u8],
+    bytes: &[u8],
+) -> Result<(), Stopped> {
+    if !privacy::bytes::is_clean(header) || !privacy::bytes::is_clean(bytes) {
+        return Err(Stopped::Bytes);
+    }
+    if meta.decision == Decision::Monitor {
+        return Ok(());
+    }
+    let audience = exposure.audience(record.planned.rcpt_to.iter().map(String::as_str));
+    privacy::egress::check(exposure, header, &audience).map_err(Stopped::Shows)
+}
+
+/// Spooled bytes in the one view the checks read (CRLF only): a message spooled by mailveil
+/// 0.1 may hold bare CRs; it is sent with them turned into line ends, and checked that way.
+/// A NUL is left for the check to refuse.
+fn one_view(bytes: Vec<u8>) -> Vec<u8> {
+    match privacy::bytes::crlf_only(&bytes) {
+        Ok(std::borrow::Cow::Owned(clean)) => clean,
+        Ok(std::borrow::Cow::Borrowed(_)) | Err(_) => bytes,
     }
 }
 

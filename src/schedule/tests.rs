@@ -66,6 +66,7 @@ fn submit(f: &Fixture, tag: &str, rcpts: &[String]) {
             })
             .collect(),
         hold: None,
+        privacy: None,
     };
     f.spool.store(&meta, &message).unwrap();
     f.scheduler.enqueue(meta, Some(Arc::new(message)), &[]);

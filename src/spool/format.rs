@@ -44,6 +44,10 @@ pub struct MessageMeta {
     /// it. Stored with the record, so the hold is durable before the client hears `250`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Hold>,
+    /// The privacy settings the copies were planned with, for the check before sending.
+    /// Absent in records of mailveil 0.1 (the settings in force are used then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::privacy::PrivacySettings>,
 }
 
 /// A bulk hold on a message (see `docs/bulk-hold.md`).

@@ -26,6 +26,7 @@ fn meta(id: &str, rcpts: &[&str]) -> MessageMeta {
             })
             .collect(),
         hold: None,
+        privacy: None,
     }
 }
 

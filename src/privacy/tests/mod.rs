@@ -13,6 +13,7 @@ fn config(mode: PrivacyMode, max: usize, trusted: &[&str]) -> PrivacyConfig {
         mode,
         max_visible_recipients: max,
         trusted_domains: trusted.iter().map(|d| d.to_string()).collect(),
+        body_check: crate::config::BodyCheck::Reject,
     }
 }
 

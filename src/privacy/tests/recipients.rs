@@ -83,8 +83,8 @@ fn rfc2047_names_are_decoded() {
     );
     assert!(r.unparseable.is_none());
     assert_eq!(r.counted, 2);
-    assert_eq!(r.display_name_of("J@X.COM"), Some("Jürgen"));
-    assert_eq!(r.display_name_of("r@y.com"), Some("René"));
+    assert_eq!(r.display_names().get("j@x.com").copied(), Some("Jürgen"));
+    assert_eq!(r.display_names().get("r@y.com").copied(), Some("René"));
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn comments_are_not_addresses() {
         ["a@x.com", "b@y.com"]
     );
     let r = visible_recipients(&crlf("To: a@x.com (Alice)\n\n"), &[]);
-    assert_eq!(r.display_name_of("a@x.com"), Some("Alice"));
+    assert_eq!(r.display_names().get("a@x.com").copied(), Some("Alice"));
 }
 
 #[test]
@@ -191,7 +191,11 @@ fn stray_line_after_to_is_part_of_it() {
     assert!(r.unparseable.is_some(), "{r:?}");
     // And a split copy drops the stray line together with the To field.
     let m = crlf("To: a@x.com,\nb@y.com, c@z.com\nSubject: s\n\n");
-    let h = crate::privacy::render_header(&m, &crate::privacy::Rewrite::Undisclosed);
+    let h = crate::privacy::render_header(
+        &m,
+        &crate::privacy::Rewrite::Undisclosed,
+        &crate::privacy::Exposure::default(),
+    );
     assert_eq!(h, crlf("To: undisclosed-recipients:;\nSubject: s\n\n"));
 }
 

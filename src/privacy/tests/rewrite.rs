@@ -9,7 +9,12 @@ fn only(address: &str, name: Option<&str>) -> Rewrite {
 }
 
 fn render(message: &[u8], rewrite: &Rewrite) -> String {
-    String::from_utf8(render_header(message, rewrite)).unwrap()
+    String::from_utf8(render_header(
+        message,
+        rewrite,
+        &crate::privacy::Exposure::default(),
+    ))
+    .unwrap()
 }
 
 const MSG: &str = "Received: from a\n\tby b; Mon, 1 Jan 2024\nDKIM-Signature: v=1; a=rsa-sha256;\n  b=abc\nFrom: app@x.com\nTo: a@x.com,\n b@y.com\nSubject:   odd  spacing  \nBcc: hidden@z.com\nCc: c@z.com\nX-Other: keep\n\nbody line\nTo: not-a-header@x.com\n";
@@ -17,7 +22,11 @@ const MSG: &str = "Received: from a\n\tby b; Mon, 1 Jan 2024\nDKIM-Signature: v=
 #[test]
 fn unchanged_without_bcc_is_the_original_bytes() {
     let m = crlf("From: app@x.com\nTo: a@x.com, b@y.com\nDKIM-Signature: v=1\n\nbody\n");
-    let h = render_header(&m, &Rewrite::Unchanged);
+    let h = render_header(
+        &m,
+        &Rewrite::Unchanged,
+        &crate::privacy::Exposure::default(),
+    );
     assert_eq!(h, &m[..body_offset(&m)]);
     assert!(h.ends_with(b"\r\n\r\n"));
 }
@@ -243,7 +252,7 @@ fn thousand_recipient_fan_out() {
     let body = &m[body_offset(&m)..];
     assert_eq!(body, b"Dear customer\r\n");
     for (i, a) in addrs.iter().enumerate() {
-        let h = render_header(&m, &only(a, None));
+        let h = render_header(&m, &only(a, None), &crate::privacy::Exposure::default());
         let text = String::from_utf8(h).unwrap();
         assert_eq!(
             text,

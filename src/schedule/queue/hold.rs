@@ -315,6 +315,7 @@ mod tests {
                 canaries: vec![0, 2],
                 state,
             }),
+            privacy: None,
         }
     }
 

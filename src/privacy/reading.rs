@@ -1,0 +1,380 @@
+//! The texts a lenient reader may see in some header bytes.
+//!
+//! A mail client does not show the bytes: it unfolds lines, decodes RFC 2047 words (some
+//! decode the result again), renders fullwidth and compatibility characters as their plain
+//! forms, hides zero-width characters, drops comments and reads obsolete address syntax with
+//! white space around `@` and `.`. An address hidden by any one of those steps is still shown
+//! to somebody. So the privacy checks never ask "what does this field parse to?" but "does any
+//! of these readings contain the address?", and each reading is computed once, in one linear
+//! pass, whatever the input.
+//!
+//! Readings, each built from the one before it:
+//! 1. raw: the bytes as UTF-8 (invalid sequences become U+FFFD, which separates words);
+//! 2. unfolded: line breaks removed (RFC 5322 unfolding, and lines glued by readers that join
+//!    a broken line);
+//! 3. decoded: RFC 2047 encoded-words decoded wherever they stand (inside quotes, glued to
+//!    other text), repeated until nothing changes (at most [`MAX_DECODE_ROUNDS`]), with the
+//!    charsets mail clients know (`encoding_rs`);
+//! 4. normalised: NFKC (`＠` -> `@`, fullwidth letters -> ASCII), default-ignorable code points
+//!    (zero-width spaces, soft hyphens, bidi controls) removed, lower case;
+//! 5. compact: comments removed, quoted pairs unescaped, `%XX` decoded, white space around `@`
+//!    and `.` removed, quotes around a plain local part dropped (`"bob" @ y . test` ->
+//!    `bob@y.test`).
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use icu_normalizer::ComposingNormalizerBorrowed;
+use icu_properties::CodePointSetData;
+use icu_properties::props::DefaultIgnorableCodePoint;
+
+/// Encoded words inside encoded words are decoded this many times at most: enough for any
+/// client (none decodes more than twice), and a bound on the work per field.
+pub const MAX_DECODE_ROUNDS: usize = 4;
+
+/// Calls `visit` with every reading of `raw`, skipping a reading identical to the one before.
+/// Stops early when `visit` returns `true` ("found what I was looking for").
+pub fn each_reading(raw: &[u8], mut visit: impl FnMut(&str) -> bool) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    if visit(&text) {
+        return true;
+    }
+    let unfolded = unfold(&text);
+    if unfolded != text && visit(&unfolded) {
+        return true;
+    }
+    let decoded = decode_repeatedly(&unfolded);
+    if decoded != unfolded && visit(&decoded) {
+        return true;
+    }
+    let normalised = normalise(&decoded);
+    if normalised != decoded && visit(&normalised) {
+        return true;
+    }
+    let compact = compact(&normalised);
+    compact != normalised && visit(&compact)
+}
+
+/// Every reading of `raw` joined with a separator no address can span: for searches that
+/// want all readings in one pass.
+pub fn all_readings(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len() * 2);
+    each_reading(raw, |r| {
+        out.push_str(r);
+        out.push('\n');
+        false
+    });
+    out
+}
+
+/// Line breaks removed.
+fn unfold(text: &str) -> Cow<'_, str> {
+    if !text.contains(['\r', '\n']) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(text.chars().filter(|&c| c != '\r' && c != '\n').collect())
+}
+
+/// RFC 2047 decoding, repeated while it changes something.
+pub fn decode_repeatedly(text: &str) -> Cow<'_, str> {
+    let mut current = Cow::Borrowed(text);
+    for _ in 0..MAX_DECODE_ROUNDS {
+        match decode_words(&current) {
+            Some(next) => current = Cow::Owned(next),
+            None => break,
+        }
+    }
+    current
+}
+
+/// One round of RFC 2047 decoding; `None` when `text` holds no decodable word. White space
+/// between two adjacent encoded-words disappears, as RFC 2047 section 6.2 says.
+fn decode_words(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut changed = false;
+    let mut copied = 0;
+    let mut last_word_end: Option<usize> = None;
+    let mut search = 0;
+    while let Some(rel) = text[search..].find("=?") {
+        let start = search + rel;
+        match encoded_word(&text[start..]) {
+            Some((len, decoded)) => {
+                let gap = &text[copied..start];
+                let adjacent = last_word_end == Some(copied) && gap.trim().is_empty();
+                if !adjacent {
+                    out.push_str(gap);
+                }
+                out.push_str(&decoded);
+                changed = true;
+                copied = start + len;
+                last_word_end = Some(copied);
+                search = copied;
+            }
+            None => search = start + 2,
+        }
+    }
+    if !changed {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
+}
+
+/// Parses `=?charset?enc?text?=` at the start of `s`: its length and decoded text. Every part
+/// is checked as it is read and the text ends at its first `?`, so no start position costs
+/// more than [`MAX_CHARSET`] bytes beyond the word itself.
+fn encoded_word(s: &str) -> Option<(usize, String)> {
+    let b = s.as_bytes();
+    let mut i = 2;
+    let charset_start = i;
+    while i < b.len() && i - charset_start < MAX_CHARSET && is_charset_byte(b[i]) {
+        i += 1;
+    }
+    if i == charset_start || b.get(i) != Some(&b'?') {
+        return None;
+    }
+    let charset = &s[charset_start..i];
+    let encoding = *b.get(i + 1)?;
+    if b.get(i + 2) != Some(&b'?') {
+        return None;
+    }
+    i += 3;
+    let text_start = i;
+    while i < b.len() && b[i] != b'?' && b[i].is_ascii_graphic() {
+        i += 1;
+    }
+    if b.get(i) != Some(&b'?') || b.get(i + 1) != Some(&b'=') {
+        return None;
+    }
+    let text = &s[text_start..i];
+    let bytes = match encoding {
+        b'B' | b'b' => {
+            let clean: String = text.chars().filter(|&c| c != '=').collect();
+            STANDARD_NO_PAD.decode(clean.as_bytes()).ok()?
+        }
+        b'Q' | b'q' => q_decode(text),
+        _ => return None,
+    };
+    // RFC 2231: `charset*language`.
+    let label = charset.split('*').next().unwrap_or(charset);
+    Some((i + 2, to_text(label, &bytes)))
+}
+
+/// Longest charset name read (the longest IANA name is 45 characters).
+const MAX_CHARSET: usize = 64;
+
+fn is_charset_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*' | b'+' | b'.' | b':')
+}
+
+/// The `Q` encoding: `_` is a space, `=XX` a byte.
+fn q_decode(text: &str) -> Vec<u8> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'_' => out.push(b' '),
+            b'=' => {
+                if let Some(v) = b.get(i + 1..i + 3).and_then(hex_byte) {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'=');
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn hex_byte(pair: &[u8]) -> Option<u8> {
+    let s = std::str::from_utf8(pair).ok()?;
+    u8::from_str_radix(s, 16).ok()
+}
+
+/// Bytes in the named charset as text; an unknown charset is read as UTF-8 (what most
+/// clients fall back to), invalid sequences replaced.
+pub fn to_text(charset: &str, bytes: &[u8]) -> String {
+    match encoding_rs::Encoding::for_label(charset.trim().as_bytes()) {
+        Some(encoding) => encoding.decode_without_bom_handling(bytes).0.into_owned(),
+        None => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// NFKC, default-ignorable code points removed, lower case.
+pub fn normalise(text: &str) -> Cow<'_, str> {
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+    if text.is_ascii() {
+        return if text.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(text.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(text)
+        };
+    }
+    let nfkc = ComposingNormalizerBorrowed::new_nfkc().normalize(text);
+    let visible: String = nfkc.chars().filter(|&c| !ignorable.contains(c)).collect();
+    Cow::Owned(visible.to_lowercase())
+}
+
+/// Comments removed, quoted pairs unescaped, `%XX` decoded, white space next to `@` and `.`
+/// removed, and `"plain"@` unquoted.
+fn compact(text: &str) -> Cow<'_, str> {
+    if !text.contains(['(', '\\', '%', ' ', '\t', '"']) {
+        return Cow::Borrowed(text);
+    }
+    // Comments and quoted pairs.
+    let mut stripped = String::with_capacity(text.len());
+    let mut depth = 0usize;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next()
+                    && depth == 0
+                {
+                    stripped.push(n);
+                }
+            }
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            _ => stripped.push(c),
+        }
+    }
+    let decoded = percent_decode(&stripped);
+    // White space next to `@` or `.` (obsolete syntax allows it there).
+    let mut out = String::with_capacity(decoded.len());
+    let mut pending_space = String::new();
+    for c in decoded.chars() {
+        if c == ' ' || c == '\t' {
+            pending_space.push(c);
+            continue;
+        }
+        let glue = matches!(c, '@' | '.') || out.ends_with(['@', '.']);
+        if !glue {
+            out.push_str(&pending_space);
+        }
+        pending_space.clear();
+        out.push(c);
+    }
+    out.push_str(&pending_space);
+    Cow::Owned(unquote_plain_locals(&out))
+}
+
+/// `%40` -> `@`: URLs (`mailto:`) and RFC 2231 parameters show addresses this way.
+fn percent_decode(text: &str) -> Cow<'_, str> {
+    if !text.contains('%') {
+        return Cow::Borrowed(text);
+    }
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(text).collect();
+    Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `"bob"@y` -> `bob@y` when the quoted part holds no separator: the same mailbox written
+/// differently.
+fn unquote_plain_locals(text: &str) -> String {
+    if !text.contains("\"@") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(close) = rest.find("\"@") {
+        let head = &rest[..close];
+        match head.rfind('"') {
+            Some(open)
+                if !head[open + 1..].is_empty()
+                    && !head[open + 1..].contains(|c: char| {
+                        c.is_whitespace() || matches!(c, ',' | ';' | '<' | '>' | '@' | ':')
+                    }) =>
+            {
+                out.push_str(&head[..open]);
+                out.push_str(&head[open + 1..]);
+            }
+            _ => {
+                out.push_str(head);
+                out.push('"');
+            }
+        }
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readings(raw: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        each_reading(raw.as_bytes(), |r| {
+            out.push(r.to_string());
+            false
+        });
+        out
+    }
+
+    fn any_contains(raw: &str, needle: &str) -> bool {
+        each_reading(raw.as_bytes(), |r| r.contains(needle))
+    }
+
+    #[test]
+    fn encoded_words_are_decoded_repeatedly() {
+        assert!(any_contains("=?utf-8?q?bob=40y.test?=", "bob@y.test"));
+        assert!(any_contains("=?UTF-8?B?Ym9iQHkudGVzdA==?=", "bob@y.test"));
+        // Encoded twice: the outer word decodes to another encoded word.
+        let inner = "=?utf-8?q?bob=40y.test?=";
+        let outer = format!(
+            "=?utf-8?b?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(inner)
+        );
+        assert!(any_contains(&outer, "bob@y.test"));
+        // Glued to text, in quotes, split over adjacent words.
+        assert!(any_contains(
+            "\"x=?utf-8?q?bob?= =?utf-8?q?=40y.test?=\"",
+            "xbob@y.test"
+        ));
+        // Legacy charsets: GB2312 fullwidth at sign.
+        assert!(any_contains("=?gb2312?b?Ym9io8B5LnRlc3Q=?=", "bob@y.test"));
+    }
+
+    #[test]
+    fn compatibility_and_invisible_characters() {
+        assert!(any_contains("bob＠y．test", "bob@y.test"));
+        assert!(any_contains("ｂｏｂ@y.test", "bob@y.test"));
+        assert!(any_contains("bo\u{200b}b@y.te\u{ad}st", "bob@y.test"));
+        assert!(any_contains("BOB@Y.TEST", "bob@y.test"));
+        assert!(any_contains("ÄNN@Y.TEST", "änn@y.test"));
+    }
+
+    #[test]
+    fn obsolete_syntax_comments_and_escapes() {
+        assert!(any_contains("bob (x) @ y . test", "bob@y.test"));
+        assert!(any_contains("\"bob\"@y.test", "bob@y.test"));
+        assert!(any_contains("\"bob\\@y.test\" <a@b>", "bob@y.test"));
+        assert!(any_contains("mailto:bob%40y.test", "bob@y.test"));
+        assert!(any_contains("bob@y.\r\n test", "bob@y.test"));
+        assert!(!any_contains("\"b@y, x\"@z", "x@z"));
+    }
+
+    #[test]
+    fn identical_readings_are_skipped() {
+        assert_eq!(readings("plain@x.test"), ["plain@x.test"]);
+    }
+
+    #[test]
+    fn hostile_input_stays_linear() {
+        // Each of these would cost a scan to the end of the text per `=?` in a naive decoder.
+        for text in [
+            "=?a".repeat(300_000),
+            "=?utf-8?q?".repeat(100_000),
+            "(".repeat(300_000),
+        ] {
+            each_reading(text.as_bytes(), |_| false);
+        }
+    }
+}
