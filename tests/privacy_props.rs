@@ -414,3 +414,253 @@ proptest! {
         check(&c)?;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile messages: recipients' addresses hidden wherever a lenient reader still finds them
+// (SPEC "Privacy policy", version 2). Whatever the policy decides, every copy it lets leave must
+// pass the independent oracle: no private address other than the copy's own recipient under
+// any of the oracle's readings. Refusing is always allowed; leaking never is.
+
+/// How one address is written where it is placed.
+fn disguise(address: &str, how: u8, filler: &str) -> String {
+    let (local, domain) = address.split_once('@').unwrap();
+    let q = |s: &str| s.bytes().map(|b| format!("={b:02X}")).collect::<String>();
+    match how % 14 {
+        0 => address.to_string(),
+        1 => format!("<{}>", address.to_uppercase()),
+        2 => format!("\"{filler}\" <{address}>"),
+        3 => format!("=?utf-8?q?{}?=", q(address)),
+        4 => format!("=?UTF-8?B?{}?=", STANDARD.encode(address)),
+        // Encoded twice: a client that decodes the result again sees the address.
+        5 => format!(
+            "=?utf-8?b?{}?=",
+            STANDARD.encode(format!("=?utf-8?q?{}?=", q(address)))
+        ),
+        6 => format!("{local}\u{ff20}{domain}"),
+        7 => format!("{local}\u{200b}@{domain}"),
+        8 => format!("{local}(note)@{domain}"),
+        9 => format!("{local} @ {domain}"),
+        10 => format!("mailto:{local}%40{domain}"),
+        11 => format!("\"{address}\" <{filler}@sender.test>"),
+        12 => format!("\"{filler}, {address}\": notices@sender.test;"),
+        _ => format!("=?utf-8?q?{filler}?= <{address}>"),
+    }
+}
+
+const HOSTILE_FIELDS: [&str; 14] = [
+    "To",
+    "cc",
+    "BCC",
+    "Reply-To",
+    "X-Customer-List",
+    "Resent-To",
+    "Resent-Bcc",
+    "Mail-Followup-To",
+    "Disposition-Notification-To",
+    "Comments",
+    "Subject",
+    "T o",
+    "Apparently-To",
+    "In-Reply-To",
+];
+
+/// Field names whose addresses are recipients' (private) addresses.
+fn is_recipient_field(name: &str) -> bool {
+    let name: String = name.chars().filter(|c| !c.is_whitespace()).collect();
+    [
+        "to",
+        "cc",
+        "bcc",
+        "resent-to",
+        "resent-bcc",
+        "mail-followup-to",
+        "apparently-to",
+    ]
+    .contains(&name.to_ascii_lowercase().as_str())
+}
+
+#[derive(Debug, Clone)]
+struct Placement {
+    field: usize,
+    address: usize,
+    how: u8,
+    /// 0: on its own field line; 1: on a continuation line; 2: after a bare CR; 3: after a
+    /// bare LF.
+    line: u8,
+}
+
+#[derive(Debug, Clone)]
+struct Hostile {
+    pool: Vec<String>,
+    placements: Vec<Placement>,
+    envelope: Vec<usize>,
+    mode: u8,
+    filler: String,
+    /// An address in the body (index into the pool), and how the body carries it.
+    body: Option<(usize, u8)>,
+    leading_tab: bool,
+}
+
+fn hostile() -> impl Strategy<Value = Hostile> {
+    (
+        pool(),
+        prop::collection::vec(
+            (0..HOSTILE_FIELDS.len(), 0..8usize, any::<u8>(), 0..4u8).prop_map(
+                |(field, address, how, line)| Placement {
+                    field,
+                    address,
+                    how,
+                    line,
+                },
+            ),
+            1..6,
+        ),
+        prop::collection::vec(0..8usize, 1..5),
+        0..4u8,
+        "[A-Za-z]{1,8}",
+        proptest::option::of((0..8usize, 0..4u8)),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(pool, placements, envelope, mode, filler, body, leading_tab)| Hostile {
+                pool,
+                placements,
+                envelope,
+                mode,
+                filler,
+                body,
+                leading_tab,
+            },
+        )
+}
+
+fn hostile_body(address: &str, how: u8) -> String {
+    match how {
+        0 => format!("Content-Type: text/plain\r\n\r\nYour address: {address}\r\n"),
+        1 => format!(
+            "Content-Type: text/html\r\n\r\n<p>{}</p>\r\n",
+            address.replace('@', "&#64;")
+        ),
+        2 => format!(
+            "Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{}=\r\n@{}\r\n",
+            address.split('@').next().unwrap(),
+            address.split('@').nth(1).unwrap()
+        ),
+        _ => format!(
+            "Content-Type: text/csv; name=list.csv\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+            STANDARD.encode(format!("name,email\r\nX,{address}\r\n"))
+        ),
+    }
+}
+
+fn check_hostile(h: &Hostile) -> Result<(), TestCaseError> {
+    let pool = &h.pool;
+    let mut header = String::from("From: app@sender.test\r\n");
+    if h.leading_tab {
+        // The relay prepends its Received field: a leading tab line continues it.
+        header.insert_str(
+            0,
+            "Received: from app ([127.0.0.1]) by relay; Tue, 1 Dec 2026\r\n\t",
+        );
+    }
+    let mut private: Vec<usize> = Vec::new();
+    for p in &h.placements {
+        let name = HOSTILE_FIELDS[p.field];
+        let a = p.address % pool.len();
+        let text = disguise(&pool[a], p.how, &h.filler);
+        if is_recipient_field(name) {
+            private.push(a);
+        }
+        let field = match p.line {
+            0 => format!("{name}: {text}\r\n"),
+            1 => format!("{name}: x,\r\n\t{text}\r\n"),
+            2 => format!("X-A: 1\r{name}: {text}\r\n"),
+            _ => format!("X-B: 2\n{name}: {text}\r\n"),
+        };
+        header.push_str(&field);
+    }
+    let (mime, body) = match h.body {
+        Some((a, how)) => (
+            "MIME-Version: 1.0\r\n",
+            hostile_body(&pool[a % pool.len()], how),
+        ),
+        None => ("", "\r\nhello\r\n".to_string()),
+    };
+    let raw = format!("{header}{mime}{body}");
+    let message = mailveil::privacy::bytes::crlf_only(raw.as_bytes()).unwrap();
+    let message = message.as_ref();
+    let mut rcpts: Vec<usize> = Vec::new();
+    for &r in &h.envelope {
+        if !rcpts.contains(&(r % pool.len())) {
+            rcpts.push(r % pool.len());
+        }
+    }
+    private.extend(rcpts.iter().copied());
+    private.sort_unstable();
+    private.dedup();
+    let envelope = Envelope {
+        mail_from: "app@sender.test".into(),
+        rcpt_to: rcpts.iter().map(|&i| pool[i].clone()).collect(),
+    };
+    let mode = [
+        PrivacyMode::Split,
+        PrivacyMode::Bcc,
+        PrivacyMode::Reject,
+        PrivacyMode::Monitor,
+    ][h.mode as usize];
+    let config = PrivacyConfig {
+        mode,
+        max_visible_recipients: 1,
+        trusted_domains: Vec::new(),
+        body_check: BodyCheck::Reject,
+    };
+    let (exposure, p) = assess(&config, &envelope, message);
+    if p.refusal.is_some() {
+        prop_assert!(p.deliveries.is_empty());
+        return Ok(());
+    }
+    if p.decision == Decision::Monitor {
+        return Ok(());
+    }
+    let body_start = body_offset(message);
+    for d in &p.deliveries {
+        let copy = render_header(message, &d.rewrite, &exposure);
+        let own: Option<usize> = match d.rcpt_to.as_slice() {
+            [only] => pool.iter().position(|a| a == only),
+            _ => None,
+        };
+        for &a in private.iter().filter(|&&a| Some(a) != own) {
+            prop_assert!(
+                !oracle::shows(&copy, &pool[a]),
+                "copy to {:?} shows {}:\n{}",
+                d.rcpt_to,
+                pool[a],
+                String::from_utf8_lossy(&copy)
+            );
+        }
+        // The body goes to every copy: a private address in it is only fine for a message
+        // with that one recipient.
+        if let Some((a, _)) = h.body {
+            let a = a % pool.len();
+            if private.contains(&a) {
+                prop_assert!(
+                    own == Some(a) && p.deliveries.len() == 1,
+                    "body shows {} to {:?}: {:?}",
+                    pool[a],
+                    d.rcpt_to,
+                    String::from_utf8_lossy(&message[body_start..])
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    #[test]
+    fn hostile_messages_never_leak(h in hostile()) {
+        check_hostile(&h)?;
+    }
+}
