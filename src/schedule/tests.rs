@@ -15,6 +15,7 @@ struct Fixture {
     outbox: std::path::PathBuf,
     spool: Arc<Spool>,
     scheduler: Scheduler,
+    metrics: Metrics,
 }
 
 fn fixture(extra: &str) -> Fixture {
@@ -28,11 +29,12 @@ fn fixture(extra: &str) -> Fixture {
     .unwrap();
     let spool = Arc::new(Spool::open(&config.spool.dir).unwrap());
     let upstreams = vec![Upstream::from_config(&config.upstreams[0], "test").unwrap()];
+    let metrics = Metrics::new();
     let scheduler = Scheduler::new(
         spool.clone(),
         upstreams,
         &config,
-        Metrics::new(),
+        metrics.clone(),
         Redactor::plain(),
     );
     Fixture {
@@ -40,6 +42,7 @@ fn fixture(extra: &str) -> Fixture {
         outbox,
         spool,
         scheduler,
+        metrics,
     }
 }
 
@@ -183,4 +186,102 @@ async fn reloaded_provider_limits_apply_to_existing_lanes() {
     let upstreams = vec![Upstream::from_config(&reloaded.upstreams[0], "test").unwrap()];
     f.scheduler.apply_config(&reloaded, upstreams);
     assert_eq!(alpha(&f), (Some(20.0), 5));
+}
+
+/// A message as mailveil 0.1 planned it: `To: alice` to alice and bob passed unchanged (the
+/// mail-merge leak). Spooled before an upgrade, it reaches the queue of version 2, whose check
+/// before sending stops the copy: failed with a record, never delivered.
+#[tokio::test]
+async fn check_before_sending_stops_an_exposing_copy() {
+    let f = fixture("");
+    let message =
+        b"From: app@src.test\r\nTo: \"Alice\" <alice@x.test>\r\nSubject: merge\r\n\r\nHi\r\n"
+            .to_vec();
+    let rcpts = vec!["alice@x.test".to_string(), "bob@y.test".to_string()];
+    let planned = |rcpt_to: Vec<String>| DeliveryRecord {
+        planned: PlannedDelivery {
+            rcpt_to,
+            rewrite: Rewrite::Unchanged,
+        },
+        provider: "default".into(),
+    };
+    let meta = MessageMeta {
+        id: Spool::new_id(),
+        received_at: unix_now(),
+        envelope: Envelope {
+            mail_from: "app@src.test".into(),
+            rcpt_to: rcpts.clone(),
+        },
+        decision: Decision::Pass,
+        size: message.len() as u64,
+        // Alice's own copy may show Alice; the copy for both may not.
+        deliveries: vec![planned(vec![rcpts[0].clone()]), planned(rcpts.clone())],
+        hold: None,
+        privacy: None,
+    };
+    let id = meta.id.clone();
+    f.spool.store(&meta, &message).unwrap();
+    f.scheduler.enqueue(meta, Some(Arc::new(message)), &[]);
+    let got = captured(&f, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_now = crate::capture::read_all(&f.outbox).unwrap();
+    assert_eq!(got_now.len(), 1, "only Alice's own copy leaves");
+    assert_eq!(got[0].rcpt_to, ["alice@x.test"]);
+    let blocked = f
+        .metrics
+        .privacy_blocked
+        .with_label_values(&["field"])
+        .get();
+    assert_eq!(blocked, 1);
+    let failed = f
+        .metrics
+        .deliveries
+        .with_label_values(&["default", "none", "failed"])
+        .get();
+    assert_eq!(failed, 1);
+    let record = f
+        ._dir
+        .path()
+        .join("spool/failed")
+        .join(format!("{id}.json"));
+    for _ in 0..100 {
+        if record.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(record.exists(), "the failure is recorded");
+}
+
+/// A message spooled by 0.1 with a bare CR in its body goes out with CRLF line ends only.
+#[tokio::test]
+async fn legacy_bare_cr_is_sent_as_crlf() {
+    let f = fixture("");
+    let message = b"Subject: old\r\n\r\nline one\rline two\r\n".to_vec();
+    let meta = MessageMeta {
+        id: Spool::new_id(),
+        received_at: unix_now(),
+        envelope: Envelope {
+            mail_from: "s@src.test".into(),
+            rcpt_to: vec!["a@x.test".into()],
+        },
+        decision: Decision::Pass,
+        size: message.len() as u64,
+        deliveries: vec![DeliveryRecord {
+            planned: PlannedDelivery {
+                rcpt_to: vec!["a@x.test".into()],
+                rewrite: Rewrite::Unchanged,
+            },
+            provider: "default".into(),
+        }],
+        hold: None,
+        privacy: None,
+    };
+    f.spool.store(&meta, &message).unwrap();
+    // As after a restart: no bytes in memory, read back from the spool.
+    f.scheduler.enqueue(meta, None, &[]);
+    let got = captured(&f, 1).await;
+    let eml = &got[0].bytes;
+    assert!(crate::privacy::bytes::is_clean(eml), "{eml:?}");
+    assert!(eml.ends_with(b"line one\r\nline two\r\n"));
 }
