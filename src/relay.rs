@@ -202,10 +202,12 @@ pub fn received_field(client: &ClientInfo, hostname: &str, id: &str) -> String {
         (false, true) => "ESMTPA",
         (true, true) => "ESMTPSA",
     };
+    // A domain or an address literal: nothing else (an `@` here would make every copy show
+    // whatever address the client names in EHLO).
     let helo: String = client
         .helo
         .chars()
-        .filter(|c| c.is_ascii_graphic())
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'))
         .take(255)
         .collect();
     let date = time::OffsetDateTime::now_utc()

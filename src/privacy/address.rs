@@ -149,6 +149,8 @@ pub fn key(address: &str) -> String {
     match address.rsplit_once('@') {
         Some((local, domain)) => {
             let local = unquoted_if_plain(local);
+            // `bob@y.test.` (a fully qualified domain) is `bob@y.test`.
+            let domain = domain.trim_end_matches('.');
             format!("{}@{}", local.to_lowercase(), domain.to_lowercase())
         }
         None => address.to_lowercase(),

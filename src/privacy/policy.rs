@@ -190,7 +190,8 @@ fn exposing_refusal(shown: Option<&Leak>, names: &VisibleRecipients) -> Refusal 
             leak.field
         ),
         (None, Some(error)) => format!(
-            "an address field cannot be checked ({error}); send one message per recipient or use Bcc"
+            "an address field cannot be checked ({}); send one message per recipient or use Bcc",
+            error.without_addresses()
         ),
         (None, None) => {
             "message exposes recipients; send one message per recipient or use Bcc".into()

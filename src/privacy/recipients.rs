@@ -76,6 +76,17 @@ pub enum AddressFieldError {
     NotAddressList,
 }
 
+impl AddressFieldError {
+    /// The reason without the text it quotes (for replies and logs, which never show
+    /// addresses).
+    pub fn without_addresses(&self) -> String {
+        match self {
+            AddressFieldError::MalformedAddress(_) => "an entry is not an address".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Result of parsing one address field: the plausible addresses found, and whether they are
 /// known to be all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]

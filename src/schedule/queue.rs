@@ -116,6 +116,8 @@ pub struct QueuedMessage {
     /// The private addresses each copy is checked against before it is sent: handed over by
     /// the relay, or assessed again from the spooled bytes on the first attempt after a restart.
     exposure: OnceLock<Arc<Exposure>>,
+    /// Whether the message bytes hold only CRLF line ends and no NUL; checked once, not per copy.
+    clean: OnceLock<bool>,
 }
 
 struct Progress {
@@ -161,8 +163,6 @@ impl Scheduler {
         }
     }
 
-    /// Queues every delivery of `meta` that `log` does not show as final. `bytes` are the message
-    /// bytes when the caller has them (just accepted), saving a read.
     /// Queues a message the relay just accepted, with the privacy facts it was planned with.
     pub fn enqueue_checked(&self, meta: MessageMeta, bytes: Arc<Vec<u8>>, exposure: Arc<Exposure>) {
         self.enqueue_message(meta, Some(bytes), Some(exposure), &[]);
@@ -173,6 +173,8 @@ impl Scheduler {
         self.enqueue_message(meta, bytes, None, log);
     }
 
+    /// Queues every delivery of `meta` that `log` does not show as final. `bytes` are the message
+    /// bytes when the caller has them (just accepted), saving a read.
     fn enqueue_message(
         &self,
         meta: MessageMeta,
@@ -211,6 +213,7 @@ impl Scheduler {
                 failed,
             }),
             exposure: exposure.map(OnceLock::from).unwrap_or_default(),
+            clean: OnceLock::new(),
             meta,
         });
         if !held.is_empty() {
@@ -501,35 +504,12 @@ impl Inner {
         let body = &bytes[privacy::body_offset(&bytes)..];
         let dkim = self.settings.read().expect("not poisoned").dkim.clone();
         dkim.sign_copy(&mut header, body, &record.planned.rewrite);
-        if let Err(stopped) = check_copy(meta, record, &exposure, &header, &bytes) {
-            // Never expected: the same check passed at end of DATA. Whatever went wrong in
-            // between, this copy does not leave.
+        let clean = *message
+            .clean
+            .get_or_init(|| privacy::bytes::is_clean(&bytes));
+        if let Err(stopped) = check_copy(meta, record, &exposure, &header, clean) {
             drop(bytes);
-            tracing::error!(queue_id = %meta.id, delivery = index, provider = %lane.name, error = %stopped,
-                "copy stopped by the check before sending; it is failed, not delivered");
-            self.metrics
-                .privacy_blocked
-                .with_label_values(&["field"])
-                .inc();
-            let rcpts = self.redactor.list(&record.planned.rcpt_to);
-            let entry = self.fail(
-                Final {
-                    meta,
-                    index,
-                    provider: &lane.name,
-                    upstream: NO_UPSTREAM,
-                    rcpts: &rcpts,
-                    header: &header,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    attempts: item.attempts,
-                },
-                554,
-                &stopped,
-                false,
-            );
-            message.active.fetch_sub(1, Ordering::Relaxed);
-            message.release_if_idle();
-            self.record(lane, &message, index, entry.0, entry.1);
+            self.stop(lane, &message, index, item.attempts, &header, stopped);
             return;
         }
         let outbound = Outbound {
@@ -642,7 +622,46 @@ impl Inner {
         }
     }
 
-    /// Slows `lane` down when a temporary failure's reply matches a shaping rule.
+    /// A copy the check before sending refused. Never expected (the same check passed at end
+    /// of DATA); whatever went wrong in between, the copy does not leave: it fails for good,
+    /// with a record, an error log line and a count.
+    fn stop(
+        self: &Arc<Self>,
+        lane: &Lane,
+        message: &Arc<QueuedMessage>,
+        index: usize,
+        attempts: u32,
+        header: &[u8],
+        stopped: Stopped,
+    ) {
+        let meta = &message.meta;
+        tracing::error!(queue_id = %meta.id, delivery = index, provider = %lane.name, error = %stopped,
+            "copy stopped by the check before sending; it is failed, not delivered");
+        self.metrics
+            .privacy_blocked
+            .with_label_values(&["field"])
+            .inc();
+        let rcpts = self.redactor.list(&meta.deliveries[index].planned.rcpt_to);
+        let (entry, code) = self.fail(
+            Final {
+                meta,
+                index,
+                provider: &lane.name,
+                upstream: NO_UPSTREAM,
+                rcpts: &rcpts,
+                header,
+                duration_ms: 0,
+                attempts,
+            },
+            554,
+            &stopped,
+            false,
+        );
+        message.active.fetch_sub(1, Ordering::Relaxed);
+        message.release_if_idle();
+        self.record(lane, message, index, entry, code);
+    }
+
     /// A delivery failed for good (a permanent reply, or `max_queue_time` reached while
     /// deferred): counted, logged once, bounced when configured; returns its outcome record.
     fn fail(
@@ -680,6 +699,7 @@ impl Inner {
         (entry, Some(code))
     }
 
+    /// Slows `lane` down when a temporary failure's reply matches a shaping rule.
     fn shape(&self, lane: &Arc<Lane>, error: &crate::upstream::UpstreamError) {
         let Some(reply) = rules::deferral_reply(error) else {
             return;
@@ -870,9 +890,9 @@ fn check_copy(
     record: &crate::spool::DeliveryRecord,
     exposure: &Exposure,
     header: &[u8],
-    bytes: &[u8],
+    message_clean: bool,
 ) -> Result<(), Stopped> {
-    if !privacy::bytes::is_clean(header) || !privacy::bytes::is_clean(bytes) {
+    if !message_clean || !privacy::bytes::is_clean(header) {
         return Err(Stopped::Bytes);
     }
     if meta.decision == Decision::Monitor {
