@@ -131,6 +131,16 @@ async fn every_series_exists_at_start_with_bounded_labels() {
             0.0
         );
     }
+    for reason in ["field", "body", "malformed"] {
+        assert_eq!(
+            value(
+                &samples,
+                "mailveil_privacy_blocked_total",
+                &[("reason", reason)]
+            ),
+            0.0
+        );
+    }
     for provider in [
         "yahoo",
         "netease",
