@@ -105,11 +105,26 @@ struct PolicyAcceptor;
 
 impl Acceptor for PolicyAcceptor {
     fn accept(&self, tx: Transaction) -> impl Future<Output = Verdict> + Send {
+        check_stored(&tx);
         check_copies(&tx.envelope, &tx.message, PrivacyMode::Split);
         async {
             Verdict::Accepted {
                 queue_id: "FUZZ".into(),
             }
+        }
+    }
+}
+
+/// What the session stores is one unambiguous view: every CR followed by LF, every LF preceded
+/// by CR, no NUL.
+fn check_stored(tx: &Transaction) {
+    let m = &tx.message;
+    assert!(!m.contains(&0), "NUL stored");
+    for (i, &b) in m.iter().enumerate() {
+        match b {
+            b'\r' => assert!(m.get(i + 1) == Some(&b'\n'), "bare CR stored at {i}"),
+            b'\n' => assert!(i > 0 && m[i - 1] == b'\r', "bare LF stored at {i}"),
+            _ => {}
         }
     }
 }

@@ -179,14 +179,16 @@ async fn every_series_exists_at_start_with_bounded_labels() {
         value(&samples, "mailveil_upstream_up", &[("upstream", "outbox")]),
         1.0
     );
-    assert_eq!(
-        value(
-            &samples,
-            "mailveil_inbound_rejections_total",
-            &[("reason", "relay_denied")]
-        ),
-        0.0
-    );
+    for reason in ["relay_denied", "malformed"] {
+        assert_eq!(
+            value(
+                &samples,
+                "mailveil_inbound_rejections_total",
+                &[("reason", reason)]
+            ),
+            0.0
+        );
+    }
     // Labels come from fixed sets only: no sample carries an `@`.
     assert!(!text.contains('@'));
 }

@@ -105,6 +105,8 @@ pub(super) enum Rejection {
     EncryptionRequired,
     AuthFailed,
     Size,
+    /// The message itself cannot be relayed as it is (a NUL byte).
+    Malformed,
     TooManyRecipients,
     TooManyErrors,
     TooManyConnections,
@@ -113,7 +115,7 @@ pub(super) enum Rejection {
 
 impl Rejection {
     /// Every rejection, so metrics can create each `reason` series at zero.
-    pub const ALL: [Rejection; 14] = [
+    pub const ALL: [Rejection; 15] = [
         Rejection::Syntax,
         Rejection::UnknownCommand,
         Rejection::BadSequence,
@@ -124,6 +126,7 @@ impl Rejection {
         Rejection::EncryptionRequired,
         Rejection::AuthFailed,
         Rejection::Size,
+        Rejection::Malformed,
         Rejection::TooManyRecipients,
         Rejection::TooManyErrors,
         Rejection::TooManyConnections,
@@ -142,6 +145,7 @@ impl Rejection {
             Rejection::EncryptionRequired => "encryption_required",
             Rejection::AuthFailed => "auth_failed",
             Rejection::Size => "size",
+            Rejection::Malformed => "malformed",
             Rejection::TooManyRecipients => "too_many_recipients",
             Rejection::TooManyErrors => "too_many_errors",
             Rejection::TooManyConnections => "too_many_connections",
@@ -163,6 +167,7 @@ impl Rejection {
             | Rejection::EncryptionRequired => true,
             Rejection::AuthFailed
             | Rejection::Size
+            | Rejection::Malformed
             | Rejection::TooManyRecipients
             | Rejection::TooManyErrors
             | Rejection::TooManyConnections

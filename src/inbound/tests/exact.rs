@@ -1,0 +1,96 @@
+//! What a session stores is what the client meant, in one form every later stage reads the
+//! same way: lines ending in CRLF only (bare CR and bare LF are line ends), no NUL (refused).
+
+use super::support::{Harness, settings};
+
+const LOCAL: &str = "127.0.0.1:40000";
+
+fn plain() -> Harness {
+    Harness::new(settings(), None)
+}
+
+/// One transaction on a new session; returns the final reply. The session must stay usable.
+async fn send_one(h: &Harness, rcpts: &[&str], body: &[u8]) -> String {
+    let (mut c, _) = h.connect(LOCAL).await;
+    c.expect("EHLO c", "250").await;
+    c.expect("MAIL FROM:<s@example.com>", "250").await;
+    for r in rcpts {
+        c.expect(&format!("RCPT TO:{r}"), "250").await;
+    }
+    c.expect("DATA", "354").await;
+    c.send(body).await;
+    let reply = c.reply().await;
+    c.expect("NOOP", "250").await;
+    reply
+}
+
+#[tokio::test]
+async fn bare_cr_is_a_line_end_stored_as_crlf() {
+    let h = plain();
+    let reply = send_one(
+        &h,
+        &["<a@example.com>"],
+        b"From: s@example.com\r\nX-A: 1\rCc: b@y.test, c@z.test\r\nSubject: s\r\n\r\nbody\rline\r\r\nend\r\n.\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply:?}");
+    assert_eq!(
+        h.acceptor.messages()[0],
+        b"From: s@example.com\r\nX-A: 1\r\nCc: b@y.test, c@z.test\r\nSubject: s\r\n\r\nbody\r\nline\r\n\r\nend\r\n"
+            .to_vec()
+    );
+}
+
+#[tokio::test]
+async fn a_dot_after_a_bare_line_end_does_not_end_the_message() {
+    for marker in ["\r.\r\n", "\n.\r\n", "\r.\r", "\r\n.\r"] {
+        let h = plain();
+        let body = format!(
+            "Subject: a\r\n\r\nbody{marker}MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nevil\r\n.\r\n"
+        );
+        let reply = send_one(&h, &["<a@example.com>"], body.as_bytes()).await;
+        assert!(reply.starts_with("250 2.0.0"), "{marker:?}: {reply:?}");
+        assert_eq!(h.acceptor.count(), 1, "{marker:?}: exactly one message");
+        assert_eq!(
+            String::from_utf8(h.acceptor.messages().remove(0)).unwrap(),
+            "Subject: a\r\n\r\nbody\r\n.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nevil\r\n",
+            "{marker:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nul_refuses_the_message_and_the_session_goes_on() {
+    let h = plain();
+    let (mut c, _) = h.connect(LOCAL).await;
+    c.expect("EHLO c", "250").await;
+    c.expect("MAIL FROM:<s@example.com>", "250").await;
+    c.expect("RCPT TO:<a@example.com>", "250").await;
+    c.expect("DATA", "354").await;
+    // `<CR><LF><NUL>.<CR><LF>` is no end of data either: the message goes on to the real one.
+    c.send(b"Subject: a\r\n\r\nx\r\n\0.\r\nRSET\r\nmore\r\n.\r\n")
+        .await;
+    let reply = c.reply().await;
+    assert_eq!(
+        reply,
+        "550 5.6.0 message contains NUL characters; nothing was accepted\r\n"
+    );
+    assert_eq!(h.acceptor.count(), 0);
+    assert_eq!(h.received("rejected"), 1);
+    assert_eq!(h.rejections("malformed"), 1);
+    assert_eq!(
+        h.metrics
+            .privacy_blocked
+            .with_label_values(&["malformed"])
+            .get(),
+        1
+    );
+    // The transaction is over; the next message on the same connection goes through.
+    c.expect("RCPT TO:<a@example.com>", "503").await;
+    c.expect("MAIL FROM:<s@example.com>", "250").await;
+    c.expect("RCPT TO:<a@example.com>", "250").await;
+    c.expect("DATA", "354").await;
+    c.send("clean\r\n.\r\n").await;
+    c.expect_reply("250 2.0.0 queued").await;
+    assert_eq!(h.acceptor.messages(), vec![b"clean\r\n".to_vec()]);
+}
