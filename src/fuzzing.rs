@@ -116,7 +116,8 @@ impl Acceptor for PolicyAcceptor {
 }
 
 /// What the session stores is one unambiguous view: every CR followed by LF, every LF preceded
-/// by CR, no NUL.
+/// by CR, no NUL; envelope addresses with a local part, a valid domain and no control
+/// characters, each recipient once.
 fn check_stored(tx: &Transaction) {
     let m = &tx.message;
     assert!(!m.contains(&0), "NUL stored");
@@ -127,6 +128,21 @@ fn check_stored(tx: &Transaction) {
             _ => {}
         }
     }
+    let env = &tx.envelope;
+    for address in std::iter::once(&env.mail_from).chain(&env.rcpt_to) {
+        assert!(
+            address.is_empty() || crate::envelope::mailbox(address).is_ok(),
+            "unusable envelope address stored: {address:?}"
+        );
+    }
+    let mut keys: Vec<String> = env
+        .rcpt_to
+        .iter()
+        .map(|r| privacy::address::key(r))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), env.rcpt_to.len(), "duplicate recipient stored");
 }
 
 /// Fuzzes the visible-recipient parser: no panic, and its counts are consistent.

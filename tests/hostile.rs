@@ -404,7 +404,8 @@ fn starts_with_ci(line: &[u8], prefix: &str) -> bool {
 }
 
 /// CR, LF and NUL smuggled through RCPT TO addresses and through encoded display names never
-/// produce a header field of their own in any copy.
+/// produce a header field of their own in any copy. An address holding a control character is
+/// refused: keeping it is impossible and stripping it would name another mailbox.
 #[tokio::test]
 async fn crlf_injection_through_addresses_never_adds_a_header() {
     let relay = InProcessRelay::start(&config("", "")).await;
@@ -418,7 +419,7 @@ async fn crlf_injection_through_addresses_never_adds_a_header() {
     );
     let rcpts: &[&[u8]] = &[
         b"<\"a\r\nBcc: evil@evil.test\"@y.test>", // split by the LF: two refused commands
-        b"<\"c\rBcc: evil@evil.test\"@y.test>",   // bare CR: dropped by the parser
+        b"<\"c\rBcc: evil@evil.test\"@y.test>",   // bare CR: refused (the parser drops it)
         b"<\"d\0Bcc: evil@evil.test\"@y.test>",   // NUL: refused
         b"<\"e\x0bf\"@y.test>",                   // other control characters: refused
         b"<a@x.test>",
@@ -429,12 +430,12 @@ async fn crlf_injection_through_addresses_never_adds_a_header() {
         replies[0].starts_with("501") && replies[0].contains("\r\n500"),
         "{replies:?}"
     );
-    assert!(replies[1].starts_with("250"), "{replies:?}");
+    assert!(replies[1].starts_with("501 5.1.3"), "{replies:?}");
     assert!(replies[2].starts_with("501 5.1.3"), "{replies:?}");
     assert!(replies[3].starts_with("501 5.1.3"), "{replies:?}");
     assert!(fin.starts_with("250"), "{fin}");
-    let copies = wait_for_captures(&relay.outbox(), 3).await;
-    assert_eq!(copies.len(), 3);
+    let copies = wait_for_captures(&relay.outbox(), 2).await;
+    assert_eq!(copies.len(), 2);
     for copy in &copies {
         let lines = header_lines(&copy.bytes);
         let to: Vec<_> = lines.iter().filter(|l| starts_with_ci(l, "to:")).collect();
@@ -453,18 +454,44 @@ async fn crlf_injection_through_addresses_never_adds_a_header() {
             assert!(own == other || !text.contains(other), "{own} sees {other}");
         }
     }
+    assert!(
+        copies.iter().all(|c| !c.rcpt_to[0].contains("Bcc")),
+        "the CR recipient was refused, not stored without its CR"
+    );
+}
+
+/// A recipient whose local part must stay quoted gets a split copy whose `To:` names it in the
+/// form the envelope holds, quoted once (quoting it again would name another mailbox).
+#[tokio::test]
+#[ignore = "privacy side of issue 10: rewrite::addr_spec quotes an already quoted local part again"]
+async fn a_quoted_recipient_is_named_quoted_in_its_split_copy() {
+    let relay = InProcessRelay::start(&config("", "")).await;
+    let msg = message(
+        &[
+            "From: app@src.test",
+            "To: \"c Bcc: evil@evil.test\"@y.test, a@x.test",
+            "Subject: quoted",
+        ],
+        "body\r\n",
+    );
+    let rcpts: &[&[u8]] = &[b"<\"c Bcc: evil@evil.test\"@y.test>", b"<a@x.test>"];
+    let (replies, fin) = send_raw(relay.smtp, "<app@src.test>", rcpts, &msg).await;
+    assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
+    assert!(fin.starts_with("250"), "{fin}");
+    let copies = wait_for_captures(&relay.outbox(), 2).await;
     let odd = copies
         .iter()
         .find(|c| c.rcpt_to[0].contains("Bcc"))
-        .expect("the CR recipient was accepted, CR removed");
+        .expect("the quoted recipient's copy");
+    assert_eq!(odd.rcpt_to, ["\"c Bcc: evil@evil.test\"@y.test"]);
     let to = header_lines(&odd.bytes)
         .into_iter()
         .find(|l| starts_with_ci(l, "to:"))
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&to),
-        "To: \"cBcc: evil@evil.test\"@y.test",
-        "the odd local part is quoted, so it is one mailbox"
+        "To: \"c Bcc: evil@evil.test\"@y.test",
+        "the odd local part is quoted once, so it is one mailbox"
     );
 }
 

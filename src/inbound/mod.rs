@@ -9,6 +9,7 @@
 //!   and the per-connection driver (greeting, STARTTLS upgrade, open/close log lines).
 //! - `session.rs`: per-connection state, the read/write buffers, the command loop, limits.
 //! - `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `auth.rs`: one file per SMTP verb.
+//! - `path.rs`: the MAIL/RCPT address as stored (RFC 5321 form, quoted local parts kept).
 //! - `dot.rs`: the sans-IO DATA decoder (end-of-data, dot-unstuffing, bare CR and bare LF
 //!   stored as CRLF, NUL refused, size cap).
 //! - `tls.rs`: building the rustls acceptor and the STARTTLS upgrade of a session.
@@ -26,6 +27,7 @@ pub mod fuzz;
 mod listener;
 mod live;
 mod mail;
+mod path;
 mod rcpt;
 mod replies;
 mod session;
