@@ -99,7 +99,7 @@ fn escaped(bytes: &[u8], i: usize) -> bool {
 
 /// End of the domain that starts at `from`, or `None` without one: a run of domain characters
 /// and inner dots, or an address literal `[...]`.
-fn domain_end(text: &str, from: usize) -> Option<usize> {
+pub(crate) fn domain_end(text: &str, from: usize) -> Option<usize> {
     let rest = &text[from..];
     if rest.starts_with('[') {
         let close = rest.find(']')?;
@@ -146,15 +146,23 @@ pub fn stands_alone(text: &str, range: &Range<usize>) -> bool {
 /// same mailbox for de-duplication and privacy.
 pub fn key(address: &str) -> String {
     let address = address.trim();
-    match address.rsplit_once('@') {
-        Some((local, domain)) => {
-            let local = unquoted_if_plain(local);
-            // `bob@y.test.` (a fully qualified domain) is `bob@y.test`.
-            let domain = domain.trim_end_matches('.');
-            format!("{}@{}", local.to_lowercase(), domain.to_lowercase())
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return address.to_lowercase();
+    };
+    let local = unquoted_if_plain(local);
+    // `bob@y.test.` (a fully qualified domain) is `bob@y.test`.
+    let domain = domain.trim_end_matches('.');
+    let mut key = String::with_capacity(local.len() + 1 + domain.len());
+    for part in [local, "@", domain] {
+        if part.is_ascii() {
+            let from = key.len();
+            key.push_str(part);
+            key[from..].make_ascii_lowercase();
+        } else {
+            key.extend(part.chars().flat_map(char::to_lowercase));
         }
-        None => address.to_lowercase(),
     }
+    key
 }
 
 /// `"bob"` -> `bob` when the quoted content is a plain dot-atom; anything else as it is.

@@ -16,7 +16,8 @@
 //!    other text), repeated until nothing changes (at most [`MAX_DECODE_ROUNDS`]), with the
 //!    charsets mail clients know (`encoding_rs`);
 //! 4. normalised: NFKC (`＠` -> `@`, fullwidth letters -> ASCII), default-ignorable code points
-//!    (zero-width spaces, soft hyphens, bidi controls) removed, lower case;
+//!    (zero-width spaces, soft hyphens, bidi controls) removed (searches compare
+//!    case-insensitively, so case is left alone);
 //! 5. compact: comments removed, quoted pairs unescaped, `%XX` decoded, white space around `@`
 //!    and `.` removed, quotes around a plain local part dropped (`"bob" @ y . test` ->
 //!    `bob@y.test`).
@@ -205,25 +206,38 @@ pub fn to_text(charset: &str, bytes: &[u8]) -> String {
     }
 }
 
-/// NFKC, default-ignorable code points removed, lower case.
+/// NFKC, default-ignorable code points removed. (Case is not folded here: every search
+/// compares case-insensitively.) ASCII text is its own normal form.
 pub fn normalise(text: &str) -> Cow<'_, str> {
-    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
     if text.is_ascii() {
-        return if text.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(text.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(text)
-        };
+        return Cow::Borrowed(text);
     }
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
     let nfkc = ComposingNormalizerBorrowed::new_nfkc().normalize(text);
-    let visible: String = nfkc.chars().filter(|&c| !ignorable.contains(c)).collect();
-    Cow::Owned(visible.to_lowercase())
+    if !nfkc.chars().any(|c| ignorable.contains(c)) {
+        return nfkc;
+    }
+    Cow::Owned(nfkc.chars().filter(|&c| !ignorable.contains(c)).collect())
+}
+
+/// True when [`compact`] would change something that matters for an address: a comment, a
+/// quoted pair, `%`, a quote right before `@`, or white space next to `@` or `.`.
+fn compactable(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| match c {
+        b'(' | b'\\' | b'%' => true,
+        b'"' => b.get(i + 1) == Some(&b'@'),
+        b' ' | b'\t' => {
+            matches!(b.get(i + 1), Some(b'@' | b'.')) || (i > 0 && matches!(b[i - 1], b'@' | b'.'))
+        }
+        _ => false,
+    })
 }
 
 /// Comments removed, quoted pairs unescaped, `%XX` decoded, white space next to `@` and `.`
 /// removed, and `"plain"@` unquoted.
 fn compact(text: &str) -> Cow<'_, str> {
-    if !text.contains(['(', '\\', '%', ' ', '\t', '"']) {
+    if !compactable(text) {
         return Cow::Borrowed(text);
     }
     // Comments and quoted pairs.
@@ -319,7 +333,7 @@ mod tests {
     }
 
     fn any_contains(raw: &str, needle: &str) -> bool {
-        each_reading(raw.as_bytes(), |r| r.contains(needle))
+        each_reading(raw.as_bytes(), |r| r.to_lowercase().contains(needle))
     }
 
     #[test]
