@@ -132,7 +132,7 @@ pub async fn run_with(
                 source,
             }
         })?;
-        upstreams.push(built);
+        upstreams.push(built.with_log_redactor(redactor.clone()));
     }
     let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
     let scheduler = Scheduler::new(

@@ -122,7 +122,7 @@ impl Reloader {
                     source,
                 }
             })?;
-            upstreams.push(built);
+            upstreams.push(built.with_log_redactor(self.relay.redactor.clone()));
         }
         let mut running = self.running.lock().expect("not poisoned");
         let restart_needed = keep_start_only(&running, &mut next);

@@ -1,6 +1,6 @@
 //! Hostile clients against the relay over real sockets on 127.0.0.1: slowloris, connection
 //! floods, huge command lines and messages, pipelined floods, STARTTLS injection, AUTH
-//! guessing, header injection through addresses, binary junk in headers, 8-bit and SMTPUTF8
+//! guessing, header injection through addresses, binary junk and NUL in headers, 8-bit and SMTPUTF8
 //! mail, and pathological group syntax. Each test asserts the relay's answer and that it
 //! keeps serving; the memory test runs the real binary and reads its peak RSS from /proc.
 
@@ -404,7 +404,8 @@ fn starts_with_ci(line: &[u8], prefix: &str) -> bool {
 }
 
 /// CR, LF and NUL smuggled through RCPT TO addresses and through encoded display names never
-/// produce a header field of their own in any copy.
+/// produce a header field of their own in any copy. An address holding a control character is
+/// refused: keeping it is impossible and stripping it would name another mailbox.
 #[tokio::test]
 async fn crlf_injection_through_addresses_never_adds_a_header() {
     let relay = InProcessRelay::start(&config("", "")).await;
@@ -418,7 +419,7 @@ async fn crlf_injection_through_addresses_never_adds_a_header() {
     );
     let rcpts: &[&[u8]] = &[
         b"<\"a\r\nBcc: evil@evil.test\"@y.test>", // split by the LF: two refused commands
-        b"<\"c\rBcc: evil@evil.test\"@y.test>",   // bare CR: dropped by the parser
+        b"<\"c\rBcc: evil@evil.test\"@y.test>",   // bare CR: refused (the parser drops it)
         b"<\"d\0Bcc: evil@evil.test\"@y.test>",   // NUL: refused
         b"<\"e\x0bf\"@y.test>",                   // other control characters: refused
         b"<a@x.test>",
@@ -429,12 +430,12 @@ async fn crlf_injection_through_addresses_never_adds_a_header() {
         replies[0].starts_with("501") && replies[0].contains("\r\n500"),
         "{replies:?}"
     );
-    assert!(replies[1].starts_with("250"), "{replies:?}");
+    assert!(replies[1].starts_with("501 5.1.3"), "{replies:?}");
     assert!(replies[2].starts_with("501 5.1.3"), "{replies:?}");
     assert!(replies[3].starts_with("501 5.1.3"), "{replies:?}");
     assert!(fin.starts_with("250"), "{fin}");
-    let copies = wait_for_captures(&relay.outbox(), 3).await;
-    assert_eq!(copies.len(), 3);
+    let copies = wait_for_captures(&relay.outbox(), 2).await;
+    assert_eq!(copies.len(), 2);
     for copy in &copies {
         let lines = header_lines(&copy.bytes);
         let to: Vec<_> = lines.iter().filter(|l| starts_with_ci(l, "to:")).collect();
@@ -453,50 +454,81 @@ async fn crlf_injection_through_addresses_never_adds_a_header() {
             assert!(own == other || !text.contains(other), "{own} sees {other}");
         }
     }
+    assert!(
+        copies.iter().all(|c| !c.rcpt_to[0].contains("Bcc")),
+        "the CR recipient was refused, not stored without its CR"
+    );
+}
+
+/// A recipient whose local part must stay quoted gets a split copy whose `To:` names it in the
+/// form the envelope holds, quoted once (quoting it again would name another mailbox).
+#[tokio::test]
+#[ignore = "privacy side of issue 10: rewrite::addr_spec quotes an already quoted local part again"]
+async fn a_quoted_recipient_is_named_quoted_in_its_split_copy() {
+    let relay = InProcessRelay::start(&config("", "")).await;
+    let msg = message(
+        &[
+            "From: app@src.test",
+            "To: \"c Bcc: evil@evil.test\"@y.test, a@x.test",
+            "Subject: quoted",
+        ],
+        "body\r\n",
+    );
+    let rcpts: &[&[u8]] = &[b"<\"c Bcc: evil@evil.test\"@y.test>", b"<a@x.test>"];
+    let (replies, fin) = send_raw(relay.smtp, "<app@src.test>", rcpts, &msg).await;
+    assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
+    assert!(fin.starts_with("250"), "{fin}");
+    let copies = wait_for_captures(&relay.outbox(), 2).await;
     let odd = copies
         .iter()
         .find(|c| c.rcpt_to[0].contains("Bcc"))
-        .expect("the CR recipient was accepted, CR removed");
+        .expect("the quoted recipient's copy");
+    assert_eq!(odd.rcpt_to, ["\"c Bcc: evil@evil.test\"@y.test"]);
     let to = header_lines(&odd.bytes)
         .into_iter()
         .find(|l| starts_with_ci(l, "to:"))
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&to),
-        "To: \"cBcc: evil@evil.test\"@y.test",
-        "the odd local part is quoted, so it is one mailbox"
+        "To: \"c Bcc: evil@evil.test\"@y.test",
+        "the odd local part is quoted once, so it is one mailbox"
     );
 }
 
-/// NUL bytes, invalid UTF-8 and 8-bit junk in headers: the message is accepted, address
-/// fields that cannot be read fail closed (split), and every other field is relayed byte for
-/// byte.
+/// Invalid UTF-8 and 8-bit junk in headers: the message is accepted, address fields that
+/// cannot be read fail closed (split), and every other field is relayed byte for byte. The
+/// same message with NUL bytes is refused `550 5.6.0` and nothing is delivered.
 #[tokio::test]
-async fn nul_and_invalid_utf8_in_headers_are_relayed_and_fail_closed() {
+async fn invalid_utf8_in_headers_is_relayed_and_fails_closed_nul_is_refused() {
     let relay = InProcessRelay::start(&config("", "")).await;
-    let junk: &[u8] = b"X-Junk: a\0b\xff\xfe\xc3(\x80 end";
+    let junk: &[u8] = b"X-Junk: a b\xff\xfe\xc3(\x80 end";
     let msg = [
         b"From: app@src.test\r\n".as_slice(),
         junk,
-        b"\r\nSubject: \xe9t\xe9 \0\r\nTo: \xff\xfe <a@x.test>,\0 b@y.test\0\xc3\r\n\r\nbody \0 \xff\r\n",
+        b"\r\nSubject: \xe9t\xe9 \x01\r\nTo: \xff\xfe <a@x.test>,\x01 b@y.test\x7f\xc3\r\n\r\nbody \x02 \xff\r\n",
     ]
     .concat();
-    let (_, fin) = send_raw(
-        relay.smtp,
-        "<app@src.test>",
-        &[b"<a@x.test>", b"<b@y.test>"],
-        &msg,
-    )
-    .await;
+    let with_nul: Vec<u8> = msg.iter().map(|&b| if b == 0x01 { 0 } else { b }).collect();
+    let rcpts: &[&[u8]] = &[b"<a@x.test>", b"<b@y.test>"];
+    let (_, fin) = send_raw(relay.smtp, "<app@src.test>", rcpts, &with_nul).await;
+    assert!(fin.starts_with("550 5.6.0"), "{fin}");
+    let (_, fin) = send_raw(relay.smtp, "<app@src.test>", rcpts, &msg).await;
     assert!(fin.starts_with("250"), "{fin}");
     let copies = wait_for_captures(&relay.outbox(), 2).await;
-    assert_eq!(copies.len(), 2, "split: private copies");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let copies_later = mailveil::capture::read_all(&relay.outbox()).unwrap();
+    assert_eq!(
+        copies_later.len(),
+        2,
+        "split: private copies, none of the NUL message"
+    );
     for copy in &copies {
+        assert!(!copy.bytes.contains(&0));
         let lines = header_lines(&copy.bytes);
         assert!(lines.iter().any(|l| l == junk), "X-Junk kept byte for byte");
-        assert!(lines.iter().any(|l| l == b"Subject: \xe9t\xe9 \0"));
+        assert!(lines.iter().any(|l| l == b"Subject: \xe9t\xe9 \x01"));
         assert!(
-            copy.bytes.ends_with(b"\r\n\r\nbody \0 \xff\r\n"),
+            copy.bytes.ends_with(b"\r\n\r\nbody \x02 \xff\r\n"),
             "body unchanged"
         );
         let own = &copy.rcpt_to[0];
@@ -504,7 +536,7 @@ async fn nul_and_invalid_utf8_in_headers_are_relayed_and_fail_closed() {
         assert_eq!(to.len(), 1);
         let to = String::from_utf8(to[0].clone()).expect("the new To is clean UTF-8");
         assert!(to.contains(own.as_str()), "{to}");
-        assert!(!to.contains('\0'), "{to}");
+        assert!(!to.chars().any(char::is_control), "{to}");
         for other in ["a@x.test", "b@y.test"] {
             assert!(own == other || !to.contains(other), "{to}");
         }

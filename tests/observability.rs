@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use scripted_smtp::{Script, ScriptedSmtp};
+use scripted_smtp::{Script, ScriptedSmtp, Step};
 use support::*;
 
 /// One sample of the text exposition format.
@@ -131,6 +131,16 @@ async fn every_series_exists_at_start_with_bounded_labels() {
             0.0
         );
     }
+    for reason in ["field", "body", "malformed"] {
+        assert_eq!(
+            value(
+                &samples,
+                "mailveil_privacy_blocked_total",
+                &[("reason", reason)]
+            ),
+            0.0
+        );
+    }
     for provider in [
         "yahoo",
         "netease",
@@ -169,14 +179,16 @@ async fn every_series_exists_at_start_with_bounded_labels() {
         value(&samples, "mailveil_upstream_up", &[("upstream", "outbox")]),
         1.0
     );
-    assert_eq!(
-        value(
-            &samples,
-            "mailveil_inbound_rejections_total",
-            &[("reason", "relay_denied")]
-        ),
-        0.0
-    );
+    for reason in ["relay_denied", "malformed"] {
+        assert_eq!(
+            value(
+                &samples,
+                "mailveil_inbound_rejections_total",
+                &[("reason", reason)]
+            ),
+            0.0
+        );
+    }
     // Labels come from fixed sets only: no sample carries an `@`.
     assert!(!text.contains('@'));
 }
@@ -505,4 +517,102 @@ async fn json_logs_carry_the_fields_of_accepted_and_delivery_events() {
     }
     // show_addresses = true: the addresses are there (the default test above is not vacuous).
     assert!(log.contains(SECRET_LOCALS[0]), "{log}");
+}
+
+/// The upstream's answers for the reply test: a `250` quoting the recipient, a `550` naming
+/// one, and a `451` carrying CR, an erase-line sequence and an OSC title sequence.
+fn hostile_replies() -> Script {
+    let mut script = Script::default();
+    script
+        .replies
+        .insert(Step::DataEnd, "250 2.0.0 ok for <alice@x.test>".into());
+    script.rcpt_replies.insert(
+        "bob@y.test".into(),
+        "550 5.1.1 <bob@y.test>: rejected".into(),
+    );
+    script.rcpt_replies.insert(
+        "carol@z.test".into(),
+        "451 4.3.0 busy\rFAKE mailveil line \x1b[2K\x1b]0;owned\x07 for <carol@z.test>".into(),
+    );
+    script
+}
+
+/// Sends one message split to alice, bob and carol through `upstream`; returns the relay's log
+/// once the three outcomes (delivered, failed, deferred) are in it.
+async fn upstream_replies_logged(upstream: &ScriptedSmtp, show: bool) -> String {
+    let config = format!(
+        r#"
+[server]
+listen = "{{smtp}}"
+[spool]
+dir = "{{dir}}/spool"
+retry_initial = "60s"
+[[upstream]]
+name = "scripted"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+timeout = "10s"
+[metrics]
+listen = "{{metrics}}"
+[log]
+show_addresses = {show}
+"#,
+        port = upstream.port()
+    );
+    let r = RelayProc::start(&config, &[("MAILVEIL_LOG", "debug")]).await;
+    let to = ["alice@x.test", "bob@y.test", "carol@z.test"];
+    let m = message(
+        &["From: app@src.test", &format!("To: {}", to.join(", "))],
+        "x\r\n",
+    );
+    lettre_send(r.smtp, Some("app@src.test"), &to, &m)
+        .await
+        .unwrap();
+    r.wait_for_log("delivered", 0).await;
+    r.wait_for_log("failed permanently", 0).await;
+    r.wait_for_log("deferred", 0).await
+}
+
+/// An upstream's replies and errors are logged with their addresses redacted like every other
+/// address, and with control characters escaped whatever `show_addresses` says, so a reply can
+/// neither leak a recipient nor forge or hide a log line.
+#[tokio::test]
+async fn upstream_replies_are_redacted_and_cannot_forge_log_lines() {
+    let upstream = ScriptedSmtp::start(hostile_replies()).await;
+    let log = upstream_replies_logged(&upstream, false).await;
+    for local in ["alice@", "bob@", "carol@"] {
+        assert!(!log.contains(local), "{local} leaked into the log:\n{log}");
+    }
+    for forbidden in ['\r', '\x1b', '\x07'] {
+        assert!(
+            !log.contains(forbidden),
+            "raw {forbidden:?} in the log:\n{log:?}"
+        );
+    }
+    for line in log.lines() {
+        assert!(
+            !line.trim_start().starts_with("FAKE"),
+            "a reply forged a line: {line:?}"
+        );
+    }
+    assert!(
+        log.contains("busy\\rFAKE mailveil line \\x1b[2K\\x1b]0;owned\\x07 for <"),
+        "the 451 is logged, escaped:\n{log}"
+    );
+    assert!(log.contains("@z.test>"), "domains stay readable:\n{log}");
+
+    // With show_addresses = true the addresses are there (so the check above can fail), and
+    // control characters are still escaped.
+    let upstream = ScriptedSmtp::start(hostile_replies()).await;
+    let log = upstream_replies_logged(&upstream, true).await;
+    assert!(log.contains("ok for <alice@x.test>"), "{log}");
+    assert!(log.contains("<bob@y.test>: rejected"), "{log}");
+    assert!(log.contains("\\x1b[2K"), "{log}");
+    for forbidden in ['\r', '\x1b', '\x07'] {
+        assert!(
+            !log.contains(forbidden),
+            "raw {forbidden:?} in the log:\n{log:?}"
+        );
+    }
 }

@@ -1,10 +1,14 @@
 //! End-to-end: a real SMTP client (lettre, raw sockets, Python's smtplib) talks to the relay on
-//! 127.0.0.1, which applies the privacy policy, spools, and delivers to a capture directory.
+//! 127.0.0.1, which applies the privacy policy, spools, and delivers to a capture directory or,
+//! where the exact bytes on the wire matter, to a scripted SMTP upstream that records them.
 
+#[path = "support/scripted_smtp.rs"]
+mod scripted_smtp;
 mod support;
 
 use std::time::Duration;
 
+use scripted_smtp::{Script, ScriptedSmtp};
 use support::*;
 
 fn config(privacy: &str) -> String {
@@ -476,4 +480,301 @@ async fn python_smtplib_five_visible_addresses_become_five_copies() {
         .collect();
     assert_eq!(to_lines, expected);
     relay.stop().await.unwrap();
+}
+
+/// The real binary relaying to a scripted SMTP upstream that records the exact bytes it got.
+async fn binary_to_scripted(upstream: &ScriptedSmtp) -> RelayProc {
+    RelayProc::start(
+        &format!(
+            r#"
+[server]
+listen = "{{smtp}}"
+hostname = "relay.test"
+[privacy]
+{SPLIT}
+[spool]
+dir = "{{dir}}/spool"
+retry_initial = "1s"
+[[upstream]]
+name = "scripted"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+timeout = "10s"
+[metrics]
+listen = "{{metrics}}"
+"#,
+            port = upstream.port()
+        ),
+        &[],
+    )
+    .await
+}
+
+/// Waits until the upstream accepted `n` messages, then a moment more to see that no more come.
+async fn settled_messages(upstream: &ScriptedSmtp, n: usize) -> Vec<scripted_smtp::Received> {
+    let end = std::time::Instant::now() + PATIENCE;
+    while upstream.record().messages.len() < n {
+        assert!(
+            std::time::Instant::now() < end,
+            "only {} of {n} messages reached the upstream",
+            upstream.record().messages.len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let messages = upstream.record().messages;
+    assert_eq!(messages.len(), n, "more messages than expected");
+    messages
+}
+
+/// One transaction on an open raw session; returns the final reply.
+async fn raw_transaction(s: &mut RawSmtp, from: &str, to: &[&str], data: &[u8]) -> String {
+    let reply = s.cmd(&format!("MAIL FROM:<{from}>")).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    for r in to {
+        let reply = s.cmd(&format!("RCPT TO:<{r}>")).await;
+        assert!(reply.starts_with("250"), "{r}: {reply}");
+    }
+    assert!(s.cmd("DATA").await.starts_with("354"));
+    s.send(data).await;
+    s.send(b".\r\n").await;
+    s.reply().await
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The header field `name:` of a message as a line, if any.
+fn field<'a>(data: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    data.split(|&b| b == b'\n')
+        .find(|l| l.len() > name.len() && l[..name.len()].eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// Bare CR, bare LF, mixed line ends and smuggling-style sequences in headers and bodies: the
+/// bytes the upstream receives hold CRLF line ends only, no NUL, and correct dot-stuffing;
+/// a NUL message is refused on a connection that then goes on.
+#[tokio::test]
+async fn no_bare_cr_bare_lf_or_nul_ever_leaves_the_relay() {
+    let upstream = ScriptedSmtp::start(Script::default()).await;
+    let relay = binary_to_scripted(&upstream).await;
+    let (mut s, _) = RawSmtp::connect(relay.smtp).await;
+    assert!(s.cmd("EHLO client.test").await.starts_with("250"));
+    let mixed_body = b"x\r.\r\ny\n.\r\nz\r\r\n.leading dot\r\n..two\r\n\rend\r\n";
+    let messages: [(&str, Vec<u8>); 5] = [
+        (
+            "header-cr",
+            b"From: app@src.test\r\nTo: one@x.test\r\nX-A: 1\rX-B: 2\r\nSubject: header-cr\r\n\r\nbody\rline\r\n".to_vec(),
+        ),
+        (
+            "bare-lf",
+            b"From: app@src.test\nTo: one@x.test\nSubject: bare-lf\n\nbody\nmore\r\n".to_vec(),
+        ),
+        (
+            "mixed",
+            [
+                &b"From: app@src.test\r\nTo: one@x.test\nSubject: mixed\r\r\n"[..],
+                mixed_body,
+            ]
+            .concat(),
+        ),
+        (
+            "nul",
+            b"From: app@src.test\r\nTo: one@x.test\r\nSubject: nul\r\n\r\nx\r\n\0.\r\nMAIL FROM:<e@src.test>\r\n".to_vec(),
+        ),
+        (
+            "hidden-cc",
+            b"From: app@src.test\r\nTo: one@x.test\r\nX-A: 1\rCc: two@y.test, three@z.test\r\nSubject: hidden-cc\r\n\r\nhi\r\n".to_vec(),
+        ),
+    ];
+    for (name, data) in &messages {
+        let reply = raw_transaction(&mut s, "app@src.test", &["one@x.test"], data).await;
+        if *name == "nul" {
+            assert!(reply.starts_with("550 5.6.0"), "{name}: {reply}");
+        } else {
+            assert!(reply.starts_with("250"), "{name}: {reply}");
+        }
+    }
+    assert!(s.cmd("QUIT").await.starts_with("221"));
+
+    let got = settled_messages(&upstream, 4).await;
+    for m in &got {
+        let subject = String::from_utf8_lossy(field(&m.data, "Subject:").unwrap()).to_string();
+        let raw = &m.raw;
+        assert!(!raw.contains(&0), "{subject}: NUL left the relay");
+        for (i, &b) in raw.iter().enumerate() {
+            match b {
+                b'\r' => assert_eq!(raw.get(i + 1), Some(&b'\n'), "{subject}: bare CR at {i}"),
+                b'\n' => assert!(i > 0 && raw[i - 1] == b'\r', "{subject}: bare LF at {i}"),
+                _ => {}
+            }
+        }
+        for line in raw.split(|&b| b == b'\n') {
+            assert!(
+                !line.starts_with(b".") || line.starts_with(b".."),
+                "{subject}: a line starting with a dot was not stuffed: {:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert!(!contains(&m.data, b"two@y.test"), "{subject}: Cc leaked");
+    }
+    let by_subject = |s: &str| {
+        got.iter()
+            .find(|m| field(&m.data, "Subject:") == Some(format!("Subject: {s}\r").as_bytes()))
+            .unwrap_or_else(|| panic!("{s} not delivered"))
+    };
+    let header_cr = by_subject("header-cr");
+    assert!(contains(&header_cr.data, b"X-A: 1\r\nX-B: 2\r\n"));
+    assert!(header_cr.data.ends_with(b"\r\n\r\nbody\r\nline\r\n"));
+    assert!(
+        by_subject("bare-lf")
+            .data
+            .ends_with(b"\r\n\r\nbody\r\nmore\r\n")
+    );
+    let mixed = by_subject("mixed");
+    assert!(
+        mixed
+            .data
+            .ends_with(b"\r\n\r\nx\r\n.\r\ny\r\n.\r\nz\r\n\r\nleading dot\r\n.two\r\n\r\nend\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&mixed.data)
+    );
+    assert!(
+        contains(&mixed.raw, b"\r\n..\r\n"),
+        "the lone dots went out stuffed"
+    );
+    let hidden = by_subject("hidden-cc");
+    assert!(
+        field(&hidden.data, "Cc:").is_none(),
+        "split copy carries no Cc"
+    );
+    let (_, metrics) = http_get(relay.metrics, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "mailveil_privacy_blocked_total{reason=\"malformed\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "mailveil_inbound_rejections_total{reason=\"malformed\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+/// Python's smtplib: a message holding NUL is refused `550 5.6.0`, nothing is delivered, and
+/// the same connection sends the next message.
+#[tokio::test]
+async fn a_nul_message_is_refused_and_the_connection_goes_on() {
+    let upstream = ScriptedSmtp::start(Script::default()).await;
+    let relay = binary_to_scripted(&upstream).await;
+    let script = format!(
+        r#"
+import smtplib
+s = smtplib.SMTP('127.0.0.1', {port})
+try:
+    s.sendmail('app@src.test', ['one@x.test'],
+               b'From: app@src.test\r\nTo: one@x.test\r\nSubject: nul\r\n\r\na\0b\r\n')
+    print('accepted')
+except smtplib.SMTPDataError as e:
+    print(e.smtp_code, e.smtp_error.decode())
+s.sendmail('app@src.test', ['one@x.test'],
+           b'From: app@src.test\r\nTo: one@x.test\r\nSubject: after\r\n\r\nclean\r\n')
+print('second accepted')
+s.quit()
+"#,
+        port = relay.smtp.port()
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("550 5.6.0 message contains NUL characters"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("second accepted"), "{stdout}");
+    let got = settled_messages(&upstream, 1).await;
+    assert_eq!(
+        field(&got[0].data, "Subject:"),
+        Some(&b"Subject: after\r"[..])
+    );
+}
+
+/// A quoted local part reaches the upstream exactly as the client wrote it, never de-quoted
+/// into a different (and ambiguous) address.
+#[tokio::test]
+async fn quoted_local_parts_reach_the_upstream_exactly() {
+    let upstream = ScriptedSmtp::start(Script::default()).await;
+    let relay = binary_to_scripted(&upstream).await;
+    let (mut s, _) = RawSmtp::connect(relay.smtp).await;
+    assert!(s.cmd("EHLO client.test").await.starts_with("250"));
+    let reply = raw_transaction(
+        &mut s,
+        "\"no reply\"@src.test",
+        &["\"b@y, x\"@z.test"],
+        b"From: app@src.test\r\nTo: undisclosed-recipients:;\r\nSubject: quoted\r\n\r\nhi\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = settled_messages(&upstream, 1).await;
+    let commands = upstream.record().commands;
+    assert!(
+        commands.iter().any(|c| c == "RCPT TO:<\"b@y, x\"@z.test>"),
+        "{commands:?}"
+    );
+    assert!(
+        !commands.iter().any(|c| c.contains("<b@y")),
+        "de-quoted recipient sent: {commands:?}"
+    );
+    assert_eq!(got[0].mail_line, "MAIL FROM:<\"no reply\"@src.test>");
+    assert_eq!(got[0].rcpt_to, ["\"b@y, x\"@z.test"]);
+}
+
+/// Python's smtplib names one mailbox twice (domain case differs): one copy, one RCPT upstream.
+#[tokio::test]
+async fn the_same_recipient_twice_gets_one_copy() {
+    let upstream = ScriptedSmtp::start(Script::default()).await;
+    let relay = binary_to_scripted(&upstream).await;
+    let script = format!(
+        "import smtplib; s = smtplib.SMTP('127.0.0.1', {}); \
+         r = s.sendmail('app@src.test', ['Bob@Y.test', 'bob@y.test'], \
+         b'From: app@src.test\\r\\nTo: Bob@Y.test\\r\\nSubject: twice\\r\\n\\r\\nhi\\r\\n'); \
+         print(r); s.quit()",
+        relay.smtp.port()
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "{}", "both RCPTs accepted");
+    let got = settled_messages(&upstream, 1).await;
+    assert_eq!(got[0].rcpt_to, ["Bob@Y.test"]);
+    let rcpts = upstream
+        .record()
+        .commands
+        .iter()
+        .filter(|c| c.to_ascii_uppercase().starts_with("RCPT"))
+        .count();
+    assert_eq!(rcpts, 1, "one RCPT upstream");
 }

@@ -111,6 +111,7 @@ struct PolicyAcceptor;
 
 impl Acceptor for PolicyAcceptor {
     fn accept(&self, tx: Transaction) -> impl Future<Output = Verdict> + Send {
+        check_stored(&tx);
         check_copies(&tx.envelope, &tx.message, PrivacyMode::Split);
         async {
             Verdict::Accepted {
@@ -118,6 +119,36 @@ impl Acceptor for PolicyAcceptor {
             }
         }
     }
+}
+
+/// What the session stores is one unambiguous view: every CR followed by LF, every LF preceded
+/// by CR, no NUL; envelope addresses with a local part, a valid domain and no control
+/// characters, each recipient once.
+fn check_stored(tx: &Transaction) {
+    let m = &tx.message;
+    assert!(!m.contains(&0), "NUL stored");
+    for (i, &b) in m.iter().enumerate() {
+        match b {
+            b'\r' => assert!(m.get(i + 1) == Some(&b'\n'), "bare CR stored at {i}"),
+            b'\n' => assert!(i > 0 && m[i - 1] == b'\r', "bare LF stored at {i}"),
+            _ => {}
+        }
+    }
+    let env = &tx.envelope;
+    for address in std::iter::once(&env.mail_from).chain(&env.rcpt_to) {
+        assert!(
+            address.is_empty() || crate::envelope::mailbox(address).is_ok(),
+            "unusable envelope address stored: {address:?}"
+        );
+    }
+    let mut keys: Vec<String> = env
+        .rcpt_to
+        .iter()
+        .map(|r| privacy::address::key(r))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), env.rcpt_to.len(), "duplicate recipient stored");
 }
 
 /// Fuzzes the visible-recipient parser: no panic, and its counts are consistent.

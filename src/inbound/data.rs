@@ -2,8 +2,10 @@
 //! [`Acceptor`]; its [`Verdict`] becomes the reply.
 //!
 //! An oversized message is read to its end and discarded (never buffered past the limit), then
-//! answered `552 5.3.4`; the connection stays usable. Whatever the outcome, the transaction is
-//! over afterwards, so the client can start the next one.
+//! answered `552 5.3.4`; a message holding a NUL byte likewise, answered `550 5.6.0` (no reader
+//! agrees on what a NUL means, so such a message is refused rather than guessed at). The
+//! connection stays usable. Whatever the outcome, the transaction is over afterwards, so the
+//! client can start the next one.
 
 use std::io::Write;
 use std::time::{Duration, Instant as WallClock};
@@ -88,6 +90,22 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                 "message over the size limit discarded"
             );
             return Ok(self.reject(Rejection::Size, &replies::MESSAGE_TOO_BIG));
+        }
+        if decoder.saw_nul() {
+            metrics
+                .messages_received
+                .with_label_values(&["rejected"])
+                .inc();
+            metrics
+                .privacy_blocked
+                .with_label_values(&["malformed"])
+                .inc();
+            tracing::info!(
+                peer = %self.st.peer,
+                size = decoder.decoded_size(),
+                "message with NUL characters refused"
+            );
+            return Ok(self.reject(Rejection::Malformed, &replies::MESSAGE_HAS_NUL));
         }
 
         let recipients = draft.rcpt_to.len();

@@ -2,24 +2,38 @@
 //! taken from `smtp-proto` because its `DataReceiver` keeps bare `LF` line ends as they are and
 //! has no size cap; mailveil must store CRLF lines and must never buffer past the limit.
 //!
+//! The message is stored as the one view every later stage reads (privacy policy, `inspect`,
+//! the egress check, the upstream): lines ending in CRLF and nothing else. A reader that splits
+//! lines at a bare CR or a bare LF (many mail clients do) and one that splits only at CRLF then
+//! see the same lines, so a field hidden behind a bare CR (`X-A: 1<CR>Cc: b@y`) is a field of
+//! its own for the policy too.
+//!
 //! Rules, chosen to make SMTP smuggling impossible (a message boundary seen differently by us
 //! and by the upstream server):
-//! - End of data is *only* `<CR><LF>.<CR><LF>`. The CRLF ending the `DATA` command counts as
-//!   the first `<CR><LF>`, so an empty message is `.<CR><LF>` right after `354`.
-//! - A line ending in a bare `<LF>` is stored with `<CR><LF>`.
-//! - A line holding a lone dot that does not end the data (`<LF>.<CR><LF>`, `<LF>.<LF>`,
-//!   `<CR><LF>.<LF>`) is stored as the text line `.` + CRLF. It is not an end marker, not
+//! - End of data is *only* `<CR><LF>.<CR><LF>` on the wire. The CRLF ending the `DATA` command
+//!   counts as the first `<CR><LF>`, so an empty message is `.<CR><LF>` right after `354`.
+//! - A line ends at `<CR><LF>`, at a bare `<LF>` or at a bare `<CR>` (a CR not followed by
+//!   LF); every line is stored with `<CR><LF>`. `<CR><CR><LF>` is a bare-CR line end followed
+//!   by an empty CRLF line.
+//! - A line holding a lone dot that does not end the data, because the line before it ended in
+//!   a bare CR or bare LF (`<LF>.<CR><LF>`, `<CR>.<CR><LF>`) or because its own end is bare
+//!   (`.<LF>`, `.<CR>x`), is stored as the text line `.` + CRLF. It is not an end marker, not
 //!   stuffing, and not silently dropped; when relayed, the upstream client dot-stuffs it to
 //!   `..`, so no server downstream can see an end of data there either.
 //! - Any other line starting with `.` loses that first dot (dot-unstuffing), whatever ended
 //!   the previous line.
-//! - A bare `<CR>` inside a line is kept as it is.
+//! - A NUL byte anywhere makes the message unacceptable (RFC 5322 forbids it, and readers
+//!   disagree on what follows it): the decoder notes it ([`DotDecoder::saw_nul`]), stores
+//!   nothing more and frees what it held, and keeps looking for the end of data so the
+//!   session can refuse the message and go on.
+//!
+//! So a stored message never holds a bare CR, a bare LF or a NUL.
 //!
 //! The size limit applies to the decoded message. Past it the decoder keeps finding the end of
 //! data but stores nothing more and frees what it held, so an oversized message costs no
 //! memory and the connection stays usable for a `552` and the next transaction.
 
-use memchr::memchr;
+use memchr::memchr3;
 
 /// Where the decoder stands between calls; every state is resumable at any byte boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +44,10 @@ enum State {
     Dot { after_crlf: bool },
     /// Seen `.<CR>` at line start.
     DotCr { after_crlf: bool },
-    /// Inside a line; `cr` when the last byte stored was a CR (so an LF now completes CRLF).
-    Text { cr: bool },
+    /// Inside a line.
+    Text,
+    /// Seen a CR ending a line: an LF next makes it CRLF, anything else a bare-CR line end.
+    Cr,
     /// End of data found; further input is not ours.
     Done,
 }
@@ -53,6 +69,7 @@ pub struct DotDecoder {
     limit: usize,
     size: usize,
     overflow: bool,
+    nul: bool,
 }
 
 impl DotDecoder {
@@ -63,6 +80,7 @@ impl DotDecoder {
             limit,
             size: 0,
             overflow: false,
+            nul: false,
         }
     }
 
@@ -71,13 +89,18 @@ impl DotDecoder {
         self.overflow
     }
 
-    /// Decoded size so far, counting bytes that were discarded after an overflow.
+    /// True once a NUL byte was seen; the output was then emptied and nothing more is stored.
+    pub fn saw_nul(&self) -> bool {
+        self.nul
+    }
+
+    /// Decoded size so far, counting bytes that were discarded after an overflow or a NUL.
     pub fn decoded_size(&self) -> usize {
         self.size
     }
 
-    /// Decodes `input`, appending message bytes to `out`. Work is per line (a `memchr` for the
-    /// next LF and one copy), never per byte.
+    /// Decodes `input`, appending message bytes to `out`. Work is per line (a `memchr3` for
+    /// the next CR, LF or NUL and one copy), never per byte.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Feed {
         let mut i = 0;
         while i < input.len() {
@@ -87,7 +110,7 @@ impl DotDecoder {
                         self.state = State::Dot { after_crlf };
                         i += 1;
                     } else {
-                        self.state = State::Text { cr: false };
+                        self.state = State::Text;
                     }
                 }
                 State::Dot { after_crlf } => match input[i] {
@@ -102,7 +125,7 @@ impl DotDecoder {
                         i += 1;
                     }
                     // Stuffing: the dot is dropped, the byte is text.
-                    _ => self.state = State::Text { cr: false },
+                    _ => self.state = State::Text,
                 },
                 State::DotCr { after_crlf } => {
                     if input[i] == b'\n' {
@@ -111,37 +134,45 @@ impl DotDecoder {
                             self.state = State::Done;
                             return Feed::End { consumed: i };
                         }
-                        // `<LF>.<CR><LF>`: the smuggling marker, stored as a text line.
+                        // `<LF>.<CR><LF>` or `<CR>.<CR><LF>`: the smuggling marker, a text line.
                         self.emit(out, b".\r\n");
                         self.state = State::LineStart { after_crlf: true };
                     } else {
-                        // `.<CR>x`: the dot was stuffing; the CR is a bare CR of the text.
-                        self.emit(out, b"\r");
-                        self.state = State::Text { cr: true };
+                        // `.<CR>x`: a lone dot ended by a bare CR, a text line; `x` starts the
+                        // next line.
+                        self.emit(out, b".\r\n");
+                        self.state = State::LineStart { after_crlf: false };
                     }
                 }
-                State::Text { cr } => {
+                State::Text => {
                     let rest = &input[i..];
-                    match memchr(b'\n', rest) {
+                    match memchr3(b'\r', b'\n', 0, rest) {
                         Some(p) => {
-                            let content = &rest[..p];
-                            self.emit(out, content);
-                            let crlf = match content.last() {
-                                Some(&last) => last == b'\r',
-                                None => cr,
-                            };
-                            // The CR of a CRLF is already stored with the content.
-                            self.emit(out, if crlf { b"\n" } else { b"\r\n" });
-                            self.state = State::LineStart { after_crlf: crlf };
+                            self.emit(out, &rest[..p]);
                             i += p + 1;
+                            match rest[p] {
+                                b'\r' => self.state = State::Cr,
+                                b'\n' => {
+                                    self.emit(out, b"\r\n");
+                                    self.state = State::LineStart { after_crlf: false };
+                                }
+                                _ => self.saw_nul_byte(out),
+                            }
                         }
                         None => {
                             self.emit(out, rest);
-                            self.state = State::Text {
-                                cr: rest.last() == Some(&b'\r'),
-                            };
                             i = input.len();
                         }
+                    }
+                }
+                State::Cr => {
+                    self.emit(out, b"\r\n");
+                    if input[i] == b'\n' {
+                        i += 1;
+                        self.state = State::LineStart { after_crlf: true };
+                    } else {
+                        // A bare CR ends the line; this byte starts the next one.
+                        self.state = State::LineStart { after_crlf: false };
                     }
                 }
                 State::Done => return Feed::End { consumed: i },
@@ -154,9 +185,17 @@ impl DotDecoder {
         }
     }
 
+    /// A NUL refuses the message: free what was stored and store nothing more.
+    fn saw_nul_byte(&mut self, out: &mut Vec<u8>) {
+        if !self.nul {
+            self.nul = true;
+            *out = Vec::new();
+        }
+    }
+
     fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
         self.size = self.size.saturating_add(bytes.len());
-        if self.overflow {
+        if self.overflow || self.nul {
             return;
         }
         if self.size > self.limit {
@@ -174,18 +213,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Decodes `input` in one call; returns (message, consumed) or None without an end.
-    fn decode(input: &[u8]) -> Option<(Vec<u8>, usize)> {
+    /// Decodes `input` in one call; returns (message, saw NUL, consumed) or None without an
+    /// end.
+    fn decode(input: &[u8]) -> Option<(Vec<u8>, bool, usize)> {
         let mut d = DotDecoder::new(usize::MAX);
         let mut out = Vec::new();
         match d.feed(input, &mut out) {
-            Feed::End { consumed } => Some((out, consumed)),
+            Feed::End { consumed } => Some((out, d.saw_nul(), consumed)),
             Feed::NeedMore => None,
         }
     }
 
+    /// The message of a NUL-free input that ends; panics otherwise.
+    fn message(input: &[u8]) -> Vec<u8> {
+        let (msg, nul, _) = decode(input).expect("end of data");
+        assert!(!nul);
+        msg
+    }
+
     /// Decodes with the input cut at every given position.
-    fn decode_split(input: &[u8], cuts: &[usize]) -> Option<(Vec<u8>, usize)> {
+    fn decode_split(input: &[u8], cuts: &[usize]) -> Option<(Vec<u8>, bool, usize)> {
         let mut d = DotDecoder::new(usize::MAX);
         let mut out = Vec::new();
         let mut start = 0;
@@ -197,7 +244,7 @@ mod tests {
                 continue;
             }
             if let Feed::End { consumed } = d.feed(&input[start..end], &mut out) {
-                return Some((out, start + consumed));
+                return Some((out, d.saw_nul(), start + consumed));
             }
             start = end;
         }
@@ -205,80 +252,150 @@ mod tests {
     }
 
     /// A reference written line by line over the whole input, independent of the state
-    /// machine, that states the rules of the module doc directly.
-    fn reference(input: &[u8]) -> Option<(Vec<u8>, usize)> {
+    /// machine, that states the rules of the module doc directly: lines end at CRLF, bare CR or
+    /// bare LF; only a lone dot after a CRLF line end and ended by CRLF ends the data; a NUL
+    /// anywhere empties the message.
+    fn reference(input: &[u8]) -> Option<(Vec<u8>, bool, usize)> {
         let mut out = Vec::new();
+        let mut nul = false;
         let mut pos = 0;
         let mut after_crlf = true;
-        while let Some(off) = input[pos..].iter().position(|&b| b == b'\n') {
+        loop {
+            let off = input[pos..]
+                .iter()
+                .position(|&b| b == b'\n' || b == b'\r')?;
             let line = &input[pos..pos + off];
-            pos += off + 1;
-            if after_crlf && line == b".\r" {
-                return Some((out, pos));
+            let crlf = input[pos + off] == b'\r' && *input.get(pos + off + 1)? == b'\n';
+            pos += off + if crlf { 2 } else { 1 };
+            if after_crlf && crlf && line == b"." {
+                return Some((if nul { Vec::new() } else { out }, nul, pos));
             }
-            let crlf = line.last() == Some(&b'\r');
-            let body = if crlf { &line[..line.len() - 1] } else { line };
-            if body == b"." {
+            nul |= line.contains(&0);
+            if line == b"." {
                 out.extend_from_slice(b".");
-            } else if body.first() == Some(&b'.') {
-                out.extend_from_slice(&body[1..]);
+            } else if line.first() == Some(&b'.') {
+                out.extend_from_slice(&line[1..]);
             } else {
-                out.extend_from_slice(body);
+                out.extend_from_slice(line);
             }
             out.extend_from_slice(b"\r\n");
             after_crlf = crlf;
         }
-        None
+    }
+
+    /// Every CR is followed by LF, every LF preceded by CR, and there is no NUL.
+    fn only_crlf_lines(msg: &[u8]) -> bool {
+        !msg.contains(&0)
+            && msg.iter().enumerate().all(|(i, &b)| match b {
+                b'\r' => msg.get(i + 1) == Some(&b'\n'),
+                b'\n' => i > 0 && msg[i - 1] == b'\r',
+                _ => true,
+            })
     }
 
     #[test]
     fn plain_message_and_trailing_pipelined_command() {
         let input = b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n";
-        let (msg, consumed) = decode(input).unwrap();
+        let (msg, nul, consumed) = decode(input).unwrap();
         assert_eq!(msg, b"Subject: hi\r\n\r\nbody\r\n");
+        assert!(!nul);
         assert_eq!(&input[consumed..], b"QUIT\r\n");
     }
 
     #[test]
     fn empty_message() {
-        assert_eq!(decode(b".\r\n"), Some((Vec::new(), 3)));
+        assert_eq!(decode(b".\r\n"), Some((Vec::new(), false, 3)));
     }
 
     #[test]
     fn dot_unstuffing() {
-        let (msg, _) = decode(b"..\r\n..leading\r\n.x\r\na.b\r\n.\r\n").unwrap();
+        let msg = message(b"..\r\n..leading\r\n.x\r\na.b\r\n.\r\n");
         assert_eq!(msg, b".\r\n.leading\r\nx\r\na.b\r\n");
     }
 
     #[test]
     fn bare_lf_lines_are_stored_with_crlf() {
-        let (msg, _) = decode(b"a\nb\r\nc\n\r\n.\r\n").unwrap();
-        assert_eq!(msg, b"a\r\nb\r\nc\r\n\r\n");
+        assert_eq!(message(b"a\nb\r\nc\n\r\n.\r\n"), b"a\r\nb\r\nc\r\n\r\n");
     }
 
     #[test]
-    fn bare_lf_dot_lines_never_end_the_data() {
-        for marker in [&b"\n.\r\n"[..], b"\n.\n", b"\r\n.\n"] {
+    fn bare_cr_ends_a_line_stored_with_crlf() {
+        assert_eq!(
+            message(b"X-A: 1\rCc: b@y, c@z\r\n\r\nbody\rmore\r\n.\r\n"),
+            b"X-A: 1\r\nCc: b@y, c@z\r\n\r\nbody\r\nmore\r\n",
+            "the field behind the bare CR is a line of its own"
+        );
+        assert_eq!(
+            message(b"a\rb\r\n.\rc\r\n\r.\r\n.\r\n"),
+            b"a\r\nb\r\n.\r\nc\r\n\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn cr_cr_lf_is_a_bare_cr_end_then_an_empty_line() {
+        assert_eq!(message(b"a\r\r\nb\r\n.\r\n"), b"a\r\n\r\nb\r\n");
+        // The CRLF of `<CR><CR><LF>` is a real CRLF line end, so the dot after it ends.
+        let (msg, _, consumed) = decode(b"a\r\r\n.\r\nQUIT").unwrap();
+        assert_eq!((msg.as_slice(), consumed), (&b"a\r\n\r\n"[..], 7));
+    }
+
+    #[test]
+    fn lone_dot_after_a_bare_line_end_never_ends_the_data() {
+        let markers: [&[u8]; 7] = [
+            b"\n.\r\n", b"\n.\n", b"\r\n.\n", b"\r.\r\n", b"\r.\r", b"\r.\n", b"\r\n.\r",
+        ];
+        for marker in markers {
             let mut input = b"x".to_vec();
             input.extend_from_slice(marker);
             input.extend_from_slice(b"MAIL FROM:<evil@x>\r\n");
             assert_eq!(decode(&input), None, "{marker:?} ended the data");
             input.extend_from_slice(b".\r\n");
-            let (msg, consumed) = decode(&input).unwrap();
+            let (msg, nul, consumed) = decode(&input).unwrap();
             assert_eq!(consumed, input.len());
+            assert!(!nul);
             assert_eq!(msg, b"x\r\n.\r\nMAIL FROM:<evil@x>\r\n", "{marker:?}");
         }
     }
 
     #[test]
-    fn bare_cr_is_kept() {
-        let (msg, _) = decode(b"a\rb\r\n.\rc\r\n\r.\r\n.\r\n").unwrap();
-        assert_eq!(msg, b"a\rb\r\n\rc\r\n\r.\r\n");
+    fn nul_refuses_the_message_but_the_end_is_still_found() {
+        for input in [
+            &b"a\0b\r\n.\r\nQUIT\r\n"[..],
+            b"\0\r\n.\r\nQUIT\r\n",
+            b".\0\r\n.\r\nQUIT\r\n",
+            b"x\r\n\0.\r\n.\r\nQUIT\r\n",
+        ] {
+            let (msg, nul, consumed) = decode(input).unwrap();
+            assert!(nul, "{input:?}");
+            assert!(msg.is_empty() && msg.capacity() == 0, "{input:?}");
+            assert_eq!(&input[consumed..], b"QUIT\r\n", "{input:?}");
+        }
+        // `<CR><LF><NUL>.<CR><LF>` is not an end of data (the dot is not at the line start).
+        assert_eq!(decode(b"x\r\n\0.\r\nQUIT\r\n"), None);
+    }
+
+    #[test]
+    fn nul_frees_what_was_stored_and_stores_nothing_more() {
+        let mut d = DotDecoder::new(usize::MAX);
+        let mut out = Vec::new();
+        assert_eq!(
+            d.feed(b"Subject: x\r\n\r\nbody\r\n", &mut out),
+            Feed::NeedMore
+        );
+        assert!(!out.is_empty());
+        assert_eq!(d.feed(b"a\0b\r\nmore\r\n", &mut out), Feed::NeedMore);
+        assert!(d.saw_nul());
+        assert!(out.is_empty() && out.capacity() == 0);
+        assert_eq!(
+            d.feed(b"tail\r\n.\r\n", &mut out),
+            Feed::End { consumed: 9 }
+        );
+        assert!(out.is_empty());
     }
 
     #[test]
     fn byte_by_byte_equals_one_shot() {
-        let input = b"H: v\r\n..\r\n\n.\r\nx\r\r\n.\n.y\nz\r\n.\r\nNEXT";
+        let input = b"H: v\r\n..\r\n\n.\r\nx\r\r\n.\n.y\nz\r.\r\rw\r\n.\r\nNEXT";
         let whole = decode(input).unwrap();
         let mut d = DotDecoder::new(usize::MAX);
         let mut out = Vec::new();
@@ -290,7 +407,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!((out, end.unwrap()), whole);
+        assert_eq!((out, d.saw_nul(), end.unwrap()), whole);
     }
 
     #[test]
@@ -322,7 +439,8 @@ mod tests {
         fn any_split_matches_reference(
             parts in proptest::collection::vec(
                 prop_oneof![Just(&b"."[..]), Just(&b"\r"[..]), Just(&b"\n"[..]),
-                            Just(&b"a"[..]), Just(&b"\r\n"[..]), Just(&b"\r\n.\r\n"[..])],
+                            Just(&b"a"[..]), Just(&b"\r\n"[..]), Just(&b"\r\n.\r\n"[..]),
+                            Just(&b"\0"[..])],
                 0..40),
             cuts in proptest::collection::vec(0usize..400, 0..6),
         ) {
@@ -331,7 +449,9 @@ mod tests {
             let expected = reference(&input);
             prop_assert!(expected.is_some());
             prop_assert_eq!(decode(&input), expected.clone());
-            prop_assert_eq!(decode_split(&input, &cuts), expected);
+            prop_assert_eq!(decode_split(&input, &cuts), expected.clone());
+            let (msg, _, _) = expected.unwrap();
+            prop_assert!(only_crlf_lines(&msg), "{:?}", msg);
         }
     }
 }

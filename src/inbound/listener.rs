@@ -129,6 +129,7 @@ pub(crate) async fn connection<S: Stream, A: Acceptor>(
     let _open = scopeguard(move || gauge.dec());
     tracing::info!(peer = %peer, "inbound connection opened");
 
+    let redactor = ctx.redactor.clone();
     let mut session = Session::new(stream, peer, ctx);
     session.greet();
     let (result, messages) = match session.run().await {
@@ -142,7 +143,8 @@ pub(crate) async fn connection<S: Stream, A: Acceptor>(
             tracing::info!(peer = %peer, messages, elapsed_ms, "inbound connection closed")
         }
         Err(e) => {
-            tracing::info!(peer = %peer, messages, elapsed_ms, error = %e, "inbound connection closed")
+            let error = redactor.text(&e);
+            tracing::info!(peer = %peer, messages, elapsed_ms, %error, "inbound connection closed")
         }
     }
 }

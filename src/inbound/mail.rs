@@ -1,13 +1,18 @@
 //! MAIL FROM: opens a transaction.
 //!
-//! The null sender `<>` (bounces) is accepted. Parameters we advertise (`SIZE`, `BODY=7BIT`,
+//! The null sender `<>` (bounces) is accepted. Any other sender is stored in RFC 5321 form
+//! (`path.rs`: a quoted local part stays quoted) or refused `501 5.1.7`. Parameters we advertise (`SIZE`, `BODY=7BIT`,
 //! `BODY=8BITMIME`, `SMTPUTF8`) are honoured; anything else the parser understands but we did
 //! not advertise (BINARYMIME, DSN, FUTURERELEASE, ...) is refused with `555 5.5.4` rather
 //! than silently ignored, so a client never believes we promised a service we do not give.
 
+use std::collections::HashSet;
+use std::ops::Range;
+
 use smtp_proto::{MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom};
 
 use super::Acceptor;
+use super::path::envelope_address;
 use super::replies;
 use super::session::{Draft, Flow, Rejection, Session, Stream};
 
@@ -15,7 +20,8 @@ use super::session::{Draft, Flow, Rejection, Session, Stream};
 const ADVERTISED_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
 
 impl<S: Stream, A: Acceptor> Session<S, A> {
-    pub(super) fn mail(&mut self, from: MailFrom<String>) -> Flow {
+    /// `line` is where the command sits in the read buffer (the raw path is checked too).
+    pub(super) fn mail(&mut self, from: MailFrom<String>, line: Range<usize>) -> Flow {
         if self.st.helo.is_none() {
             return self.reject(Rejection::BadSequence, &replies::HELO_FIRST);
         }
@@ -33,9 +39,18 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         if self.st.tx.is_some() {
             return self.reject(Rejection::BadSequence, &replies::NESTED_MAIL);
         }
-        if super::rcpt::has_control(&from.address) {
-            return self.reject(Rejection::Syntax, &replies::BAD_SENDER);
-        }
+        // `<>` (and `<postmaster>`, which the parser folds into it) is the null sender.
+        let mail_from = if from.address.is_empty() {
+            String::new()
+        } else {
+            match envelope_address(&from.address, self.line(line)) {
+                Ok(address) => address,
+                Err(e) => {
+                    tracing::debug!(peer = %self.st.peer, reason = %e, "MAIL address refused");
+                    return self.reject(Rejection::Syntax, &replies::BAD_SENDER);
+                }
+            }
+        };
         if !only_advertised(&from) {
             return self.reject(Rejection::Syntax, &replies::UNSUPPORTED_PARAM);
         }
@@ -43,10 +58,11 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             tracing::info!(peer = %self.st.peer, declared = from.size, "MAIL SIZE over the limit refused");
             return self.reject(Rejection::Size, &replies::MESSAGE_TOO_BIG);
         }
-        tracing::debug!(peer = %self.st.peer, from = %self.ctx.redactor.addr(&from.address), "MAIL accepted");
+        tracing::debug!(peer = %self.st.peer, from = %self.ctx.redactor.addr(&mail_from), "MAIL accepted");
         self.st.tx = Some(Draft {
-            mail_from: from.address,
+            mail_from,
             rcpt_to: Vec::new(),
+            rcpt_keys: HashSet::new(),
             declared_size: from.size,
         });
         self.reply(&replies::SENDER_OK);

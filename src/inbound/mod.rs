@@ -9,7 +9,9 @@
 //!   and the per-connection driver (greeting, STARTTLS upgrade, open/close log lines).
 //! - `session.rs`: per-connection state, the read/write buffers, the command loop, limits.
 //! - `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `auth.rs`: one file per SMTP verb.
-//! - `dot.rs`: the sans-IO DATA decoder (end-of-data, dot-unstuffing, bare LF, size cap).
+//! - `path.rs`: the MAIL/RCPT address as stored (RFC 5321 form, quoted local parts kept).
+//! - `dot.rs`: the sans-IO DATA decoder (end-of-data, dot-unstuffing, bare CR and bare LF
+//!   stored as CRLF, NUL refused, size cap).
 //! - `tls.rs`: building the rustls acceptor and the STARTTLS upgrade of a session.
 //! - `live.rs`: the settings snapshot a reload replaces; each session keeps the one it began with.
 //! - `access.rs`: who may relay (networks or AUTH); never an open relay.
@@ -25,6 +27,7 @@ pub mod fuzz;
 mod listener;
 mod live;
 mod mail;
+mod path;
 mod rcpt;
 mod replies;
 mod session;
@@ -57,7 +60,8 @@ pub fn rejection_reasons() -> Vec<&'static str> {
 #[derive(Debug)]
 pub struct Transaction {
     pub envelope: Envelope,
-    /// Message bytes: dot-unstuffed, every line ending in CRLF, without the final `.` line.
+    /// Message bytes: dot-unstuffed, every line ending in CRLF, without the final `.` line;
+    /// never a bare CR, a bare LF or a NUL.
     pub message: Vec<u8>,
     pub client: ClientInfo,
 }

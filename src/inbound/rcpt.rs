@@ -2,16 +2,26 @@
 //!
 //! The relay check is made here, per recipient, because this is where a relay decides whose
 //! mail it carries; MAIL alone commits to nothing.
+//!
+//! The recipient is stored in RFC 5321 form (`path.rs`): `<"b@y, x"@z>` stays that one
+//! mailbox, never the de-quoted `b@y, x@z`. A recipient given twice (compared with
+//! [`key`]: `Bob@Y.test` = `"bob"@y.test`) is answered `250`, as RFC 5321 allows, but added
+//! once, so it gets one copy; `max_recipients` counts distinct recipients.
+
+use std::ops::Range;
 
 use smtp_proto::RcptTo;
 
 use super::Acceptor;
 use super::access::{Relay, relay};
+use super::path::envelope_address;
 use super::replies;
 use super::session::{Flow, Rejection, Session, Stream};
+use crate::privacy::address::key;
 
 impl<S: Stream, A: Acceptor> Session<S, A> {
-    pub(super) fn rcpt(&mut self, to: RcptTo<String>) -> Flow {
+    /// `line` is where the command sits in the read buffer (the raw path is checked too).
+    pub(super) fn rcpt(&mut self, to: RcptTo<String>, line: Range<usize>) -> Flow {
         let Some(count) = self.st.tx.as_ref().map(|tx| tx.rcpt_to.len()) else {
             return self.reject(Rejection::BadSequence, &replies::NEED_MAIL);
         };
@@ -20,12 +30,13 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             // no local mailbox to give them to.
             return self.reject(Rejection::Syntax, &replies::BAD_RECIPIENT);
         }
-        if has_control(&to.address) {
-            // smtp-proto lets control characters (NUL, ESC, ...) through inside a quoted local
-            // part. No mailbox needs them, and downstream they could only be stripped (turning
-            // the address into someone else's) or smuggled into headers and logs.
-            return self.reject(Rejection::Syntax, &replies::BAD_RECIPIENT);
-        }
+        let address = match envelope_address(&to.address, self.line(line)) {
+            Ok(address) => address,
+            Err(e) => {
+                tracing::debug!(peer = %self.st.peer, reason = %e, "RCPT address refused");
+                return self.reject(Rejection::Syntax, &replies::BAD_RECIPIENT);
+            }
+        };
         let access = &self.ctx.settings.access;
         let auth_possible = !access.users.is_empty() && (self.st.tls || self.ctx.tls.is_some());
         let decision = relay(
@@ -42,23 +53,34 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         if let Some(reply) = denied {
             tracing::info!(
                 peer = %self.st.peer,
-                rcpt = %self.ctx.redactor.addr(&to.address),
+                rcpt = %self.ctx.redactor.addr(&address),
                 "relay denied"
             );
             return self.reject(Rejection::RelayDenied, reply);
+        }
+        let mailbox = key(&address);
+        if self
+            .st
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.rcpt_keys.contains(&mailbox))
+        {
+            tracing::debug!(
+                peer = %self.st.peer,
+                rcpt = %self.ctx.redactor.addr(&address),
+                "duplicate recipient accepted once"
+            );
+            self.reply(&replies::RECIPIENT_OK);
+            return Flow::Continue;
         }
         if count >= self.ctx.settings.server.max_recipients {
             return self.reject(Rejection::TooManyRecipients, &replies::TOO_MANY_RECIPIENTS);
         }
         if let Some(tx) = &mut self.st.tx {
-            tx.rcpt_to.push(to.address);
+            tx.rcpt_to.push(address);
+            tx.rcpt_keys.insert(mailbox);
         }
         self.reply(&replies::RECIPIENT_OK);
         Flow::Continue
     }
-}
-
-/// True when an envelope address holds a control character (C0, DEL or C1).
-pub(super) fn has_control(address: &str) -> bool {
-    address.chars().any(char::is_control)
 }

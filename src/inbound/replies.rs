@@ -62,6 +62,11 @@ pub(super) const MESSAGE_TOO_BIG: Fixed = Fixed::new(
     "5.3.4",
     "message size exceeds fixed maximum message size",
 );
+pub(super) const MESSAGE_HAS_NUL: Fixed = Fixed::new(
+    550,
+    "5.6.0",
+    "message contains NUL characters; nothing was accepted",
+);
 pub(super) const TOO_MANY_RECIPIENTS: Fixed = Fixed::new(
     452,
     "4.5.3",

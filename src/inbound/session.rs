@@ -10,6 +10,7 @@
 //! socket is read again, and replies are written in one batch when the buffer runs dry (or
 //! before a step that waits for the client: `354` and STARTTLS).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -85,8 +86,13 @@ impl<A> Context<A> {
 /// The transaction being built between MAIL and end of DATA.
 #[derive(Debug)]
 pub(super) struct Draft {
+    /// Addresses in RFC 5321 form (see `path.rs`).
     pub mail_from: String,
+    /// Distinct recipients, in the order first given.
     pub rcpt_to: Vec<String>,
+    /// [`crate::privacy::address::key`] of each of `rcpt_to`: a second RCPT for the same
+    /// mailbox is answered `250` but not added again.
+    pub rcpt_keys: HashSet<String>,
     /// `SIZE=` from MAIL, used to size the message buffer up front.
     pub declared_size: usize,
 }
@@ -105,6 +111,8 @@ pub(super) enum Rejection {
     EncryptionRequired,
     AuthFailed,
     Size,
+    /// The message itself cannot be relayed as it is (a NUL byte).
+    Malformed,
     TooManyRecipients,
     TooManyErrors,
     TooManyConnections,
@@ -113,7 +121,7 @@ pub(super) enum Rejection {
 
 impl Rejection {
     /// Every rejection, so metrics can create each `reason` series at zero.
-    pub const ALL: [Rejection; 14] = [
+    pub const ALL: [Rejection; 15] = [
         Rejection::Syntax,
         Rejection::UnknownCommand,
         Rejection::BadSequence,
@@ -124,6 +132,7 @@ impl Rejection {
         Rejection::EncryptionRequired,
         Rejection::AuthFailed,
         Rejection::Size,
+        Rejection::Malformed,
         Rejection::TooManyRecipients,
         Rejection::TooManyErrors,
         Rejection::TooManyConnections,
@@ -142,6 +151,7 @@ impl Rejection {
             Rejection::EncryptionRequired => "encryption_required",
             Rejection::AuthFailed => "auth_failed",
             Rejection::Size => "size",
+            Rejection::Malformed => "malformed",
             Rejection::TooManyRecipients => "too_many_recipients",
             Rejection::TooManyErrors => "too_many_errors",
             Rejection::TooManyConnections => "too_many_connections",
@@ -163,6 +173,7 @@ impl Rejection {
             | Rejection::EncryptionRequired => true,
             Rejection::AuthFailed
             | Rejection::Size
+            | Rejection::Malformed
             | Rejection::TooManyRecipients
             | Rejection::TooManyErrors
             | Rejection::TooManyConnections
@@ -477,7 +488,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
     }
 
     async fn command(&mut self, range: Range<usize>) -> Result<Flow, InboundError> {
-        let parsed = Request::parse(&mut self.line(range).iter()).map(Request::into_owned);
+        let parsed = Request::parse(&mut self.line(range.clone()).iter()).map(Request::into_owned);
         let request = match parsed {
             Ok(request) => request,
             Err(e) => return Ok(self.parse_error(e)),
@@ -485,8 +496,8 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         Ok(match request {
             Request::Ehlo { host } => self.ehlo(host, true),
             Request::Helo { host } => self.ehlo(host, false),
-            Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            Request::Mail { from } => self.mail(from, range),
+            Request::Rcpt { to } => self.rcpt(to, range),
             Request::Data => self.data().await?,
             Request::Auth {
                 mechanism,

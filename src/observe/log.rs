@@ -1,9 +1,23 @@
-//! Address redaction for logs. By default an address appears as a short keyed hash of the local
-//! part plus the domain (`3f9a1c2b@example.com`): enough to correlate lines about one recipient,
-//! not enough to read the address.
+//! What reaches the log of an address or of text a peer wrote.
+//!
+//! Addresses: by default an address appears as a short keyed hash of the local part plus the
+//! domain (`3f9a1c2b@example.com`): enough to correlate lines about one recipient, not enough
+//! to read the address. That holds for addresses inside free text too (an upstream's reply, an
+//! error that quotes one): [`Redactor::text`] finds them the way a reader would
+//! ([`address_tokens`]) and redacts each.
+//!
+//! Control characters: text from a peer may carry CR, LF, ESC sequences (`ESC[2K` erases the
+//! terminal line, OSC `ESC]0;...BEL` retitles it) or bidi overrides that would forge or hide
+//! log lines. [`Redactor::text`], [`Redactor::addr`] and [`escaped`] write every control
+//! character (C0, DEL, C1), the Unicode line separators and the bidi controls as a visible
+//! escape (`\r`, `\x1b`, `\u{202e}`), and a backslash as `\\`, so an escape in the log always
+//! means the byte was there; whether or not addresses are shown.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
+use std::ops::Range;
 use std::sync::Arc;
+
+use crate::privacy::address::address_tokens;
 
 #[derive(Clone)]
 pub struct Redactor {
@@ -26,6 +40,12 @@ impl Redactor {
         Redactor::new(true, [0; 32])
     }
 
+    /// Redactor that hides addresses under a fresh random key: the safe choice for a
+    /// component built before (or without) the relay's configured one.
+    pub fn hiding() -> Self {
+        Redactor::new(false, rand::random())
+    }
+
     /// A `Display` value for one address, redacted as configured.
     pub fn addr<'a>(&'a self, address: &'a str) -> RedactedAddr<'a> {
         RedactedAddr {
@@ -41,6 +61,17 @@ impl Redactor {
             .map(|a| self.addr(a).to_string())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// A `Display` value for free text that may quote addresses and may come from a peer: an
+    /// upstream reply, an error's message. Every address token is redacted as configured and
+    /// control characters are escaped (see the module doc). Formatting happens only when the
+    /// log line is written.
+    pub fn text<T: fmt::Display>(&self, text: T) -> RedactedText<'_, T> {
+        RedactedText {
+            redactor: self,
+            text,
+        }
     }
 }
 
@@ -59,15 +90,11 @@ pub struct RedactedAddr<'a> {
 
 impl fmt::Display for RedactedAddr<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.redactor.show {
-            return f.write_str(if self.address.is_empty() {
-                "<>"
-            } else {
-                self.address
-            });
-        }
         if self.address.is_empty() {
             return f.write_str("<>");
+        }
+        if self.redactor.show {
+            return Escaping(f).write_str(self.address);
         }
         let (local, domain) = match self.address.rsplit_once('@') {
             Some((l, d)) => (l, d),
@@ -78,9 +105,101 @@ impl fmt::Display for RedactedAddr<'_> {
         if domain.is_empty() {
             write!(f, "{}", &hex[..8])
         } else {
-            write!(f, "{}@{}", &hex[..8], domain.to_ascii_lowercase())
+            write!(Escaping(f), "{}@{}", &hex[..8], domain.to_ascii_lowercase())
         }
     }
+}
+
+/// See [`Redactor::text`].
+pub struct RedactedText<'a, T> {
+    redactor: &'a Redactor,
+    text: T,
+}
+
+impl<T: fmt::Display> fmt::Display for RedactedText<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.text.to_string();
+        let mut at = 0;
+        for span in merged(address_tokens(&text)) {
+            Escaping(f).write_str(&text[at..span.start])?;
+            write!(f, "{}", self.redactor.addr(&text[span.clone()]))?;
+            at = span.end;
+        }
+        Escaping(f).write_str(&text[at..])
+    }
+}
+
+/// Address tokens can nest (`"b@y, x"@z` holds `b@y`); each run of overlapping tokens is
+/// redacted as one address, split at its last `@`.
+fn merged(tokens: Vec<Range<usize>>) -> Vec<Range<usize>> {
+    let mut tokens = tokens;
+    tokens.sort_by_key(|t| t.start);
+    let mut out: Vec<Range<usize>> = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        match out.last_mut() {
+            Some(last) if t.start < last.end => last.end = last.end.max(t.end),
+            _ => out.push(t),
+        }
+    }
+    out
+}
+
+/// A `Display` value for text that may come from a peer, with control characters escaped but
+/// addresses left as they are: for text that holds no address (a DNS error, a file name).
+pub fn escaped<T: fmt::Display>(text: T) -> Escaped<T> {
+    Escaped(text)
+}
+
+/// See [`escaped`].
+pub struct Escaped<T>(T);
+
+impl<T: fmt::Display> fmt::Display for Escaped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(Escaping(f), "{}", self.0)
+    }
+}
+
+/// Writes through to a formatter, escaping what could forge or hide a log line.
+struct Escaping<'a, 'b>(&'a mut fmt::Formatter<'b>);
+
+impl fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut plain = 0;
+        for (i, c) in s.char_indices() {
+            if !needs_escape(c) {
+                continue;
+            }
+            self.0.write_str(&s[plain..i])?;
+            match c {
+                '\\' => self.0.write_str("\\\\")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\n' => self.0.write_str("\\n")?,
+                '\t' => self.0.write_str("\\t")?,
+                '\0' => self.0.write_str("\\0")?,
+                c if c.is_ascii() => write!(self.0, "\\x{:02x}", c as u32)?,
+                c => write!(self.0, "\\u{{{:x}}}", c as u32)?,
+            }
+            plain = i + c.len_utf8();
+        }
+        self.0.write_str(&s[plain..])
+    }
+}
+
+/// Control characters (C0, DEL, C1), the Unicode line and paragraph separators, the bidi
+/// controls, and the backslash that introduces our escapes.
+fn needs_escape(c: char) -> bool {
+    c == '\\'
+        || c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
 #[cfg(test)]
@@ -111,5 +230,89 @@ mod tests {
     fn shown_when_configured() {
         assert_eq!(Redactor::plain().addr("a@b.c").to_string(), "a@b.c");
         assert_eq!(Redactor::plain().addr("").to_string(), "<>");
+        assert_eq!(
+            Redactor::plain().addr("\"a\rb\"@c").to_string(),
+            "\"a\\rb\"@c"
+        );
+    }
+
+    fn hidden() -> Redactor {
+        Redactor::new(false, [7; 32])
+    }
+
+    /// The redacted form of one address, for building expected lines.
+    fn h(address: &str) -> String {
+        hidden().addr(address).to_string()
+    }
+
+    #[test]
+    fn addresses_in_text_are_redacted() {
+        let r = hidden();
+        assert_eq!(
+            r.text("250 2.0.0 ok for <alice@x.test>").to_string(),
+            format!("250 2.0.0 ok for <{}>", h("alice@x.test"))
+        );
+        assert_eq!(
+            r.text("550 5.1.1 <bob@y.test>: rejected").to_string(),
+            format!("550 5.1.1 <{}>: rejected", h("bob@y.test"))
+        );
+        assert_eq!(
+            r.text("bob@y.test, carol@z.test; and Dave.D@W.test.")
+                .to_string(),
+            format!(
+                "{}, {}; and {}.",
+                h("bob@y.test"),
+                h("carol@z.test"),
+                h("Dave.D@W.test")
+            )
+        );
+        // A quoted local part is one address, and the address inside it is hidden with it.
+        let line = r.text("550 <\"b@y.test, x\"@z.test> unknown").to_string();
+        assert_eq!(
+            line,
+            format!("550 <{}> unknown", h("\"b@y.test, x\"@z.test"))
+        );
+        assert!(!line.contains("b@y") && !line.contains("y.test"), "{line}");
+        // No address: the text is unchanged.
+        assert_eq!(
+            r.text("451 4.3.0 try later").to_string(),
+            "451 4.3.0 try later"
+        );
+        // Any Display value, e.g. an error.
+        let e = std::io::Error::other("refused for ann@q.test");
+        assert_eq!(
+            r.text(&e).to_string(),
+            format!("refused for {}", h("ann@q.test"))
+        );
+    }
+
+    #[test]
+    fn shown_addresses_stay_in_text() {
+        let r = Redactor::plain();
+        assert_eq!(
+            r.text("550 5.1.1 <bob@y.test>: rejected").to_string(),
+            "550 5.1.1 <bob@y.test>: rejected"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_either_way() {
+        let reply = "451 4.3.0 a\rFAKE LINE\n\x1b[2Kgone \x1b]0;x\x07 t\tab \0 \x7f \u{85} \u{202e}rtl \\ end";
+        let expected = "451 4.3.0 a\\rFAKE LINE\\n\\x1b[2Kgone \\x1b]0;x\\x07 t\\tab \\0 \\x7f \\u{85} \\u{202e}rtl \\\\ end";
+        for r in [hidden(), Redactor::plain()] {
+            let line = r.text(reply).to_string();
+            assert_eq!(line, expected);
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+        }
+        assert_eq!(escaped("a\x1bb@c.test").to_string(), "a\\x1bb@c.test");
+        // An address next to a control character is still found and redacted.
+        let line = hidden().text("x\x1bbob@y.test\r").to_string();
+        assert_eq!(line, format!("x\\x1b{}\\r", h("bob@y.test")));
+    }
+
+    #[test]
+    fn overlapping_tokens_merge() {
+        assert_eq!(merged(vec![0..5, 1..3, 4..9, 10..12]), vec![0..9, 10..12]);
+        assert_eq!(merged(vec![3..4, 0..2]), vec![0..2, 3..4]);
     }
 }

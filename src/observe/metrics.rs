@@ -16,8 +16,9 @@ pub struct Metrics {
     pub messages_received: IntCounterVec,
     /// `action`: pass | split | bcc | reject | monitor.
     pub privacy_actions: IntCounterVec,
-    /// `reason`: field | body | malformed. Messages refused by the privacy checks (and copies
-    /// stopped by the check before sending, counted as `field`).
+    /// `reason`: field | body | malformed ([`PRIVACY_BLOCKED_REASONS`]); messages refused
+    /// because some copy would have shown a private address, or because their bytes cannot be
+    /// relayed as one unambiguous view (NUL).
     pub privacy_blocked: IntCounterVec,
     /// `provider`, `upstream`, `outcome` (delivered | deferred | failed); one per copy.
     pub deliveries: IntCounterVec,
@@ -42,6 +43,11 @@ pub struct Metrics {
     /// `action`: held | released | dropped | timeout_released | timeout_dropped.
     pub hold_actions: IntCounterVec,
 }
+
+/// The `reason` labels of `mailveil_privacy_blocked_total`: a header field would show a
+/// private address (`field`), the shared body does (`body`), the message's bytes are refused
+/// as they are (`malformed`: a NUL byte).
+pub const PRIVACY_BLOCKED_REASONS: [&str; 3] = ["field", "body", "malformed"];
 
 /// The `action` labels of `mailveil_hold_actions_total`.
 pub const HOLD_ACTIONS: [&str; 5] = [
@@ -122,7 +128,7 @@ impl Metrics {
             ),
             privacy_blocked: counter(
                 "mailveil_privacy_blocked_total",
-                "Messages refused by the privacy checks, by reason.",
+                "Messages refused at end of DATA to protect recipients' privacy, by reason.",
                 &["reason"],
             ),
             deliveries: counter(
@@ -197,7 +203,7 @@ impl Metrics {
         for action in ["pass", "split", "bcc", "reject", "monitor"] {
             self.privacy_actions.with_label_values(&[action]);
         }
-        for reason in ["field", "body", "malformed"] {
+        for reason in PRIVACY_BLOCKED_REASONS {
             self.privacy_blocked.with_label_values(&[reason]);
         }
         for action in HOLD_ACTIONS {

@@ -59,6 +59,7 @@ impl UpstreamSlot {
     fn mark_down(&self, metrics: &Metrics, error: &UpstreamError, cool_off: Duration) {
         let mut down = self.down_until.lock().expect("not poisoned");
         if down.is_none_or(|t| t <= Instant::now()) {
+            let error = self.upstream.log_redactor().text(error);
             tracing::warn!(upstream = %self.name(), %error, cool_off_secs = cool_off.as_secs(), "upstream failing; skipping it for a while");
         }
         *down = Some(Instant::now() + cool_off);

@@ -71,7 +71,8 @@ impl MxLookup for DnsMx {
                     mx.into_iter().map(|(_, host)| host).collect()
                 }
                 Err(e) => {
-                    tracing::debug!(%domain, error = %e, "MX lookup failed; default lane");
+                    let error = crate::observe::log::escaped(&e);
+                    tracing::debug!(%domain, %error, "MX lookup failed; default lane");
                     Vec::new()
                 }
             }

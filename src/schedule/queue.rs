@@ -584,7 +584,7 @@ impl Inner {
                     .and_then(|c| c.parse::<u16>().ok())
                     .unwrap_or(250);
                 tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                    code, reply = %delivered.reply, duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
+                    code, reply = %self.redactor.text(&delivered.reply), duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
                 Some((
                     LogEntry::Delivered {
                         index,
@@ -617,7 +617,7 @@ impl Inner {
                         .with_label_values(&[provider, upstream, "deferred"])
                         .inc();
                     tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                        code = error.code(), %error, duration_ms = started.elapsed().as_millis() as u64, attempts,
+                        code = error.code(), error = %self.redactor.text(&error), duration_ms = started.elapsed().as_millis() as u64, attempts,
                         retry_in_secs = delay.as_secs(), "deferred");
                     if let Err(e) = self.spool.append(
                         &meta.id,
@@ -660,10 +660,10 @@ impl Inner {
         let (rcpt, duration_ms, attempts) = (f.rcpts, f.duration_ms, f.attempts);
         if expired {
             tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, %rcpt,
-                code, %error, duration_ms, attempts, "failed: max_queue_time reached");
+                code, error = %self.redactor.text(error), duration_ms, attempts, "failed: max_queue_time reached");
         } else {
             tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, %rcpt,
-                code, %error, duration_ms, attempts, "failed permanently");
+                code, error = %self.redactor.text(error), duration_ms, attempts, "failed permanently");
         }
         let diagnostic = error.to_string();
         let failure = Failure {

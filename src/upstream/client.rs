@@ -6,8 +6,9 @@
 //! - Every step runs under `tokio::time::timeout`: lettre has no read timeout, and a stalled
 //!   upstream would otherwise hold a connection slot forever.
 //! - STARTTLS is required when configured; a server that does not offer it gets no mail.
-//! - We write MAIL and RCPT ourselves so the null sender goes out as `MAIL FROM:<>` and we
-//!   decide on `BODY=8BITMIME` / `SMTPUTF8`; lettre's `send` needs its own `Envelope` type.
+//! - We write MAIL and RCPT ourselves so the null sender goes out as `MAIL FROM:<>`, a quoted
+//!   local part goes out byte for byte as stored (`RCPT TO:<"b@y, x"@z>`), and we decide on
+//!   `BODY=8BITMIME` / `SMTPUTF8`; lettre's `send` needs its own `Envelope` type.
 //! - lettre always ends the data with CRLF.CRLF, so one trailing CRLF of the message is removed
 //!   first; the upstream then receives the message byte for byte.
 
@@ -283,7 +284,9 @@ impl fmt::Display for RcptTo<'_> {
 }
 
 /// Refuses envelopes that would corrupt the command stream (CR/LF injection, brackets) before
-/// anything is sent.
+/// anything is sent. A quoted local part (`"b@y, x"@z`) passes: the inbound side stores
+/// addresses in RFC 5321 form and never lets control characters or brackets in, so this is
+/// the second line of defence, not the first.
 pub(crate) fn check_envelope(msg: &Outbound<'_>) -> Result<(), UpstreamError> {
     fn bad(path: &str) -> bool {
         path.chars().any(|c| c.is_control() || c == '<' || c == '>')
@@ -335,6 +338,35 @@ mod tests {
             "MAIL FROM:<a@b.c> BODY=8BITMIME SMTPUTF8\r\n"
         );
         assert_eq!(RcptTo("x@y.z").to_string(), "RCPT TO:<x@y.z>\r\n");
+    }
+
+    #[test]
+    fn quoted_local_parts_are_sent_byte_for_byte() {
+        let rcpt = vec![
+            "\"b@y, x\"@z.test".to_string(),
+            "\"a\\\"b\"@x.test".to_string(),
+        ];
+        assert_eq!(
+            RcptTo(&rcpt[0]).to_string(),
+            "RCPT TO:<\"b@y, x\"@z.test>\r\n"
+        );
+        assert_eq!(
+            RcptTo(&rcpt[1]).to_string(),
+            "RCPT TO:<\"a\\\"b\"@x.test>\r\n"
+        );
+        let from = MailFrom {
+            path: "\"no reply\"@src.test",
+            eight_bit: false,
+            smtputf8: false,
+        };
+        assert_eq!(from.to_string(), "MAIL FROM:<\"no reply\"@src.test>\r\n");
+        let msg = Outbound {
+            mail_from: from.path,
+            rcpt_to: &rcpt,
+            header: b"",
+            body: b"",
+        };
+        assert!(check_envelope(&msg).is_ok(), "quoted local parts are fine");
     }
 
     #[test]

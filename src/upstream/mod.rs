@@ -22,6 +22,7 @@ use std::time::Duration;
 pub use error::{Stage, UpstreamError};
 
 use crate::config::{SmtpUpstreamConfig, UpstreamConfig, UpstreamKind};
+use crate::observe::Redactor;
 use client::{Connection, SmtpClient};
 use pool::Pool;
 
@@ -164,6 +165,9 @@ impl Default for PoolLimits {
 pub struct Upstream {
     pub name: String,
     kind: Kind,
+    /// How failures of this upstream are logged where it is used (`schedule/failover.rs`):
+    /// they quote the server's replies, which may name addresses and carry control bytes.
+    log: Redactor,
 }
 
 enum Kind {
@@ -210,7 +214,20 @@ impl Upstream {
         Ok(Upstream {
             name: config.name.clone(),
             kind,
+            log: Redactor::hiding(),
         })
+    }
+
+    /// The same upstream, its failures logged through `redactor` (the relay's, so addresses
+    /// look the same in every line). Without it they are hidden under a key of their own.
+    pub fn with_log_redactor(mut self, redactor: Redactor) -> Upstream {
+        self.log = redactor;
+        self
+    }
+
+    /// See [`with_log_redactor`](Self::with_log_redactor).
+    pub fn log_redactor(&self) -> &Redactor {
+        &self.log
     }
 
     /// Hands one copy over: one SMTP transaction with every recipient of `msg` (all accepted,

@@ -104,6 +104,9 @@ pub struct Received {
     pub rcpt_to: Vec<String>,
     /// The message, dot-unstuffed, without the final `.` line.
     pub data: Vec<u8>,
+    /// The DATA bytes exactly as they came over the wire (still dot-stuffed), without the
+    /// final `.` line: for checks of line ends and stuffing.
+    pub raw: Vec<u8>,
     pub tls: bool,
     /// The user that authenticated on this session.
     pub user: Option<String>,
@@ -439,7 +442,7 @@ impl Session {
                     if !reply.starts_with('3') {
                         continue;
                     }
-                    let data = read_data(stream).await?;
+                    let (data, raw) = read_data(stream).await?;
                     if gate(script, Step::DataEnd).await {
                         return Ok(Next::Closed);
                     }
@@ -458,6 +461,7 @@ impl Session {
                             mail_line,
                             rcpt_to: std::mem::take(&mut self.rcpt_to),
                             data,
+                            raw,
                             tls,
                             user: self.user.clone(),
                         });
@@ -543,17 +547,19 @@ fn between_brackets(line: &str) -> String {
     line[start..end].to_string()
 }
 
-/// Reads the message up to the `.` line, undoing dot-stuffing.
-async fn read_data(stream: &mut Stream) -> std::io::Result<Vec<u8>> {
+/// Reads the message up to the `.` line: (dot-unstuffed message, raw bytes as received).
+async fn read_data(stream: &mut Stream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     let mut data = Vec::new();
+    let mut raw = Vec::new();
     loop {
         let mut line = Vec::new();
         if stream.read_until(b'\n', &mut line).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         if line == b".\r\n" {
-            return Ok(data);
+            return Ok((data, raw));
         }
+        raw.extend_from_slice(&line);
         let line = line.strip_prefix(b".").unwrap_or(&line);
         data.extend_from_slice(line);
     }

@@ -2,6 +2,7 @@
 //! sockets, deterministic) and real TCP/TLS connections against `serve`.
 
 mod abuse;
+mod exact;
 mod scripted;
 mod support;
 mod tcp;
