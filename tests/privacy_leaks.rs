@@ -579,6 +579,41 @@ fn other_field_cases() -> Vec<Case> {
     .all(delivered(1));
     sender.private.retain(|p| *p != k.b);
     cases.push(sender);
+    // A client's own Received field: a `for` clause naming a recipient is removed from every
+    // copy (so nothing is exposed, in any mode); anything else naming one is refused or
+    // delivered showing nothing.
+    let removed = [
+        "from a.test by b.test with ESMTP id 1\r\n\tfor <{b}>; Mon, 1 Jun 2026 10:00:00 +0000",
+        "from a.test by b.test id 1 for {b}; Mon, 1 Jun 2026 10:00:00 +0000",
+        "from a.test by b.test id 1 FOR <{B}>; Mon, 1 Jun 2026 10:00:00 +0000",
+        "from a.test by b.test id 1 for\r\n <{b}>; Mon, 1 Jun 2026 10:00:00 +0000",
+        "from a.test by b.test id 1 for <{b}> (envelope-from app@sender.test); Mon, 1 Jun 2026",
+    ];
+    let kept = [
+        "from a.test by b.test id 1 for<{b}>; Mon, 1 Jun 2026 10:00:00 +0000",
+        "from a.test by b.test id 1 for \"Bob\" <{b}>; Mon, 1 Jun 2026 10:00:00 +0000",
+        "from a.test (helo {b}) by b.test id 1; Mon, 1 Jun 2026 10:00:00 +0000",
+        "from a.test by b.test id 1 for <{b}>, <{c}>; Mon, 1 Jun 2026 10:00:00 +0000",
+        "from a.test by b.test id 1 for <=?utf-8?q?{bq}?=>; Mon, 1 Jun 2026",
+    ];
+    for (n, value) in removed.iter().chain(&kept).enumerate() {
+        let k = kit.cast();
+        let value = value
+            .replace("{b}", &k.b)
+            .replace("{B}", &k.b.to_uppercase())
+            .replace("{c}", &k.c)
+            .replace("{bq}", &k.b.replace('@', "=40"));
+        let case = Case::exposing(
+            format!("5 Received ({n})"),
+            &k.abc(),
+            undisclosed(&[format!("Received: {value}")], n % 3, "Hello.\r\n"),
+        );
+        cases.push(if n < removed.len() {
+            case.all(delivered(1))
+        } else {
+            case
+        });
+    }
     // Resent-Bcc and Bcc are removed from every copy: nothing is exposed, in any mode.
     for name in ["Resent-Bcc", "RESENT-BCC", "Bcc"] {
         let k = kit.cast();

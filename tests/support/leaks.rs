@@ -335,7 +335,11 @@ retry_max = "2s"
 #[derive(Debug, Clone)]
 pub struct Capture {
     pub rcpt_to: Vec<String>,
+    /// The message (dot-unstuffed).
     pub bytes: Vec<u8>,
+    /// The bytes as they crossed the wire (a scripted upstream records them still
+    /// dot-stuffed); the same as `bytes` for a `dir` upstream.
+    pub wire: Vec<u8>,
     /// The copy as a file, for the outside view.
     pub path: PathBuf,
 }
@@ -612,6 +616,7 @@ fn collect(upstream: &Upstream<'_>, relay: &RelayProc) -> Vec<Capture> {
             .map(|c| Capture {
                 path: relay.outbox().join(format!("{}.eml", c.id)),
                 rcpt_to: c.rcpt_to,
+                wire: c.bytes.clone(),
                 bytes: c.bytes,
             })
             .collect(),
@@ -628,6 +633,7 @@ fn collect(upstream: &Upstream<'_>, relay: &RelayProc) -> Vec<Capture> {
                     Capture {
                         rcpt_to: m.rcpt_to,
                         bytes: m.data,
+                        wire: m.raw,
                         path,
                     }
                 })
@@ -820,7 +826,7 @@ fn judge(
             ));
         }
         for copy in copies {
-            if let Some(problem) = bytes_problem(&copy.bytes) {
+            if let Some(problem) = bytes_problem(&copy.wire) {
                 fail(format!("copy to {:?} holds a {problem}", copy.rcpt_to));
             }
             let (header, body) = split_copy(&copy.bytes);
