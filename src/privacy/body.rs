@@ -9,6 +9,11 @@
 //!   and nested messages (`message/rfc822`, `text/rfc822-headers`) with the readings of a
 //!   header block.
 //!
+//! - the raw body's uuencoded blocks (`begin 644 name` ... `end`), decoded;
+//! - base64 parts decoded leniently as well (characters outside the alphabet skipped), since
+//!   readers decode what a strict decoder refuses;
+//! - HTML also as a browser renders it (tags and comments removed).
+//!
 //! Nested messages are followed [`MAX_DEPTH`] deep; a body nested deeper cannot be checked and
 //! fails closed when the message has more than one recipient. Memory: mail-parser keeps
 //! unencoded parts as slices of the message and decodes one copy of each encoded part, so a
@@ -19,7 +24,7 @@ use std::borrow::Cow;
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 
 use super::exposure::{Audience, Exposure};
-use super::reading::normalise;
+use super::reading::{self, normalise};
 
 /// Nested messages followed; mail-parser itself decodes 3 levels of encoded parts.
 pub const MAX_DEPTH: usize = 8;
@@ -56,7 +61,72 @@ pub fn check(exposure: &Exposure, audience: &Audience, message: &[u8]) -> Option
             unreadable: false,
         });
     }
+    // uuencoded blocks (`begin 644 list.csv` ... `end`), as an attachment with
+    // `Content-Transfer-Encoding: x-uuencode` or inline in a text part: clients decode both.
+    for block in uudecode_blocks(&raw) {
+        if leaks(exposure.shown_in_text(&String::from_utf8_lossy(&block))) {
+            return Some(BodyLeak {
+                part: "body (uuencoded attachment)".into(),
+                unreadable: false,
+            });
+        }
+    }
     None
+}
+
+/// Every `begin <mode> <name>` ... `end` block of `text`, decoded. Lines that are not valid
+/// uuencode inside a block are skipped, as lenient decoders do.
+fn uudecode_blocks(text: &str) -> Vec<Vec<u8>> {
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<u8>> = None;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        match &mut current {
+            None => {
+                let mut words = line.split_ascii_whitespace();
+                let begins = words.next() == Some("begin")
+                    && words
+                        .next()
+                        .is_some_and(|m| m.bytes().all(|b| b.is_ascii_digit()));
+                if begins {
+                    current = Some(Vec::new());
+                }
+            }
+            Some(out) if line == "end" => {
+                blocks.push(std::mem::take(out));
+                current = None;
+            }
+            Some(out) => uudecode_line(line.as_bytes(), out),
+        }
+    }
+    blocks.extend(current);
+    blocks
+}
+
+/// One uuencoded line: a length character, then groups of 4 characters for 3 bytes.
+fn uudecode_line(line: &[u8], out: &mut Vec<u8>) {
+    let Some((&len, data)) = line.split_first() else {
+        return;
+    };
+    let value = |c: u8| c.wrapping_sub(b' ') & 0x3f;
+    let want = usize::from(value(len));
+    let mut got = 0;
+    for group in data.chunks(4) {
+        let mut v = [0u8; 4];
+        for (i, &c) in group.iter().enumerate() {
+            v[i] = value(c);
+        }
+        for b in [
+            (v[0] << 2) | (v[1] >> 4),
+            (v[1] << 4) | (v[2] >> 2),
+            (v[2] << 6) | v[3],
+        ] {
+            if got < want {
+                out.push(b);
+                got += 1;
+            }
+        }
+    }
 }
 
 /// Checks the parts of one (possibly nested) message. `prefix` numbers nested parts
@@ -69,6 +139,7 @@ fn check_parts(
     depth: usize,
 ) -> Option<BodyLeak> {
     let raw = message.raw_message();
+    let leaks_unread = || leaks((0..exposure.private_count()).collect());
     for (n, part) in message.parts.iter().enumerate() {
         let name = || describe(prefix, n, part);
         let found = |shown: Vec<usize>| {
@@ -82,6 +153,25 @@ fn check_parts(
         if depth > 0 || n > 0 {
             let header = slice(raw, part.offset_header, part.offset_body);
             if let Some(leak) = found(exposure.shown(header)) {
+                return Some(leak);
+            }
+            if reading::has_undecodable_word(header) && leaks_unread() {
+                return Some(BodyLeak {
+                    part: name(),
+                    unreadable: true,
+                });
+            }
+        }
+        // Base64 as lenient decoders read it (characters outside the alphabet skipped), which
+        // mail-parser's strict decoder gives up on.
+        let base64 = part.encoding == mail_parser::Encoding::Base64
+            || part
+                .content_transfer_encoding()
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("base64"));
+        if base64 {
+            let encoded = slice(raw, part.offset_body, part.offset_end);
+            let decoded = reading::base64_lenient(encoded);
+            if let Some(leak) = found(exposure.shown_in_text(&String::from_utf8_lossy(&decoded))) {
                 return Some(leak);
             }
         }
@@ -153,8 +243,38 @@ fn text_readings(exposure: &Exposure, text: &str, html: bool) -> Vec<usize> {
         let decoded = decode_references(&normalised);
         let decoded = percent_encoding::percent_decode_str(&decoded).decode_utf8_lossy();
         shown.extend(exposure.shown_in_text(&decoded));
+        if html {
+            // As a browser renders it: tags and comments are not text, so
+            // `bob<span></span>@<!-- x -->y.test` shows `bob@y.test`.
+            let rendered = without_tags(&normalised);
+            let rendered = decode_references(&rendered);
+            shown.extend(exposure.shown_in_text(&rendered));
+        }
     }
     shown
+}
+
+/// HTML with comments and tags removed (their text joins what was around them).
+fn without_tags(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        let tail = &rest[open..];
+        let close = if tail.starts_with("<!--") {
+            tail.find("-->").map(|i| i + 3)
+        } else {
+            tail.find('>').map(|i| i + 1)
+        };
+        match close {
+            Some(len) => rest = &tail[len..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// HTML numeric character references and the named ones that spell addresses.
@@ -167,7 +287,7 @@ fn decode_references(text: &str) -> Cow<'_, str> {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         let tail = &rest[amp..];
-        let end = tail[..tail.len().min(12)].find(';');
+        let end = tail.bytes().take(12).position(|b| b == b';');
         let decoded = end.and_then(|e| reference(&tail[1..e]).map(|c| (c, e + 1)));
         match decoded {
             Some((c, len)) => {

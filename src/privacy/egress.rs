@@ -9,7 +9,7 @@
 //! something, and a field boundary it draws wrongly changes that name, not the verdict.
 
 use super::exposure::{Audience, Exposure};
-use super::fields;
+use super::{fields, reading};
 
 /// Why a header block may not leave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,9 @@ pub struct Leak {
     pub field: String,
     /// Distinct private addresses shown that some recipient must not see.
     pub addresses: usize,
+    /// The field holds an encoded-word in a charset the relay cannot decode, which may show
+    /// anyone's address (`addresses` then counts only what could be read).
+    pub unreadable: bool,
 }
 
 /// Checks `header` for a copy delivered to `audience`.
@@ -28,6 +31,7 @@ pub fn check(exposure: &Exposure, header: &[u8], audience: &Audience) -> Result<
     let block = fields::scan(header);
     let mut first: Option<String> = None;
     let mut leaked: Vec<usize> = Vec::new();
+    let mut unreadable = false;
     for field in &block.fields {
         let bytes = trim_line_end(&header[field.start..field.end]);
         if !could_show_address(bytes) {
@@ -38,11 +42,14 @@ pub fn check(exposure: &Exposure, header: &[u8], audience: &Audience) -> Result<
             .into_iter()
             .filter(|&id| !exposure.all_may_see(audience, id))
             .collect();
-        if bad.is_empty() {
+        let cannot_read =
+            reading::has_undecodable_word(bytes) && exposure.any_hidden_from(audience);
+        if bad.is_empty() && !cannot_read {
             continue;
         }
         first.get_or_insert_with(|| field_name(&header[field.start..field.value_start]));
         leaked.extend(bad);
+        unreadable |= cannot_read;
     }
     match first {
         None => Ok(()),
@@ -52,6 +59,7 @@ pub fn check(exposure: &Exposure, header: &[u8], audience: &Audience) -> Result<
             Err(Leak {
                 field,
                 addresses: leaked.len(),
+                unreadable,
             })
         }
     }

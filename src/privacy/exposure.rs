@@ -186,6 +186,12 @@ impl Exposure {
         audience.members == 0 || (audience.members == 1 && audience.ids.contains(&id))
     }
 
+    /// True when some member of `audience` may not see some private address: what a text we
+    /// cannot read (an encoded-word in an unknown charset) must be assumed to show.
+    pub fn any_hidden_from(&self, audience: &Audience) -> bool {
+        (0..self.keys.len()).any(|id| !self.all_may_see(audience, id))
+    }
+
     /// The ids of the private addresses that any reading of `raw` shows, sorted, no repeats.
     pub fn shown(&self, raw: &[u8]) -> Vec<usize> {
         let mut out = Vec::new();

@@ -183,6 +183,10 @@ fn split_leak(
 
 fn exposing_refusal(shown: Option<&Leak>, names: &VisibleRecipients) -> Refusal {
     let text = match (shown, &names.unparseable) {
+        (Some(leak), _) if leak.addresses == 0 => format!(
+            "the {} field holds an encoded word in a charset the relay cannot read, which could show recipients' addresses to other recipients; send one message per recipient or use Bcc",
+            leak.field
+        ),
         (Some(leak), _) => format!(
             "message shows {} recipient address{} to other recipients (in {}); send one message per recipient or use Bcc",
             leak.addresses,
@@ -204,14 +208,22 @@ fn exposing_refusal(shown: Option<&Leak>, names: &VisibleRecipients) -> Refusal 
 }
 
 fn rewrite_refusal(leak: &Leak, mode: &str) -> Refusal {
-    Refusal {
-        reason: BlockReason::Field,
-        text: format!(
+    let text = if leak.unreadable && leak.addresses == 0 {
+        format!(
+            "the {} field holds an encoded word in a charset the relay cannot read, which could show other recipients' addresses after the {mode} rewrite; nothing was delivered",
+            leak.field
+        )
+    } else {
+        format!(
             "the {} field would still show {} other recipient address{} after the {mode} rewrite; nothing was delivered",
             leak.field,
             leak.addresses,
             if leak.addresses == 1 { "" } else { "es" },
-        ),
+        )
+    };
+    Refusal {
+        reason: BlockReason::Field,
+        text,
     }
 }
 

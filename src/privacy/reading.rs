@@ -18,14 +18,18 @@
 //! 4. normalised: NFKC (`＠` -> `@`, fullwidth letters -> ASCII), default-ignorable code points
 //!    (zero-width spaces, soft hyphens, bidi controls) removed (searches compare
 //!    case-insensitively, so case is left alone);
-//! 5. compact: comments removed, quoted pairs unescaped, `%XX` decoded, white space around `@`
-//!    and `.` removed, quotes around a plain local part dropped (`"bob" @ y . test` ->
-//!    `bob@y.test`).
+//! 5. unescaped: `%XX` decoded (`mailto:` URLs, RFC 2231 parameters);
+//! 6. compact: comments removed, quoted pairs unescaped, white space around `@` and `.` removed,
+//!    quotes around a plain local part dropped (`"bob" @ y . test` -> `bob@y.test`).
+//!
+//! An encoded-word in a charset none of this can decode (UTF-7, UTF-32, HZ, ISO-2022-KR/CN, an
+//! unknown name) is reported by [`has_undecodable_word`]: the checks fail closed on it.
 
 use std::borrow::Cow;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use icu_normalizer::ComposingNormalizerBorrowed;
 use icu_properties::CodePointSetData;
 use icu_properties::props::DefaultIgnorableCodePoint;
@@ -53,8 +57,39 @@ pub fn each_reading(raw: &[u8], mut visit: impl FnMut(&str) -> bool) -> bool {
     if normalised != decoded && visit(&normalised) {
         return true;
     }
-    let compact = compact(&normalised);
-    compact != normalised && visit(&compact)
+    let unescaped = percent_decode(&normalised);
+    if unescaped != normalised && visit(&unescaped) {
+        return true;
+    }
+    let compact = compact(&unescaped);
+    compact != unescaped && visit(&compact)
+}
+
+/// True when `raw` holds an RFC 2047 encoded-word (at any decoding round) in a charset no
+/// reading here can decode: UTF-7, UTF-32, HZ, ISO-2022-KR/CN, or a name nobody knows. Such a
+/// word may show any address to a client that knows the charset, so the checks treat it as
+/// showing every private address (fail closed).
+pub fn has_undecodable_word(raw: &[u8]) -> bool {
+    if memchr::memmem::find(raw, b"=?").is_none() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(raw);
+    let mut current = unfold(&text).into_owned();
+    for _ in 0..MAX_DECODE_ROUNDS {
+        let mut search = 0;
+        while let Some(rel) = current[search..].find("=?") {
+            let start = search + rel;
+            if let Some(Word::Undecodable) = parse_word(&current[start..]) {
+                return true;
+            }
+            search = start + 2;
+        }
+        match decode_words(&current) {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    false
 }
 
 /// Every reading of `raw` joined with a separator no address can span: for searches that
@@ -99,8 +134,8 @@ fn decode_words(text: &str) -> Option<String> {
     let mut search = 0;
     while let Some(rel) = text[search..].find("=?") {
         let start = search + rel;
-        match encoded_word(&text[start..]) {
-            Some((len, decoded)) => {
+        match parse_word(&text[start..]) {
+            Some(Word::Decoded(len, decoded)) => {
                 let gap = &text[copied..start];
                 let adjacent = last_word_end == Some(copied) && gap.trim().is_empty();
                 if !adjacent {
@@ -112,7 +147,7 @@ fn decode_words(text: &str) -> Option<String> {
                 last_word_end = Some(copied);
                 search = copied;
             }
-            None => search = start + 2,
+            Some(Word::Undecodable) | None => search = start + 2,
         }
     }
     if !changed {
@@ -122,10 +157,18 @@ fn decode_words(text: &str) -> Option<String> {
     Some(out)
 }
 
-/// Parses `=?charset?enc?text?=` at the start of `s`: its length and decoded text. Every part
-/// is checked as it is read and the text ends at its first `?`, so no start position costs
-/// more than [`MAX_CHARSET`] bytes beyond the word itself.
-fn encoded_word(s: &str) -> Option<(usize, String)> {
+/// An encoded-word at the start of some text.
+enum Word {
+    /// Its length and decoded text.
+    Decoded(usize, String),
+    /// Well formed, in a charset that cannot be decoded here.
+    Undecodable,
+}
+
+/// Parses `=?charset?enc?text?=` at the start of `s`; `None` when it is not an encoded-word.
+/// Every part is checked as it is read and the text ends at its first `?`, so no start
+/// position costs more than [`MAX_CHARSET`] bytes beyond the word itself.
+fn parse_word(s: &str) -> Option<Word> {
     let b = s.as_bytes();
     let mut i = 2;
     let charset_start = i;
@@ -150,17 +193,44 @@ fn encoded_word(s: &str) -> Option<(usize, String)> {
     }
     let text = &s[text_start..i];
     let bytes = match encoding {
-        b'B' | b'b' => {
-            let clean: String = text.chars().filter(|&c| c != '=').collect();
-            STANDARD_NO_PAD.decode(clean.as_bytes()).ok()?
-        }
+        b'B' | b'b' => base64_lenient(text.as_bytes()),
         b'Q' | b'q' => q_decode(text),
         _ => return None,
     };
     // RFC 2231: `charset*language`.
     let label = charset.split('*').next().unwrap_or(charset);
-    Some((i + 2, to_text(label, &bytes)))
+    Some(match to_text(label, &bytes) {
+        Some(decoded) => Word::Decoded(i + 2, decoded),
+        None => Word::Undecodable,
+    })
 }
+
+/// Base64 as lenient decoders read it (RFC 2045 6.8: characters outside the alphabet are
+/// ignored), stopping at the first `=` pad; a trailing partial group is decoded as far as it
+/// goes.
+pub fn base64_lenient(encoded: &[u8]) -> Vec<u8> {
+    let clean: Vec<u8> = encoded
+        .iter()
+        .copied()
+        .take_while(|&c| c != b'=')
+        .filter(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        .collect();
+    // A lone trailing character holds no whole byte.
+    let usable = if clean.len() % 4 == 1 {
+        clean.len() - 1
+    } else {
+        clean.len()
+    };
+    LENIENT.decode(&clean[..usable]).unwrap_or_default()
+}
+
+/// Standard alphabet, padding optional, stray bits in the last character ignored.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Longest charset name read (the longest IANA name is 45 characters).
 const MAX_CHARSET: usize = 64;
@@ -197,13 +267,24 @@ fn hex_byte(pair: &[u8]) -> Option<u8> {
     u8::from_str_radix(s, 16).ok()
 }
 
-/// Bytes in the named charset as text; an unknown charset is read as UTF-8 (what most
-/// clients fall back to), invalid sequences replaced.
-pub fn to_text(charset: &str, bytes: &[u8]) -> String {
-    match encoding_rs::Encoding::for_label(charset.trim().as_bytes()) {
-        Some(encoding) => encoding.decode_without_bom_handling(bytes).0.into_owned(),
-        None => String::from_utf8_lossy(bytes).into_owned(),
+/// Bytes in the named charset as text. `None` for a charset that cannot be decoded here:
+/// unknown names, and the ones the WHATWG encoding standard (encoding_rs) maps to its
+/// "replacement" decoder because they hide text from checks like this one (HZ, ISO-2022-KR
+/// and -CN); also UTF-7 and UTF-32, which it does not know. Labels that only say the bytes are
+/// 8-bit of no known charset are read as UTF-8, as mail clients do.
+pub fn to_text(charset: &str, bytes: &[u8]) -> Option<String> {
+    let label = charset.trim();
+    if ["unknown-8bit", "x-unknown", "unknown", "8bit", "default"]
+        .iter()
+        .any(|l| label.eq_ignore_ascii_case(l))
+    {
+        return Some(String::from_utf8_lossy(bytes).into_owned());
     }
+    let encoding = encoding_rs::Encoding::for_label(label.as_bytes())?;
+    if encoding == encoding_rs::REPLACEMENT {
+        return None;
+    }
+    Some(encoding.decode_without_bom_handling(bytes).0.into_owned())
 }
 
 /// NFKC, default-ignorable code points removed. (Case is not folded here: every search
@@ -221,11 +302,11 @@ pub fn normalise(text: &str) -> Cow<'_, str> {
 }
 
 /// True when [`compact`] would change something that matters for an address: a comment, a
-/// quoted pair, `%`, a quote right before `@`, or white space next to `@` or `.`.
+/// quoted pair, a quote right before `@`, or white space next to `@` or `.`.
 fn compactable(text: &str) -> bool {
     let b = text.as_bytes();
     b.iter().enumerate().any(|(i, &c)| match c {
-        b'(' | b'\\' | b'%' => true,
+        b'(' | b'\\' => true,
         b'"' => b.get(i + 1) == Some(&b'@'),
         b' ' | b'\t' => {
             matches!(b.get(i + 1), Some(b'@' | b'.')) || (i > 0 && matches!(b[i - 1], b'@' | b'.'))
@@ -234,8 +315,8 @@ fn compactable(text: &str) -> bool {
     })
 }
 
-/// Comments removed, quoted pairs unescaped, `%XX` decoded, white space next to `@` and `.`
-/// removed, and `"plain"@` unquoted.
+/// Comments removed, quoted pairs unescaped, white space next to `@` and `.` removed, and
+/// `"plain"@` unquoted.
 fn compact(text: &str) -> Cow<'_, str> {
     if !compactable(text) {
         return Cow::Borrowed(text);
@@ -259,7 +340,7 @@ fn compact(text: &str) -> Cow<'_, str> {
             _ => stripped.push(c),
         }
     }
-    let decoded = percent_decode(&stripped);
+    let decoded = stripped;
     // White space next to `@` or `.` (obsolete syntax allows it there).
     let mut out = String::with_capacity(decoded.len());
     let mut pending_space = String::new();
@@ -373,6 +454,44 @@ mod tests {
         assert!(any_contains("mailto:bob%40y.test", "bob@y.test"));
         assert!(any_contains("bob@y.\r\n test", "bob@y.test"));
         assert!(!any_contains("\"b@y, x\"@z", "x@z"));
+    }
+
+    #[test]
+    fn charsets_that_cannot_be_decoded_are_reported() {
+        for word in [
+            "=?utf-7?Q?bob+AEA-y.test?=",
+            "=?UTF-32?B?AAAAYg==?=",
+            "=?hz-gb-2312?Q?~{#@~}?=",
+            "=?iso-2022-kr?Q?x?=",
+            "=?x-made-up?Q?x?=",
+            // Hidden inside a word that decodes.
+            "=?utf-8?b?PT91dGYtNz9RP3g/PQ==?=",
+        ] {
+            assert!(has_undecodable_word(word.as_bytes()), "{word}");
+        }
+        for word in [
+            "=?utf-8?q?x?=",
+            "=?gb2312?b?o8A=?=",
+            "=?unknown-8bit?q?x?=",
+            "no words",
+        ] {
+            assert!(!has_undecodable_word(word.as_bytes()), "{word}");
+        }
+    }
+
+    #[test]
+    fn percent_escapes_have_a_reading_of_their_own() {
+        // Compacting would glue ".txt" to the domain; the unescaped reading keeps it apart.
+        assert!(any_contains(
+            "filename*=utf-8''list%20for%20bob%40y.test%20.txt",
+            "bob@y.test .txt"
+        ));
+    }
+
+    #[test]
+    fn lenient_base64() {
+        assert_eq!(base64_lenient(b"Ym9i !QHkudGVzdA=="), b"bob@y.test");
+        assert_eq!(base64_lenient(b"Ym9"), b"bo");
     }
 
     #[test]

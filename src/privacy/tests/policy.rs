@@ -339,3 +339,39 @@ fn body_check() {
             .is_none()
     );
 }
+
+#[test]
+fn body_base64_with_junk_characters_is_read_as_lenient_decoders_do() {
+    use base64::Engine as _;
+    let env = envelope("app@x.com", &["a@x.com", "b@y.com"]);
+    let encoded = base64::engine::general_purpose::STANDARD
+        .encode("name,email\r\nA,a@x.com\r\nB,b@y.com\r\n");
+    let junk: String = encoded
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            if i % 7 == 6 {
+                vec![c, ' ', '!']
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    let m = crlf(&format!(
+        "To: undisclosed-recipients:;\nContent-Type: text/csv\nContent-Transfer-Encoding: base64\n\n{junk}\n"
+    ));
+    let refusal = plan(&split(), &env, &m).refusal.expect("refused");
+    assert_eq!(refusal.reason, crate::privacy::BlockReason::Body);
+}
+
+#[test]
+fn body_html_tags_and_uuencode_are_read_as_clients_render_them() {
+    let env = envelope("app@x.com", &["a@x.com", "b@y.com"]);
+    let html = crlf(
+        "To: undisclosed-recipients:;\nContent-Type: text/html\n\n<p>b<span></span>@<!-- x -->y.com</p>\n",
+    );
+    assert!(plan(&split(), &env, &html).refusal.is_some());
+    // `b@y.com` uuencoded inline in a text part.
+    let uu = crlf("To: undisclosed-recipients:;\n\nbegin 644 list.txt\n'8D!Y+F-O;0``\n`\nend\n");
+    assert!(plan(&split(), &env, &uu).refusal.is_some());
+}
