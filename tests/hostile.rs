@@ -461,19 +461,20 @@ async fn crlf_injection_through_addresses_never_adds_a_header() {
 }
 
 /// A recipient whose local part must stay quoted gets a split copy whose `To:` names it in the
-/// form the envelope holds, quoted once (quoting it again would name another mailbox).
+/// form the envelope holds, quoted once (quoting it again would name another mailbox). A quoted
+/// local part that holds another private address shows that address to its reader: refused.
 #[tokio::test]
 async fn a_quoted_recipient_is_named_quoted_in_its_split_copy() {
     let relay = InProcessRelay::start(&config("", "")).await;
     let msg = message(
         &[
             "From: app@src.test",
-            "To: \"c Bcc: evil@evil.test\"@y.test, a@x.test",
+            "To: \"c, Bcc: evil\"@y.test, a@x.test",
             "Subject: quoted",
         ],
         "body\r\n",
     );
-    let rcpts: &[&[u8]] = &[b"<\"c Bcc: evil@evil.test\"@y.test>", b"<a@x.test>"];
+    let rcpts: &[&[u8]] = &[b"<\"c, Bcc: evil\"@y.test>", b"<a@x.test>"];
     let (replies, fin) = send_raw(relay.smtp, "<app@src.test>", rcpts, &msg).await;
     assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
     assert!(fin.starts_with("250"), "{fin}");
@@ -482,15 +483,29 @@ async fn a_quoted_recipient_is_named_quoted_in_its_split_copy() {
         .iter()
         .find(|c| c.rcpt_to[0].contains("Bcc"))
         .expect("the quoted recipient's copy");
-    assert_eq!(odd.rcpt_to, ["\"c Bcc: evil@evil.test\"@y.test"]);
+    assert_eq!(odd.rcpt_to, ["\"c, Bcc: evil\"@y.test"]);
     let to = header_lines(&odd.bytes)
         .into_iter()
         .find(|l| starts_with_ci(l, "to:"))
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&to),
-        "To: \"c Bcc: evil@evil.test\"@y.test",
+        "To: \"c, Bcc: evil\"@y.test",
         "the odd local part is quoted once, so it is one mailbox"
+    );
+
+    // `"x a@x.test"@y.test` would show a@x.test to whoever reads its copy.
+    let msg = message(
+        &["From: app@src.test", "To: a@x.test", "Subject: embedded"],
+        "body\r\n",
+    );
+    let rcpts: &[&[u8]] = &[b"<\"x a@x.test\"@y.test>", b"<a@x.test>"];
+    let (_, fin) = send_raw(relay.smtp, "<app@src.test>", rcpts, &msg).await;
+    assert!(fin.starts_with("550 5.7.1"), "{fin}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        mailveil::capture::read_all(&relay.outbox()).unwrap().len(),
+        2
     );
 }
 
