@@ -48,67 +48,78 @@ impl Exposure {
     /// The private addresses of `message` sent to `envelope` under `config`.
     pub fn assess(config: &PrivacyConfig, envelope: &Envelope, message: &[u8]) -> Exposure {
         let block = fields::scan(message);
+        let mut exposure = Exposure {
+            max_visible: config.max_visible_recipients,
+            trusted_domains: config.trusted_domains.clone(),
+            ..Exposure::default()
+        };
+        // Every candidate once, with whether To/Cc show it: envelope recipients first, then the
+        // recipient fields in header order.
+        for r in &envelope.rcpt_to {
+            exposure.candidate(address::key(r), false);
+        }
         let mut from = KeySet::default();
         let mut sender = KeySet::default();
-        let mut header = KeySet::default();
-        let mut visible = KeySet::default();
         for field in &block.fields {
             let value = &message[field.value_start..field.end];
             match field.kind {
-                FieldKind::From => from.extend(tokens(value)),
-                FieldKind::Sender => sender.extend(tokens(value)),
+                FieldKind::From => each_token(value, |key| from.insert(key)),
+                FieldKind::Sender => each_token(value, |key| sender.insert(key)),
                 kind if kind.is_recipient() => {
-                    let found = tokens(value);
-                    if kind.is_visible() {
-                        visible.extend(found.iter().cloned());
-                    }
-                    header.extend(found);
+                    each_token(value, |key| exposure.candidate(key, kind.is_visible()))
                 }
                 _ => {}
             }
         }
         // The originator's own address is not private, but only when the field names exactly
-        // one: a From that lists the recipients exempts nobody.
-        let originators: Vec<String> = [from, sender]
-            .into_iter()
-            .filter_map(KeySet::single)
+        // one: a From that lists the recipients exempts nobody. Trusted addresses are not
+        // private either. Both leave the table before ids are final.
+        for key in [from.single(), sender.single()].into_iter().flatten() {
+            exposure.withdraw(&key);
+        }
+        let trusted: Vec<String> = exposure
+            .keys
+            .iter()
+            .filter(|k| exposure.is_trusted_key(k))
+            .cloned()
             .collect();
-        let trusted_domains = config.trusted_domains.clone();
-        let mut exposure = Exposure {
-            keys: Vec::new(),
-            ids: HashMap::new(),
-            visible: Vec::new(),
-            visible_count: 0,
-            max_visible: config.max_visible_recipients,
-            trusted_domains,
-            finder: Finder::default(),
-        };
-        let envelope_keys = envelope.rcpt_to.iter().map(|r| address::key(r));
-        for key in envelope_keys.chain(header.into_ordered()) {
-            if originators.contains(&key)
-                || exposure.is_trusted_key(&key)
-                || exposure.ids.contains_key(&key)
-            {
-                continue;
-            }
-            exposure.ids.insert(key.clone(), exposure.keys.len());
-            exposure.keys.push(key);
+        for key in &trusted {
+            exposure.withdraw(key);
         }
-        exposure.visible = vec![false; exposure.keys.len()];
-        for key in &visible.into_ordered() {
-            if let Some(&id) = exposure.ids.get(key) {
-                exposure.visible[id] = true;
-                exposure.visible_count += 1;
-            }
-        }
+        exposure.visible_count = exposure.visible.iter().filter(|&&v| v).count();
         exposure.build_finder();
         exposure
     }
 
+    /// Adds `key` to the private addresses (once), noting when To/Cc show it.
+    fn candidate(&mut self, key: String, visible: bool) {
+        match self.ids.get(&key) {
+            Some(&id) => self.visible[id] |= visible,
+            None => {
+                self.ids.insert(key.clone(), self.keys.len());
+                self.keys.push(key);
+                self.visible.push(visible);
+            }
+        }
+    }
+
+    /// Removes `key` from the private addresses (the last one takes its id).
+    fn withdraw(&mut self, key: &str) {
+        let Some(id) = self.ids.remove(key) else {
+            return;
+        };
+        self.keys.swap_remove(id);
+        self.visible.swap_remove(id);
+        if let Some(moved) = self.keys.get(id) {
+            self.ids.insert(moved.clone(), id);
+        }
+    }
+
     fn build_finder(&mut self) {
         for (id, key) in self.keys.iter().enumerate() {
-            for spelling in spellings(key) {
-                self.finder.add(&spelling, id);
+            self.finder.add(key, id);
+            if let Some(other) = spellings(key) {
+                self.finder.add(&other, id);
             }
         }
     }
@@ -159,18 +170,19 @@ impl Exposure {
         let mut seen = std::collections::HashSet::new();
         for r in recipients {
             let key = address::key(r);
-            if self.is_trusted_key(&key) || !seen.insert(key.clone()) {
+            if self.is_trusted_key(&key) {
+                continue;
+            }
+            // Envelope recipients are private, so a repeat is the same id. (A recipient without
+            // one is an operator's canary mailbox, given once.)
+            let id = self.ids.get(&key).copied();
+            if id.is_some_and(|id| !seen.insert(id)) {
                 continue;
             }
             audience.members += 1;
-            match self.ids.get(&key) {
-                Some(&id) => {
-                    audience.ids.insert(id);
-                    if !self.visible[id] {
-                        audience.outside_v += 1;
-                    }
-                }
-                None => audience.outside_v += 1,
+            audience.only = if audience.members == 1 { id } else { None };
+            if id.is_none_or(|id| !self.visible[id]) {
+                audience.outside_v += 1;
             }
         }
         audience
@@ -183,7 +195,7 @@ impl Exposure {
         if self.visible_count <= self.max_visible && self.visible[id] {
             return audience.outside_v == 0;
         }
-        audience.members == 0 || (audience.members == 1 && audience.ids.contains(&id))
+        audience.members == 0 || (audience.members == 1 && audience.only == Some(id))
     }
 
     /// True when some member of `audience` may not see some private address: what a text we
@@ -240,9 +252,16 @@ impl Finder {
         let Some((local, domain)) = address.rsplit_once('@') else {
             return;
         };
-        let locals = self.domains.entry(domain.to_string()).or_default();
+        if !self.domains.contains_key(domain) {
+            self.domains.insert(domain.to_string(), Locals::default());
+        }
+        let Some(locals) = self.domains.get_mut(domain) else {
+            return;
+        };
         locals.longest = locals.longest.max(local.len());
-        locals.ids.entry(local.to_string()).or_insert(id);
+        if !locals.ids.contains_key(local) {
+            locals.ids.insert(local.to_string(), id);
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -300,8 +319,8 @@ pub struct Audience {
     /// Members outside V (including those with no private address, such as an operator's
     /// canary mailbox).
     outside_v: usize,
-    /// Private address ids of the members.
-    ids: std::collections::HashSet<usize>,
+    /// The private address id of the one member, when there is exactly one.
+    only: Option<usize>,
 }
 
 impl Audience {
@@ -311,71 +330,58 @@ impl Audience {
     }
 }
 
-/// The ways a private address may be written that a reading does not already bring back to
-/// its key: the key itself, and the other form of an internationalised domain (`xn--`).
-fn spellings(key: &str) -> Vec<String> {
-    let mut out = vec![key.to_string()];
-    if let Some((local, domain)) = key.rsplit_once('@') {
-        let other = if domain.is_ascii() {
-            domain
-                .contains("xn--")
-                .then(|| idna::domain_to_unicode(domain).0)
-        } else {
-            idna::domain_to_ascii(domain).ok()
-        };
-        if let Some(other) = other.map(|d| d.to_lowercase())
-            && other != domain
-            && !other.is_empty()
-        {
-            out.push(format!("{local}@{other}"));
-        }
-    }
-    out
+/// The other way a private address may be written that no reading brings back to its key:
+/// the other form of an internationalised domain (`xn--`).
+fn spellings(key: &str) -> Option<String> {
+    let (local, domain) = key.rsplit_once('@')?;
+    let other = if domain.is_ascii() {
+        domain
+            .contains("xn--")
+            .then(|| idna::domain_to_unicode(domain).0)
+    } else {
+        idna::domain_to_ascii(domain).ok()
+    };
+    other
+        .map(|d| d.to_lowercase())
+        .filter(|d| d != domain && !d.is_empty())
+        .map(|d| format!("{local}@{d}"))
 }
 
-/// Distinct address keys in every reading of a field value.
-fn tokens(value: &[u8]) -> Vec<String> {
-    let mut out = KeySet::default();
+/// Calls `add` with the key of every address token in every reading of a field value (the same
+/// address may come more than once).
+fn each_token(value: &[u8], mut add: impl FnMut(String)) {
     each_reading(value, |text| {
-        out.extend(
-            address_tokens(text)
-                .into_iter()
-                .map(|r| address::key(&text[r])),
-        );
+        for range in address_tokens(text) {
+            add(address::key(&text[range]));
+        }
         false
     });
-    out.into_ordered()
 }
 
-/// Keys in first-seen order, without repeats.
+/// Whether a field (From, Sender) names exactly one address, and which.
 #[derive(Debug, Default)]
-struct KeySet {
-    /// Each key with the position it was first seen at.
-    seen: HashMap<String, usize>,
+enum KeySet {
+    #[default]
+    Empty,
+    One(String),
+    Many,
 }
 
 impl KeySet {
-    fn extend(&mut self, keys: impl IntoIterator<Item = String>) {
-        for key in keys {
-            let next = self.seen.len();
-            self.seen.entry(key).or_insert(next);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    /// The keys in the order they were first seen.
-    fn into_ordered(self) -> Vec<String> {
-        let mut keys: Vec<(String, usize)> = self.seen.into_iter().collect();
-        keys.sort_unstable_by_key(|&(_, at)| at);
-        keys.into_iter().map(|(k, _)| k).collect()
+    fn insert(&mut self, key: String) {
+        *self = match std::mem::take(self) {
+            KeySet::Empty => KeySet::One(key),
+            KeySet::One(one) if one == key => KeySet::One(one),
+            KeySet::One(_) | KeySet::Many => KeySet::Many,
+        };
     }
 
     /// The one key, when there is exactly one.
     fn single(self) -> Option<String> {
-        (self.len() == 1).then(|| self.into_ordered().pop().unwrap_or_default())
+        match self {
+            KeySet::One(one) => Some(one),
+            KeySet::Empty | KeySet::Many => None,
+        }
     }
 }
 

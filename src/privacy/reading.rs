@@ -104,12 +104,42 @@ pub fn all_readings(raw: &[u8]) -> String {
     out
 }
 
-/// Line breaks removed.
+/// Line breaks removed; borrowed when removing them cannot change what an address search
+/// finds (no line break has address characters on both sides, and no encoded-word could
+/// continue across one), which is the common case of a folded address list.
 fn unfold(text: &str) -> Cow<'_, str> {
-    if !text.contains(['\r', '\n']) {
+    if !text.contains(['\r', '\n']) || !fold_matters(text) {
         return Cow::Borrowed(text);
     }
     Cow::Owned(text.chars().filter(|&c| c != '\r' && c != '\n').collect())
+}
+
+/// True when joining the lines of `text` could make or change an address or an encoded-word:
+/// some line break has, on both sides (white space after it skipped), a character that can be
+/// part of one.
+fn fold_matters(text: &str) -> bool {
+    let part_of_address = |c: char| {
+        super::address::joins_local(c)
+            || super::address::joins_domain(c)
+            || matches!(c, '@' | '.' | '"' | '=' | '?' | '%' | '(' | ')' | '\\')
+            || !c.is_ascii()
+    };
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(rel) = memchr::memchr2(b'\r', b'\n', &bytes[i..]) {
+        let start = i + rel;
+        let mut end = start;
+        while end < bytes.len() && matches!(bytes[end], b'\r' | b'\n' | b' ' | b'\t') {
+            end += 1;
+        }
+        let before = text[..start].chars().next_back();
+        let after = text[end..].chars().next();
+        if before.is_some_and(part_of_address) && after.is_some_and(part_of_address) {
+            return true;
+        }
+        i = end.max(start + 1);
+    }
+    false
 }
 
 /// RFC 2047 decoding, repeated while it changes something.
