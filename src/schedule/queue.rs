@@ -37,7 +37,9 @@ use super::retry::{backoff, random_jitter};
 use super::rules;
 use super::throttle::{Rate, Throttle, ThrottleMetrics};
 
+mod check;
 mod hold;
+use check::{NO_UPSTREAM, Stopped, check_copy, one_view};
 pub use hold::{HeldMessage, HoldError};
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
@@ -866,49 +868,6 @@ impl QueuedMessage {
         if self.active.load(Ordering::Relaxed) == 0 {
             self.hot.lock().expect("not poisoned").take();
         }
-    }
-}
-
-/// The `upstream` label of a copy that never reached one.
-const NO_UPSTREAM: &str = "none";
-
-/// Why a copy was stopped by the check before sending.
-#[derive(Debug, thiserror::Error)]
-enum Stopped {
-    #[error("the {} field would show {} other recipient address(es)", .0.field, .0.addresses)]
-    Shows(privacy::egress::Leak),
-    #[error("the copy holds a bare CR, a bare LF or a NUL")]
-    Bytes,
-}
-
-/// The egress check of one copy, on the exact header it is about to send (after the DKIM
-/// signature): no private address its recipients must not see, and nothing but CRLF line
-/// ends and no NUL in the header or the shared body. Monitor mode relays exposing copies on
-/// purpose; its copies are only checked for bytes.
-fn check_copy(
-    meta: &MessageMeta,
-    record: &crate::spool::DeliveryRecord,
-    exposure: &Exposure,
-    header: &[u8],
-    message_clean: bool,
-) -> Result<(), Stopped> {
-    if !message_clean || !privacy::bytes::is_clean(header) {
-        return Err(Stopped::Bytes);
-    }
-    if meta.decision == Decision::Monitor {
-        return Ok(());
-    }
-    let audience = exposure.audience(record.planned.rcpt_to.iter().map(String::as_str));
-    privacy::egress::check(exposure, header, &audience).map_err(Stopped::Shows)
-}
-
-/// Spooled bytes in the one view the checks read (CRLF only): a message spooled by mailveil
-/// 0.1 may hold bare CRs; it is sent with them turned into line ends, and checked that way.
-/// A NUL is left for the check to refuse.
-fn one_view(bytes: Vec<u8>) -> Vec<u8> {
-    match privacy::bytes::crlf_only(&bytes) {
-        Ok(std::borrow::Cow::Owned(clean)) => clean,
-        Ok(std::borrow::Cow::Borrowed(_)) | Err(_) => bytes,
     }
 }
 
