@@ -15,7 +15,8 @@
 //! - `tls.rs`: building the rustls acceptor and the STARTTLS upgrade of a session.
 //! - `live.rs`: the settings snapshot a reload replaces; each session keeps the one it began with.
 //! - `access.rs`: who may relay (networks or AUTH); never an open relay.
-//! - `replies.rs`: every fixed reply the listener sends, in one place.
+//! - `replies.rs`: every fixed reply the listener sends, in one place; `rejection.rs`: why,
+//!   as the bounded `reason` label of `mailveil_inbound_rejections_total`.
 
 mod access;
 mod auth;
@@ -29,6 +30,7 @@ mod live;
 mod mail;
 mod path;
 mod rcpt;
+mod rejection;
 mod replies;
 mod session;
 pub mod tls;
@@ -53,7 +55,10 @@ pub use live::{LiveInbound, Snapshot};
 
 /// Every `reason` label of `mailveil_inbound_rejections_total` the listener can use.
 pub fn rejection_reasons() -> Vec<&'static str> {
-    session::Rejection::ALL.iter().map(|r| r.reason()).collect()
+    rejection::Rejection::ALL
+        .iter()
+        .map(|r| r.reason())
+        .collect()
 }
 
 /// One complete inbound transaction at end of DATA.

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+pub(super) use super::rejection::Rejection;
 use super::replies::{self, Fixed};
 use super::{Acceptor, InboundError, InboundSettings};
 use crate::observe::{Metrics, Redactor};
@@ -95,91 +96,6 @@ pub(super) struct Draft {
     pub rcpt_keys: HashSet<String>,
     /// `SIZE=` from MAIL, used to size the message buffer up front.
     pub declared_size: usize,
-}
-
-/// Why a command was refused; the word is the `reason` label of
-/// `mailveil_inbound_rejections_total`, a fixed set so the metric's cardinality is bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Rejection {
-    Syntax,
-    UnknownCommand,
-    BadSequence,
-    NotImplemented,
-    LineTooLong,
-    RelayDenied,
-    TlsRequired,
-    EncryptionRequired,
-    AuthFailed,
-    Size,
-    /// The message itself cannot be relayed as it is (a NUL byte).
-    Malformed,
-    TooManyRecipients,
-    TooManyErrors,
-    TooManyConnections,
-    Timeout,
-}
-
-impl Rejection {
-    /// Every rejection, so metrics can create each `reason` series at zero.
-    pub const ALL: [Rejection; 15] = [
-        Rejection::Syntax,
-        Rejection::UnknownCommand,
-        Rejection::BadSequence,
-        Rejection::NotImplemented,
-        Rejection::LineTooLong,
-        Rejection::RelayDenied,
-        Rejection::TlsRequired,
-        Rejection::EncryptionRequired,
-        Rejection::AuthFailed,
-        Rejection::Size,
-        Rejection::Malformed,
-        Rejection::TooManyRecipients,
-        Rejection::TooManyErrors,
-        Rejection::TooManyConnections,
-        Rejection::Timeout,
-    ];
-
-    pub fn reason(self) -> &'static str {
-        match self {
-            Rejection::Syntax => "syntax",
-            Rejection::UnknownCommand => "unknown_command",
-            Rejection::BadSequence => "bad_sequence",
-            Rejection::NotImplemented => "not_implemented",
-            Rejection::LineTooLong => "line_too_long",
-            Rejection::RelayDenied => "relay_denied",
-            Rejection::TlsRequired => "tls_required",
-            Rejection::EncryptionRequired => "encryption_required",
-            Rejection::AuthFailed => "auth_failed",
-            Rejection::Size => "size",
-            Rejection::Malformed => "malformed",
-            Rejection::TooManyRecipients => "too_many_recipients",
-            Rejection::TooManyErrors => "too_many_errors",
-            Rejection::TooManyConnections => "too_many_connections",
-            Rejection::Timeout => "timeout",
-        }
-    }
-
-    /// Client mistakes count towards `max_errors`; limits a well-behaved client can hit in
-    /// normal use (size, recipients) and AUTH failures (counted on their own) do not.
-    fn is_client_error(self) -> bool {
-        match self {
-            Rejection::Syntax
-            | Rejection::UnknownCommand
-            | Rejection::BadSequence
-            | Rejection::NotImplemented
-            | Rejection::LineTooLong
-            | Rejection::RelayDenied
-            | Rejection::TlsRequired
-            | Rejection::EncryptionRequired => true,
-            Rejection::AuthFailed
-            | Rejection::Size
-            | Rejection::Malformed
-            | Rejection::TooManyRecipients
-            | Rejection::TooManyErrors
-            | Rejection::TooManyConnections
-            | Rejection::Timeout => false,
-        }
-    }
 }
 
 /// What the command loop does next.
