@@ -69,11 +69,17 @@ pub fn settings() -> InboundSettings {
             max_connections: 2,
             command_timeout: Duration::from_secs(5),
             max_line_length: 512,
+            max_connections_per_source: 100,
+            reserved_connections: 0,
+            unauthenticated_timeout: Duration::from_secs(30),
             tls: None,
         },
         access: AccessConfig {
             networks: vec!["127.0.0.0/8".parse().unwrap()],
             users: Vec::new(),
+            auth_failures_per_source: crate::config::DEFAULT_AUTH_FAILURES_PER_SOURCE,
+            auth_failures_total: crate::config::DEFAULT_AUTH_FAILURES_TOTAL,
+            auth_ban: crate::config::DEFAULT_AUTH_BAN,
         },
     }
 }
