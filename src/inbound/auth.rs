@@ -128,6 +128,8 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         if check(&self.ctx.settings.access.users, &name, password) {
             tracing::info!(peer = %self.st.peer, user = %name, "AUTH succeeded");
             self.st.user = Some(name);
+            // No longer an outsider: the AUTH deadline and the outsiders' limits end here.
+            self.st.trust();
             self.reply(&replies::AUTH_OK);
             return Ok(Flow::Continue);
         }

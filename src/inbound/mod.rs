@@ -5,8 +5,10 @@
 //! [`Verdict`] becomes the reply to end of DATA.
 //!
 //! Layout (one file per concern, protocol code free of I/O where it can be):
-//! - `listener.rs`: accept loop, connection cap (`421 4.3.2`), shutdown and session tracking,
-//!   and the per-connection driver (greeting, STARTTLS upgrade, open/close log lines).
+//! - `listener.rs`: accept loop, shutdown and session tracking, and the per-connection driver
+//!   (greeting, STARTTLS upgrade, open/close log lines).
+//! - `admission.rs`: who gets a slot: `max_connections`, slots reserved for clients in
+//!   `access.networks`, a cap per source address; the outsider's AUTH deadline starts there.
 //! - `session.rs`: per-connection state, the read/write buffers, the command loop, limits.
 //! - `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `auth.rs`: one file per SMTP verb.
 //! - `path.rs`: the MAIL/RCPT address as stored (RFC 5321 form, quoted local parts kept).
@@ -19,6 +21,7 @@
 //!   as the bounded `reason` label of `mailveil_inbound_rejections_total`.
 
 mod access;
+mod admission;
 mod auth;
 mod data;
 mod dot;
@@ -166,6 +169,7 @@ pub async fn serve_live<A: Acceptor>(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let snapshot = live.snapshot();
+    let admission = admission::Admission::new(&snapshot.settings);
     let ctx = session::Context {
         settings: snapshot.settings.clone(),
         acceptor,
@@ -174,6 +178,7 @@ pub async fn serve_live<A: Acceptor>(
         shutdown,
         tls: snapshot.tls.clone(),
         tuning: session::Tuning::default(),
+        admission,
     };
     listener::run(listener, Arc::new(ctx), Some(live)).await
 }

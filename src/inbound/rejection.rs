@@ -20,12 +20,18 @@ pub(super) enum Rejection {
     TooManyRecipients,
     TooManyErrors,
     TooManyConnections,
+    /// The slots outsiders may use are taken (the rest are reserved).
+    TooManyOutsiderConnections,
+    /// One source holds `max_connections_per_source` outsider connections.
+    TooManySourceConnections,
+    /// An outsider did not authenticate within `unauthenticated_timeout`.
+    UnauthenticatedTimeout,
     Timeout,
 }
 
 impl Rejection {
     /// Every rejection, so metrics can create each `reason` series at zero.
-    pub const ALL: [Rejection; 15] = [
+    pub const ALL: [Rejection; 18] = [
         Rejection::Syntax,
         Rejection::UnknownCommand,
         Rejection::BadSequence,
@@ -40,6 +46,9 @@ impl Rejection {
         Rejection::TooManyRecipients,
         Rejection::TooManyErrors,
         Rejection::TooManyConnections,
+        Rejection::TooManyOutsiderConnections,
+        Rejection::TooManySourceConnections,
+        Rejection::UnauthenticatedTimeout,
         Rejection::Timeout,
     ];
 
@@ -59,6 +68,9 @@ impl Rejection {
             Rejection::TooManyRecipients => "too_many_recipients",
             Rejection::TooManyErrors => "too_many_errors",
             Rejection::TooManyConnections => "too_many_connections",
+            Rejection::TooManyOutsiderConnections => "too_many_outsider_connections",
+            Rejection::TooManySourceConnections => "too_many_source_connections",
+            Rejection::UnauthenticatedTimeout => "unauthenticated_timeout",
             Rejection::Timeout => "timeout",
         }
     }
@@ -81,6 +93,9 @@ impl Rejection {
             | Rejection::TooManyRecipients
             | Rejection::TooManyErrors
             | Rejection::TooManyConnections
+            | Rejection::TooManyOutsiderConnections
+            | Rejection::TooManySourceConnections
+            | Rejection::UnauthenticatedTimeout
             | Rejection::Timeout => false,
         }
     }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Admission, Ticket};
 pub(super) use super::rejection::Rejection;
 use super::replies::{self, Fixed};
 use super::{Acceptor, InboundError, InboundSettings};
@@ -67,6 +68,8 @@ pub(crate) struct Context<A> {
     /// Present when `server.tls` is configured: STARTTLS is offered.
     pub tls: Option<TlsAcceptor>,
     pub tuning: Tuning,
+    /// Connection slots and the AUTH failure budget; one for the listener's lifetime.
+    pub admission: Arc<Admission>,
 }
 
 impl<A> Context<A> {
@@ -80,6 +83,7 @@ impl<A> Context<A> {
             shutdown: self.shutdown.clone(),
             tls: snapshot.tls.clone(),
             tuning: self.tuning.clone(),
+            admission: self.admission.clone(),
         }
     }
 }
@@ -112,6 +116,8 @@ pub(super) enum Flow {
 pub(super) enum End {
     Eof,
     TimedOut,
+    /// An outsider reached `unauthenticated_timeout` without authenticating.
+    NotAuthenticated,
     Shutdown,
 }
 
@@ -132,6 +138,11 @@ pub(super) struct State {
     pub errors: u32,
     pub auth_failures: u32,
     pub messages: u32,
+    /// This connection's slot (see `admission.rs`).
+    pub ticket: Ticket,
+    /// When an outsider must have authenticated; `None` once it has, and for clients in
+    /// `access.networks`.
+    pub auth_deadline: Option<Instant>,
     rbuf: Vec<u8>,
     rpos: usize,
     /// Inside an over-long line: drop bytes up to the next LF.
@@ -141,7 +152,7 @@ pub(super) struct State {
 }
 
 impl State {
-    fn new(peer: SocketAddr) -> Self {
+    fn new(peer: SocketAddr, ticket: Ticket, auth_deadline: Option<Instant>) -> Self {
         State {
             peer,
             helo: None,
@@ -151,6 +162,8 @@ impl State {
             errors: 0,
             auth_failures: 0,
             messages: 0,
+            ticket,
+            auth_deadline,
             rbuf: Vec::with_capacity(READ_CHUNK),
             rpos: 0,
             discarding: false,
@@ -169,6 +182,20 @@ impl State {
         self.rpos = 0;
         self.discarding = false;
         self
+    }
+
+    /// The client authenticated: no deadline, no longer an outsider.
+    pub fn trust(&mut self) {
+        self.ticket.trust();
+        self.auth_deadline = None;
+    }
+
+    /// `deadline`, or the outsider's AUTH deadline when that comes first; and which it is.
+    pub fn limit(&self, deadline: Instant) -> (Instant, End) {
+        match self.auth_deadline {
+            Some(auth) if auth <= deadline => (auth, End::NotAuthenticated),
+            _ => (deadline, End::TimedOut),
+        }
     }
 
     /// Drops every byte the client sent that was not processed yet; returns how many.
@@ -243,11 +270,15 @@ pub(super) struct Session<S, A> {
 }
 
 impl<S: Stream, A: Acceptor> Session<S, A> {
-    pub fn new(stream: S, peer: SocketAddr, ctx: Arc<Context<A>>) -> Self {
+    /// A session in the slot `ticket`; an outsider's AUTH deadline starts now (the greeting).
+    pub fn new(stream: S, peer: SocketAddr, ctx: Arc<Context<A>>, ticket: Ticket) -> Self {
+        let auth_deadline = ticket
+            .is_outsider()
+            .then(|| Instant::now() + ctx.settings.server.unauthenticated_timeout);
         Session {
             stream,
             ctx,
-            st: State::new(peer),
+            st: State::new(peer, ticket, auth_deadline),
         }
     }
 
@@ -301,12 +332,14 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         if self.st.wbuf.is_empty() {
             return Ok(());
         }
-        let limit = self.ctx.settings.server.command_timeout;
+        let (deadline, _) = self
+            .st
+            .limit(Instant::now() + self.ctx.settings.server.command_timeout);
         let write = async {
             self.stream.write_all(&self.st.wbuf).await?;
             self.stream.flush().await
         };
-        match tokio::time::timeout(limit, write).await {
+        match tokio::time::timeout_at(deadline, write).await {
             Ok(result) => result?,
             Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
         }
@@ -314,9 +347,9 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         Ok(())
     }
 
-    /// Flushes pending replies, then reads more input, giving up at `deadline`. `idle` allows
-    /// shutdown to interrupt the wait: it is false while a transaction is open, so that
-    /// transaction can finish.
+    /// Flushes pending replies, then reads more input, giving up at `deadline` (or at an
+    /// outsider's AUTH deadline, if that comes first). `idle` allows shutdown to interrupt the
+    /// wait: it is false while a transaction is open, so that transaction can finish.
     pub async fn fill(
         &mut self,
         idle: bool,
@@ -324,12 +357,13 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
     ) -> Result<Option<End>, InboundError> {
         self.flush().await?;
         self.st.prepare_read();
+        let (deadline, expired) = self.st.limit(deadline);
         let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.st.rbuf));
         tokio::select! {
             biased;
             _ = self.ctx.shutdown.cancelled(), if idle => Ok(Some(End::Shutdown)),
             r = read => match r {
-                Err(_) => Ok(Some(End::TimedOut)),
+                Err(_) => Ok(Some(expired)),
                 Ok(Ok(0)) => Ok(Some(End::Eof)),
                 Ok(Ok(_)) => Ok(None),
                 Ok(Err(e)) => Err(e.into()),
@@ -366,6 +400,15 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                 self.reply(&replies::TIMEOUT);
                 self.count(Rejection::Timeout);
                 tracing::info!(peer = %self.st.peer, "inbound command timeout");
+            }
+            End::NotAuthenticated => {
+                self.reply(&replies::NOT_AUTHENTICATED_IN_TIME);
+                self.count(Rejection::UnauthenticatedTimeout);
+                tracing::info!(
+                    peer = %self.st.peer,
+                    tls = self.st.tls,
+                    "inbound connection closed: not authenticated in time"
+                );
             }
             End::Shutdown => self.reply(&replies::SHUTTING_DOWN),
         }

@@ -1,0 +1,435 @@
+//! Inbound admission against the real binary (`mailveil run`), with hostile clients on real
+//! sockets: stalled connections from one address outside `access.networks`, outsiders spread
+//! over several addresses, clients that never authenticate. The allowed application connects from 127.0.0.1 (the only
+//! address in `access.networks`); outsiders bind their sockets to 127.0.0.2 and up, which Linux
+//! routes over loopback like 127.0.0.1.
+//!
+//! Bounded: every wait has a limit, every socket is dropped at the end of its test, and the relay
+//! process is killed by PID when its `RelayProc` drops. The fd limit of the test process (and so
+//! of the relay it spawns, which inherits it) is raised to 4096 with `prlimit` when it is lower.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+
+use support::*;
+
+const APP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const OUTSIDER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// Raises the soft limit of open files of this process to `want` (at most the hard limit) with
+/// `prlimit`, so a thousand sockets fit; children spawned afterwards inherit it.
+fn raise_fd_limit(want: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let Some((soft, hard)) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            let mut words = l.split_whitespace().skip(3);
+            let soft = words.next()?.parse::<u64>().ok();
+            let hard = words.next()?;
+            Some((soft?, hard.parse::<u64>().unwrap_or(u64::MAX)))
+        })
+    else {
+        return;
+    };
+    if soft >= want {
+        return;
+    }
+    let target = want.min(hard);
+    let status = std::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={target}:"))
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()) && target >= want,
+        "need {want} open files (soft limit {soft}, hard {hard}); raise it with ulimit -n"
+    );
+}
+
+/// Connects to `to` from the address `from` (any port).
+async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(from), 0))?;
+    tokio::time::timeout(PATIENCE, socket.connect(to))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// One complete SMTP reply (all lines); empty when the server closed first. Bounded by `limit`.
+async fn reply_within<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<String> {
+    let read = async {
+        let mut all = Vec::new();
+        let mut line = Vec::new();
+        loop {
+            let mut b = [0u8; 1];
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            line.push(b[0]);
+            if b[0] == b'\n' {
+                all.extend_from_slice(&line);
+                let last = line.len() < 4 || line[3] != b'-';
+                line.clear();
+                if last {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    };
+    tokio::time::timeout(limit, read).await.ok()
+}
+
+async fn reply<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    reply_within(s, PATIENCE)
+        .await
+        .expect("a reply within patience")
+}
+
+async fn cmd<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, line: &str) -> String {
+    s.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
+    reply(s).await
+}
+
+fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+fn plain(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    format!("AUTH PLAIN {token}")
+}
+
+/// The relay's config: STARTTLS with a certificate from `pki`, one AUTH user `app` whose
+/// password is `s3cret`, only 127.0.0.1 in `access.networks`, capture upstream in `{dir}`.
+fn template(
+    pki: &TestPki,
+    password_file: &std::path::Path,
+    server: &str,
+    access: &str,
+    rest: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "{{smtp}}"
+hostname = "relay.test"
+{server}
+[server.tls]
+cert = "{cert}"
+key = "{key}"
+[access]
+networks = ["127.0.0.1/32"]
+{access}
+[[access.users]]
+name = "app"
+password_file = "{pw}"
+[spool]
+dir = "{{dir}}/spool"
+[[upstream]]
+name = "outbox"
+dir = "{{dir}}/outbox"
+[metrics]
+listen = "{{metrics}}"
+{rest}
+"#,
+        cert = pki.cert_file.display(),
+        key = pki.key_file.display(),
+        pw = password_file.display(),
+    )
+}
+
+struct Setup {
+    relay: RelayProc,
+    pki: TestPki,
+    _work: tempfile::TempDir,
+}
+
+async fn start(server: &str, access: &str) -> Setup {
+    raise_fd_limit(4096);
+    let work = tempfile::tempdir().unwrap();
+    let pki = make_pki(work.path(), "inbound", &["localhost"]);
+    let pw = work.path().join("app.pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let relay = RelayProc::start(&template(&pki, &pw, server, access, ""), &[]).await;
+    Setup {
+        relay,
+        pki,
+        _work: work,
+    }
+}
+
+/// How a stalled outsider stalls.
+#[derive(Clone, Copy)]
+enum Stall {
+    /// Never sends a command after the greeting.
+    Silent,
+    /// `EHLO`, `STARTTLS`, then never starts the handshake.
+    StartTlsNoHandshake,
+}
+
+/// Opens `n` connections from `from`, each stalling as `stall(i)` says; returns the held
+/// sockets and how many were refused (`421` instead of a greeting).
+async fn stall_many(
+    addr: SocketAddr,
+    from: Ipv4Addr,
+    n: usize,
+    stall: impl Fn(usize) -> Stall,
+) -> (Vec<TcpStream>, Vec<String>) {
+    let mut set = JoinSet::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    for i in 0..n {
+        let how = stall(i);
+        let gate = gate.clone();
+        set.spawn(async move {
+            let _permit = gate.acquire_owned().await.unwrap();
+            let mut s = connect_from(from, addr).await.expect("connect");
+            let greeting = reply(&mut s).await;
+            if !greeting.starts_with("220") {
+                return (s, Some(greeting));
+            }
+            if let Stall::StartTlsNoHandshake = how {
+                assert!(cmd(&mut s, "EHLO stall.test").await.contains("STARTTLS"));
+                let ready = cmd(&mut s, "STARTTLS").await;
+                assert!(ready.starts_with("220 2.0.0"), "{ready}");
+            }
+            (s, None)
+        });
+    }
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    while let Some(done) = set.join_next().await {
+        let (s, refusal) = done.unwrap();
+        match refusal {
+            Some(r) => refused.push(r),
+            None => held.push(s),
+        }
+    }
+    (held, refused)
+}
+
+/// The allowed application (from 127.0.0.1): greeting, one message, `250`, timed.
+async fn app_delivers(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let mut s = connect_from(APP, addr).await.expect("app connects");
+    let greeting = reply(&mut s).await;
+    assert!(
+        greeting.starts_with("220 "),
+        "the app was refused: {greeting:?}"
+    );
+    assert!(cmd(&mut s, "EHLO app.test").await.starts_with("250"));
+    assert!(
+        cmd(&mut s, "MAIL FROM:<app@src.test>")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        cmd(&mut s, "RCPT TO:<customer@dst.test>")
+            .await
+            .starts_with("250")
+    );
+    assert!(cmd(&mut s, "DATA").await.starts_with("354"));
+    let done = cmd(
+        &mut s,
+        "From: app@src.test\r\nTo: customer@dst.test\r\nSubject: still served\r\n\r\nhello\r\n.",
+    )
+    .await;
+    assert!(done.starts_with("250 2.0.0"), "{done}");
+    let elapsed = started.elapsed();
+    let _ = cmd(&mut s, "QUIT").await;
+    elapsed
+}
+
+async fn metric_value(relay: &RelayProc, series: &str) -> f64 {
+    let (status, body) = http_get(relay.metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    metric(&body, series).unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+fn rejections(reason: &str) -> String {
+    format!("mailveil_inbound_rejections_total{{reason=\"{reason}\"}}")
+}
+
+/// Finding 1 of issue 16: 1,000 connections from one address outside `access.networks` that
+/// never send EHLO or stop after STARTTLS used to take every slot, and the app got `421 4.3.2`.
+/// Now one address holds at most `max_connections_per_source` (default 100) of them.
+#[tokio::test]
+async fn a_thousand_stalled_connections_from_one_address_leave_the_app_served() {
+    let setup = start("max_connections = 1000", "").await;
+    let addr = setup.relay.smtp;
+    let started = Instant::now();
+    let (held, refused) = stall_many(addr, OUTSIDER, 1000, |i| {
+        if i % 2 == 0 {
+            Stall::Silent
+        } else {
+            Stall::StartTlsNoHandshake
+        }
+    })
+    .await;
+    eprintln!(
+        "1000 stalls from one address in {:?}: {} held, {} refused",
+        started.elapsed(),
+        held.len(),
+        refused.len()
+    );
+    let took = app_delivers(addr).await;
+    eprintln!("app: greeting to 250 after DATA in {took:?}");
+    assert!(took < Duration::from_secs(1), "app took {took:?}");
+    wait_for_captures(&setup.relay.outbox(), 1).await;
+
+    assert_eq!(held.len(), 100, "the per-source cap");
+    for r in &refused {
+        assert!(r.starts_with("421 4.7.0"), "{r:?}");
+    }
+    assert_eq!(
+        metric_value(&setup.relay, &rejections("too_many_source_connections")).await,
+        900.0
+    );
+    drop(held);
+}
+
+/// Outsiders spread over ten addresses (100 each, within the per-source cap) fill every slot
+/// they may use; the reserved slots (a tenth of `max_connections` by default) keep the app
+/// served.
+#[tokio::test]
+async fn outsiders_from_many_addresses_cannot_take_the_reserved_slots() {
+    let setup = start("max_connections = 1000", "").await;
+    let addr = setup.relay.smtp;
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for k in 0..10u8 {
+        let from = Ipv4Addr::new(127, 0, 0, 2 + k);
+        let (h, r) = stall_many(addr, from, 100, |i| {
+            if i % 3 == 0 {
+                Stall::StartTlsNoHandshake
+            } else {
+                Stall::Silent
+            }
+        })
+        .await;
+        held.extend(h);
+        refused.extend(r);
+    }
+    eprintln!(
+        "1000 stalls from 10 addresses: {} held, {} refused",
+        held.len(),
+        refused.len()
+    );
+    for _ in 0..3 {
+        let took = app_delivers(addr).await;
+        eprintln!("app: greeting to 250 after DATA in {took:?}");
+        assert!(took < Duration::from_secs(1), "app took {took:?}");
+    }
+    wait_for_captures(&setup.relay.outbox(), 3).await;
+    assert_eq!(held.len(), 900, "outsiders hold max_connections - reserved");
+    for r in &refused {
+        assert!(r.starts_with("421 4.3.2"), "{r:?}");
+    }
+    assert_eq!(
+        metric_value(&setup.relay, &rejections("too_many_outsider_connections")).await,
+        100.0
+    );
+    drop(held);
+}
+
+/// An outsider that has not authenticated within `unauthenticated_timeout` is told
+/// `421 4.7.0` and closed, however it stalls (no EHLO, no AUTH, a STARTTLS handshake never
+/// started or never finished); an app in `access.networks` and an authenticated client idle
+/// longer than that are not affected.
+#[tokio::test]
+async fn outsiders_must_authenticate_within_the_deadline() {
+    let setup = start(
+        "command_timeout = \"60s\"\nunauthenticated_timeout = \"2s\"",
+        "",
+    )
+    .await;
+    let addr = setup.relay.smtp;
+    let connector = tls_connector(&setup.pki.ca_pem);
+    let name = || rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let started = Instant::now();
+
+    let mut silent = connect_from(OUTSIDER, addr).await.unwrap();
+    assert!(reply(&mut silent).await.starts_with("220"));
+    let mut after_ehlo = connect_from(OUTSIDER, addr).await.unwrap();
+    reply(&mut after_ehlo).await;
+    assert!(cmd(&mut after_ehlo, "EHLO o.test").await.starts_with("250"));
+    let mut no_handshake = connect_from(OUTSIDER, addr).await.unwrap();
+    reply(&mut no_handshake).await;
+    cmd(&mut no_handshake, "EHLO o.test").await;
+    assert!(cmd(&mut no_handshake, "STARTTLS").await.starts_with("220"));
+    let mut under_tls = {
+        let mut s = connect_from(OUTSIDER, addr).await.unwrap();
+        reply(&mut s).await;
+        cmd(&mut s, "EHLO o.test").await;
+        assert!(cmd(&mut s, "STARTTLS").await.starts_with("220"));
+        let mut t = connector.connect(name(), s).await.unwrap();
+        assert!(cmd(&mut t, "EHLO o.test").await.contains("AUTH"));
+        t
+    };
+    // Authenticated from another outside address, and the app from inside: both idle too.
+    let mut authenticated = {
+        let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 3), addr)
+            .await
+            .unwrap();
+        reply(&mut s).await;
+        cmd(&mut s, "EHLO good.test").await;
+        assert!(cmd(&mut s, "STARTTLS").await.starts_with("220"));
+        let mut t = connector.connect(name(), s).await.unwrap();
+        cmd(&mut t, "EHLO good.test").await;
+        let ok = cmd(&mut t, &plain("app", "s3cret")).await;
+        assert!(ok.starts_with("235"), "{ok}");
+        t
+    };
+    let mut app = connect_from(APP, addr).await.unwrap();
+    assert!(reply(&mut app).await.starts_with("220"));
+
+    let limit = Duration::from_secs(10);
+    for (what, got) in [
+        ("silent", reply_within(&mut silent, limit).await),
+        ("after EHLO", reply_within(&mut after_ehlo, limit).await),
+        ("under TLS", reply_within(&mut under_tls, limit).await),
+    ] {
+        let got = got.unwrap_or_else(|| panic!("{what}: still open after {limit:?}"));
+        assert!(got.starts_with("421 4.7.0"), "{what}: {got:?}");
+    }
+    // Mid-handshake nothing can be said in clear text: the connection is just closed.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(limit, no_handshake.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a STARTTLS without handshake is still open");
+    let waited = started.elapsed();
+    eprintln!("stalled outsiders closed after {waited:?}");
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(cmd(&mut app, "NOOP").await.starts_with("250"), "app closed");
+    assert!(
+        cmd(&mut authenticated, "NOOP").await.starts_with("250"),
+        "authenticated client closed"
+    );
+    assert_eq!(
+        metric_value(&setup.relay, &rejections("unauthenticated_timeout")).await,
+        4.0
+    );
+}
