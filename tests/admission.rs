@@ -1,6 +1,7 @@
 //! Inbound admission against the real binary (`mailveil run`), with hostile clients on real
 //! sockets: stalled connections from one address outside `access.networks`, outsiders spread
-//! over several addresses, clients that never authenticate. The allowed application connects from 127.0.0.1 (the only
+//! over several addresses, clients that never authenticate, and password guessing over hundreds
+//! of parallel TLS connections. The allowed application connects from 127.0.0.1 (the only
 //! address in `access.networks`); outsiders bind their sockets to 127.0.0.2 and up, which Linux
 //! routes over loopback like 127.0.0.1.
 //!
@@ -432,4 +433,178 @@ async fn outsiders_must_authenticate_within_the_deadline() {
         metric_value(&setup.relay, &rejections("unauthenticated_timeout")).await,
         4.0
     );
+}
+
+/// What one guessing connection saw, with the time each reply came.
+#[derive(Default)]
+struct Guesses {
+    /// (seconds since start, reply code) of every 535 and 421.
+    replies: Vec<(f64, u16)>,
+}
+
+/// One guessing loop from `from` until `end`: connect, STARTTLS, up to three wrong passwords
+/// per connection, reconnect. A refused connection waits `pause` before the next try.
+async fn guess_until(
+    addr: SocketAddr,
+    from: Ipv4Addr,
+    connector: tokio_rustls::TlsConnector,
+    t0: Instant,
+    end: Instant,
+    pause: Duration,
+) -> Guesses {
+    let mut out = Guesses::default();
+    let mut n = 0u32;
+    let note = |out: &mut Guesses, r: &str| {
+        if let Some(code) = r.get(..3).and_then(|c| c.parse::<u16>().ok())
+            && (code == 535 || code == 421)
+        {
+            out.replies.push((t0.elapsed().as_secs_f64(), code));
+        }
+    };
+    while Instant::now() < end {
+        let Ok(mut s) = connect_from(from, addr).await else {
+            tokio::time::sleep(pause).await;
+            continue;
+        };
+        let greeting = reply(&mut s).await;
+        if !greeting.starts_with("220") {
+            note(&mut out, &greeting);
+            tokio::time::sleep(pause).await;
+            continue;
+        }
+        cmd(&mut s, "EHLO guesser.test").await;
+        if !cmd(&mut s, "STARTTLS").await.starts_with("220") {
+            continue;
+        }
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let Ok(mut t) = connector.connect(name, s).await else {
+            continue;
+        };
+        if try_cmd(&mut t, "EHLO guesser.test").await.is_none() {
+            continue;
+        }
+        while Instant::now() < end {
+            n += 1;
+            let Some(answer) = try_cmd(&mut t, &plain("app", &format!("guess{n}"))).await else {
+                break;
+            };
+            note(&mut out, &answer);
+            if !answer.starts_with("535") {
+                break;
+            }
+            // After the connection's last allowed failure a 421 follows at once.
+            if let Some(more) = reply_within(&mut t, Duration::from_millis(20)).await {
+                note(&mut out, &more);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Like `cmd`, but `None` when the server has closed the connection.
+async fn try_cmd<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, line: &str) -> Option<String> {
+    s.write_all(format!("{line}\r\n").as_bytes()).await.ok()?;
+    let answer = reply(s).await;
+    (!answer.is_empty()).then_some(answer)
+}
+
+/// Finding 2 of issue 16: 900 parallel connections from one address reached 374 guesses/s,
+/// because the failure delay was per connection. Now failures are budgeted per source address
+/// (and globally): 300 parallel guessing connections from one address get at most the burst
+/// plus the refill of password checks (`535`), then `421 4.7.0` before any check, across
+/// reconnects; a legitimate user from another address still authenticates.
+#[tokio::test]
+async fn password_guessing_from_one_address_is_held_to_its_budget() {
+    const PARALLEL: usize = 300;
+    const WINDOW: Duration = Duration::from_secs(8);
+    const BURST: usize = 20;
+    let setup = start(
+        "max_connections_per_source = 1000",
+        "auth_failures_per_source = \"20/1m\"\nauth_failures_total = \"1000/1m\"\nauth_ban = \"1m\"",
+    )
+    .await;
+    let addr = setup.relay.smtp;
+    let connector = tls_connector(&setup.pki.ca_pem);
+    let t0 = Instant::now();
+    let end = t0 + WINDOW;
+    let mut set = JoinSet::new();
+    for _ in 0..PARALLEL {
+        let connector = connector.clone();
+        set.spawn(guess_until(
+            addr,
+            OUTSIDER,
+            connector,
+            t0,
+            end,
+            Duration::from_millis(500),
+        ));
+    }
+    // Meanwhile, and after, the legitimate user from another outside address.
+    tokio::time::sleep(WINDOW / 2).await;
+    let legit = Ipv4Addr::new(127, 0, 0, 3);
+    let during = authenticate(addr, legit, &connector).await;
+    let mut replies = Vec::new();
+    while let Some(done) = set.join_next().await {
+        replies.extend(done.unwrap().replies);
+    }
+    let after = authenticate(addr, legit, &connector).await;
+    assert!(during.starts_with("235"), "during the attack: {during}");
+    assert!(after.starts_with("235"), "after the attack: {after}");
+
+    let seconds = WINDOW.as_secs() as usize + 2;
+    let mut per_second = vec![(0usize, 0usize); seconds];
+    for (t, code) in &replies {
+        let slot = (*t as usize).min(seconds - 1);
+        match code {
+            535 => per_second[slot].0 += 1,
+            _ => per_second[slot].1 += 1,
+        }
+    }
+    let checks: usize = per_second.iter().map(|s| s.0).sum();
+    let refusals: usize = per_second.iter().map(|s| s.1).sum();
+    eprintln!("second: 535 (password checked) / 421");
+    for (i, (a, b)) in per_second.iter().enumerate() {
+        eprintln!("  {i:>2}: {a:>4} / {b:>5}");
+    }
+    eprintln!(
+        "{PARALLEL} parallel guessers for {WINDOW:?}: {checks} password checks ({:.1}/s), {refusals} refusals",
+        checks as f64 / WINDOW.as_secs_f64()
+    );
+    // Burst, plus the refill over the window (one per 3 s), plus one in flight per core.
+    let bound = BURST + (WINDOW.as_secs() as usize).div_ceil(3) + 2;
+    assert!(
+        checks <= bound,
+        "{checks} password checks in {WINDOW:?}; budget allows {bound}"
+    );
+    assert!(checks >= BURST, "the burst was usable: {checks}");
+    assert!(refusals > 0);
+    assert_eq!(
+        metric_value(&setup.relay, &rejections("auth_failed")).await as usize,
+        checks
+    );
+    assert!(metric_value(&setup.relay, &rejections("auth_banned")).await >= 1.0);
+    let log = setup.relay.proc_.log_text();
+    assert!(!log.contains("guess1"), "a password reached the log");
+    assert!(
+        log.contains("AUTH failure budget of this source exhausted"),
+        "the ban is logged"
+    );
+}
+
+/// STARTTLS and AUTH PLAIN with the right password from `from`; returns the AUTH reply.
+async fn authenticate(
+    addr: SocketAddr,
+    from: Ipv4Addr,
+    connector: &tokio_rustls::TlsConnector,
+) -> String {
+    let mut s = connect_from(from, addr).await.unwrap();
+    let greeting = reply(&mut s).await;
+    assert!(greeting.starts_with("220"), "{greeting}");
+    cmd(&mut s, "EHLO good.test").await;
+    assert!(cmd(&mut s, "STARTTLS").await.starts_with("220"));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut t = connector.connect(name, s).await.unwrap();
+    cmd(&mut t, "EHLO good.test").await;
+    cmd(&mut t, &plain("app", "s3cret")).await
 }

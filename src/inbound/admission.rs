@@ -10,6 +10,10 @@
 //!   most `max_connections_per_source` of the outsiders' slots (`421 4.7.0`,
 //!   `too_many_source_connections`).
 //!
+//! A source banned from AUTH (see [`AuthBudget`]) is refused at once when it is an outsider:
+//! without AUTH it could not relay anyway, and refusing it before the greeting saves the TLS
+//! handshake it would make to guess again (`421 4.7.0`, `auth_banned`).
+//!
 //! Clients in `access.networks` count only towards `max_connections`. An outsider that
 //! authenticates stops counting as an outsider ([`Ticket::trust`]), so a fleet of
 //! authenticated clients behind one NAT address is bounded by `max_connections` alone.
@@ -19,14 +23,15 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::InboundSettings;
 use super::access::{canonical, in_networks};
+use super::auth_budget::{AuthBudget, Gate};
 use super::replies::{self, Fixed};
 use super::session::Rejection;
 
-/// Whose connections are counted together: an IPv4 address, or the /64 an
+/// Whose connections and AUTH failures are counted together: an IPv4 address, or the /64 an
 /// IPv6 address belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Source(IpAddr);
@@ -58,6 +63,7 @@ pub(crate) enum Refusal {
     Full,
     OutsidersFull,
     SourceFull,
+    AuthBanned,
 }
 
 impl Refusal {
@@ -66,6 +72,7 @@ impl Refusal {
             Refusal::Full => Rejection::TooManyConnections,
             Refusal::OutsidersFull => Rejection::TooManyOutsiderConnections,
             Refusal::SourceFull => Rejection::TooManySourceConnections,
+            Refusal::AuthBanned => Rejection::AuthBanned,
         }
     }
 
@@ -74,6 +81,7 @@ impl Refusal {
             // To an outsider the reserved slots look like a full server.
             Refusal::Full | Refusal::OutsidersFull => &replies::TOO_MANY_CONNECTIONS,
             Refusal::SourceFull => &replies::TOO_MANY_SOURCE_CONNECTIONS,
+            Refusal::AuthBanned => &replies::AUTH_BANNED,
         }
     }
 }
@@ -88,16 +96,31 @@ struct Counts {
     per_source: HashMap<Source, usize>,
 }
 
-/// The slot counts, shared by the accept loop and every session.
+/// The slot counts and the AUTH failure budget, shared by the accept loop and every session.
 pub(crate) struct Admission {
     counts: Mutex<Counts>,
+    auth: RwLock<Arc<AuthBudget>>,
 }
 
 impl Admission {
-    pub fn new(_settings: &InboundSettings) -> Arc<Admission> {
+    pub fn new(settings: &InboundSettings) -> Arc<Admission> {
         Arc::new(Admission {
             counts: Mutex::new(Counts::default()),
+            auth: RwLock::new(Arc::new(AuthBudget::new(&settings.access))),
         })
+    }
+
+    /// After a reload: a changed AUTH budget starts afresh (bans lifted); connection counts
+    /// are kept and the new limits apply from the next accept.
+    pub fn configure(&self, settings: &InboundSettings) {
+        let mut auth = self.auth.write().expect("not poisoned");
+        if !auth.has_limits_of(&settings.access) {
+            *auth = Arc::new(AuthBudget::new(&settings.access));
+        }
+    }
+
+    pub fn auth(&self) -> Arc<AuthBudget> {
+        self.auth.read().expect("not poisoned").clone()
     }
 
     /// Gives a connection from `ip` a slot under `settings`, or says why not.
@@ -109,6 +132,9 @@ impl Admission {
         let server = &settings.server;
         let source = Source::of(ip);
         let outsider = !in_networks(&settings.access.networks, ip);
+        if outsider && matches!(self.auth().gate(source), Gate::Banned { .. }) {
+            return Err(Refusal::AuthBanned);
+        }
         let mut counts = self.counts.lock().expect("not poisoned");
         if counts.total >= server.max_connections {
             return Err(Refusal::Full);
@@ -166,6 +192,10 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
     /// From outside `access.networks` and not authenticated (yet): held to the outsiders'
     /// limits and to `unauthenticated_timeout`.
     pub fn is_outsider(&self) -> bool {

@@ -54,6 +54,7 @@ pub(super) async fn run<A: Acceptor>(
             let now = live.snapshot();
             if !Arc::ptr_eq(&now, seen) {
                 ctx = Arc::new(ctx.with_snapshot(&now));
+                ctx.admission.configure(&now.settings);
                 *seen = now;
             }
         }
@@ -74,8 +75,8 @@ pub(super) async fn run<A: Acceptor>(
                         tracing::info!(peer = %peer, "inbound connection refused: too many connections")
                     }
                     // Driven by outsiders (one line per connection of a flood would flood the
-                    // log); counted in the metric.
-                    Refusal::OutsidersFull | Refusal::SourceFull => {
+                    // log); counted in the metric, and a ban is logged once when it starts.
+                    Refusal::OutsidersFull | Refusal::SourceFull | Refusal::AuthBanned => {
                         tracing::debug!(peer = %peer, reason, "inbound connection refused")
                     }
                 }

@@ -9,6 +9,8 @@
 //!   (greeting, STARTTLS upgrade, open/close log lines).
 //! - `admission.rs`: who gets a slot: `max_connections`, slots reserved for clients in
 //!   `access.networks`, a cap per source address; the outsider's AUTH deadline starts there.
+//! - `auth_budget.rs`: AUTH failures budgeted per source and for the relay (token buckets),
+//!   with a temporary ban.
 //! - `session.rs`: per-connection state, the read/write buffers, the command loop, limits.
 //! - `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `auth.rs`: one file per SMTP verb.
 //! - `path.rs`: the MAIL/RCPT address as stored (RFC 5321 form, quoted local parts kept).
@@ -23,6 +25,7 @@
 mod access;
 mod admission;
 mod auth;
+mod auth_budget;
 mod data;
 mod dot;
 mod ehlo;

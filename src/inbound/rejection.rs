@@ -26,12 +26,16 @@ pub(super) enum Rejection {
     TooManySourceConnections,
     /// An outsider did not authenticate within `unauthenticated_timeout`.
     UnauthenticatedTimeout,
+    /// The source used its AUTH failure budget: refused at connect or at AUTH.
+    AuthBanned,
+    /// The relay's AUTH failure budget is used up: AUTH refused for a while.
+    AuthThrottled,
     Timeout,
 }
 
 impl Rejection {
     /// Every rejection, so metrics can create each `reason` series at zero.
-    pub const ALL: [Rejection; 18] = [
+    pub const ALL: [Rejection; 20] = [
         Rejection::Syntax,
         Rejection::UnknownCommand,
         Rejection::BadSequence,
@@ -49,6 +53,8 @@ impl Rejection {
         Rejection::TooManyOutsiderConnections,
         Rejection::TooManySourceConnections,
         Rejection::UnauthenticatedTimeout,
+        Rejection::AuthBanned,
+        Rejection::AuthThrottled,
         Rejection::Timeout,
     ];
 
@@ -71,6 +77,8 @@ impl Rejection {
             Rejection::TooManyOutsiderConnections => "too_many_outsider_connections",
             Rejection::TooManySourceConnections => "too_many_source_connections",
             Rejection::UnauthenticatedTimeout => "unauthenticated_timeout",
+            Rejection::AuthBanned => "auth_banned",
+            Rejection::AuthThrottled => "auth_throttled",
             Rejection::Timeout => "timeout",
         }
     }
@@ -96,6 +104,8 @@ impl Rejection {
             | Rejection::TooManyOutsiderConnections
             | Rejection::TooManySourceConnections
             | Rejection::UnauthenticatedTimeout
+            | Rejection::AuthBanned
+            | Rejection::AuthThrottled
             | Rejection::Timeout => false,
         }
     }

@@ -151,3 +151,41 @@ async fn the_deadline_covers_the_handshake_and_ends_with_auth() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     c.expect("NOOP", "250").await;
 }
+
+/// The AUTH failure budget is kept per source, across connections: once a source used it, its
+/// AUTH is refused with `421 4.7.0` before any password is checked, even the right one; another
+/// source is not affected.
+#[tokio::test(start_paused = true)]
+async fn a_source_over_its_auth_budget_is_refused_unchecked_on_every_connection() {
+    let cert = test_cert(false);
+    let mut s = settings();
+    s.server.tls = Some(cert.config.clone());
+    s.server.max_connections = 10;
+    s.access.users = vec![user("app", "right")];
+    s.access.auth_failures_per_source = "2/10m".parse().unwrap();
+    s.access.auth_ban = Duration::from_secs(600);
+    let h = Harness::new(s, Some(tls::acceptor(&cert.config).unwrap()));
+
+    let mut c = under_tls(&h, &cert, "127.0.0.7:1000").await;
+    c.expect(&plain("app", "wrong1"), "535 5.7.8").await;
+    let mut c = under_tls(&h, &cert, "127.0.0.7:1001").await;
+    c.expect(&plain("app", "wrong2"), "535 5.7.8").await;
+    c.expect_reply("421 4.7.0 too many authentication failures from your address")
+        .await;
+    assert!(c.closed().await);
+
+    let mut c = under_tls(&h, &cert, "127.0.0.7:1002").await;
+    c.expect(&plain("app", "right"), "421 4.7.0").await;
+    assert!(c.closed().await);
+    let mut c = under_tls(&h, &cert, "127.0.0.7:1003").await;
+    c.expect("AUTH LOGIN", "421 4.7.0").await; // refused before a password is sent
+    assert_eq!(h.rejections("auth_failed"), 2);
+    assert_eq!(h.rejections("auth_banned"), 2);
+
+    let mut other = under_tls(&h, &cert, "127.0.0.8:1000").await;
+    other.expect(&plain("app", "right"), "235").await;
+
+    tokio::time::advance(Duration::from_secs(601)).await;
+    let mut c = under_tls(&h, &cert, "127.0.0.7:1004").await;
+    c.expect(&plain("app", "right"), "235").await;
+}
