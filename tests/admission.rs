@@ -169,12 +169,16 @@ struct Setup {
 }
 
 async fn start(server: &str, access: &str) -> Setup {
+    start_with(server, access, "").await
+}
+
+async fn start_with(server: &str, access: &str, rest: &str) -> Setup {
     raise_fd_limit(4096);
     let work = tempfile::tempdir().unwrap();
     let pki = make_pki(work.path(), "inbound", &["localhost"]);
     let pw = work.path().join("app.pw");
     std::fs::write(&pw, "s3cret\n").unwrap();
-    let relay = RelayProc::start(&template(&pki, &pw, server, access, ""), &[]).await;
+    let relay = RelayProc::start(&template(&pki, &pw, server, access, rest), &[]).await;
     Setup {
         relay,
         pki,
@@ -607,4 +611,89 @@ async fn authenticate(
     let mut t = connector.connect(name, s).await.unwrap();
     cmd(&mut t, "EHLO good.test").await;
     cmd(&mut t, &plain("app", "s3cret")).await
+}
+
+/// Characters that could forge or hide a log line when written raw: CR, ESC, BEL, vertical tab,
+/// form feed, NEL, the line separator, a right-to-left override.
+const FORGING: [char; 8] = [
+    '\r', '\x1b', '\x07', '\x0b', '\x0c', '\u{85}', '\u{2028}', '\u{202e}',
+];
+
+/// An EHLO name is client text in the log: every control character in it is escaped, in both
+/// log formats, wherever it appears (the connection's close line, the deadline refusal).
+#[tokio::test]
+async fn client_text_is_escaped_in_both_log_formats() {
+    // The parser ends the name at a space, CR or LF; everything else reaches the session.
+    let evil = "\x1b[2K\x1b]0;owned\x07FAKE\x0bline\x0c\u{85}\u{2028}\u{202e}x";
+    for format in ["text", "json"] {
+        let setup = start_with(
+            "unauthenticated_timeout = \"1s\"",
+            "",
+            &format!("[log]\nformat = \"{format}\""),
+        )
+        .await;
+        let addr = setup.relay.smtp;
+        // From inside: EHLO and QUIT. From outside: EHLO, then the deadline closes it.
+        for from in [APP, OUTSIDER] {
+            let mut s = connect_from(from, addr).await.unwrap();
+            reply(&mut s).await;
+            assert!(
+                cmd(&mut s, &format!("EHLO {evil}"))
+                    .await
+                    .starts_with("250")
+            );
+            if from == APP {
+                assert!(cmd(&mut s, "QUIT").await.starts_with("221"));
+            } else {
+                let closed = reply_within(&mut s, Duration::from_secs(10)).await;
+                assert!(closed.is_some_and(|r| r.starts_with("421 4.7.0")));
+            }
+        }
+        setup
+            .relay
+            .wait_for_log("not authenticated in time", 0)
+            .await;
+        let log = setup
+            .relay
+            .wait_for_log("inbound connection closed", 1)
+            .await;
+        for c in FORGING {
+            assert!(!log.contains(c), "{format}: raw {c:?} in the log:\n{log:?}");
+        }
+        let escaped = "\\x1b[2K\\x1b]0;owned\\x07FAKE\\x0bline\\x0c\\u{85}\\u{2028}\\u{202e}x";
+        match format {
+            "text" => {
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains(escaped)).collect();
+                assert!(lines.len() >= 2, "the name is logged, escaped:\n{log}");
+            }
+            _ => {
+                // Decoded JSON strings hold no forging character either (serde_json writes
+                // NEL, U+2028 and bidi controls raw, and a log viewer decodes `\u001b`).
+                let mut shown = 0;
+                for line in log.lines().filter(|l| l.starts_with('{')) {
+                    let event: serde_json::Value = serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                    let text = event.to_string();
+                    let decoded = strings(&event).join(" ");
+                    for c in FORGING {
+                        assert!(!decoded.contains(c), "raw {c:?} in {text}");
+                    }
+                    if decoded.contains(escaped) {
+                        shown += 1;
+                    }
+                }
+                assert!(shown >= 2, "the name is logged, escaped:\n{log}");
+            }
+        }
+    }
+}
+
+/// Every string inside a JSON value.
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(a) => a.iter().flat_map(strings).collect(),
+        serde_json::Value::Object(o) => o.values().flat_map(strings).collect(),
+        _ => Vec::new(),
+    }
 }

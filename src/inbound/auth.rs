@@ -11,8 +11,8 @@
 //!
 //! Passwords are compared in constant time (BLAKE3 digests, whose equality is constant-time, so
 //! neither content nor length leaks through timing), and never logged. A failed attempt is
-//! logged with the source; its user name only when it is a configured one: an unknown name is
-//! often a password typed (or configured) in the wrong field.
+//! logged with the source and the client's EHLO name; its user name only when it is a configured
+//! one: an unknown name is often a password typed (or configured) in the wrong field.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -175,6 +175,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         tracing::info!(
             peer = %self.st.peer,
             user = %escaped(if known { name.as_str() } else { "(not a configured user)" }),
+            helo = %self.st.helo_for_log(),
             failures = self.st.auth_failures,
             "AUTH failed"
         );

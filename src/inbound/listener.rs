@@ -129,14 +129,14 @@ pub(crate) async fn connection<S: Stream, A: Acceptor>(
         Err(e) => (Err(e), session.st),
     };
     let elapsed_ms = opened.elapsed().as_millis() as u64;
-    let messages = st.messages;
+    let (messages, helo) = (st.messages, st.helo_for_log());
     match result {
         Ok(()) => {
-            tracing::info!(peer = %peer, messages, elapsed_ms, "inbound connection closed")
+            tracing::info!(peer = %peer, %helo, messages, elapsed_ms, "inbound connection closed")
         }
         Err(e) => {
             let error = redactor.text(&e);
-            tracing::info!(peer = %peer, messages, elapsed_ms, %error, "inbound connection closed")
+            tracing::info!(peer = %peer, %helo, messages, elapsed_ms, %error, "inbound connection closed")
         }
     }
 }

@@ -26,6 +26,7 @@ use super::admission::{Admission, Ticket};
 pub(super) use super::rejection::Rejection;
 use super::replies::{self, Fixed};
 use super::{Acceptor, InboundError, InboundSettings};
+use crate::observe::log::escaped;
 use crate::observe::{Metrics, Redactor};
 use crate::reply::Reply;
 
@@ -188,6 +189,11 @@ impl State {
     pub fn trust(&mut self) {
         self.ticket.trust();
         self.auth_deadline = None;
+    }
+
+    /// The EHLO/HELO name for a log line: client text, so control characters are escaped.
+    pub fn helo_for_log(&self) -> impl std::fmt::Display + '_ {
+        escaped(self.helo.as_deref().unwrap_or(""))
     }
 
     /// `deadline`, or the outsider's AUTH deadline when that comes first; and which it is.
@@ -406,6 +412,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                 self.count(Rejection::UnauthenticatedTimeout);
                 tracing::info!(
                     peer = %self.st.peer,
+                    helo = %self.st.helo_for_log(),
                     tls = self.st.tls,
                     "inbound connection closed: not authenticated in time"
                 );

@@ -89,6 +89,7 @@ pub(super) async fn upgrade<S: Stream, A: Acceptor>(
                     .inc();
                 tracing::info!(
                     peer = %state.peer,
+                    helo = %state.helo_for_log(),
                     "inbound connection closed: not authenticated in time (TLS handshake)"
                 );
             }
