@@ -21,6 +21,10 @@ use tokio::task::JoinSet;
 
 use support::*;
 
+/// These tests run one at a time: the 1 s the app is given must not be eaten by another test's
+/// 300 TLS handshakes on a 2-core machine, and the fd counts stay those of one test.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const APP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const OUTSIDER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
@@ -166,6 +170,7 @@ struct Setup {
     relay: RelayProc,
     pki: TestPki,
     _work: tempfile::TempDir,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 async fn start(server: &str, access: &str) -> Setup {
@@ -173,6 +178,7 @@ async fn start(server: &str, access: &str) -> Setup {
 }
 
 async fn start_with(server: &str, access: &str, rest: &str) -> Setup {
+    let turn = ONE_AT_A_TIME.lock().await;
     raise_fd_limit(4096);
     let work = tempfile::tempdir().unwrap();
     let pki = make_pki(work.path(), "inbound", &["localhost"]);
@@ -183,6 +189,7 @@ async fn start_with(server: &str, access: &str, rest: &str) -> Setup {
         relay,
         pki,
         _work: work,
+        _turn: turn,
     }
 }
 
