@@ -24,7 +24,7 @@ pub use shaping::{
     ClusterConfig, DEFAULT_REPLICAS, MxConfig, ProviderConfig, ReplyPattern, ShapingAction,
     ShapingConfig, ShapingRule,
 };
-pub use values::Secret;
+pub use values::{FailureBudget, Secret};
 use values::{Problems, duration, size};
 
 /// Everything the relay needs, validated.
@@ -60,8 +60,30 @@ pub struct ServerConfig {
     pub command_timeout: Duration,
     /// Longest command line accepted (RFC 5321 minimum is 512 octets incl. CRLF).
     pub max_line_length: usize,
+    /// Connections one source (an IPv4 address, an IPv6 /64) outside `access.networks` may
+    /// hold until they authenticate: one address cannot take every slot.
+    pub max_connections_per_source: usize,
+    /// Slots outsiders that have not authenticated never get (they may hold at most
+    /// `max_connections - reserved_connections`), so clients in `access.networks` always can.
+    pub reserved_connections: usize,
+    /// Time an outsider has, from the greeting, to authenticate (EHLO, STARTTLS handshake,
+    /// AUTH); then `421 4.7.0`. A client in `access.networks` is never held to it.
+    pub unauthenticated_timeout: Duration,
     pub tls: Option<InboundTlsConfig>,
 }
+
+/// Defaults of the admission limits, named so tests and docs refer to one value.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 100;
+pub const DEFAULT_UNAUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_AUTH_FAILURES_PER_SOURCE: FailureBudget = FailureBudget {
+    count: 20,
+    period: Duration::from_secs(600),
+};
+pub const DEFAULT_AUTH_FAILURES_TOTAL: FailureBudget = FailureBudget {
+    count: 600,
+    period: Duration::from_secs(600),
+};
+pub const DEFAULT_AUTH_BAN: Duration = Duration::from_secs(900);
 
 #[derive(Debug, Clone)]
 pub struct InboundTlsConfig {
@@ -76,6 +98,13 @@ pub struct AccessConfig {
     /// Clients in these networks may relay without AUTH.
     pub networks: Vec<IpNet>,
     pub users: Vec<User>,
+    /// Failed AUTH attempts one source may make (token bucket); when it is empty the source is
+    /// banned from AUTH for `auth_ban`.
+    pub auth_failures_per_source: FailureBudget,
+    /// Failed AUTH attempts of all sources together; when it is empty AUTH is refused until it
+    /// refills (a guessing fleet spread over many addresses).
+    pub auth_failures_total: FailureBudget,
+    pub auth_ban: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +370,28 @@ fn deserialize_at<T: DeserializeOwned>(
 
 fn validate_server(raw: raw::RawServer, p: &mut Problems) -> ServerConfig {
     let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:2525");
+    let max_connections = p.positive("server.max_connections", raw.max_connections, 1024);
+    let reserved_connections = match raw.reserved_connections {
+        Some(n) if n as usize > max_connections => {
+            p.push(
+                "server.reserved_connections",
+                format!("must not exceed server.max_connections ({max_connections})"),
+            );
+            max_connections / 10
+        }
+        Some(n) => n as usize,
+        None => max_connections / 10,
+    };
+    let unauthenticated_timeout = raw
+        .unauthenticated_timeout
+        .and_then(|d| duration(&d, "server.unauthenticated_timeout", p))
+        .unwrap_or(DEFAULT_UNAUTHENTICATED_TIMEOUT);
+    if unauthenticated_timeout.is_zero() {
+        p.push(
+            "server.unauthenticated_timeout",
+            "must be greater than zero",
+        );
+    }
     ServerConfig {
         listen: p
             .socket_addr("server.listen", listen)
@@ -358,7 +409,7 @@ fn validate_server(raw: raw::RawServer, p: &mut Problems) -> ServerConfig {
             .and_then(|s| size(&s, "server.max_message_size", p))
             .unwrap_or(26_214_400),
         max_recipients: p.positive("server.max_recipients", raw.max_recipients, 1000),
-        max_connections: p.positive("server.max_connections", raw.max_connections, 1024),
+        max_connections,
         command_timeout: raw
             .command_timeout
             .and_then(|d| duration(&d, "server.command_timeout", p))
@@ -374,6 +425,13 @@ fn validate_server(raw: raw::RawServer, p: &mut Problems) -> ServerConfig {
             Some(n) => n as usize,
             None => 4096,
         },
+        max_connections_per_source: p.positive(
+            "server.max_connections_per_source",
+            raw.max_connections_per_source,
+            DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+        ),
+        reserved_connections,
+        unauthenticated_timeout,
         tls: raw.tls.and_then(|t| {
             let cert = p.required("server.tls.cert", t.cert).map(PathBuf::from);
             let key = p.required("server.tls.key", t.key).map(PathBuf::from);
@@ -428,7 +486,30 @@ fn validate_access(raw: raw::RawAccess, p: &mut Problems) -> AccessConfig {
             users.push(User { name, password });
         }
     }
-    AccessConfig { networks, users }
+    let auth_failures_per_source = p.budget(
+        "access.auth_failures_per_source",
+        raw.auth_failures_per_source.as_deref(),
+        DEFAULT_AUTH_FAILURES_PER_SOURCE,
+    );
+    let auth_failures_total = p.budget(
+        "access.auth_failures_total",
+        raw.auth_failures_total.as_deref(),
+        DEFAULT_AUTH_FAILURES_TOTAL,
+    );
+    let auth_ban = raw
+        .auth_ban
+        .and_then(|d| duration(&d, "access.auth_ban", p))
+        .unwrap_or(DEFAULT_AUTH_BAN);
+    if auth_ban.is_zero() {
+        p.push("access.auth_ban", "must be greater than zero");
+    }
+    AccessConfig {
+        networks,
+        users,
+        auth_failures_per_source,
+        auth_failures_total,
+        auth_ban,
+    }
 }
 
 fn validate_privacy(raw: raw::RawPrivacy, p: &mut Problems) -> PrivacyConfig {

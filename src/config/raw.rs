@@ -29,6 +29,9 @@ pub struct RawServer {
     pub max_connections: Option<u64>,
     pub command_timeout: Option<RawDuration>,
     pub max_line_length: Option<u64>,
+    pub max_connections_per_source: Option<u64>,
+    pub reserved_connections: Option<u64>,
+    pub unauthenticated_timeout: Option<RawDuration>,
     pub tls: Option<RawServerTls>,
 }
 
@@ -45,6 +48,9 @@ pub struct RawServerTls {
 #[serde(deny_unknown_fields)]
 pub struct RawAccess {
     pub networks: Option<Vec<String>>,
+    pub auth_failures_per_source: Option<String>,
+    pub auth_failures_total: Option<String>,
+    pub auth_ban: Option<RawDuration>,
     #[serde(default)]
     pub users: Vec<RawUser>,
 }

@@ -115,3 +115,59 @@ fn the_shipped_default_config_is_valid() {
     assert!(c.server.listen.ip().is_loopback());
     assert!(matches!(c.upstreams[0].kind, UpstreamKind::Dir { .. }));
 }
+
+#[test]
+fn admission_limits_have_documented_defaults() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(c.server.max_connections_per_source, 100);
+    assert_eq!(
+        c.server.reserved_connections, 102,
+        "a tenth of max_connections"
+    );
+    assert_eq!(c.server.unauthenticated_timeout, Duration::from_secs(30));
+    assert_eq!(c.access.auth_failures_per_source.to_string(), "20/10m");
+    assert_eq!(c.access.auth_failures_total.to_string(), "600/10m");
+    assert_eq!(c.access.auth_ban, Duration::from_secs(900));
+    let c = Config::from_toml(&format!(
+        "[server]\nmax_connections = 8\nmax_connections_per_source = 3\nreserved_connections = 8\nunauthenticated_timeout = \"10s\"\n[access]\nauth_failures_per_source = \"5/m\"\nauth_failures_total = \"50/1h\"\nauth_ban = \"1h\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.server.max_connections_per_source, 3);
+    assert_eq!(c.server.reserved_connections, 8);
+    assert_eq!(c.server.unauthenticated_timeout, Duration::from_secs(10));
+    assert_eq!(c.access.auth_failures_per_source.count, 5);
+    assert_eq!(
+        c.access.auth_failures_total.period,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(c.access.auth_ban, Duration::from_secs(3600));
+}
+
+#[test]
+fn bad_admission_limits_are_reported_with_their_key_paths() {
+    let text = format!(
+        r#"
+[server]
+max_connections = 10
+max_connections_per_source = 0
+reserved_connections = 11
+unauthenticated_timeout = "0s"
+[access]
+auth_failures_per_source = "many"
+auth_failures_total = "0/1m"
+auth_ban = 0
+{MINIMAL}"#
+    );
+    let err = Config::from_toml(&text).unwrap_err();
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    for expected in [
+        "server.max_connections_per_source",
+        "server.reserved_connections",
+        "server.unauthenticated_timeout",
+        "access.auth_failures_per_source",
+        "access.auth_failures_total",
+        "access.auth_ban",
+    ] {
+        assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+    }
+}

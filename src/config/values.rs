@@ -30,6 +30,60 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A budget of failures as operators write it: `"20/10m"` is at most 20 in a row, refilled
+/// evenly over ten minutes (one every 30 s): a token bucket whose size is the count and whose
+/// refill rate is count/period. Parsed when the config loads; printed back the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureBudget {
+    /// The bucket size: failures allowed back to back.
+    pub count: u32,
+    /// The time in which a full bucket refills.
+    pub period: Duration,
+}
+
+impl FailureBudget {
+    /// Time to earn back one failure.
+    pub fn refill_interval(&self) -> Duration {
+        self.period / self.count.max(1)
+    }
+}
+
+impl std::str::FromStr for FailureBudget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let shape = || format!("{text:?} is not a budget such as \"20/10m\" (failures/period)");
+        let (count, period) = text.split_once('/').ok_or_else(shape)?;
+        let count: u32 = count.trim().parse().map_err(|_| shape())?;
+        let period = period.trim();
+        // "20/m" means "20/1m".
+        let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
+            humantime::parse_duration(period)
+        } else {
+            humantime::parse_duration(&format!("1{period}"))
+        }
+        .map_err(|_| shape())?;
+        if count == 0 {
+            return Err("the count must be at least 1".into());
+        }
+        if period < Duration::from_secs(1) {
+            return Err("the period must be at least 1s".into());
+        }
+        Ok(FailureBudget { count, period })
+    }
+}
+
+impl fmt::Display for FailureBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.count,
+            humantime::format_duration(self.period)
+        )
+    }
+}
+
 /// Collects problems found while validating, each with its key path.
 #[derive(Default)]
 pub(super) struct Problems(Vec<ConfigProblem>);
@@ -65,6 +119,23 @@ impl Problems {
             }
             Some(n) => n as usize,
             None => default,
+        }
+    }
+
+    /// Parses an optional `"N/period"` budget, reporting a bad one at `path`.
+    pub fn budget(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        default: FailureBudget,
+    ) -> FailureBudget {
+        match value.map(str::parse::<FailureBudget>) {
+            None => default,
+            Some(Ok(budget)) => budget,
+            Some(Err(message)) => {
+                self.push(path, message);
+                default
+            }
         }
     }
 
@@ -177,4 +248,38 @@ pub(super) fn size(raw: &RawSize, path: &str, p: &mut Problems) -> Option<u64> {
         return None;
     }
     Some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_budgets_parse_print_and_parse_again() {
+        for (text, count, secs, printed) in [
+            ("20/10m", 20, 600, "20/10m"),
+            ("5/m", 5, 60, "5/1m"),
+            (" 600 / 1h ", 600, 3600, "600/1h"),
+            ("1/90s", 1, 90, "1m 30s"),
+        ] {
+            let b: FailureBudget = text.parse().unwrap();
+            assert_eq!(
+                (b.count, b.period),
+                (count, Duration::from_secs(secs)),
+                "{text}"
+            );
+            let shown = b.to_string();
+            assert!(shown.ends_with(printed), "{text} printed as {shown}");
+            assert_eq!(shown.parse::<FailureBudget>().unwrap(), b, "{shown}");
+        }
+        assert_eq!(
+            "20/10m".parse::<FailureBudget>().unwrap().refill_interval(),
+            Duration::from_secs(30)
+        );
+        for bad in [
+            "", "20", "x/10m", "20/soon", "0/10m", "20/0s", "20/500ms", "-1/m",
+        ] {
+            assert!(bad.parse::<FailureBudget>().is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -59,9 +59,18 @@ pub fn session(data: &[u8]) {
             max_connections: 1,
             command_timeout: Duration::from_secs(5),
             max_line_length: 512,
+            max_connections_per_source: 1,
+            reserved_connections: 0,
+            unauthenticated_timeout: Duration::from_secs(5),
             tls: None,
         },
-        access: AccessConfig { networks, users },
+        access: AccessConfig {
+            networks,
+            users,
+            auth_failures_per_source: crate::config::DEFAULT_AUTH_FAILURES_PER_SOURCE,
+            auth_failures_total: crate::config::DEFAULT_AUTH_FAILURES_TOTAL,
+            auth_ban: crate::config::DEFAULT_AUTH_BAN,
+        },
     };
     let replies = RUNTIME.with(|runtime| {
         runtime.block_on(crate::inbound::fuzz::session(

@@ -32,17 +32,23 @@ pub(super) fn relay(
     }
 }
 
-/// An IPv4 client on a dual-stack socket shows up as `::ffff:a.b.c.d`; it is matched as the
-/// IPv4 address so `127.0.0.0/8` means what the operator wrote.
-fn in_networks(networks: &[IpNet], client: IpAddr) -> bool {
-    let client = match client {
+/// True when `client` may relay without AUTH. An IPv4 client on a dual-stack socket shows up
+/// as `::ffff:a.b.c.d`; it is matched as the IPv4 address so `127.0.0.0/8` means what the
+/// operator wrote.
+pub(super) fn in_networks(networks: &[IpNet], client: IpAddr) -> bool {
+    let client = canonical(client);
+    networks.iter().any(|n| n.contains(&client))
+}
+
+/// The address as the client would name it: an IPv4-mapped IPv6 address as IPv4.
+pub(super) fn canonical(client: IpAddr) -> IpAddr {
+    match client {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
-    };
-    networks.iter().any(|n| n.contains(&client))
+    }
 }
 
 #[cfg(test)]

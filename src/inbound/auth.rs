@@ -1,20 +1,29 @@
 //! AUTH PLAIN and LOGIN (RFC 4954), offered only under TLS so a password never crosses the
 //! network in clear text.
 //!
-//! Failed attempts are answered after a pause that grows with each failure (1 s, 2 s, ... by
-//! default) and the connection is closed with `421 4.7.0` after a few of them (3 by default),
-//! which makes guessing slow; a reconnecting guesser starts over but pays a TLS handshake. Passwords are compared in constant time (BLAKE3 digests,
-//! whose equality is constant-time, so neither content nor length leaks through timing), and
-//! never logged: not even the user name of a failed attempt, which is often a mistyped password.
+//! Guessing is slowed twice over:
+//! - per connection: a failed attempt is answered after a pause that grows with each failure
+//!   (1 s, 2 s, ... by default) and the connection is closed with `421 4.7.0` after a few of
+//!   them (3 by default);
+//! - per source and for the whole relay, across connections: the AUTH failure budget
+//!   (`auth_budget.rs`). A source that used its budget is banned for a while: its AUTH is
+//!   answered `421 4.7.0` before any password is checked, and the connection closes.
+//!
+//! Passwords are compared in constant time (BLAKE3 digests, whose equality is constant-time, so
+//! neither content nor length leaks through timing), and never logged. A failed attempt is
+//! logged with the source and the client's EHLO name; its user name only when it is a configured
+//! one: an unknown name is often a password typed (or configured) in the wrong field.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 
+use super::auth_budget::{Attempt, Gate};
 use super::replies;
 use super::session::{End, Flow, Input, Rejection, Session, Stream};
 use super::{Acceptor, InboundError};
 use crate::config::User;
+use crate::observe::log::escaped;
 
 /// One client answer in the AUTH exchange.
 enum Answer {
@@ -42,6 +51,11 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         }
         if self.st.tx.is_some() {
             return Ok(self.reject(Rejection::BadSequence, &replies::AUTH_IN_TRANSACTION));
+        }
+        // A banned source is refused before it sends a password, let alone has one checked.
+        let gate = self.ctx.admission.auth().gate(self.st.ticket.source());
+        if gate != Gate::Open {
+            return Ok(self.auth_refused(gate));
         }
         let credentials = match mechanism {
             AUTH_PLAIN => self.plain(&initial).await?,
@@ -124,16 +138,61 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         })
     }
 
+    /// Answers an AUTH the budget refuses (`421 4.7.0`, nothing checked) and closes.
+    fn auth_refused(&mut self, gate: Gate) -> Flow {
+        let (why, reply) = match gate {
+            Gate::Exhausted { .. } => (Rejection::AuthThrottled, &replies::AUTH_EXHAUSTED),
+            Gate::Banned { .. } | Gate::Open => (Rejection::AuthBanned, &replies::AUTH_BANNED),
+        };
+        self.reply(reply);
+        self.count(why);
+        tracing::debug!(peer = %self.st.peer, reason = why.reason(), "AUTH refused unchecked");
+        Flow::Close
+    }
+
     async fn verify(&mut self, name: String, password: &[u8]) -> Result<Flow, InboundError> {
-        if check(&self.ctx.settings.access.users, &name, password) {
-            tracing::info!(peer = %self.st.peer, user = %name, "AUTH succeeded");
-            self.st.user = Some(name);
-            self.reply(&replies::AUTH_OK);
-            return Ok(Flow::Continue);
-        }
+        let users = &self.ctx.settings.access.users;
+        let source = self.st.ticket.source();
+        let attempt = self
+            .ctx
+            .admission
+            .auth()
+            .attempt(source, || check(users, &name, password));
+        let (banned, exhausted) = match attempt {
+            Attempt::Succeeded => {
+                tracing::info!(peer = %self.st.peer, user = %escaped(&name), "AUTH succeeded");
+                self.st.user = Some(name);
+                self.st.trust();
+                self.reply(&replies::AUTH_OK);
+                return Ok(Flow::Continue);
+            }
+            Attempt::Refused(gate) => return Ok(self.auth_refused(gate)),
+            Attempt::Failed { banned, exhausted } => (banned, exhausted),
+        };
         self.st.auth_failures += 1;
         self.count(Rejection::AuthFailed);
-        tracing::info!(peer = %self.st.peer, failures = self.st.auth_failures, "AUTH failed");
+        let known = users.iter().any(|u| u.name == name);
+        tracing::info!(
+            peer = %self.st.peer,
+            user = %escaped(if known { name.as_str() } else { "(not a configured user)" }),
+            helo = %self.st.helo_for_log(),
+            failures = self.st.auth_failures,
+            "AUTH failed"
+        );
+        if let Some(ban) = banned {
+            tracing::warn!(
+                %source,
+                ban_secs = ban.as_secs(),
+                budget = %self.ctx.settings.access.auth_failures_per_source,
+                "AUTH failure budget of this source exhausted; AUTH refused to it until the ban ends"
+            );
+        }
+        if exhausted {
+            tracing::warn!(
+                budget = %self.ctx.settings.access.auth_failures_total,
+                "AUTH failure budget of the relay exhausted; AUTH refused to everybody until it refills"
+            );
+        }
         // Earlier replies go out now; only the 535 waits, longer after each failure.
         self.flush().await?;
         let delay = self
@@ -143,6 +202,10 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             .saturating_mul(self.st.auth_failures);
         tokio::time::sleep(delay).await;
         self.reply(&replies::AUTH_FAILED);
+        if banned.is_some() {
+            self.reply(&replies::AUTH_BANNED);
+            return Ok(Flow::Close);
+        }
         if self.st.auth_failures >= self.ctx.tuning.max_auth_failures {
             self.reply(&replies::TOO_MANY_AUTH_FAILURES);
             return Ok(Flow::Close);

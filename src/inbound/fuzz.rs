@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::admission::Admission;
 use super::session::{Context, Session, Tuning};
 use super::{Acceptor, InboundSettings};
 use crate::observe::{Metrics, Redactor};
@@ -24,6 +25,7 @@ pub async fn session<A: Acceptor>(
     acceptor: Arc<A>,
     pretend_tls: bool,
 ) -> Vec<u8> {
+    let admission = Admission::new(&settings);
     let ctx = Arc::new(Context {
         settings: Arc::new(settings),
         acceptor,
@@ -37,11 +39,15 @@ pub async fn session<A: Acceptor>(
             auth_failure_delay: Duration::ZERO,
             ..Tuning::default()
         },
+        admission,
     });
     let (client, server) = tokio::io::duplex(64 * 1024);
     let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
     let server_task = async move {
-        let mut session = Session::new(server, peer, ctx);
+        let Ok(ticket) = ctx.admission.admit(peer.ip(), &ctx.settings) else {
+            return;
+        };
+        let mut session = Session::new(server, peer, ctx, ticket);
         session.st.tls = pretend_tls;
         session.greet();
         let _ = session.run().await;

@@ -1,8 +1,9 @@
-//! The accept loop (connection cap, one tracked task per session, graceful shutdown) and the
+//! The accept loop (admission, one tracked task per session, graceful shutdown) and the
 //! per-connection driver that runs a session from greeting to close.
 //!
-//! When full, a new connection is told `421 4.3.2` and closed at once rather than queued in
-//! the kernel backlog: backpressure the client can see and retry on.
+//! A connection that gets no slot (`admission.rs`: full, outsiders' slots taken, too many from
+//! its address, banned from AUTH) is told `421` and closed at once rather than queued in the
+//! kernel backlog: backpressure the client can see and retry on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::Acceptor;
+use super::admission::{Refusal, Ticket};
 use super::live::LiveInbound;
-use super::replies;
-use super::session::{Context, Flow, Rejection, Session, Stream};
+use super::replies::Fixed;
+use super::session::{Context, Flow, Session, Stream};
 
 /// Longest we spend telling a refused client that we are full.
 const REFUSAL_WRITE_LIMIT: Duration = Duration::from_secs(5);
@@ -24,16 +25,15 @@ const REFUSAL_WRITE_LIMIT: Duration = Duration::from_secs(5);
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Accepts until shutdown. With `live`, every accepted connection gets the settings snapshot
-/// current at that moment (a reload takes effect for new sessions; open ones keep theirs), and a
-/// changed `max_connections` resizes the connection cap.
+/// current at that moment (a reload takes effect for new sessions; open ones keep theirs), and
+/// the admission limits of that snapshot: a lowered cap refuses new connections until enough
+/// open ones end (their slots are not revoked).
 pub(super) async fn run<A: Acceptor>(
     listener: TcpListener,
     mut ctx: Arc<Context<A>>,
     live: Option<LiveInbound>,
 ) -> std::io::Result<()> {
     let sessions = TaskTracker::new();
-    let mut cap = ctx.settings.server.max_connections;
-    let slots = Arc::new(Semaphore::new(cap));
     let mut current = live.as_ref().map(LiveInbound::snapshot);
     loop {
         let accepted = tokio::select! {
@@ -54,25 +54,33 @@ pub(super) async fn run<A: Acceptor>(
             let now = live.snapshot();
             if !Arc::ptr_eq(&now, seen) {
                 ctx = Arc::new(ctx.with_snapshot(&now));
-                cap = resize(&slots, cap, now.settings.server.max_connections);
+                ctx.admission.configure(&now.settings);
                 *seen = now;
             }
         }
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match ctx.admission.admit(peer.ip(), &ctx.settings) {
+            Ok(ticket) => {
                 let ctx = ctx.clone();
-                sessions.spawn(async move {
-                    connection(stream, peer, ctx).await;
-                    drop(permit);
-                });
+                sessions.spawn(connection(stream, peer, ctx, ticket));
             }
-            Err(_) => {
+            Err(refusal) => {
+                let reason = refusal.rejection().reason();
                 ctx.metrics
                     .inbound_rejections
-                    .with_label_values(&[Rejection::TooManyConnections.reason()])
+                    .with_label_values(&[reason])
                     .inc();
-                tracing::info!(peer = %peer, "inbound connection refused: too many connections");
-                sessions.spawn(refuse(stream));
+                match refusal {
+                    // Capacity: worth an operator's attention.
+                    Refusal::Full => {
+                        tracing::info!(peer = %peer, "inbound connection refused: too many connections")
+                    }
+                    // Driven by outsiders (one line per connection of a flood would flood the
+                    // log); counted in the metric, and a ban is logged once when it starts.
+                    Refusal::OutsidersFull | Refusal::SourceFull | Refusal::AuthBanned => {
+                        tracing::debug!(peer = %peer, reason, "inbound connection refused")
+                    }
+                }
+                sessions.spawn(refuse(stream, refusal.reply()));
             }
         }
     }
@@ -87,28 +95,9 @@ pub(super) async fn run<A: Acceptor>(
     Ok(())
 }
 
-/// Moves the connection cap from `old` to `new` and returns `new`. Lowering it removes free
-/// slots at once and the rest as open sessions end (their slots are not revoked).
-fn resize(slots: &Arc<Semaphore>, old: usize, new: usize) -> usize {
-    if new > old {
-        slots.add_permits(new - old);
-    } else if new < old {
-        let rest = (old - new) - slots.forget_permits(old - new);
-        if rest > 0 {
-            let slots = slots.clone();
-            tokio::spawn(async move {
-                if let Ok(permits) = slots.acquire_many_owned(rest as u32).await {
-                    permits.forget();
-                }
-            });
-        }
-    }
-    new
-}
-
-async fn refuse(mut stream: TcpStream) {
+async fn refuse(mut stream: TcpStream, why: &'static Fixed) {
     let mut reply = Vec::new();
-    replies::TOO_MANY_CONNECTIONS.write_to(&mut reply);
+    why.write_to(&mut reply);
     let _ = tokio::time::timeout(REFUSAL_WRITE_LIMIT, async {
         stream.write_all(&reply).await?;
         stream.shutdown().await
@@ -117,11 +106,13 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 /// Runs one connection from greeting to close, including a STARTTLS upgrade, and logs its
-/// opening and closing. Generic over the stream so tests drive it over `tokio::io::duplex`.
+/// opening and closing; its slot (`ticket`) is released when it ends. Generic over the stream
+/// so tests drive it over `tokio::io::duplex`.
 pub(crate) async fn connection<S: Stream, A: Acceptor>(
     stream: S,
     peer: SocketAddr,
     ctx: Arc<Context<A>>,
+    ticket: Ticket,
 ) {
     let opened = Instant::now();
     let gauge = ctx.metrics.inbound_connections.clone();
@@ -130,21 +121,22 @@ pub(crate) async fn connection<S: Stream, A: Acceptor>(
     tracing::info!(peer = %peer, "inbound connection opened");
 
     let redactor = ctx.redactor.clone();
-    let mut session = Session::new(stream, peer, ctx);
+    let mut session = Session::new(stream, peer, ctx, ticket);
     session.greet();
-    let (result, messages) = match session.run().await {
+    let (result, st) = match session.run().await {
         Ok(Flow::StartTls) => super::tls::upgrade(session).await,
-        Ok(_) => (Ok(()), session.st.messages),
-        Err(e) => (Err(e), session.st.messages),
+        Ok(_) => (Ok(()), session.st),
+        Err(e) => (Err(e), session.st),
     };
     let elapsed_ms = opened.elapsed().as_millis() as u64;
+    let (messages, helo) = (st.messages, st.helo_for_log());
     match result {
         Ok(()) => {
-            tracing::info!(peer = %peer, messages, elapsed_ms, "inbound connection closed")
+            tracing::info!(peer = %peer, %helo, messages, elapsed_ms, "inbound connection closed")
         }
         Err(e) => {
             let error = redactor.text(&e);
-            tracing::info!(peer = %peer, messages, elapsed_ms, %error, "inbound connection closed")
+            tracing::info!(peer = %peer, %helo, messages, elapsed_ms, %error, "inbound connection closed")
         }
     }
 }

@@ -5,8 +5,12 @@
 //! [`Verdict`] becomes the reply to end of DATA.
 //!
 //! Layout (one file per concern, protocol code free of I/O where it can be):
-//! - `listener.rs`: accept loop, connection cap (`421 4.3.2`), shutdown and session tracking,
-//!   and the per-connection driver (greeting, STARTTLS upgrade, open/close log lines).
+//! - `listener.rs`: accept loop, shutdown and session tracking, and the per-connection driver
+//!   (greeting, STARTTLS upgrade, open/close log lines).
+//! - `admission.rs`: who gets a slot: `max_connections`, slots reserved for clients in
+//!   `access.networks`, a cap per source address; the outsider's AUTH deadline starts there.
+//! - `auth_budget.rs`: AUTH failures budgeted per source and for the relay (token buckets),
+//!   with a temporary ban.
 //! - `session.rs`: per-connection state, the read/write buffers, the command loop, limits.
 //! - `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `auth.rs`: one file per SMTP verb.
 //! - `path.rs`: the MAIL/RCPT address as stored (RFC 5321 form, quoted local parts kept).
@@ -15,10 +19,13 @@
 //! - `tls.rs`: building the rustls acceptor and the STARTTLS upgrade of a session.
 //! - `live.rs`: the settings snapshot a reload replaces; each session keeps the one it began with.
 //! - `access.rs`: who may relay (networks or AUTH); never an open relay.
-//! - `replies.rs`: every fixed reply the listener sends, in one place.
+//! - `replies.rs`: every fixed reply the listener sends, in one place; `rejection.rs`: why,
+//!   as the bounded `reason` label of `mailveil_inbound_rejections_total`.
 
 mod access;
+mod admission;
 mod auth;
+mod auth_budget;
 mod data;
 mod dot;
 mod ehlo;
@@ -29,6 +36,7 @@ mod live;
 mod mail;
 mod path;
 mod rcpt;
+mod rejection;
 mod replies;
 mod session;
 pub mod tls;
@@ -53,7 +61,10 @@ pub use live::{LiveInbound, Snapshot};
 
 /// Every `reason` label of `mailveil_inbound_rejections_total` the listener can use.
 pub fn rejection_reasons() -> Vec<&'static str> {
-    session::Rejection::ALL.iter().map(|r| r.reason()).collect()
+    rejection::Rejection::ALL
+        .iter()
+        .map(|r| r.reason())
+        .collect()
 }
 
 /// One complete inbound transaction at end of DATA.
@@ -161,6 +172,7 @@ pub async fn serve_live<A: Acceptor>(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let snapshot = live.snapshot();
+    let admission = admission::Admission::new(&snapshot.settings);
     let ctx = session::Context {
         settings: snapshot.settings.clone(),
         acceptor,
@@ -169,6 +181,7 @@ pub async fn serve_live<A: Acceptor>(
         shutdown,
         tls: snapshot.tls.clone(),
         tuning: session::Tuning::default(),
+        admission,
     };
     listener::run(listener, Arc::new(ctx), Some(live)).await
 }

@@ -102,6 +102,20 @@ pub(super) const TOO_MANY_AUTH_FAILURES: Fixed =
 pub(super) const TIMEOUT: Fixed = Fixed::new(421, "4.4.2", "timeout, closing");
 pub(super) const SHUTTING_DOWN: Fixed = Fixed::new(421, "4.3.2", "shutting down");
 pub(super) const TOO_MANY_CONNECTIONS: Fixed = Fixed::new(421, "4.3.2", "too many connections");
+pub(super) const TOO_MANY_SOURCE_CONNECTIONS: Fixed =
+    Fixed::new(421, "4.7.0", "too many connections from your address");
+pub(super) const NOT_AUTHENTICATED_IN_TIME: Fixed =
+    Fixed::new(421, "4.7.0", "not authenticated in time, closing");
+pub(super) const AUTH_BANNED: Fixed = Fixed::new(
+    421,
+    "4.7.0",
+    "too many authentication failures from your address, try again later",
+);
+pub(super) const AUTH_EXHAUSTED: Fixed = Fixed::new(
+    421,
+    "4.7.0",
+    "too many authentication failures, try again later",
+);
 
 #[cfg(test)]
 mod tests {

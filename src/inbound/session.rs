@@ -22,8 +22,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Admission, Ticket};
+pub(super) use super::rejection::Rejection;
 use super::replies::{self, Fixed};
 use super::{Acceptor, InboundError, InboundSettings};
+use crate::observe::log::escaped;
 use crate::observe::{Metrics, Redactor};
 use crate::reply::Reply;
 
@@ -66,6 +69,8 @@ pub(crate) struct Context<A> {
     /// Present when `server.tls` is configured: STARTTLS is offered.
     pub tls: Option<TlsAcceptor>,
     pub tuning: Tuning,
+    /// Connection slots and the AUTH failure budget; one for the listener's lifetime.
+    pub admission: Arc<Admission>,
 }
 
 impl<A> Context<A> {
@@ -79,6 +84,7 @@ impl<A> Context<A> {
             shutdown: self.shutdown.clone(),
             tls: snapshot.tls.clone(),
             tuning: self.tuning.clone(),
+            admission: self.admission.clone(),
         }
     }
 }
@@ -97,91 +103,6 @@ pub(super) struct Draft {
     pub declared_size: usize,
 }
 
-/// Why a command was refused; the word is the `reason` label of
-/// `mailveil_inbound_rejections_total`, a fixed set so the metric's cardinality is bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Rejection {
-    Syntax,
-    UnknownCommand,
-    BadSequence,
-    NotImplemented,
-    LineTooLong,
-    RelayDenied,
-    TlsRequired,
-    EncryptionRequired,
-    AuthFailed,
-    Size,
-    /// The message itself cannot be relayed as it is (a NUL byte).
-    Malformed,
-    TooManyRecipients,
-    TooManyErrors,
-    TooManyConnections,
-    Timeout,
-}
-
-impl Rejection {
-    /// Every rejection, so metrics can create each `reason` series at zero.
-    pub const ALL: [Rejection; 15] = [
-        Rejection::Syntax,
-        Rejection::UnknownCommand,
-        Rejection::BadSequence,
-        Rejection::NotImplemented,
-        Rejection::LineTooLong,
-        Rejection::RelayDenied,
-        Rejection::TlsRequired,
-        Rejection::EncryptionRequired,
-        Rejection::AuthFailed,
-        Rejection::Size,
-        Rejection::Malformed,
-        Rejection::TooManyRecipients,
-        Rejection::TooManyErrors,
-        Rejection::TooManyConnections,
-        Rejection::Timeout,
-    ];
-
-    pub fn reason(self) -> &'static str {
-        match self {
-            Rejection::Syntax => "syntax",
-            Rejection::UnknownCommand => "unknown_command",
-            Rejection::BadSequence => "bad_sequence",
-            Rejection::NotImplemented => "not_implemented",
-            Rejection::LineTooLong => "line_too_long",
-            Rejection::RelayDenied => "relay_denied",
-            Rejection::TlsRequired => "tls_required",
-            Rejection::EncryptionRequired => "encryption_required",
-            Rejection::AuthFailed => "auth_failed",
-            Rejection::Size => "size",
-            Rejection::Malformed => "malformed",
-            Rejection::TooManyRecipients => "too_many_recipients",
-            Rejection::TooManyErrors => "too_many_errors",
-            Rejection::TooManyConnections => "too_many_connections",
-            Rejection::Timeout => "timeout",
-        }
-    }
-
-    /// Client mistakes count towards `max_errors`; limits a well-behaved client can hit in
-    /// normal use (size, recipients) and AUTH failures (counted on their own) do not.
-    fn is_client_error(self) -> bool {
-        match self {
-            Rejection::Syntax
-            | Rejection::UnknownCommand
-            | Rejection::BadSequence
-            | Rejection::NotImplemented
-            | Rejection::LineTooLong
-            | Rejection::RelayDenied
-            | Rejection::TlsRequired
-            | Rejection::EncryptionRequired => true,
-            Rejection::AuthFailed
-            | Rejection::Size
-            | Rejection::Malformed
-            | Rejection::TooManyRecipients
-            | Rejection::TooManyErrors
-            | Rejection::TooManyConnections
-            | Rejection::Timeout => false,
-        }
-    }
-}
-
 /// What the command loop does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Flow {
@@ -196,6 +117,8 @@ pub(super) enum Flow {
 pub(super) enum End {
     Eof,
     TimedOut,
+    /// An outsider reached `unauthenticated_timeout` without authenticating.
+    NotAuthenticated,
     Shutdown,
 }
 
@@ -216,6 +139,11 @@ pub(super) struct State {
     pub errors: u32,
     pub auth_failures: u32,
     pub messages: u32,
+    /// This connection's slot (see `admission.rs`).
+    pub ticket: Ticket,
+    /// When an outsider must have authenticated; `None` once it has, and for clients in
+    /// `access.networks`.
+    pub auth_deadline: Option<Instant>,
     rbuf: Vec<u8>,
     rpos: usize,
     /// Inside an over-long line: drop bytes up to the next LF.
@@ -225,7 +153,7 @@ pub(super) struct State {
 }
 
 impl State {
-    fn new(peer: SocketAddr) -> Self {
+    fn new(peer: SocketAddr, ticket: Ticket, auth_deadline: Option<Instant>) -> Self {
         State {
             peer,
             helo: None,
@@ -235,6 +163,8 @@ impl State {
             errors: 0,
             auth_failures: 0,
             messages: 0,
+            ticket,
+            auth_deadline,
             rbuf: Vec::with_capacity(READ_CHUNK),
             rpos: 0,
             discarding: false,
@@ -253,6 +183,25 @@ impl State {
         self.rpos = 0;
         self.discarding = false;
         self
+    }
+
+    /// The client authenticated: no deadline, no longer an outsider.
+    pub fn trust(&mut self) {
+        self.ticket.trust();
+        self.auth_deadline = None;
+    }
+
+    /// The EHLO/HELO name for a log line: client text, so control characters are escaped.
+    pub fn helo_for_log(&self) -> impl std::fmt::Display + '_ {
+        escaped(self.helo.as_deref().unwrap_or(""))
+    }
+
+    /// `deadline`, or the outsider's AUTH deadline when that comes first; and which it is.
+    pub fn limit(&self, deadline: Instant) -> (Instant, End) {
+        match self.auth_deadline {
+            Some(auth) if auth <= deadline => (auth, End::NotAuthenticated),
+            _ => (deadline, End::TimedOut),
+        }
     }
 
     /// Drops every byte the client sent that was not processed yet; returns how many.
@@ -327,11 +276,15 @@ pub(super) struct Session<S, A> {
 }
 
 impl<S: Stream, A: Acceptor> Session<S, A> {
-    pub fn new(stream: S, peer: SocketAddr, ctx: Arc<Context<A>>) -> Self {
+    /// A session in the slot `ticket`; an outsider's AUTH deadline starts now (the greeting).
+    pub fn new(stream: S, peer: SocketAddr, ctx: Arc<Context<A>>, ticket: Ticket) -> Self {
+        let auth_deadline = ticket
+            .is_outsider()
+            .then(|| Instant::now() + ctx.settings.server.unauthenticated_timeout);
         Session {
             stream,
             ctx,
-            st: State::new(peer),
+            st: State::new(peer, ticket, auth_deadline),
         }
     }
 
@@ -385,12 +338,14 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         if self.st.wbuf.is_empty() {
             return Ok(());
         }
-        let limit = self.ctx.settings.server.command_timeout;
+        let (deadline, _) = self
+            .st
+            .limit(Instant::now() + self.ctx.settings.server.command_timeout);
         let write = async {
             self.stream.write_all(&self.st.wbuf).await?;
             self.stream.flush().await
         };
-        match tokio::time::timeout(limit, write).await {
+        match tokio::time::timeout_at(deadline, write).await {
             Ok(result) => result?,
             Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
         }
@@ -398,9 +353,9 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         Ok(())
     }
 
-    /// Flushes pending replies, then reads more input, giving up at `deadline`. `idle` allows
-    /// shutdown to interrupt the wait: it is false while a transaction is open, so that
-    /// transaction can finish.
+    /// Flushes pending replies, then reads more input, giving up at `deadline` (or at an
+    /// outsider's AUTH deadline, if that comes first). `idle` allows shutdown to interrupt the
+    /// wait: it is false while a transaction is open, so that transaction can finish.
     pub async fn fill(
         &mut self,
         idle: bool,
@@ -408,12 +363,13 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
     ) -> Result<Option<End>, InboundError> {
         self.flush().await?;
         self.st.prepare_read();
+        let (deadline, expired) = self.st.limit(deadline);
         let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.st.rbuf));
         tokio::select! {
             biased;
             _ = self.ctx.shutdown.cancelled(), if idle => Ok(Some(End::Shutdown)),
             r = read => match r {
-                Err(_) => Ok(Some(End::TimedOut)),
+                Err(_) => Ok(Some(expired)),
                 Ok(Ok(0)) => Ok(Some(End::Eof)),
                 Ok(Ok(_)) => Ok(None),
                 Ok(Err(e)) => Err(e.into()),
@@ -450,6 +406,16 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                 self.reply(&replies::TIMEOUT);
                 self.count(Rejection::Timeout);
                 tracing::info!(peer = %self.st.peer, "inbound command timeout");
+            }
+            End::NotAuthenticated => {
+                self.reply(&replies::NOT_AUTHENTICATED_IN_TIME);
+                self.count(Rejection::UnauthenticatedTimeout);
+                tracing::info!(
+                    peer = %self.st.peer,
+                    helo = %self.st.helo_for_log(),
+                    tls = self.st.tls,
+                    "inbound connection closed: not authenticated in time"
+                );
             }
             End::Shutdown => self.reply(&replies::SHUTTING_DOWN),
         }

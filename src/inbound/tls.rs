@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use super::replies;
-use super::session::{Flow, Rejection, Session, Stream};
+use super::session::{End, Flow, Rejection, Session, State, Stream};
 use super::{Acceptor, InboundError};
 use crate::config::InboundTlsConfig;
 
@@ -65,25 +65,39 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
     }
 }
 
-/// Runs the handshake (bounded by `command_timeout`) and the rest of the session under TLS.
-/// Returns the outcome and the number of messages accepted on the connection.
+/// Runs the handshake (bounded by `command_timeout`, and for an outsider by its AUTH deadline)
+/// and the rest of the session under TLS. Returns the outcome and the connection's final state.
 pub(super) async fn upgrade<S: Stream, A: Acceptor>(
     session: Session<S, A>,
-) -> (Result<(), InboundError>, u32) {
+) -> (Result<(), InboundError>, State) {
     let (stream, ctx, state) = session.into_parts();
-    let messages = state.messages;
     let Some(acceptor) = ctx.tls.clone() else {
         // `starttls` never asks for an upgrade without an acceptor.
-        return (Ok(()), messages);
+        return (Ok(()), state);
     };
-    let limit = ctx.settings.server.command_timeout;
-    let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+    let (deadline, expired) =
+        state.limit(tokio::time::Instant::now() + ctx.settings.server.command_timeout);
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return (Err(InboundError::Handshake(e)), messages),
-        Err(_) => return (Err(InboundError::HandshakeTimeout), messages),
+        Ok(Err(e)) => return (Err(InboundError::Handshake(e)), state),
+        Err(_) => {
+            // Mid-handshake nothing can be said in clear text: the connection just closes.
+            if expired == End::NotAuthenticated {
+                ctx.metrics
+                    .inbound_rejections
+                    .with_label_values(&[Rejection::UnauthenticatedTimeout.reason()])
+                    .inc();
+                tracing::info!(
+                    peer = %state.peer,
+                    helo = %state.helo_for_log(),
+                    "inbound connection closed: not authenticated in time (TLS handshake)"
+                );
+            }
+            return (Err(InboundError::HandshakeTimeout), state);
+        }
     };
     let mut session = Session::from_parts(tls, ctx, state.after_starttls());
     // Under TLS `starttls` refuses, so `run` cannot ask for a second upgrade.
     let result = session.run().await.map(|_| ());
-    (result, session.st.messages)
+    (result, session.st)
 }

@@ -4,5 +4,5 @@
 mod abuse;
 mod exact;
 mod scripted;
-mod support;
+pub(crate) mod support;
 mod tcp;

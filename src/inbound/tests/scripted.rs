@@ -400,10 +400,13 @@ async fn pipelined_replies_are_written_as_one_batch() {
     use tokio::io::AsyncReadExt;
     let h = plain();
     let (client, server) = tokio::io::duplex(64 * 1024);
+    let peer: std::net::SocketAddr = LOCAL.parse().unwrap();
+    let ticket = h.ctx.admission.admit(peer.ip(), &h.ctx.settings).unwrap();
     tokio::spawn(crate::inbound::listener::connection(
         server,
-        LOCAL.parse().unwrap(),
+        peer,
         h.ctx.clone(),
+        ticket,
     ));
     let mut client = client;
     let mut buf = vec![0u8; 4096];

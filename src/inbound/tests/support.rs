@@ -12,6 +12,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AccessConfig, InboundTlsConfig, Secret, ServerConfig, User};
+use crate::inbound::admission::Admission;
 use crate::inbound::listener;
 use crate::inbound::session::{Context, Tuning};
 use crate::inbound::{Acceptor, InboundSettings, Transaction, Verdict};
@@ -69,11 +70,17 @@ pub fn settings() -> InboundSettings {
             max_connections: 2,
             command_timeout: Duration::from_secs(5),
             max_line_length: 512,
+            max_connections_per_source: 100,
+            reserved_connections: 0,
+            unauthenticated_timeout: Duration::from_secs(30),
             tls: None,
         },
         access: AccessConfig {
             networks: vec!["127.0.0.0/8".parse().unwrap()],
             users: Vec::new(),
+            auth_failures_per_source: crate::config::DEFAULT_AUTH_FAILURES_PER_SOURCE,
+            auth_failures_total: crate::config::DEFAULT_AUTH_FAILURES_TOTAL,
+            auth_ban: crate::config::DEFAULT_AUTH_BAN,
         },
     }
 }
@@ -97,6 +104,7 @@ impl Harness {
         let acceptor = Arc::new(RecordingAcceptor::default());
         let metrics = Metrics::new();
         let shutdown = CancellationToken::new();
+        let admission = Admission::new(&settings);
         let ctx = Arc::new(Context {
             settings: Arc::new(settings),
             acceptor: acceptor.clone(),
@@ -108,6 +116,7 @@ impl Harness {
                 auth_failure_delay: Duration::from_millis(10),
                 ..Tuning::default()
             },
+            admission,
         });
         Harness {
             ctx,
@@ -121,7 +130,12 @@ impl Harness {
     pub async fn connect(&self, peer: &str) -> (Client<tokio::io::DuplexStream>, JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(256 * 1024);
         let peer: SocketAddr = peer.parse().unwrap();
-        let task = tokio::spawn(listener::connection(server, peer, self.ctx.clone()));
+        let ticket = self
+            .ctx
+            .admission
+            .admit(peer.ip(), &self.ctx.settings)
+            .expect("a slot for the test connection");
+        let task = tokio::spawn(listener::connection(server, peer, self.ctx.clone(), ticket));
         let mut client = Client::new(client);
         let greeting = client.reply().await;
         assert_eq!(greeting, "220 mx.test ESMTP mailveil\r\n");
