@@ -143,6 +143,9 @@ pub async fn run_with(
         redactor.clone(),
     );
     let recovered = spool.recover()?;
+    metrics
+        .spool_corrupt_batches
+        .inc_by(spool.corrupt_batches());
     if !recovered.is_empty() {
         tracing::info!(
             messages = recovered.len(),

@@ -41,6 +41,9 @@ pub(super) struct Batch {
     pub live: AtomicUsize,
     /// Set when outcome lines were written that the syncer has not yet synced.
     pub dirty: AtomicBool,
+    /// A damaged batch of which no copy could be kept: it moves here when its messages are
+    /// done, instead of being removed (see `recover`).
+    pub keep_at: Option<PathBuf>,
 }
 
 impl Batch {
@@ -63,6 +66,7 @@ impl Batch {
             append: Mutex::new(()),
             live: AtomicUsize::new(live),
             dirty: AtomicBool::new(false),
+            keep_at: None,
         })
     }
 
@@ -74,12 +78,25 @@ impl Batch {
             .map_err(SpoolError::io(&self.path))
     }
 
-    /// Removes the batch's file: every message in it is done.
-    pub fn remove_file(&self) -> Result<(), SpoolError> {
-        match fs::remove_file(&self.path) {
+    /// Every message in the batch is done: its file goes (or, for a damaged batch of which no
+    /// copy could be kept, moves to where the copy would be).
+    pub fn retire(&self) -> Result<(), SpoolError> {
+        match &self.keep_at {
+            None => Batch::remove(&self.path),
+            Some(kept) => {
+                fs::rename(&self.path, kept).map_err(SpoolError::io(kept))?;
+                tracing::error!(batch = %self.name, kept = %kept.display(), "damaged spool batch moved aside now that its intact messages are done");
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes a batch file (already gone is fine).
+    pub fn remove(path: &Path) -> Result<(), SpoolError> {
+        match fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SpoolError::io(&self.path)(e)),
+            Err(e) => Err(SpoolError::io(path)(e)),
         }
     }
 }

@@ -10,7 +10,8 @@
 
 mod commit;
 pub mod format;
-mod recover;
+pub mod read;
+pub(crate) mod recover;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -81,6 +82,10 @@ struct Shared {
 pub struct Spool {
     root: PathBuf,
     failed_dir: PathBuf,
+    /// Damaged batches found at start, kept for the operator (see [`recover`]).
+    corrupt_dir: PathBuf,
+    /// How many batches the last [`Spool::recover`] found damaged or unreadable.
+    corrupt_found: AtomicU64,
     shared: Arc<Shared>,
     stores: Mutex<Option<Sender<StoreRequest>>>,
     syncs: Mutex<Option<Sender<SyncRequest>>>,
@@ -101,10 +106,11 @@ impl Spool {
     pub fn open(root: &Path) -> Result<Spool, SpoolError> {
         let msg_dir = root.join("msg");
         let failed_dir = root.join("failed");
-        for dir in [root, &msg_dir, &failed_dir] {
+        let corrupt_dir = root.join("corrupt");
+        for dir in [root, &msg_dir, &failed_dir, &corrupt_dir] {
             fs::create_dir_all(dir).map_err(SpoolError::io(dir))?;
         }
-        recover::sweep(&msg_dir)?;
+        recover::sweep(&[&msg_dir, &corrupt_dir])?;
         let shared = Arc::new(Shared {
             msg_dir,
             index: Mutex::new(HashMap::new()),
@@ -126,6 +132,8 @@ impl Spool {
         Ok(Spool {
             root: root.to_path_buf(),
             failed_dir,
+            corrupt_dir,
+            corrupt_found: AtomicU64::new(0),
             shared,
             stores: Mutex::new(Some(store_tx)),
             syncs: Mutex::new(Some(sync_tx)),
@@ -263,21 +271,23 @@ impl Spool {
             .bytes
             .fetch_sub(slot.len.min(self.bytes()), Ordering::Relaxed);
         if slot.batch.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            slot.batch.remove_file()
+            slot.batch.retire()
         } else {
             self.write_log(&slot.batch, &BatchLogLine::done_line(&meta.id))
         }
     }
 
     /// Every spooled message with its recorded outcomes, oldest first. Call once, at start,
-    /// before anything is stored.
+    /// before anything is stored. Damaged batches give up only what is damaged; they are kept
+    /// under `corrupt/` and counted in [`Spool::corrupt_batches`].
     pub fn recover(&self) -> Result<Vec<Recovered>, SpoolError> {
-        let found = recover::scan(&self.shared.msg_dir)?;
+        let scan = recover::scan(&self.shared.msg_dir, &self.corrupt_dir)?;
+        self.corrupt_found.store(scan.corrupt, Ordering::Relaxed);
         let mut index = self.shared.index.lock().expect("not poisoned");
         index.clear();
         let mut total = 0;
         let mut recovered = Vec::new();
-        for batch in found {
+        for batch in scan.batches {
             let batch_ref = Arc::new(batch.batch);
             for message in batch.messages {
                 total += message.len;
@@ -298,6 +308,12 @@ impl Spool {
         recovered.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
         self.shared.bytes.store(total, Ordering::Relaxed);
         Ok(recovered)
+    }
+
+    /// Batches the last [`Spool::recover`] found damaged or unreadable (each logged, and kept
+    /// under `corrupt/` or left in place; see `docs/operations.md`).
+    pub fn corrupt_batches(&self) -> u64 {
+        self.corrupt_found.load(Ordering::Relaxed)
     }
 
     /// Makes every outcome written so far durable (at shutdown).
