@@ -115,3 +115,27 @@ fn the_shipped_default_config_is_valid() {
     assert!(c.server.listen.ip().is_loopback());
     assert!(matches!(c.upstreams[0].kind, UpstreamKind::Dir { .. }));
 }
+
+#[test]
+fn a_secret_file_other_users_can_read_is_warned_about_by_key_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("upstream-password");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let text = format!(
+        "[[upstream]]\nname = \"up\"\nhost = \"smtp.example.net\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+        file.display()
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = Config::from_toml(&text).expect("a warning, not an error");
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_eq!(c.warnings[0].path, "upstream[0].password_file");
+    assert!(
+        c.warnings[0].message.contains(&file.display().to_string())
+            && c.warnings[0].message.contains("0644"),
+        "{}",
+        c.warnings[0].message
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(Config::from_toml(&text).unwrap().warnings.is_empty());
+}

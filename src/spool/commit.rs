@@ -217,7 +217,9 @@ fn write_batch(
     let data = Batch::path(&shared.msg_dir, name);
     let tmp = tmp_path(&data);
     let mut slots = Vec::with_capacity(round.len());
-    let file = File::create(&tmp).map_err(SpoolError::io(&tmp))?;
+    let file = crate::private_files::create_options()
+        .open(&tmp)
+        .map_err(SpoolError::io(&tmp))?;
     let mut out = BufWriter::with_capacity(256 << 10, file);
     let mut offset = 0u64;
     for request in round {

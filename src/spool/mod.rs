@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::private_files;
 use commit::{Batch, Reply, StoreRequest, SyncRequest};
 use format::BatchLogLine;
 pub use format::{DeliveryRecord, Hold, HoldState, LogEntry, MessageMeta};
@@ -107,8 +108,9 @@ impl Spool {
         let msg_dir = root.join("msg");
         let failed_dir = root.join("failed");
         let corrupt_dir = root.join("corrupt");
+        // Message bodies, envelopes and the redaction key: the relay's user only.
         for dir in [root, &msg_dir, &failed_dir, &corrupt_dir] {
-            fs::create_dir_all(dir).map_err(SpoolError::io(dir))?;
+            private_files::tighten_dir(dir).map_err(SpoolError::io(dir))?;
         }
         recover::sweep(&[&msg_dir, &corrupt_dir])?;
         let shared = Arc::new(Shared {
@@ -342,6 +344,10 @@ impl Spool {
     /// stable across restarts without being guessable from the outside.
     pub fn redaction_key(&self) -> Result<[u8; 32], SpoolError> {
         let path = self.root.join(".redaction-key");
+        if path.exists() {
+            // Written world-readable by relays before 0600 was the rule.
+            private_files::tighten_file(&path).map_err(SpoolError::io(&path))?;
+        }
         if let Ok(bytes) = fs::read(&path)
             && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
         {
@@ -371,9 +377,11 @@ fn closed(root: &Path) -> SpoolError {
     }
 }
 
-/// Creates `path` with `data` and fsyncs it.
+/// Creates `path` (mode 0600) with `data` and fsyncs it.
 fn write_synced(path: &Path, data: &[u8]) -> Result<(), SpoolError> {
-    let mut file = File::create(path).map_err(SpoolError::io(path))?;
+    let mut file = private_files::create_options()
+        .open(path)
+        .map_err(SpoolError::io(path))?;
     file.write_all(data).map_err(SpoolError::io(path))?;
     file.sync_all().map_err(SpoolError::io(path))
 }

@@ -140,7 +140,9 @@ pub(super) fn scan(msg_dir: &Path, corrupt_dir: &Path) -> Result<Scan, SpoolErro
 fn set_aside(msg_dir: &Path, corrupt_dir: &Path, name: &str, damage: &[Damage], intact: usize) {
     let from = Batch::path(msg_dir, name);
     let to = corrupt_dir.join(format!("{name}.spool"));
+    // A batch written by an earlier relay under a loose umask may be 0644: not in corrupt/.
     let moved = fs::rename(&from, &to)
+        .and_then(|()| crate::private_files::tighten_file(&to))
         .map_err(SpoolError::io(&to))
         .and_then(|()| sync_dir(corrupt_dir))
         .and_then(|()| sync_dir(msg_dir));
