@@ -32,6 +32,9 @@ pub struct Metrics {
     /// `reason`: a short fixed word such as `relay_denied`, `size`, `too_many_recipients`.
     pub inbound_rejections: IntCounterVec,
     pub spool_bytes: IntGauge,
+    /// 1 while the spool refuses mail (`452 4.3.1`) because its last commit failed for lack of
+    /// space; `/readyz` answers 503 meanwhile.
+    pub spool_full: IntGauge,
     /// Spool batches found damaged or unreadable at start (kept under `corrupt/` or left in
     /// place, never deleted; see docs/operations.md).
     pub spool_corrupt_batches: IntCounter,
@@ -172,6 +175,10 @@ impl Metrics {
             spool_bytes: gauge(
                 "mailveil_spool_bytes",
                 "Bytes of message data in the spool.",
+            ),
+            spool_full: gauge(
+                "mailveil_spool_full",
+                "1 while the spool refuses mail for lack of space (452 4.3.1, /readyz 503), else 0.",
             ),
             spool_corrupt_batches: {
                 let c = IntCounter::new(

@@ -175,6 +175,7 @@ fn commit_round(shared: &Shared, round: Vec<StoreRequest>) {
             }
             let total: usize = round.iter().map(|r| r.message.len()).sum();
             shared.bytes.fetch_add(total as u64, Ordering::Relaxed);
+            shared.space.committed();
             for request in round {
                 request.reply.send(Ok(()));
             }
@@ -190,6 +191,13 @@ fn fail_round(shared: &Shared, name: &str, round: Vec<StoreRequest>, error: Spoo
         let _ = fs::remove_file(path);
     }
     tracing::error!(batch = name, messages = round.len(), %error, "spool write failed");
+    if super::space::is_out_of_space(&error) {
+        let bytes: usize = round
+            .iter()
+            .map(|r| RecordHeader::MAX_LEN + r.meta.len() + r.message.len())
+            .sum();
+        shared.space.failed(bytes as u64);
+    }
     let kind = match &error {
         SpoolError::Io { source, .. } => source.kind(),
         SpoolError::Corrupt { .. } => std::io::ErrorKind::Other,

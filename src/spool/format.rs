@@ -204,6 +204,9 @@ fn plausible_id(id: &str) -> bool {
 }
 
 impl RecordHeader {
+    /// Longest header line a record can have.
+    pub const MAX_LEN: usize = MAX_HEADER_LEN;
+
     pub fn new(id: &str, meta: &[u8], message: &[u8]) -> RecordHeader {
         RecordHeader {
             id: id.to_string(),

@@ -12,6 +12,7 @@ mod commit;
 pub mod format;
 pub mod read;
 pub(crate) mod recover;
+mod space;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -77,6 +78,8 @@ struct Shared {
     index: Mutex<HashMap<String, Slot>>,
     /// Bytes of spooled messages (the `mailveil_spool_bytes` gauge).
     bytes: AtomicU64,
+    /// Whether the last commit round failed for lack of space (see [`space`]).
+    space: space::SpaceState,
 }
 
 #[derive(Debug)]
@@ -117,6 +120,7 @@ impl Spool {
             msg_dir,
             index: Mutex::new(HashMap::new()),
             bytes: AtomicU64::new(0),
+            space: space::SpaceState::default(),
         });
         let (store_tx, store_rx) = mpsc::channel();
         let (sync_tx, sync_rx) = mpsc::channel();
@@ -330,6 +334,20 @@ impl Spool {
         if sent {
             let _ = rx.recv();
         }
+    }
+
+    /// `Some(bytes needed)` while the spool refuses mail (`452 4.3.1`) because its last commit
+    /// round failed for lack of space; `None` once a round succeeds or a re-check finds room.
+    pub fn refusing_for_space(&self) -> Option<u64> {
+        self.shared.space.refusing()
+    }
+
+    /// While refusing for space: checks whether a round like the one that failed would fit now
+    /// (writes and removes a probe of its size, at most 32 MiB) and stops refusing if so.
+    /// Returns whether it still refuses. Blocking; for `/readyz`, which must not stay 503 after
+    /// space is back just because a not-ready relay gets no mail to commit.
+    pub fn recheck_space(&self) -> bool {
+        self.shared.space.recheck(&self.shared.msg_dir)
     }
 
     /// True when a file can be created and synced in the spool (for `/readyz`).
