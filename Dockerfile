@@ -8,7 +8,8 @@
 # - Runs as a fixed non-root uid/gid (10001) on debian:bookworm-slim: a libc for aws-lc-rs and
 #   bash for the health check, nothing else (the webpki roots are compiled in, so no
 #   ca-certificates package is needed).
-# - Read-only root filesystem friendly: the only path written is the spool volume.
+# - Read-only root filesystem friendly: the only path written is the spool volume, which
+#   mailveil keeps private (0700 directories, 0600 files, whatever the umask).
 # - PID 1 is mailveil itself (exec-form ENTRYPOINT), so SIGTERM reaches it directly: it stops
 #   accepting, finishes transactions in flight and exits within 25 s (set the orchestrator's
 #   grace period above that, e.g. Kubernetes terminationGracePeriodSeconds: 40).
@@ -35,7 +36,7 @@ RUN groupadd --system --gid 10001 mailveil \
       --home-dir /var/spool/mailveil --shell /usr/sbin/nologin mailveil \
  && mkdir -p /var/spool/mailveil /etc/mailveil \
  && chown 10001:10001 /var/spool/mailveil \
- && chmod 0750 /var/spool/mailveil
+ && chmod 0700 /var/spool/mailveil
 COPY --from=build /src/target/release/mailveil /usr/local/bin/mailveil
 # A starting point; mount your own file over it (ConfigMap, bind mount).
 COPY config/examples/sidecar.toml /etc/mailveil/mailveil.toml

@@ -5,6 +5,9 @@
 //! Why this shape: a newcomer can open the files with any editor, and tests of the whole relay
 //! read them back with [`read_all`] to check what an upstream would have received.
 //!
+//! Privacy: the directory is created 0700 and both files 0600 (they hold whole messages and
+//! envelopes), whatever the umask; see [`crate::private_files`].
+//!
 //! Durability and visibility: both files are written under temporary dot-names, fsync'd, then
 //! renamed into place with a directory fsync after each rename, `.eml` first. So a reader that
 //! sees `<id>.json` always finds the complete `<id>.eml`, even after a crash; a crash mid-write
@@ -15,6 +18,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -63,7 +67,7 @@ pub fn write<S: AsRef<str>>(
     rcpt_to: &[S],
     parts: &[&[u8]],
 ) -> io::Result<String> {
-    fs::create_dir_all(dir)?;
+    crate::private_files::ensure_dir(dir)?;
     let id = next_id();
     let envelope = EnvelopeFile {
         mail_from: mail_from.to_string(),
@@ -92,7 +96,11 @@ pub fn write<S: AsRef<str>>(
 }
 
 fn write_synced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::private_files::FILE_MODE)
+        .open(path)?;
     for part in parts {
         file.write_all(part)?;
     }

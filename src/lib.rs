@@ -13,6 +13,7 @@
 //!   reload), address redaction for logs.
 //! - [`reload`]: hot reload (SIGHUP, `POST /reload`) of a validated config into the running relay.
 //! - [`sink`] and [`capture`]: the capture SMTP server and its on-disk format.
+//! - [`private_files`]: spool and capture files 0600 in 0700 directories, whatever the umask.
 //! - [`envelope`], [`reply`]: types every stage speaks.
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod fuzzing;
 pub mod inbound;
 pub mod observe;
 pub mod privacy;
+pub mod private_files;
 pub mod relay;
 pub mod reload;
 pub mod reply;
@@ -41,7 +43,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use config::Config;
+use config::{Config, UpstreamKind};
 use observe::{Metrics, Redactor};
 use schedule::Scheduler;
 use spool::Spool;
@@ -121,7 +123,16 @@ pub async fn run_with(
     shutdown: CancellationToken,
     options: RunOptions,
 ) -> Result<(), RunError> {
+    config.log_warnings();
     let spool = Arc::new(Spool::open(&config.spool.dir)?);
+    for u in &config.upstreams {
+        // Capture directories hold whole messages: the relay's user only (created if missing).
+        if let UpstreamKind::Dir { dir } = &u.kind
+            && let Err(e) = private_files::tighten_dir(dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot make the capture directory private");
+        }
+    }
     let redactor = Redactor::new(config.log.show_addresses, spool.redaction_key()?);
     let metrics = Metrics::new();
     let mut upstreams = Vec::new();
@@ -143,6 +154,9 @@ pub async fn run_with(
         redactor.clone(),
     );
     let recovered = spool.recover()?;
+    metrics
+        .spool_corrupt_batches
+        .inc_by(spool.corrupt_batches());
     if !recovered.is_empty() {
         tracing::info!(
             messages = recovered.len(),

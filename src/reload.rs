@@ -113,6 +113,7 @@ impl Reloader {
     fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
         let mut next = Config::load(path).map_err(ReloadError::Invalid)?;
+        next.log_warnings();
         // Build everything that can fail before changing anything.
         let mut upstreams = Vec::with_capacity(next.upstreams.len());
         for u in &next.upstreams {

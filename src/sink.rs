@@ -86,7 +86,7 @@ pub fn run_on(listener: TcpListener, dir: PathBuf, tls: Option<SinkTls>) -> Resu
     let addr = listener
         .local_addr()
         .map_err(|e| SinkError::Server(e.to_string()))?;
-    std::fs::create_dir_all(&dir).map_err(|source| SinkError::Dir {
+    crate::private_files::tighten_dir(&dir).map_err(|source| SinkError::Dir {
         dir: dir.clone(),
         source,
     })?;

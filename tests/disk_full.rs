@@ -3,6 +3,10 @@
 //! messages (nothing half-written); once the upstream comes up and the relay restarts on the
 //! full spool, it drains, every `250`'d message is delivered and new mail is accepted again.
 //!
+//! A second test shows readiness: while the spool answers `452` for lack of space, `/readyz` is
+//! 503 with the reason and `GET /status` says so; once space is back (nothing committed
+//! meanwhile) `/readyz` is 200 again and mail is accepted.
+//!
 //! Mounting needs root. Without it the test is skipped with a message, unless
 //! `MAILVEIL_REQUIRE_PRIVILEGED_TESTS=1` (set by `.ci/run` when running as root) makes that a
 //! failure.
@@ -88,19 +92,27 @@ async fn send_raw(smtp: &mut RawSmtp, id: &str, body: &str) -> String {
     smtp.reply().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_spool_answers_452_loses_nothing_and_recovers() {
-    let work = tempfile::tempdir().unwrap();
-    let spool = work.path().join("spool");
-    let _fs = match SmallFs::mount(&spool, "2m") {
-        Ok(fs) => fs,
+/// Mounts a small tmpfs at `dir`, or says why not: `None` skips the test (without root),
+/// unless `MAILVEIL_REQUIRE_PRIVILEGED_TESTS=1` makes that a failure.
+fn small_fs(dir: &Path, size: &str) -> Option<SmallFs> {
+    match SmallFs::mount(dir, size) {
+        Ok(fs) => Some(fs),
         Err(reason) => {
             if std::env::var("MAILVEIL_REQUIRE_PRIVILEGED_TESTS").as_deref() == Ok("1") {
                 panic!("MAILVEIL_REQUIRE_PRIVILEGED_TESTS=1 but {reason}");
             }
             println!("SKIPPED disk-full test: {reason} (needs root)");
-            return;
+            None
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_answers_452_loses_nothing_and_recovers() {
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool");
+    let Some(_fs) = small_fs(&spool, "2m") else {
+        return;
     };
     // The upstream is down at first, so everything accepted stays in the spool.
     let upstream_port = free_port();
@@ -243,6 +255,95 @@ timeout = "5s"
     }
     assert!(smtp.cmd("QUIT").await.starts_with("221"));
     relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_503_while_the_spool_refuses_mail_for_space() {
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool");
+    let Some(_fs) = small_fs(&spool, "2m") else {
+        return;
+    };
+    // Something else on the volume takes space; the operator removes it later.
+    let filler = spool.join("filler");
+    std::fs::write(&filler, vec![0u8; 512 << 10]).unwrap();
+    // The upstream is down, so everything accepted stays in the spool.
+    let template = format!(
+        r#"
+[server]
+listen = "{{smtp}}"
+[spool]
+dir = "{spool}"
+retry_initial = "1m"
+[[upstream]]
+name = "down"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+[metrics]
+listen = "{{metrics}}"
+[admin]
+listen = "{{admin}}"
+token_env = "MAILVEIL_ADMIN_TOKEN"
+"#,
+        spool = spool.display(),
+        port = free_port(),
+    );
+    const TOKEN: &str = "readiness-test-token";
+    let relay = RelayProc::start(&template, &[("MAILVEIL_ADMIN_TOKEN", TOKEN)]).await;
+    let status = || async {
+        let (code, body) = http_request(relay.admin, "GET", "/status", Some(TOKEN)).await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["spool"].clone()
+    };
+    assert_eq!(status().await["refusing_for_space"], false);
+
+    // Fill it: ~100 KiB messages until one is refused.
+    let body = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789\r\n"
+        .repeat(1300);
+    let (mut smtp, _) = RawSmtp::connect(relay.smtp).await;
+    assert!(smtp.cmd("EHLO client.test").await.starts_with("250"));
+    let mut accepted = 0;
+    loop {
+        let reply = send_raw(&mut smtp, &format!("full{accepted}"), &body).await;
+        if reply.starts_with("452 4.3.1") {
+            break;
+        }
+        assert!(reply.starts_with("250"), "{reply}");
+        accepted += 1;
+        assert!(accepted < 40, "a 2 MiB spool fills up");
+    }
+    println!("spool full after {accepted} messages");
+    let (code, text) = http_get(relay.metrics, "/readyz").await;
+    assert_eq!(code, 503, "not ready while refusing mail: {text}");
+    assert!(text.contains("spool full"), "the reason is given: {text}");
+    assert_eq!(status().await["refusing_for_space"], true);
+    let (_, metrics) = http_get(relay.metrics, "/metrics").await;
+    assert_eq!(metric(&metrics, "mailveil_spool_full"), Some(1.0));
+    // Asked again: still 503, the re-check finds no room.
+    let (code, _) = http_get(relay.metrics, "/readyz").await;
+    assert_eq!(code, 503);
+
+    // Space comes back without any mail committed: ready again.
+    std::fs::remove_file(&filler).unwrap();
+    let end = Instant::now() + PATIENCE;
+    loop {
+        let (code, text) = http_get(relay.metrics, "/readyz").await;
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "ready again once there is room: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status().await["refusing_for_space"], false);
+    let reply = send_raw(&mut smtp, "after", &body).await;
+    assert!(reply.starts_with("250"), "accepted again: {reply}");
+    let (_, metrics) = http_get(relay.metrics, "/metrics").await;
+    assert_eq!(metric(&metrics, "mailveil_spool_full"), Some(0.0));
+    assert!(smtp.cmd("QUIT").await.starts_with("221"));
 }
 
 /// The id part of the Message-ID (`fill3` for `<fill3@src.test>`).

@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 4] = [
+const TARGETS: [(&str, Target); 5] = [
     ("session", mailveil::fuzzing::session),
     ("visible_recipients", mailveil::fuzzing::visible_recipients),
     ("rewrite", mailveil::fuzzing::rewrite),
     ("config", mailveil::fuzzing::config),
+    ("recovery", mailveil::fuzzing::recovery),
 ];
 
 /// Default mutated cases per target (the session target is the slow one: a runtime per case).

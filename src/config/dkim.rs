@@ -65,6 +65,7 @@ pub(super) fn validate_dkim(raw: Vec<RawDkim>, p: &mut Problems) -> DkimConfig {
             .required(&format!("{path}.key_file"), r.key_file)
             .map(PathBuf::from);
         let key = key_file.as_ref().and_then(|f| {
+            p.check_secret_file(&format!("{path}.key_file"), f);
             LoadedKey::load(f)
                 .map_err(|e| p.push(&format!("{path}.key_file"), e.to_string()))
                 .ok()

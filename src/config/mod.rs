@@ -47,6 +47,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[[dkim]]` signing keys, parsed (see `crate::dkim`).
     pub dkim: DkimConfig,
+    /// What is valid but should be fixed (a secret file readable by other users), each with
+    /// its key path; logged at every start and reload ([`Config::log_warnings`]) and printed
+    /// by `check-config`.
+    pub warnings: Vec<ConfigProblem>,
 }
 
 #[derive(Debug, Clone)]
@@ -313,8 +317,20 @@ impl Config {
             cluster: shaping::validate_cluster(cluster, &mut p),
             log: validate_log(log, &mut p),
             dkim: dkim::validate_dkim(dkim, &mut p),
+            warnings: Vec::new(),
+        };
+        let config = Config {
+            warnings: p.take_warnings(),
+            ..config
         };
         p.into_result(config)
+    }
+
+    /// Logs each warning (at start and after a reload).
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            tracing::warn!(key = %w.path, "configuration: {}", w.message);
+        }
     }
 }
 

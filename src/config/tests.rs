@@ -171,3 +171,27 @@ auth_ban = 0
         assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
     }
 }
+
+#[test]
+fn a_secret_file_other_users_can_read_is_warned_about_by_key_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("upstream-password");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let text = format!(
+        "[[upstream]]\nname = \"up\"\nhost = \"smtp.example.net\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+        file.display()
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = Config::from_toml(&text).expect("a warning, not an error");
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_eq!(c.warnings[0].path, "upstream[0].password_file");
+    assert!(
+        c.warnings[0].message.contains(&file.display().to_string())
+            && c.warnings[0].message.contains("0644"),
+        "{}",
+        c.warnings[0].message
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(Config::from_toml(&text).unwrap().warnings.is_empty());
+}

@@ -84,23 +84,52 @@ impl fmt::Display for FailureBudget {
     }
 }
 
-/// Collects problems found while validating, each with its key path.
+/// Collects problems found while validating, each with its key path, and warnings: things
+/// that do not stop the relay but that the operator should fix.
 #[derive(Default)]
-pub(super) struct Problems(Vec<ConfigProblem>);
+pub(super) struct Problems {
+    errors: Vec<ConfigProblem>,
+    warnings: Vec<ConfigProblem>,
+}
 
 impl Problems {
     pub fn push(&mut self, path: &str, message: impl Into<String>) {
-        self.0.push(ConfigProblem {
+        self.errors.push(ConfigProblem {
             path: path.to_string(),
             message: message.into(),
         });
     }
 
+    pub fn warn(&mut self, path: &str, message: impl Into<String>) {
+        self.warnings.push(ConfigProblem {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// The warnings so far (they travel with a valid config; see `Config::warnings`).
+    pub fn take_warnings(&mut self) -> Vec<ConfigProblem> {
+        std::mem::take(&mut self.warnings)
+    }
+
     pub fn into_result<T>(self, value: T) -> Result<T, ConfigError> {
-        if self.0.is_empty() {
+        if self.errors.is_empty() {
             Ok(value)
         } else {
-            Err(ConfigError { problems: self.0 })
+            Err(ConfigError {
+                problems: self.errors,
+            })
+        }
+    }
+
+    /// Warns when a secret file (`*_file`, a DKIM key) may be read or replaced by another user
+    /// (see [`crate::private_files::secret_exposure`]). A warning, not an error: a relay that
+    /// refused to start or reload over a file mode would stop the mail of a deployment that has
+    /// worked so far (Kubernetes mounts Secret files 0644 unless told otherwise); the warning
+    /// is repeated at every start and reload until the mode is fixed.
+    pub fn check_secret_file(&mut self, path: &str, file: &std::path::Path) {
+        if let Some(why) = crate::private_files::secret_exposure(file) {
+            self.warn(path, format!("secret file {why}"));
         }
     }
 
@@ -182,6 +211,7 @@ impl Problems {
             },
             (None, Some(path)) => match std::fs::read_to_string(&path) {
                 Ok(v) => {
+                    self.check_secret_file(&format!("{prefix}.{what}_file"), path.as_ref());
                     let v = v.trim_end_matches(['\r', '\n']).to_string();
                     if v.is_empty() {
                         self.push(&format!("{prefix}.{what}_file"), format!("{path} is empty"));

@@ -12,6 +12,7 @@
 //!   recipient under any reading of the independent [`oracle`]), and every non-recipient
 //!   field byte-for-byte unchanged.
 //! - [`config`]: `Config::from_toml` on arbitrary text.
+//! - [`recovery`]: spool recovery on damaged batch files; every intact record comes back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,9 @@ use crate::privacy::{self, Decision, Rewrite};
 const MAX_FUZZ_RECIPIENTS: usize = 8;
 
 pub mod oracle;
+mod recovery;
 use oracle::{Kind, Oracle};
+pub use recovery::recovery;
 
 /// Fuzzes one inbound session. The first byte selects the session's shape (pretend TLS,
 /// configured users, relay access, write chunk size); the rest is what the client sends.

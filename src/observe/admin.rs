@@ -6,7 +6,8 @@
 //! Without a token the API is not served at all (the relay logs that it is disabled).
 //!
 //! - `GET /status`: paused flags (all, and per provider), queue depth per provider, upstream
-//!   health.
+//!   health, and the spool: bytes, whether it refuses mail for lack of space (`452 4.3.1`,
+//!   `/readyz` 503 meanwhile), damaged batches found at start.
 //! - `POST /pause`, `POST /resume`, optional `?provider=NAME`: stop or restart starting upstream
 //!   deliveries; inbound keeps accepting and spooling. Unknown provider: `404`.
 //! - `POST /reload`: same as SIGHUP; `422` with every problem when the new file is refused.
@@ -133,7 +134,26 @@ fn full_status(state: &AdminState) -> QueueStatus {
 }
 
 async fn status(State(state): State<AdminState>) -> Response {
-    axum::Json(full_status(&state)).into_response()
+    let mut body = serde_json::to_value(full_status(&state)).unwrap_or_default();
+    let spool = state.relay.spool.clone();
+    // While refusing, check whether room is back (as `/readyz` does), so the answer is current.
+    let refusing = tokio::task::spawn_blocking(move || {
+        spool.refusing_for_space().is_some() && spool.recheck_space()
+    })
+    .await
+    .unwrap_or(true);
+    let spool = &state.relay.spool;
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert(
+            "spool".into(),
+            json!({
+                "bytes": spool.bytes(),
+                "refusing_for_space": refusing,
+                "corrupt_batches_at_start": spool.corrupt_batches(),
+            }),
+        );
+    }
+    axum::Json(body).into_response()
 }
 
 async fn pause(State(state): State<AdminState>, Query(target): Query<Target>) -> Response {

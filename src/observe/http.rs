@@ -1,5 +1,6 @@
 //! The metrics/health HTTP endpoint: `GET /metrics` (Prometheus text), `GET /healthz` (200 while
-//! the process runs), `GET /readyz` (200 when the SMTP listener is up and the spool is writable).
+//! the process runs), `GET /readyz` (200 when the SMTP listener is up and the spool takes mail:
+//! writable, and not refusing it for lack of space; 503 with the reason otherwise).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,10 +48,12 @@ pub async fn serve(
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    let spool = &state.readiness.spool;
+    state.metrics.spool_bytes.set(spool.bytes() as i64);
     state
         .metrics
-        .spool_bytes
-        .set(state.readiness.spool.bytes() as i64);
+        .spool_full
+        .set(i64::from(spool.refusing_for_space().is_some()));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -62,10 +65,21 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not listening\n");
     }
     let spool = state.readiness.spool.clone();
-    let writable = tokio::task::spawn_blocking(move || spool.is_writable())
-        .await
-        .unwrap_or(false);
-    if writable {
+    let (refusing, writable) = tokio::task::spawn_blocking(move || {
+        // A relay refusing mail for space is not ready (a Service then sends mail to the
+        // other replicas); the re-check notices when room is back even if no mail arrives.
+        let refusing = spool.refusing_for_space().is_some() && spool.recheck_space();
+        (refusing, !refusing && spool.is_writable())
+    })
+    .await
+    .unwrap_or((false, false));
+    state.metrics.spool_full.set(i64::from(refusing));
+    if refusing {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "spool full: refusing mail (452 4.3.1) for lack of space\n",
+        )
+    } else if writable {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "spool not writable\n")

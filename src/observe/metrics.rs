@@ -5,8 +5,8 @@
 //! upstreams from the config, so cardinality is bounded.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -32,6 +32,12 @@ pub struct Metrics {
     /// `reason`: a short fixed word such as `relay_denied`, `size`, `too_many_recipients`.
     pub inbound_rejections: IntCounterVec,
     pub spool_bytes: IntGauge,
+    /// 1 while the spool refuses mail (`452 4.3.1`) because its last commit failed for lack of
+    /// space; `/readyz` answers 503 meanwhile.
+    pub spool_full: IntGauge,
+    /// Spool batches found damaged or unreadable at start (kept under `corrupt/` or left in
+    /// place, never deleted; see docs/operations.md).
+    pub spool_corrupt_batches: IntCounter,
     /// Time from end of DATA to the `250` reply (spool write + fsync).
     pub accept_duration: Histogram,
     /// 1 while the shared Redis of `[cluster]` answers, 0 while throttles fall back to local.
@@ -170,6 +176,21 @@ impl Metrics {
                 "mailveil_spool_bytes",
                 "Bytes of message data in the spool.",
             ),
+            spool_full: gauge(
+                "mailveil_spool_full",
+                "1 while the spool refuses mail for lack of space (452 4.3.1, /readyz 503), else 0.",
+            ),
+            spool_corrupt_batches: {
+                let c = IntCounter::new(
+                    "mailveil_spool_corrupt_batches_total",
+                    "Spool batches found damaged or unreadable at start (kept, never deleted).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             accept_duration,
             cluster_up: gauge(
                 "mailveil_cluster_up",

@@ -41,6 +41,9 @@ pub(super) struct Batch {
     pub live: AtomicUsize,
     /// Set when outcome lines were written that the syncer has not yet synced.
     pub dirty: AtomicBool,
+    /// A damaged batch of which no copy could be kept: it moves here when its messages are
+    /// done, instead of being removed (see `recover`).
+    pub keep_at: Option<PathBuf>,
 }
 
 impl Batch {
@@ -63,6 +66,7 @@ impl Batch {
             append: Mutex::new(()),
             live: AtomicUsize::new(live),
             dirty: AtomicBool::new(false),
+            keep_at: None,
         })
     }
 
@@ -74,12 +78,25 @@ impl Batch {
             .map_err(SpoolError::io(&self.path))
     }
 
-    /// Removes the batch's file: every message in it is done.
-    pub fn remove_file(&self) -> Result<(), SpoolError> {
-        match fs::remove_file(&self.path) {
+    /// Every message in the batch is done: its file goes (or, for a damaged batch of which no
+    /// copy could be kept, moves to where the copy would be).
+    pub fn retire(&self) -> Result<(), SpoolError> {
+        match &self.keep_at {
+            None => Batch::remove(&self.path),
+            Some(kept) => {
+                fs::rename(&self.path, kept).map_err(SpoolError::io(kept))?;
+                tracing::error!(batch = %self.name, kept = %kept.display(), "damaged spool batch moved aside now that its intact messages are done");
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes a batch file (already gone is fine).
+    pub fn remove(path: &Path) -> Result<(), SpoolError> {
+        match fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SpoolError::io(&self.path)(e)),
+            Err(e) => Err(SpoolError::io(path)(e)),
         }
     }
 }
@@ -158,6 +175,7 @@ fn commit_round(shared: &Shared, round: Vec<StoreRequest>) {
             }
             let total: usize = round.iter().map(|r| r.message.len()).sum();
             shared.bytes.fetch_add(total as u64, Ordering::Relaxed);
+            shared.space.committed();
             for request in round {
                 request.reply.send(Ok(()));
             }
@@ -173,6 +191,13 @@ fn fail_round(shared: &Shared, name: &str, round: Vec<StoreRequest>, error: Spoo
         let _ = fs::remove_file(path);
     }
     tracing::error!(batch = name, messages = round.len(), %error, "spool write failed");
+    if super::space::is_out_of_space(&error) {
+        let bytes: usize = round
+            .iter()
+            .map(|r| RecordHeader::MAX_LEN + r.meta.len() + r.message.len())
+            .sum();
+        shared.space.failed(bytes as u64);
+    }
     let kind = match &error {
         SpoolError::Io { source, .. } => source.kind(),
         SpoolError::Corrupt { .. } => std::io::ErrorKind::Other,
@@ -200,7 +225,9 @@ fn write_batch(
     let data = Batch::path(&shared.msg_dir, name);
     let tmp = tmp_path(&data);
     let mut slots = Vec::with_capacity(round.len());
-    let file = File::create(&tmp).map_err(SpoolError::io(&tmp))?;
+    let file = crate::private_files::create_options()
+        .open(&tmp)
+        .map_err(SpoolError::io(&tmp))?;
     let mut out = BufWriter::with_capacity(256 << 10, file);
     let mut offset = 0u64;
     for request in round {

@@ -11,17 +11,29 @@
 //!                            "MVS1 <id> <meta-len> <message-len> <check>\n" <meta JSON> <message>
 //!                          (<check>: first 16 hex digits of BLAKE3(meta JSON || message)),
 //!                          written as <batch>.spool.tmp, synced, renamed; then outcome lines
-//!                          appended as deliveries finish:
+//!                          appended as deliveries finish, each ending in " #<line-check>"
+//!                          (first 8 hex digits of BLAKE3 of the text between "MVO1 " and " #"):
 //!                            "MVO1 <id> <k> delivered <unix>", "MVO1 <id> <k> failed <code> <unix>",
 //!                            "MVO1 <id> <k> deferred <next-unix>", "MVO1 <id> done"
 //!                          and, for a message under a bulk hold (see `docs/bulk-hold.md`),
 //!                            "MVO1 <id> released", "MVO1 <id> dropped"
 //! SPOOL/failed/<id>.json   record of a message with permanently failed deliveries
+//! SPOOL/corrupt/<batch>.spool  a batch found damaged at start, kept for the operator
 //! ```
 //! A batch file is removed when every message in it is done. A record counts only when its
-//! check matches, and an outcome line only when it is whole, so whatever a crash tears is
-//! ignored: a torn record was never acknowledged (the rename comes after the sync), and a torn
-//! outcome means the copy is sent again (worst case: one duplicate copy, never a loss).
+//! check matches, and an outcome line only when it is whole (and its check matches), so whatever
+//! a crash tears is ignored: a torn record was never acknowledged (the rename comes after the
+//! sync), and a torn outcome means the copy is sent again (worst case: one duplicate copy, never
+//! a loss). Outcome lines without a check are read too: earlier relays wrote them, and an operator
+//! may append `MVO1 <id> done` by hand.
+//!
+//! Records and outcome lines are self-delimiting: each ends in a bare LF (record headers and
+//! outcome lines), and a stored message never holds a bare LF (the DATA decoder stores CRLF
+//! lines only) nor does the meta JSON (serde writes it on one line). So neither can be mistaken
+//! for something inside a message, and [`super::read`] finds every intact one wherever damage
+//! left it.
+
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
@@ -113,15 +125,16 @@ impl LogEntry {
         }
     }
 
-    pub fn to_line(&self) -> String {
+    /// The outcome as written after the queue id in an outcome line.
+    pub fn to_text(&self) -> String {
         match *self {
-            LogEntry::Delivered { index, at } => format!("{index} delivered {at}\n"),
-            LogEntry::Failed { index, code, at } => format!("{index} failed {code} {at}\n"),
-            LogEntry::Deferred { index, next_at } => format!("{index} deferred {next_at}\n"),
+            LogEntry::Delivered { index, at } => format!("{index} delivered {at}"),
+            LogEntry::Failed { index, code, at } => format!("{index} failed {code} {at}"),
+            LogEntry::Deferred { index, next_at } => format!("{index} deferred {next_at}"),
         }
     }
 
-    /// Parses one outcome (without its queue id and newline); `None` for anything else.
+    /// Parses one outcome (without its queue id, check and newline); `None` for anything else.
     pub(crate) fn parse_line(line: &str) -> Option<LogEntry> {
         let mut parts = line.split(' ');
         let index = parts.next()?.parse().ok()?;
@@ -145,12 +158,17 @@ impl LogEntry {
     }
 }
 
-/// First bytes of every record in a batch file (format version 1).
-const RECORD_MAGIC: &str = "MVS1";
-/// First bytes of every outcome line appended to a batch file.
-const OUTCOME_MAGIC: &str = "MVO1";
+/// First bytes of every record in a batch file (format version 1), with the space after them.
+pub(super) const RECORD_MAGIC: &[u8] = b"MVS1 ";
+/// First bytes of every outcome line appended to a batch file, with the space after them.
+pub(super) const OUTCOME_MAGIC: &[u8] = b"MVO1 ";
 /// A record header is one short line; anything longer is not one.
 const MAX_HEADER_LEN: usize = 256;
+/// An outcome line is shorter still (id, index, word, code, two times, check).
+pub(super) const MAX_LINE_LEN: usize = 256;
+/// Hex digits of a record's check, and of an outcome line's.
+const RECORD_CHECK_LEN: usize = 16;
+const LINE_CHECK_LEN: usize = 8;
 
 /// The fixed part of a record in a batch file: who it is and how long its parts are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,10 +184,29 @@ pub fn record_check(meta: &[u8], message: &[u8]) -> String {
     let mut hasher = blake3::Hasher::new();
     hasher.update(meta);
     hasher.update(message);
-    hasher.finalize().to_hex()[..16].to_string()
+    hasher.finalize().to_hex()[..RECORD_CHECK_LEN].to_string()
+}
+
+/// Checksum of an outcome line's text (between `MVO1 ` and ` #`), so a damaged line that still
+/// reads as an outcome (a flipped digit in a delivery index) is not believed.
+fn line_check(text: &str) -> String {
+    blake3::hash(text.as_bytes()).to_hex()[..LINE_CHECK_LEN].to_string()
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A queue id as the relay writes them (ULIDs): letters and digits only, so it can never hold
+/// a separator or a path component.
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 impl RecordHeader {
+    /// Longest header line a record can have.
+    pub const MAX_LEN: usize = MAX_HEADER_LEN;
+
     pub fn new(id: &str, meta: &[u8], message: &[u8]) -> RecordHeader {
         RecordHeader {
             id: id.to_string(),
@@ -181,7 +218,7 @@ impl RecordHeader {
 
     pub fn to_line(&self) -> String {
         format!(
-            "{RECORD_MAGIC} {} {} {} {}\n",
+            "MVS1 {} {} {} {}\n",
             self.id, self.meta_len, self.message_len, self.check
         )
     }
@@ -193,7 +230,7 @@ impl RecordHeader {
         let end = memchr::memchr(b'\n', window)?;
         let line = std::str::from_utf8(&window[..end]).ok()?;
         let mut parts = line.split(' ');
-        if parts.next()? != RECORD_MAGIC {
+        if parts.next()? != "MVS1" {
             return None;
         }
         let header = RecordHeader {
@@ -202,9 +239,26 @@ impl RecordHeader {
             message_len: parts.next()?.parse().ok()?,
             check: parts.next()?.to_string(),
         };
-        let plausible_id =
-            !header.id.is_empty() && header.id.bytes().all(|b| b.is_ascii_alphanumeric());
-        (parts.next().is_none() && plausible_id).then_some((header, end + 1))
+        let well_formed = parts.next().is_none()
+            && plausible_id(&header.id)
+            && is_lower_hex(&header.check, RECORD_CHECK_LEN);
+        well_formed.then_some((header, end + 1))
+    }
+
+    /// Where the meta JSON and the message of a record whose header starts at `start` (and is
+    /// `header_len` bytes long) lie in a file of `file_len` bytes; `None` when the lengths run
+    /// past the end of the file (a truncated file, or lengths damaged into huge numbers: every
+    /// sum is checked, nothing wraps).
+    pub fn extent(
+        &self,
+        start: usize,
+        header_len: usize,
+        file_len: usize,
+    ) -> Option<(Range<usize>, Range<usize>)> {
+        let meta_start = start.checked_add(header_len)?;
+        let message_start = meta_start.checked_add(self.meta_len)?;
+        let end = message_start.checked_add(self.message_len)?;
+        (end <= file_len).then_some((meta_start..message_start, message_start..end))
     }
 }
 
@@ -218,12 +272,24 @@ pub enum BatchLogLine {
 }
 
 impl BatchLogLine {
+    /// The queue id the line is about.
+    pub fn id(&self) -> &str {
+        match self {
+            BatchLogLine::Outcome(id, _) | BatchLogLine::Done(id) | BatchLogLine::Hold(id, _) => id,
+        }
+    }
+
+    /// `MVO1 <text> #<check>` and its newline.
+    fn checked(text: &str) -> String {
+        format!("MVO1 {text} #{}\n", line_check(text))
+    }
+
     pub fn outcome_line(id: &str, entry: &LogEntry) -> String {
-        format!("{OUTCOME_MAGIC} {id} {}", entry.to_line())
+        Self::checked(&format!("{id} {}", entry.to_text()))
     }
 
     pub fn done_line(id: &str) -> String {
-        format!("{OUTCOME_MAGIC} {id} done\n")
+        Self::checked(&format!("{id} done"))
     }
 
     /// The line recording an operator's (or the hold timeout's) decision on a held message.
@@ -233,39 +299,47 @@ impl BatchLogLine {
             HoldState::Released => "released",
             HoldState::Dropped => "dropped",
         };
-        format!("{OUTCOME_MAGIC} {id} {word}\n")
+        Self::checked(&format!("{id} {word}"))
     }
 
-    /// Parses the complete lines of a batch's outcome section; a torn last line and garbage
-    /// (such as the zeros a crash can leave in a file's tail) are skipped.
-    pub fn parse_log(bytes: &[u8]) -> Vec<BatchLogLine> {
-        let complete = match memchr::memrchr(b'\n', bytes) {
-            Some(end) => &bytes[..end],
-            None => return Vec::new(),
-        };
-        complete
-            .split(|&b| b == b'\n')
-            .filter_map(|line| {
-                let line = std::str::from_utf8(line).ok()?;
-                let rest = line.strip_prefix(OUTCOME_MAGIC)?.strip_prefix(' ')?;
-                let (id, rest) = rest.split_once(' ')?;
-                if rest == "done" {
-                    Some(BatchLogLine::Done(id.to_string()))
-                } else if rest == "released" {
-                    Some(BatchLogLine::Hold(id.to_string(), HoldState::Released))
-                } else if rest == "dropped" {
-                    Some(BatchLogLine::Hold(id.to_string(), HoldState::Dropped))
-                } else {
-                    LogEntry::parse_line(rest).map(|e| BatchLogLine::Outcome(id.to_string(), e))
+    /// Parses one outcome line (without its newline): checked as the relay writes them, or
+    /// without a check as earlier relays and operators write them. A line whose check does not
+    /// match, or that is not exactly one of the forms above, is `None`.
+    pub fn parse(line: &[u8]) -> Option<BatchLogLine> {
+        let line = std::str::from_utf8(line).ok()?;
+        let rest = line.strip_prefix("MVO1 ")?;
+        let text = match rest.rsplit_once(" #") {
+            Some((text, check)) => {
+                if !is_lower_hex(check, LINE_CHECK_LEN) || line_check(text) != check {
+                    return None;
                 }
-            })
-            .collect()
+                text
+            }
+            None => rest,
+        };
+        let (id, what) = text.split_once(' ')?;
+        if !plausible_id(id) {
+            return None;
+        }
+        let id = id.to_string();
+        Some(match what {
+            "done" => BatchLogLine::Done(id),
+            "released" => BatchLogLine::Hold(id, HoldState::Released),
+            "dropped" => BatchLogLine::Hold(id, HoldState::Dropped),
+            _ => BatchLogLine::Outcome(id, LogEntry::parse_line(what)?),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_lines(text: &str) -> Vec<BatchLogLine> {
+        text.split('\n')
+            .filter_map(|l| BatchLogLine::parse(l.as_bytes()))
+            .collect()
+    }
 
     #[test]
     fn log_lines_round_trip() {
@@ -282,8 +356,13 @@ mod tests {
             },
         ];
         for entry in entries {
-            let line = entry.to_line();
-            assert_eq!(LogEntry::parse_line(line.trim_end()), Some(entry));
+            assert_eq!(LogEntry::parse_line(&entry.to_text()), Some(entry));
+            let line = BatchLogLine::outcome_line("A1", &entry);
+            assert!(line.ends_with('\n') && line.contains(" #"), "{line:?}");
+            assert_eq!(
+                BatchLogLine::parse(line.trim_end().as_bytes()),
+                Some(BatchLogLine::Outcome("A1".into(), entry))
+            );
         }
     }
 
@@ -296,9 +375,14 @@ mod tests {
         assert_eq!(RecordHeader::parse(&bytes), Some((header, line.len())));
         for bad in [
             &b"MVS1 01ABC 2 4"[..],
-            b"MVS2 01ABC 2 4 abc\n",
-            b"MVS1 ../x 2 4 abc\n",
-            b"MVS1 01ABC two 4 abc\n",
+            b"MVS2 01ABC 2 4 0123456789abcdef\n",
+            b"MVS1 ../x 2 4 0123456789abcdef\n",
+            b"MVS1 01ABC two 4 0123456789abcdef\n",
+            // The check is exactly 16 lowercase hex digits: a CRLF line (as inside a stored
+            // message) is never a header.
+            b"MVS1 01ABC 2 4 0123456789abcdef\r\n",
+            b"MVS1 01ABC 2 4 0123456789ABCDEF\n",
+            b"MVS1 01ABC 2 4 abc\n",
             b"",
         ] {
             assert_eq!(RecordHeader::parse(bad), None, "{bad:?}");
@@ -307,19 +391,37 @@ mod tests {
     }
 
     #[test]
-    fn batch_log_lines_round_trip_and_skip_torn_lines() {
+    fn a_huge_length_never_wraps() {
+        let line = b"MVS1 X 18446744073709551566 0 0123456789abcdef\n";
+        let (header, len) = RecordHeader::parse(line).unwrap();
+        assert_eq!(header.extent(72, len, 200), None);
+        let (header, len) =
+            RecordHeader::parse(b"MVS1 X 2 18446744073709551615 0123456789abcdef\n").unwrap();
+        assert_eq!(header.extent(0, len, usize::MAX), None);
+        let (header, len) = RecordHeader::parse(b"MVS1 X 2 3 0123456789abcdef\n").unwrap();
+        assert_eq!(header.extent(0, len, len + 4), None, "one byte short");
+        assert_eq!(
+            header.extent(0, len, len + 5),
+            Some((len..len + 2, len + 2..len + 5))
+        );
+    }
+
+    #[test]
+    fn batch_log_lines_round_trip_and_skip_damaged_lines() {
         let entry = LogEntry::Failed {
             index: 2,
             code: 550,
             at: 9,
         };
+        let flipped = BatchLogLine::outcome_line("C", &LogEntry::Delivered { index: 1, at: 5 })
+            .replace("C 1 delivered", "C 3 delivered");
         let text = format!(
-            "{}\0\0\0\n{}garbage\nMVO1 B 1 delivered\nB 2 done\nMVO1 C 0 deliv",
+            "{}\0\0\0\n{}garbage\nMVO1 B 1 delivered\nB 2 done\n{flipped}MVO1 C 0 deliv",
             BatchLogLine::outcome_line("A", &entry),
             BatchLogLine::done_line("B"),
         );
         assert_eq!(
-            BatchLogLine::parse_log(text.as_bytes()),
+            parse_lines(&text),
             vec![
                 BatchLogLine::Outcome("A".into(), entry),
                 BatchLogLine::Done("B".into())
@@ -335,7 +437,7 @@ mod tests {
             BatchLogLine::hold_line("B", HoldState::Dropped),
         );
         assert_eq!(
-            BatchLogLine::parse_log(text.as_bytes()),
+            parse_lines(&text),
             vec![
                 BatchLogLine::Hold("A".into(), HoldState::Released),
                 BatchLogLine::Hold("B".into(), HoldState::Dropped)
@@ -344,14 +446,14 @@ mod tests {
     }
 
     #[test]
-    fn torn_and_garbage_lines_are_ignored() {
-        let text = "MVO1 A 1 delivered 5\nnonsense\nMVO1 A 2 failed x 3\nMVO1 A 3 delivered 7 extra\nMVO1 A 4 deliv";
+    fn unchecked_lines_of_earlier_relays_and_operators_are_read() {
+        let text = "MVO1 A 1 delivered 5\nnonsense\nMVO1 A 2 failed x 3\nMVO1 A 3 delivered 7 extra\nMVO1 B done\nMVO1 C done\r\nMVO1 A 4 deliv";
         assert_eq!(
-            BatchLogLine::parse_log(text.as_bytes()),
-            vec![BatchLogLine::Outcome(
-                "A".into(),
-                LogEntry::Delivered { index: 1, at: 5 }
-            )]
+            parse_lines(text),
+            vec![
+                BatchLogLine::Outcome("A".into(), LogEntry::Delivered { index: 1, at: 5 }),
+                BatchLogLine::Done("B".into())
+            ]
         );
     }
 }

@@ -10,7 +10,9 @@
 
 mod commit;
 pub mod format;
-mod recover;
+pub mod read;
+pub(crate) mod recover;
+mod space;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -23,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::private_files;
 use commit::{Batch, Reply, StoreRequest, SyncRequest};
 use format::BatchLogLine;
 pub use format::{DeliveryRecord, Hold, HoldState, LogEntry, MessageMeta};
@@ -75,12 +78,18 @@ struct Shared {
     index: Mutex<HashMap<String, Slot>>,
     /// Bytes of spooled messages (the `mailveil_spool_bytes` gauge).
     bytes: AtomicU64,
+    /// Whether the last commit round failed for lack of space (see [`space`]).
+    space: space::SpaceState,
 }
 
 #[derive(Debug)]
 pub struct Spool {
     root: PathBuf,
     failed_dir: PathBuf,
+    /// Damaged batches found at start, kept for the operator (see [`recover`]).
+    corrupt_dir: PathBuf,
+    /// How many batches the last [`Spool::recover`] found damaged or unreadable.
+    corrupt_found: AtomicU64,
     shared: Arc<Shared>,
     stores: Mutex<Option<Sender<StoreRequest>>>,
     syncs: Mutex<Option<Sender<SyncRequest>>>,
@@ -101,14 +110,17 @@ impl Spool {
     pub fn open(root: &Path) -> Result<Spool, SpoolError> {
         let msg_dir = root.join("msg");
         let failed_dir = root.join("failed");
-        for dir in [root, &msg_dir, &failed_dir] {
-            fs::create_dir_all(dir).map_err(SpoolError::io(dir))?;
+        let corrupt_dir = root.join("corrupt");
+        // Message bodies, envelopes and the redaction key: the relay's user only.
+        for dir in [root, &msg_dir, &failed_dir, &corrupt_dir] {
+            private_files::tighten_dir(dir).map_err(SpoolError::io(dir))?;
         }
-        recover::sweep(&msg_dir)?;
+        recover::sweep(&[&msg_dir, &corrupt_dir])?;
         let shared = Arc::new(Shared {
             msg_dir,
             index: Mutex::new(HashMap::new()),
             bytes: AtomicU64::new(0),
+            space: space::SpaceState::default(),
         });
         let (store_tx, store_rx) = mpsc::channel();
         let (sync_tx, sync_rx) = mpsc::channel();
@@ -126,6 +138,8 @@ impl Spool {
         Ok(Spool {
             root: root.to_path_buf(),
             failed_dir,
+            corrupt_dir,
+            corrupt_found: AtomicU64::new(0),
             shared,
             stores: Mutex::new(Some(store_tx)),
             syncs: Mutex::new(Some(sync_tx)),
@@ -263,21 +277,23 @@ impl Spool {
             .bytes
             .fetch_sub(slot.len.min(self.bytes()), Ordering::Relaxed);
         if slot.batch.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            slot.batch.remove_file()
+            slot.batch.retire()
         } else {
             self.write_log(&slot.batch, &BatchLogLine::done_line(&meta.id))
         }
     }
 
     /// Every spooled message with its recorded outcomes, oldest first. Call once, at start,
-    /// before anything is stored.
+    /// before anything is stored. Damaged batches give up only what is damaged; they are kept
+    /// under `corrupt/` and counted in [`Spool::corrupt_batches`].
     pub fn recover(&self) -> Result<Vec<Recovered>, SpoolError> {
-        let found = recover::scan(&self.shared.msg_dir)?;
+        let scan = recover::scan(&self.shared.msg_dir, &self.corrupt_dir)?;
+        self.corrupt_found.store(scan.corrupt, Ordering::Relaxed);
         let mut index = self.shared.index.lock().expect("not poisoned");
         index.clear();
         let mut total = 0;
         let mut recovered = Vec::new();
-        for batch in found {
+        for batch in scan.batches {
             let batch_ref = Arc::new(batch.batch);
             for message in batch.messages {
                 total += message.len;
@@ -300,6 +316,12 @@ impl Spool {
         Ok(recovered)
     }
 
+    /// Batches the last [`Spool::recover`] found damaged or unreadable (each logged, and kept
+    /// under `corrupt/` or left in place; see `docs/operations.md`).
+    pub fn corrupt_batches(&self) -> u64 {
+        self.corrupt_found.load(Ordering::Relaxed)
+    }
+
     /// Makes every outcome written so far durable (at shutdown).
     pub fn flush(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
@@ -314,6 +336,20 @@ impl Spool {
         }
     }
 
+    /// `Some(bytes needed)` while the spool refuses mail (`452 4.3.1`) because its last commit
+    /// round failed for lack of space; `None` once a round succeeds or a re-check finds room.
+    pub fn refusing_for_space(&self) -> Option<u64> {
+        self.shared.space.refusing()
+    }
+
+    /// While refusing for space: checks whether a round like the one that failed would fit now
+    /// (writes and removes a probe of its size, at most 32 MiB) and stops refusing if so.
+    /// Returns whether it still refuses. Blocking; for `/readyz`, which must not stay 503 after
+    /// space is back just because a not-ready relay gets no mail to commit.
+    pub fn recheck_space(&self) -> bool {
+        self.shared.space.recheck(&self.shared.msg_dir)
+    }
+
     /// True when a file can be created and synced in the spool (for `/readyz`).
     pub fn is_writable(&self) -> bool {
         let probe = self.root.join(".ready-probe");
@@ -326,6 +362,10 @@ impl Spool {
     /// stable across restarts without being guessable from the outside.
     pub fn redaction_key(&self) -> Result<[u8; 32], SpoolError> {
         let path = self.root.join(".redaction-key");
+        if path.exists() {
+            // Written world-readable by relays before 0600 was the rule.
+            private_files::tighten_file(&path).map_err(SpoolError::io(&path))?;
+        }
         if let Ok(bytes) = fs::read(&path)
             && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
         {
@@ -355,9 +395,11 @@ fn closed(root: &Path) -> SpoolError {
     }
 }
 
-/// Creates `path` with `data` and fsyncs it.
+/// Creates `path` (mode 0600) with `data` and fsyncs it.
 fn write_synced(path: &Path, data: &[u8]) -> Result<(), SpoolError> {
-    let mut file = File::create(path).map_err(SpoolError::io(path))?;
+    let mut file = private_files::create_options()
+        .open(path)
+        .map_err(SpoolError::io(path))?;
     file.write_all(data).map_err(SpoolError::io(path))?;
     file.sync_all().map_err(SpoolError::io(path))
 }
