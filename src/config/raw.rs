@@ -136,6 +136,7 @@ pub struct RawRule {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Option<String>,
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +144,7 @@ pub struct RawMetrics {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub token_env: Option<String>,
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -115,3 +115,18 @@ fn the_shipped_default_config_is_valid() {
     assert!(c.server.listen.ip().is_loopback());
     assert!(matches!(c.upstreams[0].kind, UpstreamKind::Dir { .. }));
 }
+
+#[test]
+fn http_listeners_have_connection_caps() {
+    let c = Config::from_toml(&format!("[admin]\ntoken_env = \"X\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.metrics.max_connections, 64);
+    assert_eq!(c.admin.unwrap().max_connections, 16);
+    let c = Config::from_toml(&format!(
+        "[metrics]\nmax_connections = 200\n[admin]\nmax_connections = 4\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.metrics.max_connections, 200);
+    assert_eq!(c.admin.unwrap().max_connections, 4);
+    let err = Config::from_toml(&format!("[metrics]\nmax_connections = 0\n{MINIMAL}")).unwrap_err();
+    assert_eq!(err.problems[0].path, "metrics.max_connections");
+}
