@@ -381,10 +381,11 @@ fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MAILVEIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(GuardedStderr { format, ansi });
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder
@@ -392,5 +393,51 @@ fn init_logging(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .init(),
+    }
+}
+
+/// Standard error, every line passed through `observe::log::guard_line` as it is written: the
+/// check that no call site let a control character from outside into the log.
+struct GuardedStderr {
+    format: LogFormat,
+    ansi: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for GuardedStderr {
+    type Writer = GuardedLine;
+
+    fn make_writer(&'a self) -> GuardedLine {
+        GuardedLine {
+            format: self.format,
+            ansi: self.ansi,
+            line: Vec::new(),
+        }
+    }
+}
+
+/// One event's output, collected (the formatter writes it in one piece) and written on drop.
+struct GuardedLine {
+    format: LogFormat,
+    ansi: bool,
+    line: Vec<u8>,
+}
+
+impl std::io::Write for GuardedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for GuardedLine {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let line = String::from_utf8_lossy(&self.line);
+        let line = mailveil::observe::log::guard_line(&line, self.format, self.ansi);
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }
