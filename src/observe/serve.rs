@@ -197,13 +197,18 @@ async fn serve_connection(
 }
 
 /// Closes a connection over the cap: a `503` if the socket takes it without waiting, then the
-/// close. What the client already sent is read first (without waiting), so the close is a FIN
-/// that lets the `503` arrive, not a reset that discards it.
+/// close. What the client already sent (a request head's worth at most, without waiting) is
+/// read first, so the close is usually a FIN that lets the `503` arrive, not a reset that
+/// discards it.
 fn refuse(stream: TcpStream) {
     const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
         Content-Type: text/plain\r\nContent-Length: 25\r\n\r\ntoo many open connections";
     let mut sink = [0u8; 1024];
-    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+    for _ in 0..MAX_HEADER_BYTES / sink.len() {
+        if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
     let _ = stream.try_write(BUSY);
     drop(stream);
 }
