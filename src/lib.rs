@@ -44,6 +44,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use config::{Config, UpstreamKind};
+use observe::serve::HttpLimits;
 use observe::{Metrics, Redactor};
 use schedule::Scheduler;
 use spool::Spool;
@@ -174,8 +175,11 @@ pub async fn run_with(
     };
     let http = listeners.metrics.map(|listener| {
         let (metrics, readiness, shutdown) = (metrics.clone(), readiness.clone(), shutdown.clone());
+        let limits = HttpLimits::with_max_connections(config.metrics.max_connections);
         tokio::spawn(async move {
-            if let Err(e) = observe::http::serve(listener, metrics, readiness, shutdown).await {
+            if let Err(e) =
+                observe::http::serve(listener, metrics, readiness, limits, shutdown).await
+            {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         })
@@ -212,6 +216,7 @@ pub async fn run_with(
         &scheduler,
         &relay,
         &reloader,
+        &metrics,
         &shutdown,
     );
     if let Ok(addr) = listeners.smtp.local_addr() {
@@ -266,6 +271,7 @@ fn serve_admin(
     scheduler: &Scheduler,
     relay: &Arc<relay::Relay>,
     reloader: &Arc<reload::Reloader>,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let Some(admin) = &config.admin else {
@@ -289,9 +295,10 @@ fn serve_admin(
         relay: relay.clone(),
         reloader: reloader.clone(),
     };
-    let shutdown = shutdown.clone();
+    let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+    let limits = HttpLimits::with_max_connections(admin.max_connections);
     Some(tokio::spawn(async move {
-        if let Err(e) = observe::admin::serve(listener, state, shutdown).await {
+        if let Err(e) = observe::admin::serve(listener, state, limits, metrics, shutdown).await {
             tracing::error!(error = %e, "admin API failed");
         }
     }))

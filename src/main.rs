@@ -60,10 +60,15 @@ enum Command {
         /// http://127.0.0.1:9726).
         #[arg(long, env = "MAILVEIL_ADMIN_URL")]
         admin: Option<String>,
-        /// Bearer token (default: env MAILVEIL_ADMIN_TOKEN, else the variable named by the
-        /// config's `admin.token_env`).
-        #[arg(long, env = "MAILVEIL_ADMIN_TOKEN", hide_env_values = true)]
+        /// Bearer token. Avoid: every user of the machine can read a command line (`ps`).
+        /// Without it, the token comes from --token-file, else env MAILVEIL_ADMIN_TOKEN, else
+        /// the variable named by the config's `admin.token_env`.
+        #[arg(long, conflicts_with = "token_file")]
         token: Option<String>,
+        /// File holding the bearer token (its trailing line end is ignored); should be
+        /// readable by its owner only.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
         /// Configuration file, read only for the admin address and token variable.
         #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
@@ -136,9 +141,10 @@ fn main() -> ExitCode {
         Command::Ctl {
             admin,
             token,
+            token_file,
             config,
             action,
-        } => ctl(admin, token, &config, action),
+        } => ctl(admin, token, token_file, &config, action),
         Command::Sink {
             listen,
             dir,
@@ -231,18 +237,19 @@ async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
 
 /// `mailveil ctl`: exit 0 when the API accepted the request, 1 when it refused (401, 404,
 /// 422, ...), 69 when it cannot be reached, 64 when no token is available.
-fn ctl(admin: Option<String>, token: Option<String>, config: &Path, action: CtlAction) -> ExitCode {
+fn ctl(
+    admin: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    config: &Path,
+    action: CtlAction,
+) -> ExitCode {
     use mailveil::observe::ctl;
     let text = std::fs::read_to_string(config).ok();
     let url = admin
         .or_else(|| text.as_deref().and_then(ctl::url_from_config))
         .unwrap_or_else(|| ctl::DEFAULT_ADMIN_URL.to_string());
-    let token = token.or_else(|| {
-        let var = text.as_deref().and_then(ctl::token_env_from_config)?;
-        std::env::var(var).ok().filter(|t| !t.is_empty())
-    });
-    let Some(token) = token else {
-        eprintln!("mailveil ctl: no admin token: pass --token or set MAILVEIL_ADMIN_TOKEN");
+    let Some(token) = ctl_token(token, token_file, text.as_deref()) else {
         return ExitCode::from(EXIT_CONFIG);
     };
     let action = match action {
@@ -269,6 +276,57 @@ fn ctl(admin: Option<String>, token: Option<String>, config: &Path, action: CtlA
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
+}
+
+/// The admin token for `ctl`, from (in order) `--token`, `--token-file`, `MAILVEIL_ADMIN_TOKEN`,
+/// the variable named by the config's `admin.token_env`. `None` (after saying why on stderr)
+/// when there is none.
+fn ctl_token(
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    config_text: Option<&str>,
+) -> Option<String> {
+    use mailveil::observe::ctl;
+    if let Some(token) = token {
+        // SPEC keeps `--token`; say what it costs.
+        eprintln!(
+            "mailveil ctl: warning: --token shows the admin token to every user of this machine \
+             (ps, /proc/PID/cmdline); set {} or use --token-file PATH instead",
+            ctl::TOKEN_ENV
+        );
+        return Some(token);
+    }
+    if let Some(path) = token_file {
+        return match ctl::read_token_file(&path) {
+            Ok(file) => {
+                if file.readable_by_others {
+                    eprintln!(
+                        "mailveil ctl: warning: {} is readable by group or others; \
+                         `chmod 600` it so only its owner can hold the admin token",
+                        path.display()
+                    );
+                }
+                Some(file.token)
+            }
+            Err(e) => {
+                eprintln!("mailveil ctl: {e}");
+                None
+            }
+        };
+    }
+    let from_env = |var: &str| std::env::var(var).ok().filter(|t| !t.is_empty());
+    let token = from_env(ctl::TOKEN_ENV).or_else(|| {
+        let var = config_text.and_then(ctl::token_env_from_config)?;
+        from_env(&var)
+    });
+    if token.is_none() {
+        eprintln!(
+            "mailveil ctl: no admin token: set {} (or the variable named by admin.token_env) \
+             or pass --token-file PATH",
+            ctl::TOKEN_ENV
+        );
+    }
+    token
 }
 
 fn inspect(config: PathBuf, message: PathBuf, from: Option<String>, to: Vec<String>) -> ExitCode {
@@ -326,10 +384,11 @@ fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MAILVEIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(GuardedStderr { format, ansi });
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder
@@ -337,5 +396,51 @@ fn init_logging(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .init(),
+    }
+}
+
+/// Standard error, every line passed through `observe::log::guard_line` as it is written: the
+/// check that no call site let a control character from outside into the log.
+struct GuardedStderr {
+    format: LogFormat,
+    ansi: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for GuardedStderr {
+    type Writer = GuardedLine;
+
+    fn make_writer(&'a self) -> GuardedLine {
+        GuardedLine {
+            format: self.format,
+            ansi: self.ansi,
+            line: Vec::new(),
+        }
+    }
+}
+
+/// One event's output, collected (the formatter writes it in one piece) and written on drop.
+struct GuardedLine {
+    format: LogFormat,
+    ansi: bool,
+    line: Vec<u8>,
+}
+
+impl std::io::Write for GuardedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for GuardedLine {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let line = String::from_utf8_lossy(&self.line);
+        let line = mailveil::observe::log::guard_line(&line, self.format, self.ansi);
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }

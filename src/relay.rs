@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::config::{Config, HoldConfig, PrivacyConfig};
 use crate::envelope::{ClientInfo, Envelope};
 use crate::inbound::{Acceptor, Transaction, Verdict};
+use crate::observe::log::escaped;
 use crate::observe::{Metrics, Redactor};
 use crate::privacy::{self, Decision, Exposure, Plan, PlannedDelivery, PrivacySettings, Rewrite};
 use crate::reply::Reply;
@@ -241,14 +242,15 @@ impl Acceptor for Relay {
                 .with_label_values(&[refusal.reason.as_str()])
                 .inc();
             tracing::warn!(%from, rcpts = envelope.rcpt_to.len(), visible = plan.visible, reason = refusal.reason.as_str(),
-                detail = %refusal.text, "rejected: message would show recipients' addresses");
+                detail = %escaped(&refusal.text), "rejected: message would show recipients' addresses");
             return Verdict::Rejected(Reply::new(550, "5.7.1", refusal.text.clone()));
         }
         if plan.decision == Decision::Monitor {
             tracing::warn!(%from, rcpts = envelope.rcpt_to.len(), visible = plan.visible, "monitor: relaying a message that exposes recipients");
         }
         if let Some(part) = &plan.body_warning {
-            tracing::warn!(%from, rcpts = envelope.rcpt_to.len(), %part, "body check (monitor): relaying a body that shows a recipient's address");
+            // The part's name quotes the client's file name.
+            tracing::warn!(%from, rcpts = envelope.rcpt_to.len(), part = %escaped(part), "body check (monitor): relaying a body that shows a recipient's address");
         }
 
         let by_mx = match &rules.mx {

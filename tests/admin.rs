@@ -172,18 +172,26 @@ async fn pausing_one_provider_holds_only_its_copies() {
     );
 }
 
+/// `mailveil ctl --admin URL ARGS` with the token in the environment, the safe form.
 fn ctl(r: &RelayProc, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN)
-        .arg("ctl")
+    ctl_with(r, &[("MAILVEIL_ADMIN_TOKEN", token)], args)
+}
+
+/// `mailveil ctl --admin URL ARGS` with exactly `envs` as the token variables.
+fn ctl_with(r: &RelayProc, envs: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("ctl")
         .arg("--admin")
         .arg(format!("http://{}", r.admin))
-        .arg("--token")
-        .arg(token)
         .args(args)
         .env_remove("MAILVEIL_ADMIN_TOKEN")
+        .env_remove("TEST_ADMIN_TOKEN")
         .env_remove("MAILVEIL_ADMIN_URL")
-        .output()
-        .unwrap();
+        .env_remove("MAILVEIL_CONFIG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -234,7 +242,79 @@ async fn ctl_drives_a_running_relay() {
             "--admin",
             &format!("http://127.0.0.1:{}", free_port()),
         ])
-        .args(["--token", TOKEN, "status"])
+        .args(["status"])
+        .env("MAILVEIL_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69), "unreachable");
+}
+
+/// The token never has to be on the command line: `--token-file` (its line end ignored; a file
+/// others may read is used with a warning), `MAILVEIL_ADMIN_TOKEN`, or the variable the config
+/// names. `--token` still works (SPEC) but warns that `ps` shows it. Exit codes as before.
+#[tokio::test]
+async fn ctl_reads_the_token_from_a_file_or_the_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = relay().await;
+    let file = r.dir.path().join("admin-token");
+    let path = file.display().to_string();
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let (code, out, err) = ctl_with(&r, &[], &["--token-file", &path, "status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["paused"], false);
+    assert!(!err.contains("warning"), "{err}");
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = ctl_with(&r, &[], &["--token-file", &path, "status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("readable by group or others"), "{err}");
+
+    let (code, _, err) = ctl_with(&r, &[("MAILVEIL_ADMIN_TOKEN", TOKEN)], &["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    // The variable named by the config's admin.token_env, as the relay itself reads it.
+    let config = r.config.display().to_string();
+    let (code, _, err) = ctl_with(
+        &r,
+        &[("TEST_ADMIN_TOKEN", TOKEN)],
+        &["-c", &config, "status"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+
+    let (code, _, err) = ctl_with(&r, &[], &["--token", TOKEN, "status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("ps") && err.contains("--token-file"),
+        "--token warns and names the alternatives: {err}"
+    );
+
+    // Exit codes: refused 1, no token 64, unreachable 69.
+    std::fs::write(&file, "not-the-token\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, err) = ctl_with(&r, &[], &["--token-file", &path, "status"]);
+    assert_eq!(code, Some(1), "{err}");
+    let missing = r.dir.path().join("missing").display().to_string();
+    let (code, _, err) = ctl_with(&r, &[], &["--token-file", &missing, "status"]);
+    assert_eq!(code, Some(64), "missing file: {err}");
+    std::fs::write(&file, "\n").unwrap();
+    let (code, _, err) = ctl_with(&r, &[], &["--token-file", &path, "status"]);
+    assert_eq!(code, Some(64), "empty file: {err}");
+    let (code, _, err) = ctl_with(&r, &[], &["status"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("MAILVEIL_ADMIN_TOKEN") && err.contains("--token-file"),
+        "{err}"
+    );
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "ctl",
+            "--admin",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .args(["--token-file", &path, "status"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(69), "unreachable");

@@ -520,7 +520,8 @@ async fn json_logs_carry_the_fields_of_accepted_and_delivery_events() {
 }
 
 /// The upstream's answers for the reply test: a `250` quoting the recipient, a `550` naming
-/// one, and a `451` carrying CR, an erase-line sequence and an OSC title sequence.
+/// one, and a `451` carrying CR, an erase-line sequence, an OSC title sequence, a line
+/// separator, NEL and a bidi override.
 fn hostile_replies() -> Script {
     let mut script = Script::default();
     script
@@ -532,14 +533,14 @@ fn hostile_replies() -> Script {
     );
     script.rcpt_replies.insert(
         "carol@z.test".into(),
-        "451 4.3.0 busy\rFAKE mailveil line \x1b[2K\x1b]0;owned\x07 for <carol@z.test>".into(),
+        "451 4.3.0 busy\rFAKE mailveil line \x1b[2K\x1b]0;owned\x07 for <carol@z.test> \u{2028}\u{85}\u{202e}end".into(),
     );
     script
 }
 
 /// Sends one message split to alice, bob and carol through `upstream`; returns the relay's log
-/// once the three outcomes (delivered, failed, deferred) are in it.
-async fn upstream_replies_logged(upstream: &ScriptedSmtp, show: bool) -> String {
+/// (`format`: text or json) once the three outcomes (delivered, failed, deferred) are in it.
+async fn upstream_replies_logged(upstream: &ScriptedSmtp, show: bool, format: &str) -> String {
     let config = format!(
         r#"
 [server]
@@ -557,6 +558,7 @@ timeout = "10s"
 listen = "{{metrics}}"
 [log]
 show_addresses = {show}
+format = "{format}"
 "#,
         port = upstream.port()
     );
@@ -580,22 +582,11 @@ show_addresses = {show}
 #[tokio::test]
 async fn upstream_replies_are_redacted_and_cannot_forge_log_lines() {
     let upstream = ScriptedSmtp::start(hostile_replies()).await;
-    let log = upstream_replies_logged(&upstream, false).await;
+    let log = upstream_replies_logged(&upstream, false, "text").await;
     for local in ["alice@", "bob@", "carol@"] {
         assert!(!log.contains(local), "{local} leaked into the log:\n{log}");
     }
-    for forbidden in ['\r', '\x1b', '\x07'] {
-        assert!(
-            !log.contains(forbidden),
-            "raw {forbidden:?} in the log:\n{log:?}"
-        );
-    }
-    for line in log.lines() {
-        assert!(
-            !line.trim_start().starts_with("FAKE"),
-            "a reply forged a line: {line:?}"
-        );
-    }
+    assert_no_raw_controls(&log);
     assert!(
         log.contains("busy\\rFAKE mailveil line \\x1b[2K\\x1b]0;owned\\x07 for <"),
         "the 451 is logged, escaped:\n{log}"
@@ -605,14 +596,113 @@ async fn upstream_replies_are_redacted_and_cannot_forge_log_lines() {
     // With show_addresses = true the addresses are there (so the check above can fail), and
     // control characters are still escaped.
     let upstream = ScriptedSmtp::start(hostile_replies()).await;
-    let log = upstream_replies_logged(&upstream, true).await;
+    let log = upstream_replies_logged(&upstream, true, "text").await;
     assert!(log.contains("ok for <alice@x.test>"), "{log}");
     assert!(log.contains("<bob@y.test>: rejected"), "{log}");
     assert!(log.contains("\\x1b[2K"), "{log}");
-    for forbidden in ['\r', '\x1b', '\x07'] {
+    assert_no_raw_controls(&log);
+}
+
+/// The same replies in the JSON format: every line is one JSON object, no line carries a raw
+/// control character, line separator or bidi control, and the reply is in its field with the
+/// same visible escapes as in the text format.
+#[tokio::test]
+async fn upstream_replies_cannot_forge_json_log_lines() {
+    let upstream = ScriptedSmtp::start(hostile_replies()).await;
+    let log = upstream_replies_logged(&upstream, true, "json").await;
+    assert_no_raw_controls(&log);
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    let deferred = events
+        .iter()
+        .find(|e| e["message"] == "deferred")
+        .unwrap_or_else(|| panic!("no deferred event:\n{log}"));
+    let error = deferred["error"].as_str().expect("error field");
+    assert!(
+        error.contains(
+            "busy\\rFAKE mailveil line \\x1b[2K\\x1b]0;owned\\x07 for <carol@z.test> \\u{2028}\\u{85}\\u{202e}end"
+        ),
+        "{error}"
+    );
+    for event in &events {
+        for (field, value) in event.as_object().unwrap() {
+            if let Some(text) = value.as_str() {
+                assert!(
+                    !text.chars().any(is_raw_control),
+                    "{field} carries a raw control character: {text:?}"
+                );
+            }
+        }
+    }
+}
+
+/// A client's attachment name is quoted in the body check's warning: a bidi override or a line
+/// separator in it is escaped there too, in both formats.
+#[tokio::test]
+async fn a_file_name_cannot_hide_or_break_a_log_line() {
+    for format in ["text", "json"] {
+        let config = format!(
+            "{}[privacy]\nbody_check = \"monitor\"\n",
+            private_traffic_config(format, false)
+        );
+        let r = RelayProc::start(&config, &[]).await;
+        let to = ["zelda.quokka@example.org", "wilhelmina.rutz@example.org"];
+        let m = message(
+            &[
+                "From: app@src.test",
+                &format!("To: {}", to.join(", ")),
+                "MIME-Version: 1.0",
+                "Content-Type: multipart/mixed; boundary=\"b1\"",
+            ],
+            "--b1\r\nContent-Type: text/plain\r\n\r\nHello.\r\n\
+             --b1\r\nContent-Type: text/csv\r\n\
+             Content-Disposition: attachment; filename*=UTF-8''list%E2%80%AEvsc.exe%E2%80%A8FAKE\r\n\
+             \r\nzelda.quokka@example.org\r\n--b1--\r\n",
+        );
+        lettre_send(r.smtp, Some("app@src.test"), &to, &m)
+            .await
+            .unwrap();
+        let log = r.wait_for_log("body check (monitor)", 0).await;
+        assert_no_raw_controls(&log);
+        let shown = if format == "json" {
+            let warning: serde_json::Value = log
+                .lines()
+                .find(|l| l.contains("body check (monitor)"))
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_else(|| panic!("no JSON warning:\n{log}"));
+            warning["part"].as_str().expect("part").to_string()
+        } else {
+            log.clone()
+        };
         assert!(
-            !log.contains(forbidden),
-            "raw {forbidden:?} in the log:\n{log:?}"
+            shown.contains(r"list\u{202e}vsc.exe\u{2028}FAKE"),
+            "{format}:\n{log}"
+        );
+    }
+}
+
+/// A character a log line must not carry raw: a control character (other than the line end),
+/// a Unicode line or paragraph separator, or a bidi control.
+fn is_raw_control(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+fn assert_no_raw_controls(log: &str) {
+    // `split`, not `lines`: that would drop a CR before the line end.
+    for line in log.split('\n') {
+        assert!(
+            !line.chars().any(is_raw_control),
+            "raw control character in a log line: {line:?}"
+        );
+        assert!(
+            !line.trim_start().starts_with("FAKE"),
+            "a reply forged a line: {line:?}"
         );
     }
 }

@@ -1,7 +1,8 @@
 //! The delivery queue against a fault-injecting upstream (the scripted server): temporary
 //! replies, dropped connections, slow replies and TLS failures are retried until the copy is
 //! delivered once; a `5xx` is never retried; a down upstream fails over to the next one and
-//! gets mail again after its cool-off.
+//! gets mail again after its cool-off. Replies whose text is not UTF-8 are classified by their
+//! code like any other.
 
 #[path = "support/scripted_smtp.rs"]
 mod scripted_smtp;
@@ -402,4 +403,198 @@ async fn failover_to_the_second_upstream_and_back_after_the_cool_off() {
     // Every message went out exactly once, through one upstream or the other.
     let total = first.record().messages.len() + second.record().messages.len();
     assert_eq!(total, sent, "each message delivered once");
+}
+
+/// A relay delivering through one scripted upstream that sends its replies as Latin-1, so
+/// they can carry bytes that are not UTF-8; over STARTTLS when `tls` is set.
+async fn latin1_upstream(
+    script: Script,
+    tls: bool,
+) -> (ScriptedSmtp, InProcessRelay, tempfile::TempDir) {
+    let work = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("replies CA");
+    let script = Script {
+        replies_latin1: true,
+        starttls: tls.then(|| ca.server_cert(&["127.0.0.1"]).server_config()),
+        ..script
+    };
+    let upstream = ScriptedSmtp::start(script).await;
+    let mut config = scripted_upstream(
+        "scripted",
+        upstream.port(),
+        if tls { "starttls" } else { "none" },
+        "5s",
+    );
+    if tls {
+        let ca_file = ca.write(work.path(), "ca.pem");
+        config.push_str(&format!("ca_file = \"{}\"\n", ca_file.display()));
+    }
+    let relay = InProcessRelay::start(&relay_config(&config, "")).await;
+    (upstream, relay, work)
+}
+
+/// A `550` whose text is not UTF-8 is a permanent failure like any other: counted failed once,
+/// never deferred or tried again, and the upstream stays up (it answered, about this message).
+async fn a_550_not_utf8_fails_once(step: Step, tls: bool) {
+    let reply = "550 5.1.1 <bytes \u{ff}\u{fe}> unknown".to_string();
+    let (upstream, relay, _work) = latin1_upstream(
+        Script {
+            replies: HashMap::from([(step, reply)]),
+            ..Script::default()
+        },
+        tls,
+    )
+    .await;
+    send_one(&relay, &["gone@x.test"], "latin1").await;
+    let text = wait_metrics(&relay, "one failed copy", |t| {
+        sample(t, "mailveil_deliveries_total", &["outcome=\"failed\""]) == 1.0
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "mailveil_upstream_up{upstream=\"scripted\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    // Retries run every ~1 s here: three seconds would show any.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, text) = relay.http_get("/metrics").await;
+    assert_eq!(
+        sample(
+            &text,
+            "mailveil_deliveries_total",
+            &["outcome=\"deferred\""]
+        ),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "mailveil_deliveries_total", &["outcome=\"failed\""]),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "mailveil_upstream_up{upstream=\"scripted\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(count_commands(&upstream, "MAIL"), 1, "tried once");
+    // The failure record keeps the upstream's code.
+    let failed: Vec<_> = std::fs::read_dir(relay.spool().join("failed"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
+    let record = std::fs::read_to_string(failed[0].path()).unwrap();
+    assert!(record.contains("\"code\":550"), "{record}");
+}
+
+#[tokio::test]
+async fn a_550_to_rcpt_whose_text_is_not_utf8_fails_once_and_the_upstream_stays_up() {
+    a_550_not_utf8_fails_once(Step::Rcpt, false).await;
+}
+
+#[tokio::test]
+async fn a_550_after_data_whose_text_is_not_utf8_fails_once_and_the_upstream_stays_up() {
+    a_550_not_utf8_fails_once(Step::DataEnd, false).await;
+}
+
+#[tokio::test]
+async fn a_550_not_utf8_over_starttls_fails_once_and_the_upstream_stays_up() {
+    a_550_not_utf8_fails_once(Step::DataEnd, true).await;
+}
+
+/// A `451` whose text is not UTF-8 is deferred and retried on the same upstream: it is an
+/// answer about this message, so the upstream is not marked down and the backup gets nothing.
+#[tokio::test]
+async fn a_451_whose_text_is_not_utf8_is_retried_without_failing_over() {
+    let primary = ScriptedSmtp::start(Script {
+        replies_latin1: true,
+        first_replies: HashMap::from([(
+            Step::DataEnd,
+            vec!["451 4.3.0 sp\u{e4}ter \u{ff}".into()],
+        )]),
+        ..Script::default()
+    })
+    .await;
+    let backup = ScriptedSmtp::start(Script::default()).await;
+    let upstreams = format!(
+        "{}{}",
+        scripted_upstream("primary", primary.port(), "none", "5s"),
+        scripted_upstream("backup", backup.port(), "none", "5s")
+    );
+    let relay = InProcessRelay::start(&relay_config(&upstreams, "")).await;
+    send_one(&relay, &["r@x.test"], "latin1-451").await;
+    let got = wait_messages(&primary, 1).await;
+    assert_eq!(got[0].rcpt_to, vec!["r@x.test".to_string()]);
+    let text = wait_metrics(&relay, "one delivered copy", |t| {
+        sample(t, "mailveil_deliveries_total", &["outcome=\"delivered\""]) == 1.0
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            "mailveil_deliveries_total",
+            &["upstream=\"primary\"", "outcome=\"deferred\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(backup.record().messages.is_empty(), "no failover");
+    assert_eq!(backup.record().connections, 0, "no failover");
+    assert_eq!(
+        metric(&text, "mailveil_upstream_up{upstream=\"primary\"}"),
+        Some(1.0)
+    );
+}
+
+/// A `250` after DATA whose text is not UTF-8 is a delivery: the copy is never sent again.
+#[tokio::test]
+async fn a_250_whose_text_is_not_utf8_is_delivered_once() {
+    let (upstream, relay, _work) = latin1_upstream(
+        Script {
+            replies: HashMap::from([(Step::DataEnd, "250 2.0.0 queued as \u{e9}\u{ff}".into())]),
+            ..Script::default()
+        },
+        false,
+    )
+    .await;
+    send_one(&relay, &["r@x.test"], "latin1-250").await;
+    wait_metrics(&relay, "one delivered copy", |t| {
+        sample(t, "mailveil_deliveries_total", &["outcome=\"delivered\""]) == 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(upstream.record().messages.len(), 1, "delivered once");
+    assert_eq!(count_commands(&upstream, "DATA"), 1, "sent once");
+}
+
+/// STARTTLS response injection (the CVE-2011-0411 class): a reply sent in plaintext right after
+/// the `220` must not be read as if it came over TLS. Read as the answer to our EHLO, the
+/// injected `250` would shift every later reply by one: the `354` to DATA would pass for the
+/// verdict on the message, and a refused message would count as delivered.
+#[tokio::test]
+async fn a_reply_injected_after_the_starttls_220_is_discarded() {
+    let (_upstream, relay, _work) = latin1_upstream(
+        Script {
+            replies: HashMap::from([
+                (Step::StartTls, "220 2.0.0 go ahead\r\n250 injected".into()),
+                (Step::DataEnd, "550 5.7.1 refused".into()),
+            ]),
+            ..Script::default()
+        },
+        true,
+    )
+    .await;
+    send_one(&relay, &["r@x.test"], "injected").await;
+    let text = wait_metrics(&relay, "one failed copy", |t| {
+        sample(t, "mailveil_deliveries_total", &["outcome=\"failed\""]) == 1.0
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            "mailveil_deliveries_total",
+            &["outcome=\"delivered\""]
+        ),
+        0.0,
+        "{text}"
+    );
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
+use crate::observe::serve::HttpLimits;
 pub use dkim::{DkimConfig, DkimKeyConfig};
 pub use hold::{DEFAULT_HOLD_TIMEOUT, HoldConfig, HoldTimeoutAction};
 pub use shaping::{
@@ -207,6 +208,8 @@ pub struct Credentials {
 pub struct MetricsConfig {
     /// `None` disables the HTTP endpoint.
     pub listen: Option<SocketAddr>,
+    /// Open connections at most; more are refused at once (see `observe/serve.rs`).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +219,8 @@ pub struct AdminConfig {
     pub token_env: Option<String>,
     /// `None` when `token_env` is unset or empty: the admin API stays off.
     pub token: Option<Secret>,
+    /// Open connections at most; more are refused at once (see `observe/serve.rs`).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +317,11 @@ impl Config {
                 listen: metrics
                     .listen
                     .and_then(|l| p.socket_addr("metrics.listen", &l)),
+                max_connections: p.positive(
+                    "metrics.max_connections",
+                    metrics.max_connections,
+                    HttpLimits::DEFAULT_METRICS_CONNECTIONS,
+                ),
             },
             admin: admin.map(|a| validate_admin(a, &mut p)),
             cluster: shaping::validate_cluster(cluster, &mut p),
@@ -761,6 +771,11 @@ fn validate_admin(raw: raw::RawAdmin, p: &mut Problems) -> AdminConfig {
         listen,
         token_env: raw.token_env,
         token,
+        max_connections: p.positive(
+            "admin.max_connections",
+            raw.max_connections,
+            HttpLimits::DEFAULT_ADMIN_CONNECTIONS,
+        ),
     }
 }
 

@@ -142,6 +142,7 @@ pub struct RawRule {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Option<String>,
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +150,7 @@ pub struct RawMetrics {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub token_env: Option<String>,
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

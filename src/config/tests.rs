@@ -195,3 +195,18 @@ fn a_secret_file_other_users_can_read_is_warned_about_by_key_path() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(Config::from_toml(&text).unwrap().warnings.is_empty());
 }
+
+#[test]
+fn http_listeners_have_connection_caps() {
+    let c = Config::from_toml(&format!("[admin]\ntoken_env = \"X\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.metrics.max_connections, 64);
+    assert_eq!(c.admin.unwrap().max_connections, 16);
+    let c = Config::from_toml(&format!(
+        "[metrics]\nmax_connections = 200\n[admin]\nmax_connections = 4\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.metrics.max_connections, 200);
+    assert_eq!(c.admin.unwrap().max_connections, 4);
+    let err = Config::from_toml(&format!("[metrics]\nmax_connections = 0\n{MINIMAL}")).unwrap_err();
+    assert_eq!(err.problems[0].path, "metrics.max_connections");
+}

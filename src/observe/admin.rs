@@ -31,6 +31,8 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::Metrics;
+use super::serve::{HttpCounters, HttpLimits};
 use crate::config::Secret;
 use crate::relay::Relay;
 use crate::reload::{ReloadError, Reloader};
@@ -64,12 +66,18 @@ struct ReloadAnswer {
     restart_needed: Vec<String>,
 }
 
-/// Serves until `shutdown` is cancelled.
+/// Serves under `limits` (see `observe/serve.rs`) until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
+    limits: HttpLimits,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let counters = HttpCounters {
+        metrics,
+        listener: "admin",
+    };
     let app = Router::new()
         .route("/status", get(status))
         .route("/pause", post(pause))
@@ -80,9 +88,7 @@ pub async fn serve(
         .route("/held/{id}/drop", post(drop_held))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    super::serve::serve(listener, app, limits, counters, shutdown).await
 }
 
 /// True when `headers` carry `Bearer <token>`. The comparison takes the same time wherever the

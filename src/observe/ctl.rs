@@ -139,6 +139,56 @@ pub fn token_env_from_config(text: &str) -> Option<String> {
     Some(table.get("admin")?.get("token_env")?.as_str()?.to_string())
 }
 
+/// The variable `ctl` reads the token from first; the relay's examples use the same name in
+/// `admin.token_env`, so one `export` serves both.
+pub const TOKEN_ENV: &str = "MAILVEIL_ADMIN_TOKEN";
+
+/// The admin token read from a `--token-file`.
+#[derive(Debug)]
+pub struct TokenFile {
+    pub token: String,
+    /// Group or others may read the file: anyone with an account on the machine may hold
+    /// the kill switch. Reported, not refused: a Kubernetes Secret volume is 0644 unless its
+    /// `defaultMode` says otherwise, and inside a pod that is harmless.
+    pub readable_by_others: bool,
+}
+
+/// Why a `--token-file` gave no token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read the token file {path}: {source}")]
+    Unreadable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the token file {path} is empty")]
+    Empty { path: String },
+}
+
+/// Reads the token from `path`: the file's text without its trailing line end (`echo TOKEN >
+/// file` writes one). Checks who else may read it (the file, through symlinks).
+pub fn read_token_file(path: &std::path::Path) -> Result<TokenFile, TokenFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display().to_string();
+    let unreadable = |source| TokenFileError::Unreadable {
+        path: shown.clone(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(unreadable)?;
+    let mode = std::fs::metadata(path)
+        .map_err(unreadable)?
+        .permissions()
+        .mode();
+    let token = text.trim_end_matches(['\r', '\n']).to_string();
+    if token.is_empty() {
+        return Err(TokenFileError::Empty { path: shown });
+    }
+    Ok(TokenFile {
+        token,
+        readable_by_others: mode & 0o044 != 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +226,29 @@ mod tests {
             Action::Drop { id: "../x".into() }.request_line(),
             ("POST", "/held/..%2Fx/drop".into())
         );
+    }
+
+    #[test]
+    fn token_file_loses_its_line_end_and_reports_who_may_read_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("token");
+        std::fs::write(&path, "s3cret-token\r\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let file = read_token_file(&path).unwrap();
+        assert_eq!(file.token, "s3cret-token");
+        assert!(!file.readable_by_others);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_token_file(&path).unwrap().readable_by_others);
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(
+            read_token_file(&path),
+            Err(TokenFileError::Empty { .. })
+        ));
+        assert!(matches!(
+            read_token_file(&tmp.path().join("missing")),
+            Err(TokenFileError::Unreadable { .. })
+        ));
     }
 
     #[test]

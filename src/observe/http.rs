@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
+use super::serve::{HttpCounters, HttpLimits};
 use crate::spool::Spool;
 
 /// What `/readyz` looks at.
@@ -30,21 +31,24 @@ struct AppState {
     readiness: Readiness,
 }
 
-/// Serves until `shutdown` is cancelled.
+/// Serves under `limits` (see `observe/serve.rs`) until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     readiness: Readiness,
+    limits: HttpLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let counters = HttpCounters {
+        metrics: metrics.clone(),
+        listener: "metrics",
+    };
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(AppState { metrics, readiness });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    super::serve::serve(listener, app, limits, counters, shutdown).await
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {

@@ -12,11 +12,19 @@
 //! character (C0, DEL, C1), the Unicode line separators and the bidi controls as a visible
 //! escape (`\r`, `\x1b`, `\u{202e}`), and a backslash as `\\`, so an escape in the log always
 //! means the byte was there; whether or not addresses are shown.
+//!
+//! Both log formats carry these escapes as they are (the JSON formatter escapes the backslash
+//! once more). [`guard_line`] is the independent check behind them: every line is scanned as
+//! it is written, and what a call site forgot to escape is escaped there (in JSON as a `\uXXXX`
+//! escape of the same character, so the value is unchanged and the line stays one line for
+//! tools that split at U+2028 or NEL).
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::config::LogFormat;
 use crate::privacy::address::address_tokens;
 
 #[derive(Clone)]
@@ -202,6 +210,63 @@ fn needs_escape(c: char) -> bool {
         )
 }
 
+/// One formatted log line (with its final line end) as it may be written: see the module doc.
+/// `ansi`: the text format colours its output (a terminal), so its own SGR sequences
+/// (`ESC [ digits m`) stay; any other ESC is escaped.
+pub fn guard_line(line: &str, format: LogFormat, ansi: bool) -> Cow<'_, str> {
+    let body = line.strip_suffix('\n').unwrap_or(line);
+    let sgr_end = |at: usize| -> Option<usize> {
+        let rest = body[at..].strip_prefix("\x1b[")?;
+        let digits = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b';')
+            .count();
+        (rest.as_bytes().get(digits) == Some(&b'm')).then_some(at + 2 + digits + 1)
+    };
+    let unsafe_at = |at: usize, c: char| -> bool {
+        c != '\\'
+            && needs_escape(c)
+            && !(ansi && format == LogFormat::Text && sgr_end(at).is_some())
+    };
+    if !body.char_indices().any(|(i, c)| unsafe_at(i, c)) {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    let mut skip_to = 0;
+    for (i, c) in body.char_indices() {
+        if i < skip_to {
+            continue;
+        }
+        if c == '\x1b'
+            && ansi
+            && format == LogFormat::Text
+            && let Some(end) = sgr_end(i)
+        {
+            out.push_str(&body[i..end]);
+            skip_to = end;
+            continue;
+        }
+        if !unsafe_at(i, c) {
+            out.push(c);
+            continue;
+        }
+        match format {
+            // These occur only inside strings (the formatter writes the rest in ASCII), where
+            // `\uXXXX` is the same character; all of them are in the BMP.
+            LogFormat::Json => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            LogFormat::Text => {
+                let _ = write!(out, "{}", escaped(c));
+            }
+        }
+    }
+    if line.ends_with('\n') {
+        out.push('\n');
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +373,52 @@ mod tests {
         // An address next to a control character is still found and redacted.
         let line = hidden().text("x\x1bbob@y.test\r").to_string();
         assert_eq!(line, format!("x\\x1b{}\\r", h("bob@y.test")));
+    }
+
+    #[test]
+    fn guarded_json_lines_keep_their_values_and_stay_one_line() {
+        let value = "a\u{2028}b\u{85}c\u{7f}d\u{202e}e \\ f";
+        let line = format!("{}\n", serde_json::json!({ "error": value }));
+        let guarded = guard_line(&line, LogFormat::Json, false);
+        assert!(guarded.ends_with("}\n"));
+        let body = guarded.trim_end_matches('\n');
+        assert!(!body.chars().any(needs_escape_but_backslash), "{body:?}");
+        assert!(
+            body.contains("\\u2028") && body.contains("\\u0085"),
+            "{body}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed["error"], value, "same value");
+        // Nothing to escape: the line is not copied.
+        let clean = "{\"a\":\"b\\u001b\"}\n";
+        assert!(matches!(
+            guard_line(clean, LogFormat::Json, false),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn guarded_text_lines_escape_what_a_call_site_forgot() {
+        let line = "WARN upstream failing error=451 busy\rFAKE \x1b[2K\x1b]0;t\x07 \u{2028}x\n";
+        let guarded = guard_line(line, LogFormat::Text, false);
+        assert_eq!(
+            guarded,
+            "WARN upstream failing error=451 busy\\rFAKE \\x1b[2K\\x1b]0;t\\x07 \\u{2028}x\n"
+        );
+        // Colours on a terminal are the formatter's own; an erase-line is not.
+        let coloured = "\x1b[2mdate\x1b[0m \x1b[33mWARN\x1b[0m x\x1b[2Ky\n";
+        assert_eq!(
+            guard_line(coloured, LogFormat::Text, true),
+            "\x1b[2mdate\x1b[0m \x1b[33mWARN\x1b[0m x\\x1b[2Ky\n"
+        );
+        assert!(matches!(
+            guard_line("plain \\ line\n", LogFormat::Text, false),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    fn needs_escape_but_backslash(c: char) -> bool {
+        c != '\\' && needs_escape(c)
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub struct Metrics {
     pub held_copies: IntGauge,
     /// `action`: held | released | dropped | timeout_released | timeout_dropped.
     pub hold_actions: IntCounterVec,
+    /// `listener`: metrics | admin. Open connections of the HTTP listeners.
+    pub http_connections: IntGaugeVec,
+    /// `listener`, `reason` (connection_limit | header_timeout | write_timeout): HTTP
+    /// connections refused or closed by a limit (see `observe/serve.rs`).
+    pub http_rejections: IntCounterVec,
 }
 
 /// The `reason` labels of `mailveil_privacy_blocked_total`: a header field would show a
@@ -209,6 +214,16 @@ impl Metrics {
                 "Bulk hold events, by action.",
                 &["action"],
             ),
+            http_connections: gauge_vec(
+                "mailveil_http_connections",
+                "Open connections of the metrics and admin HTTP listeners, by listener.",
+                &["listener"],
+            ),
+            http_rejections: counter(
+                "mailveil_http_rejections_total",
+                "HTTP connections refused or closed by a limit, by listener and reason.",
+                &["listener", "reason"],
+            ),
             registry,
         }
     }
@@ -229,6 +244,12 @@ impl Metrics {
         }
         for action in HOLD_ACTIONS {
             self.hold_actions.with_label_values(&[action]);
+        }
+        for listener in super::serve::HTTP_LISTENERS {
+            self.http_connections.with_label_values(&[listener]);
+            for reason in super::serve::HTTP_REJECTION_REASONS {
+                self.http_rejections.with_label_values(&[listener, reason]);
+            }
         }
         for provider in providers {
             let p = provider.as_str();

@@ -5,7 +5,10 @@
 //!   message on loopback (Nagle + delayed ACK on the small command writes).
 //! - Every step runs under `tokio::time::timeout`: lettre has no read timeout, and a stalled
 //!   upstream would otherwise hold a connection slot forever.
-//! - STARTTLS is required when configured; a server that does not offer it gets no mail.
+//! - STARTTLS is required when configured; a server that does not offer it gets no mail. We
+//!   perform the upgrade ourselves (lettre would put TLS on top of our stream), so that every
+//!   reply lettre reads comes through [`ReplyStream`], which decodes it lossily: a reply whose
+//!   text is not UTF-8 is classified by its code like any other (see `stream.rs`).
 //! - We write MAIL and RCPT ourselves so the null sender goes out as `MAIL FROM:<>`, a quoted
 //!   local part goes out byte for byte as stored (`RCPT TO:<"b@y, x"@z>`), and we decide on
 //!   `BODY=8BITMIME` / `SMTPUTF8`; lettre's `send` needs its own `Envelope` type.
@@ -18,12 +21,13 @@ use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
-use lettre::transport::smtp::commands::{Data, Quit, Rset};
+use lettre::transport::smtp::commands::{Data, Quit, Rset, Starttls};
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::transport::smtp::response::Response;
 use tokio::net::TcpStream;
 
-use super::tls::{ImplicitTls, TlsSetup};
+use super::stream::{Detachable, ReplyStream};
+use super::tls::{TlsConnection, TlsSetup};
 use super::{Outbound, Stage, Timeouts, UpstreamError};
 use crate::config::{SmtpUpstreamConfig, UpstreamTls};
 
@@ -101,40 +105,23 @@ impl SmtpClient {
             text: e.to_string(),
         })?;
 
-        let stream: Box<dyn AsyncTokioStream> = match (self.tls, &self.tls_setup) {
+        let mut smtp = match (self.tls, &self.tls_setup) {
             (UpstreamTls::Implicit, Some(setup)) => {
                 let handshake = setup.connector.connect(setup.server_name.clone(), tcp);
-                match tokio::time::timeout(t.tls, handshake).await {
+                let tls = match tokio::time::timeout(t.tls, handshake).await {
                     Err(_) => return Err(timeout(Stage::Tls, t.tls)),
                     Ok(Err(e)) => return Err(UpstreamError::Tls(e.to_string())),
-                    Ok(Ok(tls)) => Box::new(ImplicitTls(tls)),
-                }
+                    Ok(Ok(tls)) => tls,
+                };
+                let stream = Box::new(ReplyStream::new(TlsConnection(tls)));
+                self.greet(stream).await?
             }
-            _ => Box::new(tcp),
+            (UpstreamTls::StartTls, Some(setup)) => self.starttls(tcp, setup).await?,
+            (UpstreamTls::StartTls | UpstreamTls::Implicit, None) => {
+                return Err(UpstreamError::Config("TLS without TLS setup".into()));
+            }
+            (UpstreamTls::None, _) => self.greet(Box::new(ReplyStream::new(tcp))).await?,
         };
-        let mut smtp = step(
-            Stage::Greeting,
-            t.greeting,
-            AsyncSmtpConnection::connect_with_transport(stream, &self.client_id),
-        )
-        .await?;
-
-        if self.tls == UpstreamTls::StartTls {
-            let Some(setup) = &self.tls_setup else {
-                return Err(UpstreamError::Config("STARTTLS without TLS setup".into()));
-            };
-            if !smtp.server_info().supports_feature(Extension::StartTls) {
-                // Say goodbye in plaintext (harmless), never anything else.
-                let _ = tokio::time::timeout(t.command, smtp.quit()).await;
-                return Err(UpstreamError::NoStartTls);
-            }
-            step(
-                Stage::StartTls,
-                t.tls,
-                smtp.starttls(setup.starttls.clone(), &self.client_id),
-            )
-            .await?;
-        }
 
         if let Some(credentials) = &self.credentials {
             step(
@@ -148,6 +135,61 @@ impl SmtpClient {
             smtp,
             transactions: 0,
         })
+    }
+
+    /// Reads the greeting and says EHLO.
+    async fn greet(
+        &self,
+        stream: Box<dyn AsyncTokioStream>,
+    ) -> Result<AsyncSmtpConnection, UpstreamError> {
+        step(
+            Stage::Greeting,
+            self.timeouts.greeting,
+            AsyncSmtpConnection::connect_with_transport(stream, &self.client_id),
+        )
+        .await
+    }
+
+    /// Greeting, EHLO and STARTTLS in plaintext; then our TLS handshake and a new lettre
+    /// session over it (lettre reads the greeting again, replayed, and says EHLO again). The
+    /// plaintext session is dropped with anything the upstream sent after its `220`.
+    async fn starttls(
+        &self,
+        tcp: TcpStream,
+        setup: &TlsSetup,
+    ) -> Result<AsyncSmtpConnection, UpstreamError> {
+        let t = &self.timeouts;
+        let plain = Detachable::new(tcp);
+        let mut smtp = self
+            .greet(Box::new(ReplyStream::new(plain.clone())))
+            .await?;
+        if !smtp.server_info().supports_feature(Extension::StartTls) {
+            // Say goodbye in plaintext (harmless), never anything else.
+            let _ = tokio::time::timeout(t.command, smtp.quit()).await;
+            return Err(UpstreamError::NoStartTls);
+        }
+        let upgrade = async {
+            smtp.command(Starttls)
+                .await
+                .map_err(|e| UpstreamError::from_lettre(Stage::StartTls, e))?;
+            drop(smtp);
+            let tcp = plain
+                .take()
+                .ok_or_else(|| UpstreamError::Tls("connection lost before the handshake".into()))?;
+            let tls = setup
+                .connector
+                .connect(setup.server_name.clone(), tcp)
+                .await
+                .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+            let stream = ReplyStream::replaying(GREETING_AFTER_TLS, TlsConnection(tls));
+            AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.client_id)
+                .await
+                .map_err(|e| UpstreamError::from_lettre(Stage::StartTls, e))
+        };
+        match tokio::time::timeout(t.tls, upgrade).await {
+            Err(_) => Err(timeout(Stage::StartTls, t.tls)),
+            Ok(result) => result,
+        }
     }
 
     /// One transaction: MAIL, every RCPT, DATA, the message. Returns the final reply.
@@ -215,6 +257,10 @@ impl SmtpClient {
         }
     }
 }
+
+/// What lettre reads as the greeting of the session we continue over TLS (the real one came
+/// before STARTTLS; RFC 3207 has no second greeting).
+const GREETING_AFTER_TLS: &[u8] = b"220 TLS established\r\n";
 
 /// Bytes of a message handed to lettre at a time (see [`Client::transaction`]).
 const DATA_CHUNK: usize = 64 << 10;

@@ -7,12 +7,15 @@
 //! Layout:
 //! - `client.rs`: one SMTP session through lettre, every step under a timeout.
 //! - `pool.rs`: the `max_connections` cap and the idle connections kept for reuse.
+//! - `stream.rs`: what lettre reads through: replies decoded lossily (the code decides, never
+//!   whether the text is UTF-8), and the socket lent to lettre before STARTTLS.
 //! - `tls.rs`: trust anchors and the name certificates are verified against.
 //! - `error.rs`: [`UpstreamError`] and its classifier.
 
 mod client;
 mod error;
 mod pool;
+mod stream;
 mod tls;
 
 use std::path::PathBuf;

@@ -1,13 +1,14 @@
-//! TLS to the upstream: trust anchors, the name we verify, and the implicit-TLS stream.
+//! TLS to the upstream: trust anchors, the name we verify, and the TLS stream lettre talks through.
 //!
 //! Trust is the webpki roots plus the optional `ca_file` (a private CA), and the certificate must
 //! match the configured `host` whether it is a DNS name or an IP address (rustls checks IP SANs
 //! when the server name is an IP). Only the aws-lc-rs provider is used: with two providers
 //! compiled in, rustls cannot pick a default and panics.
 //!
-//! Two forms of the same trust are built because lettre upgrades a STARTTLS connection itself
-//! (it needs its own `TlsParameters`), while for implicit TLS we do the handshake before lettre
-//! sees the stream (lettre would otherwise open the socket itself, without TCP_NODELAY).
+//! We perform every handshake ourselves, implicit TLS before lettre sees the stream and
+//! STARTTLS after lettre's plaintext session got `220` (see `client.rs`): lettre would
+//! otherwise open the socket itself (without TCP_NODELAY), or put TLS on top of our stream
+//! where the replies could no longer be decoded lossily (`stream.rs`).
 
 use std::fmt;
 use std::io;
@@ -17,9 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use lettre::transport::smtp::client::{
-    AsyncTokioStream, Certificate, CertificateStore, TlsParameters,
-};
+use lettre::transport::smtp::client::AsyncTokioStream;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -31,9 +30,6 @@ use super::UpstreamError;
 /// Everything needed to open TLS to one upstream, built once per upstream.
 #[derive(Clone)]
 pub(crate) struct TlsSetup {
-    /// For STARTTLS (lettre performs the upgrade).
-    pub starttls: TlsParameters,
-    /// For implicit TLS (we perform the handshake).
     pub connector: tokio_rustls::TlsConnector,
     pub server_name: ServerName<'static>,
 }
@@ -46,14 +42,12 @@ impl TlsSetup {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let server_name = ServerName::try_from(name.clone()).map_err(|_| {
+        let server_name = ServerName::try_from(name).map_err(|_| {
             UpstreamError::Config(format!("{host:?} is neither a DNS name nor an IP address"))
         })?;
 
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let mut starttls =
-            TlsParameters::builder(name).certificate_store(CertificateStore::WebpkiRoots);
         if let Some(path) = ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 UpstreamError::Config(format!("cannot read ca_file {}: {e}", path.display()))
@@ -72,13 +66,7 @@ impl TlsSetup {
                     UpstreamError::Config(format!("ca_file {}: {e}", path.display()))
                 })?;
             }
-            let cert = Certificate::from_pem(&pem)
-                .map_err(|e| UpstreamError::Config(format!("ca_file {}: {e}", path.display())))?;
-            starttls = starttls.add_root_certificate(cert);
         }
-        let starttls = starttls
-            .build_rustls()
-            .map_err(|e| UpstreamError::Config(format!("TLS setup: {e}")))?;
 
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -87,25 +75,24 @@ impl TlsSetup {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(TlsSetup {
-            starttls,
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name,
         })
     }
 }
 
-/// An implicit-TLS connection handed to lettre as an already-open stream.
-pub(crate) struct ImplicitTls(pub tokio_rustls::client::TlsStream<TcpStream>);
+/// A TLS connection (implicit, or after STARTTLS) handed to lettre as an already-open stream.
+pub(crate) struct TlsConnection(pub tokio_rustls::client::TlsStream<TcpStream>);
 
-impl fmt::Debug for ImplicitTls {
+impl fmt::Debug for TlsConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ImplicitTls")
+        f.debug_tuple("TlsConnection")
             .field(self.0.get_ref().0)
             .finish()
     }
 }
 
-impl AsyncRead for ImplicitTls {
+impl AsyncRead for TlsConnection {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -115,7 +102,7 @@ impl AsyncRead for ImplicitTls {
     }
 }
 
-impl AsyncWrite for ImplicitTls {
+impl AsyncWrite for TlsConnection {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -145,7 +132,7 @@ impl AsyncWrite for ImplicitTls {
     }
 }
 
-impl AsyncTokioStream for ImplicitTls {
+impl AsyncTokioStream for TlsConnection {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.0.get_ref().0.peer_addr()
     }

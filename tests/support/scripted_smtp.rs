@@ -1,9 +1,10 @@
 //! A small scripted SMTP server for fault injection in tests, on 127.0.0.1:0.
 //!
-//! It answers the replies a test chooses (per stage or per recipient), can stall or drop the
-//! connection at a chosen stage, offers STARTTLS or implicit TLS with a given certificate,
-//! checks AUTH PLAIN credentials, and records what it saw (connections, simultaneous sessions,
-//! command lines, messages) so a test can assert on it.
+//! It answers the replies a test chooses (per stage or per recipient, optionally as Latin-1
+//! bytes that are not UTF-8), can stall or drop the connection at a chosen stage, offers
+//! STARTTLS or implicit TLS with a given certificate, checks AUTH PLAIN credentials, and
+//! records what it saw (connections, simultaneous sessions, command lines, messages) so a test
+//! can assert on it.
 //!
 //! Use from a test file with `#[path = "support/scripted_smtp.rs"] mod scripted_smtp;`.
 //! [`pki`] makes a private CA and server certificates with rcgen.
@@ -68,6 +69,9 @@ pub struct Script {
     pub stall_rcpt_domains: Vec<String>,
     /// Wait this long before answering at a step (a slow server).
     pub delays: HashMap<Step, Duration>,
+    /// Send every reply in Latin-1: each character up to U+00FF as that one byte, so a reply
+    /// can carry bytes that are not UTF-8 (`"550 \u{ff}\u{fe}"` puts FF FE on the wire).
+    pub replies_latin1: bool,
 }
 
 /// In [`Script::first_replies`]: close the connection instead of answering.
@@ -90,6 +94,7 @@ impl Default for Script {
             first_replies: HashMap::new(),
             stall_rcpt_domains: Vec::new(),
             delays: HashMap::new(),
+            replies_latin1: false,
         }
     }
 }
@@ -259,7 +264,7 @@ async fn serve(
     if gate(script, Step::Greeting).await {
         return Ok(false);
     }
-    send(&mut stream, &script.greeting).await?;
+    send(&mut stream, script, &script.greeting).await?;
     let mut session = Session::default();
     loop {
         match session.run(&mut stream, script, rec, once, tls).await? {
@@ -292,11 +297,17 @@ async fn gate(script: &Script, step: Step) -> bool {
     script.drop_at == Some(step)
 }
 
-async fn send(stream: &mut Stream, reply: &str) -> std::io::Result<()> {
-    stream
-        .get_mut()
-        .write_all(format!("{reply}\r\n").as_bytes())
-        .await?;
+async fn send(stream: &mut Stream, script: &Script, reply: &str) -> std::io::Result<()> {
+    let mut wire: Vec<u8> = if script.replies_latin1 {
+        reply
+            .chars()
+            .map(|c| u8::try_from(u32::from(c)).expect("a Latin-1 reply"))
+            .collect()
+    } else {
+        reply.as_bytes().to_vec()
+    };
+    wire.extend_from_slice(b"\r\n");
+    stream.get_mut().write_all(&wire).await?;
     stream.get_mut().flush().await
 }
 
@@ -363,18 +374,18 @@ impl Session {
                     if keywords.is_empty() {
                         reply = "250 scripted.test greets you".into();
                     }
-                    send(stream, &Self::reply(script, Step::Ehlo, &reply)).await?;
+                    send(stream, script, &Self::reply(script, Step::Ehlo, &reply)).await?;
                 }
                 "STARTTLS" => {
                     if gate(script, Step::StartTls).await {
                         return Ok(Next::Closed);
                     }
                     if script.starttls.is_none() || tls {
-                        send(stream, "502 5.5.1 no STARTTLS here").await?;
+                        send(stream, script, "502 5.5.1 no STARTTLS here").await?;
                         continue;
                     }
                     let reply = Self::reply(script, Step::StartTls, "220 2.0.0 go ahead");
-                    send(stream, &reply).await?;
+                    send(stream, script, &reply).await?;
                     if reply.starts_with("220") {
                         return Ok(Next::UpgradeTls);
                     }
@@ -384,7 +395,7 @@ impl Session {
                         return Ok(Next::Closed);
                     }
                     let reply = self.auth(stream, script, tls, &line).await?;
-                    send(stream, &reply).await?;
+                    send(stream, script, &reply).await?;
                 }
                 "MAIL" => {
                     if gate(script, Step::Mail).await {
@@ -400,7 +411,7 @@ impl Session {
                         self.mail = Some((from, line.clone()));
                         self.rcpt_to.clear();
                     }
-                    send(stream, &reply).await?;
+                    send(stream, script, &reply).await?;
                 }
                 "RCPT" => {
                     if gate(script, Step::Rcpt).await {
@@ -427,18 +438,18 @@ impl Session {
                     if reply.starts_with('2') {
                         self.rcpt_to.push(to);
                     }
-                    send(stream, &reply).await?;
+                    send(stream, script, &reply).await?;
                 }
                 "DATA" => {
                     if gate(script, Step::Data).await {
                         return Ok(Next::Closed);
                     }
                     if self.mail.is_none() || self.rcpt_to.is_empty() {
-                        send(stream, "503 5.5.1 need MAIL and RCPT first").await?;
+                        send(stream, script, "503 5.5.1 need MAIL and RCPT first").await?;
                         continue;
                     }
                     let reply = Self::reply(script, Step::Data, "354 go ahead");
-                    send(stream, &reply).await?;
+                    send(stream, script, &reply).await?;
                     if !reply.starts_with('3') {
                         continue;
                     }
@@ -470,7 +481,7 @@ impl Session {
                             r.max_messages_per_connection.max(self.messages);
                     }
                     self.rcpt_to.clear();
-                    send(stream, &reply).await?;
+                    send(stream, script, &reply).await?;
                     if script
                         .close_after_messages
                         .is_some_and(|n| self.messages >= n)
@@ -481,15 +492,15 @@ impl Session {
                 "RSET" => {
                     self.mail = None;
                     self.rcpt_to.clear();
-                    send(stream, "250 2.0.0 reset").await?;
+                    send(stream, script, "250 2.0.0 reset").await?;
                 }
-                "NOOP" => send(stream, "250 2.0.0 ok").await?,
+                "NOOP" => send(stream, script, "250 2.0.0 ok").await?,
                 "QUIT" => {
                     rec.lock().unwrap().active -= 1;
-                    let _ = send(stream, "221 2.0.0 bye").await;
+                    let _ = send(stream, script, "221 2.0.0 bye").await;
                     return Ok(Next::Quit);
                 }
-                _ => send(stream, "500 5.5.2 unknown command").await?,
+                _ => send(stream, script, "500 5.5.2 unknown command").await?,
             }
         }
     }
@@ -518,7 +529,7 @@ impl Session {
         let encoded = match words.next() {
             Some(e) => e.to_string(),
             None => {
-                send(stream, "334 ").await?;
+                send(stream, script, "334 ").await?;
                 let mut answer = String::new();
                 stream.read_line(&mut answer).await?;
                 answer.trim_end().to_string()
