@@ -316,7 +316,7 @@ fn check(
             ),
             Some(m) => {
                 assert!(!finished, "finished record {id} was recovered");
-                assert_eq!(m.log, log, "outcomes of {id}");
+                assert_eq!(m.log, log, "outcomes of {id} in {}", file.escape_ascii());
                 let start = m.offset as usize;
                 assert_eq!(
                     &file[start..start + m.len as usize],

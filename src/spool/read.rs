@@ -120,6 +120,10 @@ pub fn read_batch(data: &[u8]) -> BatchReading {
     let mut line_starts: Vec<usize> = Vec::new();
 
     for at in memmem::find_iter(data, RECORD_MAGIC) {
+        // Inside an intact record everything is its content.
+        if covered.last().is_some_and(|r| r.contains(&at)) {
+            continue;
+        }
         let Some((header, header_len)) = RecordHeader::parse(&data[at..]) else {
             continue;
         };
@@ -175,7 +179,18 @@ pub fn read_batch(data: &[u8]) -> BatchReading {
         });
     }
 
+    // Intact records, in file order and apart: an outcome magic inside one is the content of
+    // a message (one whose last line has no line end, or one written by another program), never
+    // an outcome, even when damage right after the record supplies a newline.
+    let records: Vec<Range<usize>> = covered.clone();
+    let inside_record = |at: usize| {
+        let i = records.partition_point(|r| r.end <= at);
+        records.get(i).is_some_and(|r| r.contains(&at))
+    };
     for at in memmem::find_iter(data, OUTCOME_MAGIC) {
+        if inside_record(at) {
+            continue;
+        }
         let window = &data[at..data.len().min(at.saturating_add(MAX_LINE_LEN))];
         let Some(len) = memchr::memchr(b'\n', window) else {
             continue;

@@ -518,3 +518,21 @@ fn a_record_under_a_damaged_header_id_is_recovered_under_its_meta_id() {
     assert_eq!(found.len(), 7);
     assert_intact_and_kept(&spool, &found, &damaged, dir.path());
 }
+
+/// Found by the `recovery` fuzz target: a message whose last line has no line end, followed by
+/// damage that starts with a newline, held a line that read as another message's outcome.
+#[test]
+fn an_outcome_line_inside_an_intact_record_is_content_not_an_outcome() {
+    let body: &[u8] = b"Subject: x\r\n\r\nMVO1 R1 0 delivered 5";
+    let mut bytes = batch_bytes(&[("R0", body), ("R1", b"Subject: y\r\n\r\nhi\r\n")], "");
+    let end_of_r0 = record_at(&bytes, "R1");
+    bytes.splice(end_of_r0..end_of_r0, b"\njunk".iter().copied());
+    let reading = super::read::read_batch(&bytes);
+    assert_eq!(reading.records.len(), 2, "both records intact");
+    assert!(
+        reading.lines.is_empty(),
+        "no outcome is read from a message: {:?}",
+        reading.lines
+    );
+    assert!(!reading.damage.is_empty(), "the junk is damage");
+}
