@@ -96,9 +96,13 @@ pub fn recovery(data: &[u8]) {
             .copied()
             .filter(|&b| b != 0)
             .collect();
-        let body = crate::privacy::bytes::crlf_only(&raw)
+        let mut body = crate::privacy::bytes::crlf_only(&raw)
             .expect("no NUL left")
             .into_owned();
+        // Complete lines: the decoder keeps the CRLF before the final dot.
+        if !body.is_empty() && !body.ends_with(b"\r\n") {
+            body.extend_from_slice(b"\r\n");
+        }
         let meta = built_meta(i);
         let meta_json = serde_json::to_vec(&meta).expect("meta serializes");
         let mut written = RecordHeader::new(&meta.id, &meta_json, &body)
@@ -312,7 +316,8 @@ fn check(
         match got {
             None => assert!(
                 finished,
-                "intact record {id} was not recovered ({damage:?})"
+                "intact record {id} was not recovered ({damage:?}) from {}",
+                file.escape_ascii()
             ),
             Some(m) => {
                 assert!(!finished, "finished record {id} was recovered");

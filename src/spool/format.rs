@@ -302,6 +302,12 @@ impl BatchLogLine {
         Self::checked(&format!("{id} {word}"))
     }
 
+    /// Whether a line (without its newline) ends in a check, as the relay writes them.
+    pub fn is_checked(line: &[u8]) -> bool {
+        line.len() > LINE_CHECK_LEN + 2
+            && line[line.len() - LINE_CHECK_LEN - 2..].starts_with(b" #")
+    }
+
     /// Parses one outcome line (without its newline): checked as the relay writes them, or
     /// without a check as earlier relays and operators write them. A line whose check does not
     /// match, or that is not exactly one of the forms above, is `None`.

@@ -120,10 +120,6 @@ pub fn read_batch(data: &[u8]) -> BatchReading {
     let mut line_starts: Vec<usize> = Vec::new();
 
     for at in memmem::find_iter(data, RECORD_MAGIC) {
-        // Inside an intact record everything is its content.
-        if covered.last().is_some_and(|r| r.contains(&at)) {
-            continue;
-        }
         let Some((header, header_len)) = RecordHeader::parse(&data[at..]) else {
             continue;
         };
@@ -179,22 +175,33 @@ pub fn read_batch(data: &[u8]) -> BatchReading {
         });
     }
 
-    // Intact records, in file order and apart: an outcome magic inside one is the content of
-    // a message (one whose last line has no line end, or one written by another program), never
-    // an outcome, even when damage right after the record supplies a newline.
-    let records: Vec<Range<usize>> = covered.clone();
+    // Where intact records are, in file order. Damage can make two overlap: a record cut short
+    // still checks out when the bytes after it happen to be the ones it lost.
+    // So: starts in file order, and the furthest end reached by any record up to each.
+    let starts: Vec<usize> = covered.iter().map(|r| r.start).collect();
+    let reach: Vec<usize> = covered
+        .iter()
+        .scan(0, |end, r| {
+            *end = r.end.max(*end);
+            Some(*end)
+        })
+        .collect();
     let inside_record = |at: usize| {
-        let i = records.partition_point(|r| r.end <= at);
-        records.get(i).is_some_and(|r| r.contains(&at))
+        let before = starts.partition_point(|&s| s < at);
+        before > 0 && reach[before - 1] > at
     };
     for at in memmem::find_iter(data, OUTCOME_MAGIC) {
-        if inside_record(at) {
-            continue;
-        }
         let window = &data[at..data.len().min(at.saturating_add(MAX_LINE_LEN))];
         let Some(len) = memchr::memchr(b'\n', window) else {
             continue;
         };
+        // An unchecked line (an earlier relay's, or an operator's) that starts inside an intact
+        // record is that message's text: a message ending without a line end, followed by
+        // damage that begins with one, or a message of a spool written before DATA was
+        // normalised to CRLF. Checked lines are the relay's own and count wherever they are.
+        if !BatchLogLine::is_checked(&window[..len]) && inside_record(at) {
+            continue;
+        }
         if let Some(line) = BatchLogLine::parse(&window[..len]) {
             covered.push(at..at + len + 1);
             line_starts.push(at);
