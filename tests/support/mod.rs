@@ -21,12 +21,28 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_mailveil");
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A port that was free a moment ago (for processes, which must be told a port).
+///
+/// Taken at random from 20000-32767, below the kernel's ephemeral range (32768-60999 by
+/// default): a port the kernel handed out with `bind(0)` was often handed out again as the
+/// source port of an outgoing connection before the relay under test could bind it. Ports
+/// given out by this process are not given out twice. Another test process can still pick
+/// the same one; `RelayProc::start` retries on "Address already in use".
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<(RandomState, u64, HashSet<u16>)>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let (seed, counter, taken) =
+        given.get_or_insert_with(|| (RandomState::new(), 0, HashSet::new()));
+    loop {
+        *counter += 1;
+        let port = 20_000 + (seed.hash_one(*counter) % 12_768) as u16;
+        if !taken.contains(&port) && StdListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.insert(port);
+            return port;
+        }
+    }
 }
 
 /// A relay running inside the test process on ports chosen by the OS.
@@ -166,6 +182,22 @@ pub fn spawn_mailveil(args: &[&str], log: &Path, envs: &[(&str, &str)]) -> Proc 
         child: cmd.spawn().unwrap(),
         log: log.to_path_buf(),
     }
+}
+
+/// Waits until `addr` accepts connections or `proc_` exits; true when it exited because a port
+/// it was told to listen on was taken.
+fn exited_for_a_taken_port(proc_: &mut Proc, addr: SocketAddr) -> bool {
+    let end = Instant::now() + PATIENCE;
+    while Instant::now() < end {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return false;
+        }
+        if let Ok(Some(_)) = proc_.child.try_wait() {
+            return proc_.log_text().contains("Address already in use");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// Waits until something accepts TCP connections on `addr`.
@@ -420,19 +452,28 @@ impl RelayProc {
     pub async fn start(template: &str, envs: &[(&str, &str)]) -> RelayProc {
         let dir = tempfile::tempdir().unwrap();
         let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
-        let (smtp, metrics, admin) = (addr(free_port()), addr(free_port()), addr(free_port()));
         let config = dir.path().join("mailveil.toml");
-        std::fs::write(
-            &config,
-            Self::render(template, dir.path(), smtp, metrics, admin),
-        )
-        .unwrap();
-        let mut proc_ = spawn_mailveil(
-            &["run", "-c", &config.display().to_string()],
-            &dir.path().join("relay.log"),
-            envs,
-        );
-        wait_for_port(metrics, &mut proc_);
+        let mut attempts = 0;
+        let (mut proc_, smtp, metrics, admin) = loop {
+            attempts += 1;
+            let (smtp, metrics, admin) = (addr(free_port()), addr(free_port()), addr(free_port()));
+            std::fs::write(
+                &config,
+                Self::render(template, dir.path(), smtp, metrics, admin),
+            )
+            .unwrap();
+            let mut proc_ = spawn_mailveil(
+                &["run", "-c", &config.display().to_string()],
+                &dir.path().join("relay.log"),
+                envs,
+            );
+            // Another test process may have taken one of the ports meanwhile: try others.
+            if attempts < 5 && exited_for_a_taken_port(&mut proc_, metrics) {
+                continue;
+            }
+            wait_for_port(metrics, &mut proc_);
+            break (proc_, smtp, metrics, admin);
+        };
         let end = Instant::now() + PATIENCE;
         loop {
             if http_get(metrics, "/readyz").await.0 == 200 {
