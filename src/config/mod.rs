@@ -6,6 +6,7 @@
 //! here from `*_env` / `*_file` and never appear in `Debug` output.
 
 mod dkim;
+pub mod dkim_key;
 mod hold;
 mod raw;
 mod shaping;
