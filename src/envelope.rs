@@ -4,8 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::privacy::address::{is_dot_atom, quoted_string};
-
 /// Envelope of one SMTP transaction: who the message is from and who receives it.
 ///
 /// `mail_from` is the reverse path without angle brackets; the empty string is the null
@@ -88,6 +86,36 @@ fn is_address_literal(domain: &str) -> bool {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-'))
         })
+}
+
+// The address syntax every stage writes addresses in (the envelope's paths here, the `To:` of a
+// split copy in `privacy::rewrite`): kept with the envelope, which imports no stage.
+
+/// RFC 5322 dot-atom, with RFC 6532's UTF-8 characters counted as atext.
+pub fn is_dot_atom(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|atom| {
+            !atom.is_empty()
+                && atom.chars().all(|c| {
+                    c.is_ascii_alphanumeric()
+                        || "!#$%&'*+-/=?^_`{|}~".contains(c)
+                        || (!c.is_ascii() && !c.is_whitespace() && !c.is_control())
+                })
+        })
+}
+
+/// RFC 5322 quoted-string: backslash before `"` and `\`.
+pub fn quoted_string(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
 }
 
 #[cfg(test)]

@@ -9,9 +9,10 @@
 //! - [`schedule`]: delivery queue, retries with backoff, failover between upstreams.
 //! - [`dkim`]: re-signs each copy after its rewrite with the key for its `From:` domain.
 //! - [`upstream`]: lettre SMTP client with verified TLS, or a capture directory.
-//! - [`observe`]: metrics, `/metrics` `/healthz` `/readyz`, the admin API (pause/resume/status/
-//!   reload), address redaction for logs.
-//! - [`reload`]: hot reload (SIGHUP, `POST /reload`) of a validated config into the running relay.
+//! - [`observe`]: metrics, `/metrics` `/healthz` `/readyz`, the limits HTTP listeners are served
+//!   under, address redaction for logs.
+//! - [`control`]: the admin API (pause/resume/status/held/reload), its `ctl` client, and hot
+//!   reload (SIGHUP, `POST /reload`) of a validated config into the running relay.
 //! - [`sink`] and [`capture`]: the capture SMTP server and its on-disk format.
 //! - [`private_files`]: spool and capture files 0600 in 0700 directories, whatever the umask.
 //! - [`envelope`], [`reply`]: types every stage speaks.
@@ -19,6 +20,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod control;
 pub mod dkim;
 pub mod envelope;
 #[doc(hidden)]
@@ -28,7 +30,6 @@ pub mod observe;
 pub mod privacy;
 pub mod private_files;
 pub mod relay;
-pub mod reload;
 pub mod reply;
 pub mod schedule;
 pub mod sink;
@@ -44,6 +45,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use config::{Config, UpstreamKind};
+use control::reload;
 use observe::serve::HttpLimits;
 use observe::{Metrics, Redactor};
 use schedule::Scheduler;
@@ -289,7 +291,7 @@ fn serve_admin(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin API listening");
     }
-    let state = observe::admin::AdminState {
+    let state = control::admin::AdminState {
         token,
         scheduler: scheduler.clone(),
         relay: relay.clone(),
@@ -298,7 +300,7 @@ fn serve_admin(
     let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
     let limits = HttpLimits::with_max_connections(admin.max_connections);
     Some(tokio::spawn(async move {
-        if let Err(e) = observe::admin::serve(listener, state, limits, metrics, shutdown).await {
+        if let Err(e) = control::admin::serve(listener, state, limits, metrics, shutdown).await {
             tracing::error!(error = %e, "admin API failed");
         }
     }))

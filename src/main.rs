@@ -244,7 +244,7 @@ fn ctl(
     config: &Path,
     action: CtlAction,
 ) -> ExitCode {
-    use mailveil::observe::ctl;
+    use mailveil::control::ctl;
     let text = std::fs::read_to_string(config).ok();
     let url = admin
         .or_else(|| text.as_deref().and_then(ctl::url_from_config))
@@ -286,7 +286,7 @@ fn ctl_token(
     token_file: Option<PathBuf>,
     config_text: Option<&str>,
 ) -> Option<String> {
-    use mailveil::observe::ctl;
+    use mailveil::control::ctl;
     if let Some(token) = token {
         // SPEC keeps `--token`; say what it costs.
         eprintln!(

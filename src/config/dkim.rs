@@ -1,12 +1,13 @@
 //! `[[dkim]]`: signing keys for the copies the relay sends (see `crate::dkim` and
-//! `docs/dkim.md`). Key files are read and parsed here, so a missing, unreadable or invalid key
-//! is reported as a problem on `dkim[i].key_file` before anything is sent or reloaded.
+//! `docs/dkim.md`). Key files are read and parsed here (into [`super::dkim_key::LoadedKey`]), so
+//! a missing, unreadable or invalid key is reported as a problem on `dkim[i].key_file` before
+//! anything is sent or reloaded.
 
 use std::path::PathBuf;
 
+use super::dkim_key::{DEFAULT_HEADERS, DEFAULT_OVERSIGN, LoadedKey};
 use super::raw::RawDkim;
 use super::values::Problems;
-use crate::dkim::{DEFAULT_HEADERS, DEFAULT_OVERSIGN, LoadedKey};
 
 /// All signing keys; empty means copies are sent unsigned (as before DKIM support).
 #[derive(Debug, Clone, Default)]

@@ -6,6 +6,7 @@
 //! here from `*_env` / `*_file` and never appear in `Debug` output.
 
 mod dkim;
+pub mod dkim_key;
 mod hold;
 mod raw;
 mod shaping;
@@ -18,7 +19,6 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
-use crate::observe::serve::HttpLimits;
 pub use dkim::{DkimConfig, DkimKeyConfig};
 pub use hold::{DEFAULT_HOLD_TIMEOUT, HoldConfig, HoldTimeoutAction};
 pub use shaping::{
@@ -204,6 +204,12 @@ pub struct Credentials {
     pub password: Secret,
 }
 
+/// `[metrics] max_connections` when unset: Prometheus servers, a load balancer's health checks
+/// and a person with curl, a few each.
+pub const DEFAULT_METRICS_CONNECTIONS: usize = 64;
+/// `[admin] max_connections` when unset: `mailveil ctl` and automation, one request at a time.
+pub const DEFAULT_ADMIN_CONNECTIONS: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
     /// `None` disables the HTTP endpoint.
@@ -320,7 +326,7 @@ impl Config {
                 max_connections: p.positive(
                     "metrics.max_connections",
                     metrics.max_connections,
-                    HttpLimits::DEFAULT_METRICS_CONNECTIONS,
+                    DEFAULT_METRICS_CONNECTIONS,
                 ),
             },
             admin: admin.map(|a| validate_admin(a, &mut p)),
@@ -774,7 +780,7 @@ fn validate_admin(raw: raw::RawAdmin, p: &mut Problems) -> AdminConfig {
         max_connections: p.positive(
             "admin.max_connections",
             raw.max_connections,
-            HttpLimits::DEFAULT_ADMIN_CONNECTIONS,
+            DEFAULT_ADMIN_CONNECTIONS,
         ),
     }
 }

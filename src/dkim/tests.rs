@@ -1,7 +1,10 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
+use mail_auth::common::crypto::Ed25519Key;
+
 use super::*;
+use crate::config::dkim_key::{DEFAULT_HEADERS, DEFAULT_OVERSIGN};
 use crate::config::{DkimConfig, DkimKeyConfig};
 
 fn ed25519_pem() -> Vec<u8> {

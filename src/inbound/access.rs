@@ -1,7 +1,9 @@
 //! Who may relay. mailveil is never an open relay: a recipient is accepted only from a client
-//! address inside `access.networks` or from an authenticated session.
+//! address inside `access.networks` or from an authenticated session. Also who a client is for
+//! the per-source limits ([`Source`]), shared by connection admission and the AUTH failure budget.
 
-use std::net::IpAddr;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::IpNet;
 
@@ -48,6 +50,32 @@ pub(super) fn canonical(client: IpAddr) -> IpAddr {
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
+    }
+}
+
+/// Whose connections and AUTH failures are counted together: an IPv4 address, or the /64 an
+/// IPv6 address belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Source(IpAddr);
+
+impl Source {
+    pub fn of(ip: IpAddr) -> Source {
+        match canonical(ip) {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                Source(IpAddr::V6(Ipv6Addr::from(prefix)))
+            }
+            v4 => Source(v4),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
     }
 }
 

@@ -22,40 +22,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::InboundSettings;
-use super::access::{canonical, in_networks};
+use super::access::{Source, in_networks};
 use super::auth_budget::{AuthBudget, Gate};
+use super::rejection::Rejection;
 use super::replies::{self, Fixed};
-use super::session::Rejection;
-
-/// Whose connections and AUTH failures are counted together: an IPv4 address, or the /64 an
-/// IPv6 address belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Source(IpAddr);
-
-impl Source {
-    pub fn of(ip: IpAddr) -> Source {
-        match canonical(ip) {
-            IpAddr::V6(v6) => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                Source(IpAddr::V6(Ipv6Addr::from(prefix)))
-            }
-            v4 => Source(v4),
-        }
-    }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            IpAddr::V4(v4) => write!(f, "{v4}"),
-            IpAddr::V6(v6) => write!(f, "{v6}/64"),
-        }
-    }
-}
 
 /// Why a connection gets no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,7 +30,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
-use super::admission::Source;
+use super::access::Source;
 use crate::config::{AccessConfig, FailureBudget};
 use crate::schedule::throttle::TokioClock;
 

@@ -1,9 +1,7 @@
-//! Observing and steering every stage: Prometheus metrics, the health/metrics HTTP endpoint,
-//! the admin API and its `ctl` client, the limits both HTTP listeners are served under, and log
-//! redaction of addresses.
+//! Observing every stage: Prometheus metrics, the health/metrics HTTP endpoint, the limits both
+//! HTTP listeners (this one and the admin API of [`crate::control`]) are served under, and log
+//! redaction of addresses. Read-only towards the relay: steering it is [`crate::control`]'s.
 
-pub mod admin;
-pub mod ctl;
 pub mod http;
 pub mod log;
 pub mod metrics;

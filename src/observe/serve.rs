@@ -52,8 +52,8 @@ const READ_BUFFER_BYTES: usize = 16 << 10;
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// The limits of one HTTP listener. Only `max_connections` is configurable
-/// (`[metrics] max_connections`, `[admin] max_connections`): the timeouts are generous for any
-/// real client of these endpoints.
+/// (`[metrics] max_connections`, `[admin] max_connections`, defaults in [`crate::config`]): the
+/// timeouts are generous for any real client of these endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
     /// Connections open at once; more are refused at once.
@@ -69,10 +69,6 @@ pub struct HttpLimits {
 impl HttpLimits {
     pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-    /// Prometheus servers, a load balancer's health checks and a person with curl: a few each.
-    pub const DEFAULT_METRICS_CONNECTIONS: usize = 64;
-    /// `mailveil ctl` and automation, one request at a time.
-    pub const DEFAULT_ADMIN_CONNECTIONS: usize = 16;
 
     /// The defaults with a connection cap of `max_connections`.
     pub fn with_max_connections(max_connections: usize) -> HttpLimits {

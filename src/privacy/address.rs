@@ -14,6 +14,8 @@
 
 use std::ops::Range;
 
+use crate::envelope::is_dot_atom;
+
 /// True for a character that continues the local part to the left of `@`.
 pub fn joins_local(c: char) -> bool {
     c.is_ascii_alphanumeric()
@@ -171,33 +173,6 @@ fn unquoted_if_plain(local: &str) -> &str {
         Some(inner) if is_dot_atom(inner) => inner,
         _ => local,
     }
-}
-
-/// RFC 5322 dot-atom, with RFC 6532's UTF-8 characters counted as atext.
-pub fn is_dot_atom(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.').all(|atom| {
-            !atom.is_empty()
-                && atom.chars().all(|c| {
-                    c.is_ascii_alphanumeric()
-                        || "!#$%&'*+-/=?^_`{|}~".contains(c)
-                        || (!c.is_ascii() && !c.is_whitespace() && !c.is_control())
-                })
-        })
-}
-
-/// RFC 5322 quoted-string: backslash before `"` and `\`.
-pub fn quoted_string(s: &str) -> String {
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            q.push('\\');
-        }
-        q.push(c);
-    }
-    q.push('"');
-    q
 }
 
 #[cfg(test)]

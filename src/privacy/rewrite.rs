@@ -9,9 +9,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use super::Rewrite;
-use super::address::{is_dot_atom, quoted_string};
 use super::exposure::Exposure;
 use super::fields::{self, FieldKind};
+use crate::envelope::{is_dot_atom, quoted_string};
 
 /// Longest line we write, per RFC 5322's "SHOULD be no more than 78 characters".
 const LINE_LIMIT: usize = 78;

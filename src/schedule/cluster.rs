@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ClusterConfig;
 
-use super::throttle::Rate;
+use super::rate::Rate;
 
 /// The longest a delivery waits for Redis before it uses the local fallback.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(500);

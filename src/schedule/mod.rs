@@ -2,7 +2,7 @@
 //! optionally by MX host: [`mx`]),
 //! when a deferred delivery is tried again ([`retry`]), the queue that hands copies to
 //! upstreams with failover ([`queue`]) in per-provider lanes ([`lane`]), and traffic shaping:
-//! the per-provider rate limiter ([`throttle`]), shared across replicas through Redis
+//! the per-provider rate limiter ([`throttle`]) at a [`rate`], shared across replicas through Redis
 //! ([`cluster`]), and the deferral rules that slow a provider down ([`rules`]).
 
 pub mod bounce;
@@ -12,6 +12,7 @@ pub mod lane;
 pub mod mx;
 pub mod provider;
 pub mod queue;
+pub mod rate;
 pub mod retry;
 pub mod rules;
 pub mod throttle;

@@ -26,6 +26,8 @@ use tokio::time::Instant;
 use crate::config::ShapingAction;
 
 use super::cluster::SharedLimits;
+// Part of this module's API (`Throttle::new`, `set_rate`); its home is `rate.rs`.
+pub use super::rate::Rate;
 
 /// governor's view of tokio's clock (time since the throttle was made).
 #[derive(Debug, Clone)]
@@ -57,36 +59,12 @@ impl Clock for TokioClock {
 
 type Local = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
 
-/// A message rate with burst.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
-    pub per_second: f64,
-    pub burst: u32,
-}
-
-impl Rate {
-    /// The slowest rate we pace at: one message an hour.
-    const MIN_PER_SECOND: f64 = 1.0 / 3600.0;
-
-    /// Time between two messages at the sustained rate.
-    pub fn interval(&self) -> Duration {
-        Duration::from_secs_f64(1.0 / self.per_second.max(Self::MIN_PER_SECOND))
-    }
-
-    /// This rate multiplied by `factor` (burst too, at least 1).
-    pub fn scaled(self, factor: f64) -> Rate {
-        Rate {
-            per_second: (self.per_second * factor).max(Self::MIN_PER_SECOND),
-            burst: ((f64::from(self.burst) * factor).floor() as u32).max(1),
-        }
-    }
-
-    fn quota(&self) -> Quota {
-        let burst = NonZeroU32::new(self.burst.max(1)).expect("at least 1");
-        Quota::with_period(self.interval().max(Duration::from_nanos(1)))
-            .expect("period is positive")
-            .allow_burst(burst)
-    }
+/// governor's quota for `rate`: the sustained interval, and the burst (at least 1).
+fn quota(rate: &Rate) -> Quota {
+    let burst = NonZeroU32::new(rate.burst.max(1)).expect("at least 1");
+    Quota::with_period(rate.interval().max(Duration::from_nanos(1)))
+        .expect("period is positive")
+        .allow_burst(burst)
 }
 
 /// A slowdown in force.
@@ -330,7 +308,7 @@ impl Throttle {
                 Some(c) => rate.scaled(1.0 / f64::from(c.replicas().max(1))),
                 None => rate,
             };
-            let limiter = Arc::new(Local::direct_with_clock(share.quota(), self.clock.clone()));
+            let limiter = Arc::new(Local::direct_with_clock(quota(&share), self.clock.clone()));
             if drained {
                 let burst = NonZeroU32::new(share.burst.max(1)).expect("at least 1");
                 let _ = limiter.check_n(burst);

@@ -31,13 +31,17 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::Metrics;
-use super::serve::{HttpCounters, HttpLimits};
+use super::reload::{ReloadError, Reloader};
 use crate::config::Secret;
+use crate::observe::Metrics;
+use crate::observe::serve::{self, HttpCounters, HttpLimits};
 use crate::relay::Relay;
-use crate::reload::{ReloadError, Reloader};
 use crate::schedule::Scheduler;
 use crate::schedule::queue::{HoldError, ProviderStatus, QueueStatus};
+
+/// The `target` of this module's log lines: the path it had before the control plane got its own
+/// folder, so log lines and `MAILVEIL_LOG` filters read as they did.
+const LOG_TARGET: &str = "mailveil::observe::admin";
 
 /// What the handlers act on.
 #[derive(Clone)]
@@ -88,7 +92,7 @@ pub async fn serve(
         .route("/held/{id}/drop", post(drop_held))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
-    super::serve::serve(listener, app, limits, counters, shutdown).await
+    serve::serve(listener, app, limits, counters, shutdown).await
 }
 
 /// True when `headers` carry `Bearer <token>`. The comparison takes the same time wherever the
@@ -108,7 +112,11 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     if bearer_matches(request.headers(), &state.token) {
         return next.run(request).await;
     }
-    tracing::warn!(path = %request.uri().path(), "admin request refused: missing or wrong token");
+    tracing::warn!(
+        target: LOG_TARGET,
+        path = %request.uri().path(),
+        "admin request refused: missing or wrong token"
+    );
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -188,6 +196,7 @@ fn switch(state: &AdminState, target: Target, pause: bool) -> Response {
     match result {
         Ok(()) => {
             tracing::warn!(
+                target: LOG_TARGET,
                 provider = provider.unwrap_or("*"),
                 "admin: deliveries {}",
                 if pause { "paused" } else { "resumed" }

@@ -26,6 +26,10 @@ use crate::relay::{Relay, RelayRules};
 use crate::schedule::Scheduler;
 use crate::upstream::{Upstream, UpstreamError};
 
+/// The `target` of this module's log lines: the path it had before the control plane got its own
+/// folder, so log lines and `MAILVEIL_LOG` filters read as they did.
+const LOG_TARGET: &str = "mailveil::reload";
+
 /// Why a reload was refused; the running configuration is unchanged in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -92,6 +96,7 @@ impl Reloader {
         match &result {
             Ok(report) => {
                 tracing::info!(
+                    target: LOG_TARGET,
                     restart_needed = %report.restart_needed.join(","),
                     "configuration reloaded"
                 );
@@ -99,9 +104,10 @@ impl Reloader {
             Err(e) => {
                 let problems = e.problems();
                 for p in &problems {
-                    tracing::error!(problem = %p, "reload refused");
+                    tracing::error!(target: LOG_TARGET, problem = %p, "reload refused");
                 }
                 tracing::error!(
+                    target: LOG_TARGET,
                     problems = problems.len(),
                     "configuration reload refused; the running configuration stays"
                 );
@@ -128,7 +134,11 @@ impl Reloader {
         let mut running = self.running.lock().expect("not poisoned");
         let restart_needed = keep_start_only(&running, &mut next);
         for key in &restart_needed {
-            tracing::warn!(key = %key, "changed value needs a restart; keeping the running one");
+            tracing::warn!(
+                target: LOG_TARGET,
+                key = %key,
+                "changed value needs a restart; keeping the running one"
+            );
         }
         self.inbound
             .replace(InboundSettings {

@@ -1,0 +1,11 @@
+//! Steering the running relay: the admin API ([`admin`]: status, pause/resume, bulk-hold
+//! decisions, reload, behind a bearer token), its `mailveil ctl` client ([`ctl`]) and hot reload
+//! ([`reload`]: SIGHUP and `POST /reload`).
+//!
+//! The control plane reaches into the relay, the scheduler and inbound to change them; nothing in
+//! the data path imports it. It is served under the HTTP limits of [`crate::observe::serve`] and
+//! counted in [`crate::observe::Metrics`], like the metrics endpoint.
+
+pub mod admin;
+pub mod ctl;
+pub mod reload;
