@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod dkim;
 pub mod envelope;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inbound;

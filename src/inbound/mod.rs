@@ -29,6 +29,7 @@ mod auth_budget;
 mod data;
 mod dot;
 mod ehlo;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
 mod listener;
