@@ -13,33 +13,32 @@
 //! slows the lane down for a while.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ShapingRule, SpoolConfig, UpstreamKind};
-use crate::envelope::Envelope;
 use crate::observe::{Metrics, Redactor};
-use crate::privacy::{self, Decision, Exposure, PlannedDelivery, Rewrite};
-use crate::spool::{DeliveryRecord, LogEntry, MessageMeta, Spool, SpoolError, unix_now};
-use crate::upstream::{Outbound, Reuse, Upstream};
+use crate::privacy::Exposure;
+use crate::spool::{LogEntry, MessageMeta, Spool, unix_now};
+use crate::upstream::{Reuse, Upstream, UpstreamError};
 
 use super::bounce::{self, Failure};
 use super::cluster::SharedLimits;
-use super::failover::{self, UpstreamSlot};
-use super::lane::{Class, Lane, Ready};
+use super::deliver::{self, Copy, NO_UPSTREAM, Outcome, Route, Sent, Stopped};
+use super::failover::UpstreamSlot;
+use super::lane::{Lane, Ready};
+use super::message::QueuedMessage;
 use super::provider::DEFAULT_PROVIDER;
 use super::provider::ProviderCatalog;
 use super::retry::{backoff, random_jitter};
 use super::rules;
 use super::throttle::{Rate, Throttle, ThrottleMetrics};
 
-mod check;
 mod hold;
-use check::{NO_UPSTREAM, Stopped, check_copy, one_view};
 pub use hold::{HeldMessage, HoldError};
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
@@ -102,29 +101,6 @@ impl Settings {
             privacy: config.privacy.clone(),
         }
     }
-}
-
-/// A message with deliveries in the queue.
-pub struct QueuedMessage {
-    meta: MessageMeta,
-    class: Class,
-    /// The bytes while the message is active (deliveries ready or in flight), so a fan-out reads
-    /// its file once; dropped while all its deliveries wait for retries, so a long queue does not
-    /// sit in memory.
-    hot: Mutex<Option<Arc<Vec<u8>>>>,
-    weak: Mutex<Weak<Vec<u8>>>,
-    active: AtomicUsize,
-    progress: Mutex<Progress>,
-    /// The private addresses each copy is checked against before it is sent: handed over by
-    /// the relay, or assessed again from the spooled bytes on the first attempt after a restart.
-    exposure: OnceLock<Arc<Exposure>>,
-    /// Whether the message bytes hold only CRLF line ends and no NUL; checked once, not per copy.
-    clean: OnceLock<bool>,
-}
-
-struct Progress {
-    remaining: usize,
-    failed: Vec<(usize, u16)>,
 }
 
 impl Scheduler {
@@ -205,19 +181,8 @@ impl Scheduler {
         }
         // A held message queues only its canaries; the rest wait in `holds` (no lane, no slot).
         let (pending, held) = hold::divide(&meta, pending);
-        let message = Arc::new(QueuedMessage {
-            class: Class::of(meta.deliveries.len()),
-            weak: Mutex::new(bytes.as_ref().map(Arc::downgrade).unwrap_or_default()),
-            hot: Mutex::new(bytes),
-            active: AtomicUsize::new(0),
-            progress: Mutex::new(Progress {
-                remaining: pending.len() + held.len(),
-                failed,
-            }),
-            exposure: exposure.map(OnceLock::from).unwrap_or_default(),
-            clean: OnceLock::new(),
-            meta,
-        });
+        let remaining = pending.len() + held.len();
+        let message = Arc::new(QueuedMessage::new(meta, bytes, exposure, remaining, failed));
         if !held.is_empty() {
             self.inner.hold(&message, held);
         } else if pending.is_empty() {
@@ -480,14 +445,14 @@ impl Inner {
         });
     }
 
+    /// One attempt of a ready delivery: its copy goes out through [`deliver`] and the outcome
+    /// is recorded ([`conclude`](Self::conclude)).
     async fn attempt(self: &Arc<Self>, lane: &Arc<Lane>, mut item: Ready) {
         let message = item.message.clone();
-        let (meta, index) = (&message.meta, item.index);
-        let record = &meta.deliveries[index];
-        let bytes = match self.message_bytes(&message).await {
+        let bytes = match message.bytes(&self.spool).await {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(queue_id = %meta.id, error = %e, "cannot read spooled message; will retry");
+                tracing::error!(queue_id = %message.meta.id, error = %e, "cannot read spooled message; will retry");
                 let delay = self
                     .settings
                     .read()
@@ -501,56 +466,67 @@ impl Inner {
         };
         item.attempts += 1;
         let started = Instant::now();
-        let exposure = self.exposure(&message, &bytes).await;
-        let mut header = privacy::render_header(&bytes, &record.planned.rewrite, &exposure);
-        let body = &bytes[privacy::body_offset(&bytes)..];
-        let dkim = self.settings.read().expect("not poisoned").dkim.clone();
-        dkim.sign_copy(&mut header, body, &record.planned.rewrite);
-        let clean = *message
-            .clean
-            .get_or_init(|| privacy::bytes::is_clean(&bytes));
-        if let Err(stopped) = check_copy(meta, record, &exposure, &header, clean) {
-            drop(bytes);
-            self.stop(lane, &message, index, item.attempts, &header, stopped);
-            return;
-        }
-        let outbound = Outbound {
-            mail_from: &meta.envelope.mail_from,
-            rcpt_to: &record.planned.rcpt_to,
-            header: &header,
-            body,
+        let privacy = || self.settings.read().expect("not poisoned").privacy.clone();
+        let exposure = message.exposure(privacy, &bytes).await;
+        let copy = Copy {
+            meta: &message.meta,
+            index: item.index,
+            clean: message.is_clean(&bytes),
+            bytes,
+            exposure: &exposure,
         };
         let slots = self.upstreams();
-        let (cool_off, per_connection) = {
+        let (dkim, cool_off, max_transactions) = {
             let settings = self.settings.read().expect("not poisoned");
             let limits = settings.catalog.limits(&lane.name);
+            let cool_off = settings.retry.upstream_cool_off;
             (
-                settings.retry.upstream_cool_off,
+                settings.dkim.clone(),
+                cool_off,
                 limits.max_deliveries_per_connection,
             )
         };
-        let reuse = Reuse {
-            provider: &lane.name,
-            max_transactions: per_connection,
+        let route = Route {
+            upstreams: &slots,
+            reuse: Reuse {
+                provider: &lane.name,
+                max_transactions,
+            },
+            cool_off,
+            dkim: &dkim,
+            metrics: &self.metrics,
         };
-        let (upstream, result) =
-            failover::send(&slots, outbound, reuse, &self.metrics, cool_off).await;
-        drop(bytes);
-        let rcpts = self.redactor.list(&record.planned.rcpt_to);
+        let sent = deliver::deliver(copy, route).await;
+        self.conclude(lane, item, sent, started);
+    }
+
+    /// Records what became of an attempt: counted, logged and written to the spool; a
+    /// temporary failure waits for its retry ([`defer`](Self::defer)).
+    fn conclude(self: &Arc<Self>, lane: &Arc<Lane>, item: Ready, sent: Sent<'_>, started: Instant) {
+        let message = item.message.clone();
+        let (meta, index, attempts) = (&message.meta, item.index, item.attempts);
+        let header = &sent.header;
+        let rcpts = self.redactor.list(&meta.deliveries[index].planned.rcpt_to);
         let provider = lane.name.as_str();
-        let attempts = item.attempts;
-        let final_of = || Final {
+        let final_of = |upstream| Final {
             meta,
             index,
             provider,
             upstream,
             rcpts: &rcpts,
-            header: &header,
+            header,
             duration_ms: started.elapsed().as_millis() as u64,
             attempts,
         };
-        let outcome = match result {
-            Ok(delivered) => {
+        let (entry, failed_code) = match sent.outcome {
+            Outcome::Stopped(stopped) => {
+                return self.stop(lane, &message, index, attempts, header, stopped);
+            }
+            Outcome::Delivered {
+                upstream,
+                code,
+                reply,
+            } => {
                 let elapsed = started.elapsed();
                 self.metrics
                     .deliveries
@@ -560,68 +536,72 @@ impl Inner {
                     .delivery_duration
                     .with_label_values(&[provider])
                     .observe(elapsed.as_secs_f64());
-                let code = delivered
-                    .reply
-                    .get(..3)
-                    .and_then(|c| c.parse::<u16>().ok())
-                    .unwrap_or(250);
                 tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                    code, reply = %self.redactor.text(&delivered.reply), duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
-                Some((
-                    LogEntry::Delivered {
-                        index,
-                        at: unix_now(),
-                    },
-                    None,
-                ))
+                    code, reply = %self.redactor.text(&reply), duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
+                let at = unix_now();
+                (LogEntry::Delivered { index, at }, None)
             }
-            Err(error) if !error.is_temporary() => {
+            Outcome::Failed { upstream, error } => {
                 let code = error.code().unwrap_or(554);
-                Some(self.fail(final_of(), code, &error, false))
+                self.fail(final_of(upstream), code, &error, false)
             }
-            Err(error) => {
+            Outcome::Deferred { upstream, error } => {
                 self.shape(lane, &error);
-                let now = unix_now();
-                let retry = self.settings.read().expect("not poisoned").retry.clone();
-                let delay = backoff(
-                    attempts,
-                    retry.retry_initial,
-                    retry.retry_max,
-                    random_jitter(),
-                );
-                let next = now + delay.as_secs().max(1);
-                if next.saturating_sub(meta.received_at) > retry.max_queue_time.as_secs() {
-                    let code = error.code().unwrap_or(451);
-                    Some(self.fail(final_of(), code, &error, true))
-                } else {
-                    self.metrics
-                        .deliveries
-                        .with_label_values(&[provider, upstream, "deferred"])
-                        .inc();
-                    tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                        code = error.code(), error = %self.redactor.text(&error), duration_ms = started.elapsed().as_millis() as u64, attempts,
-                        retry_in_secs = delay.as_secs(), "deferred");
-                    if let Err(e) = self.spool.append(
-                        &meta.id,
-                        &[LogEntry::Deferred {
-                            index,
-                            next_at: next,
-                        }],
-                    ) {
-                        tracing::error!(queue_id = %meta.id, error = %e, "cannot record deferral; retry time is kept in memory");
-                    }
-                    message.active.fetch_sub(1, Ordering::Relaxed);
-                    message.release_if_idle();
-                    self.retry_later(lane.clone(), item, delay);
-                    None
+                match self.defer(lane, item, final_of(upstream), &error) {
+                    Some(failed) => failed,
+                    None => return,
                 }
             }
         };
-        if let Some((entry, failed_code)) = outcome {
-            message.active.fetch_sub(1, Ordering::Relaxed);
-            message.release_if_idle();
-            self.record(lane, &message, index, entry, failed_code);
+        message.active.fetch_sub(1, Ordering::Relaxed);
+        message.release_if_idle();
+        self.record(lane, &message, index, entry, failed_code);
+    }
+
+    /// A temporary failure: retried with backoff, or failed for good once the next try would
+    /// fall after `spool.max_queue_time` (then its outcome record is returned).
+    fn defer(
+        self: &Arc<Self>,
+        lane: &Arc<Lane>,
+        item: Ready,
+        f: Final<'_>,
+        error: &UpstreamError,
+    ) -> Option<(LogEntry, Option<u16>)> {
+        let now = unix_now();
+        let retry = self.settings.read().expect("not poisoned").retry.clone();
+        let delay = backoff(
+            item.attempts,
+            retry.retry_initial,
+            retry.retry_max,
+            random_jitter(),
+        );
+        let next = now + delay.as_secs().max(1);
+        if next.saturating_sub(f.meta.received_at) > retry.max_queue_time.as_secs() {
+            let code = error.code().unwrap_or(451);
+            return Some(self.fail(f, code, error, true));
         }
+        let (meta, index, provider, upstream) = (f.meta, f.index, f.provider, f.upstream);
+        let (rcpts, attempts) = (f.rcpts, f.attempts);
+        self.metrics
+            .deliveries
+            .with_label_values(&[provider, upstream, "deferred"])
+            .inc();
+        tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
+            code = error.code(), error = %self.redactor.text(error), duration_ms = f.duration_ms, attempts,
+            retry_in_secs = delay.as_secs(), "deferred");
+        if let Err(e) = self.spool.append(
+            &meta.id,
+            &[LogEntry::Deferred {
+                index,
+                next_at: next,
+            }],
+        ) {
+            tracing::error!(queue_id = %meta.id, error = %e, "cannot record deferral; retry time is kept in memory");
+        }
+        item.message.active.fetch_sub(1, Ordering::Relaxed);
+        item.message.release_if_idle();
+        self.retry_later(lane.clone(), item, delay);
+        None
     }
 
     /// A copy the check before sending refused. Never expected (the same check passed at end
@@ -732,27 +712,7 @@ impl Inner {
                 settings.catalog.classify(&sender).to_string(),
             )
         };
-        let id = Spool::new_id();
-        let bytes = bounce::report(&hostname, meta, index, &failure, header, &id);
-        let dsn = MessageMeta {
-            id,
-            received_at: unix_now(),
-            envelope: Envelope {
-                mail_from: String::new(),
-                rcpt_to: vec![sender.clone()],
-            },
-            decision: Decision::Pass,
-            size: bytes.len() as u64,
-            deliveries: vec![DeliveryRecord {
-                planned: PlannedDelivery {
-                    rcpt_to: vec![sender],
-                    rewrite: Rewrite::Unchanged,
-                },
-                provider,
-            }],
-            hold: None,
-            privacy: None,
-        };
+        let (dsn, bytes) = bounce::message(&hostname, provider, meta, index, &failure, header);
         let scheduler = Scheduler {
             inner: self.clone(),
         };
@@ -768,50 +728,6 @@ impl Inner {
                 Err(e) => tracing::error!(%original, error = %e, "cannot spool bounce"),
             }
         });
-    }
-
-    /// The message's private-address facts: kept from the relay, or assessed again from the
-    /// spooled bytes (on a blocking thread: it costs as much as planning did) with the
-    /// settings the message was planned with.
-    async fn exposure(&self, message: &Arc<QueuedMessage>, bytes: &Arc<Vec<u8>>) -> Arc<Exposure> {
-        if let Some(e) = message.exposure.get() {
-            return e.clone();
-        }
-        let current = self.settings.read().expect("not poisoned").privacy.clone();
-        let config = match &message.meta.privacy {
-            Some(settings) => settings.apply(&current),
-            None => current,
-        };
-        let (meta_envelope, bytes) = (message.meta.envelope.clone(), bytes.clone());
-        let assessed =
-            tokio::task::spawn_blocking(move || Exposure::assess(&config, &meta_envelope, &bytes))
-                .await
-                .expect("assessing does not panic");
-        message.exposure.get_or_init(|| Arc::new(assessed)).clone()
-    }
-
-    async fn message_bytes(
-        &self,
-        message: &Arc<QueuedMessage>,
-    ) -> Result<Arc<Vec<u8>>, SpoolError> {
-        if let Some(bytes) = message.hot.lock().expect("not poisoned").clone() {
-            return Ok(bytes);
-        }
-        if let Some(bytes) = message.weak.lock().expect("not poisoned").upgrade() {
-            return Ok(bytes);
-        }
-        let spool = self.spool.clone();
-        let id = message.meta.id.clone();
-        let bytes = Arc::new(
-            tokio::task::spawn_blocking(move || spool.read_message(&id).map(one_view))
-                .await
-                .expect("spool read does not panic")?,
-        );
-        *message.weak.lock().expect("not poisoned") = Arc::downgrade(&bytes);
-        if message.active.load(Ordering::Relaxed) > 1 {
-            *message.hot.lock().expect("not poisoned") = Some(bytes.clone());
-        }
-        Ok(bytes)
     }
 
     /// Records a final outcome; completes the message when it was its last delivery.
@@ -858,15 +774,6 @@ impl Inner {
             Err(e) => {
                 tracing::error!(queue_id = %message.meta.id, error = %e, "cannot remove completed message from spool")
             }
-        }
-    }
-}
-
-impl QueuedMessage {
-    /// Drops the strong hold on the bytes when no delivery is ready or in flight.
-    fn release_if_idle(&self) {
-        if self.active.load(Ordering::Relaxed) == 0 {
-            self.hot.lock().expect("not poisoned").take();
         }
     }
 }
