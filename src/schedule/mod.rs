@@ -1,9 +1,11 @@
 //! Delivery scheduling: which provider a recipient belongs to and its limits ([`provider`],
 //! optionally by MX host: [`mx`]),
 //! when a deferred delivery is tried again ([`retry`]), the queue that hands copies to
-//! upstreams with failover ([`queue`]) in per-provider lanes ([`lane`]) of queued messages ([`message`]), and traffic shaping:
-//! the per-provider rate limiter ([`throttle`]), shared across replicas through Redis
-//! ([`cluster`]), and the deferral rules that slow a provider down ([`rules`]).
+//! upstreams ([`queue`]) in per-provider lanes ([`lane`]) of queued messages ([`message`]),
+//! sending one copy (`deliver`: render, sign, check, failover, classify), bounces
+//! ([`bounce`]), and traffic shaping: the per-provider rate limiter ([`throttle`]), shared
+//! across replicas through Redis ([`cluster`]), and the deferral rules that slow a provider
+//! down ([`rules`]).
 
 pub mod bounce;
 pub mod cluster;

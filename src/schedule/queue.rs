@@ -1,11 +1,11 @@
 //! The delivery queue. Every pending delivery of a spooled message waits in its provider's
 //! [`Lane`]; each lane's dispatcher takes ready deliveries in priority order while it has free
-//! slots, and an attempt hands the copy to [`deliver`] (render its header, sign, check, send to
-//! the first healthy upstream) and records the outcome in the spool.
+//! slots, and an attempt hands the copy to `schedule/deliver.rs` (render its header, sign,
+//! check, send to the first healthy upstream) and records the outcome in the spool.
 //!
-//! Layout: this file holds the lanes, their dispatchers and the retry timers; [`outcome`] the
-//! outcome records (spool lines, metrics, logs, bounces); [`control`] pause, resume and status;
-//! [`hold`] the bulk hold.
+//! Layout: this file holds the lanes, their dispatchers and the retry timers; `outcome.rs` the
+//! outcome records (spool lines, metrics, logs, bounces); `control.rs` pause, resume and
+//! status; `hold.rs` the bulk hold.
 //!
 //! Outcomes: `2xx` delivered; a temporary failure waits (a timer, not a slot) and is retried
 //! with backoff until `spool.max_queue_time`, then failed; `5xx` failed at once, never retried.
