@@ -419,10 +419,9 @@ impl Inner {
         let (dkim, cool_off, max_transactions) = {
             let settings = self.settings.read().expect("not poisoned");
             let limits = settings.catalog.limits(&lane.name);
-            let cool_off = settings.retry.upstream_cool_off;
             (
                 settings.dkim.clone(),
-                cool_off,
+                settings.retry.upstream_cool_off,
                 limits.max_deliveries_per_connection,
             )
         };

@@ -46,7 +46,11 @@ impl Inner {
         };
         let (entry, failed_code) = match sent.outcome {
             Outcome::Stopped(stopped) => {
-                return self.stop(lane, &message, index, attempts, header, stopped);
+                let f = Final {
+                    duration_ms: 0,
+                    ..final_of(NO_UPSTREAM)
+                };
+                return self.stop(lane, &message, f, stopped);
             }
             Outcome::Delivered {
                 upstream,
@@ -137,34 +141,17 @@ impl Inner {
         self: &Arc<Self>,
         lane: &Lane,
         message: &Arc<QueuedMessage>,
-        index: usize,
-        attempts: u32,
-        header: &[u8],
+        f: Final<'_>,
         stopped: Stopped,
     ) {
-        let meta = &message.meta;
+        let (meta, index) = (f.meta, f.index);
         tracing::error!(queue_id = %meta.id, delivery = index, provider = %lane.name, error = %stopped,
             "copy stopped by the check before sending; it is failed, not delivered");
         self.metrics
             .privacy_blocked
             .with_label_values(&["field"])
             .inc();
-        let rcpts = self.redactor.list(&meta.deliveries[index].planned.rcpt_to);
-        let (entry, code) = self.fail(
-            Final {
-                meta,
-                index,
-                provider: &lane.name,
-                upstream: NO_UPSTREAM,
-                rcpts: &rcpts,
-                header,
-                duration_ms: 0,
-                attempts,
-            },
-            554,
-            &stopped,
-            false,
-        );
+        let (entry, code) = self.fail(f, 554, &stopped, false);
         message.active.fetch_sub(1, Ordering::Relaxed);
         message.release_if_idle();
         self.record(lane, message, index, entry, code);
