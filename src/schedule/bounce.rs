@@ -3,8 +3,13 @@
 //! A bounce goes from the null sender to the original envelope sender and names only the
 //! recipients of the copy that failed; the returned headers are that copy's headers, which show
 //! no other recipient. So a bounce of a split copy cannot leak the fan-out either.
+//!
+//! This module assembles the bounce (its spool record and its bytes); the queue decides when
+//! one is due, spools it and queues it like any other message.
 
-use crate::spool::MessageMeta;
+use crate::envelope::Envelope;
+use crate::privacy::{Decision, PlannedDelivery, Rewrite};
+use crate::spool::{DeliveryRecord, MessageMeta, Spool, unix_now};
 
 /// Why the delivery failed, for the report.
 pub struct Failure<'a> {
@@ -13,6 +18,42 @@ pub struct Failure<'a> {
     pub diagnostic: &'a str,
     /// `max_queue_time` ran out (status 4.4.7) rather than a permanent reply.
     pub expired: bool,
+}
+
+/// The bounce of delivery `index` of `meta` (whose copy had header block `header`), ready to
+/// spool: a new message from the null sender to `meta`'s envelope sender, one delivery in the
+/// sender's `provider` lane, no hold, and its bytes ([`report`]).
+pub fn message(
+    hostname: &str,
+    provider: String,
+    meta: &MessageMeta,
+    index: usize,
+    failure: &Failure<'_>,
+    header: &[u8],
+) -> (MessageMeta, Vec<u8>) {
+    let sender = meta.envelope.mail_from.clone();
+    let id = Spool::new_id();
+    let bytes = report(hostname, meta, index, failure, header, &id);
+    let dsn = MessageMeta {
+        id,
+        received_at: unix_now(),
+        envelope: Envelope {
+            mail_from: String::new(),
+            rcpt_to: vec![sender.clone()],
+        },
+        decision: Decision::Pass,
+        size: bytes.len() as u64,
+        deliveries: vec![DeliveryRecord {
+            planned: PlannedDelivery {
+                rcpt_to: vec![sender],
+                rewrite: Rewrite::Unchanged,
+            },
+            provider,
+        }],
+        hold: None,
+        privacy: None,
+    };
+    (dsn, bytes)
 }
 
 /// The bounce message for delivery `index` of `meta`, whose copy had header block `header`.
@@ -109,9 +150,6 @@ fn clean(address: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Envelope;
-    use crate::privacy::{Decision, PlannedDelivery, Rewrite};
-    use crate::spool::DeliveryRecord;
 
     #[test]
     fn names_only_the_failed_copy_and_never_injects_lines() {

@@ -20,28 +20,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ShapingAction;
 
-use super::queue::QueuedMessage;
+use super::message::{Class, QueuedMessage};
 use super::throttle::Throttle;
-
-/// Messages with at most this many deliveries are transactional.
-pub const TRANSACTIONAL_MAX_DELIVERIES: usize = 10;
-
-/// Priority class of a delivery: lower goes first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Class {
-    Transactional,
-    Bulk,
-}
-
-impl Class {
-    pub fn of(deliveries: usize) -> Class {
-        if deliveries <= TRANSACTIONAL_MAX_DELIVERIES {
-            Class::Transactional
-        } else {
-            Class::Bulk
-        }
-    }
-}
 
 /// A delivery ready to be attempted.
 pub struct Ready {
@@ -263,12 +243,5 @@ mod tests {
         assert_eq!(lane.concurrency(), 8, "recovered to the reloaded value");
         assert_eq!(lane.throttle.effective_rate().unwrap().per_second, 10.0);
         assert!(lane.throttle.slowdown().is_none());
-    }
-
-    #[test]
-    fn classes_order_before_arrival() {
-        assert!(Class::Transactional < Class::Bulk);
-        assert_eq!(Class::of(1), Class::Transactional);
-        assert_eq!(Class::of(TRANSACTIONAL_MAX_DELIVERIES + 1), Class::Bulk);
     }
 }

@@ -1,14 +1,18 @@
 //! Delivery scheduling: which provider a recipient belongs to and its limits ([`provider`],
 //! optionally by MX host: [`mx`]),
 //! when a deferred delivery is tried again ([`retry`]), the queue that hands copies to
-//! upstreams with failover ([`queue`]) in per-provider lanes ([`lane`]), and traffic shaping:
-//! the per-provider rate limiter ([`throttle`]) at a [`rate`], shared across replicas through Redis
-//! ([`cluster`]), and the deferral rules that slow a provider down ([`rules`]).
+//! upstreams ([`queue`]) in per-provider lanes ([`lane`]) of queued messages ([`message`]),
+//! sending one copy (`deliver`: render, sign, check, failover, classify), bounces
+//! ([`bounce`]), and traffic shaping: the per-provider rate limiter ([`throttle`]) at a
+//! [`rate`], shared across replicas through Redis ([`cluster`]), and the deferral rules that
+//! slow a provider down ([`rules`]).
 
 pub mod bounce;
 pub mod cluster;
+mod deliver;
 pub mod failover;
 pub mod lane;
+pub mod message;
 pub mod mx;
 pub mod provider;
 pub mod queue;

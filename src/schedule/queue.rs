@@ -1,7 +1,11 @@
 //! The delivery queue. Every pending delivery of a spooled message waits in its provider's
 //! [`Lane`]; each lane's dispatcher takes ready deliveries in priority order while it has free
-//! slots, and an attempt renders the copy's header, hands it to the first healthy upstream
-//! ([`failover`](super::failover)) and records the outcome in the spool.
+//! slots, and an attempt hands the copy to `schedule/deliver.rs` (render its header, sign,
+//! check, send to the first healthy upstream) and records the outcome in the spool.
+//!
+//! Layout: this file holds the lanes, their dispatchers and the retry timers; `outcome.rs` the
+//! outcome records (spool lines, metrics, logs, bounces); `control.rs` pause, resume and
+//! status; `hold.rs` the bulk hold.
 //!
 //! Outcomes: `2xx` delivered; a temporary failure waits (a timer, not a slot) and is retried
 //! with backoff until `spool.max_queue_time`, then failed; `5xx` failed at once, never retried.
@@ -13,33 +17,33 @@
 //! slows the lane down for a while.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ShapingRule, SpoolConfig, UpstreamKind};
-use crate::envelope::Envelope;
 use crate::observe::{Metrics, Redactor};
-use crate::privacy::{self, Decision, Exposure, PlannedDelivery, Rewrite};
-use crate::spool::{DeliveryRecord, LogEntry, MessageMeta, Spool, SpoolError, unix_now};
-use crate::upstream::{Outbound, Reuse, Upstream};
+use crate::privacy::Exposure;
+use crate::spool::{LogEntry, MessageMeta, Spool, unix_now};
+use crate::upstream::{Reuse, Upstream};
 
-use super::bounce::{self, Failure};
 use super::cluster::SharedLimits;
-use super::failover::{self, UpstreamSlot};
-use super::lane::{Class, Lane, Ready};
+use super::deliver::{self, Copy, Route};
+use super::failover::UpstreamSlot;
+use super::lane::{Lane, Ready};
+use super::message::QueuedMessage;
 use super::provider::DEFAULT_PROVIDER;
 use super::provider::ProviderCatalog;
-use super::retry::{backoff, random_jitter};
 use super::rules;
 use super::throttle::{Rate, Throttle, ThrottleMetrics};
 
-mod check;
+mod control;
 mod hold;
-use check::{NO_UPSTREAM, Stopped, check_copy, one_view};
+mod outcome;
+pub use control::{ProviderStatus, QueueStatus, UnknownProvider, UpstreamStatus};
 pub use hold::{HeldMessage, HoldError};
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
@@ -102,29 +106,6 @@ impl Settings {
             privacy: config.privacy.clone(),
         }
     }
-}
-
-/// A message with deliveries in the queue.
-pub struct QueuedMessage {
-    meta: MessageMeta,
-    class: Class,
-    /// The bytes while the message is active (deliveries ready or in flight), so a fan-out reads
-    /// its file once; dropped while all its deliveries wait for retries, so a long queue does not
-    /// sit in memory.
-    hot: Mutex<Option<Arc<Vec<u8>>>>,
-    weak: Mutex<Weak<Vec<u8>>>,
-    active: AtomicUsize,
-    progress: Mutex<Progress>,
-    /// The private addresses each copy is checked against before it is sent: handed over by
-    /// the relay, or assessed again from the spooled bytes on the first attempt after a restart.
-    exposure: OnceLock<Arc<Exposure>>,
-    /// Whether the message bytes hold only CRLF line ends and no NUL; checked once, not per copy.
-    clean: OnceLock<bool>,
-}
-
-struct Progress {
-    remaining: usize,
-    failed: Vec<(usize, u16)>,
 }
 
 impl Scheduler {
@@ -205,19 +186,8 @@ impl Scheduler {
         }
         // A held message queues only its canaries; the rest wait in `holds` (no lane, no slot).
         let (pending, held) = hold::divide(&meta, pending);
-        let message = Arc::new(QueuedMessage {
-            class: Class::of(meta.deliveries.len()),
-            weak: Mutex::new(bytes.as_ref().map(Arc::downgrade).unwrap_or_default()),
-            hot: Mutex::new(bytes),
-            active: AtomicUsize::new(0),
-            progress: Mutex::new(Progress {
-                remaining: pending.len() + held.len(),
-                failed,
-            }),
-            exposure: exposure.map(OnceLock::from).unwrap_or_default(),
-            clean: OnceLock::new(),
-            meta,
-        });
+        let remaining = pending.len() + held.len();
+        let message = Arc::new(QueuedMessage::new(meta, bytes, exposure, remaining, failed));
         if !held.is_empty() {
             self.inner.hold(&message, held);
         } else if pending.is_empty() {
@@ -228,71 +198,6 @@ impl Scheduler {
             self.inner.queue_delivery(&message, index, due, now);
         }
         message.release_if_idle();
-    }
-
-    /// Stops starting deliveries (all, or one provider's); copies in flight finish. Inbound keeps
-    /// accepting and spooling.
-    pub fn pause(&self, provider: Option<&str>) -> Result<(), UnknownProvider> {
-        self.set_paused(provider, true)
-    }
-
-    /// Undoes [`pause`](Self::pause).
-    pub fn resume(&self, provider: Option<&str>) -> Result<(), UnknownProvider> {
-        self.set_paused(provider, false)
-    }
-
-    fn set_paused(&self, provider: Option<&str>, paused: bool) -> Result<(), UnknownProvider> {
-        match provider {
-            None => {
-                self.inner.paused.store(paused, Ordering::Relaxed);
-                for lane in self.inner.lanes.read().expect("not poisoned").values() {
-                    lane.nudge();
-                }
-            }
-            Some(name) => {
-                if !self.inner.is_known_provider(name) {
-                    return Err(UnknownProvider(name.to_string()));
-                }
-                self.inner.lane(name).set_paused(paused);
-            }
-        }
-        tracing::info!(
-            provider = provider.unwrap_or("*"),
-            "deliveries {}",
-            if paused { "paused" } else { "resumed" }
-        );
-        Ok(())
-    }
-
-    /// Paused flags, queue depth per provider, upstream health.
-    pub fn status(&self) -> QueueStatus {
-        let lanes = self.inner.lanes.read().expect("not poisoned");
-        let mut providers: Vec<ProviderStatus> = lanes
-            .values()
-            .map(|l| ProviderStatus {
-                name: l.name.clone(),
-                paused: l.is_paused(),
-                queued: l.queued.load(Ordering::Relaxed),
-                slowed: l.throttle.slowdown().is_some(),
-                messages_per_second: l.throttle.effective_rate().map(|r| r.per_second),
-                concurrency: l.concurrency(),
-            })
-            .collect();
-        providers.sort_by(|a, b| a.name.cmp(&b.name));
-        let upstreams = self
-            .inner
-            .upstreams()
-            .iter()
-            .map(|s| UpstreamStatus {
-                name: s.name().to_string(),
-                up: s.is_up(),
-            })
-            .collect();
-        QueueStatus {
-            paused: self.inner.paused.load(Ordering::Relaxed),
-            providers,
-            upstreams,
-        }
     }
 
     /// Applies a reloaded configuration: retry timing, provider limits (rate, burst,
@@ -480,14 +385,14 @@ impl Inner {
         });
     }
 
+    /// One attempt of a ready delivery: its copy goes out through [`deliver`] and the outcome
+    /// is recorded ([`conclude`](Self::conclude)).
     async fn attempt(self: &Arc<Self>, lane: &Arc<Lane>, mut item: Ready) {
         let message = item.message.clone();
-        let (meta, index) = (&message.meta, item.index);
-        let record = &meta.deliveries[index];
-        let bytes = match self.message_bytes(&message).await {
+        let bytes = match message.bytes(&self.spool).await {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(queue_id = %meta.id, error = %e, "cannot read spooled message; will retry");
+                tracing::error!(queue_id = %message.meta.id, error = %e, "cannot read spooled message; will retry");
                 let delay = self
                     .settings
                     .read()
@@ -501,418 +406,36 @@ impl Inner {
         };
         item.attempts += 1;
         let started = Instant::now();
-        let exposure = self.exposure(&message, &bytes).await;
-        let mut header = privacy::render_header(&bytes, &record.planned.rewrite, &exposure);
-        let body = &bytes[privacy::body_offset(&bytes)..];
-        let dkim = self.settings.read().expect("not poisoned").dkim.clone();
-        dkim.sign_copy(&mut header, body, &record.planned.rewrite);
-        let clean = *message
-            .clean
-            .get_or_init(|| privacy::bytes::is_clean(&bytes));
-        if let Err(stopped) = check_copy(meta, record, &exposure, &header, clean) {
-            drop(bytes);
-            self.stop(lane, &message, index, item.attempts, &header, stopped);
-            return;
-        }
-        let outbound = Outbound {
-            mail_from: &meta.envelope.mail_from,
-            rcpt_to: &record.planned.rcpt_to,
-            header: &header,
-            body,
+        let privacy = || self.settings.read().expect("not poisoned").privacy.clone();
+        let exposure = message.exposure(privacy, &bytes).await;
+        let copy = Copy {
+            meta: &message.meta,
+            index: item.index,
+            clean: message.is_clean(&bytes),
+            bytes,
+            exposure: &exposure,
         };
         let slots = self.upstreams();
-        let (cool_off, per_connection) = {
+        let (dkim, cool_off, max_transactions) = {
             let settings = self.settings.read().expect("not poisoned");
             let limits = settings.catalog.limits(&lane.name);
             (
+                settings.dkim.clone(),
                 settings.retry.upstream_cool_off,
                 limits.max_deliveries_per_connection,
             )
         };
-        let reuse = Reuse {
-            provider: &lane.name,
-            max_transactions: per_connection,
-        };
-        let (upstream, result) =
-            failover::send(&slots, outbound, reuse, &self.metrics, cool_off).await;
-        drop(bytes);
-        let rcpts = self.redactor.list(&record.planned.rcpt_to);
-        let provider = lane.name.as_str();
-        let attempts = item.attempts;
-        let final_of = || Final {
-            meta,
-            index,
-            provider,
-            upstream,
-            rcpts: &rcpts,
-            header: &header,
-            duration_ms: started.elapsed().as_millis() as u64,
-            attempts,
-        };
-        let outcome = match result {
-            Ok(delivered) => {
-                let elapsed = started.elapsed();
-                self.metrics
-                    .deliveries
-                    .with_label_values(&[provider, upstream, "delivered"])
-                    .inc();
-                self.metrics
-                    .delivery_duration
-                    .with_label_values(&[provider])
-                    .observe(elapsed.as_secs_f64());
-                let code = delivered
-                    .reply
-                    .get(..3)
-                    .and_then(|c| c.parse::<u16>().ok())
-                    .unwrap_or(250);
-                tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                    code, reply = %self.redactor.text(&delivered.reply), duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
-                Some((
-                    LogEntry::Delivered {
-                        index,
-                        at: unix_now(),
-                    },
-                    None,
-                ))
-            }
-            Err(error) if !error.is_temporary() => {
-                let code = error.code().unwrap_or(554);
-                Some(self.fail(final_of(), code, &error, false))
-            }
-            Err(error) => {
-                self.shape(lane, &error);
-                let now = unix_now();
-                let retry = self.settings.read().expect("not poisoned").retry.clone();
-                let delay = backoff(
-                    attempts,
-                    retry.retry_initial,
-                    retry.retry_max,
-                    random_jitter(),
-                );
-                let next = now + delay.as_secs().max(1);
-                if next.saturating_sub(meta.received_at) > retry.max_queue_time.as_secs() {
-                    let code = error.code().unwrap_or(451);
-                    Some(self.fail(final_of(), code, &error, true))
-                } else {
-                    self.metrics
-                        .deliveries
-                        .with_label_values(&[provider, upstream, "deferred"])
-                        .inc();
-                    tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                        code = error.code(), error = %self.redactor.text(&error), duration_ms = started.elapsed().as_millis() as u64, attempts,
-                        retry_in_secs = delay.as_secs(), "deferred");
-                    if let Err(e) = self.spool.append(
-                        &meta.id,
-                        &[LogEntry::Deferred {
-                            index,
-                            next_at: next,
-                        }],
-                    ) {
-                        tracing::error!(queue_id = %meta.id, error = %e, "cannot record deferral; retry time is kept in memory");
-                    }
-                    message.active.fetch_sub(1, Ordering::Relaxed);
-                    message.release_if_idle();
-                    self.retry_later(lane.clone(), item, delay);
-                    None
-                }
-            }
-        };
-        if let Some((entry, failed_code)) = outcome {
-            message.active.fetch_sub(1, Ordering::Relaxed);
-            message.release_if_idle();
-            self.record(lane, &message, index, entry, failed_code);
-        }
-    }
-
-    /// A copy the check before sending refused. Never expected (the same check passed at end
-    /// of DATA); whatever went wrong in between, the copy does not leave: it fails for good,
-    /// with a record, an error log line and a count.
-    fn stop(
-        self: &Arc<Self>,
-        lane: &Lane,
-        message: &Arc<QueuedMessage>,
-        index: usize,
-        attempts: u32,
-        header: &[u8],
-        stopped: Stopped,
-    ) {
-        let meta = &message.meta;
-        tracing::error!(queue_id = %meta.id, delivery = index, provider = %lane.name, error = %stopped,
-            "copy stopped by the check before sending; it is failed, not delivered");
-        self.metrics
-            .privacy_blocked
-            .with_label_values(&["field"])
-            .inc();
-        let rcpts = self.redactor.list(&meta.deliveries[index].planned.rcpt_to);
-        let (entry, code) = self.fail(
-            Final {
-                meta,
-                index,
+        let route = Route {
+            upstreams: &slots,
+            reuse: Reuse {
                 provider: &lane.name,
-                upstream: NO_UPSTREAM,
-                rcpts: &rcpts,
-                header,
-                duration_ms: 0,
-                attempts,
+                max_transactions,
             },
-            554,
-            &stopped,
-            false,
-        );
-        message.active.fetch_sub(1, Ordering::Relaxed);
-        message.release_if_idle();
-        self.record(lane, message, index, entry, code);
-    }
-
-    /// A delivery failed for good (a permanent reply, or `max_queue_time` reached while
-    /// deferred): counted, logged once, bounced when configured; returns its outcome record.
-    fn fail(
-        self: &Arc<Self>,
-        f: Final<'_>,
-        code: u16,
-        error: &dyn std::fmt::Display,
-        expired: bool,
-    ) -> (LogEntry, Option<u16>) {
-        let (meta, index, provider, upstream) = (f.meta, f.index, f.provider, f.upstream);
-        self.metrics
-            .deliveries
-            .with_label_values(&[provider, upstream, "failed"])
-            .inc();
-        let (rcpt, duration_ms, attempts) = (f.rcpts, f.duration_ms, f.attempts);
-        if expired {
-            tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, %rcpt,
-                code, error = %self.redactor.text(error), duration_ms, attempts, "failed: max_queue_time reached");
-        } else {
-            tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, %rcpt,
-                code, error = %self.redactor.text(error), duration_ms, attempts, "failed permanently");
-        }
-        let diagnostic = error.to_string();
-        let failure = Failure {
-            code,
-            diagnostic: &diagnostic,
-            expired,
+            cool_off,
+            dkim: &dkim,
+            metrics: &self.metrics,
         };
-        self.bounce(meta, index, failure, f.header);
-        let entry = LogEntry::Failed {
-            index,
-            code,
-            at: unix_now(),
-        };
-        (entry, Some(code))
+        let sent = deliver::deliver(copy, route).await;
+        self.conclude(lane, item, sent, started);
     }
-
-    /// Slows `lane` down when a temporary failure's reply matches a shaping rule.
-    fn shape(&self, lane: &Arc<Lane>, error: &crate::upstream::UpstreamError) {
-        let Some(reply) = rules::deferral_reply(error) else {
-            return;
-        };
-        let rules = self.settings.read().expect("not poisoned").rules.clone();
-        if let Some(rule) = rules::find(&rules, &reply) {
-            lane.slow_down(rule.action, rule.duration, &rule.pattern.to_string());
-        }
-    }
-
-    /// Queues an RFC 3464 bounce to the sender of a failed delivery when `[spool] bounce` is
-    /// on; never for the null sender (no bounce loops).
-    fn bounce(
-        self: &Arc<Self>,
-        meta: &MessageMeta,
-        index: usize,
-        failure: Failure<'_>,
-        header: &[u8],
-    ) {
-        let sender = meta.envelope.mail_from.clone();
-        let (hostname, provider) = {
-            let settings = self.settings.read().expect("not poisoned");
-            if !settings.retry.bounce || sender.is_empty() {
-                return;
-            }
-            (
-                settings.hostname.clone(),
-                settings.catalog.classify(&sender).to_string(),
-            )
-        };
-        let id = Spool::new_id();
-        let bytes = bounce::report(&hostname, meta, index, &failure, header, &id);
-        let dsn = MessageMeta {
-            id,
-            received_at: unix_now(),
-            envelope: Envelope {
-                mail_from: String::new(),
-                rcpt_to: vec![sender.clone()],
-            },
-            decision: Decision::Pass,
-            size: bytes.len() as u64,
-            deliveries: vec![DeliveryRecord {
-                planned: PlannedDelivery {
-                    rcpt_to: vec![sender],
-                    rewrite: Rewrite::Unchanged,
-                },
-                provider,
-            }],
-            hold: None,
-            privacy: None,
-        };
-        let scheduler = Scheduler {
-            inner: self.clone(),
-        };
-        let (spool, original) = (self.spool.clone(), meta.id.clone());
-        self.tracker.spawn(async move {
-            let bytes = Arc::new(bytes);
-            let stored = spool.store_async(&dsn, bytes.clone()).await;
-            match stored {
-                Ok(()) => {
-                    tracing::info!(queue_id = %dsn.id, %original, "bounce queued for the sender");
-                    scheduler.enqueue(dsn, Some(bytes), &[]);
-                }
-                Err(e) => tracing::error!(%original, error = %e, "cannot spool bounce"),
-            }
-        });
-    }
-
-    /// The message's private-address facts: kept from the relay, or assessed again from the
-    /// spooled bytes (on a blocking thread: it costs as much as planning did) with the
-    /// settings the message was planned with.
-    async fn exposure(&self, message: &Arc<QueuedMessage>, bytes: &Arc<Vec<u8>>) -> Arc<Exposure> {
-        if let Some(e) = message.exposure.get() {
-            return e.clone();
-        }
-        let current = self.settings.read().expect("not poisoned").privacy.clone();
-        let config = match &message.meta.privacy {
-            Some(settings) => settings.apply(&current),
-            None => current,
-        };
-        let (meta_envelope, bytes) = (message.meta.envelope.clone(), bytes.clone());
-        let assessed =
-            tokio::task::spawn_blocking(move || Exposure::assess(&config, &meta_envelope, &bytes))
-                .await
-                .expect("assessing does not panic");
-        message.exposure.get_or_init(|| Arc::new(assessed)).clone()
-    }
-
-    async fn message_bytes(
-        &self,
-        message: &Arc<QueuedMessage>,
-    ) -> Result<Arc<Vec<u8>>, SpoolError> {
-        if let Some(bytes) = message.hot.lock().expect("not poisoned").clone() {
-            return Ok(bytes);
-        }
-        if let Some(bytes) = message.weak.lock().expect("not poisoned").upgrade() {
-            return Ok(bytes);
-        }
-        let spool = self.spool.clone();
-        let id = message.meta.id.clone();
-        let bytes = Arc::new(
-            tokio::task::spawn_blocking(move || spool.read_message(&id).map(one_view))
-                .await
-                .expect("spool read does not panic")?,
-        );
-        *message.weak.lock().expect("not poisoned") = Arc::downgrade(&bytes);
-        if message.active.load(Ordering::Relaxed) > 1 {
-            *message.hot.lock().expect("not poisoned") = Some(bytes.clone());
-        }
-        Ok(bytes)
-    }
-
-    /// Records a final outcome; completes the message when it was its last delivery.
-    fn record(
-        &self,
-        lane: &Lane,
-        message: &Arc<QueuedMessage>,
-        index: usize,
-        entry: LogEntry,
-        failed_code: Option<u16>,
-    ) {
-        lane.queued.fetch_sub(1, Ordering::Relaxed);
-        self.metrics
-            .queue_messages
-            .with_label_values(&[&lane.name])
-            .dec();
-        let last = {
-            let mut progress = message.progress.lock().expect("not poisoned");
-            if let Some(code) = failed_code {
-                progress.failed.push((index, code));
-            }
-            progress.remaining -= 1;
-            progress.remaining == 0
-        };
-        if last {
-            self.finish(message);
-        } else if let Err(e) = self.spool.append(&message.meta.id, &[entry]) {
-            tracing::error!(queue_id = %message.meta.id, error = %e, "cannot record outcome; the copy may be sent again after a restart");
-        }
-    }
-
-    fn finish(&self, message: &Arc<QueuedMessage>) {
-        let failed = message
-            .progress
-            .lock()
-            .expect("not poisoned")
-            .failed
-            .clone();
-        match self.spool.complete(&message.meta, &failed) {
-            Ok(()) => {
-                self.metrics.spool_bytes.set(self.spool.bytes() as i64);
-                tracing::debug!(queue_id = %message.meta.id, "message complete; removed from spool");
-            }
-            Err(e) => {
-                tracing::error!(queue_id = %message.meta.id, error = %e, "cannot remove completed message from spool")
-            }
-        }
-    }
-}
-
-impl QueuedMessage {
-    /// Drops the strong hold on the bytes when no delivery is ready or in flight.
-    fn release_if_idle(&self) {
-        if self.active.load(Ordering::Relaxed) == 0 {
-            self.hot.lock().expect("not poisoned").take();
-        }
-    }
-}
-
-/// What `GET /status` shows about the queue.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct QueueStatus {
-    /// All deliveries paused.
-    pub paused: bool,
-    pub providers: Vec<ProviderStatus>,
-    pub upstreams: Vec<UpstreamStatus>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ProviderStatus {
-    pub name: String,
-    pub paused: bool,
-    /// Deliveries waiting or in flight in this provider's lane.
-    pub queued: u64,
-    /// A "too fast" deferral has slowed (or suspended) this provider for a while.
-    pub slowed: bool,
-    /// The rate in force (configured, times any slowdown); `None`: unthrottled.
-    pub messages_per_second: Option<f64>,
-    /// Deliveries in flight allowed now.
-    pub concurrency: usize,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct UpstreamStatus {
-    pub name: String,
-    pub up: bool,
-}
-
-/// A pause/resume request named a provider the catalog does not know.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown provider {0:?}")]
-pub struct UnknownProvider(pub String);
-
-/// What [`Inner::fail`] needs to know about the delivery that failed.
-struct Final<'a> {
-    meta: &'a MessageMeta,
-    index: usize,
-    provider: &'a str,
-    upstream: &'a str,
-    rcpts: &'a str,
-    header: &'a [u8],
-    duration_ms: u64,
-    attempts: u32,
 }

@@ -15,9 +15,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DEFAULT_HOLD_TIMEOUT, HoldConfig, HoldTimeoutAction};
+use crate::schedule::message::QueuedMessage;
 use crate::spool::{HoldState, MessageMeta, SpoolError, unix_now};
 
-use super::{Inner, QueuedMessage, Scheduler};
+use super::{Inner, Scheduler};
 
 /// Pending deliveries of a message, as (delivery index, due Unix second).
 type Pending = Vec<(usize, u64)>;

@@ -1,16 +1,17 @@
 //! The last look at a copy before it is handed to an upstream: the privacy egress check on the
 //! exact header about to be sent, and the one view of the bytes (CRLF only, no NUL). The same
-//! checks passed at end of DATA; a copy that fails here is never sent (see `Inner::stop`).
+//! checks passed at end of DATA; a copy that fails here is never sent (its outcome is
+//! [`Outcome::Stopped`](super::Outcome::Stopped); the queue fails it, see `Inner::stop`).
 
 use crate::privacy::{self, Decision, Exposure};
 use crate::spool::{DeliveryRecord, MessageMeta};
 
 /// The `upstream` label of a copy that never reached one.
-pub(super) const NO_UPSTREAM: &str = "none";
+pub(in crate::schedule) const NO_UPSTREAM: &str = "none";
 
 /// Why a copy was stopped by the check before sending.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum Stopped {
+pub(in crate::schedule) enum Stopped {
     #[error("the {} field would show {} other recipient address(es)", .0.field, .0.addresses)]
     Shows(privacy::egress::Leak),
     #[error("the copy holds a bare CR, a bare LF or a NUL")]
@@ -36,14 +37,4 @@ pub(super) fn check_copy(
     }
     let audience = exposure.audience(record.planned.rcpt_to.iter().map(String::as_str));
     privacy::egress::check(exposure, header, &audience).map_err(Stopped::Shows)
-}
-
-/// Spooled bytes in the one view the checks read (CRLF only): a message spooled by mailveil
-/// 0.1 may hold bare CRs; it is sent with them turned into line ends, and checked that way.
-/// A NUL is left for the check to refuse.
-pub(super) fn one_view(bytes: Vec<u8>) -> Vec<u8> {
-    match privacy::bytes::crlf_only(&bytes) {
-        Ok(std::borrow::Cow::Owned(clean)) => clean,
-        Ok(std::borrow::Cow::Borrowed(_)) | Err(_) => bytes,
-    }
 }

@@ -1,0 +1,131 @@
+//! Delivering one copy: render its header for its recipients ([`privacy::render_header`]),
+//! DKIM-sign it, check the exact bytes about to leave ([`check`]), hand it to the first healthy
+//! upstream ([`failover`](super::failover)) and classify what happened into an [`Outcome`].
+//!
+//! Why apart from the queue: this is the path every copy takes to the outside, and it keeps no
+//! queue state. The queue ([`queue`](super::queue)) decides when a copy goes and records the
+//! [`Outcome`] (spool lines, metrics, logs, retries, bounces); nothing here writes any of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::dkim::Signer;
+use crate::observe::Metrics;
+use crate::privacy::{self, Exposure};
+use crate::spool::MessageMeta;
+use crate::upstream::{Outbound, Reuse, UpstreamError};
+
+use super::failover::{self, UpstreamSlot};
+
+mod check;
+pub(super) use check::{NO_UPSTREAM, Stopped};
+
+/// Delivery `index` of a queued message, ready for its attempt.
+pub(super) struct Copy<'a> {
+    pub meta: &'a MessageMeta,
+    pub index: usize,
+    /// The message bytes in the one view the checks read; let go as soon as the copy is sent.
+    pub bytes: Arc<Vec<u8>>,
+    /// The message's private addresses, which the copy is checked against.
+    pub exposure: &'a Exposure,
+    /// Whether `bytes` hold only CRLF line ends and no NUL (found once per message).
+    pub clean: bool,
+}
+
+/// How a copy leaves: the upstreams in failover order, the provider's connection reuse, and
+/// the DKIM keys in force.
+pub(super) struct Route<'a> {
+    pub upstreams: &'a [Arc<UpstreamSlot>],
+    pub reuse: Reuse<'a>,
+    /// How long an upstream that failed is skipped.
+    pub cool_off: Duration,
+    pub dkim: &'a Signer,
+    pub metrics: &'a Metrics,
+}
+
+/// A copy after its attempt: the header block it was (or would have been) sent with, which a
+/// bounce returns, and what became of it.
+pub(super) struct Sent<'a> {
+    pub header: Vec<u8>,
+    pub outcome: Outcome<'a>,
+}
+
+/// What became of one attempt, named by what the queue does next. `upstream` is the one that
+/// answered last.
+pub(super) enum Outcome<'a> {
+    /// The upstream took the copy (`code` from its final reply, `250` when it has none).
+    Delivered {
+        upstream: &'a str,
+        code: u16,
+        reply: String,
+    },
+    /// A permanent failure: never retried.
+    Failed {
+        upstream: &'a str,
+        error: UpstreamError,
+    },
+    /// A temporary failure: tried again later.
+    Deferred {
+        upstream: &'a str,
+        error: UpstreamError,
+    },
+    /// The check before sending refused the copy; it never reached an upstream.
+    Stopped(Stopped),
+}
+
+/// Renders, signs, checks and sends `copy` along `route`.
+pub(super) async fn deliver<'a>(copy: Copy<'_>, route: Route<'a>) -> Sent<'a> {
+    let Copy {
+        meta,
+        index,
+        bytes,
+        exposure,
+        clean,
+    } = copy;
+    let record = &meta.deliveries[index];
+    let mut header = privacy::render_header(&bytes, &record.planned.rewrite, exposure);
+    let body = &bytes[privacy::body_offset(&bytes)..];
+    route
+        .dkim
+        .sign_copy(&mut header, body, &record.planned.rewrite);
+    if let Err(stopped) = check::check_copy(meta, record, exposure, &header, clean) {
+        return Sent {
+            header,
+            outcome: Outcome::Stopped(stopped),
+        };
+    }
+    let outbound = Outbound {
+        mail_from: &meta.envelope.mail_from,
+        rcpt_to: &record.planned.rcpt_to,
+        header: &header,
+        body,
+    };
+    let (upstream, result) = failover::send(
+        route.upstreams,
+        outbound,
+        route.reuse,
+        route.metrics,
+        route.cool_off,
+    )
+    .await;
+    drop(bytes);
+    let outcome = match result {
+        Ok(delivered) => Outcome::Delivered {
+            upstream,
+            code: reply_code(&delivered.reply),
+            reply: delivered.reply,
+        },
+        Err(error) if !error.is_temporary() => Outcome::Failed { upstream, error },
+        Err(error) => Outcome::Deferred { upstream, error },
+    };
+    Sent { header, outcome }
+}
+
+/// The code of a final reply such as `250 2.0.0 Ok`; `250` for a reply without one (the `dir`
+/// upstream answers with a capture id).
+fn reply_code(reply: &str) -> u16 {
+    reply
+        .get(..3)
+        .and_then(|c| c.parse::<u16>().ok())
+        .unwrap_or(250)
+}

@@ -1,0 +1,304 @@
+//! The queue's outcome records: what becomes of each attempt ([`Outcome`]) is counted
+//! (`mailveil_deliveries_total`), logged once, written to the spool, and turns into a retry
+//! (temporary failure), a bounce (permanent failure, when configured) or the message's
+//! completion (its last delivery final).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::spool::{LogEntry, MessageMeta, unix_now};
+use crate::upstream::UpstreamError;
+
+use crate::schedule::bounce::{self, Failure};
+use crate::schedule::deliver::{NO_UPSTREAM, Outcome, Sent, Stopped};
+use crate::schedule::lane::{Lane, Ready};
+use crate::schedule::message::QueuedMessage;
+use crate::schedule::retry::{backoff, random_jitter};
+use crate::schedule::rules;
+
+use super::{Inner, Scheduler};
+
+impl Inner {
+    /// Records what became of an attempt: counted, logged and written to the spool; a
+    /// temporary failure waits for its retry ([`defer`](Self::defer)).
+    pub(super) fn conclude(
+        self: &Arc<Self>,
+        lane: &Arc<Lane>,
+        item: Ready,
+        sent: Sent<'_>,
+        started: Instant,
+    ) {
+        let message = item.message.clone();
+        let (meta, index, attempts) = (&message.meta, item.index, item.attempts);
+        let header = &sent.header;
+        let rcpts = self.redactor.list(&meta.deliveries[index].planned.rcpt_to);
+        let provider = lane.name.as_str();
+        let final_of = |upstream| Final {
+            meta,
+            index,
+            provider,
+            upstream,
+            rcpts: &rcpts,
+            header,
+            duration_ms: started.elapsed().as_millis() as u64,
+            attempts,
+        };
+        let (entry, failed_code) = match sent.outcome {
+            Outcome::Stopped(stopped) => {
+                let f = Final {
+                    duration_ms: 0,
+                    ..final_of(NO_UPSTREAM)
+                };
+                return self.stop(lane, &message, f, stopped);
+            }
+            Outcome::Delivered {
+                upstream,
+                code,
+                reply,
+            } => {
+                let elapsed = started.elapsed();
+                self.metrics
+                    .deliveries
+                    .with_label_values(&[provider, upstream, "delivered"])
+                    .inc();
+                self.metrics
+                    .delivery_duration
+                    .with_label_values(&[provider])
+                    .observe(elapsed.as_secs_f64());
+                tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
+                    code, reply = %self.redactor.text(&reply), duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
+                let at = unix_now();
+                (LogEntry::Delivered { index, at }, None)
+            }
+            Outcome::Failed { upstream, error } => {
+                let code = error.code().unwrap_or(554);
+                self.fail(final_of(upstream), code, &error, false)
+            }
+            Outcome::Deferred { upstream, error } => {
+                self.shape(lane, &error);
+                match self.defer(lane, item, final_of(upstream), &error) {
+                    Some(failed) => failed,
+                    None => return,
+                }
+            }
+        };
+        message.active.fetch_sub(1, Ordering::Relaxed);
+        message.release_if_idle();
+        self.record(lane, &message, index, entry, failed_code);
+    }
+
+    /// A temporary failure: retried with backoff, or failed for good once the next try would
+    /// fall after `spool.max_queue_time` (then its outcome record is returned).
+    fn defer(
+        self: &Arc<Self>,
+        lane: &Arc<Lane>,
+        item: Ready,
+        f: Final<'_>,
+        error: &UpstreamError,
+    ) -> Option<(LogEntry, Option<u16>)> {
+        let now = unix_now();
+        let retry = self.settings.read().expect("not poisoned").retry.clone();
+        let delay = backoff(
+            item.attempts,
+            retry.retry_initial,
+            retry.retry_max,
+            random_jitter(),
+        );
+        let next = now + delay.as_secs().max(1);
+        if next.saturating_sub(f.meta.received_at) > retry.max_queue_time.as_secs() {
+            let code = error.code().unwrap_or(451);
+            return Some(self.fail(f, code, error, true));
+        }
+        let (meta, index, provider, upstream) = (f.meta, f.index, f.provider, f.upstream);
+        let (rcpts, attempts) = (f.rcpts, f.attempts);
+        self.metrics
+            .deliveries
+            .with_label_values(&[provider, upstream, "deferred"])
+            .inc();
+        tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
+            code = error.code(), error = %self.redactor.text(error), duration_ms = f.duration_ms, attempts,
+            retry_in_secs = delay.as_secs(), "deferred");
+        if let Err(e) = self.spool.append(
+            &meta.id,
+            &[LogEntry::Deferred {
+                index,
+                next_at: next,
+            }],
+        ) {
+            tracing::error!(queue_id = %meta.id, error = %e, "cannot record deferral; retry time is kept in memory");
+        }
+        item.message.active.fetch_sub(1, Ordering::Relaxed);
+        item.message.release_if_idle();
+        self.retry_later(lane.clone(), item, delay);
+        None
+    }
+
+    /// A copy the check before sending refused. Never expected (the same check passed at end
+    /// of DATA); whatever went wrong in between, the copy does not leave: it fails for good,
+    /// with a record, an error log line and a count.
+    fn stop(
+        self: &Arc<Self>,
+        lane: &Lane,
+        message: &Arc<QueuedMessage>,
+        f: Final<'_>,
+        stopped: Stopped,
+    ) {
+        let (meta, index) = (f.meta, f.index);
+        tracing::error!(queue_id = %meta.id, delivery = index, provider = %lane.name, error = %stopped,
+            "copy stopped by the check before sending; it is failed, not delivered");
+        self.metrics
+            .privacy_blocked
+            .with_label_values(&["field"])
+            .inc();
+        let (entry, code) = self.fail(f, 554, &stopped, false);
+        message.active.fetch_sub(1, Ordering::Relaxed);
+        message.release_if_idle();
+        self.record(lane, message, index, entry, code);
+    }
+
+    /// A delivery failed for good (a permanent reply, or `max_queue_time` reached while
+    /// deferred): counted, logged once, bounced when configured; returns its outcome record.
+    fn fail(
+        self: &Arc<Self>,
+        f: Final<'_>,
+        code: u16,
+        error: &dyn std::fmt::Display,
+        expired: bool,
+    ) -> (LogEntry, Option<u16>) {
+        let (meta, index, provider, upstream) = (f.meta, f.index, f.provider, f.upstream);
+        self.metrics
+            .deliveries
+            .with_label_values(&[provider, upstream, "failed"])
+            .inc();
+        let (rcpt, duration_ms, attempts) = (f.rcpts, f.duration_ms, f.attempts);
+        if expired {
+            tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, %rcpt,
+                code, error = %self.redactor.text(error), duration_ms, attempts, "failed: max_queue_time reached");
+        } else {
+            tracing::warn!(queue_id = %meta.id, delivery = index, %provider, %upstream, %rcpt,
+                code, error = %self.redactor.text(error), duration_ms, attempts, "failed permanently");
+        }
+        let diagnostic = error.to_string();
+        let failure = Failure {
+            code,
+            diagnostic: &diagnostic,
+            expired,
+        };
+        self.bounce(meta, index, failure, f.header);
+        let entry = LogEntry::Failed {
+            index,
+            code,
+            at: unix_now(),
+        };
+        (entry, Some(code))
+    }
+
+    /// Slows `lane` down when a temporary failure's reply matches a shaping rule.
+    fn shape(&self, lane: &Arc<Lane>, error: &crate::upstream::UpstreamError) {
+        let Some(reply) = rules::deferral_reply(error) else {
+            return;
+        };
+        let rules = self.settings.read().expect("not poisoned").rules.clone();
+        if let Some(rule) = rules::find(&rules, &reply) {
+            lane.slow_down(rule.action, rule.duration, &rule.pattern.to_string());
+        }
+    }
+
+    /// Queues an RFC 3464 bounce to the sender of a failed delivery when `[spool] bounce` is
+    /// on; never for the null sender (no bounce loops).
+    fn bounce(
+        self: &Arc<Self>,
+        meta: &MessageMeta,
+        index: usize,
+        failure: Failure<'_>,
+        header: &[u8],
+    ) {
+        let sender = meta.envelope.mail_from.clone();
+        let (hostname, provider) = {
+            let settings = self.settings.read().expect("not poisoned");
+            if !settings.retry.bounce || sender.is_empty() {
+                return;
+            }
+            (
+                settings.hostname.clone(),
+                settings.catalog.classify(&sender).to_string(),
+            )
+        };
+        let (dsn, bytes) = bounce::message(&hostname, provider, meta, index, &failure, header);
+        let scheduler = Scheduler {
+            inner: self.clone(),
+        };
+        let (spool, original) = (self.spool.clone(), meta.id.clone());
+        self.tracker.spawn(async move {
+            let bytes = Arc::new(bytes);
+            let stored = spool.store_async(&dsn, bytes.clone()).await;
+            match stored {
+                Ok(()) => {
+                    tracing::info!(queue_id = %dsn.id, %original, "bounce queued for the sender");
+                    scheduler.enqueue(dsn, Some(bytes), &[]);
+                }
+                Err(e) => tracing::error!(%original, error = %e, "cannot spool bounce"),
+            }
+        });
+    }
+
+    /// Records a final outcome; completes the message when it was its last delivery.
+    fn record(
+        &self,
+        lane: &Lane,
+        message: &Arc<QueuedMessage>,
+        index: usize,
+        entry: LogEntry,
+        failed_code: Option<u16>,
+    ) {
+        lane.queued.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .queue_messages
+            .with_label_values(&[&lane.name])
+            .dec();
+        let last = {
+            let mut progress = message.progress.lock().expect("not poisoned");
+            if let Some(code) = failed_code {
+                progress.failed.push((index, code));
+            }
+            progress.remaining -= 1;
+            progress.remaining == 0
+        };
+        if last {
+            self.finish(message);
+        } else if let Err(e) = self.spool.append(&message.meta.id, &[entry]) {
+            tracing::error!(queue_id = %message.meta.id, error = %e, "cannot record outcome; the copy may be sent again after a restart");
+        }
+    }
+
+    pub(super) fn finish(&self, message: &Arc<QueuedMessage>) {
+        let failed = message
+            .progress
+            .lock()
+            .expect("not poisoned")
+            .failed
+            .clone();
+        match self.spool.complete(&message.meta, &failed) {
+            Ok(()) => {
+                self.metrics.spool_bytes.set(self.spool.bytes() as i64);
+                tracing::debug!(queue_id = %message.meta.id, "message complete; removed from spool");
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %message.meta.id, error = %e, "cannot remove completed message from spool")
+            }
+        }
+    }
+}
+
+/// What [`Inner::fail`] needs to know about the delivery that failed.
+struct Final<'a> {
+    meta: &'a MessageMeta,
+    index: usize,
+    provider: &'a str,
+    upstream: &'a str,
+    rcpts: &'a str,
+    header: &'a [u8],
+    duration_ms: u64,
+    attempts: u32,
+}
