@@ -109,17 +109,24 @@ async fn pause_holds_deliveries_and_resume_releases_them() {
     );
     f.scheduler.resume(None).unwrap();
     assert_eq!(captured(&f, 2).await.len(), 2);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
+    // A copy is visible in the outbox a moment before its outcome is recorded (the capture
+    // writer syncs its directory after that): wait for the queue, bounded.
+    let queued = || {
         f.scheduler
             .status()
             .providers
             .iter()
             .find(|p| p.name == "default")
             .unwrap()
-            .queued,
-        0
-    );
+            .queued
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while (queued() != 0 || !f.spool.recover().unwrap().is_empty())
+        && std::time::Instant::now() < end
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(queued(), 0);
     assert!(
         f.spool.recover().unwrap().is_empty(),
         "completed message left the spool"
