@@ -139,16 +139,8 @@ pub async fn run_with(
     }
     let redactor = Redactor::new(config.log.show_addresses, spool.redaction_key()?);
     let metrics = Metrics::new();
-    let mut upstreams = Vec::new();
-    for u in &config.upstreams {
-        let built = Upstream::from_config(u, &config.server.hostname).map_err(|source| {
-            RunError::Upstream {
-                name: u.name.clone(),
-                source,
-            }
-        })?;
-        upstreams.push(built.with_log_redactor(redactor.clone()));
-    }
+    let upstreams = Upstream::build_all(&config.upstreams, &config.server.hostname, &redactor)
+        .map_err(|(name, source)| RunError::Upstream { name, source })?;
     let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
     let scheduler = Scheduler::new(
         spool.clone(),

@@ -121,16 +121,9 @@ impl Reloader {
         let mut next = Config::load(path).map_err(ReloadError::Invalid)?;
         next.log_warnings();
         // Build everything that can fail before changing anything.
-        let mut upstreams = Vec::with_capacity(next.upstreams.len());
-        for u in &next.upstreams {
-            let built = Upstream::from_config(u, &next.server.hostname).map_err(|source| {
-                ReloadError::Upstream {
-                    name: u.name.clone(),
-                    source,
-                }
-            })?;
-            upstreams.push(built.with_log_redactor(self.relay.redactor.clone()));
-        }
+        let upstreams =
+            Upstream::build_all(&next.upstreams, &next.server.hostname, &self.relay.redactor)
+                .map_err(|(name, source)| ReloadError::Upstream { name, source })?;
         let mut running = self.running.lock().expect("not poisoned");
         let restart_needed = keep_start_only(&running, &mut next);
         for key in &restart_needed {

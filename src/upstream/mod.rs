@@ -221,6 +221,23 @@ impl Upstream {
         })
     }
 
+    /// Every configured upstream in order, announcing `helo`, logging through `redactor`; the
+    /// first that cannot be built is returned with its name (at start and at reload alike).
+    pub fn build_all(
+        configs: &[UpstreamConfig],
+        helo: &str,
+        redactor: &Redactor,
+    ) -> Result<Vec<Upstream>, (String, UpstreamError)> {
+        configs
+            .iter()
+            .map(|u| {
+                Upstream::from_config(u, helo)
+                    .map(|built| built.with_log_redactor(redactor.clone()))
+                    .map_err(|source| (u.name.clone(), source))
+            })
+            .collect()
+    }
+
     /// The same upstream, its failures logged through `redactor` (the relay's, so addresses
     /// look the same in every line). Without it they are hidden under a key of their own.
     pub fn with_log_redactor(mut self, redactor: Redactor) -> Upstream {
