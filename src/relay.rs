@@ -10,11 +10,12 @@ use crate::envelope::{ClientInfo, Envelope};
 use crate::inbound::{Acceptor, Transaction, Verdict};
 use crate::observe::log::escaped;
 use crate::observe::{Metrics, Redactor};
-use crate::privacy::{self, Decision, Exposure, Plan, PlannedDelivery, PrivacySettings, Rewrite};
+use crate::privacy::{self, Decision, Exposure, Plan, PrivacySettings};
 use crate::reply::Reply;
 use crate::schedule::mx::MxClassifier;
+use crate::schedule::queue::choose_canaries;
 use crate::schedule::{ProviderCatalog, Scheduler};
-use crate::spool::{DeliveryRecord, Hold, HoldState, MessageMeta, Spool, unix_now};
+use crate::spool::{MessageMeta, Spool, unix_now};
 
 /// The reloadable part of the relay: what a message is checked and divided by. A message uses
 /// the rules current when its DATA ends, from policy decision to provider lanes.
@@ -87,113 +88,6 @@ impl Relay {
     }
 }
 
-impl RelayRules {
-    /// Divides each planned delivery by provider lane, so one slow provider never holds another
-    /// provider's recipients (envelope recipients are only divided, never changed).
-    /// `by_mx` maps domains the catalog does not list to a provider found by their MX hosts.
-    fn records(
-        &self,
-        planned: Vec<PlannedDelivery>,
-        by_mx: &HashMap<String, String>,
-    ) -> Vec<DeliveryRecord> {
-        let mut out = Vec::with_capacity(planned.len());
-        for delivery in planned {
-            let mut lanes: Vec<(String, Vec<String>)> = Vec::new();
-            for rcpt in delivery.rcpt_to {
-                let mut provider = self.catalog.classify(&rcpt);
-                if !by_mx.is_empty() && !self.catalog.knows(&rcpt) {
-                    let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-                    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-                    if let Some(p) = by_mx.get(&domain) {
-                        provider = p;
-                    }
-                }
-                match lanes.iter_mut().find(|(p, _)| p == provider) {
-                    Some((_, rcpts)) => rcpts.push(rcpt),
-                    None => lanes.push((provider.to_string(), vec![rcpt])),
-                }
-            }
-            for (provider, rcpt_to) in lanes {
-                out.push(DeliveryRecord {
-                    planned: PlannedDelivery {
-                        rcpt_to,
-                        rewrite: delivery.rewrite.clone(),
-                    },
-                    provider,
-                });
-            }
-        }
-        out
-    }
-
-    /// The bulk hold: `None` when the message fans out to no more than `hold_fanout_above`
-    /// recipients. Otherwise picks its canary deliveries: the first `canary` recipients in
-    /// delivery order (a multi-recipient delivery is divided so that exactly that many go out),
-    /// or one extra copy per `canary_recipients` mailbox, rewritten as that mailbox's own copy
-    /// would be so an operator's canary never shows the real recipients either.
-    fn hold(
-        &self,
-        recipients: usize,
-        decision: Decision,
-        deliveries: &mut Vec<DeliveryRecord>,
-    ) -> Option<Hold> {
-        let config = self.hold.as_ref()?;
-        if recipients <= config.fanout_above {
-            return None;
-        }
-        let mut canaries = Vec::new();
-        if config.canary_recipients.is_empty() {
-            let mut budget = config.canary;
-            let mut out = Vec::with_capacity(deliveries.len() + 1);
-            for mut delivery in deliveries.drain(..) {
-                if budget > 0 {
-                    canaries.push(out.len());
-                    if delivery.planned.rcpt_to.len() > budget {
-                        let rest = delivery.planned.rcpt_to.split_off(budget);
-                        let held = DeliveryRecord {
-                            planned: PlannedDelivery {
-                                rcpt_to: rest,
-                                rewrite: delivery.planned.rewrite.clone(),
-                            },
-                            provider: delivery.provider.clone(),
-                        };
-                        budget = 0;
-                        out.push(delivery);
-                        out.push(held);
-                        continue;
-                    }
-                    budget -= delivery.planned.rcpt_to.len();
-                }
-                out.push(delivery);
-            }
-            *deliveries = out;
-        } else {
-            for address in &config.canary_recipients {
-                let rewrite = match decision {
-                    Decision::Pass => Rewrite::Unchanged,
-                    Decision::Bcc => Rewrite::Undisclosed,
-                    _ => Rewrite::OnlyRecipient {
-                        address: address.clone(),
-                        display_name: None,
-                    },
-                };
-                canaries.push(deliveries.len());
-                deliveries.push(DeliveryRecord {
-                    planned: PlannedDelivery {
-                        rcpt_to: vec![address.clone()],
-                        rewrite,
-                    },
-                    provider: self.catalog.classify(address).to_string(),
-                });
-            }
-        }
-        Some(Hold {
-            canaries,
-            state: HoldState::Held,
-        })
-    }
-}
-
 /// The relay's `Received:` field. It names no recipient: one stored message serves every
 /// copy. `mailveil inspect` prepends one too, so it plans the same bytes as `run`.
 pub fn received_field(client: &ClientInfo, hostname: &str, id: &str) -> String {
@@ -260,9 +154,17 @@ impl Acceptor for Relay {
             }
             None => HashMap::new(),
         };
-        let mut deliveries = rules.records(plan.deliveries, &by_mx);
+        let mut deliveries = rules.catalog.divide(plan.deliveries, &by_mx);
         let recipients = deliveries.iter().map(|d| d.planned.rcpt_to.len()).sum();
-        let hold = rules.hold(recipients, plan.decision, &mut deliveries);
+        let hold = rules.hold.as_ref().and_then(|hold| {
+            choose_canaries(
+                hold,
+                &rules.catalog,
+                recipients,
+                plan.decision,
+                &mut deliveries,
+            )
+        });
         let meta = MessageMeta {
             id: id.clone(),
             received_at: unix_now(),
@@ -325,58 +227,5 @@ impl Relay {
         })
         .await
         .expect("the privacy policy does not panic")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rules(extra: &str) -> RelayRules {
-        let text = format!(
-            "[privacy]\nhold_fanout_above = 3\n{extra}\n[[upstream]]\nname = \"o\"\ndir = \"./o\"\n"
-        );
-        RelayRules::from_config(&Config::from_toml(&text).unwrap())
-    }
-
-    fn one_delivery(rcpts: &[&str]) -> Vec<DeliveryRecord> {
-        vec![DeliveryRecord {
-            planned: PlannedDelivery {
-                rcpt_to: rcpts.iter().map(|r| r.to_string()).collect(),
-                rewrite: Rewrite::Unchanged,
-            },
-            provider: "default".into(),
-        }]
-    }
-
-    #[test]
-    fn canaries_are_carved_out_of_a_multi_recipient_delivery() {
-        let rules = rules("canary = 2");
-        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test"]);
-        assert_eq!(rules.hold(3, Decision::Pass, &mut d), None, "not above");
-        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
-        let hold = rules.hold(4, Decision::Pass, &mut d).unwrap();
-        assert_eq!(hold.canaries, vec![0]);
-        assert_eq!(d[0].planned.rcpt_to, ["a@x.test", "b@x.test"]);
-        assert_eq!(d[1].planned.rcpt_to, ["c@x.test", "d@x.test"]);
-    }
-
-    #[test]
-    fn operator_canaries_are_extra_private_copies() {
-        let rules = rules("canary_recipients = [\"ops@y.test\"]");
-        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
-        let hold = rules.hold(4, Decision::Split, &mut d).unwrap();
-        assert_eq!(hold.canaries, vec![1]);
-        assert_eq!(d[1].planned.rcpt_to, ["ops@y.test"]);
-        assert_eq!(
-            d[1].planned.rewrite,
-            Rewrite::OnlyRecipient {
-                address: "ops@y.test".into(),
-                display_name: None
-            }
-        );
-        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
-        rules.hold(4, Decision::Bcc, &mut d).unwrap();
-        assert_eq!(d[1].planned.rewrite, Rewrite::Undisclosed);
     }
 }

@@ -84,6 +84,22 @@ pub enum Rewrite {
     Undisclosed,
 }
 
+impl Rewrite {
+    /// The copy `address` gets under `decision` when it is the mailbox's own: unchanged when the
+    /// message exposes nobody, undisclosed in bcc mode, otherwise a copy that shows only it.
+    /// Used for copies that are not in the plan, such as a bulk hold's operator canaries.
+    pub fn own_copy(decision: Decision, address: &str) -> Rewrite {
+        match decision {
+            Decision::Pass => Rewrite::Unchanged,
+            Decision::Bcc => Rewrite::Undisclosed,
+            _ => Rewrite::OnlyRecipient {
+                address: address.to_string(),
+                display_name: None,
+            },
+        }
+    }
+}
+
 /// One delivery the message turns into.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedDelivery {

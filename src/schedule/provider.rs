@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 
 use crate::config::ProviderConfig;
+use crate::privacy::PlannedDelivery;
+use crate::spool::DeliveryRecord;
 
 /// Name of the lane for recipients no catalog entry claims.
 pub const DEFAULT_PROVIDER: &str = "default";
@@ -254,6 +256,44 @@ impl ProviderCatalog {
     /// Every provider name, `default` last: the bounded label set of the metrics.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Divides each planned delivery by provider lane, so one slow provider never holds another
+    /// provider's recipients (envelope recipients are only divided, never changed).
+    /// `by_mx` maps domains the catalog does not list to a provider found by their MX hosts.
+    pub fn divide(
+        &self,
+        planned: Vec<PlannedDelivery>,
+        by_mx: &HashMap<String, String>,
+    ) -> Vec<DeliveryRecord> {
+        let mut out = Vec::with_capacity(planned.len());
+        for delivery in planned {
+            let mut lanes: Vec<(String, Vec<String>)> = Vec::new();
+            for rcpt in delivery.rcpt_to {
+                let mut provider = self.classify(&rcpt);
+                if !by_mx.is_empty() && !self.knows(&rcpt) {
+                    let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+                    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+                    if let Some(p) = by_mx.get(&domain) {
+                        provider = p;
+                    }
+                }
+                match lanes.iter_mut().find(|(p, _)| p == provider) {
+                    Some((_, rcpts)) => rcpts.push(rcpt),
+                    None => lanes.push((provider.to_string(), vec![rcpt])),
+                }
+            }
+            for (provider, rcpt_to) in lanes {
+                out.push(DeliveryRecord {
+                    planned: PlannedDelivery {
+                        rcpt_to,
+                        rewrite: delivery.rewrite.clone(),
+                    },
+                    provider,
+                });
+            }
+        }
+        out
     }
 
     /// The limits of `provider`; unknown names (a lane from an older config) are unlimited.

@@ -44,7 +44,7 @@ mod control;
 mod hold;
 mod outcome;
 pub use control::{ProviderStatus, QueueStatus, UnknownProvider, UpstreamStatus};
-pub use hold::{HeldMessage, HoldError};
+pub use hold::{HeldMessage, HoldError, choose_canaries};
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
 #[derive(Clone)]

@@ -15,8 +15,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DEFAULT_HOLD_TIMEOUT, HoldConfig, HoldTimeoutAction};
+use crate::privacy::{Decision, PlannedDelivery, Rewrite};
+use crate::schedule::ProviderCatalog;
 use crate::schedule::message::QueuedMessage;
-use crate::spool::{HoldState, MessageMeta, SpoolError, unix_now};
+use crate::spool::{DeliveryRecord, Hold, HoldState, MessageMeta, SpoolError, unix_now};
 
 use super::{Inner, Scheduler};
 
@@ -286,6 +288,66 @@ impl Inner {
     }
 }
 
+/// The bulk hold of a message at its acceptance: `None` when it fans out to no more than
+/// `hold_fanout_above` recipients. Otherwise picks its canary deliveries: the first `canary` recipients in
+/// delivery order (a multi-recipient delivery is divided so that exactly that many go out),
+/// or one extra copy per `canary_recipients` mailbox, rewritten as that mailbox's own copy
+/// would be so an operator's canary never shows the real recipients either.
+pub fn choose_canaries(
+    config: &HoldConfig,
+    catalog: &ProviderCatalog,
+    recipients: usize,
+    decision: Decision,
+    deliveries: &mut Vec<DeliveryRecord>,
+) -> Option<Hold> {
+    if recipients <= config.fanout_above {
+        return None;
+    }
+    let mut canaries = Vec::new();
+    if config.canary_recipients.is_empty() {
+        let mut budget = config.canary;
+        let mut out = Vec::with_capacity(deliveries.len() + 1);
+        for mut delivery in deliveries.drain(..) {
+            if budget > 0 {
+                canaries.push(out.len());
+                if delivery.planned.rcpt_to.len() > budget {
+                    let rest = delivery.planned.rcpt_to.split_off(budget);
+                    let held = DeliveryRecord {
+                        planned: PlannedDelivery {
+                            rcpt_to: rest,
+                            rewrite: delivery.planned.rewrite.clone(),
+                        },
+                        provider: delivery.provider.clone(),
+                    };
+                    budget = 0;
+                    out.push(delivery);
+                    out.push(held);
+                    continue;
+                }
+                budget -= delivery.planned.rcpt_to.len();
+            }
+            out.push(delivery);
+        }
+        *deliveries = out;
+    } else {
+        for address in &config.canary_recipients {
+            let rewrite = Rewrite::own_copy(decision, address);
+            canaries.push(deliveries.len());
+            deliveries.push(DeliveryRecord {
+                planned: PlannedDelivery {
+                    rcpt_to: vec![address.clone()],
+                    rewrite,
+                },
+                provider: catalog.classify(address).to_string(),
+            });
+        }
+    }
+    Some(Hold {
+        canaries,
+        state: HoldState::Held,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,5 +394,71 @@ mod tests {
         assert_eq!((keys(&now), keys(&held)), (vec![0, 1, 2, 3], vec![]));
         let (now, held) = divide(&meta(Some(HoldState::Dropped)), pending);
         assert_eq!((keys(&now), keys(&held)), (vec![0, 2], vec![]));
+    }
+
+    /// A hold configuration (fan-outs above 3) and the provider catalog, from a config file.
+    struct Rules(HoldConfig, ProviderCatalog);
+
+    impl Rules {
+        fn hold(
+            &self,
+            recipients: usize,
+            decision: Decision,
+            deliveries: &mut Vec<DeliveryRecord>,
+        ) -> Option<Hold> {
+            choose_canaries(&self.0, &self.1, recipients, decision, deliveries)
+        }
+    }
+
+    fn rules(extra: &str) -> Rules {
+        let text = format!(
+            "[privacy]\nhold_fanout_above = 3\n{extra}\n[[upstream]]\nname = \"o\"\ndir = \"./o\"\n"
+        );
+        let config = crate::config::Config::from_toml(&text).unwrap();
+        Rules(
+            config.hold.clone().unwrap(),
+            ProviderCatalog::new(&config.providers),
+        )
+    }
+
+    fn one_delivery(rcpts: &[&str]) -> Vec<DeliveryRecord> {
+        vec![DeliveryRecord {
+            planned: PlannedDelivery {
+                rcpt_to: rcpts.iter().map(|r| r.to_string()).collect(),
+                rewrite: Rewrite::Unchanged,
+            },
+            provider: "default".into(),
+        }]
+    }
+
+    #[test]
+    fn canaries_are_carved_out_of_a_multi_recipient_delivery() {
+        let rules = rules("canary = 2");
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test"]);
+        assert_eq!(rules.hold(3, Decision::Pass, &mut d), None, "not above");
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
+        let hold = rules.hold(4, Decision::Pass, &mut d).unwrap();
+        assert_eq!(hold.canaries, vec![0]);
+        assert_eq!(d[0].planned.rcpt_to, ["a@x.test", "b@x.test"]);
+        assert_eq!(d[1].planned.rcpt_to, ["c@x.test", "d@x.test"]);
+    }
+
+    #[test]
+    fn operator_canaries_are_extra_private_copies() {
+        let rules = rules("canary_recipients = [\"ops@y.test\"]");
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
+        let hold = rules.hold(4, Decision::Split, &mut d).unwrap();
+        assert_eq!(hold.canaries, vec![1]);
+        assert_eq!(d[1].planned.rcpt_to, ["ops@y.test"]);
+        assert_eq!(
+            d[1].planned.rewrite,
+            Rewrite::OnlyRecipient {
+                address: "ops@y.test".into(),
+                display_name: None
+            }
+        );
+        let mut d = one_delivery(&["a@x.test", "b@x.test", "c@x.test", "d@x.test"]);
+        rules.hold(4, Decision::Bcc, &mut d).unwrap();
+        assert_eq!(d[1].planned.rewrite, Rewrite::Undisclosed);
     }
 }
