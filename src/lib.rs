@@ -187,7 +187,7 @@ pub async fn run_with(
         metrics.clone(),
         redactor.clone(),
     ));
-    metrics.init_series(relay.rules().catalog.names(), &upstream_names);
+    metrics.init_series(relay.scheduler.routing().catalog.names(), &upstream_names);
     metrics.init_rejection_reasons(&inbound::rejection_reasons());
     let live = inbound::LiveInbound::new(inbound::InboundSettings {
         server: config.server.clone(),

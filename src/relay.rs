@@ -12,35 +12,25 @@ use crate::observe::log::escaped;
 use crate::observe::{Metrics, Redactor};
 use crate::privacy::{self, Decision, Exposure, Plan, PrivacySettings};
 use crate::reply::Reply;
-use crate::schedule::mx::MxClassifier;
+use crate::schedule::Scheduler;
 use crate::schedule::queue::choose_canaries;
-use crate::schedule::{ProviderCatalog, Scheduler};
 use crate::spool::{MessageMeta, Spool, unix_now};
 
-/// The reloadable part of the relay: what a message is checked and divided by. A message uses
-/// the rules current when its DATA ends, from policy decision to provider lanes.
+/// The reloadable part of the relay: what a message is checked by and whether it is held. A
+/// message uses the rules current when its DATA ends, with the scheduler's
+/// [`Routing`](crate::schedule::Routing) of that moment (provider lanes, MX classification, the
+/// host name of its `Received:` field).
 pub struct RelayRules {
-    pub hostname: String,
     pub privacy: PrivacyConfig,
-    pub catalog: ProviderCatalog,
     /// The bulk hold (`docs/bulk-hold.md`); `None` when off.
     pub hold: Option<HoldConfig>,
-    /// Classifies domains the catalog does not list by MX host (`[shaping] classify_by_mx`).
-    pub mx: Option<MxClassifier>,
 }
 
 impl RelayRules {
     pub fn from_config(config: &Config) -> RelayRules {
         RelayRules {
-            hostname: config.server.hostname.clone(),
             privacy: config.privacy.clone(),
-            catalog: ProviderCatalog::new(&config.providers),
             hold: config.hold.clone(),
-            mx: config
-                .shaping
-                .mx
-                .as_ref()
-                .and_then(MxClassifier::from_config),
         }
     }
 }
@@ -76,8 +66,7 @@ impl Relay {
         }
     }
 
-    /// Replaces the privacy settings, hostname and provider catalog for messages whose DATA ends
-    /// from now on (hot reload); messages already spooled keep the copies they were planned with.
+    /// Replaces the privacy settings and the bulk hold for messages whose DATA ends from now on (hot reload); messages already spooled keep the copies they were planned with.
     pub fn set_rules(&self, rules: RelayRules) {
         *self.rules.write().expect("not poisoned") = Arc::new(rules);
     }
@@ -118,10 +107,11 @@ impl Acceptor for Relay {
     async fn accept(&self, mut tx: Transaction) -> Verdict {
         let started = Instant::now();
         let rules = self.rules();
+        let routing = self.scheduler.routing();
         let id = Spool::new_id();
         // The policy reads the exact bytes that will be delivered: our trace field first
         // (prepended in place: a 25 MiB message must not exist twice in memory).
-        let received = received_field(&tx.client, &rules.hostname, &id);
+        let received = received_field(&tx.client, &routing.hostname, &id);
         let mut message = std::mem::take(&mut tx.message);
         message.splice(0..0, received.bytes());
         let (exposure, plan, message, envelope) = self.plan(&rules, tx.envelope, message).await;
@@ -147,19 +137,19 @@ impl Acceptor for Relay {
             tracing::warn!(%from, rcpts = envelope.rcpt_to.len(), part = %escaped(part), "body check (monitor): relaying a body that shows a recipient's address");
         }
 
-        let by_mx = match &rules.mx {
+        let by_mx = match &routing.mx {
             Some(mx) => {
                 let rcpts = plan.deliveries.iter().flat_map(|d| d.rcpt_to.iter());
-                mx.providers(&rules.catalog, rcpts).await
+                mx.providers(&routing.catalog, rcpts).await
             }
             None => HashMap::new(),
         };
-        let mut deliveries = rules.catalog.divide(plan.deliveries, &by_mx);
+        let mut deliveries = routing.catalog.divide(plan.deliveries, &by_mx);
         let recipients = deliveries.iter().map(|d| d.planned.rcpt_to.len()).sum();
         let hold = rules.hold.as_ref().and_then(|hold| {
             choose_canaries(
                 hold,
-                &rules.catalog,
+                &routing.catalog,
                 recipients,
                 plan.decision,
                 &mut deliveries,

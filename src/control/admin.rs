@@ -37,7 +37,7 @@ use crate::observe::Metrics;
 use crate::observe::serve::{self, HttpCounters, HttpLimits};
 use crate::relay::Relay;
 use crate::schedule::Scheduler;
-use crate::schedule::queue::{HoldError, ProviderStatus, QueueStatus};
+use crate::schedule::queue::HoldError;
 
 /// The `target` of this module's log lines: the path it had before the control plane got its own
 /// folder, so log lines and `MAILVEIL_LOG` filters read as they did.
@@ -48,7 +48,7 @@ const LOG_TARGET: &str = "mailveil::observe::admin";
 pub struct AdminState {
     pub token: Secret,
     pub scheduler: Scheduler,
-    /// For the provider catalog: `/status` lists every known provider, not only busy ones.
+    /// For the spool's state in `/status`.
     pub relay: Arc<Relay>,
     pub reloader: Arc<Reloader>,
 }
@@ -125,30 +125,8 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
         .into_response()
 }
 
-/// The scheduler's status with every catalog provider listed (idle ones with zero queued).
-fn full_status(state: &AdminState) -> QueueStatus {
-    let mut status = state.scheduler.status();
-    let rules = state.relay.rules();
-    for name in rules.catalog.names() {
-        if !status.providers.iter().any(|p| &p.name == name) {
-            let limits = rules.catalog.limits(name);
-            status.providers.push(ProviderStatus {
-                name: name.clone(),
-                paused: false,
-                queued: 0,
-                slowed: false,
-                messages_per_second: limits.messages_per_second,
-                // No lane yet: its cap once one opens (0 = what the upstreams allow).
-                concurrency: limits.max_connections.unwrap_or(0),
-            });
-        }
-    }
-    status.providers.sort_by(|a, b| a.name.cmp(&b.name));
-    status
-}
-
 async fn status(State(state): State<AdminState>) -> Response {
-    let mut body = serde_json::to_value(full_status(&state)).unwrap_or_default();
+    let mut body = serde_json::to_value(state.scheduler.status()).unwrap_or_default();
     let spool = state.relay.spool.clone();
     // While refusing, check whether room is back (as `/readyz` does), so the answer is current.
     let refusing = tokio::task::spawn_blocking(move || {
@@ -201,7 +179,7 @@ fn switch(state: &AdminState, target: Target, pause: bool) -> Response {
                 "admin: deliveries {}",
                 if pause { "paused" } else { "resumed" }
             );
-            axum::Json(full_status(state)).into_response()
+            axum::Json(state.scheduler.status()).into_response()
         }
         Err(e) => (
             StatusCode::NOT_FOUND,

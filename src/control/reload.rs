@@ -5,10 +5,12 @@
 //! A valid one is applied in three places, each at a point where the change is safe:
 //! - inbound limits, users and TLS certificate files: for sessions that start from now on
 //!   ([`LiveInbound`]); sessions already open keep the settings they began with;
-//! - privacy settings and the provider catalog: for messages whose DATA ends from now on
+//! - privacy settings and the bulk hold: for messages whose DATA ends from now on
 //!   ([`Relay::set_rules`]);
-//! - retry timing, provider limits, upstreams and their credentials: in the scheduler
-//!   ([`Scheduler::apply_config`]); deliveries in flight finish on the upstream they started on.
+//! - retry timing, the routing (provider catalog and limits, MX classification, host name: one
+//!   value the relay reads from the scheduler), upstreams and their credentials: in the
+//!   scheduler ([`Scheduler::apply_config`]); deliveries in flight finish on the upstream they
+//!   started on.
 //! - `[[dkim]]` keys and selectors (rotation): key files are parsed while the file is validated,
 //!   so an unusable key refuses the reload; the new signer is swapped in with the scheduler's
 //!   settings and signs every copy sent from then on.
@@ -139,10 +141,7 @@ impl Reloader {
                 access: next.access.clone(),
             })
             .map_err(ReloadError::InboundTls)?;
-        let rules = RelayRules::from_config(&next);
         let upstream_names: Vec<String> = next.upstreams.iter().map(|u| u.name.clone()).collect();
-        self.metrics
-            .init_series(rules.catalog.names(), &upstream_names);
         for gone in running.upstreams.iter().map(|u| &u.name) {
             if !upstream_names.contains(gone) {
                 // A removed upstream must not keep showing "up" on dashboards; its counters stay.
@@ -152,8 +151,12 @@ impl Reloader {
                     .remove_label_values(&[gone.as_str()]);
             }
         }
-        self.relay.set_rules(rules);
+        self.relay.set_rules(RelayRules::from_config(&next));
+        // Provider catalog, MX classification and host name: one value, swapped in one step
+        // with the scheduler's settings, read by the relay from there.
         self.scheduler.apply_config(&next, upstreams);
+        self.metrics
+            .init_series(self.scheduler.routing().catalog.names(), &upstream_names);
         *running = next;
         Ok(ReloadReport { restart_needed })
     }

@@ -18,11 +18,13 @@ pub mod provider;
 pub mod queue;
 pub mod rate;
 pub mod retry;
+pub mod routing;
 pub mod rules;
 pub mod throttle;
 
 pub use provider::ProviderCatalog;
 pub use queue::Scheduler;
+pub use routing::Routing;
 
 #[cfg(test)]
 mod tests;

@@ -36,7 +36,7 @@ use super::failover::UpstreamSlot;
 use super::lane::{Lane, Ready};
 use super::message::QueuedMessage;
 use super::provider::DEFAULT_PROVIDER;
-use super::provider::ProviderCatalog;
+use super::routing::Routing;
 use super::rules;
 use super::throttle::{Rate, Throttle, ThrottleMetrics};
 
@@ -74,9 +74,8 @@ struct Settings {
     retry: SpoolConfig,
     /// The most connections any one upstream may open: what the `default` lane may use.
     upstream_connections: usize,
-    /// For bounces: our name and the lane of the sender they go back to.
-    hostname: String,
-    catalog: ProviderCatalog,
+    /// Lanes and their limits, our name for bounces (shared with the relay: [`Scheduler::routing`]).
+    routing: Arc<Routing>,
     /// Shaping rules in matching order.
     rules: Arc<Vec<ShapingRule>>,
     /// DKIM keys (parsed when the config was validated); swapped with the rest on reload.
@@ -99,8 +98,7 @@ impl Settings {
         Settings {
             retry: config.spool.clone(),
             upstream_connections,
-            hostname: config.server.hostname.clone(),
-            catalog: ProviderCatalog::new(&config.providers),
+            routing: Arc::new(Routing::from_config(config)),
             rules: Arc::new(rules::for_config(&config.shaping)),
             dkim: Arc::new(crate::dkim::Signer::from_config(&config.dkim)),
             privacy: config.privacy.clone(),
@@ -109,6 +107,17 @@ impl Settings {
 }
 
 impl Scheduler {
+    /// Where copies go and in whose name, as configured now (see [`Routing`]). The relay reads
+    /// it when a message's DATA ends; a reload replaces it with the rest of the settings.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.inner
+            .settings
+            .read()
+            .expect("not poisoned")
+            .routing
+            .clone()
+    }
+
     pub fn new(
         spool: Arc<Spool>,
         upstreams: Vec<Upstream>,
@@ -259,6 +268,7 @@ impl Inner {
                 .settings
                 .read()
                 .expect("not poisoned")
+                .routing
                 .catalog
                 .names()
                 .iter()
@@ -277,7 +287,7 @@ impl Inner {
         // Every lane leaves at least one upstream connection for the others, even when its
         // provider's own limit (built-in catalog or config) is higher.
         let all_but_one = total.saturating_sub(1).max(1);
-        match settings.catalog.limits(provider).max_connections {
+        match settings.routing.catalog.limits(provider).max_connections {
             Some(n) => n.min(all_but_one),
             None if provider == DEFAULT_PROVIDER => all_but_one,
             None => (total / 2).clamp(1, 4),
@@ -287,7 +297,7 @@ impl Inner {
     /// The configured message rate of a provider (`None`: unthrottled).
     fn lane_rate(&self, provider: &str) -> Option<Rate> {
         let settings = self.settings.read().expect("not poisoned");
-        let limits = settings.catalog.limits(provider);
+        let limits = settings.routing.catalog.limits(provider);
         limits.messages_per_second.map(|per_second| Rate {
             per_second,
             burst: limits.burst,
@@ -418,7 +428,7 @@ impl Inner {
         let slots = self.upstreams();
         let (dkim, cool_off, max_transactions) = {
             let settings = self.settings.read().expect("not poisoned");
-            let limits = settings.catalog.limits(&lane.name);
+            let limits = settings.routing.catalog.limits(&lane.name);
             (
                 settings.dkim.clone(),
                 settings.retry.upstream_cool_off,

@@ -40,7 +40,8 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Paused flags, queue depth per provider, upstream health.
+    /// Whether the queue or any lane is paused, what each provider has queued (every provider
+    /// of the catalog is listed, idle ones too) and which upstreams are up.
     pub fn status(&self) -> QueueStatus {
         let lanes = self.inner.lanes.read().expect("not poisoned");
         let mut providers: Vec<ProviderStatus> = lanes
@@ -54,6 +55,23 @@ impl Scheduler {
                 concurrency: l.concurrency(),
             })
             .collect();
+        drop(lanes);
+        // Every provider of the catalog, idle ones (no lane yet) with nothing queued.
+        let routing = self.routing();
+        for name in routing.catalog.names() {
+            if !providers.iter().any(|p| &p.name == name) {
+                let limits = routing.catalog.limits(name);
+                providers.push(ProviderStatus {
+                    name: name.clone(),
+                    paused: false,
+                    queued: 0,
+                    slowed: false,
+                    messages_per_second: limits.messages_per_second,
+                    // No lane yet: its cap once one opens (0 = what the upstreams allow).
+                    concurrency: limits.max_connections.unwrap_or(0),
+                });
+            }
+        }
         providers.sort_by(|a, b| a.name.cmp(&b.name));
         let upstreams = self
             .inner

@@ -221,8 +221,8 @@ impl Inner {
                 return;
             }
             (
-                settings.hostname.clone(),
-                settings.catalog.classify(&sender).to_string(),
+                settings.routing.hostname.clone(),
+                settings.routing.catalog.classify(&sender).to_string(),
             )
         };
         let (dsn, bytes) = bounce::message(&hostname, provider, meta, index, &failure, header);
