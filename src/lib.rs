@@ -45,7 +45,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use config::{Config, UpstreamKind};
+use config::{AdminConfig, Config, UpstreamKind};
 use control::reload;
 use observe::serve::HttpLimits;
 use observe::{Metrics, Redactor};
@@ -181,7 +181,7 @@ pub async fn run_with(
     });
 
     let relay = Arc::new(relay::Relay::new(
-        &config,
+        relay::RelayRules::from_config(&config),
         spool.clone(),
         scheduler.clone(),
         metrics.clone(),
@@ -206,7 +206,7 @@ pub async fn run_with(
         spawn_sighup_reload(reloader.clone(), shutdown.clone());
     }
     let admin = serve_admin(
-        &config,
+        config.admin.as_ref(),
         listeners.admin,
         &scheduler,
         &relay,
@@ -261,7 +261,7 @@ pub async fn run_with(
 
 /// Starts the admin API when a token is configured; otherwise says why it is off.
 fn serve_admin(
-    config: &Config,
+    config: Option<&AdminConfig>,
     listener: Option<TcpListener>,
     scheduler: &Scheduler,
     relay: &Arc<relay::Relay>,
@@ -269,7 +269,7 @@ fn serve_admin(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let Some(admin) = &config.admin else {
+    let Some(admin) = config else {
         tracing::info!("admin API disabled: no [admin] section");
         return None;
     };

@@ -48,8 +48,10 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// Takes its own rules, not the whole `Config`: they are all the relay reads of it, and what
+    /// [`Relay::set_rules`] swaps on reload.
     pub fn new(
-        config: &Config,
+        rules: RelayRules,
         spool: Arc<Spool>,
         scheduler: Scheduler,
         metrics: Metrics,
@@ -57,7 +59,7 @@ impl Relay {
     ) -> Relay {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Relay {
-            rules: RwLock::new(Arc::new(RelayRules::from_config(config))),
+            rules: RwLock::new(Arc::new(rules)),
             planning: tokio::sync::Semaphore::new(cores),
             spool,
             scheduler,

@@ -1,5 +1,8 @@
 //! One SMTP session: its state, its buffers and the command loop.
 //!
+//! Over ~500 lines on purpose: one state machine (state, buffers, read/reply loop), kept whole;
+//! each verb is already in a file of its own.
+//!
 //! The session is split the way the verbs need it: [`Context`] is shared by every connection
 //! (settings, acceptor, metrics, TLS acceptor), [`State`] is what this connection knows (HELO
 //! name, TLS, user, the open transaction, counters, buffers), and [`Session`] adds the stream.
