@@ -7,7 +7,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -234,22 +233,6 @@ async fn cmd_of<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 ) -> String {
     s.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
     reply_of(s).await
-}
-
-fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// A relay with STARTTLS and one AUTH user (password in a file); relaying needs AUTH.

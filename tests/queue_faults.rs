@@ -11,8 +11,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use scripted_smtp::pki::TestCa;
 use scripted_smtp::{DROP, Script, ScriptedSmtp, Step};
+use support::pki::TestCa;
 use support::*;
 
 /// Short retry timing so each fault costs about a second.

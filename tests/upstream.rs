@@ -3,6 +3,7 @@
 
 #[path = "support/scripted_smtp.rs"]
 mod scripted_smtp;
+mod support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,8 +16,8 @@ use mailveil::config::{
 };
 use mailveil::sink::{self, SinkTls};
 use mailveil::upstream::{Outbound, PoolLimits, Stage, Timeouts, Upstream, UpstreamError};
-use scripted_smtp::pki::TestCa;
 use scripted_smtp::{Script, ScriptedSmtp, Step};
+use support::pki::TestCa;
 
 /// Every test is bounded: no step waits longer than this.
 const TIMEOUT: Duration = Duration::from_secs(10);

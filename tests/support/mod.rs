@@ -15,6 +15,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+pub mod pki;
+#[allow(unused_imports)]
+pub use pki::{TestPki, make_pki, tls_connector};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailveil");
 
 /// Upper bound for anything a test waits for; reaching it is a failure, never a pass.
@@ -376,40 +380,6 @@ impl RawSmtp {
         self.send(format!("{line}\r\n").as_bytes()).await;
         self.reply().await
     }
-}
-
-/// A private CA and a leaf certificate for `names`, written as PEM files into `dir`.
-pub struct TestPki {
-    pub ca_pem: Vec<u8>,
-    pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
-pub fn make_pki(dir: &Path, tag: &str, names: &[&str]) -> TestPki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("mailveil test CA {tag}"));
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    let pki = TestPki {
-        ca_pem: ca.pem().into_bytes(),
-        ca_file: dir.join(format!("{tag}-ca.pem")),
-        cert_file: dir.join(format!("{tag}-cert.pem")),
-        key_file: dir.join(format!("{tag}-key.pem")),
-    };
-    std::fs::write(&pki.ca_file, &pki.ca_pem).unwrap();
-    std::fs::write(&pki.cert_file, leaf.pem()).unwrap();
-    std::fs::write(&pki.key_file, leaf_key.serialize_pem()).unwrap();
-    pki
 }
 
 /// A message with the given header lines and body; CRLF line endings.
