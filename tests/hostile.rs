@@ -201,40 +201,6 @@ async fn pipelined_command_floods() {
     );
 }
 
-/// Reads one complete SMTP reply (all continuation lines) from any stream.
-async fn reply_of<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
-    let mut all = Vec::new();
-    let mut line = Vec::new();
-    loop {
-        let mut b = [0u8; 1];
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut b))
-            .await
-            .expect("reply within patience")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        line.push(b[0]);
-        if b[0] == b'\n' {
-            all.extend_from_slice(&line);
-            let last = line.len() < 4 || line[3] != b'-';
-            line.clear();
-            if last {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&all).into_owned()
-}
-
-async fn cmd_of<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    s: &mut S,
-    line: &str,
-) -> String {
-    s.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
-    reply_of(s).await
-}
-
 /// A relay with STARTTLS and one AUTH user (password in a file); relaying needs AUTH.
 async fn tls_relay(work: &std::path::Path) -> (InProcessRelay, TestPki) {
     let pki = make_pki(work, "relay", &["localhost"]);

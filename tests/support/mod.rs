@@ -11,13 +11,16 @@ use std::time::{Duration, Instant};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 pub mod pki;
+pub mod raw_smtp;
 #[allow(unused_imports)]
 pub use pki::{TestPki, make_pki, tls_connector};
+#[allow(unused_imports)]
+pub use raw_smtp::{RawSmtp, cmd_of, reply_of, reply_within};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailveil");
 
@@ -331,55 +334,6 @@ async fn send_with(
         response.code(),
         response.message().collect::<Vec<_>>().join(" ")
     ))
-}
-
-/// A raw SMTP conversation for tests that need exact bytes on the wire.
-pub struct RawSmtp {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl RawSmtp {
-    /// Connects and returns the greeting reply.
-    pub async fn connect(addr: SocketAddr) -> (RawSmtp, String) {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (r, w) = stream.into_split();
-        let mut s = RawSmtp {
-            reader: BufReader::new(r),
-            writer: w,
-        };
-        let greeting = s.reply().await;
-        (s, greeting)
-    }
-
-    pub async fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
-    }
-
-    /// One complete (possibly multi-line) reply; empty string when the server closed.
-    pub async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(PATIENCE, self.reader.read_line(&mut line))
-                .await
-                .expect("reply within patience")
-                .unwrap_or(0);
-            if n == 0 {
-                return all;
-            }
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    }
-
-    /// Sends a command line and returns the reply.
-    pub async fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
 }
 
 /// A message with the given header lines and body; CRLF line endings.
