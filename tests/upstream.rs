@@ -68,6 +68,16 @@ async fn send(
         .map(|d| d.reply)
 }
 
+/// The usual test message (`HEADER` + `BODY`) from `s@example.com` to `to`.
+async fn send_to(up: &Upstream, to: &[&str]) -> Result<String, UpstreamError> {
+    send(up, "s@example.com", &rcpt(to), HEADER, BODY).await
+}
+
+/// The usual test message from `s@example.com` to `r@example.com`.
+async fn send_one(up: &Upstream) -> Result<String, UpstreamError> {
+    send_to(up, &["r@example.com"]).await
+}
+
 /// Starts the capture sink on a free port in a background thread.
 fn start_sink(dir: &Path, tls: Option<SinkTls>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -187,15 +197,7 @@ async fn starttls_with_dns_name_is_verified_and_used() {
     let mut config = smtp("localhost", server.port(), UpstreamTls::StartTls);
     config.ca_file = Some(ca.write(tmp.path(), "ca.pem"));
     let up = upstream(config);
-    send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap();
+    send_one(&up).await.unwrap();
     let record = server.record();
     assert_eq!(record.messages.len(), 1);
     assert!(record.messages[0].tls, "MAIL came after STARTTLS");
@@ -214,15 +216,7 @@ async fn untrusted_certificate_is_a_temporary_tls_error() {
     let mut config = smtp("127.0.0.1", server.port(), UpstreamTls::StartTls);
     config.ca_file = Some(trusted.write(tmp.path(), "ca.pem"));
     let up = upstream(config);
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Tls(_)), "{err}");
     assert!(err.is_temporary());
     let record = server.record();
@@ -243,15 +237,7 @@ async fn certificate_for_another_name_is_refused() {
     .await;
     let mut config = smtp("127.0.0.1", server.port(), UpstreamTls::StartTls);
     config.ca_file = Some(ca.write(tmp.path(), "ca.pem"));
-    let err = send(
-        &upstream(config),
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&upstream(config)).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Tls(_)), "{err}");
     assert!(!server.record().saw("MAIL"));
 }
@@ -260,15 +246,7 @@ async fn certificate_for_another_name_is_refused() {
 async fn missing_starttls_never_falls_back_to_plaintext() {
     let server = ScriptedSmtp::start(Script::default()).await; // offers no STARTTLS
     let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::StartTls));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(matches!(err, UpstreamError::NoStartTls), "{err}");
     assert!(err.is_temporary());
     let record = server.record();
@@ -290,15 +268,7 @@ async fn implicit_tls_is_used_from_the_first_byte() {
     let mut config = smtp("127.0.0.1", server.port(), UpstreamTls::Implicit);
     config.ca_file = Some(ca.write(tmp.path(), "ca.pem"));
     let up = upstream(config);
-    send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap();
+    send_one(&up).await.unwrap();
     let record = server.record();
     assert_eq!(record.messages.len(), 1);
     assert!(record.messages[0].tls);
@@ -307,15 +277,7 @@ async fn implicit_tls_is_used_from_the_first_byte() {
 
     // And without the private CA the same server is not trusted.
     let config = smtp("127.0.0.1", server.port(), UpstreamTls::Implicit);
-    let err = send(
-        &upstream(config),
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&upstream(config)).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Tls(_)), "{err}");
 }
 
@@ -345,15 +307,7 @@ async fn auth_plain_over_starttls() {
         server.port(),
         "s3cret-pass",
     ));
-    send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap();
+    send_one(&up).await.unwrap();
     let record = server.record();
     assert_eq!(record.messages.len(), 1);
     assert_eq!(record.messages[0].user.as_deref(), Some("apikey"));
@@ -366,15 +320,7 @@ async fn auth_plain_over_starttls() {
         server.port(),
         "wrong-pass",
     ));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Auth { .. }), "{err}");
     assert!(err.is_temporary());
     assert_eq!(err.code(), Some(535));
@@ -399,15 +345,7 @@ async fn replies_are_classified() {
         })
         .await;
         let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::None));
-        let err = send(
-            &up,
-            "s@example.com",
-            &rcpt(&["r@example.com"]),
-            HEADER,
-            BODY,
-        )
-        .await
-        .unwrap_err();
+        let err = send_one(&up).await.unwrap_err();
         assert_eq!(err.code(), Some(code), "{err}");
         assert_eq!(err.is_temporary(), temporary, "{err}");
         assert!(
@@ -429,15 +367,7 @@ async fn replies_are_classified() {
     })
     .await;
     let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::None));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(!err.is_temporary());
     assert!(matches!(
         err,
@@ -456,15 +386,7 @@ async fn replies_are_classified() {
 #[tokio::test]
 async fn connection_refused_is_temporary() {
     let up = upstream(smtp("127.0.0.1", closed_port(), UpstreamTls::None));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Connect { .. }), "{err}");
     assert!(err.is_temporary());
     assert_eq!(err.code(), None);
@@ -485,15 +407,7 @@ async fn stalled_server_times_out() {
         config.timeout = Duration::from_millis(500);
         let up = upstream(config);
         let started = std::time::Instant::now();
-        let err = send(
-            &up,
-            "s@example.com",
-            &rcpt(&["r@example.com"]),
-            HEADER,
-            BODY,
-        )
-        .await
-        .unwrap_err();
+        let err = send_one(&up).await.unwrap_err();
         assert!(
             matches!(err, UpstreamError::Timeout { stage: s, .. } if s == stage),
             "{err}"
@@ -511,15 +425,7 @@ async fn dropped_connection_is_temporary() {
     })
     .await;
     let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::None));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(err.is_temporary(), "{err}");
     assert!(
         matches!(
@@ -563,39 +469,17 @@ async fn refused_recipient_leaves_the_connection_reusable() {
     })
     .await;
     let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::None));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["bad@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_to(&up, &["bad@example.com"]).await.unwrap_err();
     assert_eq!(err.code(), Some(550));
-    send(
-        &up,
-        "s@example.com",
-        &rcpt(&["good@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap();
+    send_to(&up, &["good@example.com"]).await.unwrap();
     let record = server.record();
     assert_eq!(record.connections, 1);
     assert!(record.saw("RSET"), "the failed transaction was reset");
     assert_eq!(record.messages.len(), 1);
     // All or nothing: one refused recipient fails the copy, the other gets nothing.
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["good@example.com", "bad@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_to(&up, &["good@example.com", "bad@example.com"])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(550));
     assert_eq!(server.record().messages.len(), 1);
 }
@@ -609,15 +493,7 @@ async fn connection_closed_by_server_while_idle_is_replaced() {
     .await;
     let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::None));
     for _ in 0..2 {
-        send(
-            &up,
-            "s@example.com",
-            &rcpt(&["r@example.com"]),
-            HEADER,
-            BODY,
-        )
-        .await
-        .unwrap();
+        send_one(&up).await.unwrap();
     }
     let record = server.record();
     assert_eq!(
@@ -677,15 +553,7 @@ async fn transaction_cap_rotates_connections() {
     let up =
         Upstream::with_limits(&config, "relay.test", Timeouts::uniform(TIMEOUT), limits).unwrap();
     for _ in 0..5 {
-        send(
-            &up,
-            "s@example.com",
-            &rcpt(&["r@example.com"]),
-            HEADER,
-            BODY,
-        )
-        .await
-        .unwrap();
+        send_one(&up).await.unwrap();
     }
     assert_eq!(server.record().connections, 3, "2 + 2 + 1 transactions");
 }
