@@ -98,18 +98,13 @@ networks = ["127.0.0.1/32"]
 [[access.users]]
 name = "app"
 password_file = "{pw}"
-[spool]
-dir = "{{dir}}/spool"
-[[upstream]]
-name = "outbox"
-dir = "{{dir}}/outbox"
-[metrics]
-listen = "{{metrics}}"
-{rest}
+{storage}{metrics_section}{rest}
 "#,
         cert = pki.cert_file.display(),
         key = pki.key_file.display(),
         pw = password_file.display(),
+        storage = spool_and_outbox!(),
+        metrics_section = metrics_listener!(),
     )
 }
 

@@ -17,10 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 pub mod pki;
 pub mod raw_smtp;
+pub mod relay_toml;
 #[allow(unused_imports)]
 pub use pki::{TestPki, make_pki, tls_connector};
 #[allow(unused_imports)]
 pub use raw_smtp::{RawSmtp, cmd_of, reply_of, reply_within};
+#[allow(unused_imports)]
+pub(crate) use relay_toml::{admin_listener, metrics_listener, spool_and_outbox};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailveil");
 

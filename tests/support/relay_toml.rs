@@ -1,0 +1,29 @@
+//! The pieces of relay config (TOML) that most tests share, as macros expanding to string
+//! literals so a test's config can stay a `const` built with `concat!`. Placeholders (`{dir}`,
+//! `{metrics}`, `{admin}`) are filled by `InProcessRelay::start` and `RelayProc::start`. Inside
+//! `format!`, pass a piece as a named argument (`{storage}` with `storage = spool_and_outbox!()`)
+//! so its braces are not read as format placeholders.
+#![allow(unused_macros, unused_imports)]
+
+/// A spool in `{dir}/spool` and one capture upstream, `outbox`, writing to `{dir}/outbox`.
+macro_rules! spool_and_outbox {
+    () => {
+        "[spool]\ndir = \"{dir}/spool\"\n[[upstream]]\nname = \"outbox\"\ndir = \"{dir}/outbox\"\n"
+    };
+}
+
+/// The metrics listener on `{metrics}`.
+macro_rules! metrics_listener {
+    () => {
+        "[metrics]\nlisten = \"{metrics}\"\n"
+    };
+}
+
+/// The admin API on `{admin}`, its token read from `TEST_ADMIN_TOKEN`.
+macro_rules! admin_listener {
+    () => {
+        "[admin]\nlisten = \"{admin}\"\ntoken_env = \"TEST_ADMIN_TOKEN\"\n"
+    };
+}
+
+pub(crate) use {admin_listener, metrics_listener, spool_and_outbox};
