@@ -540,19 +540,13 @@ listen = "{{smtp}}"
 [spool]
 dir = "{{dir}}/spool"
 retry_initial = "60s"
-[[upstream]]
-name = "scripted"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-timeout = "10s"
-[metrics]
+{scripted}[metrics]
 listen = "{{metrics}}"
 [log]
 show_addresses = {show}
 format = "{format}"
 "#,
-        port = upstream.port()
+        scripted = scripted_upstream("scripted", upstream.port(), "none", "10s"),
     );
     let r = RelayProc::start(&config, &[("MAILVEIL_LOG", "debug")]).await;
     let to = ["alice@x.test", "bob@y.test", "carol@z.test"];

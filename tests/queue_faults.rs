@@ -29,19 +29,6 @@ retry_max = "1s"
     )
 }
 
-fn scripted_upstream(name: &str, port: u16, tls: &str, timeout: &str) -> String {
-    format!(
-        r#"
-[[upstream]]
-name = "{name}"
-host = "127.0.0.1"
-port = {port}
-tls = "{tls}"
-timeout = "{timeout}"
-"#
-    )
-}
-
 /// Waits until `server` has accepted at least `n` messages.
 async fn wait_messages(server: &ScriptedSmtp, n: usize) -> Vec<scripted_smtp::Received> {
     let end = Instant::now() + PATIENCE;

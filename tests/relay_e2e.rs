@@ -495,16 +495,10 @@ hostname = "relay.test"
 [spool]
 dir = "{{dir}}/spool"
 retry_initial = "1s"
-[[upstream]]
-name = "scripted"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-timeout = "10s"
-[metrics]
+{scripted}[metrics]
 listen = "{{metrics}}"
 "#,
-            port = upstream.port()
+            scripted = scripted_upstream("scripted", upstream.port(), "none", "10s"),
         ),
         &[],
     )

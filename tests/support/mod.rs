@@ -23,7 +23,9 @@ pub use pki::{TestPki, make_pki, tls_connector};
 #[allow(unused_imports)]
 pub use raw_smtp::{RawSmtp, cmd_of, reply_of, reply_within};
 #[allow(unused_imports)]
-pub(crate) use relay_toml::{admin_listener, metrics_listener, spool_and_outbox};
+pub(crate) use relay_toml::{
+    admin_listener, metrics_listener, scripted_upstream, spool_and_outbox,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailveil");
 

@@ -3,7 +3,7 @@
 //! `{metrics}`, `{admin}`) are filled by `InProcessRelay::start` and `RelayProc::start`. Inside
 //! `format!`, pass a piece as a named argument (`{storage}` with `storage = spool_and_outbox!()`)
 //! so its braces are not read as format placeholders.
-#![allow(unused_macros, unused_imports)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 /// A spool in `{dir}/spool` and one capture upstream, `outbox`, writing to `{dir}/outbox`.
 macro_rules! spool_and_outbox {
@@ -27,3 +27,11 @@ macro_rules! admin_listener {
 }
 
 pub(crate) use {admin_listener, metrics_listener, spool_and_outbox};
+
+/// An `[[upstream]]` named `name` on 127.0.0.1:`port` (a scripted server), with `tls` and
+/// `timeout` as written in the config (`"none"`, `"10s"`).
+pub fn scripted_upstream(name: &str, port: u16, tls: &str, timeout: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"\ntimeout = \"{timeout}\"\n"
+    )
+}
