@@ -37,6 +37,28 @@ fn smtp(host: &str, port: u16, tls: UpstreamTls) -> SmtpUpstreamConfig {
     }
 }
 
+/// A scripted server offering STARTTLS with a certificate for `names` signed by `ca`.
+async fn starttls_server(ca: &TestCa, names: &[&str]) -> ScriptedSmtp {
+    ScriptedSmtp::start(Script {
+        starttls: Some(ca.server_cert(names).server_config()),
+        ..Script::default()
+    })
+    .await
+}
+
+/// `smtp(host, port, tls)` trusting `ca`, whose certificate is written as `dir/ca.pem`.
+fn smtp_trusting(
+    host: &str,
+    port: u16,
+    tls: UpstreamTls,
+    ca: &TestCa,
+    dir: &Path,
+) -> SmtpUpstreamConfig {
+    let mut config = smtp(host, port, tls);
+    config.ca_file = Some(ca.write(dir, "ca.pem"));
+    config
+}
+
 fn upstream(config: SmtpUpstreamConfig) -> Upstream {
     let config = UpstreamConfig {
         name: "test".into(),
@@ -174,11 +196,9 @@ async fn starttls_to_sink_with_private_ca_and_ip_address_host() {
     let dir = tmp.path().join("captured");
     let port = start_sink(&dir, Some(SinkTls { cert, key }));
 
-    let mut config = smtp("127.0.0.1", port, UpstreamTls::StartTls);
-    config.ca_file = Some(ca.write(tmp.path(), "ca.pem"));
+    let config = smtp_trusting("127.0.0.1", port, UpstreamTls::StartTls, &ca, tmp.path());
     let up = upstream(config);
-    let to = rcpt(&["r@example.com"]);
-    send(&up, "s@example.com", &to, HEADER, BODY).await.unwrap();
+    send_one(&up).await.unwrap();
 
     let all = capture::read_all(&dir).unwrap();
     assert_eq!(all.len(), 1);
@@ -189,13 +209,14 @@ async fn starttls_to_sink_with_private_ca_and_ip_address_host() {
 async fn starttls_with_dns_name_is_verified_and_used() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = TestCa::new("mailveil test CA");
-    let server = ScriptedSmtp::start(Script {
-        starttls: Some(ca.server_cert(&["localhost"]).server_config()),
-        ..Script::default()
-    })
-    .await;
-    let mut config = smtp("localhost", server.port(), UpstreamTls::StartTls);
-    config.ca_file = Some(ca.write(tmp.path(), "ca.pem"));
+    let server = starttls_server(&ca, &["localhost"]).await;
+    let config = smtp_trusting(
+        "localhost",
+        server.port(),
+        UpstreamTls::StartTls,
+        &ca,
+        tmp.path(),
+    );
     let up = upstream(config);
     send_one(&up).await.unwrap();
     let record = server.record();
@@ -208,13 +229,14 @@ async fn untrusted_certificate_is_a_temporary_tls_error() {
     let tmp = tempfile::tempdir().unwrap();
     let trusted = TestCa::new("trusted CA");
     let other = TestCa::new("someone else's CA");
-    let server = ScriptedSmtp::start(Script {
-        starttls: Some(other.server_cert(&["127.0.0.1"]).server_config()),
-        ..Script::default()
-    })
-    .await;
-    let mut config = smtp("127.0.0.1", server.port(), UpstreamTls::StartTls);
-    config.ca_file = Some(trusted.write(tmp.path(), "ca.pem"));
+    let server = starttls_server(&other, &["127.0.0.1"]).await;
+    let config = smtp_trusting(
+        "127.0.0.1",
+        server.port(),
+        UpstreamTls::StartTls,
+        &trusted,
+        tmp.path(),
+    );
     let up = upstream(config);
     let err = send_one(&up).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Tls(_)), "{err}");
@@ -230,13 +252,14 @@ async fn certificate_for_another_name_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = TestCa::new("mailveil test CA");
     // Valid chain, but for "localhost" while we connect to (and verify) 127.0.0.1.
-    let server = ScriptedSmtp::start(Script {
-        starttls: Some(ca.server_cert(&["localhost"]).server_config()),
-        ..Script::default()
-    })
-    .await;
-    let mut config = smtp("127.0.0.1", server.port(), UpstreamTls::StartTls);
-    config.ca_file = Some(ca.write(tmp.path(), "ca.pem"));
+    let server = starttls_server(&ca, &["localhost"]).await;
+    let config = smtp_trusting(
+        "127.0.0.1",
+        server.port(),
+        UpstreamTls::StartTls,
+        &ca,
+        tmp.path(),
+    );
     let err = send_one(&upstream(config)).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Tls(_)), "{err}");
     assert!(!server.record().saw("MAIL"));
@@ -265,8 +288,13 @@ async fn implicit_tls_is_used_from_the_first_byte() {
         ..Script::default()
     })
     .await;
-    let mut config = smtp("127.0.0.1", server.port(), UpstreamTls::Implicit);
-    config.ca_file = Some(ca.write(tmp.path(), "ca.pem"));
+    let config = smtp_trusting(
+        "127.0.0.1",
+        server.port(),
+        UpstreamTls::Implicit,
+        &ca,
+        tmp.path(),
+    );
     let up = upstream(config);
     send_one(&up).await.unwrap();
     let record = server.record();
@@ -282,8 +310,7 @@ async fn implicit_tls_is_used_from_the_first_byte() {
 }
 
 fn auth_server_config(ca: &TestCa, tmp: &Path, port: u16, password: &str) -> SmtpUpstreamConfig {
-    let mut config = smtp("127.0.0.1", port, UpstreamTls::StartTls);
-    config.ca_file = Some(ca.write(tmp, "ca.pem"));
+    let mut config = smtp_trusting("127.0.0.1", port, UpstreamTls::StartTls, &ca, tmp);
     config.credentials = Some(Credentials {
         username: "apikey".into(),
         password: Secret::new(password),
