@@ -68,12 +68,6 @@ async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStre
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-fn plain(user: &str, password: &str) -> String {
-    use base64::Engine;
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-    format!("AUTH PLAIN {token}")
-}
-
 /// The relay's config: STARTTLS with a certificate from `pki`, one AUTH user `app` whose
 /// password is `s3cret`, only 127.0.0.1 in `access.networks`, capture upstream in `{dir}`.
 fn template(
@@ -360,7 +354,7 @@ async fn outsiders_must_authenticate_within_the_deadline() {
         assert!(cmd_of(&mut s, "STARTTLS").await.starts_with("220"));
         let mut t = connector.connect(name(), s).await.unwrap();
         cmd_of(&mut t, "EHLO good.test").await;
-        let ok = cmd_of(&mut t, &plain("app", "s3cret")).await;
+        let ok = cmd_of(&mut t, &auth_plain("app", "s3cret")).await;
         assert!(ok.starts_with("235"), "{ok}");
         t
     };
@@ -449,7 +443,8 @@ async fn guess_until(
         }
         while Instant::now() < end {
             n += 1;
-            let Some(answer) = try_cmd(&mut t, &plain("app", &format!("guess{n}"))).await else {
+            let Some(answer) = try_cmd(&mut t, &auth_plain("app", &format!("guess{n}"))).await
+            else {
                 break;
             };
             note(&mut out, &answer);
@@ -570,7 +565,7 @@ async fn authenticate(
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut t = connector.connect(name, s).await.unwrap();
     cmd_of(&mut t, "EHLO good.test").await;
-    cmd_of(&mut t, &plain("app", "s3cret")).await
+    cmd_of(&mut t, &auth_plain("app", "s3cret")).await
 }
 
 /// Characters that could forge or hide a log line when written raw: CR, ESC, BEL, vertical tab,

@@ -21,7 +21,7 @@ pub mod relay_toml;
 #[allow(unused_imports)]
 pub use pki::{TestPki, make_pki, tls_connector};
 #[allow(unused_imports)]
-pub use raw_smtp::{RawSmtp, cmd_of, reply_of, reply_within};
+pub use raw_smtp::{RawSmtp, auth_plain, cmd_of, reply_of, reply_within};
 #[allow(unused_imports)]
 pub(crate) use relay_toml::{
     admin_listener, metrics_listener, scripted_upstream, spool_and_outbox,

@@ -52,6 +52,13 @@ pub async fn cmd_of<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, line: &str) ->
     reply_of(s).await
 }
 
+/// The command `AUTH PLAIN <base64 of NUL user NUL password>` (RFC 4616), without CRLF.
+pub fn auth_plain(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    format!("AUTH PLAIN {token}")
+}
+
 /// A raw SMTP conversation over plain TCP.
 pub struct RawSmtp {
     reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
