@@ -24,14 +24,9 @@ hostname = "relay.test"
 [privacy]
 mode = "split"
 max_visible_recipients = 1
-[spool]
-dir = "{{dir}}/spool"
-retry_initial = "1s"
-[[upstream]]
-name = "outbox"
-dir = "{{dir}}/outbox"
-{rest}
-"#
+{storage}{rest}
+"#,
+        storage = spool_and_outbox!(r#"retry_initial = "1s""#),
     )
 }
 

@@ -18,13 +18,8 @@ fn config(privacy: &str) -> String {
 hostname = "relay.test"
 [privacy]
 {privacy}
-[spool]
-dir = "{{dir}}/spool"
-retry_initial = "1s"
-[[upstream]]
-name = "outbox"
-dir = "{{dir}}/outbox"
-"#
+{storage}"#,
+        storage = spool_and_outbox!(r#"retry_initial = "1s""#),
     )
 }
 

@@ -5,10 +5,18 @@
 //! so its braces are not read as format placeholders.
 #![allow(dead_code, unused_macros, unused_imports)]
 
-/// A spool in `{dir}/spool` and one capture upstream, `outbox`, writing to `{dir}/outbox`.
+/// A spool in `{dir}/spool` and one capture upstream, `outbox`, writing to `{dir}/outbox`;
+/// with an argument, that line of TOML is added to `[spool]` (e.g. `retry_initial = "1s"`).
 macro_rules! spool_and_outbox {
     () => {
         "[spool]\ndir = \"{dir}/spool\"\n[[upstream]]\nname = \"outbox\"\ndir = \"{dir}/outbox\"\n"
+    };
+    ($spool_line:literal) => {
+        concat!(
+            "[spool]\ndir = \"{dir}/spool\"\n",
+            $spool_line,
+            "\n[[upstream]]\nname = \"outbox\"\ndir = \"{dir}/outbox\"\n"
+        )
     };
 }
 
