@@ -310,7 +310,7 @@ async fn implicit_tls_is_used_from_the_first_byte() {
 }
 
 fn auth_server_config(ca: &TestCa, tmp: &Path, port: u16, password: &str) -> SmtpUpstreamConfig {
-    let mut config = smtp_trusting("127.0.0.1", port, UpstreamTls::StartTls, &ca, tmp);
+    let mut config = smtp_trusting("127.0.0.1", port, UpstreamTls::StartTls, ca, tmp);
     config.credentials = Some(Credentials {
         username: "apikey".into(),
         password: Secret::new(password),
