@@ -12,21 +12,16 @@ use support::*;
 
 const TOKEN: &str = "admin-test-token-Zq";
 
-const CONFIG: &str = r#"
+const CONFIG: &str = concat!(
+    r#"
 [server]
 listen = "{smtp}"
 hostname = "relay.test"
-[spool]
-dir = "{dir}/spool"
-[[upstream]]
-name = "outbox"
-dir = "{dir}/outbox"
-[metrics]
-listen = "{metrics}"
-[admin]
-listen = "{admin}"
-token_env = "TEST_ADMIN_TOKEN"
-"#;
+"#,
+    spool_and_outbox!(),
+    metrics_listener!(),
+    admin_listener!(),
+);
 
 async fn relay() -> RelayProc {
     RelayProc::start(CONFIG, &[("TEST_ADMIN_TOKEN", TOKEN)]).await

@@ -68,65 +68,6 @@ async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStre
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-/// One complete SMTP reply (all lines); empty when the server closed first. Bounded by `limit`.
-async fn reply_within<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<String> {
-    let read = async {
-        let mut all = Vec::new();
-        let mut line = Vec::new();
-        loop {
-            let mut b = [0u8; 1];
-            match s.read(&mut b).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            line.push(b[0]);
-            if b[0] == b'\n' {
-                all.extend_from_slice(&line);
-                let last = line.len() < 4 || line[3] != b'-';
-                line.clear();
-                if last {
-                    break;
-                }
-            }
-        }
-        String::from_utf8_lossy(&all).into_owned()
-    };
-    tokio::time::timeout(limit, read).await.ok()
-}
-
-async fn reply<S: AsyncRead + Unpin>(s: &mut S) -> String {
-    reply_within(s, PATIENCE)
-        .await
-        .expect("a reply within patience")
-}
-
-async fn cmd<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, line: &str) -> String {
-    s.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
-    reply(s).await
-}
-
-fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-fn plain(user: &str, password: &str) -> String {
-    use base64::Engine;
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-    format!("AUTH PLAIN {token}")
-}
-
 /// The relay's config: STARTTLS with a certificate from `pki`, one AUTH user `app` whose
 /// password is `s3cret`, only 127.0.0.1 in `access.networks`, capture upstream in `{dir}`.
 fn template(
@@ -151,18 +92,13 @@ networks = ["127.0.0.1/32"]
 [[access.users]]
 name = "app"
 password_file = "{pw}"
-[spool]
-dir = "{{dir}}/spool"
-[[upstream]]
-name = "outbox"
-dir = "{{dir}}/outbox"
-[metrics]
-listen = "{{metrics}}"
-{rest}
+{storage}{metrics_section}{rest}
 "#,
         cert = pki.cert_file.display(),
         key = pki.key_file.display(),
         pw = password_file.display(),
+        storage = spool_and_outbox!(),
+        metrics_section = metrics_listener!(),
     )
 }
 
@@ -218,13 +154,13 @@ async fn stall_many(
         set.spawn(async move {
             let _permit = gate.acquire_owned().await.unwrap();
             let mut s = connect_from(from, addr).await.expect("connect");
-            let greeting = reply(&mut s).await;
+            let greeting = reply_of(&mut s).await;
             if !greeting.starts_with("220") {
                 return (s, Some(greeting));
             }
             if let Stall::StartTlsNoHandshake = how {
-                assert!(cmd(&mut s, "EHLO stall.test").await.contains("STARTTLS"));
-                let ready = cmd(&mut s, "STARTTLS").await;
+                assert!(cmd_of(&mut s, "EHLO stall.test").await.contains("STARTTLS"));
+                let ready = cmd_of(&mut s, "STARTTLS").await;
                 assert!(ready.starts_with("220 2.0.0"), "{ready}");
             }
             (s, None)
@@ -246,31 +182,31 @@ async fn stall_many(
 async fn app_delivers(addr: SocketAddr) -> Duration {
     let started = Instant::now();
     let mut s = connect_from(APP, addr).await.expect("app connects");
-    let greeting = reply(&mut s).await;
+    let greeting = reply_of(&mut s).await;
     assert!(
         greeting.starts_with("220 "),
         "the app was refused: {greeting:?}"
     );
-    assert!(cmd(&mut s, "EHLO app.test").await.starts_with("250"));
+    assert!(cmd_of(&mut s, "EHLO app.test").await.starts_with("250"));
     assert!(
-        cmd(&mut s, "MAIL FROM:<app@src.test>")
+        cmd_of(&mut s, "MAIL FROM:<app@src.test>")
             .await
             .starts_with("250")
     );
     assert!(
-        cmd(&mut s, "RCPT TO:<customer@dst.test>")
+        cmd_of(&mut s, "RCPT TO:<customer@dst.test>")
             .await
             .starts_with("250")
     );
-    assert!(cmd(&mut s, "DATA").await.starts_with("354"));
-    let done = cmd(
+    assert!(cmd_of(&mut s, "DATA").await.starts_with("354"));
+    let done = cmd_of(
         &mut s,
         "From: app@src.test\r\nTo: customer@dst.test\r\nSubject: still served\r\n\r\nhello\r\n.",
     )
     .await;
     assert!(done.starts_with("250 2.0.0"), "{done}");
     let elapsed = started.elapsed();
-    let _ = cmd(&mut s, "QUIT").await;
+    let _ = cmd_of(&mut s, "QUIT").await;
     elapsed
 }
 
@@ -383,21 +319,29 @@ async fn outsiders_must_authenticate_within_the_deadline() {
     let started = Instant::now();
 
     let mut silent = connect_from(OUTSIDER, addr).await.unwrap();
-    assert!(reply(&mut silent).await.starts_with("220"));
+    assert!(reply_of(&mut silent).await.starts_with("220"));
     let mut after_ehlo = connect_from(OUTSIDER, addr).await.unwrap();
-    reply(&mut after_ehlo).await;
-    assert!(cmd(&mut after_ehlo, "EHLO o.test").await.starts_with("250"));
+    reply_of(&mut after_ehlo).await;
+    assert!(
+        cmd_of(&mut after_ehlo, "EHLO o.test")
+            .await
+            .starts_with("250")
+    );
     let mut no_handshake = connect_from(OUTSIDER, addr).await.unwrap();
-    reply(&mut no_handshake).await;
-    cmd(&mut no_handshake, "EHLO o.test").await;
-    assert!(cmd(&mut no_handshake, "STARTTLS").await.starts_with("220"));
+    reply_of(&mut no_handshake).await;
+    cmd_of(&mut no_handshake, "EHLO o.test").await;
+    assert!(
+        cmd_of(&mut no_handshake, "STARTTLS")
+            .await
+            .starts_with("220")
+    );
     let mut under_tls = {
         let mut s = connect_from(OUTSIDER, addr).await.unwrap();
-        reply(&mut s).await;
-        cmd(&mut s, "EHLO o.test").await;
-        assert!(cmd(&mut s, "STARTTLS").await.starts_with("220"));
+        reply_of(&mut s).await;
+        cmd_of(&mut s, "EHLO o.test").await;
+        assert!(cmd_of(&mut s, "STARTTLS").await.starts_with("220"));
         let mut t = connector.connect(name(), s).await.unwrap();
-        assert!(cmd(&mut t, "EHLO o.test").await.contains("AUTH"));
+        assert!(cmd_of(&mut t, "EHLO o.test").await.contains("AUTH"));
         t
     };
     // Authenticated from another outside address, and the app from inside: both idle too.
@@ -405,17 +349,17 @@ async fn outsiders_must_authenticate_within_the_deadline() {
         let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 3), addr)
             .await
             .unwrap();
-        reply(&mut s).await;
-        cmd(&mut s, "EHLO good.test").await;
-        assert!(cmd(&mut s, "STARTTLS").await.starts_with("220"));
+        reply_of(&mut s).await;
+        cmd_of(&mut s, "EHLO good.test").await;
+        assert!(cmd_of(&mut s, "STARTTLS").await.starts_with("220"));
         let mut t = connector.connect(name(), s).await.unwrap();
-        cmd(&mut t, "EHLO good.test").await;
-        let ok = cmd(&mut t, &plain("app", "s3cret")).await;
+        cmd_of(&mut t, "EHLO good.test").await;
+        let ok = cmd_of(&mut t, &auth_plain("app", "s3cret")).await;
         assert!(ok.starts_with("235"), "{ok}");
         t
     };
     let mut app = connect_from(APP, addr).await.unwrap();
-    assert!(reply(&mut app).await.starts_with("220"));
+    assert!(reply_of(&mut app).await.starts_with("220"));
 
     let limit = Duration::from_secs(10);
     for (what, got) in [
@@ -435,9 +379,12 @@ async fn outsiders_must_authenticate_within_the_deadline() {
     assert!(waited >= Duration::from_secs(2), "{waited:?}");
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(cmd(&mut app, "NOOP").await.starts_with("250"), "app closed");
     assert!(
-        cmd(&mut authenticated, "NOOP").await.starts_with("250"),
+        cmd_of(&mut app, "NOOP").await.starts_with("250"),
+        "app closed"
+    );
+    assert!(
+        cmd_of(&mut authenticated, "NOOP").await.starts_with("250"),
         "authenticated client closed"
     );
     assert_eq!(
@@ -477,14 +424,14 @@ async fn guess_until(
             tokio::time::sleep(pause).await;
             continue;
         };
-        let greeting = reply(&mut s).await;
+        let greeting = reply_of(&mut s).await;
         if !greeting.starts_with("220") {
             note(&mut out, &greeting);
             tokio::time::sleep(pause).await;
             continue;
         }
-        cmd(&mut s, "EHLO guesser.test").await;
-        if !cmd(&mut s, "STARTTLS").await.starts_with("220") {
+        cmd_of(&mut s, "EHLO guesser.test").await;
+        if !cmd_of(&mut s, "STARTTLS").await.starts_with("220") {
             continue;
         }
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
@@ -496,7 +443,8 @@ async fn guess_until(
         }
         while Instant::now() < end {
             n += 1;
-            let Some(answer) = try_cmd(&mut t, &plain("app", &format!("guess{n}"))).await else {
+            let Some(answer) = try_cmd(&mut t, &auth_plain("app", &format!("guess{n}"))).await
+            else {
                 break;
             };
             note(&mut out, &answer);
@@ -516,7 +464,7 @@ async fn guess_until(
 /// Like `cmd`, but `None` when the server has closed the connection.
 async fn try_cmd<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, line: &str) -> Option<String> {
     s.write_all(format!("{line}\r\n").as_bytes()).await.ok()?;
-    let answer = reply(s).await;
+    let answer = reply_of(s).await;
     (!answer.is_empty()).then_some(answer)
 }
 
@@ -610,14 +558,14 @@ async fn authenticate(
     connector: &tokio_rustls::TlsConnector,
 ) -> String {
     let mut s = connect_from(from, addr).await.unwrap();
-    let greeting = reply(&mut s).await;
+    let greeting = reply_of(&mut s).await;
     assert!(greeting.starts_with("220"), "{greeting}");
-    cmd(&mut s, "EHLO good.test").await;
-    assert!(cmd(&mut s, "STARTTLS").await.starts_with("220"));
+    cmd_of(&mut s, "EHLO good.test").await;
+    assert!(cmd_of(&mut s, "STARTTLS").await.starts_with("220"));
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut t = connector.connect(name, s).await.unwrap();
-    cmd(&mut t, "EHLO good.test").await;
-    cmd(&mut t, &plain("app", "s3cret")).await
+    cmd_of(&mut t, "EHLO good.test").await;
+    cmd_of(&mut t, &auth_plain("app", "s3cret")).await
 }
 
 /// Characters that could forge or hide a log line when written raw: CR, ESC, BEL, vertical tab,
@@ -643,14 +591,14 @@ async fn client_text_is_escaped_in_both_log_formats() {
         // From inside: EHLO and QUIT. From outside: EHLO, then the deadline closes it.
         for from in [APP, OUTSIDER] {
             let mut s = connect_from(from, addr).await.unwrap();
-            reply(&mut s).await;
+            reply_of(&mut s).await;
             assert!(
-                cmd(&mut s, &format!("EHLO {evil}"))
+                cmd_of(&mut s, &format!("EHLO {evil}"))
                     .await
                     .starts_with("250")
             );
             if from == APP {
-                assert!(cmd(&mut s, "QUIT").await.starts_with("221"));
+                assert!(cmd_of(&mut s, "QUIT").await.starts_with("221"));
             } else {
                 let closed = reply_within(&mut s, Duration::from_secs(10)).await;
                 assert!(closed.is_some_and(|r| r.starts_with("421 4.7.0")));

@@ -16,14 +16,8 @@ async fn relay_for(upstream: &ScriptedSmtp, bounce: bool) -> InProcessRelay {
 [spool]
 dir = "{{dir}}/spool"
 bounce = {bounce}
-[[upstream]]
-name = "scripted"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-timeout = "5s"
-"#,
-        port = upstream.port()
+{scripted}"#,
+        scripted = scripted_upstream("scripted", upstream.port(), "none", "5s"),
     ))
     .await
 }

@@ -15,7 +15,8 @@ use support::*;
 
 const TOKEN: &str = "hold-test-token-Xy";
 
-const CONFIG: &str = r#"
+const CONFIG: &str = concat!(
+    r#"
 [server]
 listen = "{smtp}"
 hostname = "relay.test"
@@ -23,17 +24,11 @@ max_recipients = 1000
 [privacy]
 hold_fanout_above = 100
 {extra}
-[spool]
-dir = "{dir}/spool"
-[[upstream]]
-name = "outbox"
-dir = "{dir}/outbox"
-[metrics]
-listen = "{metrics}"
-[admin]
-listen = "{admin}"
-token_env = "TEST_ADMIN_TOKEN"
-"#;
+"#,
+    spool_and_outbox!(),
+    metrics_listener!(),
+    admin_listener!(),
+);
 
 async fn relay(extra: &str) -> RelayProc {
     RelayProc::start(

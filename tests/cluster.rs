@@ -96,13 +96,7 @@ listen = "127.0.0.1:{smtp_port}"
 dir = "{spool}"
 retry_initial = "1s"
 retry_max = "1s"
-[[upstream]]
-name = "scripted"
-host = "127.0.0.1"
-port = {upstream}
-tls = "none"
-timeout = "10s"
-[[provider]]
+{scripted}[[provider]]
 name = "alpha"
 domains = ["a.test"]
 messages_per_second = 5.0
@@ -113,6 +107,7 @@ listen = "127.0.0.1:{metrics_port}"
 redis_url = "redis://127.0.0.1:{redis}/"
 replicas = 2
 "#,
+            scripted = scripted_upstream("scripted", upstream, "none", "10s"),
             spool = work.join(format!("{name}-spool")).display()
         ),
     )

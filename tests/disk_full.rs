@@ -123,13 +123,8 @@ dir = "{spool}"
 retry_initial = "1s"
 retry_max = "1s"
 upstream_cool_off = "1s"
-[[upstream]]
-name = "scripted"
-host = "127.0.0.1"
-port = {upstream_port}
-tls = "none"
-timeout = "5s"
-"#,
+{scripted}"#,
+        scripted = scripted_upstream("scripted", upstream_port, "none", "5s"),
         spool = spool.display()
     );
     let relay = InProcessRelay::start(&config).await;

@@ -14,20 +14,17 @@ use base64::engine::general_purpose::STANDARD;
 use rcgen::{KeyPair, PKCS_ED25519, PKCS_RSA_SHA256, PublicKeyData};
 use support::*;
 
-const TEMPLATE: &str = r#"
+const TEMPLATE: &str = concat!(
+    r#"
 [server]
 listen = "{smtp}"
 hostname = "relay.test"
 [privacy]
 mode = "split"
-[spool]
-dir = "{dir}/spool"
-[[upstream]]
-name = "outbox"
-dir = "{dir}/outbox"
-[metrics]
-listen = "{metrics}"
-"#;
+"#,
+    spool_and_outbox!(),
+    metrics_listener!(),
+);
 
 /// `dkimpy` verifying each file given; DNS TXT answers come from a `name record` file.
 const VERIFIER: &str = r#"

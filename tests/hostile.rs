@@ -7,7 +7,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,14 +24,9 @@ hostname = "relay.test"
 [privacy]
 mode = "split"
 max_visible_recipients = 1
-[spool]
-dir = "{{dir}}/spool"
-retry_initial = "1s"
-[[upstream]]
-name = "outbox"
-dir = "{{dir}}/outbox"
-{rest}
-"#
+{storage}{rest}
+"#,
+        storage = spool_and_outbox!(r#"retry_initial = "1s""#),
     )
 }
 
@@ -202,56 +196,6 @@ async fn pipelined_command_floods() {
     );
 }
 
-/// Reads one complete SMTP reply (all continuation lines) from any stream.
-async fn reply_of<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
-    let mut all = Vec::new();
-    let mut line = Vec::new();
-    loop {
-        let mut b = [0u8; 1];
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut b))
-            .await
-            .expect("reply within patience")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        line.push(b[0]);
-        if b[0] == b'\n' {
-            all.extend_from_slice(&line);
-            let last = line.len() < 4 || line[3] != b'-';
-            line.clear();
-            if last {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&all).into_owned()
-}
-
-async fn cmd_of<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    s: &mut S,
-    line: &str,
-) -> String {
-    s.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
-    reply_of(s).await
-}
-
-fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
 /// A relay with STARTTLS and one AUTH user (password in a file); relaying needs AUTH.
 async fn tls_relay(work: &std::path::Path) -> (InProcessRelay, TestPki) {
     let pki = make_pki(work, "relay", &["localhost"]);
@@ -283,9 +227,9 @@ async fn commands_pipelined_after_starttls_are_discarded() {
     let (relay, pki) = tls_relay(work.path()).await;
     let mut s = greeted(relay.smtp).await;
     assert!(cmd_of(&mut s, "EHLO c").await.contains("STARTTLS"));
-    let plain = base64_plain("app", "s3cret");
+    let auth = auth_plain("app", "s3cret");
     let injected = format!(
-        "STARTTLS\r\nAUTH PLAIN {plain}\r\nMAIL FROM:<evil@evil.test>\r\nRCPT TO:<victim@dst.test>\r\n"
+        "STARTTLS\r\n{auth}\r\nMAIL FROM:<evil@evil.test>\r\nRCPT TO:<victim@dst.test>\r\n"
     );
     s.write_all(injected.as_bytes()).await.unwrap();
     assert!(reply_of(&mut s).await.starts_with("220 2.0.0"));
@@ -311,11 +255,6 @@ async fn commands_pipelined_after_starttls_are_discarded() {
     assert!(rcpt.starts_with("530 5.7.0"), "not authenticated: {rcpt}");
 }
 
-fn base64_plain(user: &str, password: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
-}
-
 /// Password guessing: every failure is answered 535 after a pause, and the third closes the
 /// connection with 421 4.7.0. (The pause growing per failure is checked on a paused clock in
 /// the inbound unit tests.)
@@ -328,18 +267,10 @@ async fn auth_brute_force_is_delayed_then_closed() {
     let mut t = starttls(s, &pki).await;
     assert!(cmd_of(&mut t, "EHLO c").await.contains("AUTH PLAIN LOGIN"));
     for guess in ["123456", "password"] {
-        let reply = cmd_of(
-            &mut t,
-            &format!("AUTH PLAIN {}", base64_plain("app", guess)),
-        )
-        .await;
+        let reply = cmd_of(&mut t, &auth_plain("app", guess)).await;
         assert!(reply.starts_with("535 5.7.8"), "{reply}");
     }
-    let reply = cmd_of(
-        &mut t,
-        &format!("AUTH PLAIN {}", base64_plain("app", "qwerty")),
-    )
-    .await;
+    let reply = cmd_of(&mut t, &auth_plain("app", "qwerty")).await;
     assert!(reply.starts_with("535 5.7.8"), "{reply}");
     assert!(reply_of(&mut t).await.starts_with("421 4.7.0"));
     assert_eq!(reply_of(&mut t).await, "", "closed after the third failure");
@@ -348,11 +279,7 @@ async fn auth_brute_force_is_delayed_then_closed() {
     cmd_of(&mut s, "EHLO c").await;
     let mut t = starttls(s, &pki).await;
     cmd_of(&mut t, "EHLO c").await;
-    let ok = cmd_of(
-        &mut t,
-        &format!("AUTH PLAIN {}", base64_plain("app", "s3cret")),
-    )
-    .await;
+    let ok = cmd_of(&mut t, &auth_plain("app", "s3cret")).await;
     assert!(ok.starts_with("235"), "{ok}");
 }
 

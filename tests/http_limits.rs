@@ -18,20 +18,15 @@ const TOKEN: &str = "http-limits-token-Kx";
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const SLACK: Duration = Duration::from_secs(3);
 
-const CONFIG: &str = r#"
+const CONFIG: &str = concat!(
+    r#"
 [server]
 listen = "{smtp}"
-[spool]
-dir = "{dir}/spool"
-[[upstream]]
-name = "outbox"
-dir = "{dir}/outbox"
-[metrics]
-listen = "{metrics}"
-[admin]
-listen = "{admin}"
-token_env = "TEST_ADMIN_TOKEN"
-"#;
+"#,
+    spool_and_outbox!(),
+    metrics_listener!(),
+    admin_listener!(),
+);
 
 async fn relay(config: &str) -> RelayProc {
     RelayProc::start(config, &[("TEST_ADMIN_TOKEN", TOKEN)]).await

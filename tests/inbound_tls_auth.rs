@@ -31,15 +31,11 @@ networks = {networks}
 [[access.users]]
 name = "billing-app"
 password_file = "{pw}"
-[spool]
-dir = "{{dir}}/spool"
-[[upstream]]
-name = "outbox"
-dir = "{{dir}}/outbox"
-"#,
+{storage}"#,
         cert = pki.cert_file.display(),
         key = pki.key_file.display(),
         pw = pw.display(),
+        storage = spool_and_outbox!(),
     );
     Setup {
         relay: InProcessRelay::start(&toml).await,

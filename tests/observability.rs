@@ -85,17 +85,14 @@ const SPEC_SERIES: &[&str] = &[
 ];
 
 fn outbox_config() -> String {
-    r#"
+    concat!(
+        r#"
 [server]
 listen = "{smtp}"
-[spool]
-dir = "{dir}/spool"
-[[upstream]]
-name = "outbox"
-dir = "{dir}/outbox"
-[metrics]
-listen = "{metrics}"
-"#
+"#,
+        spool_and_outbox!(),
+        metrics_listener!(),
+    )
     .to_string()
 }
 
@@ -434,17 +431,12 @@ fn private_traffic_config(format: &str, show: bool) -> String {
         r#"
 [server]
 listen = "{{smtp}}"
-[spool]
-dir = "{{dir}}/spool"
-[[upstream]]
-name = "outbox"
-dir = "{{dir}}/outbox"
-[metrics]
-listen = "{{metrics}}"
-[log]
+{storage}{metrics_section}[log]
 format = "{format}"
 show_addresses = {show}
-"#
+"#,
+        storage = spool_and_outbox!(),
+        metrics_section = metrics_listener!(),
     )
 }
 
@@ -548,19 +540,13 @@ listen = "{{smtp}}"
 [spool]
 dir = "{{dir}}/spool"
 retry_initial = "60s"
-[[upstream]]
-name = "scripted"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-timeout = "10s"
-[metrics]
+{scripted}[metrics]
 listen = "{{metrics}}"
 [log]
 show_addresses = {show}
 format = "{format}"
 "#,
-        port = upstream.port()
+        scripted = scripted_upstream("scripted", upstream.port(), "none", "10s"),
     );
     let r = RelayProc::start(&config, &[("MAILVEIL_LOG", "debug")]).await;
     let to = ["alice@x.test", "bob@y.test", "carol@z.test"];

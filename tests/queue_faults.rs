@@ -11,8 +11,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use scripted_smtp::pki::TestCa;
 use scripted_smtp::{DROP, Script, ScriptedSmtp, Step};
+use support::pki::TestCa;
 use support::*;
 
 /// Short retry timing so each fault costs about a second.
@@ -25,19 +25,6 @@ retry_initial = "1s"
 retry_max = "1s"
 {extra_spool}
 {upstreams}
-"#
-    )
-}
-
-fn scripted_upstream(name: &str, port: u16, tls: &str, timeout: &str) -> String {
-    format!(
-        r#"
-[[upstream]]
-name = "{name}"
-host = "127.0.0.1"
-port = {port}
-tls = "{tls}"
-timeout = "{timeout}"
 "#
     )
 }

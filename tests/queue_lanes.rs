@@ -20,14 +20,9 @@ fn relay_config(port: u16, max_connections: usize, extra_server: &str) -> String
 dir = "{{dir}}/spool"
 retry_initial = "1s"
 retry_max = "1s"
-[[upstream]]
-name = "scripted"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-timeout = "120s"
-max_connections = {max_connections}
-"#
+{scripted}max_connections = {max_connections}
+"#,
+        scripted = scripted_upstream("scripted", port, "none", "120s"),
     )
 }
 

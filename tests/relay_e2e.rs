@@ -18,13 +18,8 @@ fn config(privacy: &str) -> String {
 hostname = "relay.test"
 [privacy]
 {privacy}
-[spool]
-dir = "{{dir}}/spool"
-retry_initial = "1s"
-[[upstream]]
-name = "outbox"
-dir = "{{dir}}/outbox"
-"#
+{storage}"#,
+        storage = spool_and_outbox!(r#"retry_initial = "1s""#),
     )
 }
 
@@ -495,16 +490,10 @@ hostname = "relay.test"
 [spool]
 dir = "{{dir}}/spool"
 retry_initial = "1s"
-[[upstream]]
-name = "scripted"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-timeout = "10s"
-[metrics]
+{scripted}[metrics]
 listen = "{{metrics}}"
 "#,
-            port = upstream.port()
+            scripted = scripted_upstream("scripted", upstream.port(), "none", "10s"),
         ),
         &[],
     )

@@ -10,7 +10,8 @@ use support::*;
 const TOKEN: &str = "reload-test-token-Wv";
 
 /// `{limit}`, `{mode}` and `{extra}` are filled per step.
-const TEMPLATE: &str = r#"
+const TEMPLATE: &str = concat!(
+    r#"
 [server]
 listen = "{smtp}"
 hostname = "relay.test"
@@ -18,17 +19,11 @@ max_recipients = {limit}
 {extra}
 [privacy]
 mode = "{mode}"
-[spool]
-dir = "{dir}/spool"
-[[upstream]]
-name = "outbox"
-dir = "{dir}/outbox"
-[metrics]
-listen = "{metrics}"
-[admin]
-listen = "{admin}"
-token_env = "TEST_ADMIN_TOKEN"
-"#;
+"#,
+    spool_and_outbox!(),
+    metrics_listener!(),
+    admin_listener!(),
+);
 
 fn config(limit: u32, mode: &str, extra: &str) -> String {
     TEMPLATE

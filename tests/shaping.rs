@@ -26,16 +26,10 @@ async fn relay_for(
 dir = "{{dir}}/spool"
 retry_initial = "1s"
 retry_max = "1s"
-[[upstream]]
-name = "scripted"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-timeout = "10s"
-max_connections = {upstream_connections}
+{scripted}max_connections = {upstream_connections}
 {extra}
 "#,
-        port = upstream.port()
+        scripted = scripted_upstream("scripted", upstream.port(), "none", "10s"),
     ))
     .await
 }

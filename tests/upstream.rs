@@ -3,6 +3,7 @@
 
 #[path = "support/scripted_smtp.rs"]
 mod scripted_smtp;
+mod support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,8 +16,8 @@ use mailveil::config::{
 };
 use mailveil::sink::{self, SinkTls};
 use mailveil::upstream::{Outbound, PoolLimits, Stage, Timeouts, Upstream, UpstreamError};
-use scripted_smtp::pki::TestCa;
 use scripted_smtp::{Script, ScriptedSmtp, Step};
+use support::pki::TestCa;
 
 /// Every test is bounded: no step waits longer than this.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +35,28 @@ fn smtp(host: &str, port: u16, tls: UpstreamTls) -> SmtpUpstreamConfig {
         max_connections: 4,
         timeout: TIMEOUT,
     }
+}
+
+/// A scripted server offering STARTTLS with a certificate for `names` signed by `ca`.
+async fn starttls_server(ca: &TestCa, names: &[&str]) -> ScriptedSmtp {
+    ScriptedSmtp::start(Script {
+        starttls: Some(ca.server_cert(names).server_config()),
+        ..Script::default()
+    })
+    .await
+}
+
+/// `smtp(host, port, tls)` trusting `ca`, whose certificate is written as `dir/ca.pem`.
+fn smtp_trusting(
+    host: &str,
+    port: u16,
+    tls: UpstreamTls,
+    ca: &TestCa,
+    dir: &Path,
+) -> SmtpUpstreamConfig {
+    let mut config = smtp(host, port, tls);
+    config.ca_file = Some(ca.write(dir, "ca.pem"));
+    config
 }
 
 fn upstream(config: SmtpUpstreamConfig) -> Upstream {
@@ -65,6 +88,16 @@ async fn send(
     outcome
         .expect("send must end within its timeouts")
         .map(|d| d.reply)
+}
+
+/// The usual test message (`HEADER` + `BODY`) from `s@example.com` to `to`.
+async fn send_to(up: &Upstream, to: &[&str]) -> Result<String, UpstreamError> {
+    send(up, "s@example.com", &rcpt(to), HEADER, BODY).await
+}
+
+/// The usual test message from `s@example.com` to `r@example.com`.
+async fn send_one(up: &Upstream) -> Result<String, UpstreamError> {
+    send_to(up, &["r@example.com"]).await
 }
 
 /// Starts the capture sink on a free port in a background thread.
@@ -163,11 +196,9 @@ async fn starttls_to_sink_with_private_ca_and_ip_address_host() {
     let dir = tmp.path().join("captured");
     let port = start_sink(&dir, Some(SinkTls { cert, key }));
 
-    let mut config = smtp("127.0.0.1", port, UpstreamTls::StartTls);
-    config.ca_file = Some(ca.write(tmp.path(), "ca.pem"));
+    let config = smtp_trusting("127.0.0.1", port, UpstreamTls::StartTls, &ca, tmp.path());
     let up = upstream(config);
-    let to = rcpt(&["r@example.com"]);
-    send(&up, "s@example.com", &to, HEADER, BODY).await.unwrap();
+    send_one(&up).await.unwrap();
 
     let all = capture::read_all(&dir).unwrap();
     assert_eq!(all.len(), 1);
@@ -178,23 +209,16 @@ async fn starttls_to_sink_with_private_ca_and_ip_address_host() {
 async fn starttls_with_dns_name_is_verified_and_used() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = TestCa::new("mailveil test CA");
-    let server = ScriptedSmtp::start(Script {
-        starttls: Some(ca.server_cert(&["localhost"]).server_config()),
-        ..Script::default()
-    })
-    .await;
-    let mut config = smtp("localhost", server.port(), UpstreamTls::StartTls);
-    config.ca_file = Some(ca.write(tmp.path(), "ca.pem"));
+    let server = starttls_server(&ca, &["localhost"]).await;
+    let config = smtp_trusting(
+        "localhost",
+        server.port(),
+        UpstreamTls::StartTls,
+        &ca,
+        tmp.path(),
+    );
     let up = upstream(config);
-    send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap();
+    send_one(&up).await.unwrap();
     let record = server.record();
     assert_eq!(record.messages.len(), 1);
     assert!(record.messages[0].tls, "MAIL came after STARTTLS");
@@ -205,23 +229,16 @@ async fn untrusted_certificate_is_a_temporary_tls_error() {
     let tmp = tempfile::tempdir().unwrap();
     let trusted = TestCa::new("trusted CA");
     let other = TestCa::new("someone else's CA");
-    let server = ScriptedSmtp::start(Script {
-        starttls: Some(other.server_cert(&["127.0.0.1"]).server_config()),
-        ..Script::default()
-    })
-    .await;
-    let mut config = smtp("127.0.0.1", server.port(), UpstreamTls::StartTls);
-    config.ca_file = Some(trusted.write(tmp.path(), "ca.pem"));
+    let server = starttls_server(&other, &["127.0.0.1"]).await;
+    let config = smtp_trusting(
+        "127.0.0.1",
+        server.port(),
+        UpstreamTls::StartTls,
+        &trusted,
+        tmp.path(),
+    );
     let up = upstream(config);
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Tls(_)), "{err}");
     assert!(err.is_temporary());
     let record = server.record();
@@ -235,22 +252,15 @@ async fn certificate_for_another_name_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = TestCa::new("mailveil test CA");
     // Valid chain, but for "localhost" while we connect to (and verify) 127.0.0.1.
-    let server = ScriptedSmtp::start(Script {
-        starttls: Some(ca.server_cert(&["localhost"]).server_config()),
-        ..Script::default()
-    })
-    .await;
-    let mut config = smtp("127.0.0.1", server.port(), UpstreamTls::StartTls);
-    config.ca_file = Some(ca.write(tmp.path(), "ca.pem"));
-    let err = send(
-        &upstream(config),
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let server = starttls_server(&ca, &["localhost"]).await;
+    let config = smtp_trusting(
+        "127.0.0.1",
+        server.port(),
+        UpstreamTls::StartTls,
+        &ca,
+        tmp.path(),
+    );
+    let err = send_one(&upstream(config)).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Tls(_)), "{err}");
     assert!(!server.record().saw("MAIL"));
 }
@@ -259,15 +269,7 @@ async fn certificate_for_another_name_is_refused() {
 async fn missing_starttls_never_falls_back_to_plaintext() {
     let server = ScriptedSmtp::start(Script::default()).await; // offers no STARTTLS
     let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::StartTls));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(matches!(err, UpstreamError::NoStartTls), "{err}");
     assert!(err.is_temporary());
     let record = server.record();
@@ -286,18 +288,15 @@ async fn implicit_tls_is_used_from_the_first_byte() {
         ..Script::default()
     })
     .await;
-    let mut config = smtp("127.0.0.1", server.port(), UpstreamTls::Implicit);
-    config.ca_file = Some(ca.write(tmp.path(), "ca.pem"));
+    let config = smtp_trusting(
+        "127.0.0.1",
+        server.port(),
+        UpstreamTls::Implicit,
+        &ca,
+        tmp.path(),
+    );
     let up = upstream(config);
-    send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap();
+    send_one(&up).await.unwrap();
     let record = server.record();
     assert_eq!(record.messages.len(), 1);
     assert!(record.messages[0].tls);
@@ -306,21 +305,12 @@ async fn implicit_tls_is_used_from_the_first_byte() {
 
     // And without the private CA the same server is not trusted.
     let config = smtp("127.0.0.1", server.port(), UpstreamTls::Implicit);
-    let err = send(
-        &upstream(config),
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&upstream(config)).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Tls(_)), "{err}");
 }
 
 fn auth_server_config(ca: &TestCa, tmp: &Path, port: u16, password: &str) -> SmtpUpstreamConfig {
-    let mut config = smtp("127.0.0.1", port, UpstreamTls::StartTls);
-    config.ca_file = Some(ca.write(tmp, "ca.pem"));
+    let mut config = smtp_trusting("127.0.0.1", port, UpstreamTls::StartTls, ca, tmp);
     config.credentials = Some(Credentials {
         username: "apikey".into(),
         password: Secret::new(password),
@@ -344,15 +334,7 @@ async fn auth_plain_over_starttls() {
         server.port(),
         "s3cret-pass",
     ));
-    send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap();
+    send_one(&up).await.unwrap();
     let record = server.record();
     assert_eq!(record.messages.len(), 1);
     assert_eq!(record.messages[0].user.as_deref(), Some("apikey"));
@@ -365,15 +347,7 @@ async fn auth_plain_over_starttls() {
         server.port(),
         "wrong-pass",
     ));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Auth { .. }), "{err}");
     assert!(err.is_temporary());
     assert_eq!(err.code(), Some(535));
@@ -398,15 +372,7 @@ async fn replies_are_classified() {
         })
         .await;
         let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::None));
-        let err = send(
-            &up,
-            "s@example.com",
-            &rcpt(&["r@example.com"]),
-            HEADER,
-            BODY,
-        )
-        .await
-        .unwrap_err();
+        let err = send_one(&up).await.unwrap_err();
         assert_eq!(err.code(), Some(code), "{err}");
         assert_eq!(err.is_temporary(), temporary, "{err}");
         assert!(
@@ -428,15 +394,7 @@ async fn replies_are_classified() {
     })
     .await;
     let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::None));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(!err.is_temporary());
     assert!(matches!(
         err,
@@ -455,15 +413,7 @@ async fn replies_are_classified() {
 #[tokio::test]
 async fn connection_refused_is_temporary() {
     let up = upstream(smtp("127.0.0.1", closed_port(), UpstreamTls::None));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Connect { .. }), "{err}");
     assert!(err.is_temporary());
     assert_eq!(err.code(), None);
@@ -484,15 +434,7 @@ async fn stalled_server_times_out() {
         config.timeout = Duration::from_millis(500);
         let up = upstream(config);
         let started = std::time::Instant::now();
-        let err = send(
-            &up,
-            "s@example.com",
-            &rcpt(&["r@example.com"]),
-            HEADER,
-            BODY,
-        )
-        .await
-        .unwrap_err();
+        let err = send_one(&up).await.unwrap_err();
         assert!(
             matches!(err, UpstreamError::Timeout { stage: s, .. } if s == stage),
             "{err}"
@@ -510,15 +452,7 @@ async fn dropped_connection_is_temporary() {
     })
     .await;
     let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::None));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["r@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_one(&up).await.unwrap_err();
     assert!(err.is_temporary(), "{err}");
     assert!(
         matches!(
@@ -562,39 +496,17 @@ async fn refused_recipient_leaves_the_connection_reusable() {
     })
     .await;
     let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::None));
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["bad@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_to(&up, &["bad@example.com"]).await.unwrap_err();
     assert_eq!(err.code(), Some(550));
-    send(
-        &up,
-        "s@example.com",
-        &rcpt(&["good@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap();
+    send_to(&up, &["good@example.com"]).await.unwrap();
     let record = server.record();
     assert_eq!(record.connections, 1);
     assert!(record.saw("RSET"), "the failed transaction was reset");
     assert_eq!(record.messages.len(), 1);
     // All or nothing: one refused recipient fails the copy, the other gets nothing.
-    let err = send(
-        &up,
-        "s@example.com",
-        &rcpt(&["good@example.com", "bad@example.com"]),
-        HEADER,
-        BODY,
-    )
-    .await
-    .unwrap_err();
+    let err = send_to(&up, &["good@example.com", "bad@example.com"])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(550));
     assert_eq!(server.record().messages.len(), 1);
 }
@@ -608,15 +520,7 @@ async fn connection_closed_by_server_while_idle_is_replaced() {
     .await;
     let up = upstream(smtp("127.0.0.1", server.port(), UpstreamTls::None));
     for _ in 0..2 {
-        send(
-            &up,
-            "s@example.com",
-            &rcpt(&["r@example.com"]),
-            HEADER,
-            BODY,
-        )
-        .await
-        .unwrap();
+        send_one(&up).await.unwrap();
     }
     let record = server.record();
     assert_eq!(
@@ -676,15 +580,7 @@ async fn transaction_cap_rotates_connections() {
     let up =
         Upstream::with_limits(&config, "relay.test", Timeouts::uniform(TIMEOUT), limits).unwrap();
     for _ in 0..5 {
-        send(
-            &up,
-            "s@example.com",
-            &rcpt(&["r@example.com"]),
-            HEADER,
-            BODY,
-        )
-        .await
-        .unwrap();
+        send_one(&up).await.unwrap();
     }
     assert_eq!(server.record().connections, 3, "2 + 2 + 1 transactions");
 }

@@ -11,9 +11,21 @@ use std::time::{Duration, Instant};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+pub mod pki;
+pub mod raw_smtp;
+pub mod relay_toml;
+#[allow(unused_imports)]
+pub use pki::{TestPki, make_pki, tls_connector};
+#[allow(unused_imports)]
+pub use raw_smtp::{RawSmtp, auth_plain, cmd_of, reply_of, reply_within};
+#[allow(unused_imports)]
+pub(crate) use relay_toml::{
+    admin_listener, metrics_listener, scripted_upstream, spool_and_outbox,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailveil");
 
@@ -327,89 +339,6 @@ async fn send_with(
         response.code(),
         response.message().collect::<Vec<_>>().join(" ")
     ))
-}
-
-/// A raw SMTP conversation for tests that need exact bytes on the wire.
-pub struct RawSmtp {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl RawSmtp {
-    /// Connects and returns the greeting reply.
-    pub async fn connect(addr: SocketAddr) -> (RawSmtp, String) {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (r, w) = stream.into_split();
-        let mut s = RawSmtp {
-            reader: BufReader::new(r),
-            writer: w,
-        };
-        let greeting = s.reply().await;
-        (s, greeting)
-    }
-
-    pub async fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
-    }
-
-    /// One complete (possibly multi-line) reply; empty string when the server closed.
-    pub async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(PATIENCE, self.reader.read_line(&mut line))
-                .await
-                .expect("reply within patience")
-                .unwrap_or(0);
-            if n == 0 {
-                return all;
-            }
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return all;
-            }
-        }
-    }
-
-    /// Sends a command line and returns the reply.
-    pub async fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-}
-
-/// A private CA and a leaf certificate for `names`, written as PEM files into `dir`.
-pub struct TestPki {
-    pub ca_pem: Vec<u8>,
-    pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
-pub fn make_pki(dir: &Path, tag: &str, names: &[&str]) -> TestPki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("mailveil test CA {tag}"));
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    let pki = TestPki {
-        ca_pem: ca.pem().into_bytes(),
-        ca_file: dir.join(format!("{tag}-ca.pem")),
-        cert_file: dir.join(format!("{tag}-cert.pem")),
-        key_file: dir.join(format!("{tag}-key.pem")),
-    };
-    std::fs::write(&pki.ca_file, &pki.ca_pem).unwrap();
-    std::fs::write(&pki.cert_file, leaf.pem()).unwrap();
-    std::fs::write(&pki.key_file, leaf_key.serialize_pem()).unwrap();
-    pki
 }
 
 /// A message with the given header lines and body; CRLF line endings.

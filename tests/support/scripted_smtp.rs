@@ -7,7 +7,7 @@
 //! can assert on it.
 //!
 //! Use from a test file with `#[path = "support/scripted_smtp.rs"] mod scripted_smtp;`.
-//! [`pki`] makes a private CA and server certificates with rcgen.
+//! Certificates for it come from `support::pki` (a private CA made with rcgen).
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -573,95 +573,5 @@ async fn read_data(stream: &mut Stream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
         raw.extend_from_slice(&line);
         let line = line.strip_prefix(b".").unwrap_or(&line);
         data.extend_from_slice(line);
-    }
-}
-
-/// Test certificates: a private CA and server certificates it signs.
-pub mod pki {
-    use std::path::{Path, PathBuf};
-    use std::sync::Arc;
-
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-
-    pub struct TestCa {
-        issuer: CertifiedIssuer<'static, KeyPair>,
-    }
-
-    /// A server certificate and its key.
-    pub struct ServerCert {
-        pub cert_pem: String,
-        pub key_pem: String,
-        cert_der: CertificateDer<'static>,
-        key_der: Vec<u8>,
-    }
-
-    impl TestCa {
-        pub fn new(name: &str) -> TestCa {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let issuer =
-                CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-            TestCa { issuer }
-        }
-
-        pub fn pem(&self) -> String {
-            self.issuer.pem()
-        }
-
-        /// Writes the CA certificate as `<dir>/<file>` (for `ca_file`).
-        pub fn write(&self, dir: &Path, file: &str) -> PathBuf {
-            let path = dir.join(file);
-            std::fs::write(&path, self.pem()).unwrap();
-            path
-        }
-
-        /// A server certificate for these names (DNS names or IP addresses).
-        pub fn server_cert(&self, names: &[&str]) -> ServerCert {
-            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            let mut params = CertificateParams::new(names).unwrap();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "scripted server");
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &self.issuer).unwrap();
-            ServerCert {
-                cert_pem: cert.pem(),
-                key_pem: key.serialize_pem(),
-                cert_der: cert.der().clone(),
-                key_der: key.serialize_der(),
-            }
-        }
-    }
-
-    impl ServerCert {
-        /// A rustls server config (aws-lc-rs) presenting this certificate.
-        pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
-            let config = rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![self.cert_der.clone()], key)
-                .unwrap();
-            Arc::new(config)
-        }
-
-        /// Writes `cert.pem` and `key.pem` into `dir` and returns their paths.
-        pub fn write(&self, dir: &Path) -> (PathBuf, PathBuf) {
-            let cert = dir.join("cert.pem");
-            let key = dir.join("key.pem");
-            std::fs::write(&cert, &self.cert_pem).unwrap();
-            std::fs::write(&key, &self.key_pem).unwrap();
-            (cert, key)
-        }
     }
 }
