@@ -45,6 +45,11 @@ pub enum AddressError {
     /// Legal inside a quoted local part, but servers (and log readers) cut paths at them.
     #[error("angle bracket in the address")]
     AngleBracket,
+    /// U+FFFD is what a decoder writes for bytes it could not read: no mailbox has one, and a
+    /// reader shows one for *any* unreadable byte of a header, so a copy could show such an
+    /// address without holding its bytes (found by the `rewrite` fuzz target).
+    #[error("replacement character (U+FFFD) in the address")]
+    ReplacementCharacter,
 }
 
 /// The RFC 5321 form of a mailbox given with its local part unquoted, the way `smtp-proto`
@@ -61,11 +66,14 @@ pub fn mailbox(unquoted: &str) -> Result<String, AddressError> {
     if unquoted.contains(['<', '>']) {
         return Err(AddressError::AngleBracket);
     }
+    if unquoted.contains(char::REPLACEMENT_CHARACTER) {
+        return Err(AddressError::ReplacementCharacter);
+    }
     let (local, domain) = unquoted.rsplit_once('@').ok_or(AddressError::NoDomain)?;
     if local.is_empty() {
         return Err(AddressError::EmptyLocalPart);
     }
-    if !is_dot_atom(domain) && !is_address_literal(domain) {
+    if !is_domain(domain) && !is_address_literal(domain) {
         return Err(AddressError::BadDomain);
     }
     if is_dot_atom(local) {
@@ -73,6 +81,23 @@ pub fn mailbox(unquoted: &str) -> Result<String, AddressError> {
     } else {
         Ok(format!("{}@{domain}", quoted_string(local)))
     }
+}
+
+/// A character of a domain's label: a letter, digit, `-` or `_` (SMTPUTF8 letters and digits
+/// too). RFC 5321 allows no other (`!`, `&`, `'` are atext in RFC 5322, not in a domain), and the
+/// privacy checks find a domain by exactly these characters, so an envelope domain is one they
+/// can always find.
+pub fn joins_domain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_') || (!c.is_ascii() && c.is_alphanumeric())
+}
+
+/// Labels of [`joins_domain`] characters between single dots (a trailing dot allowed).
+fn is_domain(domain: &str) -> bool {
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    !domain.is_empty()
+        && domain
+            .split('.')
+            .all(|label| !label.is_empty() && label.chars().all(joins_domain))
 }
 
 /// `[192.0.2.1]`, `[IPv6:2001:db8::1]`: brackets around letters, digits, `.`, `:` and `-`.
@@ -158,6 +183,26 @@ mod tests {
         assert_eq!(mailbox("a@[1.2.3.4"), Err(AddressError::BadDomain));
         assert_eq!(mailbox("a\0@x"), Err(AddressError::ControlCharacter));
         assert_eq!(mailbox("a\u{85}@x"), Err(AddressError::ControlCharacter));
+        assert_eq!(
+            mailbox("a@\u{fffd}x"),
+            Err(AddressError::ReplacementCharacter)
+        );
+        assert_eq!(
+            mailbox("\u{fffd}b@x"),
+            Err(AddressError::ReplacementCharacter)
+        );
+        // Domains the privacy checks could not find: RFC 5322 atext that RFC 5321 refuses.
+        for bad in ["bob@y&x.test", "j@!.te", "a@x'y.test", "a@x..y", "a@.x"] {
+            assert_eq!(mailbox(bad), Err(AddressError::BadDomain), "{bad}");
+        }
+        for good in [
+            "a@x.test",
+            "a@x-y_z.test.",
+            "a@bücher.example",
+            "a@[192.0.2.1]",
+        ] {
+            assert!(mailbox(good).is_ok(), "{good}");
+        }
         assert_eq!(mailbox("a>b@x"), Err(AddressError::AngleBracket));
     }
 }

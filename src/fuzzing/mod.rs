@@ -193,7 +193,11 @@ pub fn rewrite(data: &[u8]) {
         .filter_map(|l| std::str::from_utf8(l).ok())
         .filter(|l| plausible_mailbox(l))
         .map(str::to_string);
-    for r in extra.chain(privacy::header_recipients(message)) {
+    // Only what RCPT TO accepts can be an envelope recipient.
+    let from_header = privacy::header_recipients(message)
+        .into_iter()
+        .filter(|r| crate::envelope::mailbox(r).is_ok());
+    for r in extra.chain(from_header) {
         if rcpt_to.len() < MAX_FUZZ_RECIPIENTS {
             rcpt_to.push(r);
         }
@@ -212,8 +216,9 @@ pub fn rewrite(data: &[u8]) {
 
 /// An address as an SMTP envelope can carry it (what smtp-proto lets through RCPT TO).
 fn plausible_mailbox(s: &str) -> bool {
-    s.split_once('@')
-        .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+    !s.contains(char::REPLACEMENT_CHARACTER)
+        && s.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
         && !s
             .chars()
             .any(|c| c.is_control() || c.is_whitespace() || "<>".contains(c))

@@ -157,8 +157,16 @@ mod tests {
             "RCPT TO:<\"\"@x.test>",
             "RCPT TO:<a@[192.0.2.1]>",
             "RCPT TO:<a@b..c>",
+            "RCPT TO:<\u{fffd}b@x.test>",
+            "RCPT TO:<a@\u{fffd}x.test>",
         ] {
             assert!(stored(line).is_err(), "{line:?} -> {:?}", stored(line));
+        }
+        // Bytes that are not UTF-8 never become an address either, whatever smtp-proto makes
+        // of them (a reader would show U+FFFD for them, matching any such address).
+        let bytes = b"RCPT TO:<\x9db@x.test>\r\n".to_vec();
+        if let Ok(Request::Rcpt { to }) = Request::parse(&mut bytes.iter()) {
+            assert!(envelope_address(&to.address, &bytes).is_err(), "{to:?}");
         }
     }
 

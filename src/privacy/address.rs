@@ -25,9 +25,7 @@ pub fn joins_local(c: char) -> bool {
 
 /// True for a character that continues a domain name to the right of `@`. A `.` joins only
 /// when another domain character follows it (a sentence may end right after an address).
-pub fn joins_domain(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_') || (!c.is_ascii() && c.is_alphanumeric())
-}
+pub use crate::envelope::joins_domain;
 
 /// Byte ranges of the address tokens in `text`, in order. A quoted local part (`"a b"@x`) is
 /// part of its token; the `@` inside it also starts a token of its own (`"b@y, x"@z` shows
