@@ -56,6 +56,14 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Waits until exactly one copy has failed; returns the metrics text.
+async fn one_failed_copy(relay: &InProcessRelay) -> String {
+    wait_metrics(relay, "one failed copy", |t| {
+        sample(t, "mailveil_deliveries_total", &["outcome=\"failed\""]) == 1.0
+    })
+    .await
+}
+
 /// Waits until the relay's metrics satisfy `ok`; returns the text.
 async fn wait_metrics(relay: &InProcessRelay, what: &str, ok: impl Fn(&str) -> bool) -> String {
     let end = Instant::now() + PATIENCE;
@@ -156,10 +164,7 @@ async fn a_550_recipient_is_never_retried_while_the_other_copy_is_delivered() {
     send_one(&relay, &["gone@x.test", "here@x.test"], "perm").await;
     let got = wait_messages(&upstream, 1).await;
     assert_eq!(got[0].rcpt_to, vec!["here@x.test".to_string()]);
-    wait_metrics(&relay, "one failed copy", |t| {
-        sample(t, "mailveil_deliveries_total", &["outcome=\"failed\""]) == 1.0
-    })
-    .await;
+    one_failed_copy(&relay).await;
     // Retries run every ~1 s here: three seconds would show any.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rcpts_for_gone = upstream
@@ -433,10 +438,7 @@ async fn a_550_not_utf8_fails_once(step: Step, tls: bool) {
     )
     .await;
     send_one(&relay, &["gone@x.test"], "latin1").await;
-    let text = wait_metrics(&relay, "one failed copy", |t| {
-        sample(t, "mailveil_deliveries_total", &["outcome=\"failed\""]) == 1.0
-    })
-    .await;
+    let text = one_failed_copy(&relay).await;
     assert_eq!(
         metric(&text, "mailveil_upstream_up{upstream=\"scripted\"}"),
         Some(1.0),
@@ -571,10 +573,7 @@ async fn a_reply_injected_after_the_starttls_220_is_discarded() {
     )
     .await;
     send_one(&relay, &["r@x.test"], "injected").await;
-    let text = wait_metrics(&relay, "one failed copy", |t| {
-        sample(t, "mailveil_deliveries_total", &["outcome=\"failed\""]) == 1.0
-    })
-    .await;
+    let text = one_failed_copy(&relay).await;
     assert_eq!(
         sample(
             &text,

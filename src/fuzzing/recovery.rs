@@ -20,9 +20,7 @@
 
 use std::collections::HashSet;
 
-use crate::envelope::Envelope;
-use crate::privacy::{Decision, PlannedDelivery, Rewrite};
-use crate::spool::format::{BatchLogLine, DeliveryRecord, LogEntry, MessageMeta, RecordHeader};
+use crate::spool::format::{BatchLogLine, LogEntry, MessageMeta, RecordHeader};
 use crate::spool::recover::recover_batch;
 
 /// Deliveries per built message (so "every copy final" needs two lines).
@@ -161,31 +159,9 @@ fn piece(kind: Kind, written: Vec<u8>) -> Piece {
 }
 
 fn built_meta(i: usize) -> MessageMeta {
-    MessageMeta {
-        id: format!("01FUZZ{i}"),
-        received_at: 1_700_000_000,
-        envelope: Envelope {
-            mail_from: "s@fuzz.test".into(),
-            rcpt_to: RECIPIENTS.iter().map(|r| r.to_string()).collect(),
-        },
-        decision: Decision::Split,
-        size: 0,
-        deliveries: RECIPIENTS
-            .iter()
-            .map(|r| DeliveryRecord {
-                planned: PlannedDelivery {
-                    rcpt_to: vec![r.to_string()],
-                    rewrite: Rewrite::OnlyRecipient {
-                        address: r.to_string(),
-                        display_name: None,
-                    },
-                },
-                provider: "default".into(),
-            })
-            .collect(),
-        hold: None,
-        privacy: None,
-    }
+    let mut meta = MessageMeta::split_sample(&format!("01FUZZ{i}"), 1_700_000_000, 0, &RECIPIENTS);
+    meta.envelope.mail_from = "s@fuzz.test".into();
+    meta
 }
 
 /// One damage operation, aimed at a piece by the input.

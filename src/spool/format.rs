@@ -62,6 +62,40 @@ pub struct MessageMeta {
     pub privacy: Option<crate::privacy::PrivacySettings>,
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+impl MessageMeta {
+    /// A split message's record for tests and fuzzing: one private copy per recipient, all on
+    /// the `default` lane.
+    pub fn split_sample(id: &str, received_at: u64, size: u64, rcpts: &[&str]) -> MessageMeta {
+        use crate::privacy::{PlannedDelivery, Rewrite};
+        MessageMeta {
+            id: id.into(),
+            received_at,
+            envelope: crate::envelope::Envelope {
+                mail_from: "s@x.test".into(),
+                rcpt_to: rcpts.iter().map(|r| r.to_string()).collect(),
+            },
+            decision: crate::privacy::Decision::Split,
+            size,
+            deliveries: rcpts
+                .iter()
+                .map(|r| DeliveryRecord {
+                    planned: PlannedDelivery {
+                        rcpt_to: vec![r.to_string()],
+                        rewrite: Rewrite::OnlyRecipient {
+                            address: r.to_string(),
+                            display_name: None,
+                        },
+                    },
+                    provider: "default".into(),
+                })
+                .collect(),
+            hold: None,
+            privacy: None,
+        }
+    }
+}
+
 /// A bulk hold on a message (see `docs/bulk-hold.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {

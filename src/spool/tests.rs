@@ -1,33 +1,7 @@
 use super::*;
-use crate::envelope::Envelope;
-use crate::privacy::{Decision, PlannedDelivery, Rewrite};
 
 fn meta(id: &str, rcpts: &[&str]) -> MessageMeta {
-    MessageMeta {
-        id: id.into(),
-        received_at: 1,
-        envelope: Envelope {
-            mail_from: "s@x.test".into(),
-            rcpt_to: rcpts.iter().map(|r| r.to_string()).collect(),
-        },
-        decision: Decision::Split,
-        size: 5,
-        deliveries: rcpts
-            .iter()
-            .map(|r| DeliveryRecord {
-                planned: PlannedDelivery {
-                    rcpt_to: vec![r.to_string()],
-                    rewrite: Rewrite::OnlyRecipient {
-                        address: r.to_string(),
-                        display_name: None,
-                    },
-                },
-                provider: "default".into(),
-            })
-            .collect(),
-        hold: None,
-        privacy: None,
-    }
+    MessageMeta::split_sample(id, 1, 5, rcpts)
 }
 
 #[test]
