@@ -4,7 +4,7 @@
 Builds the import graph from `use crate::`/`use super::` and inline `crate::` paths (comments and
 inline test modules skipped) and prints two-way pairs and larger cycles at two levels: top-level
 modules, and file modules. Exits 1 when there is a cycle. A reading of the text, not of the
-compiler's resolution: good enough to keep the structure honest (tests/architecture.rs runs it).
+compiler's resolution: good enough to keep the structure honest (tests/properties/architecture.rs runs it).
 
 Usage: python3 tools/import_cycles.py [src] [--tests] [--edges]"""
 import os, re, sys

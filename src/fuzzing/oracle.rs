@@ -1,7 +1,7 @@
 //! An independent oracle for the privacy checks: what a reader sees in a header block,
 //! written from the SPEC and from how mail programs read, sharing no code with
 //! `crate::privacy` (only mail-parser's own RFC 2047 decoder, which the product does not use
-//! for this). The fuzz targets and `tests/privacy_props.rs` judge the product's copies with
+//! for this). The fuzz targets and `tests/properties/privacy_props.rs` judge the product's copies with
 //! it, so a bug in the product's scanner cannot hide itself.
 //!
 //! Its readings are fewer and its idea of where an address ends is more lenient than the

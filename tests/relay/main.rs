@@ -1,0 +1,35 @@
+//! The integration tests that talk to mailveil over real sockets: the real binary started as a
+//! process (`support::RelayProc`), the relay in-process on port 0, the `mailveil sink`, scripted
+//! upstreams, real TLS, real Redis. One test binary for all of them: each module used to be a
+//! binary of its own, and linking 27 binaries (each with its own copy of `support`) took more of
+//! CI's time than running them. Run one file's tests with `cargo test --test relay <module>::`.
+
+mod support;
+
+mod admin;
+mod admission;
+mod bounce;
+mod bulk_hold;
+mod cli;
+mod cluster;
+mod crash;
+mod deploy;
+mod disk_full;
+mod dkim;
+mod hostile;
+mod http_limits;
+mod inbound_tls_auth;
+mod mx;
+mod observability;
+mod permissions;
+mod privacy_leaks;
+mod queue_faults;
+mod queue_lanes;
+mod relay_e2e;
+mod reload;
+mod restart;
+mod shaping;
+mod spool_recovery;
+mod upstream;
+mod upstream_hostile;
+mod upstream_tls;
