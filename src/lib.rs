@@ -145,7 +145,8 @@ pub async fn run_with(
     let scheduler = Scheduler::new(
         spool.clone(),
         upstreams,
-        &config,
+        reload::scheduler_config(&config),
+        config.cluster.as_ref(),
         metrics.clone(),
         redactor.clone(),
     );
@@ -181,7 +182,7 @@ pub async fn run_with(
     });
 
     let relay = Arc::new(relay::Relay::new(
-        relay::RelayRules::from_config(&config),
+        reload::relay_rules(&config),
         spool.clone(),
         scheduler.clone(),
         metrics.clone(),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use crate::config::{Config, HoldConfig, PrivacyConfig};
+use crate::config::{HoldConfig, PrivacyConfig};
 use crate::envelope::{ClientInfo, Envelope};
 use crate::inbound::{Acceptor, Transaction, Verdict};
 use crate::observe::log::escaped;
@@ -24,15 +24,6 @@ pub struct RelayRules {
     pub privacy: PrivacyConfig,
     /// The bulk hold (`docs/bulk-hold.md`); `None` when off.
     pub hold: Option<HoldConfig>,
-}
-
-impl RelayRules {
-    pub fn from_config(config: &Config) -> RelayRules {
-        RelayRules {
-            privacy: config.privacy.clone(),
-            hold: config.hold.clone(),
-        }
-    }
 }
 
 /// Implements [`Acceptor`] for the inbound listener.

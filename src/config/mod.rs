@@ -45,8 +45,8 @@ pub use server::{
     ServerConfig,
 };
 pub use shaping::{
-    ClusterConfig, DEFAULT_REPLICAS, MxConfig, ProviderConfig, ReplyPattern, ShapingAction,
-    ShapingConfig, ShapingRule,
+    ClusterConfig, DEFAULT_REPLICAS, MxConfig, PerSecond, ProviderConfig, ReplyPattern,
+    ShapingAction, ShapingConfig, ShapingRule,
 };
 pub use spool::SpoolConfig;
 pub use upstream::{Credentials, SmtpUpstreamConfig, UpstreamConfig, UpstreamKind, UpstreamTls};

@@ -16,11 +16,32 @@ pub struct ProviderConfig {
     /// Lower-cased; when non-empty they replace the built-in entry's domains.
     pub domains: Vec<String>,
     pub mx_suffixes: Vec<String>,
-    pub messages_per_second: Option<f64>,
+    pub messages_per_second: Option<PerSecond>,
     pub burst: Option<u32>,
     pub max_connections: Option<usize>,
     /// Transactions on one upstream connection before it is closed and a new one opened.
     pub max_deliveries_per_connection: Option<u32>,
+}
+
+/// A sustained message rate (messages per second) as a provider entry sets it: positive and
+/// finite, checked when the config loads, so no throttle ever paces by zero, a negative number
+/// or NaN.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct PerSecond(f64);
+
+impl PerSecond {
+    /// `None` unless `value` is a positive finite number.
+    pub const fn new(value: f64) -> Option<PerSecond> {
+        if value.is_finite() && value > 0.0 {
+            Some(PerSecond(value))
+        } else {
+            None
+        }
+    }
+
+    pub const fn get(self) -> f64 {
+        self.0
+    }
 }
 
 /// `[shaping]`: how deferral replies that mean "too fast" slow a provider down.
@@ -132,14 +153,16 @@ pub(super) fn validate_providers(raw: Vec<RawProvider>, p: &mut Problems) -> Vec
                 format!("{name:?} is already used by provider[{j}]"),
             );
         }
-        if let Some(rate) = r.messages_per_second
-            && !(rate.is_finite() && rate > 0.0)
-        {
-            p.push(
-                &format!("{path}.messages_per_second"),
-                "must be a positive number",
-            );
-        }
+        let rate = r.messages_per_second.and_then(|rate| {
+            let typed = PerSecond::new(rate);
+            if typed.is_none() {
+                p.push(
+                    &format!("{path}.messages_per_second"),
+                    "must be a positive number",
+                );
+            }
+            typed
+        });
         let mut at_least_one = |key: &str, v: Option<u64>| match v {
             Some(0) => {
                 p.push(&format!("{path}.{key}"), "must be at least 1");
@@ -163,7 +186,7 @@ pub(super) fn validate_providers(raw: Vec<RawProvider>, p: &mut Problems) -> Vec
             name,
             domains: lower(r.domains),
             mx_suffixes: lower(r.mx_suffixes),
-            messages_per_second: r.messages_per_second,
+            messages_per_second: rate,
             burst: burst.map(|b| b.min(u32::MAX as u64) as u32),
             max_connections: max_connections.map(|c| c as usize),
             max_deliveries_per_connection: per_connection.map(|c| c.min(u32::MAX as u64) as u32),

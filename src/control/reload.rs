@@ -25,7 +25,7 @@ use crate::config::{Config, ConfigError, ConfigProblem};
 use crate::inbound::{InboundError, InboundSettings, LiveInbound};
 use crate::observe::Metrics;
 use crate::relay::{Relay, RelayRules};
-use crate::schedule::Scheduler;
+use crate::schedule::{Routing, Scheduler, SchedulerConfig};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// The `target` of this module's log lines: the path it had before the control plane got its own
@@ -151,14 +151,42 @@ impl Reloader {
                     .remove_label_values(&[gone.as_str()]);
             }
         }
-        self.relay.set_rules(RelayRules::from_config(&next));
+        self.relay.set_rules(relay_rules(&next));
         // Provider catalog, MX classification and host name: one value, swapped in one step
         // with the scheduler's settings, read by the relay from there.
-        self.scheduler.apply_config(&next, upstreams);
+        self.scheduler
+            .apply_config(scheduler_config(&next), upstreams);
         self.metrics
             .init_series(self.scheduler.routing().catalog.names(), &upstream_names);
         *running = next;
         Ok(ReloadReport { restart_needed })
+    }
+}
+
+/// The relay's sections of `config`. The same mapping at start (`crate::run_with`) and on every
+/// reload, so the two cannot drift apart.
+pub fn relay_rules(config: &Config) -> RelayRules {
+    RelayRules {
+        privacy: config.privacy.clone(),
+        hold: config.hold.clone(),
+    }
+}
+
+/// The scheduler's sections of `config`, with the routing built from them (see
+/// [`relay_rules`]: used at start and on reload).
+pub fn scheduler_config(config: &Config) -> SchedulerConfig<'_> {
+    SchedulerConfig {
+        spool: &config.spool,
+        upstreams: &config.upstreams,
+        routing: Routing::new(
+            &config.server.hostname,
+            &config.providers,
+            config.shaping.mx.as_ref(),
+        ),
+        shaping: &config.shaping,
+        dkim: &config.dkim,
+        privacy: &config.privacy,
+        hold: config.hold.as_ref(),
     }
 }
 

@@ -23,7 +23,7 @@ pub mod rules;
 pub mod throttle;
 
 pub use provider::ProviderCatalog;
-pub use queue::Scheduler;
+pub use queue::{Scheduler, SchedulerConfig};
 pub use routing::Routing;
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::ProviderConfig;
+use crate::config::{PerSecond, ProviderConfig};
 use crate::privacy::PlannedDelivery;
 use crate::spool::DeliveryRecord;
 
@@ -19,7 +19,7 @@ pub const DEFAULT_PROVIDER: &str = "default";
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProviderLimits {
     /// Sustained message rate; `None` is unthrottled.
-    pub messages_per_second: Option<f64>,
+    pub messages_per_second: Option<PerSecond>,
     /// Messages that may go back to back before the rate applies (GCRA burst).
     pub burst: u32,
     /// Deliveries in flight (= upstream connections busy) at once; `None`: what the upstreams
@@ -41,7 +41,7 @@ impl ProviderLimits {
 
     const fn new(rate: f64, burst: u32, connections: usize, per_connection: u32) -> Self {
         ProviderLimits {
-            messages_per_second: Some(rate),
+            messages_per_second: PerSecond::new(rate),
             burst,
             max_connections: Some(connections),
             max_deliveries_per_connection: Some(per_connection),
@@ -349,7 +349,10 @@ mod tests {
         let c = ProviderCatalog::new(&[]);
         for name in BUILT_IN_NAMES {
             let l = c.limits(name);
-            let rate = l.messages_per_second.expect("built-ins are throttled");
+            let rate = l
+                .messages_per_second
+                .expect("built-ins are throttled")
+                .get();
             assert!(rate > 0.0 && rate <= 10.0, "{name}");
             assert!(l.burst >= 1 && f64::from(l.burst) <= rate * 10.0, "{name}");
             assert!(l.max_connections.is_some_and(|n| n <= 10), "{name}");
@@ -387,7 +390,7 @@ mod tests {
     #[test]
     fn overrides_are_per_field() {
         let yahoo = ProviderConfig {
-            messages_per_second: Some(7.5),
+            messages_per_second: PerSecond::new(7.5),
             ..p("yahoo", &[])
         };
         let default = ProviderConfig {
@@ -397,7 +400,7 @@ mod tests {
         let c = ProviderCatalog::new(&[yahoo, default]);
         let built_in = ProviderCatalog::new(&[]).limits("yahoo");
         let l = c.limits("yahoo");
-        assert_eq!(l.messages_per_second, Some(7.5));
+        assert_eq!(l.messages_per_second.map(PerSecond::get), Some(7.5));
         assert_eq!(l.burst, built_in.burst, "burst kept from the built-in");
         assert_eq!(l.max_connections, built_in.max_connections);
         assert_eq!(

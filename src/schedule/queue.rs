@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ShapingRule, SpoolConfig, UpstreamKind};
+use crate::config::{
+    ClusterConfig, DkimConfig, HoldConfig, PrivacyConfig, ShapingConfig, ShapingRule, SpoolConfig,
+    UpstreamConfig, UpstreamKind,
+};
 use crate::observe::{Metrics, Redactor};
 use crate::privacy::Exposure;
 use crate::spool::{LogEntry, MessageMeta, Spool, unix_now};
@@ -84,8 +87,21 @@ struct Settings {
     privacy: crate::config::PrivacyConfig,
 }
 
+/// The sections of the configuration the scheduler reads, not the whole file: given at start
+/// and on every reload (`control::reload::scheduler_config` maps a `Config` onto it for both).
+pub struct SchedulerConfig<'a> {
+    pub spool: &'a SpoolConfig,
+    pub upstreams: &'a [UpstreamConfig],
+    /// Built once from the catalog, MX and host-name settings; the relay reads it from here.
+    pub routing: Routing,
+    pub shaping: &'a ShapingConfig,
+    pub dkim: &'a DkimConfig,
+    pub privacy: &'a PrivacyConfig,
+    pub hold: Option<&'a HoldConfig>,
+}
+
 impl Settings {
-    fn from_config(config: &Config) -> Settings {
+    fn new(config: SchedulerConfig<'_>) -> Settings {
         let upstream_connections = config
             .upstreams
             .iter()
@@ -98,9 +114,9 @@ impl Settings {
         Settings {
             retry: config.spool.clone(),
             upstream_connections,
-            routing: Arc::new(Routing::from_config(config)),
-            rules: Arc::new(rules::for_config(&config.shaping)),
-            dkim: Arc::new(crate::dkim::Signer::from_config(&config.dkim)),
+            routing: Arc::new(config.routing),
+            rules: Arc::new(rules::for_config(config.shaping)),
+            dkim: Arc::new(crate::dkim::Signer::from_config(config.dkim)),
             privacy: config.privacy.clone(),
         }
     }
@@ -121,7 +137,8 @@ impl Scheduler {
     pub fn new(
         spool: Arc<Spool>,
         upstreams: Vec<Upstream>,
-        config: &Config,
+        config: SchedulerConfig<'_>,
+        cluster: Option<&ClusterConfig>,
         metrics: Metrics,
         redactor: Redactor,
     ) -> Scheduler {
@@ -133,15 +150,15 @@ impl Scheduler {
             .map(|u| Arc::new(UpstreamSlot::new(u)))
             .collect();
         let shutdown = CancellationToken::new();
-        let cluster = config
-            .cluster
-            .as_ref()
+        let cluster = cluster
             .map(|c| SharedLimits::start(c, metrics.cluster_up.clone(), shutdown.child_token()));
+        let holds = hold::Holds::new(config.hold);
+        let settings = Settings::new(config);
         Scheduler {
             inner: Arc::new(Inner {
                 spool,
                 upstreams: RwLock::new(Arc::new(slots)),
-                settings: RwLock::new(Settings::from_config(config)),
+                settings: RwLock::new(settings),
                 lanes: RwLock::new(HashMap::new()),
                 paused: AtomicBool::new(false),
                 seq: AtomicU64::new(0),
@@ -150,7 +167,7 @@ impl Scheduler {
                 tracker: TaskTracker::new(),
                 shutdown,
                 cluster,
-                holds: hold::Holds::new(config.hold.as_ref()),
+                holds,
             }),
         }
     }
@@ -214,8 +231,10 @@ impl Scheduler {
     /// credentials or TLS files). A slowdown in force keeps running to its end. Deliveries in
     /// flight finish on the upstream they started with; health state carries over for
     /// upstreams with the same name. `[cluster]` changes need a restart.
-    pub fn apply_config(&self, config: &Config, upstreams: Vec<Upstream>) {
-        *self.inner.settings.write().expect("not poisoned") = Settings::from_config(config);
+    pub fn apply_config(&self, config: SchedulerConfig<'_>, upstreams: Vec<Upstream>) {
+        let hold = config.hold;
+        let settings = Settings::new(config);
+        *self.inner.settings.write().expect("not poisoned") = settings;
         let old = self.inner.upstreams();
         let slots: Vec<Arc<UpstreamSlot>> = upstreams
             .into_iter()
@@ -232,7 +251,7 @@ impl Scheduler {
                 .set(i64::from(s.is_up()));
         }
         *self.inner.upstreams.write().expect("not poisoned") = Arc::new(slots);
-        self.inner.holds.apply(config.hold.as_ref());
+        self.inner.holds.apply(hold);
         for lane in self.inner.lanes.read().expect("not poisoned").values() {
             lane.set_concurrency(self.inner.lane_concurrency(&lane.name));
             lane.throttle.set_rate(self.inner.lane_rate(&lane.name));
@@ -299,7 +318,7 @@ impl Inner {
         let settings = self.settings.read().expect("not poisoned");
         let limits = settings.routing.catalog.limits(provider);
         limits.messages_per_second.map(|per_second| Rate {
-            per_second,
+            per_second: per_second.get(),
             burst: limits.burst,
         })
     }

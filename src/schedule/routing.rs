@@ -4,7 +4,7 @@
 //! the scheduler's settings: the relay reads it when a message's DATA ends, the queue when it
 //! sends or bounces a copy, and a reload replaces it for both in one step.
 
-use crate::config::Config;
+use crate::config::{MxConfig, ProviderConfig};
 
 use super::mx::MxClassifier;
 use super::provider::ProviderCatalog;
@@ -17,15 +17,12 @@ pub struct Routing {
 }
 
 impl Routing {
-    pub fn from_config(config: &Config) -> Routing {
+    /// From `server.hostname`, the `[[provider]]` entries and `[shaping]`'s MX classification.
+    pub fn new(hostname: &str, providers: &[ProviderConfig], mx: Option<&MxConfig>) -> Routing {
         Routing {
-            hostname: config.server.hostname.clone(),
-            catalog: ProviderCatalog::new(&config.providers),
-            mx: config
-                .shaping
-                .mx
-                .as_ref()
-                .and_then(MxClassifier::from_config),
+            hostname: hostname.to_string(),
+            catalog: ProviderCatalog::new(providers),
+            mx: mx.and_then(MxClassifier::from_config),
         }
     }
 }

@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::control::reload::scheduler_config;
 use crate::envelope::Envelope;
 use crate::observe::{Metrics, Redactor};
 use crate::privacy::{Decision, PlannedDelivery, Rewrite};
@@ -33,7 +34,8 @@ fn fixture(extra: &str) -> Fixture {
     let scheduler = Scheduler::new(
         spool.clone(),
         upstreams,
-        &config,
+        scheduler_config(&config),
+        None,
         metrics.clone(),
         Redactor::plain(),
     );
@@ -191,7 +193,8 @@ async fn reloaded_provider_limits_apply_to_existing_lanes() {
     ))
     .unwrap();
     let upstreams = vec![Upstream::from_config(&reloaded.upstreams[0], "test").unwrap()];
-    f.scheduler.apply_config(&reloaded, upstreams);
+    f.scheduler
+        .apply_config(scheduler_config(&reloaded), upstreams);
     assert_eq!(alpha(&f), (Some(20.0), 5));
 }
 

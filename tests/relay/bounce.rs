@@ -1,8 +1,8 @@
 //! `[spool] bounce = true`: a permanent failure sends one RFC 3464 report to the envelope sender,
 //! naming only the failed copy's recipient; the null sender never gets one.
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::time::{Duration, Instant};
 

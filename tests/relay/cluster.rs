@@ -6,8 +6,8 @@
 //! Without `redis-server` on the PATH the test is skipped with a printed reason, unless
 //! `MAILVEIL_REQUIRE_REDIS=1` (CI), where that is a failure.
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -4,8 +4,8 @@
 //! upstream, every copy of every `250`'d message arrives at least once; duplicates (copies that
 //! were in flight at the kill) are counted and printed, losses fail the test.
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;

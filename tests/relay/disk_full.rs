@@ -11,8 +11,8 @@
 //! `MAILVEIL_REQUIRE_PRIVILEGED_TESTS=1` (set by `.ci/run` when running as root) makes that a
 //! failure.
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

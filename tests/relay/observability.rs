@@ -2,8 +2,8 @@
 //! present from start, values matching what was sent, `promtool check metrics` clean, JSON log
 //! events with the fields operators search by, and no address in logs by default.
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

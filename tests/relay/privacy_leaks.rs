@@ -17,9 +17,9 @@
 //! `tests/relay_e2e.rs` with the DATA decoder that makes it pass; here the same sequences
 //! (class 4) go through the privacy checks.
 
+use crate::support;
 use crate::support::leaks;
 use crate::support::scripted_smtp;
-use crate::support;
 
 use leaks::*;
 use scripted_smtp::{Script, ScriptedSmtp, Step};

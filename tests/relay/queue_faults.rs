@@ -4,8 +4,8 @@
 //! gets mail again after its cool-off. Replies whose text is not UTF-8 are classified by their
 //! code like any other.
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

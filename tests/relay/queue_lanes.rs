@@ -2,8 +2,8 @@
 //! mail (not even through the upstream's shared connection cap), and a transactional message
 //! overtakes the queued copies of a large fan-out to the same provider.
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::time::{Duration, Instant};
 

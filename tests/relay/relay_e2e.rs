@@ -2,8 +2,8 @@
 //! 127.0.0.1, which applies the privacy policy, spools, and delivers to a capture directory or,
 //! where the exact bytes on the wire matter, to a scripted SMTP upstream that records them.
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::time::Duration;
 

@@ -6,8 +6,8 @@
 //! limit promises), with generous tolerance; CPU contention can only make copies arrive later,
 //! never break these assertions. Nothing asserts that anything is fast.
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,8 @@
 //! End-to-end tests of upstream delivery against real SMTP peers on 127.0.0.1: the capture
 //! sink (mailin-embedded) and a scripted server for faults, TLS and AUTH.
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

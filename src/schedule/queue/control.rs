@@ -3,6 +3,8 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::config::PerSecond;
+
 use super::Scheduler;
 
 impl Scheduler {
@@ -66,7 +68,7 @@ impl Scheduler {
                     paused: false,
                     queued: 0,
                     slowed: false,
-                    messages_per_second: limits.messages_per_second,
+                    messages_per_second: limits.messages_per_second.map(PerSecond::get),
                     // No lane yet: its cap once one opens (0 = what the upstreams allow).
                     concurrency: limits.max_connections.unwrap_or(0),
                 });

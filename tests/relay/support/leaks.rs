@@ -899,7 +899,10 @@ pub async fn outside_view_findings(
 ) -> Vec<serde_json::Value> {
     let file = work.join("outside-view-jobs.json");
     std::fs::write(&file, serde_json::to_vec(jobs).unwrap()).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/relay/support/outside_view.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/relay/support/outside_view.py"
+    );
     let out = python(&[script, &file.display().to_string()]).await;
     serde_json::from_slice(&out)
         .unwrap_or_else(|e| panic!("outside_view.py output: {e}: {}", lossy(&out)))
