@@ -15,7 +15,7 @@ use crate::privacy::{self, Exposure};
 use crate::spool::MessageMeta;
 use crate::upstream::{Outbound, Reuse, UpstreamError};
 
-use super::failover::{self, UpstreamSlot};
+use crate::upstream::failover::{self, UpstreamSlot};
 
 mod check;
 pub(super) use check::{NO_UPSTREAM, Stopped};

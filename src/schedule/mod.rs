@@ -10,7 +10,6 @@
 pub mod bounce;
 pub mod cluster;
 mod deliver;
-pub mod failover;
 pub mod lane;
 pub mod message;
 pub mod mx;

@@ -35,13 +35,13 @@ use crate::upstream::{Reuse, Upstream};
 
 use super::cluster::SharedLimits;
 use super::deliver::{self, Copy, Route};
-use super::failover::UpstreamSlot;
 use super::lane::{Lane, Ready};
 use super::message::QueuedMessage;
 use super::provider::DEFAULT_PROVIDER;
 use super::routing::Routing;
 use super::rules;
 use super::throttle::{Rate, Throttle, ThrottleMetrics};
+use crate::upstream::failover::UpstreamSlot;
 
 mod control;
 mod hold;

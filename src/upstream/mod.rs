@@ -11,9 +11,12 @@
 //!   whether the text is UTF-8), and the socket lent to lettre before STARTTLS.
 //! - `tls.rs`: trust anchors and the name certificates are verified against.
 //! - `error.rs`: [`UpstreamError`] and its classifier.
+//! - `failover.rs`: the configured upstreams in order, each with its health (cool-off after a
+//!   connection failure, TLS failure, timeout or `421`): the queue sends a copy through it.
 
 mod client;
 mod error;
+pub mod failover;
 mod pool;
 mod stream;
 mod tls;
@@ -168,7 +171,7 @@ impl Default for PoolLimits {
 pub struct Upstream {
     pub name: String,
     kind: Kind,
-    /// How failures of this upstream are logged where it is used (`schedule/failover.rs`):
+    /// How failures of this upstream are logged where it is used (`upstream/failover.rs`):
     /// they quote the server's replies, which may name addresses and carry control bytes.
     log: Redactor,
 }
