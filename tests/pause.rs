@@ -196,6 +196,49 @@ async fn a_pause_survives_sigterm_and_kill_9_and_resume_sends_what_waited() {
     wait_for_captures(&r.outbox(), 4).await;
 }
 
+/// A record that cannot be written (here `pause.json` is a directory) does not stop the kill
+/// switch: the pause applies and the answer says it would not survive a restart (`500`, ctl
+/// exits 1). A record that cannot be read at start keeps everything paused until a resume.
+#[tokio::test]
+async fn a_pause_that_cannot_be_recorded_still_applies_and_an_unreadable_record_starts_paused() {
+    let mut r = start(CONFIG, "relay-d").await;
+    let record = r.dir.path().join("spool/pause.json");
+    std::fs::create_dir(&record).unwrap();
+    std::fs::write(record.join("in-the-way"), b"x").unwrap();
+    let (code, body) = http_request(r.admin, "POST", "/pause", Some(TOKEN)).await;
+    assert_eq!(code, 500, "{body}");
+    let answer = json(&body);
+    assert_eq!(answer["paused"], true, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("restart would forget"),
+        "{answer}"
+    );
+    let out = Command::new(BIN)
+        .args(["ctl", "--admin", &format!("http://{}", r.admin), "pause"])
+        .env("MAILVEIL_ADMIN_TOKEN", TOKEN)
+        .env_remove("MAILVEIL_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    send(r.smtp, &["uma@example.org"], "paused-unrecorded").await;
+    assert_no_captures(&r.outbox(), QUIET).await;
+
+    // At the next start the record cannot be read: paused, and /status says why.
+    r.proc_.kill9();
+    restart(&mut r, "relay-d", 1).await;
+    let s = status(r.admin).await;
+    assert_eq!(s["paused"], true, "{s}");
+    let pause = pause_of(&s, "all").unwrap();
+    assert_eq!(pause["source"], "spool");
+    assert!(pause["note"].as_str().unwrap().contains("could not be read"), "{s}");
+    assert_no_captures(&r.outbox(), QUIET).await;
+
+    std::fs::remove_dir_all(&record).unwrap();
+    ctl(r.admin, &["resume"]);
+    wait_for_captures(&r.outbox(), 1).await;
+    assert!(record.is_file(), "the resume is recorded");
+}
+
 fn provider_queued(status: &Value, name: &str) -> u64 {
     status["providers"]
         .as_array()
