@@ -98,7 +98,10 @@ fn ctl(admin: SocketAddr, args: &[&str]) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
 }
 
 fn json(text: &str) -> Value {
@@ -137,7 +140,10 @@ async fn send(smtp: SocketAddr, to: &[&str], subject: &str) {
 
 async fn paused_gauge(metrics: SocketAddr, provider: &str) -> Option<f64> {
     let (_, text) = http_get(metrics, "/metrics").await;
-    metric(&text, &format!("mailveil_paused{{provider=\"{provider}\"}}"))
+    metric(
+        &text,
+        &format!("mailveil_paused{{provider=\"{provider}\"}}"),
+    )
 }
 
 #[tokio::test]
@@ -210,7 +216,10 @@ async fn a_pause_that_cannot_be_recorded_still_applies_and_an_unreadable_record_
     let answer = json(&body);
     assert_eq!(answer["paused"], true, "{answer}");
     assert!(
-        answer["error"].as_str().unwrap().contains("restart would forget"),
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("restart would forget"),
         "{answer}"
     );
     let out = Command::new(BIN)
@@ -230,7 +239,13 @@ async fn a_pause_that_cannot_be_recorded_still_applies_and_an_unreadable_record_
     assert_eq!(s["paused"], true, "{s}");
     let pause = pause_of(&s, "all").unwrap();
     assert_eq!(pause["source"], "spool");
-    assert!(pause["note"].as_str().unwrap().contains("could not be read"), "{s}");
+    assert!(
+        pause["note"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read"),
+        "{s}"
+    );
     assert_no_captures(&r.outbox(), QUIET).await;
 
     std::fs::remove_dir_all(&record).unwrap();
@@ -322,7 +337,10 @@ retry_max = "2h"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ctl(r.admin, &["pause", "--provider", "default"]);
-    assert!(upstream.record().messages.is_empty(), "the deferred copy is not accepted");
+    assert!(
+        upstream.record().messages.is_empty(),
+        "the deferred copy is not accepted"
+    );
     // A provider pause and its resume: the deferred copy is due now.
     ctl(r.admin, &["resume", "--provider", "default"]);
     let end = Instant::now() + PATIENCE;
@@ -399,9 +417,7 @@ fn redis_available() -> bool {
 }
 
 fn cluster_config(redis_port: u16) -> String {
-    format!(
-        "{CONFIG}[cluster]\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\nreplicas = 2\n"
-    )
+    format!("{CONFIG}[cluster]\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\nreplicas = 2\n")
 }
 
 /// Waits until `check` holds for the replica's status (bounded).
@@ -457,7 +473,11 @@ async fn a_pause_on_one_replica_stops_both_and_holds_when_redis_goes_away() {
     send(two.smtp, &["b2@example.org"], "held-on-two").await;
     send(one.smtp, &["a2@example.org"], "held-on-one").await;
     tokio::time::sleep(QUIET).await;
-    assert_eq!(captures(&two), 1, "replica two sent while the fleet was paused");
+    assert_eq!(
+        captures(&two),
+        1,
+        "replica two sent while the fleet was paused"
+    );
     assert_eq!(captures(&one), 1, "replica one sent while paused");
     let s = status(two.admin).await;
     assert_eq!(s["paused"], true);
@@ -481,7 +501,11 @@ async fn a_pause_on_one_replica_stops_both_and_holds_when_redis_goes_away() {
     .await;
     send(two.smtp, &["b3@example.org"], "held-without-redis").await;
     tokio::time::sleep(QUIET).await;
-    assert_eq!(captures(&two), 2, "two sent while paused and cut off from Redis");
+    assert_eq!(
+        captures(&two),
+        2,
+        "two sent while paused and cut off from Redis"
+    );
     assert_eq!(status(two.admin).await["paused"], true);
 
     // Two restarts while Redis is away: its own record still holds the pause.
@@ -497,8 +521,7 @@ async fn a_pause_on_one_replica_stops_both_and_holds_when_redis_goes_away() {
     let _redis = Redis::start(redis_port, work.path());
     for r in [&one, &two] {
         wait_status(r, "Redis reachable again", |s| {
-            s["pause_sync"]["redis_reachable"] == true
-                && s["pauses"][0]["shared"] == true
+            s["pause_sync"]["redis_reachable"] == true && s["pauses"][0]["shared"] == true
         })
         .await;
     }

@@ -45,8 +45,7 @@ mod control;
 mod hold;
 mod outcome;
 pub use control::{
-    PauseError, PauseSync, PauseView, ProviderStatus, QueueStatus, UnknownProvider,
-    UpstreamStatus,
+    PauseError, PauseSync, PauseView, ProviderStatus, QueueStatus, UnknownProvider, UpstreamStatus,
 };
 pub use hold::{HeldMessage, HoldError, choose_canaries};
 

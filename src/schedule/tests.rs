@@ -164,15 +164,33 @@ async fn a_pause_holds_in_a_scheduler_started_over_the_same_spool() {
         .collect();
     assert_eq!(
         sources,
-        [("all".into(), "Spool".into()), ("yahoo".into(), "Spool".into())]
+        [
+            ("all".into(), "Spool".into()),
+            ("yahoo".into(), "Spool".into())
+        ]
     );
-    assert!(status.providers.iter().any(|p| p.name == "yahoo" && p.paused));
+    assert!(
+        status
+            .providers
+            .iter()
+            .any(|p| p.name == "yahoo" && p.paused)
+    );
     let text = metrics.render();
-    assert!(text.contains("mailveil_paused{provider=\"all\"} 1"), "{text}");
-    assert!(text.contains("mailveil_paused{provider=\"yahoo\"} 1"), "{text}");
+    assert!(
+        text.contains("mailveil_paused{provider=\"all\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mailveil_paused{provider=\"yahoo\"} 1"),
+        "{text}"
+    );
     again.resume(None).await.unwrap();
     assert!(!again.status().paused);
-    assert!(metrics.render().contains("mailveil_paused{provider=\"all\"} 0"));
+    assert!(
+        metrics
+            .render()
+            .contains("mailveil_paused{provider=\"all\"} 0")
+    );
 }
 
 #[tokio::test]

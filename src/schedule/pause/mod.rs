@@ -277,10 +277,7 @@ mod tests {
             Step::Adopt
         );
         // A cluster that lost its data gets the entry back.
-        assert_eq!(
-            reconcile(Some(&pending), None),
-            Step::Push { expect: None }
-        );
+        assert_eq!(reconcile(Some(&pending), None), Step::Push { expect: None });
         let shared_before = entry(true, "A", false, Some("A"));
         assert_eq!(
             reconcile(Some(&shared_before), None),

@@ -35,7 +35,10 @@ pub enum Restored {
     Nothing,
     Board(Board),
     /// A record that cannot be read; the board holds a global pause standing in for it.
-    Unreadable { board: Board, reason: String },
+    Unreadable {
+        board: Board,
+        reason: String,
+    },
 }
 
 /// The record of one spool directory.
@@ -157,9 +160,6 @@ mod tests {
         assert!(board.is_paused(ALL));
         assert_eq!(board.targets[ALL].seen, None, "never shared");
         fs::write(record.path(), b"{\"version\":9,\"targets\":{}}").unwrap();
-        assert!(matches!(
-            record.restore(None),
-            Restored::Unreadable { .. }
-        ));
+        assert!(matches!(record.restore(None), Restored::Unreadable { .. }));
     }
 }

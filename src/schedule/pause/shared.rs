@@ -51,7 +51,9 @@ pub enum SharedError {
 
 /// Every target's change as the cluster holds it. A field that does not parse is skipped with a
 /// warning (written by hand or by a newer relay).
-pub async fn read_all(conn: &mut ConnectionManager) -> Result<BTreeMap<String, Change>, SharedError> {
+pub async fn read_all(
+    conn: &mut ConnectionManager,
+) -> Result<BTreeMap<String, Change>, SharedError> {
     let cmd = redis::cmd("HGETALL").arg(HASH_KEY).clone();
     let fields: BTreeMap<String, String> = timed(cmd.query_async(conn)).await?;
     Ok(fields
@@ -67,7 +69,11 @@ pub async fn read_all(conn: &mut ConnectionManager) -> Result<BTreeMap<String, C
 }
 
 /// Writes `change` for `key` whatever the cluster holds.
-pub async fn write(conn: &mut ConnectionManager, key: &str, change: &Change) -> Result<(), SharedError> {
+pub async fn write(
+    conn: &mut ConnectionManager,
+    key: &str,
+    change: &Change,
+) -> Result<(), SharedError> {
     let value = serde_json::to_string(change).expect("a change serializes");
     let cmd = redis::cmd("HSET").arg(HASH_KEY).arg(key).arg(value).clone();
     timed(cmd.query_async::<i64>(conn)).await.map(|_| ())

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::record::{Record, RecordError, Restored};
 use super::shared::{self, SharedError};
@@ -111,7 +111,8 @@ impl Switch {
         let Some(cluster) = &self.cluster else {
             return Ok(());
         };
-        if !self.reachable.load(Ordering::Relaxed) && self.first_round_done.load(Ordering::Relaxed) {
+        if !self.reachable.load(Ordering::Relaxed) && self.first_round_done.load(Ordering::Relaxed)
+        {
             tracing::warn!(
                 provider = label(key),
                 "cluster Redis unreachable: the change holds here and is shared when Redis answers"
@@ -123,7 +124,10 @@ impl Switch {
         };
         match shared::write(&mut conn, key, &change).await {
             Ok(()) => {
-                self.board.lock().expect("not poisoned").shared(key, &change.id);
+                self.board
+                    .lock()
+                    .expect("not poisoned")
+                    .shared(key, &change.id);
                 self.write_record().await
             }
             Err(e) => {
@@ -164,7 +168,11 @@ impl Switch {
         for key in keys {
             let (l, r) = (local.targets.get(key), remote.get(key));
             let step = reconcile(l, r);
-            let ours = || l.expect("a step that writes has a local entry").change.clone();
+            let ours = || {
+                l.expect("a step that writes has a local entry")
+                    .change
+                    .clone()
+            };
             let written = match step {
                 Step::Keep => continue,
                 Step::Adopt => {
@@ -173,8 +181,10 @@ impl Switch {
                     self.board.lock().expect("not poisoned").adopt(key, r);
                     if before != r.paused {
                         tracing::warn!(
-                            provider = label(key), by = r.by.as_deref().unwrap_or("unknown"),
-                            "deliveries {} by the cluster", if r.paused { "paused" } else { "resumed" }
+                            provider = label(key),
+                            by = r.by.as_deref().unwrap_or("unknown"),
+                            "deliveries {} by the cluster",
+                            if r.paused { "paused" } else { "resumed" }
                         );
                     }
                     changed = true;

@@ -29,7 +29,9 @@ impl Scheduler {
         if let Some(name) = provider
             && !self.inner.is_known_provider(name)
         {
-            return Err(PauseError::UnknownProvider(UnknownProvider(name.to_string())));
+            return Err(PauseError::UnknownProvider(UnknownProvider(
+                name.to_string(),
+            )));
         }
         let key = provider.unwrap_or(ALL);
         let recorded = self.inner.pauses.command(key, paused).await;
