@@ -472,6 +472,9 @@ async fn a_pause_on_one_replica_stops_both_and_holds_when_redis_goes_away() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     send(two.smtp, &["b2@example.org"], "held-on-two").await;
     send(one.smtp, &["a2@example.org"], "held-on-one").await;
+    // A replica that joins during the pause (a new pod, its own empty spool) holds it too.
+    let three = start(&config, "replica-three").await;
+    send(three.smtp, &["c1@example.org"], "held-on-three").await;
     tokio::time::sleep(QUIET).await;
     assert_eq!(
         captures(&two),
@@ -479,6 +482,13 @@ async fn a_pause_on_one_replica_stops_both_and_holds_when_redis_goes_away() {
         "replica two sent while the fleet was paused"
     );
     assert_eq!(captures(&one), 1, "replica one sent while paused");
+    assert_eq!(
+        captures(&three),
+        0,
+        "a replica that joined sent while paused"
+    );
+    let s = status(three.admin).await;
+    assert_eq!(pause_of(&s, "all").unwrap()["by"], "replica-one", "{s}");
     let s = status(two.admin).await;
     assert_eq!(s["paused"], true);
     let pause = pause_of(&s, "all").unwrap();
@@ -486,10 +496,12 @@ async fn a_pause_on_one_replica_stops_both_and_holds_when_redis_goes_away() {
     assert_eq!(pause["by"], "replica-one", "{s}");
     assert_eq!(paused_gauge(two.metrics, "all").await, Some(1.0));
 
-    // `resume` on two restarts both.
+    // `resume` on two restarts them all.
     ctl(two.admin, &["resume"]);
     wait_for_captures(&one.outbox(), 2).await;
     wait_for_captures(&two.outbox(), 2).await;
+    wait_for_captures(&three.outbox(), 1).await;
+    drop(three);
 
     // Paused again; then Redis goes away: two keeps the pause it knew.
     ctl(one.admin, &["pause"]);

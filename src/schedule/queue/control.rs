@@ -138,8 +138,10 @@ impl Inner {
     /// cluster replica waits for its first sync), each provider's lane, the `mailveil_paused`
     /// gauges. A target that went from paused to resumed gets its deferred copies due now.
     pub(super) fn apply_pauses(self: &Arc<Self>) {
-        let board = self.pauses.board();
+        // The board is read under the lock: two applies (a command's, a sync round's) never
+        // interleave, and the later one sets the lanes from the later state.
         let mut applied = self.applied_pauses.lock().expect("not poisoned");
+        let board = self.pauses.board();
         let resumed = |applied: &std::collections::BTreeMap<String, bool>, key: &str, now: bool| {
             applied.get(key).copied().unwrap_or(false) && !now
         };
