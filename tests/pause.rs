@@ -544,3 +544,139 @@ async fn a_pause_on_one_replica_stops_both_and_holds_when_redis_goes_away() {
     let s = wait_status(&two, "resumed from the cluster", |s| s["paused"] == false).await;
     assert!(pause_of(&s, "all").is_none(), "{s}");
 }
+
+/// The protocol of the shared state, one replica's [`Switch`] driven round by round against a
+/// real Redis while the test writes what "another replica" decided straight into the hash:
+/// a change made while Redis was away is written over the entry it saw, a pause made while
+/// Redis was away wins over a resume made meanwhile elsewhere, a pending resume gives way to a
+/// pause made meanwhile, and a Redis that lost its data gets the state back.
+#[tokio::test]
+async fn changes_made_while_redis_was_away_are_reconciled_with_the_cluster() {
+    use mailveil::schedule::cluster::SharedLimits;
+    use mailveil::schedule::pause::switch::Switch;
+    use mailveil::schedule::pause::{Change, Source};
+
+    if !redis_available() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut redis = Redis::start(port, work.path());
+    let url = format!("redis://127.0.0.1:{port}/");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = mailveil::config::ClusterConfig {
+        redis_url: url.clone(),
+        replicas: 2,
+    };
+    let gauge = prometheus::IntGauge::new("up", "up").unwrap();
+    let shared = SharedLimits::start(&config, gauge, shutdown.clone());
+    let switch = Switch::restore(work.path(), Some(shared));
+
+    // Field `*` of the hash as the cluster holds it; `set` writes "another replica's" change.
+    let field = || -> Option<Change> {
+        let mut c = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let v: Option<String> = redis::cmd("HGET")
+            .arg("mailveil:pause")
+            .arg("*")
+            .query(&mut c)
+            .unwrap();
+        v.map(|v| serde_json::from_str(&v).unwrap())
+    };
+    let set = |paused: bool, id: &str| {
+        let mut c = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let value = serde_json::json!({"paused": paused, "id": id, "at_ms": 1, "by": "elsewhere"});
+        let _: i64 = redis::cmd("HSET")
+            .arg("mailveil:pause")
+            .arg("*")
+            .arg(value.to_string())
+            .query(&mut c)
+            .unwrap();
+    };
+    async fn sync_until(switch: &Switch, reachable: bool) {
+        let end = Instant::now() + PATIENCE;
+        loop {
+            switch.sync().await;
+            if switch.cluster_reachable() == reachable {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "Redis never became reachable={reachable}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let entry = |switch: &Switch| switch.board().targets["*"].clone();
+
+    sync_until(&switch, true).await;
+    set(false, "R1");
+    sync_until(&switch, true).await;
+    assert_eq!(
+        entry(&switch).change.id,
+        "R1",
+        "the cluster's entry is adopted"
+    );
+    assert_eq!(entry(&switch).source, Source::Cluster);
+
+    // 1. Redis away: a pause here is pending; Redis back with R1 still there: written over it.
+    redis.stop();
+    sync_until(&switch, false).await;
+    switch.command("*", true).await.unwrap();
+    assert!(entry(&switch).pending, "not shared while Redis is away");
+    let mut redis = Redis::start(port, work.path());
+    set(false, "R1");
+    sync_until(&switch, true).await;
+    let mine = entry(&switch);
+    assert!(!mine.pending);
+    assert_eq!(
+        field().unwrap(),
+        mine.change,
+        "written over the entry it saw"
+    );
+
+    // 2. Redis away, a pause here; meanwhile someone resumed (R2): the pause wins.
+    redis.stop();
+    sync_until(&switch, false).await;
+    switch.command("*", true).await.unwrap();
+    let mut redis_2 = Redis::start(port, work.path());
+    set(false, "R2");
+    sync_until(&switch, true).await;
+    let mine = entry(&switch);
+    assert!(mine.change.paused && !mine.pending);
+    assert_eq!(
+        field().unwrap(),
+        mine.change,
+        "the pause made during the outage wins"
+    );
+
+    // 3. Redis away, a resume here; meanwhile someone paused (R3): the pause stays.
+    redis_2.stop();
+    sync_until(&switch, false).await;
+    switch.command("*", false).await.unwrap();
+    assert!(
+        !switch.board().is_paused("*"),
+        "the resume applies here at once"
+    );
+    let mut redis_3 = Redis::start(port, work.path());
+    set(true, "R3");
+    sync_until(&switch, true).await;
+    assert_eq!(entry(&switch).change.id, "R3", "the resume gives way");
+    assert!(switch.board().is_paused("*"));
+    assert_eq!(field().unwrap().id, "R3");
+
+    // 4. Redis restarts empty: the replica writes back what it knew.
+    redis_3.stop();
+    sync_until(&switch, false).await;
+    let _redis_4 = Redis::start(port, work.path());
+    assert_eq!(field(), None);
+    sync_until(&switch, true).await;
+    assert_eq!(field().unwrap().id, "R3", "the known state is written back");
+    drop(redis);
+    shutdown.cancel();
+}
