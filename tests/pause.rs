@@ -300,7 +300,13 @@ async fn a_provider_pause_survives_a_restart_and_stops_only_that_provider() {
 #[tokio::test]
 async fn resume_makes_deferred_copies_due_at_once() {
     let mut first = HashMap::new();
-    first.insert(Step::DataEnd, vec!["451 4.3.0 try later".to_string()]);
+    first.insert(
+        Step::DataEnd,
+        vec![
+            "451 4.3.0 try later".to_string(),
+            "451 4.3.0 try later".to_string(),
+        ],
+    );
     let upstream = ScriptedSmtp::start(Script {
         first_replies: first,
         ..Script::default()
@@ -323,26 +329,18 @@ retry_max = "2h"
     let r = start(&template, "relay-c").await;
     send(r.smtp, &["rae@example.org"], "deferred").await;
     // The first attempt is deferred (an hour's backoff).
-    let end = Instant::now() + PATIENCE;
-    loop {
-        let (_, text) = http_get(r.metrics, "/metrics").await;
-        let deferred = metric(
-            &text,
-            "mailveil_deliveries_total{outcome=\"deferred\",provider=\"default\",upstream=\"scripted\"}",
-        );
-        if deferred == Some(1.0) {
-            break;
-        }
-        assert!(Instant::now() < end, "never deferred:\n{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_deferred(&r, 1.0).await;
     ctl(r.admin, &["pause", "--provider", "default"]);
+    // A provider pause and its resume: the deferred copy is due now; deferred once more.
+    ctl(r.admin, &["resume", "--provider", "default"]);
+    wait_deferred(&r, 2.0).await;
     assert!(
         upstream.record().messages.is_empty(),
         "the deferred copy is not accepted"
     );
-    // A provider pause and its resume: the deferred copy is due now.
-    ctl(r.admin, &["resume", "--provider", "default"]);
+    // The global pause and its resume: due now again, and accepted this time.
+    ctl(r.admin, &["pause"]);
+    ctl(r.admin, &["resume"]);
     let end = Instant::now() + PATIENCE;
     while upstream.record().messages.is_empty() {
         assert!(
@@ -352,7 +350,31 @@ retry_max = "2h"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(provider_queued(&status(r.admin).await, "default"), 0);
+    let end = Instant::now() + PATIENCE;
+    while provider_queued(&status(r.admin).await, "default") != 0 {
+        assert!(Instant::now() < end, "the delivered copy stays queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the relay has counted `n` deferred attempts.
+async fn wait_deferred(r: &RelayProc, n: f64) {
+    let end = Instant::now() + PATIENCE;
+    loop {
+        let (_, text) = http_get(r.metrics, "/metrics").await;
+        let deferred = metric(
+            &text,
+            "mailveil_deliveries_total{outcome=\"deferred\",provider=\"default\",upstream=\"scripted\"}",
+        );
+        if deferred == Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "never deferred {n} times (resume did not make the copy due?):\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 // ---- cluster ----
