@@ -15,6 +15,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use super::Change;
+use crate::observe::log::escaped;
 use crate::schedule::cluster::CALL_TIMEOUT;
 
 /// How often a replica reads the cluster's pause state: a pause reaches every replica within
@@ -58,14 +59,40 @@ pub async fn read_all(
     let fields: BTreeMap<String, String> = timed(cmd.query_async(conn)).await?;
     Ok(fields
         .into_iter()
-        .filter_map(|(key, value)| match serde_json::from_str::<Change>(&value) {
-            Ok(change) => Some((key, change)),
-            Err(e) => {
-                tracing::warn!(field = %key, error = %e, "ignoring an unreadable field of the cluster's pause state");
-                None
+        .filter_map(|(key, value)| {
+            if !is_target(&key) {
+                tracing::warn!(field = %escaped(&key), "ignoring a field of the cluster's pause state that names no provider");
+                return None;
+            }
+            match serde_json::from_str::<Change>(&value) {
+                Ok(mut change) => {
+                    // Shown in logs and `/status`: a name, not free text.
+                    change.by = change.by.filter(|b| is_replica_name(b));
+                    Some((key, change))
+                }
+                Err(e) => {
+                    tracing::warn!(field = %key, error = %e, "ignoring an unreadable field of the cluster's pause state");
+                    None
+                }
             }
         })
         .collect())
+}
+
+/// `*` or what a provider name may be (letters, digits, `-`, `_`, `.`; it becomes a metric
+/// label), at most 64 characters.
+fn is_target(key: &str) -> bool {
+    key == super::ALL
+        || (!key.is_empty()
+            && key.len() <= 64
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+}
+
+/// A host name (a pod name): printable ASCII without spaces, at most 253 characters.
+fn is_replica_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.chars().all(|c| c.is_ascii_graphic())
 }
 
 /// Writes `change` for `key` whatever the cluster holds.
@@ -100,5 +127,25 @@ async fn timed<T>(
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(SharedError::TimedOut),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_provider_names_and_host_names_are_taken_from_redis() {
+        assert!(is_target("*") && is_target("yahoo") && is_target("my-prov_1.x"));
+        assert!(
+            !is_target("")
+                && !is_target("a b")
+                && !is_target("x\ny")
+                && !is_target(&"a".repeat(65))
+        );
+        assert!(is_replica_name("relay-0"));
+        assert!(
+            !is_replica_name("relay 0") && !is_replica_name("r\x1b[2J") && !is_replica_name("")
+        );
     }
 }
