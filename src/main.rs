@@ -95,11 +95,12 @@ enum CtlAction {
     /// Paused flags, queue depth per provider, upstream health (JSON).
     Status,
     /// Stop starting upstream deliveries (all, or one provider's); inbound keeps spooling.
+    /// Kept in the spool through restarts; with [cluster], on every replica.
     Pause {
         #[arg(long)]
         provider: Option<String>,
     },
-    /// Start delivering again.
+    /// Start delivering again; copies waiting for a retry are due at once.
     Resume {
         #[arg(long)]
         provider: Option<String>,

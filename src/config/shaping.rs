@@ -147,6 +147,12 @@ pub(super) fn validate_providers(raw: Vec<RawProvider>, p: &mut Problems) -> Vec
                 "must be letters, digits, '-', '_' or '.' (it is a metric label)",
             );
         }
+        if name == "all" {
+            p.push(
+                &format!("{path}.name"),
+                "\"all\" is reserved: it names the global pause (mailveil_paused{provider=\"all\"})",
+            );
+        }
         if let Some(j) = out.iter().position(|o| o.name == name) {
             p.push(
                 &format!("{path}.name"),
@@ -440,6 +446,16 @@ name = "yahoo"
                 "{prefix}: {got:?}"
             );
         }
+    }
+
+    #[test]
+    fn all_is_not_a_provider_name() {
+        let got = problems("[[provider]]\nname = \"all\"\n");
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("provider[0].name") && g.contains("reserved")),
+            "{got:?}"
+        );
     }
 
     #[test]

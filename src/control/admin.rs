@@ -9,7 +9,12 @@
 //!   health, and the spool: bytes, whether it refuses mail for lack of space (`452 4.3.1`,
 //!   `/readyz` 503 meanwhile), damaged batches found at start.
 //! - `POST /pause`, `POST /resume`, optional `?provider=NAME`: stop or restart starting upstream
-//!   deliveries; inbound keeps accepting and spooling. Unknown provider: `404`.
+//!   deliveries; inbound keeps accepting and spooling. Unknown provider: `404`. The change is
+//!   recorded in the spool (synced) before the answer and, with `[cluster]`, written to Redis
+//!   for every replica; a resume makes the resumed copies waiting for a retry due at once. When
+//!   the record cannot be written the change still applies and the answer is `500` with the
+//!   status and an `error` saying a restart would forget it. `/status` lists every pause in
+//!   force under `pauses` (source `command` / `spool` / `cluster`, since, by which replica).
 //! - `POST /reload`: same as SIGHUP; `422` with every problem when the new file is refused.
 //! - `GET /held` (`?show_addresses=true` for the sender and canary recipients in full): messages
 //!   under a bulk hold, with counts only. `POST /held/<id>/release`, `POST /held/<id>/drop`:
@@ -37,7 +42,7 @@ use crate::observe::Metrics;
 use crate::observe::serve::{self, HttpCounters, HttpLimits};
 use crate::relay::Relay;
 use crate::schedule::Scheduler;
-use crate::schedule::queue::HoldError;
+use crate::schedule::queue::{HoldError, PauseError};
 
 /// The `target` of this module's log lines: the path it had before the control plane got its own
 /// folder, so log lines and `MAILVEIL_LOG` filters read as they did.
@@ -149,14 +154,14 @@ async fn status(State(state): State<AdminState>) -> Response {
 }
 
 async fn pause(State(state): State<AdminState>, Query(target): Query<Target>) -> Response {
-    switch(&state, target, true)
+    switch(&state, target, true).await
 }
 
 async fn resume(State(state): State<AdminState>, Query(target): Query<Target>) -> Response {
-    switch(&state, target, false)
+    switch(&state, target, false).await
 }
 
-fn switch(state: &AdminState, target: Target, pause: bool) -> Response {
+async fn switch(state: &AdminState, target: Target, pause: bool) -> Response {
     // `?provider=` with nothing after it is a script's empty variable, not "all providers".
     if target.provider.as_deref() == Some("") {
         return (
@@ -167,9 +172,9 @@ fn switch(state: &AdminState, target: Target, pause: bool) -> Response {
     }
     let provider = target.provider.as_deref();
     let result = if pause {
-        state.scheduler.pause(provider)
+        state.scheduler.pause(provider).await
     } else {
-        state.scheduler.resume(provider)
+        state.scheduler.resume(provider).await
     };
     match result {
         Ok(()) => {
@@ -181,11 +186,19 @@ fn switch(state: &AdminState, target: Target, pause: bool) -> Response {
             );
             axum::Json(state.scheduler.status()).into_response()
         }
-        Err(e) => (
+        Err(e @ PauseError::UnknownProvider(_)) => (
             StatusCode::NOT_FOUND,
             axum::Json(json!({"error": e.to_string()})),
         )
             .into_response(),
+        Err(e @ PauseError::NotRecorded(_)) => {
+            tracing::error!(target: LOG_TARGET, error = %e, "admin: pause state not recorded");
+            let mut body = serde_json::to_value(state.scheduler.status()).unwrap_or_default();
+            if let Some(fields) = body.as_object_mut() {
+                fields.insert("error".into(), json!(e.to_string()));
+            }
+            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+        }
     }
 }
 

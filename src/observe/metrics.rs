@@ -42,6 +42,8 @@ pub struct Metrics {
     pub accept_duration: Histogram,
     /// 1 while the shared Redis of `[cluster]` answers, 0 while throttles fall back to local.
     pub cluster_up: IntGauge,
+    /// `provider` (`all` for the global pause): 1 while deliveries are paused, else 0.
+    pub paused: IntGaugeVec,
     /// Messages under a bulk hold (canaries sent, the rest waiting for an operator).
     pub held_messages: IntGauge,
     /// Copies waiting in held messages.
@@ -201,6 +203,11 @@ impl Metrics {
                 "mailveil_cluster_up",
                 "1 while the cluster Redis answers; 0 while throttles use the local fallback.",
             ),
+            paused: gauge_vec(
+                "mailveil_paused",
+                "1 while deliveries are paused (provider=\"all\": every provider), else 0.",
+                &["provider"],
+            ),
             held_messages: gauge(
                 "mailveil_held_messages",
                 "Messages under a bulk hold, waiting for release or drop.",
@@ -251,8 +258,10 @@ impl Metrics {
                 self.http_rejections.with_label_values(&[listener, reason]);
             }
         }
+        self.paused.with_label_values(&["all"]);
         for provider in providers {
             let p = provider.as_str();
+            self.paused.with_label_values(&[p]);
             self.delivery_duration.with_label_values(&[p]);
             self.queue_messages.with_label_values(&[p]);
             self.throttle_delays.with_label_values(&[p]);

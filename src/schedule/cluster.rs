@@ -105,6 +105,12 @@ impl SharedLimits {
         shared
     }
 
+    /// A connection to the shared Redis (reconnecting by itself), for the shared pause state
+    /// (`schedule/pause/shared.rs`); `None` when `redis_url` could not be used.
+    pub fn connection(&self) -> Option<ConnectionManager> {
+        self.manager.clone()
+    }
+
     /// How many replicas share a limit: the local fallback paces at `rate / replicas`.
     pub fn replicas(&self) -> u32 {
         self.replicas

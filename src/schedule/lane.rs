@@ -56,6 +56,8 @@ pub struct Lane {
     ready: Mutex<BinaryHeap<Reverse<Ready>>>,
     /// Woken when an item is pushed or the lane is resumed.
     wake: Notify,
+    /// Wakes the retry timers of this lane's deferred deliveries (a resume makes them due).
+    due_now: Notify,
     paused: AtomicBool,
     /// Slots for deliveries in flight; the lane's concurrency.
     slots: Arc<Semaphore>,
@@ -76,6 +78,7 @@ impl Lane {
             name: name.to_string(),
             ready: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
+            due_now: Notify::new(),
             paused: AtomicBool::new(false),
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency: AtomicUsize::new(concurrency),
@@ -104,6 +107,19 @@ impl Lane {
     /// Wakes the dispatcher to look again (after a global resume).
     pub fn nudge(&self) {
         self.wake.notify_one();
+    }
+
+    /// Makes every deferred delivery of this lane due now (a resume: after an incident the
+    /// copies deferred meanwhile should not wait up to `retry_max`). Their timers wait on
+    /// [`due_now_signal`](Self::due_now_signal).
+    pub fn make_deferred_due(&self) {
+        self.due_now.notify_waiters();
+    }
+
+    /// Completes at the next [`make_deferred_due`](Self::make_deferred_due) called after this
+    /// future was created (even before it is first polled).
+    pub fn due_now_signal(&self) -> tokio::sync::futures::Notified<'_> {
+        self.due_now.notified()
     }
 
     /// Changes how many deliveries may be in flight (config reload). Lowering takes effect as

@@ -4,8 +4,9 @@
 //! upstreams ([`queue`]) in per-provider lanes ([`lane`]) of queued messages ([`message`]),
 //! sending one copy (`deliver`: render, sign, check, failover, classify), bounces
 //! ([`bounce`]), and traffic shaping: the per-provider rate limiter ([`throttle`]) at a
-//! [`rate`], shared across replicas through Redis ([`cluster`]), and the deferral rules that
-//! slow a provider down ([`rules`]).
+//! [`rate`], shared across replicas through Redis ([`cluster`]), the deferral rules that
+//! slow a provider down ([`rules`]), and the kill switch: pauses recorded in the spool and
+//! shared through the cluster's Redis ([`pause`]).
 
 pub mod bounce;
 pub mod cluster;
@@ -13,6 +14,7 @@ mod deliver;
 pub mod lane;
 pub mod message;
 pub mod mx;
+pub mod pause;
 pub mod provider;
 pub mod queue;
 pub mod rate;

@@ -37,6 +37,7 @@ use super::cluster::SharedLimits;
 use super::deliver::{self, Copy, Route};
 use super::lane::{Lane, Ready};
 use super::message::QueuedMessage;
+use super::pause::switch::Switch;
 use super::provider::DEFAULT_PROVIDER;
 use super::routing::Routing;
 use super::rules;
@@ -46,7 +47,9 @@ use crate::upstream::failover::UpstreamSlot;
 mod control;
 mod hold;
 mod outcome;
-pub use control::{ProviderStatus, QueueStatus, UnknownProvider, UpstreamStatus};
+pub use control::{
+    PauseError, PauseSync, PauseView, ProviderStatus, QueueStatus, UnknownProvider, UpstreamStatus,
+};
 pub use hold::{HeldMessage, HoldError, choose_canaries};
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
@@ -60,7 +63,13 @@ struct Inner {
     upstreams: RwLock<Arc<Vec<Arc<UpstreamSlot>>>>,
     settings: RwLock<Settings>,
     lanes: RwLock<HashMap<String, Arc<Lane>>>,
+    /// All deliveries paused now: the global pause, or waiting for the cluster's pause state
+    /// at start (what the dispatchers read; see `control.rs`).
     paused: AtomicBool,
+    /// The kill switch: pauses recorded in the spool and shared through `[cluster]`.
+    pauses: Switch,
+    /// The pause state last applied to the lanes, by key, to see what a change resumed.
+    applied_pauses: std::sync::Mutex<std::collections::BTreeMap<String, bool>>,
     seq: AtomicU64,
     metrics: Metrics,
     redactor: Redactor,
@@ -154,13 +163,18 @@ impl Scheduler {
             .map(|c| SharedLimits::start(c, metrics.cluster_up.clone(), shutdown.child_token()));
         let holds = hold::Holds::new(config.hold);
         let settings = Settings::new(config);
-        Scheduler {
+        // Before anything is queued: a pause in force when the relay stopped holds from the
+        // first recovered copy on.
+        let pauses = Switch::restore(spool.root(), cluster.clone());
+        let scheduler = Scheduler {
             inner: Arc::new(Inner {
                 spool,
                 upstreams: RwLock::new(Arc::new(slots)),
                 settings: RwLock::new(settings),
                 lanes: RwLock::new(HashMap::new()),
                 paused: AtomicBool::new(false),
+                pauses,
+                applied_pauses: Default::default(),
                 seq: AtomicU64::new(0),
                 metrics,
                 redactor,
@@ -169,7 +183,10 @@ impl Scheduler {
                 cluster,
                 holds,
             }),
-        }
+        };
+        scheduler.inner.apply_pauses();
+        scheduler.inner.clone().spawn_pause_sync();
+        scheduler
     }
 
     /// Queues a message the relay just accepted, with the privacy facts it was planned with.
@@ -409,6 +426,8 @@ impl Inner {
         self.tracker.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => inner.make_ready(&lane, item),
+                // A resume of this provider or of all deliveries.
+                _ = lane.due_now_signal() => inner.make_ready(&lane, item),
                 _ = inner.shutdown.cancelled() => {}
             }
         });

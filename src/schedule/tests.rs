@@ -91,7 +91,7 @@ async fn captured(f: &Fixture, n: usize) -> Vec<crate::capture::Captured> {
 #[tokio::test]
 async fn pause_holds_deliveries_and_resume_releases_them() {
     let f = fixture("");
-    f.scheduler.pause(None).unwrap();
+    f.scheduler.pause(None).await.unwrap();
     submit(&f, "held", &["a@x.test".into(), "b@x.test".into()]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -109,7 +109,7 @@ async fn pause_holds_deliveries_and_resume_releases_them() {
             .queued,
         2
     );
-    f.scheduler.resume(None).unwrap();
+    f.scheduler.resume(None).await.unwrap();
     assert_eq!(captured(&f, 2).await.len(), 2);
     // A copy is visible in the outbox a moment before its outcome is recorded (the capture
     // writer syncs its directory after that): wait for the queue, bounded.
@@ -135,11 +135,72 @@ async fn pause_holds_deliveries_and_resume_releases_them() {
     );
 }
 
+/// The pause is in the spool's record: a scheduler started over the same spool (a restart)
+/// is paused before it queues anything, and says where the pause comes from.
+#[tokio::test]
+async fn a_pause_holds_in_a_scheduler_started_over_the_same_spool() {
+    let f = fixture("");
+    f.scheduler.pause(Some("yahoo")).await.unwrap();
+    f.scheduler.pause(None).await.unwrap();
+    let config = Config::from_toml(&format!(
+        "[spool]\ndir = \"{}\"\n[[upstream]]\nname = \"outbox\"\ndir = \"{}\"\n",
+        f.spool.root().display(),
+        f.outbox.display()
+    ))
+    .unwrap();
+    let upstreams = vec![Upstream::from_config(&config.upstreams[0], "test").unwrap()];
+    let metrics = Metrics::new();
+    let again = Scheduler::new(
+        f.spool.clone(),
+        upstreams,
+        scheduler_config(&config),
+        None,
+        metrics.clone(),
+        Redactor::plain(),
+    );
+    let status = again.status();
+    assert!(status.paused);
+    let sources: Vec<(String, String)> = status
+        .pauses
+        .iter()
+        .map(|p| (p.provider.clone(), format!("{:?}", p.source)))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            ("all".into(), "Spool".into()),
+            ("yahoo".into(), "Spool".into())
+        ]
+    );
+    assert!(
+        status
+            .providers
+            .iter()
+            .any(|p| p.name == "yahoo" && p.paused)
+    );
+    let text = metrics.render();
+    assert!(
+        text.contains("mailveil_paused{provider=\"all\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mailveil_paused{provider=\"yahoo\"} 1"),
+        "{text}"
+    );
+    again.resume(None).await.unwrap();
+    assert!(!again.status().paused);
+    assert!(
+        metrics
+            .render()
+            .contains("mailveil_paused{provider=\"all\"} 0")
+    );
+}
+
 #[tokio::test]
 async fn pausing_one_provider_leaves_the_others_flowing() {
     let f = fixture("");
-    f.scheduler.pause(Some("yahoo")).unwrap();
-    assert!(f.scheduler.pause(Some("no-such-provider")).is_err());
+    f.scheduler.pause(Some("yahoo")).await.unwrap();
+    assert!(f.scheduler.pause(Some("no-such-provider")).await.is_err());
     submit(&f, "flows", &["a@x.test".into()]);
     assert_eq!(captured(&f, 1).await.len(), 1);
     let status = f.scheduler.status();
@@ -155,11 +216,11 @@ async fn pausing_one_provider_leaves_the_others_flowing() {
 #[tokio::test]
 async fn a_transactional_message_overtakes_a_queued_fan_out() {
     let f = fixture("[[provider]]\nname = \"default\"\nmax_connections = 1");
-    f.scheduler.pause(None).unwrap();
+    f.scheduler.pause(None).await.unwrap();
     let fan_out: Vec<String> = (0..50).map(|i| format!("n{i}@x.test")).collect();
     submit(&f, "newsletter", &fan_out);
     submit(&f, "password-reset", &["user@x.test".into()]);
-    f.scheduler.resume(None).unwrap();
+    f.scheduler.resume(None).await.unwrap();
     let got = captured(&f, 51).await;
     // Capture ids are ordered by arrival; the reset must come out first.
     let first = got.iter().min_by(|a, b| a.id.cmp(&b.id)).unwrap();
@@ -174,7 +235,7 @@ async fn reloaded_provider_limits_apply_to_existing_lanes() {
     let f = fixture(
         "[[provider]]\nname = \"alpha\"\ndomains = [\"a.test\"]\nmessages_per_second = 1.0\nmax_connections = 2",
     );
-    f.scheduler.pause(Some("alpha")).unwrap(); // creates the lane
+    f.scheduler.pause(Some("alpha")).await.unwrap(); // creates the lane
     let alpha = |f: &Fixture| {
         let status = f.scheduler.status();
         let p = status

@@ -108,8 +108,17 @@ async fn pause_holds_deliveries_while_inbound_accepts_and_resume_releases_them()
     assert_eq!(json(&body)["paused"], false);
     let got = wait_for_captures(&r.outbox(), 6).await;
     assert_eq!(got.len(), 6);
-    let (_, body) = http_request(r.admin, "GET", "/status", Some(TOKEN)).await;
-    assert_eq!(provider(&json(&body), "default")["queued"], 0);
+    // A capture is written before its outcome is recorded: the count follows within moments.
+    let end = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = http_request(r.admin, "GET", "/status", Some(TOKEN)).await;
+        let queued = provider(&json(&body), "default")["queued"].clone();
+        if queued == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "still queued: {queued}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

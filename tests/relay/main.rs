@@ -21,6 +21,7 @@ mod http_limits;
 mod inbound_tls_auth;
 mod mx;
 mod observability;
+mod pause;
 mod permissions;
 mod privacy_leaks;
 mod queue_faults;
