@@ -181,7 +181,7 @@ impl Scheduler {
             let (mut due, mut done) = (now, false);
             for entry in log.iter().filter(|e| e.index() == index) {
                 match *entry {
-                    LogEntry::Delivered { .. } => done = true,
+                    LogEntry::Delivered { .. } | LogEntry::HandedOff { .. } => done = true,
                     LogEntry::Failed { code, .. } => {
                         done = true;
                         failed.push((index, code));

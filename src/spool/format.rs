@@ -14,7 +14,8 @@
 //!                          appended as deliveries finish, each ending in " #<line-check>"
 //!                          (first 8 hex digits of BLAKE3 of the text between "MVO1 " and " #"):
 //!                            "MVO1 <id> <k> delivered <unix>", "MVO1 <id> <k> failed <code> <unix>",
-//!                            "MVO1 <id> <k> deferred <next-unix>", "MVO1 <id> done"
+//!                            "MVO1 <id> <k> deferred <next-unix>", "MVO1 <id> done",
+//!                            "MVO1 <id> <k> handedoff <unix>" (forwarded to `spool.handoff_upstream`)
 //!                          and, for a message under a bulk hold (see `docs/bulk-hold.md`),
 //!                            "MVO1 <id> released", "MVO1 <id> dropped"
 //! SPOOL/failed/<id>.json   record of a message with permanently failed deliveries
@@ -141,6 +142,9 @@ pub enum LogEntry {
     Delivered { index: usize, at: u64 },
     Failed { index: usize, code: u16, at: u64 },
     Deferred { index: usize, next_at: u64 },
+    /// Forwarded to `spool.handoff_upstream` at shutdown, which took it: final, like
+    /// `Delivered`, so the copy is never sent again from this spool.
+    HandedOff { index: usize, at: u64 },
 }
 
 impl LogEntry {
@@ -148,13 +152,16 @@ impl LogEntry {
         match *self {
             LogEntry::Delivered { index, .. }
             | LogEntry::Failed { index, .. }
-            | LogEntry::Deferred { index, .. } => index,
+            | LogEntry::Deferred { index, .. }
+            | LogEntry::HandedOff { index, .. } => index,
         }
     }
 
     pub fn is_final(&self) -> bool {
         match self {
-            LogEntry::Delivered { .. } | LogEntry::Failed { .. } => true,
+            LogEntry::Delivered { .. } | LogEntry::Failed { .. } | LogEntry::HandedOff { .. } => {
+                true
+            }
             LogEntry::Deferred { .. } => false,
         }
     }
@@ -165,6 +172,7 @@ impl LogEntry {
             LogEntry::Delivered { index, at } => format!("{index} delivered {at}"),
             LogEntry::Failed { index, code, at } => format!("{index} failed {code} {at}"),
             LogEntry::Deferred { index, next_at } => format!("{index} deferred {next_at}"),
+            LogEntry::HandedOff { index, at } => format!("{index} handedoff {at}"),
         }
     }
 
@@ -185,6 +193,10 @@ impl LogEntry {
             "deferred" => LogEntry::Deferred {
                 index,
                 next_at: parts.next()?.parse().ok()?,
+            },
+            "handedoff" => LogEntry::HandedOff {
+                index,
+                at: parts.next()?.parse().ok()?,
             },
             _ => return None,
         };
@@ -394,6 +406,7 @@ mod tests {
                 index: 9,
                 next_at: 99,
             },
+            LogEntry::HandedOff { index: 4, at: 20 },
         ];
         for entry in entries {
             assert_eq!(LogEntry::parse_line(&entry.to_text()), Some(entry));
