@@ -61,7 +61,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         };
         let message_limit = limit;
         let mut memory = Reservation::new(&self.ctx.data_budget);
-        let mut over_budget = !memory.grow_to((capacity + TRACE_HEADROOM) as u64).await;
+        let mut over_budget = !memory.grow_to(capacity as u64).await;
         let mut message = if over_budget {
             Vec::new()
         } else {
@@ -86,7 +86,9 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                         .max(message.capacity().saturating_mul(2))
                         .min(message_limit)
                         + TRACE_HEADROOM;
-                    if memory.grow_to(target as u64).await {
+                    // The headroom is not counted: a message of `max_message_size` must fit a
+                    // budget of that size (it is at most 1 KiB a session).
+                    if memory.grow_to((target - TRACE_HEADROOM) as u64).await {
                         message.reserve_exact(target - message.len());
                     } else {
                         over_budget = true;
