@@ -167,7 +167,8 @@ pub async fn run_with(
     // The HTTP listeners outlive the SMTP listener: the drain is watched through them.
     let http_stop = CancellationToken::new();
     let http = listeners.metrics.map(|listener| {
-        let (metrics, readiness, shutdown) = (metrics.clone(), readiness.clone(), http_stop.clone());
+        let (metrics, readiness, shutdown) =
+            (metrics.clone(), readiness.clone(), http_stop.clone());
         let limits = HttpLimits::with_max_connections(config.metrics.max_connections);
         tokio::spawn(async move {
             if let Err(e) =
@@ -243,7 +244,9 @@ pub async fn run_with(
             match tokio::time::timeout_at(last_start, &mut inbound).await {
                 Ok(r) => Some(r),
                 Err(_) => {
-                    tracing::warn!("SMTP sessions still open at the drain deadline; closing them (their clients heard no 250)");
+                    tracing::warn!(
+                        "SMTP sessions still open at the drain deadline; closing them (their clients heard no 250)"
+                    );
                     inbound.abort();
                     None
                 }

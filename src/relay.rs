@@ -94,8 +94,7 @@ impl Relay {
         self.storing
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |storing| {
                 let total = spooled.saturating_add(storing).saturating_add(size);
-                max.is_none_or(|max| total <= max)
-                    .then_some(storing + size)
+                max.is_none_or(|max| total <= max).then_some(storing + size)
             })
             .is_ok()
     }

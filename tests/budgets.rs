@@ -20,7 +20,11 @@ fn sized_message(to: &str, size: usize) -> Vec<u8> {
         body.push_str("\r\n");
     }
     message(
-        &["From: app@src.test", &format!("To: {to}"), "Subject: budget"],
+        &[
+            "From: app@src.test",
+            &format!("To: {to}"),
+            "Subject: budget",
+        ],
         &body,
     )
 }
@@ -97,7 +101,10 @@ hostname = "relay.test"
     let more = s.cmd("MAIL FROM:<app@src.test> SIZE=5000").await;
     assert!(more.starts_with("452 4.3.1"), "{more}");
     let (ready, body) = http_get(relay.metrics, "/readyz").await;
-    assert_eq!(ready, 200, "the spool cap must not affect readiness: {body}");
+    assert_eq!(
+        ready, 200,
+        "the spool cap must not affect readiness: {body}"
+    );
     let text = metrics_of(&relay).await;
     assert_eq!(metric(&text, "mailveil_spool_max_bytes"), Some(16384.0));
     assert!(
@@ -128,7 +135,12 @@ hostname = "relay.test"
         assert!(Instant::now() < end, "the spool never emptied:\n{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let again = transaction(&mut s, "again@dest.test", &sized_message("again@dest.test", 5000)).await;
+    let again = transaction(
+        &mut s,
+        "again@dest.test",
+        &sized_message("again@dest.test", 5000),
+    )
+    .await;
     assert!(again.starts_with("250"), "{again}");
     wait_for_captures(&relay.outbox(), accepted.len() + 1).await;
 }
@@ -153,7 +165,11 @@ max_data_memory = "1MiB"
     // Session one sends most of a large message and holds it (no end of data yet).
     let mut one = session(relay.smtp).await;
     assert!(one.cmd("MAIL FROM:<app@src.test>").await.starts_with("250"));
-    assert!(one.cmd(&format!("RCPT TO:<{big_to}>")).await.starts_with("250"));
+    assert!(
+        one.cmd(&format!("RCPT TO:<{big_to}>"))
+            .await
+            .starts_with("250")
+    );
     assert!(one.cmd("DATA").await.starts_with("354"));
     one.send(&big).await;
     let end = Instant::now() + PATIENCE;
@@ -161,10 +177,16 @@ max_data_memory = "1MiB"
         let text = metrics_of(&relay).await;
         let held = metric(&text, "mailveil_data_memory_bytes").unwrap_or(0.0);
         if held >= 700_000.0 {
-            assert_eq!(metric(&text, "mailveil_data_memory_max_bytes"), Some(1048576.0));
+            assert_eq!(
+                metric(&text, "mailveil_data_memory_max_bytes"),
+                Some(1048576.0)
+            );
             break;
         }
-        assert!(Instant::now() < end, "session one never held its DATA:\n{text}");
+        assert!(
+            Instant::now() < end,
+            "session one never held its DATA:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 
@@ -202,21 +224,34 @@ max_data_memory = "1MiB"
         let text = metrics_of(&relay).await;
         if metric(&text, "mailveil_data_memory_bytes") == Some(0.0) {
             assert!(
-                metric(&text, "mailveil_inbound_rejections_total{reason=\"data_memory\"}")
-                    .unwrap_or(0.0)
+                metric(
+                    &text,
+                    "mailveil_inbound_rejections_total{reason=\"data_memory\"}"
+                )
+                .unwrap_or(0.0)
                     >= 3.0,
                 "{text}"
             );
             break;
         }
-        assert!(Instant::now() < end, "DATA memory never given back:\n{text}");
+        assert!(
+            Instant::now() < end,
+            "DATA memory never given back:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let to = "retry@dest.test";
     let reply = transaction(&mut s, to, &sized_message(to, 400_000)).await;
-    assert!(reply.starts_with("250"), "after the others finished: {reply}");
+    assert!(
+        reply.starts_with("250"),
+        "after the others finished: {reply}"
+    );
     let got = wait_for_captures(&relay.outbox(), 2).await;
     let mut rcpts: Vec<&str> = got.iter().map(|c| c.rcpt_to[0].as_str()).collect();
     rcpts.sort();
-    assert_eq!(rcpts, vec![big_to, to], "only the accepted messages went out");
+    assert_eq!(
+        rcpts,
+        vec![big_to, to],
+        "only the accepted messages went out"
+    );
 }

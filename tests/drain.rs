@@ -125,7 +125,12 @@ fn recipients_once(dirs: &[&Path]) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     for dir in dirs {
         for c in captures(dir) {
-            assert_eq!(c.rcpt_to.len(), 1, "one recipient per copy: {:?}", c.rcpt_to);
+            assert_eq!(
+                c.rcpt_to.len(),
+                1,
+                "one recipient per copy: {:?}",
+                c.rcpt_to
+            );
             assert!(
                 seen.insert(c.rcpt_to[0].clone()),
                 "{} received two copies",
@@ -186,7 +191,9 @@ async fn sigterm_delivers_what_the_drain_allows_reports_the_rest_and_a_restart_s
     assert!(left >= 1, "the throttle cannot have sent everything");
     let last = last_line(&relay);
     assert!(
-        last.contains(&format!("stopped: {left} copies left in the spool (slow={left})")),
+        last.contains(&format!(
+            "stopped: {left} copies left in the spool (slow={left})"
+        )),
         "the last log line must say what was left ({left} for slow):\n{last}"
     );
     assert_eq!(spooled_batches(&relay), 1, "the rest stays spooled");
@@ -239,7 +246,9 @@ async fn handoff_empties_the_spool_and_each_copy_reaches_the_central_relay_once_
     // Handed off already rewritten: each copy shows only its own recipient.
     for copy in &handed {
         let own = &copy.rcpt_to[0];
-        let header = String::from_utf8_lossy(&copy.bytes[..copy.bytes.len() - body_of(&copy.bytes).len()]).to_string();
+        let header =
+            String::from_utf8_lossy(&copy.bytes[..copy.bytes.len() - body_of(&copy.bytes).len()])
+                .to_string();
         let to = header
             .lines()
             .find(|l| l.to_ascii_lowercase().starts_with("to:"))
@@ -265,4 +274,25 @@ async fn handoff_empties_the_spool_and_each_copy_reaches_the_central_relay_once_
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(captures(&relay.outbox()).len(), outbox_before);
     assert_eq!(captures(&central_out).len(), central_before);
+}
+
+#[test]
+fn check_config_refuses_a_handoff_upstream_that_is_not_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mailveil.toml");
+    std::fs::write(
+        &path,
+        "[spool]\ndir = \"./spool\"\nhandoff_upstream = \"central\"\n[[upstream]]\nname = \"outbox\"\ndir = \"./outbox\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "-c", &path.display().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("spool.handoff_upstream") && stderr.contains("\"central\""),
+        "{stderr}"
+    );
 }

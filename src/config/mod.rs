@@ -42,8 +42,7 @@ pub use log::{LogConfig, LogFormat};
 pub use privacy::{BodyCheck, PrivacyConfig, PrivacyMode};
 pub use server::{
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_DATA_MEMORY, DEFAULT_UNAUTHENTICATED_TIMEOUT,
-    InboundTlsConfig,
-    ServerConfig,
+    InboundTlsConfig, ServerConfig,
 };
 pub use shaping::{
     ClusterConfig, DEFAULT_REPLICAS, MxConfig, ProviderConfig, ReplyPattern, ShapingAction,

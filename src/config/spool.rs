@@ -43,9 +43,7 @@ pub(super) fn validate_spool(raw: RawSpool, p: &mut Problems) -> SpoolConfig {
         retry_max: d(raw.retry_max, "spool.retry_max", 600, p),
         upstream_cool_off: d(raw.upstream_cool_off, "spool.upstream_cool_off", 30, p),
         bounce: raw.bounce.unwrap_or(false),
-        max_bytes: raw
-            .max_bytes
-            .and_then(|s| size(&s, "spool.max_bytes", p)),
+        max_bytes: raw.max_bytes.and_then(|s| size(&s, "spool.max_bytes", p)),
         drain_timeout: raw
             .drain_timeout
             .and_then(|v| duration(&v, "spool.drain_timeout", p))

@@ -59,8 +59,8 @@ use crate::observe::{Metrics, Redactor};
 use crate::reply::Reply;
 
 pub use dot::{DotDecoder, Feed};
-pub use rejection::SPOOL_MAX_BYTES_REASON;
 pub use live::{LiveInbound, Snapshot};
+pub use rejection::SPOOL_MAX_BYTES_REASON;
 
 /// Every `reason` label of `mailveil_inbound_rejections_total` the listener can use.
 pub fn rejection_reasons() -> Vec<&'static str> {

@@ -69,11 +69,8 @@ pub(super) const MESSAGE_HAS_NUL: Fixed = Fixed::new(
 );
 /// The spool is at `spool.max_bytes` (at MAIL) or DATA memory is at `server.max_data_memory`
 /// (at MAIL for a declared size, or at end of DATA): nothing was accepted; try later.
-pub(super) const STORAGE_FULL: Fixed = Fixed::new(
-    452,
-    "4.3.1",
-    "insufficient system storage; try again later",
-);
+pub(super) const STORAGE_FULL: Fixed =
+    Fixed::new(452, "4.3.1", "insufficient system storage; try again later");
 pub(super) const DATA_MEMORY_FULL: Fixed = Fixed::new(
     452,
     "4.3.1",

@@ -287,12 +287,7 @@ impl Inner {
             .clone();
         match reserved {
             Some(name) if all.iter().any(|s| s.name() != name) => (
-                Arc::new(
-                    all.iter()
-                        .filter(|s| s.name() != name)
-                        .cloned()
-                        .collect(),
-                ),
+                Arc::new(all.iter().filter(|s| s.name() != name).cloned().collect()),
                 false,
             ),
             _ => (all, false),
