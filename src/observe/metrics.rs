@@ -296,6 +296,8 @@ impl Metrics {
             self.delivery_duration.with_label_values(&[p]);
             self.queue_messages.with_label_values(&[p]);
             self.throttle_delays.with_label_values(&[p]);
+            self.drain_remaining.with_label_values(&[p]);
+            self.handed_off.with_label_values(&[p]);
             for upstream in upstreams {
                 for outcome in ["delivered", "deferred", "failed"] {
                     self.deliveries

@@ -247,22 +247,6 @@ impl Scheduler {
             lane.throttle.set_rate(self.inner.lane_rate(&lane.name));
         }
     }
-
-    /// Stops starting new attempts; deliveries in flight get `grace` to finish. Whatever is not
-    /// delivered stays spooled for the next start.
-    pub async fn shutdown(&self, grace: Duration) {
-        self.inner.shutdown.cancel();
-        self.inner.tracker.close();
-        if tokio::time::timeout(grace, self.inner.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                grace_secs = grace.as_secs(),
-                "deliveries still in flight after the grace period; they stay spooled"
-            );
-        }
-    }
 }
 
 impl Inner {
