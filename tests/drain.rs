@@ -296,3 +296,48 @@ fn check_config_refuses_a_handoff_upstream_that_is_not_configured() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_handoff_upstream_that_is_down_loses_nothing_and_the_rest_is_reported() {
+    // A port nothing listens on: every hand-off attempt fails to connect.
+    let down = free_port();
+    let upstreams = scripted_upstream("central", down, "none", "2s");
+    let mut relay = RelayProc::start(
+        &config(
+            // Failed hand-off attempts are recorded as deferrals: short ones, so the restart
+            // below finds the copies due soon.
+            "drain_timeout = \"3s\"\nhandoff_upstream = \"central\"\nretry_initial = \"1s\"\nretry_max = \"1s\"",
+            &upstreams,
+        ),
+        &[],
+    )
+    .await;
+    send_fan_out(&relay).await;
+    wait_for_captures(&relay.outbox(), 1).await;
+
+    relay.signal("TERM");
+    let code = wait_for_exit(&mut relay).await;
+    assert_eq!(code, Some(0), "log:\n{}", relay.proc_.log_text());
+    let delivered = captures(&relay.outbox()).len();
+    let left = RCPTS - delivered;
+    assert!(left >= 1);
+    let last = last_line(&relay);
+    assert!(
+        last.contains(&format!(
+            "stopped: {left} copies left in the spool (slow={left})"
+        )),
+        "{last}"
+    );
+    assert!(last.contains("handoff_upstream=\"central\""), "{last}");
+    assert_eq!(
+        spooled_batches(&relay),
+        1,
+        "nothing handed off, nothing lost"
+    );
+
+    // The next start (hand-off upstream still down: it is reserved) delivers the rest.
+    restart(&mut relay).await;
+    wait_for_captures(&relay.outbox(), RCPTS).await;
+    let got = recipients_once(&[&relay.outbox()]);
+    assert_eq!(got.len(), RCPTS);
+}

@@ -92,7 +92,7 @@ impl Scheduler {
             drain_timeout_secs = timeout.as_secs(),
             copies = queued.values().sum::<u64>(),
             handoff_upstream = handoff.as_deref().unwrap_or("(none)"),
-            "draining: delivering what the throttles allow until the deadline"
+            "draining: no new mail; delivering queued copies until the deadline"
         );
         if let Some(name) = handoff {
             let slot = self
