@@ -7,12 +7,15 @@
 //! No assertion on speed: counts are checked against each other (delivered + left = sent), and
 //! the only timing facts used are upper bounds (a throttle of 1/s cannot send 8 copies at once).
 
+#[path = "support/scripted_smtp.rs"]
+mod scripted_smtp;
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use scripted_smtp::{Script, ScriptedSmtp, Step};
 use support::*;
 
 const RCPTS: usize = 10;
@@ -340,4 +343,108 @@ async fn a_handoff_upstream_that_is_down_loses_nothing_and_the_rest_is_reported(
     wait_for_captures(&relay.outbox(), RCPTS).await;
     let got = recipients_once(&[&relay.outbox()]);
     assert_eq!(got.len(), RCPTS);
+}
+
+#[tokio::test]
+async fn copies_waiting_for_a_retry_are_handed_off_at_once() {
+    // The provider defers every copy; the next try would be ten minutes away.
+    let provider = ScriptedSmtp::start(Script {
+        replies: HashMap::from([(Step::DataEnd, "451 4.3.0 try again later".to_string())]),
+        ..Script::default()
+    })
+    .await;
+    let central_dir = tempfile::tempdir().unwrap();
+    let central_out = central_dir.path().join("central");
+    let (_central, central) = start_sink(&central_out, None);
+    let config = format!(
+        r#"
+[server]
+listen = "{{smtp}}"
+hostname = "relay.test"
+[spool]
+dir = "{{dir}}/spool"
+retry_initial = "10m"
+retry_max = "10m"
+drain_timeout = "20s"
+handoff_upstream = "central"
+{provider}{central}[metrics]
+listen = "{{metrics}}"
+"#,
+        provider = scripted_upstream("provider", provider.port(), "none", "5s"),
+        central = scripted_upstream("central", central.port(), "none", "5s"),
+    );
+    let mut relay = RelayProc::start(&config, &[]).await;
+    let rcpts = ["a@x.test", "b@x.test", "c@x.test"];
+    let msg = message(
+        &[
+            "From: app@src.test",
+            &format!("To: {}", rcpts.join(", ")),
+            "Subject: retry",
+        ],
+        "hello\r\n",
+    );
+    let reply = lettre_send(relay.smtp, Some("app@src.test"), &rcpts, &msg)
+        .await
+        .unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    relay.wait_for_log("deferred", rcpts.len() - 1).await;
+    assert!(captures(&central_out).is_empty());
+
+    relay.signal("TERM");
+    let code = wait_for_exit(&mut relay).await;
+    assert_eq!(code, Some(0), "log:\n{}", relay.proc_.log_text());
+    assert_eq!(spooled_batches(&relay), 0, "the spool is empty at exit");
+    let got = recipients_once(&[&central_out]);
+    assert_eq!(
+        got,
+        rcpts.iter().map(|r| r.to_string()).collect::<BTreeSet<_>>()
+    );
+    let last = last_line(&relay);
+    assert!(
+        last.contains("stopped: nothing left in the spool"),
+        "{last}"
+    );
+}
+
+#[tokio::test]
+async fn a_pause_holds_during_the_drain_and_the_hand_off() {
+    const TOKEN: &str = "drain-test-token-Pz";
+    let central_dir = tempfile::tempdir().unwrap();
+    let central_out = central_dir.path().join("central");
+    let (_central, central) = start_sink(&central_out, None);
+    let upstreams = format!(
+        "{}[admin]\nlisten = \"{{admin}}\"\ntoken_env = \"TEST_ADMIN_TOKEN\"\n",
+        scripted_upstream("central", central.port(), "none", "10s")
+    );
+    let mut relay = RelayProc::start(
+        &config(
+            "drain_timeout = \"20s\"\nhandoff_upstream = \"central\"",
+            &upstreams,
+        ),
+        &[("TEST_ADMIN_TOKEN", TOKEN)],
+    )
+    .await;
+    let (code, _) = http_request(relay.admin, "POST", "/pause", Some(TOKEN)).await;
+    assert_eq!(code, 200);
+    send_fan_out(&relay).await;
+
+    relay.signal("TERM");
+    let code = wait_for_exit(&mut relay).await;
+    assert_eq!(code, Some(0), "log:\n{}", relay.proc_.log_text());
+    assert!(
+        captures(&relay.outbox()).is_empty(),
+        "paused: nothing delivered"
+    );
+    assert!(
+        captures(&central_out).is_empty(),
+        "paused: nothing handed off"
+    );
+    let last = last_line(&relay);
+    assert!(
+        last.contains(&format!(
+            "stopped: {RCPTS} copies left in the spool (slow={RCPTS})"
+        )),
+        "{last}"
+    );
+    assert_eq!(spooled_batches(&relay), 1, "the paused copies stay spooled");
 }
