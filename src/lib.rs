@@ -275,6 +275,7 @@ fn log_what_is_left(report: &schedule::queue::DrainReport) {
         tracing::info!(
             remaining = 0,
             handoff_upstream = handoff,
+            handed_off = report.handed_off,
             "stopped: nothing left in the spool"
         );
     } else {
@@ -283,6 +284,7 @@ fn log_what_is_left(report: &schedule::queue::DrainReport) {
             remaining = left,
             %providers,
             handoff_upstream = handoff,
+            handed_off = report.handed_off,
             "stopped: {left} copies left in the spool ({providers}); they are sent at the next start"
         );
     }

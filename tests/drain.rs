@@ -246,6 +246,10 @@ async fn handoff_empties_the_spool_and_each_copy_reaches_the_central_relay_once_
     );
     let got = recipients_once(&[&relay.outbox(), &central_out]);
     assert_eq!(got, recipients().into_iter().collect::<BTreeSet<_>>());
+    assert!(
+        last.contains(&format!("handed_off={}", handed.len())),
+        "the last line counts the copies handed off: {last}"
+    );
     // Handed off already rewritten: each copy shows only its own recipient.
     for copy in &handed {
         let own = &copy.rcpt_to[0];

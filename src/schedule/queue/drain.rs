@@ -47,6 +47,8 @@ pub struct DrainReport {
     pub held: BTreeMap<String, u64>,
     /// The hand-off upstream, when the hand-off ran.
     pub handoff: Option<String>,
+    /// Copies that upstream took.
+    pub handed_off: u64,
 }
 
 impl DrainReport {
@@ -142,7 +144,15 @@ impl Scheduler {
             );
         }
         self.update_drain_gauge();
+        let handed_off = {
+            let lanes = self.inner.lanes.read().expect("not poisoned");
+            lanes
+                .keys()
+                .map(|p| self.inner.metrics.handed_off.with_label_values(&[p]).get())
+                .sum()
+        };
         DrainReport {
+            handed_off,
             remaining: self.remaining(),
             held: self.inner.held_by_provider(),
             handoff: self
@@ -213,6 +223,7 @@ mod tests {
             remaining: [("163.com".to_string(), 8), ("default".to_string(), 0)].into(),
             held: [("gmail".to_string(), 3)].into(),
             handoff: None,
+            handed_off: 0,
         };
         assert_eq!(report.total(), 11);
         assert_eq!(report.summary(), "163.com=8, gmail=3 held");
