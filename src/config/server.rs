@@ -76,10 +76,12 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
         .max_message_size
         .and_then(|s| size(&s, "server.max_message_size", p))
         .unwrap_or(26_214_400);
+    // Unset, it is never below the message size limit (a file that raised that limit stays
+    // valid); set below it, it is a mistake.
     let max_data_memory = raw
         .max_data_memory
         .and_then(|s| size(&s, "server.max_data_memory", p))
-        .unwrap_or(DEFAULT_MAX_DATA_MEMORY);
+        .unwrap_or(DEFAULT_MAX_DATA_MEMORY.max(max_message_size));
     if max_data_memory < max_message_size {
         p.push(
             "server.max_data_memory",

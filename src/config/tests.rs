@@ -219,6 +219,12 @@ fn drain_and_budget_keys_have_defaults_and_are_checked() {
     assert_eq!(c.spool.max_bytes, None);
     assert_eq!(c.spool.handoff_upstream, None);
     assert_eq!(c.server.max_data_memory, DEFAULT_MAX_DATA_MEMORY);
+    // A message size limit above the default budget raises the default, not an error.
+    let c = Config::from_toml(&format!(
+        "[server]\nmax_message_size = \"200MiB\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.server.max_data_memory, 200 << 20);
 
     let c = Config::from_toml(&format!(
         "[server]\nmax_data_memory = \"64MiB\"\n[spool]\nmax_bytes = \"800MiB\"\ndrain_timeout = \"40s\"\nhandoff_upstream = \"outbox\"\n{MINIMAL}"
