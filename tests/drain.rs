@@ -452,3 +452,65 @@ async fn a_pause_holds_during_the_drain_and_the_hand_off() {
     );
     assert_eq!(spooled_batches(&relay), 1, "the paused copies stay spooled");
 }
+
+#[tokio::test]
+async fn a_message_still_arriving_at_sigterm_is_accepted_and_handed_off() {
+    let central_dir = tempfile::tempdir().unwrap();
+    let central_out = central_dir.path().join("central");
+    let (_central, central) = start_sink(&central_out, None);
+    let upstreams = scripted_upstream("central", central.port(), "none", "10s");
+    let mut relay = RelayProc::start(
+        &config(
+            "drain_timeout = \"20s\"\nhandoff_upstream = \"central\"",
+            &upstreams,
+        ),
+        &[],
+    )
+    .await;
+    let rcpts = ["late0@slow.test", "late1@slow.test"];
+    let (mut s, greeting) = RawSmtp::connect(relay.smtp).await;
+    assert!(greeting.starts_with("220"), "{greeting}");
+    assert!(s.cmd("EHLO app.test").await.starts_with("250"));
+    assert!(s.cmd("MAIL FROM:<app@src.test>").await.starts_with("250"));
+    for r in rcpts {
+        assert!(s.cmd(&format!("RCPT TO:<{r}>")).await.starts_with("250"));
+    }
+    assert!(s.cmd("DATA").await.starts_with("354"));
+    s.send(
+        format!(
+            "From: app@src.test\r\nTo: {}\r\nSubject: late\r\n\r\n",
+            rcpts.join(", ")
+        )
+        .as_bytes(),
+    )
+    .await;
+
+    // SIGTERM in the middle of DATA; wait until the relay is draining.
+    relay.signal("TERM");
+    let end = Instant::now() + PATIENCE;
+    loop {
+        let (_, text) = http_get(relay.metrics, "/metrics").await;
+        if metric(&text, "mailveil_draining") == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < end, "never draining:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The transaction in progress is finished and accepted.
+    s.send(b"the app's last words\r\n.\r\n").await;
+    let reply = s.reply().await;
+    assert!(reply.starts_with("250"), "{reply}");
+
+    let code = wait_for_exit(&mut relay).await;
+    assert_eq!(code, Some(0), "log:\n{}", relay.proc_.log_text());
+    assert_eq!(spooled_batches(&relay), 0, "the spool is empty at exit");
+    assert!(
+        captures(&relay.outbox()).is_empty(),
+        "not sent to the provider"
+    );
+    let got = recipients_once(&[&central_out]);
+    assert_eq!(
+        got,
+        rcpts.iter().map(|r| r.to_string()).collect::<BTreeSet<_>>()
+    );
+}
