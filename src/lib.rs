@@ -40,7 +40,6 @@ pub mod upstream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -52,10 +51,6 @@ use observe::{Metrics, Redactor};
 use schedule::Scheduler;
 use spool::Spool;
 use upstream::Upstream;
-
-/// How long shutdown waits for SMTP transactions and deliveries in flight before exiting (the
-/// rest stays spooled). Below Kubernetes' default 30 s termination grace period.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 /// The sockets the relay serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -110,8 +105,9 @@ pub enum RunError {
 }
 
 /// Runs the relay until `shutdown` is cancelled: recovers the spool, starts the delivery queue,
-/// the metrics endpoint and the SMTP listener; on shutdown stops accepting, finishes what is in
-/// flight within [`SHUTDOWN_GRACE`], and returns. Without a config file to reload from.
+/// the metrics endpoint and the SMTP listener; on shutdown stops accepting, drains the queue
+/// (or hands it off) within `spool.drain_timeout`, logs what is left, and returns. Without a
+/// config file to reload from.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -169,8 +165,11 @@ pub async fn run_with(
         listening: Arc::new(AtomicBool::new(false)),
         spool: spool.clone(),
     };
+    // The HTTP listeners outlive the SMTP listener: the drain is watched through them.
+    let http_stop = CancellationToken::new();
     let http = listeners.metrics.map(|listener| {
-        let (metrics, readiness, shutdown) = (metrics.clone(), readiness.clone(), shutdown.clone());
+        let (metrics, readiness, shutdown) =
+            (metrics.clone(), readiness.clone(), http_stop.clone());
         let limits = HttpLimits::with_max_connections(config.metrics.max_connections);
         tokio::spawn(async move {
             if let Err(e) =
@@ -213,7 +212,7 @@ pub async fn run_with(
         &relay,
         &reloader,
         &metrics,
-        &shutdown,
+        &http_stop,
     );
     if let Ok(addr) = listeners.smtp.local_addr() {
         tracing::info!(%addr, upstreams = config.upstreams.len(), privacy = ?config.privacy.mode, "mailveil listening");
@@ -232,31 +231,63 @@ pub async fn run_with(
         _ = shutdown.cancelled() => None,
     };
     readiness.listening.store(false, Ordering::Relaxed);
+    // The drain starts now (with the hand-off, if configured), while sessions finish.
+    let (deadline, drain_timeout) = scheduler.begin_drain();
+    let last_start = deadline
+        .checked_sub(schedule::queue::in_flight_allowance(drain_timeout))
+        .unwrap_or(deadline);
     let inbound_result = match inbound_result {
         Some(r) => Some(r),
         None => {
             tracing::info!("shutting down: no new connections; finishing transactions in flight");
             // The listener sees the same token, answers idle sessions 421 and returns when its
             // sessions have ended.
-            match tokio::time::timeout(SHUTDOWN_GRACE, &mut inbound).await {
+            match tokio::time::timeout_at(last_start, &mut inbound).await {
                 Ok(r) => Some(r),
                 Err(_) => {
-                    tracing::warn!("SMTP sessions still open after the grace period; closing them");
+                    tracing::warn!(
+                        "SMTP sessions still open at the drain deadline; closing them (their clients heard no 250)"
+                    );
                     inbound.abort();
                     None
                 }
             }
         }
     };
-    scheduler.shutdown(SHUTDOWN_GRACE).await;
+    let report = scheduler.drain(deadline, drain_timeout).await;
     let flushing = spool.clone();
     let _ = tokio::task::spawn_blocking(move || flushing.flush()).await;
+    http_stop.cancel();
     for h in [http, admin].into_iter().flatten() {
         h.abort();
     }
+    log_what_is_left(&report);
     match inbound_result {
         Some(Ok(Err(e))) => Err(RunError::Inbound(e)),
         _ => Ok(()),
+    }
+}
+
+/// The last log line: what the drain left in the spool, by provider.
+fn log_what_is_left(report: &schedule::queue::DrainReport) {
+    let left = report.total();
+    let handoff = report.handoff.as_deref().unwrap_or("(none)");
+    if left == 0 {
+        tracing::info!(
+            remaining = 0,
+            handoff_upstream = handoff,
+            handed_off = report.handed_off,
+            "stopped: nothing left in the spool"
+        );
+    } else {
+        let providers = report.summary();
+        tracing::warn!(
+            remaining = left,
+            %providers,
+            handoff_upstream = handoff,
+            handed_off = report.handed_off,
+            "stopped: {left} copies left in the spool ({providers}); they are sent at the next start"
+        );
     }
 }
 

@@ -231,8 +231,8 @@ async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         config_path: Some(path),
         reload_on_sighup: true,
     };
+    // Its last log line says what was left in the spool.
     mailveil::run_with(config, listeners, shutdown, options).await?;
-    tracing::info!("stopped");
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! delivery queue. This is where a message turns into deliveries.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -24,6 +25,8 @@ pub struct RelayRules {
     pub privacy: PrivacyConfig,
     /// The bulk hold (`docs/bulk-hold.md`); `None` when off.
     pub hold: Option<HoldConfig>,
+    /// `spool.max_bytes`: new mail is refused `452 4.3.1` while the spool holds this much.
+    pub spool_max_bytes: Option<u64>,
 }
 
 /// Implements [`Acceptor`] for the inbound listener.
@@ -36,6 +39,9 @@ pub struct Relay {
     pub scheduler: Scheduler,
     pub metrics: Metrics,
     pub redactor: Redactor,
+    /// Bytes of messages between the `spool.max_bytes` check and their commit, so messages
+    /// ending at once cannot cross the cap together.
+    storing: AtomicU64,
 }
 
 impl Relay {
@@ -49,6 +55,9 @@ impl Relay {
         redactor: Redactor,
     ) -> Relay {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        metrics
+            .spool_max_bytes
+            .set(rules.spool_max_bytes.unwrap_or(0) as i64);
         Relay {
             rules: RwLock::new(Arc::new(rules)),
             planning: tokio::sync::Semaphore::new(cores),
@@ -56,12 +65,28 @@ impl Relay {
             scheduler,
             metrics,
             redactor,
+            storing: AtomicU64::new(0),
         }
     }
 
     /// Replaces the privacy settings and the bulk hold for messages whose DATA ends from now on (hot reload); messages already spooled keep the copies they were planned with.
     pub fn set_rules(&self, rules: RelayRules) {
+        self.metrics
+            .spool_max_bytes
+            .set(rules.spool_max_bytes.unwrap_or(0) as i64);
         *self.rules.write().expect("not poisoned") = Arc::new(rules);
+    }
+
+    /// Takes `size` bytes of room under `spool.max_bytes` for a message about to be stored;
+    /// false (nothing taken) when the spool, with the messages being stored, would cross it.
+    fn take_spool_room(&self, max: Option<u64>, size: u64) -> bool {
+        let spooled = self.spool.bytes();
+        self.storing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |storing| {
+                let total = spooled.saturating_add(storing).saturating_add(size);
+                max.is_none_or(|max| total <= max).then_some(storing + size)
+            })
+            .is_ok()
     }
 
     /// The rules in force now.
@@ -97,6 +122,19 @@ pub fn received_field(client: &ClientInfo, hostname: &str, id: &str) -> String {
 }
 
 impl Acceptor for Relay {
+    /// At MAIL: refused while the spool holds `spool.max_bytes` (or the declared size would
+    /// take it past). Readiness is not affected: the relay is healthy, only full for now.
+    fn storage_full(&self, declared_size: u64) -> bool {
+        let Some(max) = self.rules().spool_max_bytes else {
+            return false;
+        };
+        let used = self
+            .spool
+            .bytes()
+            .saturating_add(self.storing.load(Ordering::Acquire));
+        used >= max || used.saturating_add(declared_size) > max
+    }
+
     async fn accept(&self, mut tx: Transaction) -> Verdict {
         let started = Instant::now();
         let rules = self.rules();
@@ -158,8 +196,23 @@ impl Acceptor for Relay {
             hold,
             privacy: Some(PrivacySettings::of(&rules.privacy)),
         };
+        let size = meta.size;
+        if !self.take_spool_room(rules.spool_max_bytes, size) {
+            self.metrics
+                .inbound_rejections
+                .with_label_values(&[crate::inbound::SPOOL_MAX_BYTES_REASON])
+                .inc();
+            tracing::warn!(%from, size, spool_bytes = self.spool.bytes(), max_bytes = rules.spool_max_bytes,
+                "refused with 452: the message would take the spool past spool.max_bytes");
+            return Verdict::Rejected(Reply::new(
+                452,
+                "4.3.1",
+                "insufficient system storage; try again later",
+            ));
+        }
         let message = Arc::new(message);
         let stored = self.spool.store_async(&meta, message.clone()).await;
+        self.storing.fetch_sub(size, Ordering::AcqRel);
         if let Err(e) = stored {
             tracing::error!(error = %e, "cannot spool message; answering 452");
             return Verdict::Rejected(Reply::new(

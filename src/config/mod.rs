@@ -41,14 +41,14 @@ pub use http::{
 pub use log::{LogConfig, LogFormat};
 pub use privacy::{BodyCheck, PrivacyConfig, PrivacyMode};
 pub use server::{
-    DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_UNAUTHENTICATED_TIMEOUT, InboundTlsConfig,
-    ServerConfig,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_DATA_MEMORY, DEFAULT_UNAUTHENTICATED_TIMEOUT,
+    InboundTlsConfig, ServerConfig,
 };
 pub use shaping::{
     ClusterConfig, DEFAULT_REPLICAS, MxConfig, PerSecond, ProviderConfig, ReplyPattern,
     ShapingAction, ShapingConfig, ShapingRule,
 };
-pub use spool::SpoolConfig;
+pub use spool::{DEFAULT_DRAIN_TIMEOUT, SpoolConfig};
 pub use upstream::{Credentials, SmtpUpstreamConfig, UpstreamConfig, UpstreamKind, UpstreamTls};
 use values::Problems;
 pub use values::{FailureBudget, Secret};
@@ -164,6 +164,7 @@ impl Config {
             dkim: dkim::validate_dkim(dkim, &mut p),
             warnings: Vec::new(),
         };
+        check_handoff_upstream(&config, &mut p);
         let config = Config {
             warnings: p.take_warnings(),
             ..config
@@ -177,6 +178,28 @@ impl Config {
             tracing::warn!(key = %w.path, "configuration: {}", w.message);
         }
     }
+}
+
+/// `spool.handoff_upstream` names one of the `[[upstream]]` entries.
+fn check_handoff_upstream(config: &Config, p: &mut Problems) {
+    let Some(name) = &config.spool.handoff_upstream else {
+        return;
+    };
+    if name.trim().is_empty() || config.upstreams.iter().any(|u| &u.name == name) {
+        return;
+    }
+    let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+    p.push(
+        "spool.handoff_upstream",
+        format!(
+            "{name:?} is not the name of an [[upstream]] entry (configured: {})",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ),
+    );
 }
 
 const KNOWN_SECTIONS: &[&str] = &[

@@ -32,6 +32,7 @@ pub struct RawServer {
     pub max_connections_per_source: Option<u64>,
     pub reserved_connections: Option<u64>,
     pub unauthenticated_timeout: Option<RawDuration>,
+    pub max_data_memory: Option<RawSize>,
     pub tls: Option<RawServerTls>,
 }
 
@@ -86,6 +87,9 @@ pub struct RawSpool {
     pub retry_max: Option<RawDuration>,
     pub upstream_cool_off: Option<RawDuration>,
     pub bounce: Option<bool>,
+    pub max_bytes: Option<RawSize>,
+    pub drain_timeout: Option<RawDuration>,
+    pub handoff_upstream: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,12 +27,18 @@ pub struct ServerConfig {
     /// Time an outsider has, from the greeting, to authenticate (EHLO, STARTTLS handshake,
     /// AUTH); then `421 4.7.0`. A client in `access.networks` is never held to it.
     pub unauthenticated_timeout: Duration,
+    /// Bytes of DATA all sessions together may hold in memory at once; a session that would
+    /// go over it is answered `452 4.3.1` (docs/configuration.md, "Memory").
+    pub max_data_memory: u64,
     pub tls: Option<InboundTlsConfig>,
 }
 
 /// Defaults of the admission limits, named so tests and docs refer to one value.
 pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 100;
 pub const DEFAULT_UNAUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `server.max_data_memory`: half of the 256Mi memory limit of the manifests in
+/// `deploy/`, leaving the rest for the queue, TLS and the runtime.
+pub const DEFAULT_MAX_DATA_MEMORY: u64 = 128 << 20;
 
 #[derive(Debug, Clone)]
 pub struct InboundTlsConfig {
@@ -66,6 +72,25 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
             "must be greater than zero",
         );
     }
+    let max_message_size = raw
+        .max_message_size
+        .and_then(|s| size(&s, "server.max_message_size", p))
+        .unwrap_or(26_214_400);
+    // Unset, it is never below the message size limit (a file that raised that limit stays
+    // valid); set below it, it is a mistake.
+    let max_data_memory = raw
+        .max_data_memory
+        .and_then(|s| size(&s, "server.max_data_memory", p))
+        .unwrap_or(DEFAULT_MAX_DATA_MEMORY.max(max_message_size));
+    if max_data_memory < max_message_size {
+        p.push(
+            "server.max_data_memory",
+            format!(
+                "must be at least server.max_message_size ({max_message_size} bytes), or no \
+                 message of the largest size could ever be received"
+            ),
+        );
+    }
     ServerConfig {
         listen: p
             .socket_addr("server.listen", listen)
@@ -78,10 +103,7 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
             Some(h) => h,
             None => "mailveil.local".into(),
         },
-        max_message_size: raw
-            .max_message_size
-            .and_then(|s| size(&s, "server.max_message_size", p))
-            .unwrap_or(26_214_400),
+        max_message_size,
         max_recipients: p.positive("server.max_recipients", raw.max_recipients, 1000),
         max_connections,
         command_timeout: raw
@@ -106,6 +128,7 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
         ),
         reserved_connections,
         unauthenticated_timeout,
+        max_data_memory,
         tls: raw.tls.and_then(|t| {
             let cert = p.required("server.tls.cert", t.cert).map(PathBuf::from);
             let key = p.required("server.tls.key", t.key).map(PathBuf::from);

@@ -211,3 +211,51 @@ fn http_listeners_have_connection_caps() {
     let err = Config::from_toml(&format!("[metrics]\nmax_connections = 0\n{MINIMAL}")).unwrap_err();
     assert_eq!(err.problems[0].path, "metrics.max_connections");
 }
+
+#[test]
+fn drain_and_budget_keys_have_defaults_and_are_checked() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(c.spool.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    assert_eq!(c.spool.max_bytes, None);
+    assert_eq!(c.spool.handoff_upstream, None);
+    assert_eq!(c.server.max_data_memory, DEFAULT_MAX_DATA_MEMORY);
+    // A message size limit above the default budget raises the default, not an error.
+    let c = Config::from_toml(&format!(
+        "[server]\nmax_message_size = \"200MiB\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.server.max_data_memory, 200 << 20);
+
+    let c = Config::from_toml(&format!(
+        "[server]\nmax_data_memory = \"64MiB\"\n[spool]\nmax_bytes = \"800MiB\"\ndrain_timeout = \"40s\"\nhandoff_upstream = \"outbox\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.server.max_data_memory, 64 << 20);
+    assert_eq!(c.spool.max_bytes, Some(800 << 20));
+    assert_eq!(c.spool.drain_timeout, Duration::from_secs(40));
+    assert_eq!(c.spool.handoff_upstream.as_deref(), Some("outbox"));
+
+    let e = Config::from_toml(&format!(
+        "[server]\nmax_message_size = \"25MiB\"\nmax_data_memory = \"10MiB\"\n[spool]\nmax_bytes = \"lots\"\ndrain_timeout = \"0s\"\nhandoff_upstream = \"central\"\n{MINIMAL}"
+    ))
+    .unwrap_err();
+    let paths: Vec<&str> = e.problems.iter().map(|p| p.path.as_str()).collect();
+    for key in [
+        "server.max_data_memory",
+        "spool.max_bytes",
+        "spool.drain_timeout",
+        "spool.handoff_upstream",
+    ] {
+        assert!(paths.contains(&key), "{key} not reported: {:?}", e.problems);
+    }
+    let handoff = e
+        .problems
+        .iter()
+        .find(|p| p.path == "spool.handoff_upstream")
+        .unwrap();
+    assert!(
+        handoff.message.contains("\"central\"") && handoff.message.contains("outbox"),
+        "{}",
+        handoff.message
+    );
+}

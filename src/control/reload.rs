@@ -169,6 +169,7 @@ pub fn relay_rules(config: &Config) -> RelayRules {
     RelayRules {
         privacy: config.privacy.clone(),
         hold: config.hold.clone(),
+        spool_max_bytes: config.spool.max_bytes,
     }
 }
 

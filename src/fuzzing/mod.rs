@@ -65,6 +65,7 @@ pub fn session(data: &[u8]) {
             max_connections_per_source: 1,
             reserved_connections: 0,
             unauthenticated_timeout: Duration::from_secs(5),
+            max_data_memory: crate::config::DEFAULT_MAX_DATA_MEMORY,
             tls: None,
         },
         access: AccessConfig {

@@ -6,6 +6,11 @@
 //! agrees on what a NUL means, so such a message is refused rather than guessed at). The
 //! connection stays usable. Whatever the outcome, the transaction is over afterwards, so the
 //! client can start the next one.
+//!
+//! Memory: the buffer grows only within a reservation in the listener's
+//! [`DataBudget`](super::memory::DataBudget) (`server.max_data_memory`, shared by all sessions).
+//! A message that finds no room (after a short wait) is read to its end and discarded too, and
+//! answered `452 4.3.1`: the process does not grow past the cap, and nothing is half-accepted.
 
 use std::io::Write;
 use std::time::{Duration, Instant as WallClock};
@@ -13,6 +18,7 @@ use std::time::{Duration, Instant as WallClock};
 use tokio::time::Instant;
 
 use super::dot::{DotDecoder, Feed};
+use super::memory::Reservation;
 use super::replies;
 use super::session::{Flow, Rejection, Session, Stream};
 use super::{Acceptor, InboundError, Transaction, Verdict};
@@ -20,6 +26,10 @@ use crate::envelope::{ClientInfo, Envelope};
 
 /// Initial message buffer when the client gave no `SIZE=`; it grows by doubling.
 const INITIAL_MESSAGE_CAPACITY: usize = 16 * 1024;
+
+/// Room kept in the buffer for the relay's `Received:` field, prepended in place: the buffer
+/// must not be reallocated (and briefly held twice) for it.
+const TRACE_HEADROOM: usize = 1024;
 
 /// Slowest average rate a message may arrive at, once `command_timeout` of credit is spent.
 const MIN_DATA_RATE: u64 = 1024; // bytes per second
@@ -49,7 +59,16 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         } else {
             INITIAL_MESSAGE_CAPACITY.min(limit)
         };
-        let mut message = Vec::with_capacity(capacity);
+        let message_limit = limit;
+        let mut memory = Reservation::new(&self.ctx.data_budget);
+        let mut over_budget = !memory.grow_to(capacity as u64).await;
+        let mut message = if over_budget {
+            Vec::new()
+        } else {
+            Vec::with_capacity(capacity + TRACE_HEADROOM)
+        };
+        // What a message over the memory budget is decoded into, and dropped.
+        let mut discard = Vec::new();
         let mut decoder = DotDecoder::new(limit);
 
         self.reply(&replies::START_DATA);
@@ -57,7 +76,35 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         let limit = self.ctx.settings.server.command_timeout;
         let mut deadline = Instant::now() + limit;
         loop {
-            match decoder.feed(self.st.unread(), &mut message) {
+            if !over_budget && !decoder.overflowed() && !decoder.saw_nul() {
+                // Worst case the decoded bytes are twice the input (bare LFs stored as CRLF).
+                let need = message.len() + 2 * self.st.unread().len();
+                if need + TRACE_HEADROOM > message.capacity() {
+                    // Doubling, as a Vec grows; never past the size limit (the decoder empties
+                    // the buffer rather than grow it past that).
+                    let target = need
+                        .max(message.capacity().saturating_mul(2))
+                        .min(message_limit)
+                        + TRACE_HEADROOM;
+                    // The headroom is not counted: a message of `max_message_size` must fit a
+                    // budget of that size (it is at most 1 KiB a session).
+                    if memory.grow_to((target - TRACE_HEADROOM) as u64).await {
+                        message.reserve_exact(target - message.len());
+                    } else {
+                        over_budget = true;
+                        message = Vec::new();
+                        memory.release();
+                    }
+                }
+            }
+            let out = if over_budget {
+                &mut discard
+            } else {
+                &mut message
+            };
+            let fed = decoder.feed(self.st.unread(), out);
+            discard.clear();
+            match fed {
                 Feed::End { consumed } => {
                     self.st.consume(consumed);
                     break;
@@ -106,6 +153,19 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                 "message with NUL characters refused"
             );
             return Ok(self.reject(Rejection::Malformed, &replies::MESSAGE_HAS_NUL));
+        }
+        if over_budget {
+            metrics
+                .messages_received
+                .with_label_values(&["rejected"])
+                .inc();
+            tracing::warn!(
+                peer = %self.st.peer,
+                size = decoder.decoded_size(),
+                max_data_memory = self.ctx.settings.server.max_data_memory,
+                "message refused: DATA held in memory by all sessions is at server.max_data_memory"
+            );
+            return Ok(self.reject(Rejection::DataMemory, &replies::DATA_MEMORY_FULL));
         }
 
         let recipients = draft.rcpt_to.len();

@@ -26,6 +26,7 @@ pub async fn session<A: Acceptor>(
     pretend_tls: bool,
 ) -> Vec<u8> {
     let admission = Admission::new(&settings);
+    let settings_limit = settings.server.max_data_memory;
     let ctx = Arc::new(Context {
         settings: Arc::new(settings),
         acceptor,
@@ -40,6 +41,11 @@ pub async fn session<A: Acceptor>(
             ..Tuning::default()
         },
         admission,
+        data_budget: super::memory::DataBudget::new(
+            settings_limit,
+            prometheus::IntGauge::new("fuzz_data_memory", "unused").expect("valid metric"),
+            &prometheus::IntGauge::new("fuzz_data_memory_max", "unused").expect("valid metric"),
+        ),
     });
     let (client, server) = tokio::io::duplex(64 * 1024);
     let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();

@@ -55,6 +55,11 @@ pub(super) async fn run<A: Acceptor>(
             if !Arc::ptr_eq(&now, seen) {
                 ctx = Arc::new(ctx.with_snapshot(&now));
                 ctx.admission.configure(&now.settings);
+                ctx.data_budget
+                    .set_limit(now.settings.server.max_data_memory);
+                ctx.metrics
+                    .data_memory_max_bytes
+                    .set(now.settings.server.max_data_memory as i64);
                 *seen = now;
             }
         }

@@ -58,6 +58,14 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             tracing::info!(peer = %self.st.peer, declared = from.size, "MAIL SIZE over the limit refused");
             return self.reject(Rejection::Size, &replies::MESSAGE_TOO_BIG);
         }
+        if self.ctx.acceptor.storage_full(from.size as u64) {
+            tracing::info!(peer = %self.st.peer, "MAIL refused: the spool is at spool.max_bytes");
+            return self.reject(Rejection::SpoolMaxBytes, &replies::STORAGE_FULL);
+        }
+        if from.size as u64 > self.ctx.data_budget.room() {
+            tracing::info!(peer = %self.st.peer, declared = from.size, "MAIL refused: server.max_data_memory has no room for the declared size");
+            return self.reject(Rejection::DataMemory, &replies::DATA_MEMORY_FULL);
+        }
         tracing::debug!(peer = %self.st.peer, from = %self.ctx.redactor.addr(&mail_from), "MAIL accepted");
         self.st.tx = Some(Draft {
             mail_from,

@@ -35,6 +35,7 @@ pub mod fuzz;
 mod listener;
 mod live;
 mod mail;
+pub(crate) mod memory;
 mod path;
 mod rcpt;
 mod rejection;
@@ -59,6 +60,7 @@ use crate::reply::Reply;
 
 pub use dot::{DotDecoder, Feed};
 pub use live::{LiveInbound, Snapshot};
+pub use rejection::SPOOL_MAX_BYTES_REASON;
 
 /// Every `reason` label of `mailveil_inbound_rejections_total` the listener can use.
 pub fn rejection_reasons() -> Vec<&'static str> {
@@ -90,6 +92,13 @@ pub enum Verdict {
 /// Receives messages from sessions. Implemented by the relay (privacy policy + spool).
 pub trait Acceptor: Send + Sync + 'static {
     fn accept(&self, tx: Transaction) -> impl Future<Output = Verdict> + Send;
+
+    /// Whether a new transaction would be refused for storage now (checked at MAIL, with the
+    /// size the client declared, 0 if none): answered `452 4.3.1`. The relay says so while
+    /// the spool is at `spool.max_bytes`. By default never.
+    fn storage_full(&self, _declared_size: u64) -> bool {
+        false
+    }
 }
 
 /// Settings the listener needs; built from the config.
@@ -174,6 +183,11 @@ pub async fn serve_live<A: Acceptor>(
 ) -> std::io::Result<()> {
     let snapshot = live.snapshot();
     let admission = admission::Admission::new(&snapshot.settings);
+    let data_budget = memory::DataBudget::new(
+        snapshot.settings.server.max_data_memory,
+        metrics.data_memory_bytes.clone(),
+        &metrics.data_memory_max_bytes,
+    );
     let ctx = session::Context {
         settings: snapshot.settings.clone(),
         acceptor,
@@ -183,6 +197,7 @@ pub async fn serve_live<A: Acceptor>(
         tls: snapshot.tls.clone(),
         tuning: session::Tuning::default(),
         admission,
+        data_budget,
     };
     listener::run(listener, Arc::new(ctx), Some(live)).await
 }

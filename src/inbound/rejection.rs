@@ -1,6 +1,9 @@
 //! Why the listener refused a command or a connection: the fixed set of `reason` labels of
 //! `mailveil_inbound_rejections_total`, and which of them count as client mistakes.
 
+/// The `reason` of a message refused because the spool is at `spool.max_bytes`.
+pub const SPOOL_MAX_BYTES_REASON: &str = "spool_max_bytes";
+
 /// Why a command or a connection was refused; the word is the `reason` label of
 /// `mailveil_inbound_rejections_total`, a fixed set so the metric's cardinality is bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +34,16 @@ pub(super) enum Rejection {
     /// The relay's AUTH failure budget is used up: AUTH refused for a while.
     AuthThrottled,
     Timeout,
+    /// The spool holds `spool.max_bytes` already: `452 4.3.1` (counted by the relay at end of
+    /// DATA too, when the message would cross the cap).
+    SpoolMaxBytes,
+    /// The sessions together hold `server.max_data_memory` of DATA: `452 4.3.1`.
+    DataMemory,
 }
 
 impl Rejection {
     /// Every rejection, so metrics can create each `reason` series at zero.
-    pub const ALL: [Rejection; 20] = [
+    pub const ALL: [Rejection; 22] = [
         Rejection::Syntax,
         Rejection::UnknownCommand,
         Rejection::BadSequence,
@@ -56,6 +64,8 @@ impl Rejection {
         Rejection::AuthBanned,
         Rejection::AuthThrottled,
         Rejection::Timeout,
+        Rejection::SpoolMaxBytes,
+        Rejection::DataMemory,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -80,6 +90,8 @@ impl Rejection {
             Rejection::AuthBanned => "auth_banned",
             Rejection::AuthThrottled => "auth_throttled",
             Rejection::Timeout => "timeout",
+            Rejection::SpoolMaxBytes => SPOOL_MAX_BYTES_REASON,
+            Rejection::DataMemory => "data_memory",
         }
     }
 
@@ -106,7 +118,9 @@ impl Rejection {
             | Rejection::UnauthenticatedTimeout
             | Rejection::AuthBanned
             | Rejection::AuthThrottled
-            | Rejection::Timeout => false,
+            | Rejection::Timeout
+            | Rejection::SpoolMaxBytes
+            | Rejection::DataMemory => false,
         }
     }
 }

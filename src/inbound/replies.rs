@@ -67,6 +67,15 @@ pub(super) const MESSAGE_HAS_NUL: Fixed = Fixed::new(
     "5.6.0",
     "message contains NUL characters; nothing was accepted",
 );
+/// The spool is at `spool.max_bytes` (at MAIL) or DATA memory is at `server.max_data_memory`
+/// (at MAIL for a declared size, or at end of DATA): nothing was accepted; try later.
+pub(super) const STORAGE_FULL: Fixed =
+    Fixed::new(452, "4.3.1", "insufficient system storage; try again later");
+pub(super) const DATA_MEMORY_FULL: Fixed = Fixed::new(
+    452,
+    "4.3.1",
+    "too many messages in transit; nothing was accepted, try again later",
+);
 pub(super) const TOO_MANY_RECIPIENTS: Fixed = Fixed::new(
     452,
     "4.5.3",

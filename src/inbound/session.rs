@@ -74,6 +74,8 @@ pub(crate) struct Context<A> {
     pub tuning: Tuning,
     /// Connection slots and the AUTH failure budget; one for the listener's lifetime.
     pub admission: Arc<Admission>,
+    /// DATA held in memory by all sessions (`server.max_data_memory`); one per listener.
+    pub data_budget: Arc<super::memory::DataBudget>,
 }
 
 impl<A> Context<A> {
@@ -88,6 +90,7 @@ impl<A> Context<A> {
             tls: snapshot.tls.clone(),
             tuning: self.tuning.clone(),
             admission: self.admission.clone(),
+            data_budget: self.data_budget.clone(),
         }
     }
 }

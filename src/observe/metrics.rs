@@ -55,6 +55,20 @@ pub struct Metrics {
     /// `listener`, `reason` (connection_limit | header_timeout | write_timeout): HTTP
     /// connections refused or closed by a limit (see `observe/serve.rs`).
     pub http_rejections: IntCounterVec,
+    /// `spool.max_bytes` (0: no cap); new mail gets `452 4.3.1` while `mailveil_spool_bytes`
+    /// is at it (counted as `reason="spool_max_bytes"` in `mailveil_inbound_rejections_total`).
+    pub spool_max_bytes: IntGauge,
+    /// Bytes of DATA the sessions hold in memory now, and the cap `server.max_data_memory`.
+    pub data_memory_bytes: IntGauge,
+    pub data_memory_max_bytes: IntGauge,
+    /// 1 from SIGTERM until exit, while the queue drains.
+    pub draining: IntGauge,
+    /// `provider`: copies not yet final while draining (set at SIGTERM, updated as they go,
+    /// final at the drain deadline); what the last log line reports as left.
+    pub drain_remaining: IntGaugeVec,
+    /// `provider`: copies forwarded to `spool.handoff_upstream` at shutdown (also counted as
+    /// `delivered` for that upstream in `mailveil_deliveries_total`).
+    pub handed_off: IntCounterVec,
 }
 
 /// The `reason` labels of `mailveil_privacy_blocked_total`: a header field would show a
@@ -231,6 +245,32 @@ impl Metrics {
                 "HTTP connections refused or closed by a limit, by listener and reason.",
                 &["listener", "reason"],
             ),
+            spool_max_bytes: gauge(
+                "mailveil_spool_max_bytes",
+                "spool.max_bytes: above it new mail gets 452 4.3.1 (0: no cap).",
+            ),
+            data_memory_bytes: gauge(
+                "mailveil_data_memory_bytes",
+                "Bytes of DATA held in memory by all SMTP sessions now.",
+            ),
+            data_memory_max_bytes: gauge(
+                "mailveil_data_memory_max_bytes",
+                "server.max_data_memory: the cap on DATA held in memory at once.",
+            ),
+            draining: gauge(
+                "mailveil_draining",
+                "1 from SIGTERM until exit, while the queue drains, else 0.",
+            ),
+            drain_remaining: gauge_vec(
+                "mailveil_drain_remaining_copies",
+                "Copies not yet final while draining at shutdown, by provider.",
+                &["provider"],
+            ),
+            handed_off: counter(
+                "mailveil_handed_off_total",
+                "Copies forwarded to spool.handoff_upstream at shutdown, by provider.",
+                &["provider"],
+            ),
             registry,
         }
     }
@@ -265,6 +305,8 @@ impl Metrics {
             self.delivery_duration.with_label_values(&[p]);
             self.queue_messages.with_label_values(&[p]);
             self.throttle_delays.with_label_values(&[p]);
+            self.drain_remaining.with_label_values(&[p]);
+            self.handed_off.with_label_values(&[p]);
             for upstream in upstreams {
                 for outcome in ["delivered", "deferred", "failed"] {
                     self.deliveries

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ShapingAction;
 
@@ -69,6 +70,8 @@ pub struct Lane {
     pub throttle: Throttle,
     /// Deliveries of this provider not yet final: ready, in flight or waiting for a retry.
     pub queued: AtomicU64,
+    /// Of those, the ones waiting for a retry (on a timer, not in the lane).
+    pub waiting: AtomicU64,
 }
 
 impl Lane {
@@ -85,6 +88,7 @@ impl Lane {
             configured: AtomicUsize::new(concurrency),
             throttle,
             queued: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
         }
     }
 
@@ -163,17 +167,25 @@ impl Lane {
     /// Waits for a free slot, then for a ready item while the lane (and the whole queue, per
     /// `globally_paused`) is not paused, then for the provider's throttle. The item is taken
     /// only after the throttle, so one that arrives meanwhile with a higher priority goes first.
-    /// Returns `None` only if the semaphore is closed.
+    /// Once `unthrottled` is cancelled (the hand-off at shutdown: the receiving relay paces
+    /// the copies) the throttle is no longer awaited. Returns `None` only if the semaphore is
+    /// closed.
     pub async fn next(
         &self,
         globally_paused: &AtomicBool,
+        unthrottled: &CancellationToken,
     ) -> Option<(Ready, OwnedSemaphorePermit)> {
         let permit = self.slots.clone().acquire_owned().await.ok()?;
         loop {
             let notified = self.wake.notified();
             let may_start = || !self.is_paused() && !globally_paused.load(Ordering::Relaxed);
             if may_start() && !self.ready.lock().expect("not poisoned").is_empty() {
-                self.throttle.acquire().await;
+                if !unthrottled.is_cancelled() {
+                    tokio::select! {
+                        _ = self.throttle.acquire() => {}
+                        _ = unthrottled.cancelled() => {}
+                    }
+                }
                 // Only this lane's dispatcher takes items, so one is still there unless a pause
                 // came while the throttle waited (then the throttle's turn is simply spent).
                 if may_start()

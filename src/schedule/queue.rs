@@ -5,7 +5,7 @@
 //!
 //! Layout: this file holds the lanes, their dispatchers and the retry timers; `outcome.rs` the
 //! outcome records (spool lines, metrics, logs, bounces); `control.rs` pause, resume and
-//! status; `hold.rs` the bulk hold.
+//! status; `hold.rs` the bulk hold; `drain.rs` the drain and hand-off at shutdown.
 //!
 //! Outcomes: `2xx` delivered; a temporary failure waits (a timer, not a slot) and is retried
 //! with backoff until `spool.max_queue_time`, then failed; `5xx` failed at once, never retried.
@@ -45,11 +45,13 @@ use super::throttle::{Rate, Throttle, ThrottleMetrics};
 use crate::upstream::failover::UpstreamSlot;
 
 mod control;
+mod drain;
 mod hold;
 mod outcome;
 pub use control::{
     PauseError, PauseSync, PauseView, ProviderStatus, QueueStatus, UnknownProvider, UpstreamStatus,
 };
+pub use drain::{DrainReport, in_flight_allowance};
 pub use hold::{HeldMessage, HoldError, choose_canaries};
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
@@ -79,6 +81,11 @@ struct Inner {
     cluster: Option<Arc<SharedLimits>>,
     /// Messages under a bulk hold ([`hold`]).
     holds: hold::Holds,
+    /// Cancelled when the hand-off to `spool.handoff_upstream` starts ([`drain`]): throttles
+    /// are no longer awaited and copies waiting for a retry are due at once.
+    handoff: CancellationToken,
+    /// The upstream every attempt goes to once the hand-off started.
+    handoff_slot: RwLock<Option<Arc<UpstreamSlot>>>,
 }
 
 /// The reloadable part of the scheduler's configuration.
@@ -182,6 +189,8 @@ impl Scheduler {
                 shutdown,
                 cluster,
                 holds,
+                handoff: CancellationToken::new(),
+                handoff_slot: RwLock::new(None),
             }),
         };
         scheduler.inner.apply_pauses();
@@ -215,7 +224,7 @@ impl Scheduler {
             let (mut due, mut done) = (now, false);
             for entry in log.iter().filter(|e| e.index() == index) {
                 match *entry {
-                    LogEntry::Delivered { .. } => done = true,
+                    LogEntry::Delivered { .. } | LogEntry::HandedOff { .. } => done = true,
                     LogEntry::Failed { code, .. } => {
                         done = true;
                         failed.push((index, code));
@@ -274,27 +283,35 @@ impl Scheduler {
             lane.throttle.set_rate(self.inner.lane_rate(&lane.name));
         }
     }
-
-    /// Stops starting new attempts; deliveries in flight get `grace` to finish. Whatever is not
-    /// delivered stays spooled for the next start.
-    pub async fn shutdown(&self, grace: Duration) {
-        self.inner.shutdown.cancel();
-        self.inner.tracker.close();
-        if tokio::time::timeout(grace, self.inner.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                grace_secs = grace.as_secs(),
-                "deliveries still in flight after the grace period; they stay spooled"
-            );
-        }
-    }
 }
 
 impl Inner {
     fn upstreams(&self) -> Arc<Vec<Arc<UpstreamSlot>>> {
         self.upstreams.read().expect("not poisoned").clone()
+    }
+
+    /// The upstreams a copy is sent to: during the hand-off only `spool.handoff_upstream`
+    /// (`true`: the attempt is a hand-off); otherwise every upstream but that one, which is
+    /// reserved for the hand-off (unless it is the only one).
+    fn route_upstreams(&self) -> (Arc<Vec<Arc<UpstreamSlot>>>, bool) {
+        if let Some(slot) = self.handoff_slot.read().expect("not poisoned").clone() {
+            return (Arc::new(vec![slot]), true);
+        }
+        let all = self.upstreams();
+        let reserved = self
+            .settings
+            .read()
+            .expect("not poisoned")
+            .retry
+            .handoff_upstream
+            .clone();
+        match reserved {
+            Some(name) if all.iter().any(|s| s.name() != name) => (
+                Arc::new(all.iter().filter(|s| s.name() != name).cloned().collect()),
+                false,
+            ),
+            _ => (all, false),
+        }
     }
 
     fn is_known_provider(&self, name: &str) -> bool {
@@ -374,7 +391,7 @@ impl Inner {
     async fn dispatch(self: Arc<Self>, lane: Arc<Lane>) {
         loop {
             let next = tokio::select! {
-                n = lane.next(&self.paused) => n,
+                n = lane.next(&self.paused, &self.handoff) => n,
                 _ = self.shutdown.cancelled() => return,
             };
             let Some((item, permit)) = next else { return };
@@ -421,15 +438,29 @@ impl Inner {
     }
 
     /// Waits `delay` on a timer (holding no slot and no message bytes), then makes it ready.
+    /// When the hand-off starts, it is ready at once; during the hand-off a failed attempt
+    /// waits at most [`drain::HANDOFF_RETRY`].
     fn retry_later(self: &Arc<Self>, lane: Arc<Lane>, item: Ready, delay: Duration) {
         let inner = self.clone();
+        let handing_off = self.handoff.is_cancelled();
+        let delay = if handing_off {
+            delay.min(drain::HANDOFF_RETRY)
+        } else {
+            delay
+        };
+        lane.waiting.fetch_add(1, Ordering::Relaxed);
         self.tracker.spawn(async move {
             tokio::select! {
-                _ = tokio::time::sleep(delay) => inner.make_ready(&lane, item),
+                biased;
+                // Shutdown: the delivery stays spooled (and counted as waiting in the report).
+                _ = inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
                 // A resume of this provider or of all deliveries.
-                _ = lane.due_now_signal() => inner.make_ready(&lane, item),
-                _ = inner.shutdown.cancelled() => {}
+                _ = lane.due_now_signal() => {}
+                _ = inner.handoff.cancelled(), if !handing_off => {}
             }
+            lane.waiting.fetch_sub(1, Ordering::Relaxed);
+            inner.make_ready(&lane, item);
         });
     }
 
@@ -463,7 +494,7 @@ impl Inner {
             bytes,
             exposure: &exposure,
         };
-        let slots = self.upstreams();
+        let (slots, handoff) = self.route_upstreams();
         let (dkim, cool_off, max_transactions) = {
             let settings = self.settings.read().expect("not poisoned");
             let limits = settings.routing.catalog.limits(&lane.name);
@@ -484,6 +515,6 @@ impl Inner {
             metrics: &self.metrics,
         };
         let sent = deliver::deliver(copy, route).await;
-        self.conclude(lane, item, sent, started);
+        self.conclude(lane, item, sent, started, handoff);
     }
 }

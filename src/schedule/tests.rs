@@ -356,3 +356,41 @@ async fn legacy_bare_cr_is_sent_as_crlf() {
     assert!(crate::privacy::bytes::is_clean(eml), "{eml:?}");
     assert!(eml.ends_with(b"line one\r\nline two\r\n"));
 }
+
+#[tokio::test]
+async fn a_copy_recorded_handed_off_is_never_sent_again_after_a_restart() {
+    let f = fixture("");
+    let rcpts = ["a@x.test".to_string(), "b@x.test".to_string()];
+    let message = b"Subject: handed\r\n\r\nbody\r\n".to_vec();
+    let mut meta =
+        MessageMeta::split_sample(&Spool::new_id(), unix_now(), 0, &["a@x.test", "b@x.test"]);
+    meta.size = message.len() as u64;
+    for d in &mut meta.deliveries {
+        d.planned.rewrite = Rewrite::Unchanged;
+    }
+    f.spool.store(&meta, &message).unwrap();
+    f.spool
+        .append(
+            &meta.id,
+            &[crate::spool::LogEntry::HandedOff { index: 0, at: 1 }],
+        )
+        .unwrap();
+    f.spool.flush();
+    // What a restart reads back from the spool.
+    let reopened = Spool::open(f.spool.root()).unwrap();
+    let recovered = reopened.recover().unwrap();
+    drop(reopened);
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(
+        recovered[0].log,
+        vec![crate::spool::LogEntry::HandedOff { index: 0, at: 1 }]
+    );
+    f.scheduler
+        .enqueue(meta, Some(Arc::new(message)), &recovered[0].log);
+    let got = captured(&f, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_now = crate::capture::read_all(&f.outbox).unwrap();
+    assert_eq!(got_now.len(), 1, "only the copy not handed off is sent");
+    assert_eq!(got[0].rcpt_to, vec![rcpts[1].clone()]);
+    assert_eq!(f.spool.bytes(), 0, "the message left the spool");
+}

@@ -73,6 +73,7 @@ pub fn settings() -> InboundSettings {
             max_connections_per_source: 100,
             reserved_connections: 0,
             unauthenticated_timeout: Duration::from_secs(30),
+            max_data_memory: crate::config::DEFAULT_MAX_DATA_MEMORY,
             tls: None,
         },
         access: AccessConfig {
@@ -105,6 +106,7 @@ impl Harness {
         let metrics = Metrics::new();
         let shutdown = CancellationToken::new();
         let admission = Admission::new(&settings);
+        let data_limit = settings.server.max_data_memory;
         let ctx = Arc::new(Context {
             settings: Arc::new(settings),
             acceptor: acceptor.clone(),
@@ -117,6 +119,11 @@ impl Harness {
                 ..Tuning::default()
             },
             admission,
+            data_budget: crate::inbound::memory::DataBudget::new(
+                data_limit,
+                metrics.data_memory_bytes.clone(),
+                &metrics.data_memory_max_bytes,
+            ),
         });
         Harness {
             ctx,

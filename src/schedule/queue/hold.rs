@@ -212,6 +212,18 @@ impl Inner {
         }
     }
 
+    /// Held copies (waiting for a decision) by provider, for the report at shutdown.
+    pub(super) fn held_by_provider(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut by = std::collections::BTreeMap::new();
+        for e in self.holds.held.lock().expect("not poisoned").values() {
+            for (k, _) in &e.items {
+                *by.entry(e.message.meta.deliveries[*k].provider.clone())
+                    .or_insert(0) += 1;
+            }
+        }
+        by
+    }
+
     fn update_hold_gauges(&self) {
         let held = self.holds.held.lock().expect("not poisoned");
         self.metrics.held_messages.set(held.len() as i64);

@@ -21,13 +21,15 @@ use super::{Inner, Scheduler};
 
 impl Inner {
     /// Records what became of an attempt: counted, logged and written to the spool; a
-    /// temporary failure waits for its retry ([`defer`](Self::defer)).
+    /// temporary failure waits for its retry ([`defer`](Self::defer)). `handoff`: the attempt
+    /// went to `spool.handoff_upstream` at shutdown; taken, the copy is recorded handed off.
     pub(super) fn conclude(
         self: &Arc<Self>,
         lane: &Arc<Lane>,
         item: Ready,
         sent: Sent<'_>,
         started: Instant,
+        handoff: bool,
     ) {
         let message = item.message.clone();
         let (meta, index, attempts) = (&message.meta, item.index, item.attempts);
@@ -66,10 +68,17 @@ impl Inner {
                     .delivery_duration
                     .with_label_values(&[provider])
                     .observe(elapsed.as_secs_f64());
-                tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                    code, reply = %self.redactor.text(&reply), duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
                 let at = unix_now();
-                (LogEntry::Delivered { index, at }, None)
+                if handoff {
+                    self.metrics.handed_off.with_label_values(&[provider]).inc();
+                    tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
+                        code, reply = %self.redactor.text(&reply), duration_ms = elapsed.as_millis() as u64, attempts, "handed off");
+                    (LogEntry::HandedOff { index, at }, None)
+                } else {
+                    tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
+                        code, reply = %self.redactor.text(&reply), duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
+                    (LogEntry::Delivered { index, at }, None)
+                }
             }
             Outcome::Failed { upstream, error } => {
                 let code = error.code().unwrap_or(554);
