@@ -136,7 +136,7 @@ impl Scheduler {
         let cluster = config
             .cluster
             .as_ref()
-            .map(|c| SharedLimits::start(c, metrics.cluster_up.clone(), shutdown.child_token()));
+            .map(|c| SharedLimits::start(c, metrics.enable_cluster(), shutdown.child_token()));
         Scheduler {
             inner: Arc::new(Inner {
                 spool,
