@@ -42,6 +42,8 @@ fn dashboard_queries_name_existing_series_and_parse() {
         .with_label_values(&["default"])
         .observe(0.1);
     metrics.accept_duration.observe(0.01);
+    // Exported by relays with [cluster] only; the dashboard charts it for those.
+    metrics.enable_cluster();
     metrics.init_rejection_reasons(&mailveil::inbound::rejection_reasons());
     let exposed = metrics.render();
     let mut named = std::collections::BTreeSet::new();
