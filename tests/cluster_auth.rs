@@ -50,7 +50,10 @@ impl Redis {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let end = Instant::now() + PATIENCE;
         while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < end, "redis-server did not listen on {addr}");
+            assert!(
+                Instant::now() < end,
+                "redis-server did not listen on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         redis
@@ -135,7 +138,11 @@ async fn wait_cluster_up(relay: &RelayProc, want: f64) {
 
 async fn send_and_wait_delivered(relay: &RelayProc, n: usize) {
     let msg = message(
-        &["From: app@src.test", "To: one@a.test", "Subject: cluster auth"],
+        &[
+            "From: app@src.test",
+            "To: one@a.test",
+            "Subject: cluster auth",
+        ],
         "hi\r\n",
     );
     let reply = lettre_send(relay.smtp, Some("app@src.test"), &["one@a.test"], &msg)
@@ -172,7 +179,10 @@ async fn the_password_from_password_env_opens_the_shared_limits() {
     assert_eq!(cluster_up(&relay).await, Some(1.0));
     let log = relay.proc_.log_text();
     assert!(log.contains("provider limits are shared"), "{log}");
-    assert!(!log.contains(PASSWORD), "the password is in the log:\n{log}");
+    assert!(
+        !log.contains(PASSWORD),
+        "the password is in the log:\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -188,10 +198,11 @@ async fn a_wrong_password_falls_back_to_local_limits_and_says_why() {
         &[("TEST_REDIS_PASSWORD", wrong)],
     )
     .await;
-    let log = relay.wait_for_log("cluster Redis not usable at start", 0).await;
+    let log = relay
+        .wait_for_log("cluster Redis not usable at start", 0)
+        .await;
     assert!(
-        log.contains("Redis refused the password")
-            && log.contains("cluster.password_env"),
+        log.contains("Redis refused the password") && log.contains("cluster.password_env"),
         "the log does not say the password was refused:\n{log}"
     );
     // Mail keeps flowing under the local fallback, and the gauge says Redis is not shared.
@@ -210,7 +221,9 @@ async fn no_password_for_a_redis_that_requires_one_says_so() {
     let work = tempfile::tempdir().unwrap();
     let redis = Redis::start(work.path(), PASSWORD);
     let relay = RelayProc::start(&template(redis.port, ""), &[]).await;
-    let log = relay.wait_for_log("cluster Redis not usable at start", 0).await;
+    let log = relay
+        .wait_for_log("cluster Redis not usable at start", 0)
+        .await;
     assert!(
         log.contains("Redis requires a password: set cluster.password_env"),
         "the log does not say a password is needed:\n{log}"
@@ -240,8 +253,7 @@ fn an_unset_password_variable_is_a_configuration_error() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{command}: {stderr}");
         assert!(
-            stderr.contains("cluster.password_env")
-                && stderr.contains("TEST_UNSET_REDIS_PASSWORD"),
+            stderr.contains("cluster.password_env") && stderr.contains("TEST_UNSET_REDIS_PASSWORD"),
             "{command}: {stderr}"
         );
     }

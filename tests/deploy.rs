@@ -20,6 +20,11 @@ fn runs(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Series the dashboard charts that are added on another branch of issue 12 (the durable
+/// pause's `mailveil_paused{provider}`). Tolerated only while this build does not expose them;
+/// once it does, the test fails until the name is removed here, so the list cannot go stale.
+const PENDING_SERIES: [&str; 1] = ["mailveil_paused"];
+
 #[test]
 fn dashboard_queries_name_existing_series_and_parse() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -50,10 +55,18 @@ fn dashboard_queries_name_existing_series_and_parse() {
     for expr in &exprs {
         for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if word.starts_with("mailveil_") || word.starts_with("process_") {
-                assert!(
-                    exposed.contains(&format!("\n{word}")),
-                    "dashboard uses {word}, which the relay does not expose"
-                );
+                let is_exposed = exposed.contains(&format!("\n{word}"));
+                if PENDING_SERIES.contains(&word) {
+                    assert!(
+                        !is_exposed,
+                        "{word} is exposed now: remove it from PENDING_SERIES"
+                    );
+                } else {
+                    assert!(
+                        is_exposed,
+                        "dashboard uses {word}, which the relay does not expose"
+                    );
+                }
                 named.insert(word.to_string());
             }
         }
@@ -65,6 +78,13 @@ fn dashboard_queries_name_existing_series_and_parse() {
         "mailveil_throttle_delays_total",
         "mailveil_upstream_up",
         "mailveil_messages_received_total",
+        "mailveil_held_messages",
+        "mailveil_held_copies",
+        "mailveil_provider_slowed",
+        "mailveil_paused",
+        "mailveil_spool_bytes",
+        "mailveil_spool_full",
+        "process_cpu_seconds_total",
     ] {
         assert!(named.contains(required), "dashboard lacks {required}");
     }

@@ -21,7 +21,10 @@ const FILES: [&str; 4] = [
 
 fn tools() -> bool {
     let have = Command::new("python3")
-        .args(["-c", "import kubernetes_validate, jsonschema, yaml, tomllib"])
+        .args([
+            "-c",
+            "import kubernetes_validate, jsonschema, yaml, tomllib",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
@@ -103,7 +106,11 @@ fn cluster_replicas_must_match_the_statefulset() {
         return;
     }
     fails_with(
-        &[("relay/relay.yaml", "    replicas = 3\n", "    replicas = 2\n")],
+        &[(
+            "relay/relay.yaml",
+            "    replicas = 3\n",
+            "    replicas = 2\n",
+        )],
         None,
         &["[cluster] replicas = 2 but the StatefulSet runs 3"],
     );
@@ -157,8 +164,7 @@ fn secrets_named_by_env_keys_must_come_from_a_required_secret_key() {
     if !tools() {
         return;
     }
-    let from_secret =
-        "valueFrom: {secretKeyRef: {name: mailveil-redis, key: password}}\n            - name: MAILVEIL_ADMIN_TOKEN";
+    let from_secret = "valueFrom: {secretKeyRef: {name: mailveil-redis, key: password}}\n            - name: MAILVEIL_ADMIN_TOKEN";
     fails_with(
         &[(
             "relay/relay.yaml",
@@ -248,7 +254,9 @@ fn the_relay_and_redis_need_network_policies() {
     let relay = shipped("relay/relay.yaml");
     let cut = relay.find("---\n# SMTP only from pods").unwrap();
     let redis = shipped("relay/redis.yaml");
-    let redis_cut = redis.find("---\n# Redis only from the relay's pods.").unwrap();
+    let redis_cut = redis
+        .find("---\n# Redis only from the relay's pods.")
+        .unwrap();
     fails_with(
         &[
             ("relay/relay.yaml", &relay[cut..], ""),
@@ -320,7 +328,11 @@ fn the_memory_limit_covers_messages_in_data() {
     }
     // The limit of issue 12: 256Mi for a sidecar that may hold 8 x 25 MiB in DATA.
     fails_with(
-        &[("sidecar.yaml", "limits: {memory: 384Mi}", "limits: {memory: 256Mi}")],
+        &[(
+            "sidecar.yaml",
+            "limits: {memory: 384Mi}",
+            "limits: {memory: 256Mi}",
+        )],
         None,
         &["memory limit 256 MiB < 364 MiB needed for 8 connections x max_message_size 25 MiB"],
     );

@@ -32,7 +32,11 @@ fn health(config: &Path) -> Output {
 fn verdict(out: &Output) -> (Option<i32>, String) {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let text = if out.status.success() { &stdout } else { &stderr };
+    let text = if out.status.success() {
+        &stdout
+    } else {
+        &stderr
+    };
     assert_eq!(
         text.lines().count(),
         1,
@@ -62,11 +66,17 @@ async fn healthy_through_readyz_then_unhealthy_once_stopped() {
 
 /// A relay without `[metrics]` (the default): started by hand, since `RelayProc` waits for
 /// `/readyz`.
-fn start_without_metrics(work: &Path, extra_server: &str) -> (Proc, SocketAddr, std::path::PathBuf) {
+fn start_without_metrics(
+    work: &Path,
+    extra_server: &str,
+) -> (Proc, SocketAddr, std::path::PathBuf) {
     let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = work.join("mailveil.toml");
-    let text = format!("[server]\nlisten = \"{smtp}\"\n{extra_server}{}", spool_and_outbox!())
-        .replace("{dir}", &work.display().to_string());
+    let text = format!(
+        "[server]\nlisten = \"{smtp}\"\n{extra_server}{}",
+        spool_and_outbox!()
+    )
+    .replace("{dir}", &work.display().to_string());
     std::fs::write(&config, text).unwrap();
     let mut proc_ = spawn_mailveil(
         &["run", "-c", &config.display().to_string()],
@@ -125,7 +135,10 @@ fn an_unreadable_config_is_a_usage_error() {
     let work = tempfile::tempdir().unwrap();
     let (code, line) = verdict(&health(&work.path().join("missing.toml")));
     assert_eq!(code, Some(64), "{line}");
-    assert!(line.contains("cannot read") && line.contains("missing.toml"), "{line}");
+    assert!(
+        line.contains("cannot read") && line.contains("missing.toml"),
+        "{line}"
+    );
     let bad = work.path().join("bad.toml");
     std::fs::write(&bad, "[metrics]\nlisten = \"nowhere\"\n").unwrap();
     let (code, line) = verdict(&health(&bad));
@@ -151,7 +164,10 @@ async fn the_dockerfile_healthcheck_is_the_health_subcommand() {
         .iter()
         .find(|l| l.starts_with("EXPOSE"))
         .expect("EXPOSE");
-    assert!(!expose.contains("9726"), "the admin API is loopback-only: {expose}");
+    assert!(
+        !expose.contains("9726"),
+        "the admin API is loopback-only: {expose}"
+    );
     let check = instructions
         .iter()
         .find(|l| l.starts_with("HEALTHCHECK"))

@@ -294,9 +294,11 @@ pub(super) fn validate_shaping(raw: Option<RawShaping>, p: &mut Problems) -> Sha
 fn url_has_password(url: &str) -> bool {
     let rest = url.trim_start_matches("redis://");
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    authority
-        .rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.split_once(':').is_some_and(|(_, pass)| !pass.is_empty()))
+    authority.rsplit_once('@').is_some_and(|(userinfo, _)| {
+        userinfo
+            .split_once(':')
+            .is_some_and(|(_, pass)| !pass.is_empty())
+    })
 }
 
 pub(super) fn validate_cluster(raw: Option<RawCluster>, p: &mut Problems) -> Option<ClusterConfig> {
@@ -309,7 +311,13 @@ pub(super) fn validate_cluster(raw: Option<RawCluster>, p: &mut Problems) -> Opt
         Some(n) => n.min(u32::MAX as u64) as u32,
         None => DEFAULT_REPLICAS,
     };
-    let password = p.secret("cluster", "password", raw.password_env, raw.password_file, false);
+    let password = p.secret(
+        "cluster",
+        "password",
+        raw.password_env,
+        raw.password_file,
+        false,
+    );
     match raw.redis_url {
         Some(url) if url.starts_with("redis://") && url_has_password(&url) => {
             p.push(
@@ -464,18 +472,24 @@ name = "yahoo"
         for url in ["redis://:s3cret@h/", "redis://user:s3cret@h:6379/0"] {
             let got = problems(&format!("[cluster]\nredis_url = \"{url}\""));
             assert!(
-                got.iter().any(|g| g.starts_with("cluster.redis_url: holds a password")),
+                got.iter()
+                    .any(|g| g.starts_with("cluster.redis_url: holds a password")),
                 "{url}: {got:?}"
             );
             assert!(!got.iter().any(|g| g.contains("s3cret")), "{got:?}");
         }
-        let got = problems("[cluster]\nredis_url = \"redis://h/\"\npassword_env = \"MAILVEIL_TEST_UNSET_REDIS_PW\"");
+        let got = problems(
+            "[cluster]\nredis_url = \"redis://h/\"\npassword_env = \"MAILVEIL_TEST_UNSET_REDIS_PW\"",
+        );
         assert!(
             got.iter().any(|g| g.starts_with("cluster.password_env")
                 && g.contains("MAILVEIL_TEST_UNSET_REDIS_PW")),
             "{got:?}"
         );
-        let c = Config::from_toml(&format!("[cluster]\nredis_url = \"redis://user@h/\"\n{UPSTREAM}")).unwrap();
+        let c = Config::from_toml(&format!(
+            "[cluster]\nredis_url = \"redis://user@h/\"\n{UPSTREAM}"
+        ))
+        .unwrap();
         assert!(c.cluster.unwrap().password.is_none());
     }
 }

@@ -163,7 +163,9 @@ mod tests {
     #[test]
     fn the_target_follows_the_config() {
         assert_eq!(
-            target_from_config("[metrics]\nlisten = \"0.0.0.0:9725\"\n[server]\nlisten = \"127.0.0.1:25\"\n"),
+            target_from_config(
+                "[metrics]\nlisten = \"0.0.0.0:9725\"\n[server]\nlisten = \"127.0.0.1:25\"\n"
+            ),
             Ok(Target::Readyz("127.0.0.1:9725".parse().unwrap()))
         );
         assert_eq!(

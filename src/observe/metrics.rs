@@ -259,6 +259,7 @@ impl Metrics {
             self.delivery_duration.with_label_values(&[p]);
             self.queue_messages.with_label_values(&[p]);
             self.throttle_delays.with_label_values(&[p]);
+            self.provider_slowed.with_label_values(&[p]);
             for upstream in upstreams {
                 for outcome in ["delivered", "deferred", "failed"] {
                     self.deliveries

@@ -93,19 +93,32 @@ mod tests {
         }
         std::hint::black_box(x);
         let families = registry.gather();
-        let cpu: Vec<_> = families.iter().filter(|f| f.name() == CPU_SECONDS).collect();
+        let cpu: Vec<_> = families
+            .iter()
+            .filter(|f| f.name() == CPU_SECONDS)
+            .collect();
         assert_eq!(cpu.len(), 1, "one CPU family");
         let value = cpu[0].get_metric()[0].get_counter().get_value();
         assert!(value > 0.0, "{value}");
         let names: Vec<_> = families.iter().map(|f| f.name().to_string()).collect();
-        for other in ["process_resident_memory_bytes", "process_open_fds", "process_threads"] {
-            assert!(names.iter().any(|n| n == other), "{other} missing: {names:?}");
+        for other in [
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_threads",
+        ] {
+            assert!(
+                names.iter().any(|n| n == other),
+                "{other} missing: {names:?}"
+            );
         }
         // Text form: a value with a fractional part is printed as such (a whole number of
         // ticks is possible but then the next scrape moves on in hundredths).
         let mut text = Vec::new();
         prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
-        assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter"),
+            "{text}"
+        );
     }
 }

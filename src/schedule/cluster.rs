@@ -180,7 +180,10 @@ fn client(config: &ClusterConfig) -> redis::RedisResult<redis::Client> {
     use redis::IntoConnectionInfo;
     let mut info = config.redis_url.as_str().into_connection_info()?;
     if let Some(password) = &config.password {
-        let settings = info.redis_settings().clone().set_password(password.expose());
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(password.expose());
         info = info.set_redis_settings(settings);
     }
     redis::Client::open(info)
