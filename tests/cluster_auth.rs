@@ -258,3 +258,126 @@ fn an_unset_password_variable_is_a_configuration_error() {
         );
     }
 }
+
+/// The Redis of `deploy/relay/redis.yaml` as the manifest starts it (its container script, run
+/// by `sh` with the password in the environment, only the file location, port and bind address
+/// moved for a test) and the relay with the manifest's own `[cluster]` section: the password
+/// reaches Redis without appearing on its command line, Redis refuses clients without it, and
+/// the relay, reading it through `password_env` as in `deploy/relay/relay.yaml`, shares its
+/// limits.
+#[tokio::test]
+async fn the_manifests_redis_takes_its_password_from_the_secret_and_the_relay_uses_it() {
+    if !redis_available() {
+        return;
+    }
+    let yaml_ok = Command::new("python3")
+        .args(["-c", "import yaml"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !yaml_ok {
+        assert!(
+            std::env::var("MAILVEIL_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "PyYAML is required but not installed"
+        );
+        println!("SKIPPED: PyYAML not installed");
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let script = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, yaml\n\
+             d = next(x for x in yaml.safe_load_all(open(sys.argv[1])) if x['kind'] == 'Deployment')\n\
+             c = d['spec']['template']['spec']['containers'][0]\n\
+             assert c['command'] == ['sh', '-c'], c['command']\n\
+             print(c['args'][0], end='')",
+        ])
+        .arg(format!("{root}/deploy/relay/redis.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        script.status.success(),
+        "{}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    let script = String::from_utf8(script.stdout).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let run_dir = work.path().display().to_string();
+    let exec = "exec redis-server /run/redis/auth.conf";
+    assert!(script.contains(exec), "{script}");
+    let script = script
+        .replace(
+            exec,
+            &format!("{exec} --port {port} --bind 127.0.0.1 --dir /run/redis"),
+        )
+        .replace("/run/redis", &run_dir);
+    let child = Command::new("sh")
+        .args(["-c", &script])
+        .env("REDIS_PASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let redis = Redis { child, port };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let end = Instant::now() + PATIENCE;
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < end, "the manifest's redis did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `exec`: the shell became redis-server, whose command line does not hold the password.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", redis.child.id())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains("redis-server"), "{cmdline}");
+    assert!(
+        !cmdline.contains(PASSWORD),
+        "password on the command line: {cmdline}"
+    );
+    let anonymous = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "get", "x"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&anonymous.stdout).contains("NOAUTH"),
+        "the manifest's redis answers without a password"
+    );
+    assert!(redis.cli(&["ping"]).contains("PONG"));
+    // The file that holds it is private to Redis' user (umask 077 in the script).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(work.path().join("auth.conf"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "auth.conf mode {mode:o}");
+
+    // The relay with relay.yaml's [cluster] section, only the Redis address moved.
+    let relay_yaml = std::fs::read_to_string(format!("{root}/deploy/relay/relay.yaml")).unwrap();
+    let start = relay_yaml
+        .find("    [cluster]\n")
+        .expect("[cluster] in relay.yaml");
+    let cluster: String = relay_yaml[start..]
+        .lines()
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || (l.starts_with("    ") && !l.trim_start().starts_with('[')))
+        .map(|(_, l)| format!("{}\n", l.trim_start()))
+        .collect();
+    assert!(
+        cluster.contains("password_env = \"MAILVEIL_REDIS_PASSWORD\""),
+        "{cluster}"
+    );
+    let cluster = cluster.replace(
+        "redis://mailveil-redis:6379/",
+        &format!("redis://127.0.0.1:{port}/"),
+    );
+    let template = format!(
+        "[server]\nlisten = \"{{smtp}}\"\n{storage}{metrics}{cluster}",
+        storage = spool_and_outbox!(),
+        metrics = metrics_listener!(),
+    );
+    let relay = RelayProc::start(&template, &[("MAILVEIL_REDIS_PASSWORD", PASSWORD)]).await;
+    wait_cluster_up(&relay, 1.0).await;
+    send_and_wait_delivered(&relay, 1).await;
+    assert!(!relay.proc_.log_text().contains(PASSWORD));
+}
