@@ -381,3 +381,45 @@ async fn the_manifests_redis_takes_its_password_from_the_secret_and_the_relay_us
     send_and_wait_delivered(&relay, 1).await;
     assert!(!relay.proc_.log_text().contains(PASSWORD));
 }
+
+/// `[cluster]` is bound at start: a rotated `password_file` (a Kubernetes Secret volume the
+/// kubelet updated) is reported by a reload as needing a restart, not silently ignored. No
+/// Redis needed: the relay starts on the local fallback.
+#[tokio::test]
+async fn a_changed_redis_password_file_needs_a_restart_and_reload_says_so() {
+    let template = format!(
+        "[server]\nlisten = \"{{smtp}}\"\n{storage}{metrics}{admin}[cluster]\nredis_url = \"redis://127.0.0.1:{port}/\"\nreplicas = 1\npassword_file = \"{{dir}}/redis-password\"\n",
+        storage = spool_and_outbox!(),
+        metrics = metrics_listener!(),
+        admin = admin_listener!(),
+        port = free_port(),
+    );
+    // RelayProc creates {dir}; the password file must exist before the relay starts, so the
+    // first start uses a config without [cluster], which is then rewritten and restarted.
+    let token = "reload-test-token";
+    let plain = template[..template.find("[cluster]").unwrap()].to_string();
+    let mut relay = RelayProc::start(&plain, &[("TEST_ADMIN_TOKEN", token)]).await;
+    let secret = relay.dir.path().join("redis-password");
+    std::fs::write(&secret, "first-password\n").unwrap();
+    relay.rewrite_config(&template);
+    let (_, answer) = http_request(relay.admin, "POST", "/reload", Some(token)).await;
+    assert!(answer.contains("cluster.redis_url"), "{answer}");
+    // Restart with [cluster], then rotate the password and reload.
+    assert_eq!(relay.proc_.terminate(), Some(0));
+    relay.proc_ = spawn_mailveil(
+        &["run", "-c", &relay.config.display().to_string()],
+        &relay.dir.path().join("relay2.log"),
+        &[("TEST_ADMIN_TOKEN", token)],
+    );
+    wait_for_port(relay.admin, &mut relay.proc_);
+    std::fs::write(&secret, "second-password\n").unwrap();
+    let (status, answer) = http_request(relay.admin, "POST", "/reload", Some(token)).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        answer["restart_needed"],
+        serde_json::json!(["cluster.password"]),
+        "{answer}"
+    );
+    assert!(!relay.proc_.log_text().contains("second-password"));
+}
