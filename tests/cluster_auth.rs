@@ -44,7 +44,7 @@ impl Redis {
             .expect("start redis-server");
         {
             let mut stdin = child.stdin.take().unwrap();
-            writeln!(stdin, "requirepass {password}").unwrap();
+            writeln!(stdin, "requirepass \"{password}\"").unwrap();
         }
         let redis = Redis { child, port };
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -230,6 +230,31 @@ async fn no_password_for_a_redis_that_requires_one_says_so() {
     );
     send_and_wait_delivered(&relay, 1).await;
     assert_eq!(cluster_up(&relay).await, Some(0.0));
+}
+
+#[tokio::test]
+async fn a_password_for_a_redis_without_one_says_so() {
+    if !redis_available() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // An empty requirepass: Redis without a password.
+    let redis = Redis::start(work.path(), "");
+    let relay = RelayProc::start(
+        &template(redis.port, "password_env = \"TEST_REDIS_PASSWORD\""),
+        &[("TEST_REDIS_PASSWORD", PASSWORD)],
+    )
+    .await;
+    let log = relay
+        .wait_for_log("cluster Redis not usable at start", 0)
+        .await;
+    assert!(
+        log.contains("Redis refused the password") && log.contains("requirepass"),
+        "{log}"
+    );
+    send_and_wait_delivered(&relay, 1).await;
+    assert_eq!(cluster_up(&relay).await, Some(0.0));
+    assert!(!relay.proc_.log_text().contains(PASSWORD));
 }
 
 /// No Redis needed: the variable named by `cluster.password_env` is unset, so `check-config`

@@ -195,8 +195,10 @@ fn describe(e: &redis::RedisError) -> String {
     if text.contains("NOAUTH") {
         format!("Redis requires a password: set cluster.password_env ({text})")
     } else if text.contains("WRONGPASS") || e.kind() == redis::ErrorKind::AuthenticationFailed {
+        // Also what a Redis without any password answers (the client reports both alike).
         format!(
-            "Redis refused the password: check the variable named by cluster.password_env ({text})"
+            "Redis refused the password: check the variable named by cluster.password_env \
+             and Redis' requirepass ({text})"
         )
     } else {
         text
