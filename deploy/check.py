@@ -30,6 +30,8 @@
      condition (a full spool) would take the app out of its Services.
    - ports: every Service in front of the same pods gives the `smtp` port one number, and a
      headless Service's port is the container's port (headless Services do not translate).
+   - references: a file a manifest's comments point to exists (next to it, under deploy/, or
+     at the repository's root).
    - memory: the container's memory limit is at least
      64 MiB + (max_connections + 4) x max_message_size (every connection in DATA holds its
      message; up to 4 more copies while the privacy check and the spool write run, one per
@@ -411,6 +413,19 @@ def check_services(objects, problems):
                             f"{by_service}")
 
 
+def check_references(path, text, problems):
+    """Files a manifest's comments point to (`relay/redis.yaml`, `docs/operations.md`) exist,
+    next to it, under deploy/ or at the repository's root."""
+    rel = os.path.relpath(path, os.path.dirname(HERE))
+    for line in text.splitlines():
+        if not line.lstrip().startswith("#"):
+            continue
+        for ref in re.findall(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.(?:yaml|json|md))\b", line):
+            bases = [os.path.dirname(path), HERE, os.path.dirname(HERE)]
+            if not any(os.path.exists(os.path.join(b, ref)) for b in bases):
+                problems.append(f"{rel}: refers to {ref}, which does not exist")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--mailveil", help="mailveil binary for check-config (skipped if absent)")
@@ -431,11 +446,13 @@ def main():
     for path in [f for f in files if f.endswith((".yaml", ".yml"))]:
         rel = os.path.relpath(path, os.path.dirname(HERE))
         with open(path) as f:
-            try:
-                docs = [d for d in yaml.safe_load_all(f) if d]
-            except yaml.YAMLError as e:
-                problems.append(f"{rel}: not YAML: {e}")
-                continue
+            text = f.read()
+        check_references(path, text, problems)
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d]
+        except yaml.YAMLError as e:
+            problems.append(f"{rel}: not YAML: {e}")
+            continue
         for doc in docs:
             objects.docs.append((rel, doc))
             name = f"{rel}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"

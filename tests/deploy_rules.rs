@@ -346,3 +346,20 @@ fn the_memory_limit_covers_messages_in_data() {
         &["memory limit 2048 MiB < 25764 MiB needed for 1024 connections"],
     );
 }
+
+#[test]
+fn a_comment_pointing_to_a_missing_file_fails() {
+    if !tools() {
+        return;
+    }
+    // The sidecar once sent readers to a StatefulSet file that never existed.
+    fails_with(
+        &[(
+            "sidecar.yaml",
+            "(the StatefulSet in relay/relay.yaml",
+            "(see relay/statefulset.yaml",
+        )],
+        None,
+        &["refers to relay/statefulset.yaml, which does not exist"],
+    );
+}
