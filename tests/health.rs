@@ -64,6 +64,78 @@ async fn healthy_through_readyz_then_unhealthy_once_stopped() {
     );
 }
 
+/// A relay whose spool is full answers `/readyz` 503, and the health check passes on its
+/// reason. The spool is a 1 MiB tmpfs (mounting needs root: skipped otherwise, unless
+/// `MAILVEIL_REQUIRE_PRIVILEGED_TESTS=1`, which `.ci/run` sets as root).
+#[tokio::test]
+async fn a_relay_refusing_mail_for_space_is_unhealthy_with_the_reason() {
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&spool)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        assert!(
+            std::env::var("MAILVEIL_REQUIRE_PRIVILEGED_TESTS").as_deref() != Ok("1"),
+            "MAILVEIL_REQUIRE_PRIVILEGED_TESTS=1 but mount -t tmpfs failed"
+        );
+        println!("SKIPPED: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if !Command::new("umount")
+                .arg(&self.0)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+    }
+    let _unmount = Unmount(spool.clone());
+    // The upstream is down (nothing listens on its port), so every message stays spooled.
+    let template = format!(
+        "[server]\nlisten = \"{{smtp}}\"\n[spool]\ndir = \"{}\"\n{}{}",
+        spool.join("data").display(),
+        scripted_upstream("down", free_port(), "none", "5s"),
+        metrics_listener!()
+    );
+    let mut relay = RelayProc::start(&template, &[]).await;
+    let (code, line) = verdict(&health(&relay.config));
+    assert_eq!(code, Some(0), "{line}");
+
+    let body =
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234567\r\n".repeat(1000);
+    let msg = message(&["From: app@src.test", "To: r@x.test"], &body);
+    let mut refused = false;
+    for _ in 0..40 {
+        match lettre_send(relay.smtp, Some("app@src.test"), &["r@x.test"], &msg).await {
+            Ok(reply) => assert!(reply.starts_with("250"), "{reply}"),
+            Err(e) => {
+                assert!(e.to_string().contains("4.3.1"), "{e}");
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(refused, "a 1 MiB spool took 40 messages of 74 KiB");
+    let (code, line) = verdict(&health(&relay.config));
+    assert_eq!(code, Some(1), "{line}");
+    assert_eq!(
+        line,
+        format!(
+            "unhealthy: /readyz on {} answered 503: spool full: refusing mail (452 4.3.1) for lack of space",
+            relay.metrics
+        )
+    );
+    relay.proc_.kill9();
+}
+
 /// A relay without `[metrics]` (the default): started by hand, since `RelayProc` waits for
 /// `/readyz`.
 fn start_without_metrics(
