@@ -69,8 +69,9 @@ enum Command {
         /// readable by its owner only.
         #[arg(long, value_name = "PATH")]
         token_file: Option<PathBuf>,
-        /// Configuration file, read only for the admin address and token variable.
-        #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        /// Configuration file, read only for the admin address and token variable (and, for
+        /// `health`, the listen addresses). Accepted before or after the action.
+        #[arg(short, long, global = true, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[command(subcommand)]
         action: CtlAction,

@@ -54,6 +54,14 @@ async fn healthy_through_readyz_then_unhealthy_once_stopped() {
         line.starts_with(&format!("healthy: /readyz on {}", relay.metrics)),
         "{line}"
     );
+    // `-c` after the action works too.
+    let after = Command::new(BIN)
+        .args(["ctl", "health", "-c"])
+        .arg(&relay.config)
+        .env_remove("MAILVEIL_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(verdict(&after), (Some(0), line.clone()));
 
     assert_eq!(relay.proc_.terminate(), Some(0));
     let (code, line) = verdict(&health(&relay.config));
