@@ -363,3 +363,30 @@ fn a_comment_pointing_to_a_missing_file_fails() {
         &["refers to relay/statefulset.yaml, which does not exist"],
     );
 }
+
+/// Once `[server] max_data_memory` exists (another part of issue 12), the memory rule counts it
+/// instead of connections x message size. check-config on this build does not know the key,
+/// so this runs without `--mailveil`.
+#[test]
+fn the_memory_rule_uses_max_data_memory_when_set() {
+    if !tools() {
+        return;
+    }
+    let raise = |cap: &'static str| {
+        [(
+            "relay/relay.yaml",
+            "    max_connections = 64\n",
+            match cap {
+                "1GiB" => "    max_connections = 1024\n    max_data_memory = \"1GiB\"\n",
+                _ => "    max_connections = 1024\n    max_data_memory = \"4GiB\"\n",
+            },
+        )]
+    };
+    let (ok, text) = check(&raise("1GiB"), None, false);
+    assert!(ok, "64 MiB + 1 GiB + 4 x 25 MiB fits 2Gi:\n{text}");
+    fails_with(
+        &raise("4GiB"),
+        None,
+        &["memory limit 2048 MiB < 4260 MiB needed for max_data_memory 4096 MiB"],
+    );
+}
