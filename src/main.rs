@@ -295,6 +295,10 @@ fn ctl(
 /// 1 and one line on stderr when it is not, 64 when the config file cannot be read.
 fn health(config: &Path, timeout: std::time::Duration) -> ExitCode {
     use mailveil::control::health;
+    if timeout.is_zero() {
+        eprintln!("mailveil ctl health: --timeout must be longer than 0s");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let target = std::fs::read_to_string(config)
         .map_err(|e| format!("cannot read {}: {e}", config.display()))
         .and_then(|text| {

@@ -219,6 +219,14 @@ fn an_unreadable_config_is_a_usage_error() {
         line.contains("cannot read") && line.contains("missing.toml"),
         "{line}"
     );
+    let zero = Command::new(BIN)
+        .args(["ctl", "health", "--timeout", "0s", "-c"])
+        .arg(work.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    let (code, line) = verdict(&zero);
+    assert_eq!(code, Some(64), "{line}");
+    assert!(line.contains("--timeout"), "{line}");
     let bad = work.path().join("bad.toml");
     std::fs::write(&bad, "[metrics]\nlisten = \"nowhere\"\n").unwrap();
     let (code, line) = verdict(&health(&bad));
