@@ -359,6 +359,38 @@ def policy_guards(policy, labels):
     return bool(rules) and all(r.get("from") for r in rules)
 
 
+def check_secret_instructions(objects, texts, problems):
+    """A Secret a workload needs and deploy/ does not ship is one the reader must create: the
+    comments of the workload's file say how (`kubectl create secret generic NAME
+    --from-literal=KEY=...`, or `secret tls NAME`), with every key the workload reads."""
+    for rel, doc in objects.kind(*WORKLOADS):
+        spec = pod_spec(doc)
+        comments = "\n".join(l for l in texts.get(rel, "").splitlines()
+                              if l.lstrip().startswith("#"))
+        needed = {}
+        for container, _ in containers(spec):
+            for entry in container.get("env") or []:
+                ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    needed.setdefault(ref.get("name"), set()).add(ref.get("key"))
+        for volume in spec.get("volumes") or []:
+            if volume.get("secret"):
+                needed.setdefault(volume["secret"].get("secretName"), set())
+        for name, keys in needed.items():
+            if objects.secret(name) is not None:
+                continue
+            if not re.search(rf"create secret (generic|tls) {re.escape(name)}\b", comments):
+                problems.append(f"{rel}: {doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+                                f" needs the Secret {name}, and no comment says how to create it "
+                                f"(kubectl create secret ... {name})")
+                continue
+            for key in sorted(keys):
+                if f"--from-literal={key}=" not in comments and \
+                        f"--from-file={key}=" not in comments:
+                    problems.append(f"{rel}: the instructions for Secret {name} do not create "
+                                    f"its key {key}")
+
+
 def check_redis(objects, problems):
     for rel, doc in objects.kind(*WORKLOADS):
         spec = pod_spec(doc)
@@ -443,11 +475,13 @@ def main():
         else:
             files.append(path)
     objects = Objects()
+    texts = {}
     for path in [f for f in files if f.endswith((".yaml", ".yml"))]:
         rel = os.path.relpath(path, os.path.dirname(HERE))
         with open(path) as f:
             text = f.read()
         check_references(path, text, problems)
+        texts[rel] = text
         try:
             docs = [d for d in yaml.safe_load_all(text) if d]
         except yaml.YAMLError as e:
@@ -498,6 +532,7 @@ def main():
                                           configs[cm], problems, notes)
     check_redis(objects, problems)
     check_services(objects, problems)
+    check_secret_instructions(objects, texts, problems)
 
     for n in notes:
         print(f"note: {n}")

@@ -390,3 +390,30 @@ fn the_memory_rule_uses_max_data_memory_when_set() {
         &["memory limit 2048 MiB < 4260 MiB needed for max_data_memory 4096 MiB"],
     );
 }
+
+/// A Secret the manifests need and do not ship must come with the command that creates it,
+/// with every key the workload reads.
+#[test]
+fn every_secret_a_workload_needs_is_documented_with_its_keys() {
+    if !tools() {
+        return;
+    }
+    fails_with(
+        &[(
+            "relay/relay.yaml",
+            "#     --from-literal=billing-app-password=\"$(openssl rand -hex 24)\" \\\n",
+            "",
+        )],
+        None,
+        &["the instructions for Secret mailveil do not create its key billing-app-password"],
+    );
+    fails_with(
+        &[(
+            "relay/relay.yaml",
+            "#   kubectl -n mail create secret tls mailveil-tls",
+            "#   kubectl -n mail create secret mailveil-tls",
+        )],
+        None,
+        &["needs the Secret mailveil-tls, and no comment says how to create it"],
+    );
+}
