@@ -448,3 +448,21 @@ async fn a_changed_redis_password_file_needs_a_restart_and_reload_says_so() {
     );
     assert!(!relay.proc_.log_text().contains("second-password"));
 }
+
+/// The password never passes through a URL, so characters a URL would need escaped are fine.
+#[tokio::test]
+async fn a_password_with_url_characters_works_as_it_is() {
+    if !redis_available() {
+        return;
+    }
+    let odd = "p@ss:w/rd?%20#x";
+    let work = tempfile::tempdir().unwrap();
+    let redis = Redis::start(work.path(), odd);
+    let relay = RelayProc::start(
+        &template(redis.port, "password_env = \"TEST_REDIS_PASSWORD\""),
+        &[("TEST_REDIS_PASSWORD", odd)],
+    )
+    .await;
+    wait_cluster_up(&relay, 1.0).await;
+    assert!(!relay.proc_.log_text().contains(odd));
+}
