@@ -5,9 +5,9 @@
 #     -v $PWD/mailveil.toml:/etc/mailveil/mailveil.toml:ro -e UPSTREAM_PASSWORD=... mailveil:0.1.0
 #
 # - Built with the pinned toolchain (rust 1.95), `--locked` against Cargo.lock.
-# - Runs as a fixed non-root uid/gid (10001) on debian:bookworm-slim: a libc for aws-lc-rs and
-#   bash for the health check, nothing else (the webpki roots are compiled in, so no
-#   ca-certificates package is needed).
+# - Runs as a fixed non-root uid/gid (10001) on debian:bookworm-slim: a libc for aws-lc-rs,
+#   nothing else (the health check is the binary itself, `mailveil ctl health`; the webpki
+#   roots are compiled in, so no ca-certificates package is needed).
 # - Read-only root filesystem friendly: the only path written is the spool volume, which
 #   mailveil keeps private (0700 directories, 0600 files, whatever the umask).
 # - PID 1 is mailveil itself (exec-form ENTRYPOINT), so SIGTERM reaches it directly: it stops
@@ -43,14 +43,18 @@ COPY config/examples/sidecar.toml /etc/mailveil/mailveil.toml
 USER 10001:10001
 WORKDIR /var/spool/mailveil
 VOLUME ["/var/spool/mailveil"]
-# 2525 SMTP (the example config listens on loopback: sidecar use), 9725 metrics and probes,
-# 9726 admin API (only served when the admin token variable is set).
-EXPOSE 2525 9725 9726
+# 2525 SMTP (the example config listens on loopback: sidecar use), 9725 metrics and probes.
+# The admin API (9726) is not exposed: it listens on loopback only, for `mailveil ctl` inside
+# the container (`docker exec` / `kubectl exec`).
+EXPOSE 2525 9725
 ENV MAILVEIL_CONFIG=/etc/mailveil/mailveil.toml
 STOPSIGNAL SIGTERM
-# /healthz on the metrics listener, without adding curl to the image: bash's /dev/tcp.
-# Kubernetes ignores HEALTHCHECK; use httpGet probes on /healthz and /readyz there.
+# `mailveil ctl health` reads the config (MAILVEIL_CONFIG, as `run` does) and probes what it
+# finds there: /readyz on [metrics] listen, else the SMTP greeting on [server] listen (metrics
+# are off by default), on loopback for a wildcard address. Exit 0 healthy, 1 not, with a
+# one-line reason that `docker inspect` shows. Its own timeout (3 s) is below --timeout so the
+# reason is printed. Kubernetes ignores HEALTHCHECK; the manifests under deploy/ use probes.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9725 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
+  CMD ["/usr/local/bin/mailveil", "ctl", "health"]
 ENTRYPOINT ["/usr/local/bin/mailveil"]
 CMD ["run"]

@@ -69,8 +69,9 @@ enum Command {
         /// readable by its owner only.
         #[arg(long, value_name = "PATH")]
         token_file: Option<PathBuf>,
-        /// Configuration file, read only for the admin address and token variable.
-        #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        /// Configuration file, read only for the admin address and token variable (and, for
+        /// `health`, the listen addresses). Accepted before or after the action.
+        #[arg(short, long, global = true, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[command(subcommand)]
         action: CtlAction,
@@ -92,6 +93,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CtlAction {
+    /// Is the relay of the config file ready? GET /readyz on [metrics] listen, else the SMTP
+    /// greeting on [server] listen. No token needed. Exit 0 healthy, 1 not (one line says why).
+    Health {
+        /// Give up on each step after this long (e.g. "3s"); keep it below the orchestrator's
+        /// own health check timeout so the reason is printed.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Paused flags, queue depth per provider, upstream health (JSON).
     Status,
     /// Stop starting upstream deliveries (all, or one provider's); inbound keeps spooling.
@@ -246,6 +255,9 @@ fn ctl(
     action: CtlAction,
 ) -> ExitCode {
     use mailveil::control::ctl;
+    if let CtlAction::Health { timeout } = action {
+        return health(config, timeout);
+    }
     let text = std::fs::read_to_string(config).ok();
     let url = admin
         .or_else(|| text.as_deref().and_then(ctl::url_from_config))
@@ -254,6 +266,7 @@ fn ctl(
         return ExitCode::from(EXIT_CONFIG);
     };
     let action = match action {
+        CtlAction::Health { .. } => unreachable!("answered above"),
         CtlAction::Status => ctl::Action::Status,
         CtlAction::Pause { provider } => ctl::Action::Pause { provider },
         CtlAction::Resume { provider } => ctl::Action::Resume { provider },
@@ -275,6 +288,38 @@ fn ctl(
         Err(e) => {
             eprintln!("mailveil ctl: {e}");
             ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+/// `mailveil ctl health`: exit 0 and one line on stdout when the relay of `config` is ready,
+/// 1 and one line on stderr when it is not, 64 when the config file cannot be read.
+fn health(config: &Path, timeout: std::time::Duration) -> ExitCode {
+    use mailveil::control::health;
+    if timeout.is_zero() {
+        eprintln!("mailveil ctl health: --timeout must be longer than 0s");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let target = std::fs::read_to_string(config)
+        .map_err(|e| format!("cannot read {}: {e}", config.display()))
+        .and_then(|text| {
+            health::target_from_config(&text).map_err(|e| format!("{}: {e}", config.display()))
+        });
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mailveil ctl health: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match health::probe(target, timeout) {
+        Ok(said) => {
+            println!("healthy: {said}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("unhealthy: {why}");
+            ExitCode::FAILURE
         }
     }
 }

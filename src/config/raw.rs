@@ -162,6 +162,8 @@ pub struct RawAdmin {
 pub struct RawCluster {
     pub redis_url: Option<String>,
     pub replicas: Option<u64>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::raw::{RawCluster, RawProvider, RawRule, RawShaping};
-use super::values::{Problems, duration};
+use super::values::{Problems, Secret, duration};
 
 /// One `[[provider]]` entry: every limit is optional and overrides only that field of the
 /// built-in entry with the same name (see `schedule::provider`).
@@ -122,10 +122,15 @@ pub enum ShapingAction {
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
+    /// `redis://[USER@]HOST[:PORT][/DB]`, never with a password in it (a user name for a Redis
+    /// ACL user may be there).
     pub redis_url: String,
     /// How many replicas are expected to share the limits: while Redis is unreachable each one
     /// paces at `rate / replicas`, so together they stay within the limit.
     pub replicas: u32,
+    /// Redis' password (`AUTH`), from `cluster.password_env` or `cluster.password_file`; `None`
+    /// for a Redis without one.
+    pub password: Option<Secret>,
 }
 
 /// Default of `cluster.replicas`.
@@ -314,6 +319,17 @@ pub(super) fn validate_shaping(raw: Option<RawShaping>, p: &mut Problems) -> Sha
     }
 }
 
+/// True when a `redis://` URL carries a password (`redis://:PASS@host`, `redis://user:PASS@host`).
+fn url_has_password(url: &str) -> bool {
+    let rest = url.trim_start_matches("redis://");
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.rsplit_once('@').is_some_and(|(userinfo, _)| {
+        userinfo
+            .split_once(':')
+            .is_some_and(|(_, pass)| !pass.is_empty())
+    })
+}
+
 pub(super) fn validate_cluster(raw: Option<RawCluster>, p: &mut Problems) -> Option<ClusterConfig> {
     let raw = raw?;
     let replicas = match raw.replicas {
@@ -324,10 +340,26 @@ pub(super) fn validate_cluster(raw: Option<RawCluster>, p: &mut Problems) -> Opt
         Some(n) => n.min(u32::MAX as u64) as u32,
         None => DEFAULT_REPLICAS,
     };
+    let password = p.secret(
+        "cluster",
+        "password",
+        raw.password_env,
+        raw.password_file,
+        false,
+    );
     match raw.redis_url {
+        Some(url) if url.starts_with("redis://") && url_has_password(&url) => {
+            p.push(
+                "cluster.redis_url",
+                "holds a password: secrets never sit in the file; remove it from the URL and name \
+                 the variable that holds it in cluster.password_env (or a file in cluster.password_file)",
+            );
+            None
+        }
         Some(url) if url.starts_with("redis://") => Some(ClusterConfig {
             redis_url: url,
             replicas,
+            password,
         }),
         Some(url) if url.starts_with("rediss://") => {
             p.push(
@@ -475,5 +507,28 @@ name = "yahoo"
             got.iter().any(|g| g.starts_with("cluster.replicas")),
             "{got:?}"
         );
+        // Redis' password: never in the URL, always from the environment or a file.
+        for url in ["redis://:s3cret@h/", "redis://user:s3cret@h:6379/0"] {
+            let got = problems(&format!("[cluster]\nredis_url = \"{url}\""));
+            assert!(
+                got.iter()
+                    .any(|g| g.starts_with("cluster.redis_url: holds a password")),
+                "{url}: {got:?}"
+            );
+            assert!(!got.iter().any(|g| g.contains("s3cret")), "{got:?}");
+        }
+        let got = problems(
+            "[cluster]\nredis_url = \"redis://h/\"\npassword_env = \"MAILVEIL_TEST_UNSET_REDIS_PW\"",
+        );
+        assert!(
+            got.iter().any(|g| g.starts_with("cluster.password_env")
+                && g.contains("MAILVEIL_TEST_UNSET_REDIS_PW")),
+            "{got:?}"
+        );
+        let c = Config::from_toml(&format!(
+            "[cluster]\nredis_url = \"redis://user@h/\"\n{UPSTREAM}"
+        ))
+        .unwrap();
+        assert!(c.cluster.unwrap().password.is_none());
     }
 }

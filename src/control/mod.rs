@@ -1,6 +1,7 @@
 //! Steering the running relay: the admin API ([`admin`]: status, pause/resume, bulk-hold
-//! decisions, reload, behind a bearer token), its `mailveil ctl` client ([`ctl`]) and hot reload
-//! ([`reload`]: SIGHUP and `POST /reload`).
+//! decisions, reload, behind a bearer token), its `mailveil ctl` client ([`ctl`]), the
+//! health probe `mailveil ctl health` ([`health`]: no token, for container health checks) and
+//! hot reload ([`reload`]: SIGHUP and `POST /reload`).
 //!
 //! The control plane reaches into the relay, the scheduler and inbound to change them; nothing in
 //! the data path imports it. It is served under the HTTP limits of [`crate::observe::serve`] and
@@ -8,4 +9,5 @@
 
 pub mod admin;
 pub mod ctl;
+pub mod health;
 pub mod reload;

@@ -213,11 +213,33 @@ fn keep_start_only(running: &Config, next: &mut Config) -> Vec<String> {
         changed.push("admin".to_string());
     }
     next.admin = running.admin.clone();
-    let redis = |c: &Config| c.cluster.as_ref().map(|c| c.redis_url.clone());
-    if redis(next) != redis(running) {
-        changed.push("cluster.redis_url".to_string());
-        next.cluster = running.cluster.clone();
+    // The shared limits connect once, at start: a new URL, replica count or password (a
+    // rotated `password_file`) waits for a restart, and says so.
+    let cluster = |c: &Config| {
+        c.cluster
+            .as_ref()
+            .map(|c| (c.redis_url.clone(), c.replicas, c.password.clone()))
+    };
+    let (now, then) = (cluster(next), cluster(running));
+    for (key, differs) in [
+        (
+            "cluster.redis_url",
+            now.as_ref().map(|c| &c.0) != then.as_ref().map(|c| &c.0),
+        ),
+        (
+            "cluster.replicas",
+            now.as_ref().map(|c| c.1) != then.as_ref().map(|c| c.1),
+        ),
+        (
+            "cluster.password",
+            now.as_ref().map(|c| &c.2) != then.as_ref().map(|c| &c.2),
+        ),
+    ] {
+        if differs {
+            changed.push(key.to_string());
+        }
     }
+    next.cluster = running.cluster.clone();
     if next.log.format != running.log.format {
         changed.push("log.format".to_string());
     }

@@ -41,6 +41,9 @@ pub struct Metrics {
     /// Time from end of DATA to the `250` reply (spool write + fsync).
     pub accept_duration: Histogram,
     /// 1 while the shared Redis of `[cluster]` answers, 0 while throttles fall back to local.
+    /// Not exported until [`Metrics::enable_cluster`] registers it: a relay without `[cluster]`
+    /// has no Redis to be up or down, and a 0 there would read as "Redis down" on every
+    /// sidecar's dashboard.
     pub cluster_up: IntGauge,
     /// `provider` (`all` for the global pause): 1 while deliveries are paused, else 0.
     pub paused: IntGaugeVec,
@@ -136,11 +139,10 @@ impl Metrics {
         registry
             .register(Box::new(accept_duration.clone()))
             .expect("unique metric");
-        // CPU, memory, open file descriptors and start time of this process (`process_*`).
+        // CPU, memory, open file descriptors and start time of this process (`process_*`),
+        // with a CPU counter in fractions of a second (see `observe/process.rs`).
         registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
+            .register(Box::new(super::process::ProcessMetrics::for_self()))
             .expect("unique metric");
         Metrics {
             messages_received: counter(
@@ -213,10 +215,11 @@ impl Metrics {
                 c
             },
             accept_duration,
-            cluster_up: gauge(
+            cluster_up: IntGauge::new(
                 "mailveil_cluster_up",
                 "1 while the cluster Redis answers; 0 while throttles use the local fallback.",
-            ),
+            )
+            .expect("valid metric"),
             paused: gauge_vec(
                 "mailveil_paused",
                 "1 while deliveries are paused (provider=\"all\": every provider), else 0.",
@@ -307,6 +310,7 @@ impl Metrics {
             self.throttle_delays.with_label_values(&[p]);
             self.drain_remaining.with_label_values(&[p]);
             self.handed_off.with_label_values(&[p]);
+            self.provider_slowed.with_label_values(&[p]);
             for upstream in upstreams {
                 for outcome in ["delivered", "deferred", "failed"] {
                     self.deliveries
@@ -317,6 +321,16 @@ impl Metrics {
         for upstream in upstreams {
             self.upstream_up.with_label_values(&[upstream.as_str()]);
         }
+    }
+
+    /// Exports `mailveil_cluster_up` (at 0 until Redis answers) and returns it: called once when
+    /// `[cluster]` is configured (a start-only section). Calling it again is harmless.
+    pub fn enable_cluster(&self) -> IntGauge {
+        match self.registry.register(Box::new(self.cluster_up.clone())) {
+            Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
+            Err(e) => panic!("mailveil_cluster_up cannot be registered: {e}"),
+        }
+        self.cluster_up.clone()
     }
 
     /// Creates `mailveil_inbound_rejections_total` at zero for each reason the listener uses.

@@ -5,6 +5,7 @@
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod process;
 pub mod serve;
 
 pub use log::Redactor;

@@ -5,6 +5,10 @@
 //! advances it atomically (EVALSHA, loaded on first use); it answers 0 (go) or how many
 //! microseconds to wait. Replicas that wait ask again after the wait: no polling loop.
 //!
+//! Redis' password (`requirepass`, or an ACL user's with `redis://USER@host/`) comes from
+//! `cluster.password_env` / `password_file`, never from the URL. A refused or missing password
+//! is handled like Redis being down, with the reason in the log.
+//!
 //! When Redis does not answer (down, unreachable, slower than [`CALL_TIMEOUT`]), deliveries keep
 //! going under each replica's local limiter at `rate / replicas` (see
 //! [`crate::config::ClusterConfig::replicas`]), `mailveil_cluster_up` drops to 0 and one line is
@@ -61,7 +65,7 @@ impl SharedLimits {
         gauge: IntGauge,
         shutdown: CancellationToken,
     ) -> Arc<SharedLimits> {
-        let manager = redis::Client::open(config.redis_url.as_str())
+        let manager = client(config)
             .and_then(|client| {
                 let options = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CALL_TIMEOUT))
@@ -84,16 +88,14 @@ impl SharedLimits {
         tokio::spawn(async move {
             let mut first = true;
             loop {
-                let ok = probe.ping().await;
-                if ok {
-                    probe.mark_up();
-                } else if first {
-                    tracing::warn!(
-                        "cluster Redis not reachable at start; provider limits use the local fallback (rate / {}) until it answers",
+                match probe.ping().await {
+                    Ok(()) => probe.mark_up(),
+                    Err(why) if first => tracing::warn!(
+                        reason = %why,
+                        "cluster Redis not usable at start; provider limits use the local fallback (rate / {}) until it answers",
                         probe.replicas
-                    );
-                } else {
-                    probe.mark_down("does not answer PING");
+                    ),
+                    Err(why) => probe.mark_down(&why),
                 }
                 first = false;
                 tokio::select! {
@@ -144,13 +146,18 @@ impl SharedLimits {
         }
     }
 
-    async fn ping(&self) -> bool {
+    /// `PING`, with the reason when Redis does not answer it (a refused password included).
+    async fn ping(&self) -> Result<(), String> {
         let Some(mut conn) = self.manager.clone() else {
-            return false;
+            return Err("cluster.redis_url cannot be used".into());
         };
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
-        matches!(tokio::time::timeout(CALL_TIMEOUT, ping).await, Ok(Ok(_)))
+        match tokio::time::timeout(CALL_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(describe(&e)),
+            Err(_) => Err("no answer to PING within 500 ms".into()),
+        }
     }
 
     fn mark_up(&self) {
@@ -169,6 +176,38 @@ impl SharedLimits {
             );
         }
         self.gauge.set(0);
+    }
+}
+
+/// A client for `cluster.redis_url`, with the password of `cluster.password_env` (or
+/// `password_file`) for Redis' `AUTH`. The password is never part of the URL, so no error text
+/// that quotes the URL can show it.
+fn client(config: &ClusterConfig) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let mut info = config.redis_url.as_str().into_connection_info()?;
+    if let Some(password) = &config.password {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(password.expose());
+        info = info.set_redis_settings(settings);
+    }
+    redis::Client::open(info)
+}
+
+/// Why Redis refused, in words that point at the key to fix when it is about the password.
+fn describe(e: &redis::RedisError) -> String {
+    let text = e.to_string();
+    if text.contains("NOAUTH") {
+        format!("Redis requires a password: set cluster.password_env ({text})")
+    } else if text.contains("WRONGPASS") || e.kind() == redis::ErrorKind::AuthenticationFailed {
+        // Also what a Redis without any password answers (the client reports both alike).
+        format!(
+            "Redis refused the password: check the variable named by cluster.password_env \
+             and Redis' requirepass ({text})"
+        )
+    } else {
+        text
     }
 }
 

@@ -167,7 +167,7 @@ impl Scheduler {
             .collect();
         let shutdown = CancellationToken::new();
         let cluster = cluster
-            .map(|c| SharedLimits::start(c, metrics.cluster_up.clone(), shutdown.child_token()));
+            .map(|c| SharedLimits::start(c, metrics.enable_cluster(), shutdown.child_token()));
         let holds = hold::Holds::new(config.hold);
         let settings = Settings::new(config);
         // Before anything is queued: a pause in force when the relay stopped holds from the

@@ -238,6 +238,7 @@ async fn the_lua_gcra_allows_the_burst_then_answers_the_wait() {
     let config = mailveil::config::ClusterConfig {
         redis_url: format!("redis://127.0.0.1:{port}/"),
         replicas: 2,
+        password: None,
     };
     let shared = SharedLimits::start(&config, gauge.clone(), shutdown.clone());
     let end = Instant::now() + PATIENCE;

@@ -588,6 +588,7 @@ async fn changes_made_while_redis_was_away_are_reconciled_with_the_cluster() {
     let config = mailveil::config::ClusterConfig {
         redis_url: url.clone(),
         replicas: 2,
+        password: None,
     };
     let gauge = prometheus::IntGauge::new("up", "up").unwrap();
     let shared = SharedLimits::start(&config, gauge, shutdown.clone());
