@@ -37,6 +37,7 @@ pub mod sink;
 pub mod spool;
 pub mod upstream;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +46,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use config::{AdminConfig, Config, UpstreamKind};
+use config::{AdminConfig, Config, MetricsConfig, ServerConfig, UpstreamKind};
 use control::reload;
 use observe::serve::HttpLimits;
 use observe::{Metrics, Redactor};
@@ -66,16 +67,21 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the addresses in the config. The admin address is bound only when a token is
-    /// configured (without one the API is off and its port stays free).
-    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let smtp = TcpListener::bind(config.server.listen).await?;
-        let metrics = match config.metrics.listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+    /// Binds the addresses in the config sections. The admin address is bound only when a
+    /// token is configured (without one the API is off and its port stays free). The error
+    /// names the listener, its address and its key.
+    pub async fn bind(
+        server: &ServerConfig,
+        metrics: &MetricsConfig,
+        admin: Option<&AdminConfig>,
+    ) -> Result<Listeners, ListenError> {
+        let smtp = listen("SMTP", "server.listen", server.listen).await?;
+        let metrics = match metrics.listen {
+            Some(addr) => Some(listen("metrics", "metrics.listen", addr).await?),
             None => None,
         };
-        let admin = match &config.admin {
-            Some(a) if a.token.is_some() => Some(TcpListener::bind(a.listen).await?),
+        let admin = match admin {
+            Some(a) if a.token.is_some() => Some(listen("admin", "admin.listen", a.listen).await?),
             _ => None,
         };
         Ok(Listeners {
@@ -83,6 +89,47 @@ impl Listeners {
             metrics,
             admin,
         })
+    }
+}
+
+/// A listener that could not be opened: which one, where, and why in plain words.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on the {listener} listener {addr} ({key}): {}", listen_words(.addr, .error))]
+pub struct ListenError {
+    /// `SMTP`, `metrics` or `admin`.
+    pub listener: &'static str,
+    /// The config key of the address.
+    pub key: &'static str,
+    pub addr: SocketAddr,
+    /// Not a `source`: its text is part of this error's own.
+    pub error: std::io::Error,
+}
+
+async fn listen(
+    listener: &'static str,
+    key: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr).await.map_err(|error| ListenError {
+        listener,
+        key,
+        addr,
+        error,
+    })
+}
+
+fn listen_words(addr: &SocketAddr, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::AddrInUse => "address already in use (another process listens there)".into(),
+        ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE".into()
+        }
+        ErrorKind::AddrNotAvailable => format!(
+            "address not available: no network interface of this machine has {}",
+            addr.ip()
+        ),
+        _ => config::tls::io_words(e),
     }
 }
 
@@ -100,10 +147,11 @@ pub struct RunOptions {
 pub enum RunError {
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
-    #[error("upstream {name}: {source}")]
+    #[error("upstream {name}: {error}")]
     Upstream {
         name: String,
-        source: upstream::UpstreamError,
+        /// Not a `source`: its text is part of this error's own (shown once).
+        error: upstream::UpstreamError,
     },
     #[error("inbound listener: {0}")]
     Inbound(std::io::Error),
@@ -140,7 +188,7 @@ pub async fn run_with(
     let redactor = Redactor::new(config.log.show_addresses, spool.redaction_key()?);
     let metrics = Metrics::new();
     let upstreams = Upstream::build_all(&config.upstreams, &config.server.hostname, &redactor)
-        .map_err(|(name, source)| RunError::Upstream { name, source })?;
+        .map_err(|(name, error)| RunError::Upstream { name, error })?;
     let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
     let scheduler = Scheduler::new(
         spool.clone(),

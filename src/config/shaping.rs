@@ -179,7 +179,7 @@ pub(super) fn validate_shaping(raw: Option<RawShaping>, p: &mut Problems) -> Sha
     let mut rules = Vec::new();
     for (i, value) in raw.rule.into_iter().enumerate() {
         let path = format!("shaping.rule[{i}]");
-        let Some(r) = super::deserialize_at::<RawRule>(value, &path, p) else {
+        let Some(r) = super::read::deserialize_at::<RawRule>(value, &path, p) else {
             continue;
         };
         let pattern = match (r.contains, r.regex) {
@@ -206,7 +206,11 @@ pub(super) fn validate_shaping(raw: Option<RawShaping>, p: &mut Problems) -> Sha
                 None
             }
             (None, None) => {
-                p.push(&path, "needs contains = \"text\" or regex = \"pattern\"");
+                if !p.is_broken(&format!("{path}.contains"))
+                    && !p.is_broken(&format!("{path}.regex"))
+                {
+                    p.push(&path, "needs contains = \"text\" or regex = \"pattern\"");
+                }
                 None
             }
         };

@@ -31,6 +31,8 @@ pub(super) fn validate_spool(raw: RawSpool, p: &mut Problems) -> SpoolConfig {
         upstream_cool_off: d(raw.upstream_cool_off, "spool.upstream_cool_off", 30, p),
         bounce: raw.bounce.unwrap_or(false),
     };
+    // `Spool::open` creates it; a file in its place would stop `run`.
+    p.directory("spool.dir", &spool.dir);
     if spool.retry_initial.is_zero() {
         p.push("spool.retry_initial", "must be greater than zero");
     }
