@@ -113,7 +113,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
                 )
             } else {
                 format!(
-                    "{} holds no certificate (PEM \"BEGIN CERTIFICATE\")",
+                    "{} holds no TLS certificate (PEM \"BEGIN CERTIFICATE\")",
                     cert.display()
                 )
             },
@@ -129,7 +129,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
                 )
             } else {
                 format!(
-                    "{} holds no private key (PEM \"BEGIN PRIVATE KEY\")",
+                    "{} holds no TLS private key (PEM \"BEGIN PRIVATE KEY\")",
                     key.display()
                 )
             },
@@ -199,7 +199,7 @@ pub fn trust_anchors(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
                 )
             } else {
                 format!(
-                    "{} holds no certificate (PEM \"BEGIN CERTIFICATE\")",
+                    "{} holds no TLS certificate (PEM \"BEGIN CERTIFICATE\")",
                     path.display()
                 )
             },
