@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,15 +29,34 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.json"}
 
 
+def tls_placeholder(tmp):
+    """A self-signed certificate and its key (PEM files in tmp) for check-config."""
+    cert, key = os.path.join(tmp, "placeholder-cert.pem"), os.path.join(tmp, "placeholder-key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=placeholder"], check=True, capture_output=True)
+    return cert, key
+
+
 def check_config(mailveil, name, text, problems):
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)
         for var in set(re.findall(r'_env\s*=\s*"([^"]+)"', text)):
             env[var] = "placeholder"
-        # Certificate and password files: point them at existing placeholder files.
+        # Certificate and password files: point them at existing placeholder files. check-config
+        # loads TLS files as `run` does (a certificate and the key that pairs with it), so the
+        # certificate, its key and CA files are a real self-signed pair made with openssl.
+        pair = tls_placeholder(tmp)
+
         def placeholder(match):
+            key = match.group(1).split("=")[0].strip()
             path = os.path.join(tmp, os.path.basename(match.group(2)))
-            open(path, "w").close()
+            if key in ("cert", "ca_file"):
+                shutil.copy(pair[0], path)
+            elif key == "key":
+                shutil.copy(pair[1], path)
+            else:
+                open(path, "w").close()
             return f'{match.group(1)}"{path}"'
         text = re.sub(r'((?:cert|key|ca_file|_file)\s*=\s*)"([^"]+)"', placeholder, text)
         path = os.path.join(tmp, "mailveil.toml")
