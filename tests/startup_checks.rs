@@ -16,7 +16,9 @@ use support::{BIN, PATIENCE, make_pki, spawn_mailveil};
 /// A valid base: loopback SMTP on a port nobody listens on, a spool and a capture upstream in
 /// `dir`.
 fn base(dir: &Path) -> String {
-    let smtp: SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
+    let smtp: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
     base_listening(dir, smtp)
 }
 
@@ -88,7 +90,11 @@ fn refused_by_both(dir: &Path, text: &str, path: &str, words: &str) {
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert_problem(&stderr(&out), path, words);
     let (code, log) = run_until_exit(dir, &config, &[]);
-    assert_eq!(code, Some(64), "run refuses it as check-config does:\n{log}");
+    assert_eq!(
+        code,
+        Some(64),
+        "run refuses it as check-config does:\n{log}"
+    );
     assert_problem(&log, path, words);
 }
 
@@ -97,19 +103,40 @@ fn a_key_that_does_not_match_the_certificate_is_refused_by_check_config_and_run(
     let dir = tempfile::tempdir().unwrap();
     let a = make_pki(dir.path(), "a", &["localhost"]);
     let b = make_pki(dir.path(), "b", &["localhost"]);
-    let good = format!("{}{}", base(dir.path()), tls_section(&a.cert_file, &a.key_file));
+    let good = format!(
+        "{}{}",
+        base(dir.path()),
+        tls_section(&a.cert_file, &a.key_file)
+    );
     let out = check_config(&write(dir.path(), &good), &[], &[]);
-    assert!(out.status.success(), "the matching pair passes: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "the matching pair passes: {}",
+        stderr(&out)
+    );
 
-    let text = format!("{}{}", base(dir.path()), tls_section(&a.cert_file, &b.key_file));
-    refused_by_both(dir.path(), &text, "server.tls.key", "does not match the certificate");
+    let text = format!(
+        "{}{}",
+        base(dir.path()),
+        tls_section(&a.cert_file, &b.key_file)
+    );
+    refused_by_both(
+        dir.path(),
+        &text,
+        "server.tls.key",
+        "does not match the certificate",
+    );
 }
 
 #[test]
 fn swapped_cert_and_key_files_are_refused_and_named_as_swapped() {
     let dir = tempfile::tempdir().unwrap();
     let a = make_pki(dir.path(), "a", &["localhost"]);
-    let text = format!("{}{}", base(dir.path()), tls_section(&a.key_file, &a.cert_file));
+    let text = format!(
+        "{}{}",
+        base(dir.path()),
+        tls_section(&a.key_file, &a.cert_file)
+    );
     refused_by_both(dir.path(), &text, "server.tls.cert", "swapped");
 }
 
@@ -118,7 +145,11 @@ fn missing_unreadable_and_unusable_tls_files_are_config_problems() {
     let dir = tempfile::tempdir().unwrap();
     let a = make_pki(dir.path(), "a", &["localhost"]);
     let missing = dir.path().join("missing-key.pem");
-    let text = format!("{}{}", base(dir.path()), tls_section(&a.cert_file, &missing));
+    let text = format!(
+        "{}{}",
+        base(dir.path()),
+        tls_section(&a.cert_file, &missing)
+    );
     refused_by_both(
         dir.path(),
         &text,
@@ -134,13 +165,23 @@ fn missing_unreadable_and_unusable_tls_files_are_config_problems() {
     )
     .unwrap();
     let text = format!("{}{}", base(dir.path()), tls_section(&a.cert_file, &odd));
-    refused_by_both(dir.path(), &text, "server.tls.key", "not a key type TLS can use");
+    refused_by_both(
+        dir.path(),
+        &text,
+        "server.tls.key",
+        "not a key type TLS can use",
+    );
 
     // A certificate file with no PEM certificate at all.
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate\n").unwrap();
     let text = format!("{}{}", base(dir.path()), tls_section(&junk, &a.key_file));
-    refused_by_both(dir.path(), &text, "server.tls.cert", "holds no TLS certificate");
+    refused_by_both(
+        dir.path(),
+        &text,
+        "server.tls.cert",
+        "holds no TLS certificate",
+    );
 }
 
 #[test]
@@ -152,7 +193,12 @@ fn an_upstream_ca_file_that_holds_no_certificate_is_refused_with_its_index() {
         base(dir.path()),
         a.key_file.display()
     );
-    refused_by_both(dir.path(), &text, "upstream[1].ca_file", "holds a private key");
+    refused_by_both(
+        dir.path(),
+        &text,
+        "upstream[1].ca_file",
+        "holds a private key",
+    );
 }
 
 #[test]
@@ -219,7 +265,10 @@ contains = "TS02"
         ("access.users[0].password_file", "cannot read"),
         ("access.users[1].name", "is required"),
         ("access.users[1].password_file", "cannot read"),
-        ("upstream[0].port", "must be a whole number from 0 to 65535, not the text \"x\""),
+        (
+            "upstream[0].port",
+            "must be a whole number from 0 to 65535, not the text \"x\"",
+        ),
         ("upstream[0].tls", "is not one of starttls, implicit, none"),
         ("upstream[0].timeout", "must be a duration"),
         ("upstream[1].name", "must be letters"),
@@ -227,20 +276,35 @@ contains = "TS02"
         ("upstream[2].port", "only applies to an SMTP upstream"),
         ("provider[0].burst", "must be a whole number"),
         ("provider[0].max_connections", "must be at least 1"),
-        ("provider[1].messages_per_second", "must be a positive number"),
+        (
+            "provider[1].messages_per_second",
+            "must be a positive number",
+        ),
         ("dkim[0].selector", "must be text in quotes, not 5"),
         ("dkim[0].key_file", "cannot read"),
         ("dkim[1].domain", "is required"),
         ("dkim[1].key_file", "cannot read"),
-        ("shaping.rule[0].factor", "must be a number, not the text \"half\""),
+        (
+            "shaping.rule[0].factor",
+            "must be a number, not the text \"half\"",
+        ),
         ("shaping.rule[1].action", "is required"),
     ] {
         assert_problem(&err, path, words);
     }
     let lines = problem_lines(&err);
     for line in &lines {
-        assert!(line.starts_with("  ") && line.len() > 2, "odd line {line:?} in:\n{err}");
-        for raw in ["invalid type", "invalid value", "expected u", "untagged enum", "in `"] {
+        assert!(
+            line.starts_with("  ") && line.len() > 2,
+            "odd line {line:?} in:\n{err}"
+        );
+        for raw in [
+            "invalid type",
+            "invalid value",
+            "expected u",
+            "untagged enum",
+            "in `",
+        ] {
             assert!(!line.contains(raw), "serde text {raw:?} in {line:?}");
         }
     }
@@ -249,9 +313,18 @@ contains = "TS02"
     assert!(!err.contains("access.users[0].name: is required"), "{err}");
     assert!(!err.contains("dkim[0].selector: is required"), "{err}");
     // Each entry's problems stand together.
-    let first = lines.iter().position(|l| l.contains("upstream[1]")).unwrap();
-    let last = lines.iter().rposition(|l| l.contains("upstream[0]")).unwrap();
-    assert!(last < first, "upstream[0]'s problems before upstream[1]'s:\n{err}");
+    let first = lines
+        .iter()
+        .position(|l| l.contains("upstream[1]"))
+        .unwrap();
+    let last = lines
+        .iter()
+        .rposition(|l| l.contains("upstream[0]"))
+        .unwrap();
+    assert!(
+        last < first,
+        "upstream[0]'s problems before upstream[1]'s:\n{err}"
+    );
 }
 
 #[test]
@@ -279,7 +352,10 @@ fn a_toml_syntax_error_is_one_line_with_its_position() {
     assert_eq!(out.status.code(), Some(64));
     let lines = problem_lines(&stderr(&out));
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].starts_with("  (file): line 1, column 8: "), "{lines:?}");
+    assert!(
+        lines[0].starts_with("  (file): line 1, column 8: "),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -313,7 +389,11 @@ fn no_secrets_checks_a_file_without_its_environment_and_still_checks_the_rest() 
     let config = write(dir.path(), &text);
     let without = check_config(&config, &[], &[]);
     assert_eq!(without.status.code(), Some(64), "{}", stderr(&without));
-    assert_problem(&stderr(&without), "access.users[0].password_env", "is not set");
+    assert_problem(
+        &stderr(&without),
+        "access.users[0].password_env",
+        "is not set",
+    );
 
     let out = check_config(&config, &["--no-secrets"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));

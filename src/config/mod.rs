@@ -29,7 +29,6 @@ mod values;
 
 use std::path::Path;
 
-use read::{array, section};
 pub use access::{
     AccessConfig, DEFAULT_AUTH_BAN, DEFAULT_AUTH_FAILURES_PER_SOURCE, DEFAULT_AUTH_FAILURES_TOTAL,
     User,
@@ -41,6 +40,7 @@ pub use http::{
 };
 pub use log::{LogConfig, LogFormat};
 pub use privacy::{BodyCheck, PrivacyConfig, PrivacyMode};
+use read::{array, section};
 pub use server::{
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_UNAUTHENTICATED_TIMEOUT, InboundTlsConfig,
     ServerConfig,

@@ -97,10 +97,7 @@ fn take_out(value: &mut toml::Value, segments: &[Segment], message: &str) -> boo
         }
     }
     match last {
-        Segment::Map { key } => cur
-            .as_table_mut()
-            .and_then(|t| t.remove(key))
-            .is_some(),
+        Segment::Map { key } => cur.as_table_mut().and_then(|t| t.remove(key)).is_some(),
         Segment::Seq { index } => {
             let placeholder = if message.ends_with("expected a string") {
                 Some(toml::Value::String(String::new()))
@@ -109,7 +106,10 @@ fn take_out(value: &mut toml::Value, segments: &[Segment], message: &str) -> boo
             } else {
                 None
             };
-            match (placeholder, cur.as_array_mut().and_then(|a| a.get_mut(*index))) {
+            match (
+                placeholder,
+                cur.as_array_mut().and_then(|a| a.get_mut(*index)),
+            ) {
                 (Some(placeholder), Some(slot)) => {
                     *slot = placeholder;
                     true
@@ -147,7 +147,11 @@ pub(super) fn plain_message(message: &str) -> String {
         .or_else(|| message.strip_prefix("invalid value: "))
         && let Some((found, expected)) = rest.rsplit_once(", expected ")
     {
-        return format!("must be {}, not {}", expected_words(expected), found_words(found));
+        return format!(
+            "must be {}, not {}",
+            expected_words(expected),
+            found_words(found)
+        );
     }
     if message.contains("untagged enum RawDuration") {
         return "must be a duration: a number of seconds, or text such as \"90s\", \"5m\" or \"3d\""

@@ -48,7 +48,8 @@ fn problem(file: TlsFile, message: String) -> TlsFileProblem {
 
 /// The PEM sections of a file, or why it cannot be read.
 fn pem_sections(path: &Path) -> Result<Vec<(SectionKind, Vec<u8>)>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), io_words(&e)))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read {}: {}", path.display(), io_words(&e)))?;
     <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{} is not a readable PEM file: {e}", path.display()))
@@ -171,7 +172,11 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
         .map_err(|e| {
             problem(
                 TlsFile::Cert,
-                format!("{} and {} cannot be used: {e}", cert.display(), key.display()),
+                format!(
+                    "{} and {} cannot be used: {e}",
+                    cert.display(),
+                    key.display()
+                ),
             )
         })
 }
@@ -191,19 +196,17 @@ pub fn trust_anchors(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
         .map(|(_, der)| CertificateDer::from(der.clone()))
         .collect();
     if certs.is_empty() {
-        return Err(
-            if sections.iter().any(|(k, _)| is_private_key(*k)) {
-                format!(
-                    "{} holds a private key, not a CA certificate (PEM \"BEGIN CERTIFICATE\")",
-                    path.display()
-                )
-            } else {
-                format!(
-                    "{} holds no TLS certificate (PEM \"BEGIN CERTIFICATE\")",
-                    path.display()
-                )
-            },
-        );
+        return Err(if sections.iter().any(|(k, _)| is_private_key(*k)) {
+            format!(
+                "{} holds a private key, not a CA certificate (PEM \"BEGIN CERTIFICATE\")",
+                path.display()
+            )
+        } else {
+            format!(
+                "{} holds no TLS certificate (PEM \"BEGIN CERTIFICATE\")",
+                path.display()
+            )
+        });
     }
     for (i, cert) in certs.into_iter().enumerate() {
         roots.add(cert).map_err(|e| {

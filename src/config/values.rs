@@ -154,7 +154,10 @@ impl Problems {
         }
         if let Ok(m) = std::fs::metadata(dir) {
             if !m.is_dir() {
-                self.push(path, format!("{} is a file, not a directory", dir.display()));
+                self.push(
+                    path,
+                    format!("{} is a file, not a directory", dir.display()),
+                );
             }
             return;
         }
