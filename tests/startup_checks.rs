@@ -172,6 +172,20 @@ fn missing_unreadable_and_unusable_tls_files_are_config_problems() {
         "not a key type TLS can use",
     );
 
+    // An encrypted key (the relay cannot ask for its pass phrase).
+    let encrypted = dir.path().join("encrypted-key.pem");
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        base(dir.path()),
+        tls_section(&a.cert_file, &encrypted)
+    );
+    refused_by_both(dir.path(), &text, "server.tls.key", "encrypted private key");
+
     // A certificate file with no PEM certificate at all.
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate\n").unwrap();

@@ -121,9 +121,17 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
         ));
     }
     let Some((kind, der)) = key_sections.into_iter().find(|(k, _)| is_private_key(*k)) else {
+        let encrypted =
+            std::fs::read(key).is_ok_and(|b| b.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY"));
         return Err(problem(
             TlsFile::Key,
-            if key_has_cert {
+            if encrypted {
+                format!(
+                    "{} holds an encrypted private key; the relay needs it unencrypted \
+                     (openssl pkey -in ENCRYPTED -out PLAIN), readable by its user only",
+                    key.display()
+                )
+            } else if key_has_cert {
                 format!(
                     "{} holds a certificate, not a private key (PEM \"BEGIN PRIVATE KEY\")",
                     key.display()
@@ -148,7 +156,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
             rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => problem(
                 TlsFile::Key,
                 format!(
-                    "the key in {} does not match the certificate in {} (server.tls.cert)",
+                    "the key in {} does not match the certificate in {} (server.tls.cert; \
+                     the server's own certificate must come first there, then its CA chain)",
                     key.display(),
                     cert.display()
                 ),
