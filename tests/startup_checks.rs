@@ -539,3 +539,119 @@ fn a_start_up_error_with_a_cause_prints_each_text_once() {
     assert!(line.contains(&key.display().to_string()), "{line}");
     assert_eq!(line.matches("directory").count(), 1, "{line}");
 }
+
+/// The uid of this test process (from `/proc/self/status`).
+fn uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `mailveil run -c config` as an unprivileged user until it exits (bounded): as is when this
+/// test does not run as root, else as `nobody` through `setpriv` (CI runs as root). `None`
+/// when neither is possible (root without setpriv).
+fn run_unprivileged_until_exit(dir: &Path, config: &str) -> Option<(Option<i32>, String)> {
+    let mut cmd = if uid() == 0 {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            BIN,
+        ]);
+        cmd
+    } else {
+        Command::new(BIN)
+    };
+    let log = dir.join("run.log");
+    let out = std::fs::File::create(&log).unwrap();
+    cmd.args(["run", "-c", config])
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("cannot start the relay unprivileged ({e}); skipped");
+            return None;
+        }
+    };
+    let mut proc_ = support::Proc { child, log };
+    let end = Instant::now() + PATIENCE;
+    while Instant::now() < end {
+        if let Ok(Some(status)) = proc_.child.try_wait() {
+            return Some((status.code(), proc_.log_text()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("run did not stop; log:\n{}", proc_.log_text());
+}
+
+/// A temporary directory `nobody` can read (the config file in it too).
+fn shared_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn a_privileged_port_for_an_unprivileged_user_is_named_with_its_listener() {
+    let lowest: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1024);
+    if lowest <= 1 {
+        eprintln!(
+            "every port is unprivileged on this machine (ip_unprivileged_port_start = {lowest}); skipped"
+        );
+        return;
+    }
+    let dir = shared_tempdir();
+    let text = format!("{}[metrics]\nlisten = \"127.0.0.1:1\"\n", base(dir.path()));
+    let config = write(dir.path(), &text);
+    let Some((code, log)) = run_unprivileged_until_exit(dir.path(), &config) else {
+        return;
+    };
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains(
+            "mailveil: cannot listen on the metrics listener 127.0.0.1:1 (metrics.listen): permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("ermission denied").count(),
+        2,
+        "log line and stderr line, each once:\n{log}"
+    );
+}
+
+#[test]
+fn a_spool_the_relay_user_may_not_enter_is_named_in_plain_words() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = shared_tempdir();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if uid() != 0 {
+        // The test's own user owns it: make it unusable for that user.
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let config = write(dir.path(), &base(dir.path()));
+    let result = run_unprivileged_until_exit(dir.path(), &config);
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let Some((code, log)) = result else {
+        return;
+    };
+    assert_eq!(code, Some(1), "{log}");
+    let expected = format!(
+        "cannot use the spool directory {} (spool.dir): permission denied on {}",
+        spool.display(),
+        spool.display()
+    );
+    assert!(log.contains(&expected), "{expected:?} missing in:\n{log}");
+    let line = log.lines().find(|l| l.starts_with("mailveil: ")).unwrap();
+    assert_eq!(line.matches("ermission denied").count(), 1, "{line}");
+}
