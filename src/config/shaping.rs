@@ -193,7 +193,15 @@ pub(super) fn validate_shaping(raw: Option<RawShaping>, p: &mut Problems) -> Sha
             {
                 Ok(re) => Some(ReplyPattern::Regex(re)),
                 Err(e) => {
-                    p.push(&format!("{path}.regex"), format!("invalid regex: {e}"));
+                    // The parser draws the pattern with a caret under the fault over several
+                    // lines; its last line says what is wrong.
+                    let text = e.to_string();
+                    let what = text.lines().last().unwrap_or_default();
+                    let what = what.strip_prefix("error: ").unwrap_or(what);
+                    p.push(
+                        &format!("{path}.regex"),
+                        format!("invalid regex {re:?}: {what}"),
+                    );
                     None
                 }
             },

@@ -8,6 +8,20 @@ use std::time::Duration;
 use super::raw::{RawDuration, RawSize};
 use super::{ConfigError, ConfigProblem, LoadOptions};
 
+/// A message as one line: a problem is printed as `path: message` on a line of its own, so a
+/// library's text drawn over several lines (or ending in a line break) is joined.
+fn one_line(message: String) -> String {
+    if !message.contains(['\n', '\r']) {
+        return message;
+    }
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Whether a problem at `path` only follows from the value at `broken` being of the wrong
 /// kind: the same key (`is required`) or a key below it.
 fn follows_from(path: &str, broken: &str) -> bool {
@@ -127,7 +141,7 @@ impl Problems {
         }
         self.errors.push(ConfigProblem {
             path: path.to_string(),
-            message: message.into(),
+            message: one_line(message.into()),
         });
     }
 
@@ -135,7 +149,7 @@ impl Problems {
     pub fn push_broken(&mut self, path: &str, message: impl Into<String>) {
         self.errors.push(ConfigProblem {
             path: path.to_string(),
-            message: message.into(),
+            message: one_line(message.into()),
         });
         self.broken.push(path.to_string());
     }
