@@ -129,7 +129,7 @@ fn listen_words(addr: &SocketAddr, e: &std::io::Error) -> String {
             "address not available: no network interface of this machine has {}",
             addr.ip()
         ),
-        _ => config::tls::io_words(e),
+        _ => config::io_words(e),
     }
 }
 

@@ -52,7 +52,7 @@ pub use shaping::{
 pub use spool::SpoolConfig;
 pub use upstream::{Credentials, SmtpUpstreamConfig, UpstreamConfig, UpstreamKind, UpstreamTls};
 use values::Problems;
-pub use values::{FailureBudget, Secret};
+pub use values::{FailureBudget, Secret, io_words};
 
 /// Everything the relay needs, validated.
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             problems: vec![ConfigProblem {
                 path: path.display().to_string(),
-                message: format!("cannot read: {}", tls::io_words(&e)),
+                message: format!("cannot read: {}", io_words(&e)),
             }],
         })?;
         Config::from_toml_with(&text, options)

@@ -16,6 +16,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+use super::values::io_words;
+
 /// Which of the two `[server.tls]` files a problem is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsFile {
@@ -60,24 +62,6 @@ fn is_private_key(kind: SectionKind) -> bool {
         kind,
         SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
     )
-}
-
-/// An I/O error in plain words, without the `(os error N)` suffix.
-pub fn io_words(e: &std::io::Error) -> String {
-    use std::io::ErrorKind;
-    match e.kind() {
-        ErrorKind::NotFound => "no such file or directory".into(),
-        ErrorKind::PermissionDenied => "permission denied".into(),
-        ErrorKind::IsADirectory => "it is a directory, not a file".into(),
-        ErrorKind::NotADirectory => "a part of the path is a file, not a directory".into(),
-        _ => {
-            let text = e.to_string();
-            match text.find(" (os error") {
-                Some(i) => text[..i].to_string(),
-                None => text,
-            }
-        }
-    }
 }
 
 /// Reads the certificate chain and private key of `[server.tls]`, checks that the key is one

@@ -8,6 +8,25 @@ use std::time::Duration;
 use super::raw::{RawDuration, RawSize};
 use super::{ConfigError, ConfigProblem, LoadOptions};
 
+/// An I/O error in plain words, without the `(os error N)` suffix (config problems, start-up
+/// errors).
+pub fn io_words(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::NotFound => "no such file or directory".into(),
+        ErrorKind::PermissionDenied => "permission denied".into(),
+        ErrorKind::IsADirectory => "it is a directory, not a file".into(),
+        ErrorKind::NotADirectory => "a part of the path is a file, not a directory".into(),
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            }
+        }
+    }
+}
+
 /// A message as one line: a problem is printed as `path: message` on a line of its own, so a
 /// library's text drawn over several lines (or ending in a line break) is joined.
 fn one_line(message: String) -> String {
@@ -351,7 +370,7 @@ impl Problems {
                 Err(e) => {
                     self.push(
                         &format!("{prefix}.{what}_file"),
-                        format!("cannot read {path}: {}", super::tls::io_words(&e)),
+                        format!("cannot read {path}: {}", io_words(&e)),
                     );
                     None
                 }
