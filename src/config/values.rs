@@ -12,6 +12,10 @@ use super::{ConfigError, ConfigProblem, LoadOptions};
 /// errors).
 pub fn io_words(e: &std::io::Error) -> String {
     use std::io::ErrorKind;
+    if e.raw_os_error().is_none() {
+        // Our own words already (or a library's).
+        return e.to_string();
+    }
     match e.kind() {
         ErrorKind::NotFound => "no such file or directory".into(),
         ErrorKind::PermissionDenied => "permission denied".into(),
