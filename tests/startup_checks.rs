@@ -655,3 +655,31 @@ fn a_spool_the_relay_user_may_not_enter_is_named_in_plain_words() {
     let line = log.lines().find(|l| l.starts_with("mailveil: ")).unwrap();
     assert_eq!(line.matches("ermission denied").count(), 1, "{line}");
 }
+
+#[tokio::test]
+async fn a_reload_with_a_key_that_does_not_match_is_refused_and_the_relay_keeps_serving() {
+    use support::{RelayProc, metrics_listener, spool_and_outbox};
+    let pki_dir = tempfile::tempdir().unwrap();
+    let a = make_pki(pki_dir.path(), "a", &["localhost"]);
+    let b = make_pki(pki_dir.path(), "b", &["localhost"]);
+    let template = |key: &Path| {
+        format!(
+            "[server]\nlisten = \"{{smtp}}\"\n{}{}{}",
+            tls_section(&a.cert_file, key),
+            metrics_listener!(),
+            spool_and_outbox!()
+        )
+    };
+    let relay = RelayProc::start(&template(&a.key_file), &[]).await;
+    relay.rewrite_config(&template(&b.key_file));
+    relay.signal("HUP");
+    let log = relay.wait_for_log("reload refused", 0).await;
+    assert!(
+        log.lines().any(|l| l.contains("reload refused")
+            && l.contains("server.tls.key")
+            && l.contains("does not match the certificate")),
+        "{log}"
+    );
+    let (code, _) = support::http_get(relay.metrics, "/readyz").await;
+    assert_eq!(code, 200, "still serving with the old pair");
+}
