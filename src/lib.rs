@@ -133,6 +133,29 @@ fn listen_words(addr: &SocketAddr, e: &std::io::Error) -> String {
     }
 }
 
+/// An error and its causes on one line, each text once: many errors already show their
+/// source's text in their own (thiserror's `{source}`, lettre's `Connection error: ...`), so
+/// printing the chain as is would say everything twice.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
 /// How the running relay can be told to reload.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -370,4 +393,27 @@ fn spawn_sighup_reload(reloader: Arc<reload::Reloader>, shutdown: CancellationTo
             let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn an_error_chain_says_each_text_once() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let spool = crate::spool::SpoolError::Io {
+            path: "/spool/msg".into(),
+            source: io,
+        };
+        let text = error_chain(&spool);
+        assert_eq!(text.matches("Permission denied").count(), 1, "{text}");
+        assert!(text.starts_with("spool I/O on /spool/msg: "), "{text}");
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("Connection error: {0}")]
+        struct Wrapped(String);
+        let text = error_chain(&Wrapped("Connection error: refused".into()));
+        assert_eq!(text, "Connection error: refused");
+    }
 }

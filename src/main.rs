@@ -146,7 +146,19 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e) => config_failure(&config, &e),
+                Err(e) => {
+                    let unset_env = e
+                        .problems
+                        .iter()
+                        .any(|p| p.path.ends_with("_env") && p.message.ends_with("is not set"));
+                    if unset_env {
+                        println!(
+                            "to check the file without its environment: mailveil check-config --no-secrets -c {}",
+                            config.display()
+                        );
+                    }
+                    config_failure(&config, &e)
+                }
             }
         }
         Command::Inspect {
@@ -210,35 +222,12 @@ fn run(path: PathBuf) -> ExitCode {
     match runtime.block_on(serve(config, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let text = error_chain(e.as_ref());
+            let text = mailveil::error_chain(e.as_ref());
             tracing::error!("{text}");
             eprintln!("mailveil: {text}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error and its causes on one line, each text once: many errors already show their
-/// source's text in their own (thiserror's `{source}`, lettre's `Connection error: ...`), so
-/// printing the chain as is would say everything twice.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        next = cause.source();
-    }
-    let mut parts: Vec<&str> = Vec::new();
-    for part in text.split(": ") {
-        if parts.last() != Some(&part) {
-            parts.push(part);
-        }
-    }
-    parts.join(": ")
 }
 
 async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {

@@ -353,9 +353,7 @@ impl Problems {
                 Err(_) => {
                     self.push(
                         &format!("{prefix}.{what}_env"),
-                        format!(
-                            "environment variable {var} is not set (check-config --no-secrets checks the file without it)"
-                        ),
+                        format!("environment variable {var} is not set"),
                     );
                     None
                 }
