@@ -408,6 +408,10 @@ fn no_secrets_checks_a_file_without_its_environment_and_still_checks_the_rest() 
         "access.users[0].password_env",
         "is not set",
     );
+    assert!(
+        String::from_utf8_lossy(&without.stdout).contains("check-config --no-secrets -c"),
+        "the way to check without the environment is named"
+    );
 
     let out = check_config(&config, &["--no-secrets"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
