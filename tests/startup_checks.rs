@@ -555,6 +555,11 @@ fn uid() -> u32 {
 /// test does not run as root, else as `nobody` through `setpriv` (CI runs as root). `None`
 /// when neither is possible (root without setpriv).
 fn run_unprivileged_until_exit(dir: &Path, config: &str) -> Option<(Option<i32>, String)> {
+    unprivileged_until_exit(dir, &["run", "-c", config])
+}
+
+/// `mailveil <args>` as an unprivileged user (see [`run_unprivileged_until_exit`]).
+fn unprivileged_until_exit(dir: &Path, args: &[&str]) -> Option<(Option<i32>, String)> {
     let mut cmd = if uid() == 0 {
         let mut cmd = Command::new("setpriv");
         cmd.args([
@@ -570,7 +575,7 @@ fn run_unprivileged_until_exit(dir: &Path, config: &str) -> Option<(Option<i32>,
     };
     let log = dir.join("run.log");
     let out = std::fs::File::create(&log).unwrap();
-    cmd.args(["run", "-c", config])
+    cmd.args(args)
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
@@ -592,11 +597,12 @@ fn run_unprivileged_until_exit(dir: &Path, config: &str) -> Option<(Option<i32>,
     panic!("run did not stop; log:\n{}", proc_.log_text());
 }
 
-/// A temporary directory `nobody` can read (the config file in it too).
+/// A temporary directory `nobody` can read and write (the config file in it, the spool and
+/// outbox it creates there).
 fn shared_tempdir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     dir
 }
 
@@ -633,31 +639,63 @@ fn a_privileged_port_for_an_unprivileged_user_is_named_with_its_listener() {
 }
 
 #[test]
-fn a_spool_the_relay_user_may_not_enter_is_named_in_plain_words() {
+fn a_spool_directory_the_relay_user_may_not_write_is_a_config_problem() {
     use std::os::unix::fs::PermissionsExt;
     let dir = shared_tempdir();
     let spool = dir.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
+    // Root's own (nobody may not write it), or the test user's own without write permission.
+    let mode = if uid() == 0 { 0o755 } else { 0o555 };
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(mode)).unwrap();
+    let config = write(dir.path(), &base(dir.path()));
+    let checked = unprivileged_until_exit(dir.path(), &["check-config", "-c", &config]);
+    let ran = run_unprivileged_until_exit(dir.path(), &config);
     std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
-    if uid() != 0 {
-        // The test's own user owns it: make it unusable for that user.
-        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let (Some((checked_code, checked_log)), Some((ran_code, ran_log))) = (checked, ran) else {
+        return;
+    };
+    let expected = format!(
+        "spool.dir: {} is not writable by this user",
+        spool.display()
+    );
+    for (code, log) in [(checked_code, checked_log), (ran_code, ran_log)] {
+        assert_eq!(code, Some(64), "{log}");
+        assert!(log.contains(&expected), "{expected:?} missing in:\n{log}");
     }
+}
+
+#[test]
+fn a_spool_folder_the_relay_user_may_not_enter_is_named_once() {
+    use std::os::unix::fs::PermissionsExt;
+    // The spool directory is writable (check-config passes), its `msg` folder is not readable:
+    // only opening the spool meets it. The system's text is printed once (it is both in the
+    // spool error and its source).
+    let dir = shared_tempdir();
+    let spool = dir.path().join("spool");
+    let msg = spool.join("msg");
+    std::fs::create_dir_all(&msg).unwrap();
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mode = if uid() == 0 { 0o700 } else { 0o000 };
+    std::fs::set_permissions(&msg, std::fs::Permissions::from_mode(mode)).unwrap();
     let config = write(dir.path(), &base(dir.path()));
     let result = run_unprivileged_until_exit(dir.path(), &config);
-    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&msg, std::fs::Permissions::from_mode(0o700)).unwrap();
     let Some((code, log)) = result else {
         return;
     };
     assert_eq!(code, Some(1), "{log}");
-    let expected = format!(
-        "cannot use the spool directory {} (spool.dir): permission denied on {}",
-        spool.display(),
-        spool.display()
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("mailveil: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{log}"));
+    assert!(line.contains(&msg.display().to_string()), "{line}");
+    assert_eq!(
+        line.to_ascii_lowercase()
+            .matches("permission denied")
+            .count(),
+        1,
+        "{line}"
     );
-    assert!(log.contains(&expected), "{expected:?} missing in:\n{log}");
-    let line = log.lines().find(|l| l.starts_with("mailveil: ")).unwrap();
-    assert_eq!(line.matches("ermission denied").count(), 1, "{line}");
 }
 
 #[tokio::test]

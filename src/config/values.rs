@@ -31,6 +31,13 @@ pub fn io_words(e: &std::io::Error) -> String {
     }
 }
 
+/// Whether this process may create entries in the directory `dir` (write and search access,
+/// as the kernel decides it for this user: root may always).
+fn writable(dir: &std::path::Path) -> bool {
+    use rustix::fs::{Access, access};
+    access(dir, Access::WRITE_OK | Access::EXEC_OK).is_ok()
+}
+
 /// A message as one line: a problem is printed as `path: message` on a line of its own, so a
 /// library's text drawn over several lines (or ending in a line break) is joined.
 fn one_line(message: String) -> String {
@@ -189,30 +196,41 @@ impl Problems {
             self.push(path, "must not be empty: name a directory");
             return;
         }
+        let not_writable = "is not writable by this user (run check-config as the relay's user)";
         if let Ok(m) = std::fs::metadata(dir) {
             if !m.is_dir() {
                 self.push(
                     path,
                     format!("{} is a file, not a directory", dir.display()),
                 );
+            } else if !writable(dir) {
+                self.push(path, format!("{} {not_writable}", dir.display()));
             }
             return;
         }
         for ancestor in dir.ancestors().skip(1) {
-            if ancestor.as_os_str().is_empty() {
-                return;
-            }
-            if let Ok(m) = std::fs::metadata(ancestor) {
-                if !m.is_dir() {
-                    self.push(
-                        path,
-                        format!(
-                            "{} cannot be created: {} is a file, not a directory",
-                            dir.display(),
-                            ancestor.display()
-                        ),
-                    );
-                }
+            // A relative path's last ancestor is "": the working directory.
+            let existing = if ancestor.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                ancestor
+            };
+            if let Ok(m) = std::fs::metadata(existing) {
+                let why = if !m.is_dir() {
+                    "is a file, not a directory"
+                } else if !writable(existing) {
+                    not_writable
+                } else {
+                    return;
+                };
+                self.push(
+                    path,
+                    format!(
+                        "{} cannot be created: {} {why}",
+                        dir.display(),
+                        existing.display()
+                    ),
+                );
                 return;
             }
         }
