@@ -59,6 +59,11 @@ def check_config(mailveil, name, text, problems):
                 open(path, "w").close()
             return f'{match.group(1)}"{path}"'
         text = re.sub(r'((?:cert|key|ca_file|_file)\s*=\s*)"([^"]+)"', placeholder, text)
+        # Directories (spool, capture): check-config wants them writable or creatable by this
+        # user; a volume that exists only in the pod becomes a fresh path under tmp.
+        text = re.sub(r'(^\s*dir\s*=\s*)"([^"]+)"',
+                      lambda m: f'{m.group(1)}"{os.path.join(tmp, "dirs", os.path.basename(m.group(2)))}"',
+                      text, flags=re.M)
         path = os.path.join(tmp, "mailveil.toml")
         with open(path, "w") as f:
             f.write(text)
