@@ -301,3 +301,12 @@ fn an_empty_spool_dir_is_refused() {
     let problems = problems_of(&format!("[spool]\ndir = \"\"\n{MINIMAL}"));
     assert_eq!(problems[0].0, "spool.dir", "{problems:?}");
 }
+
+#[test]
+fn an_upstream_host_tls_cannot_verify_is_refused_where_tls_is_used() {
+    let problems = problems_of(
+        "[[upstream]]\nhost = \"smtp..example\"\n[[upstream]]\nhost = \"smtp..example\"\ntls = \"none\"\n",
+    );
+    let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["upstream[0].host"], "{problems:?}");
+}
