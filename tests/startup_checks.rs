@@ -186,6 +186,21 @@ fn missing_unreadable_and_unusable_tls_files_are_config_problems() {
     );
     refused_by_both(dir.path(), &text, "server.tls.key", "encrypted private key");
 
+    // A PEM certificate whose content is no certificate.
+    let garbled = dir.path().join("garbled-cert.pem");
+    std::fs::write(
+        &garbled,
+        "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let text = format!("{}{}", base(dir.path()), tls_section(&garbled, &a.key_file));
+    refused_by_both(
+        dir.path(),
+        &text,
+        "server.tls.cert",
+        "not a valid X.509 certificate",
+    );
+
     // A certificate file with no PEM certificate at all.
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate\n").unwrap();

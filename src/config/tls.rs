@@ -153,6 +153,13 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
                     key.display()
                 ),
             ),
+            rustls::Error::InvalidCertificate(why) => problem(
+                TlsFile::Cert,
+                format!(
+                    "the first certificate in {} is not a valid X.509 certificate ({why:?})",
+                    cert.display()
+                ),
+            ),
             other => problem(
                 TlsFile::Cert,
                 format!("{} cannot be used with its key: {other}", cert.display()),
