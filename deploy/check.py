@@ -47,6 +47,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,17 +68,41 @@ PLACEHOLDER = re.compile(
 MIB = 1024 * 1024
 
 
+def tls_placeholder(tmp):
+    """A self-signed certificate and its key (PEM files in tmp) for check-config."""
+    cert, key = os.path.join(tmp, "placeholder-cert.pem"), os.path.join(tmp, "placeholder-key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=placeholder"], check=True, capture_output=True)
+    return cert, key
+
+
 def check_config(mailveil, name, text, problems):
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)
         for var in set(re.findall(r'_env\s*=\s*"([^"]+)"', text)):
             env[var] = "placeholder"
-        # Certificate and password files: point them at existing placeholder files.
+        # Certificate and password files: point them at existing placeholder files. check-config
+        # loads TLS files as `run` does (a certificate and the key that pairs with it), so the
+        # certificate, its key and CA files are a real self-signed pair made with openssl.
+        pair = tls_placeholder(tmp)
+
         def placeholder(match):
+            key = match.group(1).split("=")[0].strip()
             path = os.path.join(tmp, os.path.basename(match.group(2)))
-            open(path, "w").close()
+            if key in ("cert", "ca_file"):
+                shutil.copy(pair[0], path)
+            elif key == "key":
+                shutil.copy(pair[1], path)
+            else:
+                open(path, "w").close()
             return f'{match.group(1)}"{path}"'
         text = re.sub(r'((?:cert|key|ca_file|_file)\s*=\s*)"([^"]+)"', placeholder, text)
+        # Directories (spool, capture): check-config wants them writable or creatable by this
+        # user; a volume that exists only in the pod becomes a fresh path under tmp.
+        text = re.sub(r'(^\s*dir\s*=\s*)"([^"]+)"',
+                      lambda m: f'{m.group(1)}"{os.path.join(tmp, "dirs", os.path.basename(m.group(2)))}"',
+                      text, flags=re.M)
         path = os.path.join(tmp, "mailveil.toml")
         with open(path, "w") as f:
             f.write(text)

@@ -37,6 +37,7 @@ pub mod sink;
 pub mod spool;
 pub mod upstream;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,7 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use config::{AdminConfig, Config, UpstreamKind};
+use config::{AdminConfig, Config, MetricsConfig, ServerConfig, UpstreamKind};
 use control::reload;
 use observe::serve::HttpLimits;
 use observe::{Metrics, Redactor};
@@ -61,16 +62,21 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the addresses in the config. The admin address is bound only when a token is
-    /// configured (without one the API is off and its port stays free).
-    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let smtp = TcpListener::bind(config.server.listen).await?;
-        let metrics = match config.metrics.listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+    /// Binds the addresses in the config sections. The admin address is bound only when a
+    /// token is configured (without one the API is off and its port stays free). The error
+    /// names the listener, its address and its key.
+    pub async fn bind(
+        server: &ServerConfig,
+        metrics: &MetricsConfig,
+        admin: Option<&AdminConfig>,
+    ) -> Result<Listeners, ListenError> {
+        let smtp = listen("SMTP", "server.listen", server.listen).await?;
+        let metrics = match metrics.listen {
+            Some(addr) => Some(listen("metrics", "metrics.listen", addr).await?),
             None => None,
         };
-        let admin = match &config.admin {
-            Some(a) if a.token.is_some() => Some(TcpListener::bind(a.listen).await?),
+        let admin = match admin {
+            Some(a) if a.token.is_some() => Some(listen("admin", "admin.listen", a.listen).await?),
             _ => None,
         };
         Ok(Listeners {
@@ -79,6 +85,70 @@ impl Listeners {
             admin,
         })
     }
+}
+
+/// A listener that could not be opened: which one, where, and why in plain words.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on the {listener} listener {addr} ({key}): {}", listen_words(.addr, .error))]
+pub struct ListenError {
+    /// `SMTP`, `metrics` or `admin`.
+    pub listener: &'static str,
+    /// The config key of the address.
+    pub key: &'static str,
+    pub addr: SocketAddr,
+    /// Not a `source`: its text is part of this error's own.
+    pub error: std::io::Error,
+}
+
+async fn listen(
+    listener: &'static str,
+    key: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr).await.map_err(|error| ListenError {
+        listener,
+        key,
+        addr,
+        error,
+    })
+}
+
+fn listen_words(addr: &SocketAddr, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::AddrInUse => "address already in use (another process listens there)".into(),
+        ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE".into()
+        }
+        ErrorKind::AddrNotAvailable => format!(
+            "address not available: no network interface of this machine has {}",
+            addr.ip()
+        ),
+        _ => config::io_words(e),
+    }
+}
+
+/// An error and its causes on one line, each text once: many errors already show their
+/// source's text in their own (thiserror's `{source}`, lettre's `Connection error: ...`), so
+/// printing the chain as is would say everything twice.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 /// How the running relay can be told to reload.
@@ -95,10 +165,11 @@ pub struct RunOptions {
 pub enum RunError {
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
-    #[error("upstream {name}: {source}")]
+    #[error("upstream {name}: {error}")]
     Upstream {
         name: String,
-        source: upstream::UpstreamError,
+        /// Not a `source`: its text is part of this error's own (shown once).
+        error: upstream::UpstreamError,
     },
     #[error("inbound listener: {0}")]
     Inbound(std::io::Error),
@@ -136,7 +207,7 @@ pub async fn run_with(
     let redactor = Redactor::new(config.log.show_addresses, spool.redaction_key()?);
     let metrics = Metrics::new();
     let upstreams = Upstream::build_all(&config.upstreams, &config.server.hostname, &redactor)
-        .map_err(|(name, source)| RunError::Upstream { name, source })?;
+        .map_err(|(name, error)| RunError::Upstream { name, error })?;
     let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
     let scheduler = Scheduler::new(
         spool.clone(),
@@ -354,4 +425,27 @@ fn spawn_sighup_reload(reloader: Arc<reload::Reloader>, shutdown: CancellationTo
             let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn an_error_chain_says_each_text_once() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let spool = crate::spool::SpoolError::Io {
+            path: "/spool/msg".into(),
+            source: io,
+        };
+        let text = error_chain(&spool);
+        assert_eq!(text.matches("Permission denied").count(), 1, "{text}");
+        assert!(text.starts_with("spool I/O on /spool/msg: "), "{text}");
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("Connection error: {0}")]
+        struct Wrapped(String);
+        let text = error_chain(&Wrapped("Connection error: refused".into()));
+        assert_eq!(text, "Connection error: refused");
+    }
 }

@@ -5,11 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use mailveil::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
+use mailveil::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LoadOptions, LogFormat};
 use mailveil::envelope::Envelope;
 
 /// Exit code for a configuration or usage error (EX_USAGE in sysexits.h).
@@ -36,10 +35,16 @@ enum Command {
         #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Validate a configuration file; print every problem with its key path.
+    /// Validate a configuration file as `run` would before it listens (TLS files and their
+    /// pairing, key types, CA files, DKIM keys, secret files, the spool directory); print every
+    /// problem with its key path. Exit 64 when there is one.
     CheckConfig {
         #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Do not read the environment variables named by `*_env` keys (they need not be set):
+        /// check a file outside the environment it runs in. Everything else is still checked.
+        #[arg(long)]
+        no_secrets: bool,
     },
     /// Dry run of the privacy policy on a message file; no network.
     Inspect {
@@ -132,16 +137,40 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                for w in &c.warnings {
-                    eprintln!("  warning: {w}");
+        Command::CheckConfig { config, no_secrets } => {
+            let options = LoadOptions {
+                skip_env_secrets: no_secrets,
+            };
+            match Config::load_with(&config, options) {
+                Ok(c) => {
+                    for w in &c.warnings {
+                        eprintln!("  warning: {w}");
+                    }
+                    if no_secrets {
+                        println!(
+                            "{}: ok (the *_env variables were not read: --no-secrets)",
+                            config.display()
+                        );
+                    } else {
+                        println!("{}: ok", config.display());
+                    }
+                    ExitCode::SUCCESS
                 }
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
+                Err(e) => {
+                    let unset_env = e
+                        .problems
+                        .iter()
+                        .any(|p| p.path.ends_with("_env") && p.message.ends_with("is not set"));
+                    if unset_env {
+                        println!(
+                            "to check the file without its environment: mailveil check-config --no-secrets -c {}",
+                            config.display()
+                        );
+                    }
+                    config_failure(&config, &e)
+                }
             }
-            Err(e) => config_failure(&config, &e),
-        },
+        }
         Command::Inspect {
             config,
             message,
@@ -203,22 +232,17 @@ fn run(path: PathBuf) -> ExitCode {
     match runtime.block_on(serve(config, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("mailveil: {e:#}");
+            let text = mailveil::error_chain(e.as_ref());
+            tracing::error!("{text}");
+            eprintln!("mailveil: {text}");
             ExitCode::FAILURE
         }
     }
 }
 
 async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
-    let listeners = mailveil::Listeners::bind(&config).await.with_context(|| {
-        format!(
-            "cannot listen on {} / metrics {:?} / admin {:?}",
-            config.server.listen,
-            config.metrics.listen,
-            config.admin.as_ref().map(|a| a.listen)
-        )
-    })?;
+    let listeners =
+        mailveil::Listeners::bind(&config.server, &config.metrics, config.admin.as_ref()).await?;
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {

@@ -32,10 +32,16 @@ pub fn create_options() -> OpenOptions {
 }
 
 /// Creates `dir` (and missing parents) with mode 0700 when it does not exist. Cheap when it
-/// does (one `stat`), so writers call it before every write.
+/// does (one `stat`), so writers call it before every write. A file in its place is an error
+/// (`NotADirectory`, saying so).
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     match fs::metadata(dir) {
-        Ok(_) => Ok(()),
+        Ok(m) if m.is_dir() => Ok(()),
+        // Never made private as if it were one (and then failed on as "Not a directory").
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is a file, not a directory", dir.display()),
+        )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
         }

@@ -39,7 +39,7 @@ pub const DEFAULT_OVERSIGN: &[&str] = &["From", "To", "Cc", "Subject"];
 /// Why a key file could not be used (reported as a config problem on `dkim[i].key_file`).
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {}", super::io_words(.source))]
     Read {
         path: String,
         source: std::io::Error,

@@ -19,15 +19,15 @@ mod http;
 mod log;
 mod privacy;
 mod raw;
+mod read;
 mod server;
 mod shaping;
 mod spool;
+pub mod tls;
 mod upstream;
 mod values;
 
 use std::path::Path;
-
-use serde::de::DeserializeOwned;
 
 pub use access::{
     AccessConfig, DEFAULT_AUTH_BAN, DEFAULT_AUTH_FAILURES_PER_SOURCE, DEFAULT_AUTH_FAILURES_TOTAL,
@@ -40,6 +40,7 @@ pub use http::{
 };
 pub use log::{LogConfig, LogFormat};
 pub use privacy::{BodyCheck, PrivacyConfig, PrivacyMode};
+use read::{array, section};
 pub use server::{
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_DATA_MEMORY, DEFAULT_UNAUTHENTICATED_TIMEOUT,
     InboundTlsConfig, ServerConfig,
@@ -51,7 +52,7 @@ pub use shaping::{
 pub use spool::{DEFAULT_DRAIN_TIMEOUT, SpoolConfig};
 pub use upstream::{Credentials, SmtpUpstreamConfig, UpstreamConfig, UpstreamKind, UpstreamTls};
 use values::Problems;
-pub use values::{FailureBudget, Secret};
+pub use values::{FailureBudget, Secret, io_words};
 
 /// Everything the relay needs, validated.
 #[derive(Debug, Clone)]
@@ -101,28 +102,48 @@ pub struct ConfigError {
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/mailveil.toml";
 
+/// How a file is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// `check-config --no-secrets`: the variables named by `*_env` keys are not read (they need
+    /// not be set; the secrets they would give are left empty), so a file can be checked
+    /// outside the environment it runs in. Everything else, secret files included, is checked.
+    /// Never for a config that runs.
+    pub skip_env_secrets: bool,
+}
+
 impl Config {
     /// Reads and validates a config file. Relative paths inside it are taken as written
     /// (relative to the working directory), as operators expect from a `-c` flag.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, LoadOptions::default())
+    }
+
+    /// [`Config::load`] with options (`check-config --no-secrets`).
+    pub fn load_with(path: &Path, options: LoadOptions) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             problems: vec![ConfigProblem {
                 path: path.display().to_string(),
-                message: format!("cannot read: {e}"),
+                message: format!("cannot read: {}", io_words(&e)),
             }],
         })?;
-        Config::from_toml(&text)
+        Config::from_toml_with(&text, options)
     }
 
     /// Parses and validates TOML text, reporting every problem found.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_with(text, LoadOptions::default())
+    }
+
+    /// [`Config::from_toml`] with options.
+    pub fn from_toml_with(text: &str, options: LoadOptions) -> Result<Config, ConfigError> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
             problems: vec![ConfigProblem {
                 path: "(file)".into(),
-                message: e.to_string().trim().to_string(),
+                message: read::syntax_error(text, &e),
             }],
         })?;
-        let mut p = Problems::default();
+        let mut p = Problems::new(options);
         for key in table.keys() {
             if !KNOWN_SECTIONS.contains(&key.as_str()) {
                 p.push(
@@ -206,51 +227,6 @@ const KNOWN_SECTIONS: &[&str] = &[
     "server", "access", "privacy", "spool", "upstream", "provider", "shaping", "metrics", "admin",
     "cluster", "log", "dkim",
 ];
-
-/// Deserializes one `[section]`, recording a problem (with the key path) if it does not fit.
-fn section<T: DeserializeOwned>(table: &toml::Table, name: &str, p: &mut Problems) -> Option<T> {
-    let value = table.get(name)?;
-    deserialize_at(value.clone(), name, p)
-}
-
-/// Deserializes an array of tables such as `[[upstream]]`.
-fn array<T: DeserializeOwned>(table: &toml::Table, name: &str, p: &mut Problems) -> Vec<T> {
-    match table.get(name) {
-        None => Vec::new(),
-        Some(toml::Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| deserialize_at(v.clone(), &format!("{name}[{i}]"), p))
-            .collect(),
-        Some(_) => {
-            p.push(
-                name,
-                format!("must be an array of tables: write [[{name}]]"),
-            );
-            Vec::new()
-        }
-    }
-}
-
-fn deserialize_at<T: DeserializeOwned>(
-    value: toml::Value,
-    path: &str,
-    p: &mut Problems,
-) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let inner = e.path().to_string();
-            let full = if inner == "." || inner.is_empty() {
-                path.to_string()
-            } else {
-                format!("{path}.{inner}")
-            };
-            p.push(&full, e.into_inner().to_string());
-            None
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests;

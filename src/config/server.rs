@@ -132,12 +132,13 @@ pub(super) fn validate_server(raw: RawServer, p: &mut Problems) -> ServerConfig 
         tls: raw.tls.and_then(|t| {
             let cert = p.required("server.tls.cert", t.cert).map(PathBuf::from);
             let key = p.required("server.tls.key", t.key).map(PathBuf::from);
-            for (k, f) in [("server.tls.cert", &cert), ("server.tls.key", &key)] {
-                if let Some(f) = f
-                    && let Err(e) = std::fs::metadata(f)
-                {
-                    p.push(k, format!("cannot read {}: {e}", f.display()));
-                }
+            // Loaded exactly as the listener will load them (`super::tls`), so a missing or
+            // unreadable file, a key that does not match the certificate, swapped files or a key
+            // type TLS cannot use stop check-config as they would stop `run`.
+            if let (Some(cert), Some(key)) = (&cert, &key)
+                && let Err(e) = super::tls::server_config(cert, key)
+            {
+                p.push(e.file.key_path(), e.message);
             }
             Some(InboundTlsConfig {
                 cert: cert?,

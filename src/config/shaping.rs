@@ -213,7 +213,7 @@ pub(super) fn validate_shaping(raw: Option<RawShaping>, p: &mut Problems) -> Sha
     let mut rules = Vec::new();
     for (i, value) in raw.rule.into_iter().enumerate() {
         let path = format!("shaping.rule[{i}]");
-        let Some(r) = super::deserialize_at::<RawRule>(value, &path, p) else {
+        let Some(r) = super::read::deserialize_at::<RawRule>(value, &path, p) else {
             continue;
         };
         let pattern = match (r.contains, r.regex) {
@@ -227,7 +227,15 @@ pub(super) fn validate_shaping(raw: Option<RawShaping>, p: &mut Problems) -> Sha
             {
                 Ok(re) => Some(ReplyPattern::Regex(re)),
                 Err(e) => {
-                    p.push(&format!("{path}.regex"), format!("invalid regex: {e}"));
+                    // The parser draws the pattern with a caret under the fault over several
+                    // lines; its last line says what is wrong.
+                    let text = e.to_string();
+                    let what = text.lines().last().unwrap_or_default();
+                    let what = what.strip_prefix("error: ").unwrap_or(what);
+                    p.push(
+                        &format!("{path}.regex"),
+                        format!("invalid regex {re:?}: {what}"),
+                    );
                     None
                 }
             },
@@ -240,7 +248,11 @@ pub(super) fn validate_shaping(raw: Option<RawShaping>, p: &mut Problems) -> Sha
                 None
             }
             (None, None) => {
-                p.push(&path, "needs contains = \"text\" or regex = \"pattern\"");
+                if !p.is_broken(&format!("{path}.contains"))
+                    && !p.is_broken(&format!("{path}.regex"))
+                {
+                    p.push(&path, "needs contains = \"text\" or regex = \"pattern\"");
+                }
                 None
             }
         };

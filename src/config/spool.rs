@@ -61,6 +61,8 @@ pub(super) fn validate_spool(raw: RawSpool, p: &mut Problems) -> SpoolConfig {
             "must name an [[upstream]] entry (its `name`)",
         );
     }
+    // `Spool::open` creates it; a file in its place would stop `run`.
+    p.directory("spool.dir", &spool.dir);
     if spool.retry_initial.is_zero() {
         p.push("spool.retry_initial", "must be greater than zero");
     }

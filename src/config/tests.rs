@@ -259,3 +259,102 @@ fn drain_and_budget_keys_have_defaults_and_are_checked() {
         handoff.message
     );
 }
+
+fn problems_of(text: &str) -> Vec<(String, String)> {
+    Config::from_toml(text)
+        .unwrap_err()
+        .problems
+        .into_iter()
+        .map(|p| (p.path, p.message))
+        .collect()
+}
+
+#[test]
+fn a_wrong_type_in_one_entry_neither_drops_it_nor_shifts_the_next_entries() {
+    let problems = problems_of(
+        r#"
+[[upstream]]
+name = "first"
+host = "smtp.example.net"
+port = "x"
+tls = "maybe"
+[[upstream]]
+name = "second"
+[[upstream]]
+name = "third"
+dir = "./outbox"
+port = 25
+"#,
+    );
+    let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "upstream[0].port",
+            "upstream[0].tls",
+            "upstream[1]",
+            "upstream[2].port"
+        ],
+        "{problems:?}"
+    );
+    for (_, message) in &problems {
+        assert!(!message.contains("invalid type") && !message.ends_with('\n'));
+    }
+}
+
+#[test]
+fn every_wrong_value_of_a_table_is_found_not_only_the_first() {
+    let problems = problems_of(&format!(
+        "[server]\nlisten = 5\nmax_recipients = \"x\"\ncommand_timeout = true\nfoo = 1\n[access]\nnetworks = [1, \"10.0.0.0/8\", 2]\n{MINIMAL}"
+    ));
+    let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+    for expected in [
+        "server.listen",
+        "server.max_recipients",
+        "server.command_timeout",
+        "server.foo",
+        "access.networks[0]",
+        "access.networks[2]",
+    ] {
+        assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+    }
+    // Reported once: not again by the checks that run on the value taken out.
+    assert_eq!(paths.len(), 6, "{problems:?}");
+}
+
+#[test]
+fn an_unset_password_variable_is_reported_once_and_no_secrets_skips_it() {
+    let text = r#"
+[[upstream]]
+host = "smtp.example.net"
+username = "u"
+password_env = "MAILVEIL_TEST_SURELY_UNSET_VAR"
+"#;
+    let problems = problems_of(text);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].0, "upstream[0].password_env");
+    assert!(problems[0].1.contains("is not set"), "{problems:?}");
+    let options = LoadOptions {
+        skip_env_secrets: true,
+    };
+    let c = Config::from_toml_with(text, options).expect("the variable is not read");
+    let UpstreamKind::Smtp(s) = &c.upstreams[0].kind else {
+        panic!()
+    };
+    assert!(s.credentials.is_some());
+}
+
+#[test]
+fn an_empty_spool_dir_is_refused() {
+    let problems = problems_of(&format!("[spool]\ndir = \"\"\n{MINIMAL}"));
+    assert_eq!(problems[0].0, "spool.dir", "{problems:?}");
+}
+
+#[test]
+fn an_upstream_host_tls_cannot_verify_is_refused_where_tls_is_used() {
+    let problems = problems_of(
+        "[[upstream]]\nhost = \"smtp..example\"\n[[upstream]]\nhost = \"smtp..example\"\ntls = \"none\"\n",
+    );
+    let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["upstream[0].host"], "{problems:?}");
+}

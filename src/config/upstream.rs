@@ -87,10 +87,12 @@ pub(super) fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec
                 continue;
             }
             (None, None) => {
-                p.push(
-                    &path,
-                    "needs host (SMTP upstream) or dir (capture upstream)",
-                );
+                if !p.is_broken(&format!("{path}.host")) && !p.is_broken(&format!("{path}.dir")) {
+                    p.push(
+                        &path,
+                        "needs host (SMTP upstream) or dir (capture upstream)",
+                    );
+                }
                 continue;
             }
             (None, Some(dir)) => {
@@ -109,9 +111,9 @@ pub(super) fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec
                         );
                     }
                 }
-                UpstreamKind::Dir {
-                    dir: PathBuf::from(dir),
-                }
+                let dir = PathBuf::from(dir);
+                p.directory(&format!("{path}.dir"), &dir);
+                UpstreamKind::Dir { dir }
             }
             (Some(host), None) => {
                 let tls = match u.tls.as_deref().unwrap_or("starttls") {
@@ -132,25 +134,34 @@ pub(super) fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec
                 });
                 if host.is_empty() || host.contains(char::is_whitespace) {
                     p.push(&format!("{path}.host"), "must be a host name or IP address");
-                }
-                let ca_file = u.ca_file.map(PathBuf::from);
-                if let Some(f) = &ca_file
-                    && let Err(e) = std::fs::metadata(f)
+                } else if tls != UpstreamTls::None
+                    && let Err(e) = super::tls::server_name(&host)
                 {
                     p.push(
-                        &format!("{path}.ca_file"),
-                        format!("cannot read {}: {e}", f.display()),
+                        &format!("{path}.host"),
+                        format!("{e}: the upstream's certificate could not be verified against it"),
                     );
                 }
+                let ca_file = u.ca_file.map(PathBuf::from);
+                // Read as the upstream will read it when it is built (`super::tls`).
+                if let Some(f) = &ca_file
+                    && let Err(e) = super::tls::trust_anchors(Some(f))
+                {
+                    p.push(&format!("{path}.ca_file"), e);
+                }
+                let password_given = u.password_env.is_some() || u.password_file.is_some();
                 let password = p.secret(&path, "password", u.password_env, u.password_file, false);
                 let credentials = match (u.username, password) {
                     (Some(username), Some(password)) => Some(Credentials { username, password }),
                     (None, None) => None,
                     (Some(_), None) => {
-                        p.push(
-                            &format!("{path}.password_env"),
-                            "username is set: set password_env or password_file",
-                        );
+                        // A password that was given but could not be read is reported already.
+                        if !password_given {
+                            p.push(
+                                &format!("{path}.password_env"),
+                                "username is set: set password_env or password_file",
+                            );
+                        }
                         None
                     }
                     (None, Some(_)) => {

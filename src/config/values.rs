@@ -6,7 +6,65 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::raw::{RawDuration, RawSize};
-use super::{ConfigError, ConfigProblem};
+use super::{ConfigError, ConfigProblem, LoadOptions};
+
+/// An I/O error in plain words, without the `(os error N)` suffix (config problems, start-up
+/// errors).
+pub fn io_words(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    if e.raw_os_error().is_none() {
+        // Our own words already (or a library's).
+        return e.to_string();
+    }
+    match e.kind() {
+        ErrorKind::NotFound => "no such file or directory".into(),
+        ErrorKind::PermissionDenied => "permission denied".into(),
+        ErrorKind::IsADirectory => "it is a directory, not a file".into(),
+        ErrorKind::NotADirectory => "a part of the path is a file, not a directory".into(),
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            }
+        }
+    }
+}
+
+/// Whether this process may create entries in the directory `dir` (write and search access,
+/// as the kernel decides it for this user: root may always).
+fn writable(dir: &std::path::Path) -> bool {
+    use rustix::fs::{Access, access};
+    access(dir, Access::WRITE_OK | Access::EXEC_OK).is_ok()
+}
+
+/// A message as one line: a problem is printed as `path: message` on a line of its own, so a
+/// library's text drawn over several lines (or ending in a line break) is joined.
+fn one_line(message: String) -> String {
+    if !message.contains(['\n', '\r']) {
+        return message;
+    }
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether a problem at `path` only follows from the value at `broken` being of the wrong
+/// kind: the same key (`is required`) or a key below it.
+fn follows_from(path: &str, broken: &str) -> bool {
+    if path == broken {
+        return true;
+    }
+    if let Some(rest) = path.strip_prefix(broken)
+        && (rest.starts_with('.') || rest.starts_with('['))
+    {
+        return true;
+    }
+    false
+}
 
 /// A credential resolved from the environment or a file. Its `Debug` never shows the value, so
 /// a config dump in a log cannot leak it.
@@ -90,14 +148,92 @@ impl fmt::Display for FailureBudget {
 pub(super) struct Problems {
     errors: Vec<ConfigProblem>,
     warnings: Vec<ConfigProblem>,
+    /// Key paths whose value was of the wrong kind and was taken out (see `read.rs`).
+    broken: Vec<String>,
+    options: LoadOptions,
 }
 
 impl Problems {
+    pub fn new(options: LoadOptions) -> Problems {
+        Problems {
+            options,
+            ..Problems::default()
+        }
+    }
+
+    /// Records a problem at `path`, unless it only follows from a value already reported as
+    /// being of the wrong kind: on that key (`is required`) or below it. (An entry-level
+    /// problem that follows from one, `upstream[0]: needs host or dir` after `upstream[0].host`
+    /// was not text, is left out by its check, asking [`Problems::is_broken`].)
     pub fn push(&mut self, path: &str, message: impl Into<String>) {
+        if self.broken.iter().any(|b| follows_from(path, b)) {
+            return;
+        }
         self.errors.push(ConfigProblem {
             path: path.to_string(),
-            message: message.into(),
+            message: one_line(message.into()),
         });
+    }
+
+    /// Records that the value at `path` is of the wrong kind (and was taken out).
+    pub fn push_broken(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigProblem {
+            path: path.to_string(),
+            message: one_line(message.into()),
+        });
+        self.broken.push(path.to_string());
+    }
+
+    /// Whether the value at `path` was of the wrong kind (reported and taken out).
+    pub fn is_broken(&self, path: &str) -> bool {
+        self.broken.iter().any(|b| b == path)
+    }
+
+    /// Checks that `dir` is, or can be created as, a directory (`spool.dir`, a capture
+    /// upstream's `dir`): a file in its place stops the relay at start.
+    pub fn directory(&mut self, path: &str, dir: &std::path::Path) {
+        if dir.as_os_str().is_empty() {
+            self.push(path, "must not be empty: name a directory");
+            return;
+        }
+        let not_writable = "is not writable by this user (run check-config as the relay's user)";
+        if let Ok(m) = std::fs::metadata(dir) {
+            if !m.is_dir() {
+                self.push(
+                    path,
+                    format!("{} is a file, not a directory", dir.display()),
+                );
+            } else if !writable(dir) {
+                self.push(path, format!("{} {not_writable}", dir.display()));
+            }
+            return;
+        }
+        for ancestor in dir.ancestors().skip(1) {
+            // A relative path's last ancestor is "": the working directory.
+            let existing = if ancestor.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                ancestor
+            };
+            if let Ok(m) = std::fs::metadata(existing) {
+                let why = if !m.is_dir() {
+                    "is a file, not a directory"
+                } else if !writable(existing) {
+                    not_writable
+                } else {
+                    return;
+                };
+                self.push(
+                    path,
+                    format!(
+                        "{} cannot be created: {} {why}",
+                        dir.display(),
+                        existing.display()
+                    ),
+                );
+                return;
+            }
+        }
     }
 
     pub fn warn(&mut self, path: &str, message: impl Into<String>) {
@@ -112,14 +248,29 @@ impl Problems {
         std::mem::take(&mut self.warnings)
     }
 
+    /// The value, or every problem, those of one section or entry (`server`, `upstream[1]`)
+    /// together, sections and entries in the order their first problem was found.
     pub fn into_result<T>(self, value: T) -> Result<T, ConfigError> {
         if self.errors.is_empty() {
-            Ok(value)
-        } else {
-            Err(ConfigError {
-                problems: self.errors,
-            })
+            return Ok(value);
         }
+        let group = |path: &str| -> String {
+            let end = path.find('.').unwrap_or(path.len());
+            match path.find(']') {
+                Some(i) if i < end => path[..=i].to_string(),
+                _ => path[..end].to_string(),
+            }
+        };
+        let mut order: Vec<String> = Vec::new();
+        for e in &self.errors {
+            let g = group(&e.path);
+            if !order.contains(&g) {
+                order.push(g);
+            }
+        }
+        let mut problems = self.errors;
+        problems.sort_by_key(|e| order.iter().position(|g| *g == group(&e.path)));
+        Err(ConfigError { problems })
     }
 
     /// Warns when a secret file (`*_file`, a DKIM key) may be read or replaced by another user
@@ -199,9 +350,25 @@ impl Problems {
                 );
                 None
             }
+            (Some(var), None) if var.is_empty() || var.contains(['=', '\0']) => {
+                self.push(
+                    &format!("{prefix}.{what}_env"),
+                    format!("{var:?} is not the name of an environment variable"),
+                );
+                None
+            }
+            // Not read: the relay that runs with this file will read it.
+            (Some(_), None) if self.options.skip_env_secrets => Some(Secret(String::new())),
             (Some(var), None) => match std::env::var(&var) {
                 Ok(v) if !v.is_empty() => Some(Secret(v)),
-                _ => {
+                Ok(_) => {
+                    self.push(
+                        &format!("{prefix}.{what}_env"),
+                        format!("environment variable {var} is empty"),
+                    );
+                    None
+                }
+                Err(_) => {
                     self.push(
                         &format!("{prefix}.{what}_env"),
                         format!("environment variable {var} is not set"),
@@ -223,7 +390,7 @@ impl Problems {
                 Err(e) => {
                     self.push(
                         &format!("{prefix}.{what}_file"),
-                        format!("cannot read {path}: {e}"),
+                        format!("cannot read {path}: {}", io_words(&e)),
                     );
                     None
                 }

@@ -47,7 +47,6 @@ pub mod tls;
 mod tests;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -114,20 +113,9 @@ pub struct InboundSettings {
 /// failures an operator or the connection log needs to see.
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
-    #[error("cannot read TLS certificate file {path}: {source}")]
-    CertFile {
-        path: PathBuf,
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("no certificate found in {path}")]
-    NoCertificate { path: PathBuf },
-    #[error("cannot read TLS private key file {path}: {source}")]
-    KeyFile {
-        path: PathBuf,
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("TLS certificate and key are not usable: {0}")]
-    TlsConfig(#[from] rustls::Error),
+    /// The `[server.tls]` files cannot be used (at start, they are a config problem already).
+    #[error("{0}")]
+    TlsFiles(#[from] crate::config::tls::TlsFileProblem),
     #[error("TLS handshake failed: {0}")]
     Handshake(std::io::Error),
     #[error("TLS handshake timed out")]
@@ -144,10 +132,7 @@ impl InboundError {
             InboundError::Handshake(_) | InboundError::HandshakeTimeout | InboundError::Io(_) => {
                 true
             }
-            InboundError::CertFile { .. }
-            | InboundError::NoCertificate { .. }
-            | InboundError::KeyFile { .. }
-            | InboundError::TlsConfig(_) => false,
+            InboundError::TlsFiles(_) => false,
         }
     }
 }

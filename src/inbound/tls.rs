@@ -10,8 +10,6 @@
 
 use std::sync::Arc;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use super::replies;
@@ -19,32 +17,15 @@ use super::session::{End, Flow, Rejection, Session, State, Stream};
 use super::{Acceptor, InboundError};
 use crate::config::InboundTlsConfig;
 
-/// Loads the certificate chain and key and builds the acceptor. Called once by `serve`; the
-/// relay can call it at startup too, to report an unusable cert/key file before listening.
+/// Loads the certificate chain and key and builds the acceptor. Called once by `serve` and at
+/// every reload; config validation (`check-config`, `run`) loads the files through the same
+/// [`crate::config::tls::server_config`], so a key that does not match its certificate, a
+/// swapped pair or an unusable key type is a config problem before anything listens.
 ///
 /// Uses the aws-lc-rs provider explicitly, never the process default, so that no other crate's
 /// choice of provider can make rustls panic on an ambiguous default.
 pub fn acceptor(cfg: &InboundTlsConfig) -> Result<TlsAcceptor, InboundError> {
-    let certs = CertificateDer::pem_file_iter(&cfg.cert)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| InboundError::CertFile {
-            path: cfg.cert.clone(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(InboundError::NoCertificate {
-            path: cfg.cert.clone(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|source| InboundError::KeyFile {
-        path: cfg.key.clone(),
-        source,
-    })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let config = crate::config::tls::server_config(&cfg.cert, &cfg.key)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

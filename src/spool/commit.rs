@@ -200,7 +200,7 @@ fn fail_round(shared: &Shared, name: &str, round: Vec<StoreRequest>, error: Spoo
     }
     let kind = match &error {
         SpoolError::Io { source, .. } => source.kind(),
-        SpoolError::Corrupt { .. } => std::io::ErrorKind::Other,
+        SpoolError::Corrupt { .. } | SpoolError::Unusable { .. } => std::io::ErrorKind::Other,
     };
     for request in round {
         request.reply.send(Err(SpoolError::Io {

@@ -37,6 +37,30 @@ pub enum SpoolError {
     Io { path: PathBuf, source: io::Error },
     #[error("spool file {path} is unreadable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// The spool directory (or one of its folders) cannot be created or used, in plain words.
+    #[error("cannot use the spool directory {path} (spool.dir): {reason}")]
+    Unusable { path: PathBuf, reason: String },
+}
+
+/// Why `dir` could not be created or made private, in plain words: a file in the way is named
+/// as such (the system's text is `File exists`).
+fn unusable_dir(dir: &Path, e: &io::Error) -> String {
+    let file_in_the_way = dir
+        .ancestors()
+        .find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()));
+    match (e.kind(), file_in_the_way) {
+        (io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory, Some(file)) => {
+            format!("{} is a file, not a directory", file.display())
+        }
+        (io::ErrorKind::PermissionDenied, _) => {
+            format!("permission denied on {} for this user", dir.display())
+        }
+        _ => {
+            let text = e.to_string();
+            let text = text.split(" (os error").next().unwrap_or_default();
+            format!("{}: {text}", dir.display())
+        }
+    }
 }
 
 impl SpoolError {
@@ -113,7 +137,10 @@ impl Spool {
         let corrupt_dir = root.join("corrupt");
         // Message bodies, envelopes and the redaction key: the relay's user only.
         for dir in [root, &msg_dir, &failed_dir, &corrupt_dir] {
-            private_files::tighten_dir(dir).map_err(SpoolError::io(dir))?;
+            private_files::tighten_dir(dir).map_err(|e| SpoolError::Unusable {
+                path: root.to_path_buf(),
+                reason: unusable_dir(dir, &e),
+            })?;
         }
         recover::sweep(&[&msg_dir, &corrupt_dir])?;
         let shared = Arc::new(Shared {

@@ -35,7 +35,7 @@ pub fn is_out_of_space(error: &SpoolError) -> bool {
             source.kind(),
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
         ),
-        SpoolError::Corrupt { .. } => false,
+        SpoolError::Corrupt { .. } | SpoolError::Unusable { .. } => false,
     }
 }
 

@@ -106,6 +106,19 @@ pub enum UpstreamError {
     Capture(#[source] std::io::Error),
 }
 
+/// A lettre error's text with each part once: lettre writes its kind and then its source
+/// (`Connection error: ...`), and a source that is itself such an error would repeat the kind.
+fn text_once(err: &lettre::transport::smtp::Error) -> String {
+    let text = err.to_string();
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
 impl UpstreamError {
     /// True when the same copy may succeed later (4xx, network, TLS, timeout, credentials,
     /// configuration); false when the upstream has given its final word on this message.
@@ -202,19 +215,19 @@ impl UpstreamError {
         }
         match stage {
             Stage::Tls | Stage::StartTls if !err.is_response() => {
-                UpstreamError::Tls(err.to_string())
+                UpstreamError::Tls(text_once(&err))
             }
             Stage::Auth => UpstreamError::Auth {
                 code: None,
-                text: err.to_string(),
+                text: text_once(&err),
             },
             _ if err.is_response() || err.is_client() => UpstreamError::Protocol {
                 stage,
-                text: err.to_string(),
+                text: text_once(&err),
             },
             _ => UpstreamError::Io {
                 stage,
-                text: err.to_string(),
+                text: text_once(&err),
             },
         }
     }

@@ -19,9 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use lettre::transport::smtp::client::AsyncTokioStream;
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -37,36 +35,11 @@ pub(crate) struct TlsSetup {
 impl TlsSetup {
     /// Reads `ca_file` (PEM, one or more certificates) and prepares verification against `host`.
     pub fn new(host: &str, ca_file: Option<&Path>) -> Result<TlsSetup, UpstreamError> {
-        // A bracketed IPv6 literal is still an IP address to verify against.
-        let name = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let server_name = ServerName::try_from(name).map_err(|_| {
-            UpstreamError::Config(format!("{host:?} is neither a DNS name nor an IP address"))
-        })?;
-
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                UpstreamError::Config(format!("cannot read ca_file {}: {e}", path.display()))
-            })?;
-            let certs = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| UpstreamError::Config(format!("ca_file {}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(UpstreamError::Config(format!(
-                    "ca_file {} holds no PEM certificate",
-                    path.display()
-                )));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    UpstreamError::Config(format!("ca_file {}: {e}", path.display()))
-                })?;
-            }
-        }
+        // The same checks config validation made (a problem there stops `check-config` and
+        // `run` with the key path), so this only fails if a file changed since.
+        let server_name = crate::config::tls::server_name(host).map_err(UpstreamError::Config)?;
+        let roots = crate::config::tls::trust_anchors(ca_file)
+            .map_err(|e| UpstreamError::Config(format!("ca_file: {e}")))?;
 
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)

@@ -38,6 +38,7 @@ mod reload;
 mod restart;
 mod shaping;
 mod spool_recovery;
+mod startup_checks;
 mod upstream;
 mod upstream_hostile;
 mod upstream_tls;

@@ -207,7 +207,12 @@ fn exited_for_a_taken_port(proc_: &mut Proc, addr: SocketAddr) -> bool {
             return false;
         }
         if let Ok(Some(_)) = proc_.child.try_wait() {
-            return proc_.log_text().contains("Address already in use");
+            // `mailveil run` says "cannot listen on the metrics listener ...: address already
+            // in use"; other processes (the sink) print the system's "Address already in use".
+            return proc_
+                .log_text()
+                .to_ascii_lowercase()
+                .contains("address already in use");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
