@@ -21,6 +21,7 @@ pub mod retry;
 pub mod routing;
 pub mod rules;
 pub mod throttle;
+pub mod tracking;
 
 pub use provider::ProviderCatalog;
 pub use queue::Scheduler;

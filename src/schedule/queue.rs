@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -27,24 +27,28 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ShapingRule, SpoolConfig, UpstreamKind};
 use crate::observe::{Metrics, Redactor};
 use crate::privacy::Exposure;
-use crate::spool::{LogEntry, MessageMeta, Spool, unix_now};
+use crate::spool::{AttemptRecord, LogEntry, MessageMeta, Recovered, Spool, unix_now};
 use crate::upstream::{Reuse, Upstream};
 
 use super::cluster::SharedLimits;
 use super::deliver::{self, Copy, Route};
 use super::failover::UpstreamSlot;
 use super::lane::{Lane, Ready};
-use super::message::QueuedMessage;
+use super::message::{QueuedMessage, Waiting};
 use super::provider::DEFAULT_PROVIDER;
 use super::routing::Routing;
 use super::rules;
 use super::throttle::{Rate, Throttle, ThrottleMetrics};
+use super::tracking;
 
 mod control;
 mod hold;
+mod manage;
 mod outcome;
+pub mod view;
 pub use control::{ProviderStatus, QueueStatus, UnknownProvider, UpstreamStatus};
 pub use hold::{HeldMessage, HoldError, choose_canaries};
+pub use manage::{ManageError, Removal, RetryTarget};
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
 #[derive(Clone)]
@@ -67,6 +71,9 @@ struct Inner {
     cluster: Option<Arc<SharedLimits>>,
     /// Messages under a bulk hold ([`hold`]).
     holds: hold::Holds,
+    /// Every message with deliveries not yet final, by queue id (for `queue list/show`,
+    /// `retry`, `delete`, `bounce`: [`manage`]).
+    messages: Mutex<HashMap<String, Arc<QueuedMessage>>>,
 }
 
 /// The reloadable part of the scheduler's configuration.
@@ -151,18 +158,30 @@ impl Scheduler {
                 shutdown,
                 cluster,
                 holds: hold::Holds::new(config.hold.as_ref()),
+                messages: Mutex::new(HashMap::new()),
             }),
         }
     }
 
     /// Queues a message the relay just accepted, with the privacy facts it was planned with.
     pub fn enqueue_checked(&self, meta: MessageMeta, bytes: Arc<Vec<u8>>, exposure: Arc<Exposure>) {
-        self.enqueue_message(meta, Some(bytes), Some(exposure), &[]);
+        self.enqueue_message(meta, Some(bytes), Some(exposure), &[], &[]);
     }
 
     /// Queues a message's pending deliveries (`log`: its outcomes so far, from recovery).
     pub fn enqueue(&self, meta: MessageMeta, bytes: Option<Arc<Vec<u8>>>, log: &[LogEntry]) {
-        self.enqueue_message(meta, bytes, None, log);
+        self.enqueue_message(meta, bytes, None, log, &[]);
+    }
+
+    /// Queues a message found in the spool at start, with its outcomes and attempts so far
+    /// (so the attempt count and the backoff go on where they were).
+    pub fn enqueue_recovered(&self, recovered: Recovered) {
+        let Recovered {
+            meta,
+            log,
+            attempts,
+        } = recovered;
+        self.enqueue_message(meta, None, None, &log, &attempts);
     }
 
     /// Queues every delivery of `meta` that `log` does not show as final. `bytes` are the message
@@ -173,8 +192,10 @@ impl Scheduler {
         bytes: Option<Arc<Vec<u8>>>,
         exposure: Option<Arc<Exposure>>,
         log: &[LogEntry],
+        attempts: &[AttemptRecord],
     ) {
         let now = unix_now();
+        let tracks = tracking::from_spool(&meta, log, attempts, now);
         let mut pending: Vec<(usize, u64)> = Vec::new();
         let mut failed = Vec::new();
         for index in 0..meta.deliveries.len() {
@@ -196,7 +217,16 @@ impl Scheduler {
         // A held message queues only its canaries; the rest wait in `holds` (no lane, no slot).
         let (pending, held) = hold::divide(&meta, pending);
         let remaining = pending.len() + held.len();
-        let message = Arc::new(QueuedMessage::new(meta, bytes, exposure, remaining, failed));
+        let message = Arc::new(QueuedMessage::new(
+            meta, bytes, exposure, remaining, failed, tracks,
+        ));
+        if remaining > 0 {
+            self.inner
+                .messages
+                .lock()
+                .expect("not poisoned")
+                .insert(message.meta.id.clone(), message.clone());
+        }
         if !held.is_empty() {
             self.inner.hold(&message, held);
         } else if pending.is_empty() {
@@ -358,6 +388,9 @@ impl Inner {
         due: u64,
         now: u64,
     ) {
+        if !message.set_waiting(index, (due > now).then_some(due)) {
+            return;
+        }
         let lane = self.lane(&message.meta.deliveries[index].provider);
         lane.queued.fetch_add(1, Ordering::Relaxed);
         self.metrics
@@ -369,7 +402,7 @@ impl Inner {
             seq: 0,
             message: message.clone(),
             index,
-            attempts: 0,
+            attempts: message.attempts(index),
         };
         if due <= now {
             self.make_ready(&lane, item);
@@ -378,20 +411,40 @@ impl Inner {
         }
     }
 
+    /// Puts a due delivery into its lane, unless an operator deleted or bounced it meanwhile.
     fn make_ready(&self, lane: &Lane, mut item: Ready) {
+        if !item.message.mark_ready(item.index) {
+            return;
+        }
         item.seq = self.seq.fetch_add(1, Ordering::Relaxed);
         item.message.active.fetch_add(1, Ordering::Relaxed);
         lane.push(item);
     }
 
-    /// Waits `delay` on a timer (holding no slot and no message bytes), then makes it ready.
+    /// Waits `delay` on a timer (holding no slot and no message bytes), then makes it ready;
+    /// sooner when an operator asks for a retry now, never when they deleted or bounced it.
     fn retry_later(self: &Arc<Self>, lane: Arc<Lane>, item: Ready, delay: Duration) {
         let inner = self.clone();
         self.tracker.spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => inner.make_ready(&lane, item),
-                _ = inner.shutdown.cancelled() => {}
+            let deadline = tokio::time::Instant::now() + delay;
+            let message = item.message.clone();
+            loop {
+                // Registered before the look, so a wake between the two is not missed.
+                let woken = message.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                match message.waiting(item.index) {
+                    Waiting::Wait => {}
+                    Waiting::Due => break,
+                    Waiting::Gone => return,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = &mut woken => {}
+                    _ = inner.shutdown.cancelled() => return,
+                }
             }
+            inner.make_ready(&lane, item);
         });
     }
 
@@ -410,10 +463,19 @@ impl Inner {
                     .retry
                     .retry_initial;
                 message.active.fetch_sub(1, Ordering::Relaxed);
-                self.retry_later(lane.clone(), item, delay);
+                let next = unix_now() + delay.as_secs();
+                if message.set_waiting(item.index, Some(next)) {
+                    self.retry_later(lane.clone(), item, delay);
+                }
                 return;
             }
         };
+        if !message.begin_attempt(item.index, unix_now()) {
+            // Deleted or bounced by an operator since it was queued: nothing goes out.
+            message.active.fetch_sub(1, Ordering::Relaxed);
+            message.release_if_idle();
+            return;
+        }
         item.attempts += 1;
         let started = Instant::now();
         let privacy = || self.settings.read().expect("not poisoned").privacy.clone();

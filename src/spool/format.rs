@@ -17,6 +17,11 @@
 //!                            "MVO1 <id> <k> deferred <next-unix>", "MVO1 <id> done"
 //!                          and, for a message under a bulk hold (see `docs/bulk-hold.md`),
 //!                            "MVO1 <id> released", "MVO1 <id> dropped"
+//!                          and what the attempts of a delivery were so far (count, first and
+//!                          last time, the last reply; see [`AttemptRecord`]):
+//!                            "MVO1 <id> <k> attempts <JSON object>"
+//!                          and an operator's `queue delete` (synced before it is answered):
+//!                            "MVO1 <id> deleted"
 //! SPOOL/failed/<id>.json   record of a message with permanently failed deliveries
 //! SPOOL/corrupt/<batch>.spool  a batch found damaged at start, kept for the operator
 //! ```
@@ -135,6 +140,77 @@ pub struct DeliveryRecord {
     pub provider: String,
 }
 
+/// What the attempts of one delivery were so far, kept in the spool so that a restart neither
+/// starts the count (and the backoff) again at 1 nor forgets the last reply: `queue show` and
+/// the `failed/<id>.json` record read it. Written after each attempt, before its outcome line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AttemptRecord {
+    #[serde(skip)]
+    pub index: usize,
+    /// Attempts made (each one a hand-over tried, whatever came of it).
+    #[serde(rename = "n")]
+    pub count: u32,
+    /// Unix seconds of the first and of the last attempt.
+    pub first: u64,
+    pub last: u64,
+    /// The reply code of the last attempt, when the upstream answered with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// The upstream that answered last (or `-` when none was reached).
+    #[serde(default)]
+    pub upstream: String,
+    /// The last reply or error, one line, cut to fit an outcome line.
+    #[serde(default)]
+    pub reply: String,
+}
+
+impl AttemptRecord {
+    /// The JSON of the record with every `M` written as `\u004d`: the line can then never hold
+    /// `MVO1 ` or `MVS1 ` (both start with `M`), whatever an upstream wrote in its reply, so
+    /// [`super::read`], which tries every place a magic occurs, never finds one inside it.
+    fn to_json(&self) -> String {
+        serde_json::to_string(self)
+            .expect("attempt record serializes")
+            .replace('M', "\\u004d")
+    }
+
+    /// The outcome-line text after the queue id (`<k> attempts <JSON>`), the reply shortened
+    /// until the whole line fits [`MAX_LINE_LEN`] (an id of up to 40 bytes assumed).
+    fn to_text(&self) -> String {
+        let mut record = self.clone();
+        record.reply = record.reply.chars().filter(|c| !c.is_control()).take(400).collect();
+        record.upstream = record.upstream.chars().filter(|c| !c.is_control()).take(64).collect();
+        loop {
+            let text = format!("{} attempts {}", record.index, record.to_json());
+            if text.len() + 64 <= MAX_LINE_LEN || record.reply.is_empty() {
+                return text;
+            }
+            let keep = record.reply.chars().count() / 2;
+            record.reply = record.reply.chars().take(keep).collect();
+        }
+    }
+}
+
+/// A delivery that failed for good, as `failed/<id>.json` records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    pub rcpt_to: Vec<String>,
+    pub code: u16,
+    /// Index of the delivery in the message's record.
+    pub delivery: usize,
+    /// Why: `permanent` (a 5xx reply), `expired` (`max_queue_time`), `stopped` (the check
+    /// before sending), `bounced` (an operator's `queue bounce`).
+    pub reason: String,
+    /// The last reply or error text (addresses as the upstream wrote them: the record is in
+    /// the spool, with the envelope).
+    pub reply: String,
+    pub upstream: String,
+    pub attempts: u32,
+    pub first_attempt_at: Option<u64>,
+    pub last_attempt_at: Option<u64>,
+    pub failed_at: u64,
+}
+
 /// A final or interim outcome appended to the batch's `.log`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogEntry {
@@ -198,8 +274,9 @@ pub(super) const RECORD_MAGIC: &[u8] = b"MVS1 ";
 pub(super) const OUTCOME_MAGIC: &[u8] = b"MVO1 ";
 /// A record header is one short line; anything longer is not one.
 const MAX_HEADER_LEN: usize = 256;
-/// An outcome line is shorter still (id, index, word, code, two times, check).
-pub(super) const MAX_LINE_LEN: usize = 256;
+/// An outcome line is short (id, index, word, code, two times, check); an attempts line holds
+/// the last reply too, cut to fit.
+pub(super) const MAX_LINE_LEN: usize = 1024;
 /// Hex digits of a record's check, and of an outcome line's.
 const RECORD_CHECK_LEN: usize = 16;
 const LINE_CHECK_LEN: usize = 8;
@@ -303,13 +380,21 @@ pub enum BatchLogLine {
     Done(String),
     /// A held message was released or dropped (never [`HoldState::Held`]).
     Hold(String, HoldState),
+    /// What the attempts of one delivery were so far.
+    Attempts(String, AttemptRecord),
+    /// An operator deleted the message: none of its copies not yet sent goes out.
+    Deleted(String),
 }
 
 impl BatchLogLine {
     /// The queue id the line is about.
     pub fn id(&self) -> &str {
         match self {
-            BatchLogLine::Outcome(id, _) | BatchLogLine::Done(id) | BatchLogLine::Hold(id, _) => id,
+            BatchLogLine::Outcome(id, _)
+            | BatchLogLine::Done(id)
+            | BatchLogLine::Hold(id, _)
+            | BatchLogLine::Attempts(id, _)
+            | BatchLogLine::Deleted(id) => id,
         }
     }
 
@@ -324,6 +409,14 @@ impl BatchLogLine {
 
     pub fn done_line(id: &str) -> String {
         Self::checked(&format!("{id} done"))
+    }
+
+    pub fn attempts_line(id: &str, record: &AttemptRecord) -> String {
+        Self::checked(&format!("{id} {}", record.to_text()))
+    }
+
+    pub fn deleted_line(id: &str) -> String {
+        Self::checked(&format!("{id} deleted"))
     }
 
     /// The line recording an operator's (or the hold timeout's) decision on a held message.
@@ -364,9 +457,17 @@ impl BatchLogLine {
         let id = id.to_string();
         Some(match what {
             "done" => BatchLogLine::Done(id),
+            "deleted" => BatchLogLine::Deleted(id),
             "released" => BatchLogLine::Hold(id, HoldState::Released),
             "dropped" => BatchLogLine::Hold(id, HoldState::Dropped),
-            _ => BatchLogLine::Outcome(id, LogEntry::parse_line(what)?),
+            _ => match what.split_once(" attempts ") {
+                Some((index, json)) => {
+                    let mut record: AttemptRecord = serde_json::from_str(json).ok()?;
+                    record.index = index.parse().ok()?;
+                    BatchLogLine::Attempts(id, record)
+                }
+                None => BatchLogLine::Outcome(id, LogEntry::parse_line(what)?),
+            },
         })
     }
 }
@@ -482,6 +583,36 @@ mod tests {
                 BatchLogLine::Hold("A".into(), HoldState::Released),
                 BatchLogLine::Hold("B".into(), HoldState::Dropped)
             ]
+        );
+    }
+
+    #[test]
+    fn attempts_and_deleted_lines_round_trip_and_never_hold_a_magic() {
+        let record = AttemptRecord {
+            index: 2,
+            count: 3,
+            first: 10,
+            last: 20,
+            code: Some(451),
+            upstream: "up".into(),
+            reply: "upstream replied 451 MVO1 X done #00000000 MVS1 \r\n\u{7}".repeat(40),
+        };
+        let line = BatchLogLine::attempts_line("A1", &record);
+        assert!(line.len() <= MAX_LINE_LEN, "{}", line.len());
+        assert_eq!(line.matches("MVO1 ").count(), 1, "{line}");
+        assert!(!line.contains("MVS1"), "{line}");
+        assert_eq!(line.matches('\n').count(), 1);
+        let Some(BatchLogLine::Attempts(id, got)) = BatchLogLine::parse(line.trim_end().as_bytes())
+        else {
+            panic!("{line}")
+        };
+        assert_eq!(id, "A1");
+        assert_eq!((got.index, got.count, got.first, got.last, got.code), (2, 3, 10, 20, Some(451)));
+        assert!(got.reply.starts_with("upstream replied 451 MVO1 X done"), "{}", got.reply);
+        assert!(!got.reply.contains('\u{7}'));
+        assert_eq!(
+            parse_lines(&BatchLogLine::deleted_line("B")),
+            vec![BatchLogLine::Deleted("B".into())]
         );
     }
 
