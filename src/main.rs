@@ -72,8 +72,16 @@ enum Command {
         /// Configuration file, read only for the admin address and token variable.
         #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Print the admin API's JSON answer instead of a table (for scripts).
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         action: CtlAction,
+    },
+    /// Inspect a stopped relay's spool directory: list, show, delete messages.
+    Spool {
+        #[command(subcommand)]
+        command: mailveil::control::queue_cli::SpoolCommand,
     },
     /// A capture SMTP server: stores each message as DIR/<id>.eml + DIR/<id>.json.
     Sink {
@@ -92,8 +100,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CtlAction {
-    /// Paused flags, queue depth per provider, upstream health (JSON).
+    /// Paused flags, queue depth per provider, upstream health, spool (a table; --json).
     Status,
+    /// The queue: list, show, retry, delete, bounce messages (tables; --json).
+    Queue {
+        #[command(subcommand)]
+        command: mailveil::control::queue_cli::QueueCommand,
+    },
     /// Stop starting upstream deliveries (all, or one provider's); inbound keeps spooling.
     Pause {
         #[arg(long)]
@@ -143,8 +156,12 @@ fn main() -> ExitCode {
             token,
             token_file,
             config,
+            json,
             action,
-        } => ctl(admin, token, token_file, &config, action),
+        } => ctl(admin, token, token_file, &config, action, json),
+        Command::Spool { command } => {
+            ExitCode::from(mailveil::control::queue_cli::spool(command))
+        }
         Command::Sink {
             listen,
             dir,
@@ -243,6 +260,7 @@ fn ctl(
     token_file: Option<PathBuf>,
     config: &Path,
     action: CtlAction,
+    json: bool,
 ) -> ExitCode {
     use mailveil::control::ctl;
     let text = std::fs::read_to_string(config).ok();
@@ -254,6 +272,7 @@ fn ctl(
     };
     let action = match action {
         CtlAction::Status => ctl::Action::Status,
+        CtlAction::Queue { command } => command.action(),
         CtlAction::Pause { provider } => ctl::Action::Pause { provider },
         CtlAction::Resume { provider } => ctl::Action::Resume { provider },
         CtlAction::Reload => ctl::Action::Reload,
@@ -263,7 +282,13 @@ fn ctl(
     };
     match ctl::send(&url, &token, &action) {
         Ok(answer) => {
-            println!("{}", answer.body.trim_end());
+            let table = (answer.is_success() && !json)
+                .then(|| mailveil::control::queue_cli::human(&action, &answer.body))
+                .flatten();
+            match table {
+                Some(text) => print!("{text}"),
+                None => println!("{}", answer.body.trim_end()),
+            }
             if answer.is_success() {
                 ExitCode::SUCCESS
             } else {

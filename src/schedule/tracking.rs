@@ -82,6 +82,9 @@ pub struct Track {
     pub final_at: Option<u64>,
     /// Why a failed copy failed (`permanent`, `expired`, `stopped`, `bounced`).
     pub reason: Option<&'static str>,
+    /// An operator deleted (`Deleted`) or bounced (`Failed`) the message while this copy was
+    /// being handed over: if that attempt does not deliver it, it is not tried again.
+    pub cancelled: Option<CopyState>,
 }
 
 /// The tracks of `meta`'s deliveries from what the spool recorded: final outcomes, the last

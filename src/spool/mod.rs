@@ -12,6 +12,7 @@ mod commit;
 pub mod format;
 pub mod inspect;
 pub mod read;
+mod records;
 pub(crate) mod recover;
 mod space;
 

@@ -54,7 +54,8 @@ pub struct Removal {
     pub action: &'static str,
     /// Copies that will never go out.
     pub removed: usize,
-    /// Copies being handed to an upstream right now: they finish (and may be delivered).
+    /// Copies being handed to an upstream right now: delivered if the upstream takes them,
+    /// otherwise never tried again (bounced copies then fail and bounce).
     pub in_flight: usize,
     /// Bounces queued to the sender (`bounce` with `[spool] bounce = true`).
     pub bounces: usize,
@@ -176,8 +177,8 @@ impl Scheduler {
 }
 
 /// The code and text a bounced copy fails with.
-const BOUNCE_CODE: u16 = 550;
-const BOUNCE_TEXT: &str = "5.0.0 bounced by the relay's operator";
+pub(super) const BOUNCE_CODE: u16 = 550;
+pub(super) const BOUNCE_TEXT: &str = "5.0.0 bounced by the relay's operator";
 
 impl Inner {
     /// Every message with copies still to go.
@@ -228,7 +229,14 @@ impl Inner {
                             CopyState::Deleted
                         };
                     }
-                    CopyState::Active => in_flight += 1,
+                    CopyState::Active => {
+                        in_flight += 1;
+                        t.cancelled = Some(if bounce {
+                            CopyState::Failed
+                        } else {
+                            CopyState::Deleted
+                        });
+                    }
                     CopyState::Delivered
                     | CopyState::Failed
                     | CopyState::Deleted
@@ -290,6 +298,35 @@ impl Inner {
             in_flight,
             bounces,
         })
+    }
+
+    /// A copy that was in flight when the operator deleted its message, and was not
+    /// delivered: it is not tried again; the message finishes when it was its last copy.
+    pub(super) fn drop_deleted_copy(
+        &self,
+        lane: &crate::schedule::lane::Lane,
+        message: &Arc<QueuedMessage>,
+        index: usize,
+    ) {
+        message.with_tracks(|t| {
+            t[index].state = CopyState::Deleted;
+            t[index].next_at = None;
+        });
+        message.active.fetch_sub(1, Ordering::Relaxed);
+        message.release_if_idle();
+        lane.queued.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .queue_messages
+            .with_label_values(&[&lane.name])
+            .dec();
+        let last = {
+            let mut progress = message.progress.lock().expect("not poisoned");
+            progress.remaining -= 1;
+            progress.remaining == 0
+        };
+        if last {
+            self.finish(message);
+        }
     }
 
     /// Takes the `claimed` copies of `message` out of their lanes and retry timers, and out

@@ -17,7 +17,9 @@ use crate::schedule::message::QueuedMessage;
 use crate::schedule::retry::{backoff, random_jitter};
 use crate::schedule::rules;
 
+use super::manage::{BOUNCE_CODE, BOUNCE_TEXT};
 use super::{Inner, Scheduler};
+use crate::schedule::tracking::CopyState;
 
 impl Inner {
     /// Records what became of an attempt: counted, logged and written to the spool; a
@@ -83,6 +85,21 @@ impl Inner {
             Outcome::Deferred { upstream, error } => {
                 message.note_reply(index, upstream, error.code(), error.to_string());
                 self.shape(lane, &error);
+                // Deleted or bounced by an operator while it was in flight: not tried again.
+                match message.with_tracks(|t| t[index].cancelled) {
+                    Some(CopyState::Deleted) => {
+                        return self.drop_deleted_copy(lane, &message, index);
+                    }
+                    Some(_) => {
+                        let (entry, code) =
+                            self.fail(final_of(upstream), BOUNCE_CODE, &BOUNCE_TEXT, false);
+                        message.set_final(index, BOUNCE_CODE, unix_now(), Some("bounced"));
+                        message.active.fetch_sub(1, Ordering::Relaxed);
+                        message.release_if_idle();
+                        return self.record(lane, &message, index, entry, code);
+                    }
+                    None => {}
+                }
                 match self.defer(lane, item, final_of(upstream), &error) {
                     Some(failed) => failed,
                     None => return,

@@ -17,7 +17,7 @@ use crate::spool::MessageMeta;
 
 /// A listing's filters as the API and the command line take them (text, checked by
 /// [`QueueFilter::parse`]).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct FilterArgs {
     pub provider: Option<String>,
     /// `queued`, `deferred`, `held` or `active`.
