@@ -159,9 +159,7 @@ fn main() -> ExitCode {
             json,
             action,
         } => ctl(admin, token, token_file, &config, action, json),
-        Command::Spool { command } => {
-            ExitCode::from(mailveil::control::queue_cli::spool(command))
-        }
+        Command::Spool { command } => ExitCode::from(mailveil::control::queue_cli::spool(command)),
         Command::Sink {
             listen,
             dir,

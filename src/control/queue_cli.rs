@@ -213,7 +213,8 @@ fn redactor(dir: &Path, show_addresses: bool) -> Redactor {
 }
 
 fn spool_list(dir: &Path, args: &ListArgs) -> Outcome {
-    let filter = QueueFilter::parse(&args.filter_args()).map_err(|e| (EXIT_USAGE, e.to_string()))?;
+    let filter =
+        QueueFilter::parse(&args.filter_args()).map_err(|e| (EXIT_USAGE, e.to_string()))?;
     let found = read(dir)?;
     let redactor = redactor(dir, args.show_addresses);
     let now = unix_now();

@@ -129,7 +129,14 @@ pub fn status(v: &Value) -> String {
         .collect();
     out.push('\n');
     out.push_str(&table(
-        &["PROVIDER", "PAUSED", "QUEUED", "SLOWED", "RATE/S", "CONCURRENCY"],
+        &[
+            "PROVIDER",
+            "PAUSED",
+            "QUEUED",
+            "SLOWED",
+            "RATE/S",
+            "CONCURRENCY",
+        ],
         &providers,
     ));
     let upstreams: Vec<Vec<String>> = v["upstreams"]
@@ -263,7 +270,13 @@ pub fn queue_show(v: &Value, now: u64) -> String {
         .copies
         .iter()
         .map(|c| {
-            let reply: String = c.last_reply.as_deref().unwrap_or("-").chars().take(100).collect();
+            let reply: String = c
+                .last_reply
+                .as_deref()
+                .unwrap_or("-")
+                .chars()
+                .take(100)
+                .collect();
             vec![
                 c.index.to_string(),
                 c.rcpt_to.join(","),
@@ -321,7 +334,11 @@ pub fn removal(v: &Value) -> String {
         );
     }
     if v["action"] == "bounced" {
-        let _ = write!(out, "; {} bounces queued to the sender", text(&v["bounces"]));
+        let _ = write!(
+            out,
+            "; {} bounces queued to the sender",
+            text(&v["bounces"])
+        );
     }
     out.push('\n');
     out
@@ -341,7 +358,10 @@ mod tests {
         .unwrap();
         let text = status(&v);
         assert!(text.contains("PAUSED (all providers)"), "{text}");
-        assert!(text.contains("yahoo     no      3       yes     unlimited  4"), "{text}");
+        assert!(
+            text.contains("yahoo     no      3       yes     unlimited  4"),
+            "{text}"
+        );
         assert!(text.contains("outbox    up"), "{text}");
         assert!(text.contains("pause_sources"), "{text}");
         assert_eq!(until(Some(100), 40), "in 1m");

@@ -124,7 +124,9 @@ fn scan(root: &Path) -> Result<Inspection, InspectError> {
             });
         }
     }
-    inspection.messages.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+    inspection
+        .messages
+        .sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
     Ok(inspection)
 }
 

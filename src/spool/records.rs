@@ -44,8 +44,18 @@ impl AttemptRecord {
     /// until the whole line fits [`MAX_LINE_LEN`] (an id of up to 40 bytes assumed).
     pub(super) fn to_text(&self) -> String {
         let mut record = self.clone();
-        record.reply = record.reply.chars().filter(|c| !c.is_control()).take(400).collect();
-        record.upstream = record.upstream.chars().filter(|c| !c.is_control()).take(64).collect();
+        record.reply = record
+            .reply
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(400)
+            .collect();
+        record.upstream = record
+            .upstream
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(64)
+            .collect();
         loop {
             let text = format!("{} attempts {}", record.index, record.to_json());
             if text.len() + 64 <= MAX_LINE_LEN || record.reply.is_empty() {
@@ -103,8 +113,15 @@ mod tests {
             panic!("{line}")
         };
         assert_eq!(id, "A1");
-        assert_eq!((got.index, got.count, got.first, got.last, got.code), (2, 3, 10, 20, Some(451)));
-        assert!(got.reply.starts_with("upstream replied 451 MVO1 X done"), "{}", got.reply);
+        assert_eq!(
+            (got.index, got.count, got.first, got.last, got.code),
+            (2, 3, 10, 20, Some(451))
+        );
+        assert!(
+            got.reply.starts_with("upstream replied 451 MVO1 X done"),
+            "{}",
+            got.reply
+        );
         assert!(!got.reply.contains('\u{7}'));
         let deleted = BatchLogLine::deleted_line("B");
         assert_eq!(
@@ -112,5 +129,4 @@ mod tests {
             Some(BatchLogLine::Deleted("B".into()))
         );
     }
-
 }

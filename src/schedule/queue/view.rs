@@ -140,7 +140,10 @@ fn address_matches(address: &str, wanted: &str, redactor: &Redactor) -> bool {
 
 /// A Message-ID without its angle brackets and surrounding space.
 fn bare_id(id: &str) -> &str {
-    id.trim().trim_start_matches('<').trim_end_matches('>').trim()
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
 }
 
 /// The Message-ID field of a header block (unfolded), if it has one.
@@ -223,12 +226,7 @@ pub struct MessageDetail {
 }
 
 /// The listing row of a message.
-pub fn summary(
-    meta: &MessageMeta,
-    tracks: &[Track],
-    redactor: &Redactor,
-    now: u64,
-) -> MessageView {
+pub fn summary(meta: &MessageMeta, tracks: &[Track], redactor: &Redactor, now: u64) -> MessageView {
     let mut states = BTreeMap::new();
     let mut providers: Vec<String> = Vec::new();
     for (d, t) in meta.deliveries.iter().zip(tracks) {
@@ -343,7 +341,12 @@ mod tests {
         });
         assert!(!pass(&held, None));
         let by_hash = redactor.hashed("ann@x.test");
-        for rcpt in ["ann@x.test", "ANN@X.TEST", &by_hash, by_hash.split('@').next().unwrap()] {
+        for rcpt in [
+            "ann@x.test",
+            "ANN@X.TEST",
+            &by_hash,
+            by_hash.split('@').next().unwrap(),
+        ] {
             let f = parse(FilterArgs {
                 rcpt: Some(rcpt.into()),
                 ..FilterArgs::default()
