@@ -205,9 +205,8 @@ pub(super) const RECORD_MAGIC: &[u8] = b"MVS1 ";
 pub(super) const OUTCOME_MAGIC: &[u8] = b"MVO1 ";
 /// A record header is one short line; anything longer is not one.
 const MAX_HEADER_LEN: usize = 256;
-/// An outcome line is short (id, index, word, code, two times, check); an attempts line holds
-/// the last reply too, cut to fit.
-pub(super) const MAX_LINE_LEN: usize = 1024;
+/// Longest outcome line read (see [`super::records`]).
+pub(super) use super::records::MAX_LINE_LEN;
 /// Hex digits of a record's check, and of an outcome line's.
 const RECORD_CHECK_LEN: usize = 16;
 const LINE_CHECK_LEN: usize = 8;

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::format::MAX_LINE_LEN;
+/// An outcome line is short (id, index, word, code, two times, check); an attempts line holds
+/// the last reply too, cut to fit.
+pub(super) const MAX_LINE_LEN: usize = 1024;
 
 /// What the attempts of one delivery were so far, kept in the spool so that a restart neither
 /// starts the count (and the backoff) again at 1 nor forgets the last reply: `queue show` and
