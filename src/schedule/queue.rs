@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ShapingRule, SpoolConfig, UpstreamKind};
+use crate::config::Config;
 use crate::observe::{Metrics, Redactor};
 use crate::privacy::Exposure;
 use crate::spool::{AttemptRecord, LogEntry, MessageMeta, Recovered, Spool, unix_now};
@@ -37,7 +37,6 @@ use super::lane::{Lane, Ready};
 use super::message::{QueuedMessage, Waiting};
 use super::provider::DEFAULT_PROVIDER;
 use super::routing::Routing;
-use super::rules;
 use super::throttle::{Rate, Throttle, ThrottleMetrics};
 use super::tracking;
 
@@ -45,10 +44,12 @@ mod control;
 mod hold;
 mod manage;
 mod outcome;
+mod settings;
 pub mod view;
 pub use control::{ProviderStatus, QueueStatus, UnknownProvider, UpstreamStatus};
 pub use hold::{HeldMessage, HoldError, choose_canaries};
 pub use manage::{ManageError, Removal, RetryTarget};
+use settings::Settings;
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
 #[derive(Clone)]
@@ -74,43 +75,6 @@ struct Inner {
     /// Every message with deliveries not yet final, by queue id (for `queue list/show`,
     /// `retry`, `delete`, `bounce`: [`manage`]).
     messages: Mutex<HashMap<String, Arc<QueuedMessage>>>,
-}
-
-/// The reloadable part of the scheduler's configuration.
-struct Settings {
-    retry: SpoolConfig,
-    /// The most connections any one upstream may open: what the `default` lane may use.
-    upstream_connections: usize,
-    /// Lanes and their limits, our name for bounces (shared with the relay: [`Scheduler::routing`]).
-    routing: Arc<Routing>,
-    /// Shaping rules in matching order.
-    rules: Arc<Vec<ShapingRule>>,
-    /// DKIM keys (parsed when the config was validated); swapped with the rest on reload.
-    dkim: Arc<crate::dkim::Signer>,
-    /// For the check before sending a message spooled without its own privacy settings.
-    privacy: crate::config::PrivacyConfig,
-}
-
-impl Settings {
-    fn from_config(config: &Config) -> Settings {
-        let upstream_connections = config
-            .upstreams
-            .iter()
-            .map(|u| match &u.kind {
-                UpstreamKind::Smtp(s) => s.max_connections,
-                UpstreamKind::Dir { .. } => 16,
-            })
-            .max()
-            .unwrap_or(16);
-        Settings {
-            retry: config.spool.clone(),
-            upstream_connections,
-            routing: Arc::new(Routing::from_config(config)),
-            rules: Arc::new(rules::for_config(&config.shaping)),
-            dkim: Arc::new(crate::dkim::Signer::from_config(&config.dkim)),
-            privacy: config.privacy.clone(),
-        }
-    }
 }
 
 impl Scheduler {

@@ -288,13 +288,19 @@ impl Inner {
             progress.remaining -= 1;
             progress.remaining == 0
         };
-        let record = message.with_tracks(|t| t[index].attempts.clone());
+        // A failed copy keeps its attempts for the failure record written when the message
+        // completes, also after a restart; a delivered one needs only its outcome line.
+        let record = failed_code.map(|_| message.with_tracks(|t| t[index].attempts.clone()));
+        let written = match &record {
+            _ if last => Ok(()),
+            Some(record) => self
+                .spool
+                .record_attempt(&message.meta.id, record, Some(&entry)),
+            None => self.spool.append(&message.meta.id, &[entry]),
+        };
         if last {
             self.finish(message);
-        } else if let Err(e) = self
-            .spool
-            .record_attempt(&message.meta.id, &record, Some(&entry))
-        {
+        } else if let Err(e) = written {
             tracing::error!(queue_id = %message.meta.id, error = %e, "cannot record outcome; the copy may be sent again after a restart");
         }
     }
