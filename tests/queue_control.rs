@@ -617,3 +617,72 @@ async fn a_stopped_spool_is_listed_shown_and_steered() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(upstream.record().messages.len(), 1);
 }
+
+/// A delete while one copy is being handed over (the upstream never answers its RCPT) and the
+/// other waits for a retry: the answer counts the first as in flight, and after a `kill -9`
+/// right after the answer neither copy is ever sent (the message was not finished, so only
+/// the synced `deleted` record keeps it from coming back).
+#[tokio::test]
+async fn delete_with_a_copy_in_flight_is_durable_across_kill_9() {
+    let mut script = Script::default();
+    script.stall_rcpt_domains = vec!["stall.test".into()];
+    script
+        .rcpt_replies
+        .insert("ned@mail.test".into(), "451 4.3.0 later".into());
+    let upstream = ScriptedSmtp::start(script).await;
+    let port = upstream.port();
+    let template = config(port, "retry_initial = \"1h\"\nretry_max = \"2h\"")
+        .replace("timeout = \"5s\"", "timeout = \"60s\"");
+    let mut r = RelayProc::start(&template, ENVS).await;
+    let m = message(
+        &[
+            "From: app@src.test",
+            "To: opal@stall.test, ned@mail.test",
+            "Message-ID: <d-4@src.test>",
+            "Subject: two copies",
+        ],
+        "body\r\n",
+    );
+    let reply = lettre_send(
+        r.smtp,
+        Some("app@src.test"),
+        &["opal@stall.test", "ned@mail.test"],
+        &m,
+    )
+    .await
+    .expect("relay accepts");
+    let id = reply.split("queued as ").nth(1).unwrap().trim().to_string();
+    let end = Instant::now() + PATIENCE;
+    loop {
+        let shown = ctl_json(&r, &["queue", "show", &id]);
+        let states: Vec<String> = shown["message"]["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["state"].as_str().unwrap().to_string())
+            .collect();
+        if states.contains(&"active".to_string()) && states.contains(&"deferred".to_string()) {
+            break;
+        }
+        assert!(Instant::now() < end, "copies never got there: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = ctl_json(&r, &["queue", "list", "--state", "active"]);
+    assert_eq!(listed["messages"][0]["id"], id.as_str());
+    let removal = ctl_json(&r, &["queue", "delete", &id]);
+    r.proc_.kill9();
+    assert_eq!(removal["removed"], 1, "{removal}");
+    assert_eq!(removal["in_flight"], 1, "{removal}");
+    drop(upstream);
+    let upstream = ScriptedSmtp::start_at(port, Script::default()).await;
+    restart(&mut r, "relay-2.log").await;
+    let (code, _, _) = ctl(&r, &["queue", "show", &id]);
+    assert_eq!(code, Some(1), "not queued again");
+    ctl_json(&r, &["queue", "retry", "--all"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        upstream.record().messages.is_empty(),
+        "a deleted copy went out: {:?}",
+        upstream.record().messages
+    );
+}
