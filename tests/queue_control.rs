@@ -686,3 +686,54 @@ async fn delete_with_a_copy_in_flight_is_durable_across_kill_9() {
         upstream.record().messages
     );
 }
+
+/// A message under a bulk hold is listed as `held`; deleting it ends the hold (nothing waits
+/// for a decision any more) and its held copies never go out; only the canaries did.
+#[tokio::test]
+async fn a_held_message_can_be_listed_and_deleted() {
+    let upstream = ScriptedSmtp::start(Script::default()).await;
+    let template =
+        config(upstream.port(), "").replace("[spool]", "[privacy]\nhold_fanout_above = 3\n[spool]");
+    let r = RelayProc::start(&template, ENVS).await;
+    let rcpts: Vec<String> = (0..5).map(|i| format!("p{i}@mail.test")).collect();
+    let m = message(
+        &[
+            "From: app@src.test",
+            &format!("To: {}", rcpts.join(", ")),
+            "Message-ID: <h-1@src.test>",
+            "Subject: bulk",
+        ],
+        "body\r\n",
+    );
+    let to: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let reply = lettre_send(r.smtp, Some("app@src.test"), &to, &m)
+        .await
+        .expect("relay accepts");
+    let id = reply.split("queued as ").nth(1).unwrap().trim().to_string();
+    let listed = ctl_json(&r, &["queue", "list", "--state", "held"]);
+    assert_eq!(listed["messages"][0]["id"], id.as_str(), "{listed}");
+    let held = listed["messages"][0]["states"]["held"].as_u64().unwrap();
+    assert!(held >= 1, "{listed}");
+    let canaries = 5 - held as usize;
+    wait_messages(&upstream, canaries).await;
+    let removal = ctl_json(&r, &["queue", "delete", &id]);
+    assert_eq!(removal["removed"].as_u64(), Some(held), "{removal}");
+    let (code, out, _) = ctl(&r, &["held"]);
+    assert_eq!(code, Some(0));
+    let still: Value = serde_json::from_str(&out).unwrap();
+    assert!(still["held"].as_array().unwrap().is_empty(), "{still}");
+    let (_, metrics) = http_get(r.metrics, "/metrics").await;
+    assert_eq!(metric(&metrics, "mailveil_held_messages"), Some(0.0));
+    // Releasing it now finds nothing, and nothing more goes out.
+    let (code, _, _) = ctl(&r, &["release", &id]);
+    assert_eq!(code, Some(1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(upstream.record().messages.len(), canaries);
+    assert!(
+        !r.dir
+            .path()
+            .join("spool/failed")
+            .join(format!("{id}.json"))
+            .exists()
+    );
+}
