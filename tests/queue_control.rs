@@ -310,8 +310,8 @@ async fn list_filters() {
     );
     assert!(ids(&["--provider", "yahoo"]).is_empty());
     assert!(ids(&["--older-than", "1h"]).is_empty());
-    assert_eq!(ids(&["--rcpt", "ERIN@mail.test"]), [a.clone()]);
-    assert_eq!(ids(&["--message-id", "<f-2@src.test>"]), [b.clone()]);
+    assert_eq!(ids(&["--rcpt", "ERIN@mail.test"]), [a]);
+    assert_eq!(ids(&["--message-id", "<f-2@src.test>"]), [b.as_str()]);
     // The redacted form the relay's log shows for fred, and its hash alone.
     let log = r.proc_.log_text();
     let line = log
@@ -328,10 +328,10 @@ async fn list_filters() {
         hashed.ends_with("@mail.test") && !hashed.starts_with("fred"),
         "{hashed}"
     );
-    assert_eq!(ids(&["--rcpt", &hashed]), [b.clone()]);
+    assert_eq!(ids(&["--rcpt", &hashed]), [b.as_str()]);
     assert_eq!(
         ids(&["--rcpt", hashed.split('@').next().unwrap()]),
-        [b.clone()]
+        [b.as_str()]
     );
     let listed = ctl_json(&r, &["queue", "list"]);
     assert!(!listed.to_string().contains("erin@"), "redacted: {listed}");
@@ -624,8 +624,10 @@ async fn a_stopped_spool_is_listed_shown_and_steered() {
 /// the synced `deleted` record keeps it from coming back).
 #[tokio::test]
 async fn delete_with_a_copy_in_flight_is_durable_across_kill_9() {
-    let mut script = Script::default();
-    script.stall_rcpt_domains = vec!["stall.test".into()];
+    let mut script = Script {
+        stall_rcpt_domains: vec!["stall.test".into()],
+        ..Script::default()
+    };
     script
         .rcpt_replies
         .insert("ned@mail.test".into(), "451 4.3.0 later".into());
