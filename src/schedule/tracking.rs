@@ -87,6 +87,13 @@ pub struct Track {
     pub cancelled: Option<CopyState>,
 }
 
+/// The reasons a copy fails for good, as the spool writes them.
+pub const FAILURE_REASONS: [&str; 4] = ["permanent", "expired", "stopped", "bounced"];
+
+fn reason_named(name: &str) -> Option<&'static str> {
+    FAILURE_REASONS.into_iter().find(|r| *r == name)
+}
+
 /// The tracks of `meta`'s deliveries from what the spool recorded: final outcomes, the last
 /// deferral of each copy (deferred when its time is after `now`, queued otherwise), the
 /// attempts records, and the bulk hold.
@@ -121,6 +128,7 @@ pub fn from_spool(
                 t.next_at = None;
             }
             LogEntry::Failed { code, at, .. } => {
+                t.reason = t.attempts.reason.as_deref().and_then(reason_named);
                 t.state = CopyState::Failed;
                 t.final_code = Some(code);
                 t.final_at = Some(at);
@@ -170,20 +178,40 @@ mod tests {
                 index: 2,
                 next_at: 10,
             },
+            LogEntry::Failed {
+                index: 3,
+                code: 550,
+                at: 20,
+            },
         ];
-        let attempts = [AttemptRecord {
-            index: 1,
-            count: 3,
-            first: 1,
-            last: 9,
-            code: Some(451),
-            upstream: "up".into(),
-            reply: "later".into(),
-        }];
+        let bounced = AttemptRecord {
+            index: 3,
+            reason: Some("bounced".into()),
+            ..AttemptRecord::default()
+        };
+        let attempts = [
+            bounced,
+            AttemptRecord {
+                index: 1,
+                count: 3,
+                first: 1,
+                last: 9,
+                code: Some(451),
+                upstream: "up".into(),
+                reply: "later".into(),
+                reason: None,
+            },
+        ];
+        let t = from_spool(&meta, &log, &attempts, 50);
+        assert_eq!(
+            t[3].reason,
+            Some("bounced"),
+            "the reason survives a restart"
+        );
         let t = from_spool(&meta, &log, &attempts, 50);
         let states: Vec<CopyState> = t.iter().map(|t| t.state).collect();
         use CopyState::*;
-        assert_eq!(states, [Delivered, Deferred, Queued, Queued]);
+        assert_eq!(states, [Delivered, Deferred, Queued, Failed]);
         assert_eq!(t[1].attempts.count, 3);
         assert_eq!(t[1].next_at, Some(100));
         meta.hold = Some(Hold {
@@ -194,6 +222,6 @@ mod tests {
             .iter()
             .map(|t| t.state)
             .collect();
-        assert_eq!(states, [Delivered, Held, Held, Held]);
+        assert_eq!(states, [Delivered, Held, Held, Failed]);
     }
 }

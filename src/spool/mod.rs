@@ -255,12 +255,18 @@ impl Spool {
         self.write_log(&self.slot(id)?.batch, &text)
     }
 
-    /// [`Spool::append`], synced before it returns: an operator's `queue bounce` is durable
-    /// when the API answers. Blocks for one `fdatasync`.
-    pub fn append_synced(&self, id: &str, entries: &[LogEntry]) -> Result<(), SpoolError> {
-        let text: String = entries
+    /// Attempts records and outcomes, synced before it returns: an operator's `queue bounce`
+    /// is durable when the API answers. Blocks for one `fdatasync`.
+    pub fn append_synced(
+        &self,
+        id: &str,
+        attempts: &[AttemptRecord],
+        entries: &[LogEntry],
+    ) -> Result<(), SpoolError> {
+        let text: String = attempts
             .iter()
-            .map(|e| BatchLogLine::outcome_line(id, e))
+            .map(|a| BatchLogLine::attempts_line(id, a))
+            .chain(entries.iter().map(|e| BatchLogLine::outcome_line(id, e)))
             .collect();
         let batch = self.slot(id)?.batch;
         batch.append(text.as_bytes())?;

@@ -30,6 +30,10 @@ pub struct AttemptRecord {
     /// The last reply or error, one line, cut to fit an outcome line.
     #[serde(default)]
     pub reply: String,
+    /// For a copy that failed for good: why (`permanent`, `expired`, `stopped`, `bounced`),
+    /// so that the failure record says it after a restart too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl AttemptRecord {
@@ -104,6 +108,7 @@ mod tests {
             code: Some(451),
             upstream: "up".into(),
             reply: "upstream replied 451 MVO1 X done #00000000 MVS1 \r\n\u{7}".repeat(40),
+            reason: Some("bounced".into()),
         };
         let line = BatchLogLine::attempts_line("A1", &record);
         assert!(line.len() <= MAX_LINE_LEN, "{}", line.len());
@@ -125,6 +130,7 @@ mod tests {
             got.reply
         );
         assert!(!got.reply.contains('\u{7}'));
+        assert_eq!(got.reason.as_deref(), Some("bounced"));
         let deleted = BatchLogLine::deleted_line("B");
         assert_eq!(
             BatchLogLine::parse(deleted.trim_end().as_bytes()),

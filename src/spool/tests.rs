@@ -66,6 +66,17 @@ fn completion_removes_the_message_and_keeps_a_failure_record() {
         record.contains("b@y.test") && record.contains("550"),
         "{record}"
     );
+    let json: serde_json::Value = serde_json::from_str(&record).unwrap();
+    let failed = &json["failed"][0];
+    assert_eq!(
+        failed["reply"],
+        "upstream replied 550 5.1.1 no such user to RCPT TO"
+    );
+    assert_eq!(failed["upstream"], "up");
+    assert_eq!(failed["attempts"], 2);
+    assert_eq!(failed["first_attempt_at"], 7);
+    assert_eq!(failed["last_attempt_at"], 9);
+    assert_eq!(json["mail_from"], "s@x.test");
     assert!(
         !record.contains("a@x.test"),
         "only the failed delivery is recorded"

@@ -18,7 +18,7 @@ use crate::schedule::bounce::Failure;
 use crate::schedule::deliver::NO_UPSTREAM;
 use crate::schedule::message::QueuedMessage;
 use crate::schedule::tracking::CopyState;
-use crate::spool::{LogEntry, SpoolError, unix_now};
+use crate::spool::{AttemptRecord, LogEntry, SpoolError, unix_now};
 
 use super::control::UnknownProvider;
 use super::view::{self, MessageDetail, MessageView, QueueFilter};
@@ -260,9 +260,19 @@ impl Inner {
                 at: now,
             })
             .collect();
+        let attempts: Vec<AttemptRecord> = message.with_tracks(|t| {
+            claimed
+                .iter()
+                .map(|&(index, _)| AttemptRecord {
+                    index,
+                    reason: Some("bounced".into()),
+                    ..t[index].attempts.clone()
+                })
+                .collect()
+        });
         let recorded = tokio::task::spawn_blocking(move || {
             if bounce {
-                spool.append_synced(&key, &entries)
+                spool.append_synced(&key, &attempts, &entries)
             } else {
                 spool.record_deleted(&key)
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::spool::{FailureRecord, LogEntry, MessageMeta, unix_now};
+use crate::spool::{AttemptRecord, FailureRecord, LogEntry, MessageMeta, unix_now};
 use crate::upstream::UpstreamError;
 
 use crate::schedule::bounce::{self, Failure};
@@ -290,7 +290,12 @@ impl Inner {
         };
         // A failed copy keeps its attempts for the failure record written when the message
         // completes, also after a restart; a delivered one needs only its outcome line.
-        let record = failed_code.map(|_| message.with_tracks(|t| t[index].attempts.clone()));
+        let record = failed_code.map(|_| {
+            message.with_tracks(|t| AttemptRecord {
+                reason: t[index].reason.map(String::from),
+                ..t[index].attempts.clone()
+            })
+        });
         let written = match &record {
             _ if last => Ok(()),
             Some(record) => self
