@@ -335,6 +335,12 @@ async fn list_filters() {
     );
     let listed = ctl_json(&r, &["queue", "list"]);
     assert!(!listed.to_string().contains("erin@"), "redacted: {listed}");
+    assert_eq!(listed["total"], 2);
+    let first = ctl_json(&r, &["queue", "list", "--limit", "1"]);
+    assert_eq!(first["messages"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(first["total"], 2);
+    let (_, table, _) = ctl(&r, &["queue", "list", "--limit", "1"]);
+    assert!(table.contains("1 of 2 message(s)"), "{table}");
     let (code, _, err) = ctl(&r, &["queue", "list", "--older-than", "soon"]);
     assert_eq!(code, Some(1), "400: {err}");
 }

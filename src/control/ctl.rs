@@ -91,6 +91,9 @@ impl Action {
                 if filter.show_addresses {
                     query.push("show_addresses=true".into());
                 }
+                if let Some(limit) = filter.limit {
+                    query.push(format!("limit={limit}"));
+                }
                 let query = if query.is_empty() {
                     String::new()
                 } else {

@@ -5,7 +5,9 @@
 //!   Filters (all optional, combined): `provider=NAME`, `state=queued|deferred|held|active`
 //!   (with `provider`: a copy of that provider in that state), `older_than=30m`,
 //!   `rcpt=ADDRESS` (or the redacted form a log line shows, or its hash alone),
-//!   `message_id=ID`. Addresses as in the log unless `show_addresses=true`. A bad filter: `400`.
+//!   `message_id=ID`. Addresses as in the log unless `show_addresses=true`. At most `limit`
+//!   messages (default 1000, `0`: all), with `"total"` the number that passed the filters. A
+//!   bad filter: `400`.
 //! - `GET /queue/<id>` (`?show_addresses=true`): one message with each copy's state, attempts,
 //!   first/last attempt, next attempt, last reply and upstream: `{"message": {...}}`; `404`.
 //! - `POST /queue/retry?id=ID` | `?provider=NAME` | `?all=true` (exactly one): deferred copies
@@ -24,7 +26,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::schedule::Scheduler;
-use crate::schedule::queue::view::{FilterArgs, QueueFilter};
+use crate::schedule::queue::view::{self, FilterArgs, QueueFilter};
 use crate::schedule::queue::{ManageError, RetryTarget};
 
 /// Same as `admin.rs`: the path its log lines always had.
@@ -76,11 +78,11 @@ async fn list(State(scheduler): State<Scheduler>, Query(args): Query<FilterArgs>
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let show = args.show_addresses;
+    let (show, limit) = (args.show_addresses, args.limit);
     // A Message-ID filter reads message files.
     let listed = tokio::task::spawn_blocking(move || scheduler.queue_list(&filter, show)).await;
     match listed {
-        Ok(messages) => axum::Json(json!({"messages": messages})).into_response(),
+        Ok(messages) => axum::Json(view::page(messages, limit)).into_response(),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "listing task failed"),
     }
 }

@@ -42,6 +42,9 @@ pub struct ListArgs {
     /// Show addresses in full (by default as the log shows them).
     #[arg(long)]
     pub show_addresses: bool,
+    /// List at most this many messages, the oldest (0: all).
+    #[arg(long, default_value_t = view::DEFAULT_LIMIT)]
+    pub limit: usize,
 }
 
 impl ListArgs {
@@ -53,6 +56,7 @@ impl ListArgs {
             rcpt: self.rcpt.clone(),
             message_id: self.message_id.clone(),
             show_addresses: self.show_addresses,
+            limit: Some(self.limit),
         }
     }
 }
@@ -236,7 +240,8 @@ fn spool_list(dir: &Path, args: &ListArgs) -> Outcome {
                 })
         })
         .collect();
-    let value = json!({"messages": messages, "damaged": found.problems});
+    let mut value = view::page(messages, Some(args.limit));
+    value["damaged"] = json!(found.problems);
     let text = table::queue_list(&value, now);
     Ok((value, text))
 }

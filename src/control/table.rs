@@ -225,7 +225,16 @@ pub fn queue_list(v: &Value, now: u64) -> String {
         ],
         &rows,
     );
-    let _ = writeln!(out, "{} message(s)", messages.len());
+    let total = v["total"].as_u64().unwrap_or(messages.len() as u64);
+    if total > messages.len() as u64 {
+        let _ = writeln!(
+            out,
+            "{} of {total} message(s), the oldest (--limit N, 0 for all)",
+            messages.len()
+        );
+    } else {
+        let _ = writeln!(out, "{total} message(s)");
+    }
     out
 }
 

@@ -29,6 +29,25 @@ pub struct FilterArgs {
     pub message_id: Option<String>,
     #[serde(default)]
     pub show_addresses: bool,
+    /// At most this many messages in the answer (the oldest); `0`: all. Default
+    /// [`DEFAULT_LIMIT`].
+    pub limit: Option<usize>,
+}
+
+/// Messages a listing shows unless told otherwise: enough for a terminal, bounded for a
+/// queue of a million.
+pub const DEFAULT_LIMIT: usize = 1000;
+
+/// The listing's answer: the first `limit` of `messages` (oldest first) and how many passed
+/// the filters in all.
+pub fn page(mut messages: Vec<MessageView>, limit: Option<usize>) -> serde_json::Value {
+    let total = messages.len();
+    let limit = match limit.unwrap_or(DEFAULT_LIMIT) {
+        0 => usize::MAX,
+        n => n,
+    };
+    messages.truncate(limit);
+    serde_json::json!({"messages": messages, "total": total})
 }
 
 /// Checked filters: a message is listed when it passes all of them. `provider` and `state`
