@@ -745,3 +745,40 @@ async fn a_held_message_can_be_listed_and_deleted() {
             .exists()
     );
 }
+
+/// A retry does not override a pause: the copy is due, and leaves once deliveries resume.
+#[tokio::test]
+async fn a_retry_waits_for_a_pause() {
+    let mut script = Script::default();
+    script
+        .first_replies
+        .insert(Step::Rcpt, vec!["451 4.3.0 later".into()]);
+    let upstream = ScriptedSmtp::start(script).await;
+    let r = RelayProc::start(
+        &config(
+            upstream.port(),
+            "retry_initial = \"1h\"\nretry_max = \"2h\"",
+        ),
+        ENVS,
+    )
+    .await;
+    let id = send(&r, "quinn@mail.test", "w-1@src.test").await;
+    wait_deferred(&r, &id, 1).await;
+    let (code, _, err) = ctl(&r, &["pause"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(ctl_json(&r, &["queue", "retry", &id])["retried"], 1);
+    let end = Instant::now() + PATIENCE;
+    while copy_of(&r, &id)["state"] != "queued" {
+        assert!(Instant::now() < end, "never due");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        ctl_json(&r, &["queue", "list", "--state", "queued"])["total"],
+        1
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(upstream.record().messages.is_empty(), "sent while paused");
+    let (code, _, _) = ctl(&r, &["resume"]);
+    assert_eq!(code, Some(0));
+    wait_messages(&upstream, 1).await;
+}
