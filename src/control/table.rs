@@ -343,11 +343,14 @@ pub fn removal(v: &Value) -> String {
         );
     }
     if v["action"] == "bounced" {
-        let _ = write!(
-            out,
-            "; {} bounces queued to the sender",
-            text(&v["bounces"])
-        );
+        match v["bounces"].as_u64().unwrap_or(0) {
+            0 => out.push_str(
+                "; no bounce sent ([spool] bounce is off, or the sender is the null sender)",
+            ),
+            n => {
+                let _ = write!(out, "; {n} bounces queued to the sender");
+            }
+        }
     }
     out.push('\n');
     out
