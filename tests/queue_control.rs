@@ -783,3 +783,54 @@ async fn a_retry_waits_for_a_pause() {
     assert_eq!(code, Some(0));
     wait_messages(&upstream, 1).await;
 }
+
+/// Bouncing a held fan-out sends one bounce naming every held recipient, not one per copy.
+#[tokio::test]
+async fn bouncing_a_held_fan_out_sends_one_bounce() {
+    let upstream = ScriptedSmtp::start(Script::default()).await;
+    let template = config(upstream.port(), "bounce = true")
+        .replace("[spool]", "[privacy]\nhold_fanout_above = 3\n[spool]");
+    let r = RelayProc::start(&template, ENVS).await;
+    let rcpts: Vec<String> = (0..6).map(|i| format!("r{i}@mail.test")).collect();
+    let m = message(
+        &[
+            "From: app@src.test",
+            &format!("To: {}", rcpts.join(", ")),
+            "Subject: bulk",
+        ],
+        "body\r\n",
+    );
+    let to: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let reply = lettre_send(r.smtp, Some("app@src.test"), &to, &m)
+        .await
+        .expect("relay accepts");
+    let id = reply.split("queued as ").nth(1).unwrap().trim().to_string();
+    let shown = ctl_json(&r, &["queue", "show", &id, "--show-addresses"]);
+    let held: Vec<String> = shown["message"]["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "held")
+        .flat_map(|c| c["rcpt_to"].as_array().unwrap().clone())
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(held.len() >= 2, "{shown}");
+    let canaries = rcpts.len() - held.len();
+    wait_messages(&upstream, canaries).await;
+    let removal = ctl_json(&r, &["queue", "bounce", &id]);
+    assert_eq!(removal["bounces"], 1, "{removal}");
+    let got = wait_messages(&upstream, canaries + 1).await;
+    let dsn = got
+        .iter()
+        .find(|m| m.mail_from.is_empty())
+        .expect("a bounce");
+    let text = String::from_utf8_lossy(&dsn.data).to_string();
+    for r in &held {
+        assert!(
+            text.contains(&format!("Final-Recipient: rfc822; {r}")),
+            "{r}: {text}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(upstream.record().messages.len(), canaries + 1, "one bounce");
+}

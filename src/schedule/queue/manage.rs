@@ -57,7 +57,8 @@ pub struct Removal {
     /// Copies being handed to an upstream right now: delivered if the upstream takes them,
     /// otherwise never tried again (bounced copies then fail and bounce).
     pub in_flight: usize,
-    /// Bounces queued to the sender (`bounce` with `[spool] bounce = true`).
+    /// Bounces queued to the sender (`bounce` with `[spool] bounce = true`): one for all the
+    /// copies removed at once; copies in flight that then fail bounce on their own.
     pub bounces: usize,
 }
 
@@ -168,8 +169,8 @@ impl Scheduler {
         self.inner.remove(id, false).await
     }
 
-    /// Fails every copy of message `id` not yet sent (`550`, reason `bounced`), with a bounce
-    /// to the sender for each when `[spool] bounce` is on; recorded and synced before it
+    /// Fails every copy of message `id` not yet sent (`550`, reason `bounced`), with one bounce
+    /// to the sender naming them all when `[spool] bounce` is on; recorded and synced before it
     /// returns. The `failed/<id>.json` record is written when its last copy is final.
     pub async fn bounce(&self, id: &str) -> Result<Removal, ManageError> {
         self.inner.remove(id, true).await
@@ -366,8 +367,8 @@ impl Inner {
         message.release_if_idle();
     }
 
-    /// Counts the bounced copies as failed deliveries and queues a bounce for each when
-    /// `[spool] bounce` is on (never to the null sender). Returns how many were queued.
+    /// Counts the bounced copies as failed deliveries and queues one bounce naming them all
+    /// when `[spool] bounce` is on (never to the null sender). Returns how many were queued.
     async fn bounce_all(
         self: &Arc<Self>,
         message: &Arc<QueuedMessage>,
@@ -393,17 +394,20 @@ impl Inner {
         };
         let privacy = || self.settings.read().expect("not poisoned").privacy.clone();
         let exposure = message.exposure(privacy, &bytes).await;
-        for &(index, _) in claimed {
-            // The bounce returns this copy's own header, which shows no other recipient.
-            let rewrite = &meta.deliveries[index].planned.rewrite;
-            let header = crate::privacy::render_header(&bytes, rewrite, &exposure);
-            let failure = Failure {
-                code: BOUNCE_CODE,
-                diagnostic: BOUNCE_TEXT,
-                expired: false,
-            };
-            self.bounce(meta, index, failure, &header);
-        }
-        claimed.len()
+        let indices: Vec<usize> = claimed.iter().map(|&(k, _)| k).collect();
+        let Some(&first) = indices.first() else {
+            return 0;
+        };
+        // One bounce names every bounced recipient and returns the first copy's own header,
+        // which shows no other recipient.
+        let rewrite = &meta.deliveries[first].planned.rewrite;
+        let header = crate::privacy::render_header(&bytes, rewrite, &exposure);
+        let failure = Failure {
+            code: BOUNCE_CODE,
+            diagnostic: BOUNCE_TEXT,
+            expired: false,
+        };
+        self.bounce(meta, &indices, failure, &header);
+        1
     }
 }

@@ -210,7 +210,7 @@ impl Inner {
             diagnostic: &diagnostic,
             expired,
         };
-        self.bounce(meta, index, failure, f.header);
+        self.bounce(meta, &[index], failure, f.header);
         let at = unix_now();
         let reason = if expired { "expired" } else { "permanent" };
         f.message.set_final(index, code, at, Some(reason));
@@ -233,7 +233,7 @@ impl Inner {
     pub(super) fn bounce(
         self: &Arc<Self>,
         meta: &MessageMeta,
-        index: usize,
+        indices: &[usize],
         failure: Failure<'_>,
         header: &[u8],
     ) {
@@ -248,7 +248,7 @@ impl Inner {
                 settings.routing.catalog.classify(&sender).to_string(),
             )
         };
-        let (dsn, bytes) = bounce::message(&hostname, provider, meta, index, &failure, header);
+        let (dsn, bytes) = bounce::message(&hostname, provider, meta, indices, &failure, header);
         let scheduler = Scheduler {
             inner: self.clone(),
         };
