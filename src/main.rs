@@ -80,6 +80,10 @@ enum Command {
     },
     /// Inspect a stopped relay's spool directory: list, show, delete messages.
     Spool {
+        /// The relay's configuration file, read only for `[log] show_addresses` (addresses are
+        /// shown as its log shows them).
+        #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
         #[command(subcommand)]
         command: mailveil::control::queue_cli::SpoolCommand,
     },
@@ -159,7 +163,12 @@ fn main() -> ExitCode {
             json,
             action,
         } => ctl(admin, token, token_file, &config, action, json),
-        Command::Spool { command } => ExitCode::from(mailveil::control::queue_cli::spool(command)),
+        Command::Spool { config, command } => {
+            use mailveil::control::queue_cli;
+            let shows = std::fs::read_to_string(&config)
+                .is_ok_and(|text| queue_cli::log_shows_addresses(&text));
+            ExitCode::from(queue_cli::spool(command, shows))
+        }
         Command::Sink {
             listen,
             dir,

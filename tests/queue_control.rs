@@ -574,6 +574,13 @@ async fn a_stopped_spool_is_listed_shown_and_steered() {
     assert_eq!(ids, want);
     assert_eq!(listed["messages"][0]["states"]["deferred"], 1);
     assert!(!listed.to_string().contains("lee@"), "redacted: {listed}");
+    // With the relay's config, addresses show as its log shows them.
+    let shown_cfg = r.dir.path().join("show.toml");
+    std::fs::write(&shown_cfg, "[log]\nshow_addresses = true\n").unwrap();
+    let cfg = shown_cfg.display().to_string();
+    let (code, out, err) = mailveil(&["spool", "-c", &cfg, "list", &dir, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("app@src.test"), "{out}");
     let only = spool_json(&["list", &dir, "--rcpt", "max@mail.test"]);
     assert_eq!(only["messages"].as_array().unwrap().len(), 1);
     assert_eq!(only["messages"][0]["id"], kept.as_str());

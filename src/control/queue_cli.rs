@@ -163,16 +163,40 @@ pub enum SpoolCommand {
     },
 }
 
-/// Runs a `mailveil spool` command; returns the exit code.
-pub fn spool(command: SpoolCommand) -> u8 {
+/// Whether the relay's config file shows addresses in its log (`[log] show_addresses`), read
+/// without validating the rest (the relay's secrets need not be set where the tool runs).
+pub fn log_shows_addresses(config_text: &str) -> bool {
+    let Ok(table) = config_text.parse::<toml::Table>() else {
+        return false;
+    };
+    table
+        .get("log")
+        .and_then(|l| l.get("show_addresses"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
+/// Runs a `mailveil spool` command; returns the exit code. `log_shows_addresses`: the
+/// relay's `[log] show_addresses`, so the listing shows addresses as its log does.
+pub fn spool(command: SpoolCommand, log_shows_addresses: bool) -> u8 {
     let (json, result) = match command {
-        SpoolCommand::List { dir, filter, json } => (json, spool_list(&dir, &filter)),
+        SpoolCommand::List {
+            dir,
+            mut filter,
+            json,
+        } => {
+            filter.show_addresses |= log_shows_addresses;
+            (json, spool_list(&dir, &filter))
+        }
         SpoolCommand::Show {
             dir,
             id,
             show_addresses,
             json,
-        } => (json, spool_show(&dir, &id, show_addresses)),
+        } => (
+            json,
+            spool_show(&dir, &id, show_addresses || log_shows_addresses),
+        ),
         SpoolCommand::Delete { dir, id, json } => (json, spool_delete(&dir, &id)),
     };
     match result {
