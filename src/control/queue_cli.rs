@@ -68,16 +68,21 @@ pub enum QueueCommand {
     List(ListArgs),
     /// One message: each copy's state, attempts, last reply, next attempt, upstream.
     Show {
+        /// The queue id (`queue list`, or `queue_id` in the log).
         id: String,
+        /// Show addresses in full (by default as the log shows them).
         #[arg(long)]
         show_addresses: bool,
     },
     /// Make deferred copies due now: of one message, of one provider, or all.
     Retry {
+        /// The message whose deferred copies go now.
         #[arg(required_unless_present_any = ["provider", "all"])]
         id: Option<String>,
+        /// Every deferred copy of this provider instead.
         #[arg(long, conflicts_with_all = ["id", "all"])]
         provider: Option<String>,
+        /// Every deferred copy instead.
         #[arg(long, conflicts_with_all = ["id", "provider"])]
         all: bool,
     },
@@ -142,22 +147,30 @@ pub enum SpoolCommand {
         dir: PathBuf,
         #[command(flatten)]
         filter: ListArgs,
+        /// Print JSON (the admin API's shapes) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// One message: each copy's state, attempts, last reply, next attempt, upstream.
     Show {
+        /// The spool directory (`[spool] dir`).
         dir: PathBuf,
+        /// The queue id.
         id: String,
+        /// Show addresses in full (by default as the log shows them).
         #[arg(long)]
         show_addresses: bool,
+        /// Print JSON (the admin API's shapes) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Delete a message (synced before it returns); refused while a relay runs on the spool.
     Delete {
+        /// The spool directory (`[spool] dir`).
         dir: PathBuf,
+        /// The queue id.
         id: String,
+        /// Print JSON (the admin API's shapes) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -313,4 +326,54 @@ fn spool_delete(dir: &Path, id: &str) -> Outcome {
     });
     let text = table::removal(&value);
     Ok((value, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[derive(clap::Parser)]
+    struct Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    }
+
+    #[derive(clap::Parser)]
+    struct SpoolCli {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    }
+
+    #[test]
+    fn commands_are_well_formed_and_map_to_requests() {
+        Queue::command().debug_assert();
+        SpoolCli::command().debug_assert();
+        use clap::Parser;
+        let parse = |args: &[&str]| Queue::try_parse_from(args).map(|q| q.command.action());
+        assert_eq!(
+            parse(&["q", "retry", "--provider", "yahoo"]).unwrap(),
+            Action::QueueRetry {
+                target: RetryTarget::Provider("yahoo".into())
+            }
+        );
+        assert_eq!(
+            parse(&["q", "retry", "--all"]).unwrap(),
+            Action::QueueRetry {
+                target: RetryTarget::All
+            }
+        );
+        assert!(parse(&["q", "retry"]).is_err());
+        assert!(parse(&["q", "retry", "ID", "--all"]).is_err());
+        assert!(parse(&["q", "list", "--state", "lost"]).is_err());
+    }
+
+    #[test]
+    fn the_log_setting_is_read_without_the_rest_of_the_config() {
+        assert!(log_shows_addresses(
+            "[log]\nshow_addresses = true\n[admin]\ntoken_env = \"UNSET\"\n"
+        ));
+        assert!(!log_shows_addresses("[log]\nformat = \"json\"\n"));
+        assert!(!log_shows_addresses("not toml"));
+    }
 }
