@@ -228,7 +228,7 @@ pub async fn run_with(
         );
     }
     for r in recovered {
-        scheduler.enqueue(r.meta, None, &r.log);
+        scheduler.enqueue_recovered(r);
     }
     metrics.spool_bytes.set(spool.bytes() as i64);
 

@@ -78,8 +78,24 @@ enum Command {
         /// `health`, the listen addresses). Accepted before or after the action.
         #[arg(short, long, global = true, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Print the admin API's JSON answer instead of a table (for scripts); `status` prints
+        /// the JSON answer unless `--table` is given.
+        #[arg(long, global = true)]
+        json: bool,
+        /// `status` as a table (the other commands print tables by default).
+        #[arg(long, global = true, conflicts_with = "json")]
+        table: bool,
         #[command(subcommand)]
         action: CtlAction,
+    },
+    /// Inspect a stopped relay's spool directory: list, show, delete messages.
+    Spool {
+        /// The relay's configuration file, read only for `[log] show_addresses` (addresses are
+        /// shown as its log shows them).
+        #[arg(short, long, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: mailveil::control::queue_cli::SpoolCommand,
     },
     /// A capture SMTP server: stores each message as DIR/<id>.eml + DIR/<id>.json.
     Sink {
@@ -106,8 +122,14 @@ enum CtlAction {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
-    /// Paused flags, queue depth per provider, upstream health (JSON).
+    /// Paused flags, queue depth per provider, upstream health: the API's JSON answer,
+    /// indented (`--table`: a table).
     Status,
+    /// The queue: list, show, retry, delete, bounce messages (tables; --json).
+    Queue {
+        #[command(subcommand)]
+        command: mailveil::control::queue_cli::QueueCommand,
+    },
     /// Stop starting upstream deliveries (all, or one provider's); inbound keeps spooling.
     /// Kept in the spool through restarts; with [cluster], on every replica.
     Pause {
@@ -182,8 +204,16 @@ fn main() -> ExitCode {
             token,
             token_file,
             config,
+            json,
+            table,
             action,
-        } => ctl(admin, token, token_file, &config, action),
+        } => ctl(admin, token, token_file, &config, action, json, table),
+        Command::Spool { config, command } => {
+            use mailveil::control::queue_cli;
+            let shows = std::fs::read_to_string(&config)
+                .is_ok_and(|text| queue_cli::log_shows_addresses(&text));
+            ExitCode::from(queue_cli::spool(command, shows))
+        }
         Command::Sink {
             listen,
             dir,
@@ -277,6 +307,8 @@ fn ctl(
     token_file: Option<PathBuf>,
     config: &Path,
     action: CtlAction,
+    json: bool,
+    table: bool,
 ) -> ExitCode {
     use mailveil::control::ctl;
     if let CtlAction::Health { timeout } = action {
@@ -292,6 +324,7 @@ fn ctl(
     let action = match action {
         CtlAction::Health { .. } => unreachable!("answered above"),
         CtlAction::Status => ctl::Action::Status,
+        CtlAction::Queue { command } => command.action(),
         CtlAction::Pause { provider } => ctl::Action::Pause { provider },
         CtlAction::Resume { provider } => ctl::Action::Resume { provider },
         CtlAction::Reload => ctl::Action::Reload,
@@ -301,7 +334,19 @@ fn ctl(
     };
     match ctl::send(&url, &token, &action) {
         Ok(answer) => {
-            println!("{}", answer.body.trim_end());
+            // SPEC: `ctl status` prints the API's answer (indented JSON); tables are for the
+            // commands the SPEC does not name, or `status --table`.
+            let human = match action {
+                ctl::Action::Status => table,
+                _ => !json,
+            };
+            let rendered = (answer.is_success() && human)
+                .then(|| mailveil::control::queue_cli::human(&action, &answer.body))
+                .flatten();
+            match rendered {
+                Some(text) => print!("{text}"),
+                None => println!("{}", indented_json(&answer.body)),
+            }
             if answer.is_success() {
                 ExitCode::SUCCESS
             } else {
@@ -314,6 +359,14 @@ fn ctl(
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
+}
+
+/// A JSON answer indented for reading (still JSON for scripts); any other text as it came.
+fn indented_json(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| body.trim_end().to_string())
 }
 
 /// `mailveil ctl health`: exit 0 and one line on stdout when the relay of `config` is ready,

@@ -19,6 +19,7 @@
 //! - `GET /held` (`?show_addresses=true` for the sender and canary recipients in full): messages
 //!   under a bulk hold, with counts only. `POST /held/<id>/release`, `POST /held/<id>/drop`:
 //!   the operator's decision (`404` when no such message is held). See `docs/bulk-hold.md`.
+//! - `/queue...`: list, show, retry, delete and bounce queued messages (`queue_api.rs`).
 //!
 //! Answers are JSON: the status after the change, or `{"error": "..."}`.
 
@@ -58,6 +59,12 @@ pub struct AdminState {
     pub reloader: Arc<Reloader>,
 }
 
+impl axum::extract::FromRef<AdminState> for Scheduler {
+    fn from_ref(state: &AdminState) -> Scheduler {
+        state.scheduler.clone()
+    }
+}
+
 #[derive(Deserialize)]
 struct Target {
     provider: Option<String>,
@@ -95,6 +102,7 @@ pub async fn serve(
         .route("/held", get(held))
         .route("/held/{id}/release", post(release))
         .route("/held/{id}/drop", post(drop_held))
+        .merge(super::queue_api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
     serve::serve(listener, app, limits, counters, shutdown).await

@@ -32,6 +32,27 @@ pub enum Action {
     Drop {
         id: String,
     },
+    /// Queued messages passing the filters (`GET /queue`).
+    QueueList {
+        filter: crate::schedule::queue::view::FilterArgs,
+    },
+    /// One queued message in full (`GET /queue/<id>`).
+    QueueShow {
+        id: String,
+        show_addresses: bool,
+    },
+    /// Make deferred copies due now (`POST /queue/retry`).
+    QueueRetry {
+        target: crate::schedule::queue::RetryTarget,
+    },
+    /// Delete a queued message (`POST /queue/<id>/delete`).
+    QueueDelete {
+        id: String,
+    },
+    /// Bounce a queued message (`POST /queue/<id>/bounce`).
+    QueueBounce {
+        id: String,
+    },
 }
 
 impl Action {
@@ -56,6 +77,53 @@ impl Action {
             ),
             Action::Release { id } => ("POST", format!("/held/{}/release", encode(id))),
             Action::Drop { id } => ("POST", format!("/held/{}/drop", encode(id))),
+            Action::QueueList { filter } => {
+                let mut query: Vec<String> = [
+                    ("provider", &filter.provider),
+                    ("state", &filter.state),
+                    ("older_than", &filter.older_than),
+                    ("rcpt", &filter.rcpt),
+                    ("message_id", &filter.message_id),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+                .collect();
+                if filter.show_addresses {
+                    query.push("show_addresses=true".into());
+                }
+                if let Some(limit) = filter.limit {
+                    query.push(format!("limit={limit}"));
+                }
+                let query = if query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", query.join("&"))
+                };
+                ("GET", format!("/queue{query}"))
+            }
+            Action::QueueShow { id, show_addresses } => (
+                "GET",
+                format!(
+                    "/queue/{}{}",
+                    encode(id),
+                    if *show_addresses {
+                        "?show_addresses=true"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            Action::QueueRetry { target } => {
+                use crate::schedule::queue::RetryTarget;
+                let query = match target {
+                    RetryTarget::All => "all=true".to_string(),
+                    RetryTarget::Provider(p) => format!("provider={}", encode(p)),
+                    RetryTarget::Message(id) => format!("id={}", encode(id)),
+                };
+                ("POST", format!("/queue/retry?{query}"))
+            }
+            Action::QueueDelete { id } => ("POST", format!("/queue/{}/delete", encode(id))),
+            Action::QueueBounce { id } => ("POST", format!("/queue/{}/bounce", encode(id))),
         }
     }
 }
@@ -225,6 +293,30 @@ mod tests {
         assert_eq!(
             Action::Drop { id: "../x".into() }.request_line(),
             ("POST", "/held/..%2Fx/drop".into())
+        );
+        let filter = crate::schedule::queue::view::FilterArgs {
+            state: Some("deferred".into()),
+            rcpt: Some("a+b@x.test".into()),
+            show_addresses: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            Action::QueueList { filter }.request_line(),
+            (
+                "GET",
+                "/queue?state=deferred&rcpt=a%2Bb%40x.test&show_addresses=true".into()
+            )
+        );
+        assert_eq!(
+            Action::QueueRetry {
+                target: crate::schedule::queue::RetryTarget::Provider("yahoo".into())
+            }
+            .request_line(),
+            ("POST", "/queue/retry?provider=yahoo".into())
+        );
+        assert_eq!(
+            Action::QueueDelete { id: "01AB".into() }.request_line(),
+            ("POST", "/queue/01AB/delete".into())
         );
     }
 

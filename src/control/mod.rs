@@ -1,7 +1,9 @@
 //! Steering the running relay: the admin API ([`admin`]: status, pause/resume, bulk-hold
 //! decisions, reload, behind a bearer token), its `mailveil ctl` client ([`ctl`]), the
 //! health probe `mailveil ctl health` ([`health`]: no token, for container health checks) and
-//! hot reload ([`reload`]: SIGHUP and `POST /reload`).
+//! hot reload ([`reload`]: SIGHUP and `POST /reload`); the queue's part of the API
+//! ([`queue_api`]), the `ctl queue` and `mailveil spool` commands ([`queue_cli`]) and their
+//! tables ([`table`]).
 //!
 //! The control plane reaches into the relay, the scheduler and inbound to change them; nothing in
 //! the data path imports it. It is served under the HTTP limits of [`crate::observe::serve`] and
@@ -10,4 +12,7 @@
 pub mod admin;
 pub mod ctl;
 pub mod health;
+pub mod queue_api;
+pub mod queue_cli;
 pub mod reload;
+pub mod table;

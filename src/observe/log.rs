@@ -54,6 +54,25 @@ impl Redactor {
         Redactor::new(false, rand::random())
     }
 
+    /// The same key, showing addresses in full: for an operator who asked for them
+    /// (`queue list --show-addresses`).
+    pub fn showing(&self) -> Redactor {
+        Redactor {
+            show: true,
+            key: self.key.clone(),
+        }
+    }
+
+    /// The redacted form of an address (`3f9a1c2b@example.com`), whatever the setting: what an
+    /// operator holding a log line searches the queue by.
+    pub fn hashed(&self, address: &str) -> String {
+        let hiding = Redactor {
+            show: false,
+            key: self.key.clone(),
+        };
+        hiding.addr(address).to_string()
+    }
+
     /// A `Display` value for one address, redacted as configured.
     pub fn addr<'a>(&'a self, address: &'a str) -> RedactedAddr<'a> {
         RedactedAddr {

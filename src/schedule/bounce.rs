@@ -20,20 +20,22 @@ pub struct Failure<'a> {
     pub expired: bool,
 }
 
-/// The bounce of delivery `index` of `meta` (whose copy had header block `header`), ready to
-/// spool: a new message from the null sender to `meta`'s envelope sender, one delivery in the
-/// sender's `provider` lane, no hold, and its bytes ([`report`]).
+/// The bounce of deliveries `indices` of `meta` (the first of which had header block
+/// `header`), ready to spool: a new message from the null sender to `meta`'s envelope sender,
+/// one delivery in the sender's `provider` lane, no hold, and its bytes ([`report`]). One
+/// delivery per bounce when a copy fails; all the copies an operator bounced at once in one
+/// (a held fan-out of thousands must not become thousands of bounces).
 pub fn message(
     hostname: &str,
     provider: String,
     meta: &MessageMeta,
-    index: usize,
+    indices: &[usize],
     failure: &Failure<'_>,
     header: &[u8],
 ) -> (MessageMeta, Vec<u8>) {
     let sender = meta.envelope.mail_from.clone();
     let id = Spool::new_id();
-    let bytes = report(hostname, meta, index, failure, header, &id);
+    let bytes = report(hostname, meta, indices, failure, header, &id);
     let dsn = MessageMeta {
         id,
         received_at: unix_now(),
@@ -56,16 +58,20 @@ pub fn message(
     (dsn, bytes)
 }
 
-/// The bounce message for delivery `index` of `meta`, whose copy had header block `header`.
+/// The bounce message for deliveries `indices` of `meta`, returning the header block `header`
+/// of the first (a copy's own header, which shows no other recipient).
 pub fn report(
     hostname: &str,
     meta: &MessageMeta,
-    index: usize,
+    indices: &[usize],
     failure: &Failure<'_>,
     header: &[u8],
     id: &str,
 ) -> Vec<u8> {
-    let rcpts = &meta.deliveries[index].planned.rcpt_to;
+    let rcpts: Vec<&String> = indices
+        .iter()
+        .flat_map(|&k| &meta.deliveries[k].planned.rcpt_to)
+        .collect();
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc2822)
         .unwrap_or_default();
@@ -105,7 +111,7 @@ pub fn report(
         "Your message {} could not be delivered to:\r\n",
         meta.id
     ));
-    for r in rcpts {
+    for r in &rcpts {
         m.push_str(&format!("  {}\r\n", clean(r)));
     }
     m.push_str(&format!(
@@ -183,7 +189,7 @@ mod tests {
         let text = String::from_utf8(report(
             "relay.test",
             &meta,
-            1,
+            &[1],
             &failure,
             b"To: b@y.test\r\nSubject: s\r\n\r\n",
             "B1",

@@ -97,6 +97,15 @@ impl Lane {
         self.wake.notify_one();
     }
 
+    /// Takes every ready item of `message` out of the lane (an operator deleted or bounced
+    /// it); returns how many there were.
+    pub fn remove_message(&self, message: &Arc<QueuedMessage>) -> usize {
+        let mut ready = self.ready.lock().expect("not poisoned");
+        let before = ready.len();
+        ready.retain(|Reverse(item)| !Arc::ptr_eq(&item.message, message));
+        before - ready.len()
+    }
+
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Relaxed)
     }

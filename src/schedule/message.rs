@@ -5,9 +5,13 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use tokio::sync::Notify;
+
 use crate::config::PrivacyConfig;
 use crate::privacy::{self, Exposure};
-use crate::spool::{MessageMeta, Spool, SpoolError};
+use crate::spool::{AttemptRecord, MessageMeta, Spool, SpoolError};
+
+use super::tracking::{CopyState, Track};
 
 /// Messages with at most this many deliveries are transactional.
 pub const TRANSACTIONAL_MAX_DELIVERIES: usize = 10;
@@ -45,6 +49,22 @@ pub struct QueuedMessage {
     exposure: OnceLock<Arc<Exposure>>,
     /// Whether the message bytes hold only CRLF line ends and no NUL; checked once, not per copy.
     clean: OnceLock<bool>,
+    /// Where each delivery stands (by delivery index): what `queue list/show` read, and what
+    /// the timers and the dispatcher check before a copy goes (an operator may have deleted or
+    /// bounced it meanwhile).
+    tracks: Mutex<Vec<Track>>,
+    /// Wakes the retry timers of this message: an operator's `queue retry`, `delete`, `bounce`.
+    pub(super) wake: Notify,
+}
+
+/// What a retry timer finds when it looks at its copy.
+pub(super) enum Waiting {
+    /// Still deferred: keep waiting.
+    Wait,
+    /// An operator asked for the attempt now.
+    Due,
+    /// No longer deferred (deleted, bounced): the timer ends.
+    Gone,
 }
 
 pub(super) struct Progress {
@@ -61,8 +81,11 @@ impl QueuedMessage {
         exposure: Option<Arc<Exposure>>,
         remaining: usize,
         failed: Vec<(usize, u16)>,
+        tracks: Vec<Track>,
     ) -> QueuedMessage {
         QueuedMessage {
+            tracks: Mutex::new(tracks),
+            wake: Notify::new(),
             class: Class::of(meta.deliveries.len()),
             weak: Mutex::new(bytes.as_ref().map(Arc::downgrade).unwrap_or_default()),
             hot: Mutex::new(bytes),
@@ -72,6 +95,126 @@ impl QueuedMessage {
             clean: OnceLock::new(),
             meta,
         }
+    }
+
+    /// A copy of every track, for listings.
+    pub(super) fn tracks(&self) -> Vec<Track> {
+        self.tracks.lock().expect("not poisoned").clone()
+    }
+
+    /// Runs `f` on the tracks under their lock.
+    pub(super) fn with_tracks<R>(&self, f: impl FnOnce(&mut [Track]) -> R) -> R {
+        f(&mut self.tracks.lock().expect("not poisoned"))
+    }
+
+    /// Attempts made so far for delivery `index`.
+    pub(super) fn attempts(&self, index: usize) -> u32 {
+        self.with_tracks(|t| t[index].attempts.count)
+    }
+
+    /// Delivery `index` waits for its turn in its lane (`next_at`: for a retry at that time).
+    /// `false` when it is no longer pending (an operator deleted or bounced it).
+    pub(super) fn set_waiting(&self, index: usize, next_at: Option<u64>) -> bool {
+        self.with_tracks(|t| {
+            let t = &mut t[index];
+            if !t.state.is_pending() {
+                return false;
+            }
+            t.state = match next_at {
+                Some(_) => CopyState::Deferred,
+                None => CopyState::Queued,
+            };
+            t.next_at = next_at;
+            true
+        })
+    }
+
+    /// Delivery `index` waits for a bulk hold's decision.
+    pub(super) fn set_held(&self, index: usize) {
+        self.with_tracks(|t| t[index].state = CopyState::Held);
+    }
+
+    /// A deferred (or queued) copy's turn came: it goes into its lane unless an operator
+    /// deleted or bounced it meanwhile (then `false`).
+    pub(super) fn mark_ready(&self, index: usize) -> bool {
+        self.with_tracks(|t| {
+            let t = &mut t[index];
+            let waiting = matches!(t.state, CopyState::Queued | CopyState::Deferred);
+            if waiting {
+                t.state = CopyState::Queued;
+                t.retry_now = false;
+            }
+            waiting
+        })
+    }
+
+    /// What a retry timer of delivery `index` should do now.
+    pub(super) fn waiting(&self, index: usize) -> Waiting {
+        self.with_tracks(|t| {
+            let t = &mut t[index];
+            match t.state {
+                CopyState::Deferred if t.retry_now => {
+                    t.retry_now = false;
+                    Waiting::Due
+                }
+                CopyState::Deferred => Waiting::Wait,
+                _ => Waiting::Gone,
+            }
+        })
+    }
+
+    /// The dispatcher took delivery `index`: it is sent now unless it is no longer queued
+    /// (deleted or bounced by an operator: `false`, nothing is sent). Counts the attempt.
+    pub(super) fn begin_attempt(&self, index: usize, now: u64) -> bool {
+        self.with_tracks(|t| {
+            let t = &mut t[index];
+            if t.state != CopyState::Queued {
+                return false;
+            }
+            t.state = CopyState::Active;
+            t.next_at = None;
+            let a = &mut t.attempts;
+            a.count += 1;
+            if a.first == 0 {
+                a.first = now;
+            }
+            a.last = now;
+            true
+        })
+    }
+
+    /// What the upstream answered to the attempt of delivery `index`; returns the attempts
+    /// record to keep in the spool.
+    pub(super) fn note_reply(
+        &self,
+        index: usize,
+        upstream: &str,
+        code: Option<u16>,
+        reply: String,
+    ) -> AttemptRecord {
+        self.with_tracks(|t| {
+            let a = &mut t[index].attempts;
+            a.index = index;
+            a.upstream = upstream.to_string();
+            a.code = code;
+            a.reply = reply;
+            a.clone()
+        })
+    }
+
+    /// Delivery `index` is final: delivered (`reason` `None`) or failed.
+    pub(super) fn set_final(&self, index: usize, code: u16, at: u64, reason: Option<&'static str>) {
+        self.with_tracks(|t| {
+            let t = &mut t[index];
+            t.state = match reason {
+                None => CopyState::Delivered,
+                Some(_) => CopyState::Failed,
+            };
+            t.final_code = Some(code);
+            t.final_at = Some(at);
+            t.next_at = None;
+            t.reason = reason;
+        });
     }
 
     /// Drops the strong hold on the bytes when no delivery is ready or in flight.

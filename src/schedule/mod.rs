@@ -22,6 +22,7 @@ pub mod retry;
 pub mod routing;
 pub mod rules;
 pub mod throttle;
+pub mod tracking;
 
 pub use provider::ProviderCatalog;
 pub use queue::{Scheduler, SchedulerConfig};

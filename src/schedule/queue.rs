@@ -18,41 +18,44 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{
-    ClusterConfig, DkimConfig, HoldConfig, PrivacyConfig, ShapingConfig, ShapingRule, SpoolConfig,
-    UpstreamConfig, UpstreamKind,
-};
+use crate::config::ClusterConfig;
 use crate::observe::{Metrics, Redactor};
 use crate::privacy::Exposure;
-use crate::spool::{LogEntry, MessageMeta, Spool, unix_now};
+use crate::spool::{AttemptRecord, LogEntry, MessageMeta, Recovered, Spool, unix_now};
 use crate::upstream::{Reuse, Upstream};
 
 use super::cluster::SharedLimits;
 use super::deliver::{self, Copy, Route};
 use super::lane::{Lane, Ready};
-use super::message::QueuedMessage;
+use super::message::{QueuedMessage, Waiting};
 use super::pause::switch::Switch;
 use super::provider::DEFAULT_PROVIDER;
 use super::routing::Routing;
-use super::rules;
 use super::throttle::{Rate, Throttle, ThrottleMetrics};
+use super::tracking;
 use crate::upstream::failover::UpstreamSlot;
 
 mod control;
 mod drain;
 mod hold;
+mod manage;
 mod outcome;
 pub use control::{
     PauseError, PauseSync, PauseView, ProviderStatus, QueueStatus, UnknownProvider, UpstreamStatus,
 };
 pub use drain::{DrainReport, in_flight_allowance};
+mod settings;
+pub use settings::SchedulerConfig;
+pub mod view;
 pub use hold::{HeldMessage, HoldError, choose_canaries};
+pub use manage::{ManageError, Removal, RetryTarget};
+use settings::Settings;
 
 /// Hands spooled deliveries to upstreams. Cheap to clone.
 #[derive(Clone)]
@@ -86,56 +89,9 @@ struct Inner {
     handoff: CancellationToken,
     /// The upstream every attempt goes to once the hand-off started.
     handoff_slot: RwLock<Option<Arc<UpstreamSlot>>>,
-}
-
-/// The reloadable part of the scheduler's configuration.
-struct Settings {
-    retry: SpoolConfig,
-    /// The most connections any one upstream may open: what the `default` lane may use.
-    upstream_connections: usize,
-    /// Lanes and their limits, our name for bounces (shared with the relay: [`Scheduler::routing`]).
-    routing: Arc<Routing>,
-    /// Shaping rules in matching order.
-    rules: Arc<Vec<ShapingRule>>,
-    /// DKIM keys (parsed when the config was validated); swapped with the rest on reload.
-    dkim: Arc<crate::dkim::Signer>,
-    /// For the check before sending a message spooled without its own privacy settings.
-    privacy: crate::config::PrivacyConfig,
-}
-
-/// The sections of the configuration the scheduler reads, not the whole file: given at start
-/// and on every reload (`control::reload::scheduler_config` maps a `Config` onto it for both).
-pub struct SchedulerConfig<'a> {
-    pub spool: &'a SpoolConfig,
-    pub upstreams: &'a [UpstreamConfig],
-    /// Built once from the catalog, MX and host-name settings; the relay reads it from here.
-    pub routing: Routing,
-    pub shaping: &'a ShapingConfig,
-    pub dkim: &'a DkimConfig,
-    pub privacy: &'a PrivacyConfig,
-    pub hold: Option<&'a HoldConfig>,
-}
-
-impl Settings {
-    fn new(config: SchedulerConfig<'_>) -> Settings {
-        let upstream_connections = config
-            .upstreams
-            .iter()
-            .map(|u| match &u.kind {
-                UpstreamKind::Smtp(s) => s.max_connections,
-                UpstreamKind::Dir { .. } => 16,
-            })
-            .max()
-            .unwrap_or(16);
-        Settings {
-            retry: config.spool.clone(),
-            upstream_connections,
-            routing: Arc::new(config.routing),
-            rules: Arc::new(rules::for_config(config.shaping)),
-            dkim: Arc::new(crate::dkim::Signer::from_config(config.dkim)),
-            privacy: config.privacy.clone(),
-        }
-    }
+    /// Every message with deliveries not yet final, by queue id (for `queue list/show`,
+    /// `retry`, `delete`, `bounce`: [`manage`]).
+    messages: Mutex<HashMap<String, Arc<QueuedMessage>>>,
 }
 
 impl Scheduler {
@@ -191,6 +147,7 @@ impl Scheduler {
                 holds,
                 handoff: CancellationToken::new(),
                 handoff_slot: RwLock::new(None),
+                messages: Mutex::new(HashMap::new()),
             }),
         };
         scheduler.inner.apply_pauses();
@@ -200,12 +157,23 @@ impl Scheduler {
 
     /// Queues a message the relay just accepted, with the privacy facts it was planned with.
     pub fn enqueue_checked(&self, meta: MessageMeta, bytes: Arc<Vec<u8>>, exposure: Arc<Exposure>) {
-        self.enqueue_message(meta, Some(bytes), Some(exposure), &[]);
+        self.enqueue_message(meta, Some(bytes), Some(exposure), &[], &[]);
     }
 
     /// Queues a message's pending deliveries (`log`: its outcomes so far, from recovery).
     pub fn enqueue(&self, meta: MessageMeta, bytes: Option<Arc<Vec<u8>>>, log: &[LogEntry]) {
-        self.enqueue_message(meta, bytes, None, log);
+        self.enqueue_message(meta, bytes, None, log, &[]);
+    }
+
+    /// Queues a message found in the spool at start, with its outcomes and attempts so far
+    /// (so the attempt count and the backoff go on where they were).
+    pub fn enqueue_recovered(&self, recovered: Recovered) {
+        let Recovered {
+            meta,
+            log,
+            attempts,
+        } = recovered;
+        self.enqueue_message(meta, None, None, &log, &attempts);
     }
 
     /// Queues every delivery of `meta` that `log` does not show as final. `bytes` are the message
@@ -216,8 +184,10 @@ impl Scheduler {
         bytes: Option<Arc<Vec<u8>>>,
         exposure: Option<Arc<Exposure>>,
         log: &[LogEntry],
+        attempts: &[AttemptRecord],
     ) {
         let now = unix_now();
+        let tracks = tracking::from_spool(&meta, log, attempts, now);
         let mut pending: Vec<(usize, u64)> = Vec::new();
         let mut failed = Vec::new();
         for index in 0..meta.deliveries.len() {
@@ -239,7 +209,16 @@ impl Scheduler {
         // A held message queues only its canaries; the rest wait in `holds` (no lane, no slot).
         let (pending, held) = hold::divide(&meta, pending);
         let remaining = pending.len() + held.len();
-        let message = Arc::new(QueuedMessage::new(meta, bytes, exposure, remaining, failed));
+        let message = Arc::new(QueuedMessage::new(
+            meta, bytes, exposure, remaining, failed, tracks,
+        ));
+        if remaining > 0 {
+            self.inner
+                .messages
+                .lock()
+                .expect("not poisoned")
+                .insert(message.meta.id.clone(), message.clone());
+        }
         if !held.is_empty() {
             self.inner.hold(&message, held);
         } else if pending.is_empty() {
@@ -411,6 +390,9 @@ impl Inner {
         due: u64,
         now: u64,
     ) {
+        if !message.set_waiting(index, (due > now).then_some(due)) {
+            return;
+        }
         let lane = self.lane(&message.meta.deliveries[index].provider);
         lane.queued.fetch_add(1, Ordering::Relaxed);
         self.metrics
@@ -422,7 +404,7 @@ impl Inner {
             seq: 0,
             message: message.clone(),
             index,
-            attempts: 0,
+            attempts: message.attempts(index),
         };
         if due <= now {
             self.make_ready(&lane, item);
@@ -431,15 +413,20 @@ impl Inner {
         }
     }
 
+    /// Puts a due delivery into its lane, unless an operator deleted or bounced it meanwhile.
     fn make_ready(&self, lane: &Lane, mut item: Ready) {
+        if !item.message.mark_ready(item.index) {
+            return;
+        }
         item.seq = self.seq.fetch_add(1, Ordering::Relaxed);
         item.message.active.fetch_add(1, Ordering::Relaxed);
         lane.push(item);
     }
 
-    /// Waits `delay` on a timer (holding no slot and no message bytes), then makes it ready.
-    /// When the hand-off starts, it is ready at once; during the hand-off a failed attempt
-    /// waits at most [`drain::HANDOFF_RETRY`].
+    /// Waits `delay` on a timer (holding no slot and no message bytes), then makes it ready;
+    /// sooner when an operator asks for a retry now or resumes its provider, never when they
+    /// deleted or bounced it. When the hand-off starts, it is ready at once; during the
+    /// hand-off a failed attempt waits at most [`drain::HANDOFF_RETRY`].
     fn retry_later(self: &Arc<Self>, lane: Arc<Lane>, item: Ready, delay: Duration) {
         let inner = self.clone();
         let handing_off = self.handoff.is_cancelled();
@@ -450,14 +437,31 @@ impl Inner {
         };
         lane.waiting.fetch_add(1, Ordering::Relaxed);
         self.tracker.spawn(async move {
-            tokio::select! {
-                biased;
-                // Shutdown: the delivery stays spooled (and counted as waiting in the report).
-                _ = inner.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-                // A resume of this provider or of all deliveries.
-                _ = lane.due_now_signal() => {}
-                _ = inner.handoff.cancelled(), if !handing_off => {}
+            let deadline = tokio::time::Instant::now() + delay;
+            let message = item.message.clone();
+            loop {
+                // Registered before the look, so a wake between the two is not missed.
+                let woken = message.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                match message.waiting(item.index) {
+                    Waiting::Wait => {}
+                    Waiting::Due => break,
+                    Waiting::Gone => {
+                        lane.waiting.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                tokio::select! {
+                    biased;
+                    // Shutdown: the delivery stays spooled (and counted as waiting in the report).
+                    _ = inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    // A resume of this provider or of all deliveries.
+                    _ = lane.due_now_signal() => break,
+                    _ = inner.handoff.cancelled(), if !handing_off => break,
+                    _ = &mut woken => {}
+                }
             }
             lane.waiting.fetch_sub(1, Ordering::Relaxed);
             inner.make_ready(&lane, item);
@@ -479,10 +483,19 @@ impl Inner {
                     .retry
                     .retry_initial;
                 message.active.fetch_sub(1, Ordering::Relaxed);
-                self.retry_later(lane.clone(), item, delay);
+                let next = unix_now() + delay.as_secs();
+                if message.set_waiting(item.index, Some(next)) {
+                    self.retry_later(lane.clone(), item, delay);
+                }
                 return;
             }
         };
+        if !message.begin_attempt(item.index, unix_now()) {
+            // Deleted or bounced by an operator since it was queued: nothing goes out.
+            message.active.fetch_sub(1, Ordering::Relaxed);
+            message.release_if_idle();
+            return;
+        }
         item.attempts += 1;
         let started = Instant::now();
         let privacy = || self.settings.read().expect("not poisoned").privacy.clone();

@@ -21,6 +21,11 @@
 //!                            "MVO1 <id> <k> handedoff <unix>" (forwarded to `spool.handoff_upstream`)
 //!                          and, for a message under a bulk hold (see `docs/bulk-hold.md`),
 //!                            "MVO1 <id> released", "MVO1 <id> dropped"
+//!                          and what the attempts of a delivery were so far (count, first and
+//!                          last time, the last reply; see [`AttemptRecord`]):
+//!                            "MVO1 <id> <k> attempts <JSON object>"
+//!                          and an operator's `queue delete` (synced before it is answered):
+//!                            "MVO1 <id> deleted"
 //! SPOOL/failed/<id>.json   record of a message with permanently failed deliveries
 //! SPOOL/corrupt/<batch>.spool  a batch found damaged at start, kept for the operator
 //! ```
@@ -43,6 +48,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
 use crate::privacy::{Decision, PlannedDelivery};
+
+pub use super::records::{AttemptRecord, FailureRecord};
 
 /// Everything needed to deliver a spooled message, except its bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -226,8 +233,8 @@ pub(super) const RECORD_MAGIC: &[u8] = b"MVS1 ";
 pub(super) const OUTCOME_MAGIC: &[u8] = b"MVO1 ";
 /// A record header is one short line; anything longer is not one.
 const MAX_HEADER_LEN: usize = 256;
-/// An outcome line is shorter still (id, index, word, code, two times, check).
-pub(super) const MAX_LINE_LEN: usize = 256;
+/// Longest outcome line read (see [`super::records`]).
+pub(super) use super::records::MAX_LINE_LEN;
 /// Hex digits of a record's check, and of an outcome line's.
 const RECORD_CHECK_LEN: usize = 16;
 const LINE_CHECK_LEN: usize = 8;
@@ -331,13 +338,21 @@ pub enum BatchLogLine {
     Done(String),
     /// A held message was released or dropped (never [`HoldState::Held`]).
     Hold(String, HoldState),
+    /// What the attempts of one delivery were so far.
+    Attempts(String, AttemptRecord),
+    /// An operator deleted the message: none of its copies not yet sent goes out.
+    Deleted(String),
 }
 
 impl BatchLogLine {
     /// The queue id the line is about.
     pub fn id(&self) -> &str {
         match self {
-            BatchLogLine::Outcome(id, _) | BatchLogLine::Done(id) | BatchLogLine::Hold(id, _) => id,
+            BatchLogLine::Outcome(id, _)
+            | BatchLogLine::Done(id)
+            | BatchLogLine::Hold(id, _)
+            | BatchLogLine::Attempts(id, _)
+            | BatchLogLine::Deleted(id) => id,
         }
     }
 
@@ -352,6 +367,14 @@ impl BatchLogLine {
 
     pub fn done_line(id: &str) -> String {
         Self::checked(&format!("{id} done"))
+    }
+
+    pub fn attempts_line(id: &str, record: &AttemptRecord) -> String {
+        Self::checked(&format!("{id} {}", record.to_text()))
+    }
+
+    pub fn deleted_line(id: &str) -> String {
+        Self::checked(&format!("{id} deleted"))
     }
 
     /// The line recording an operator's (or the hold timeout's) decision on a held message.
@@ -392,9 +415,17 @@ impl BatchLogLine {
         let id = id.to_string();
         Some(match what {
             "done" => BatchLogLine::Done(id),
+            "deleted" => BatchLogLine::Deleted(id),
             "released" => BatchLogLine::Hold(id, HoldState::Released),
             "dropped" => BatchLogLine::Hold(id, HoldState::Dropped),
-            _ => BatchLogLine::Outcome(id, LogEntry::parse_line(what)?),
+            _ => match what.split_once(" attempts ") {
+                Some((index, json)) => {
+                    let mut record: AttemptRecord = serde_json::from_str(json).ok()?;
+                    record.index = index.parse().ok()?;
+                    BatchLogLine::Attempts(id, record)
+                }
+                None => BatchLogLine::Outcome(id, LogEntry::parse_line(what)?),
+            },
         })
     }
 }

@@ -10,7 +10,9 @@
 
 mod commit;
 pub mod format;
+pub mod inspect;
 pub mod read;
+mod records;
 pub(crate) mod recover;
 mod space;
 
@@ -28,7 +30,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::private_files;
 use commit::{Batch, Reply, StoreRequest, SyncRequest};
 use format::BatchLogLine;
-pub use format::{DeliveryRecord, Hold, HoldState, LogEntry, MessageMeta};
+pub use format::{
+    AttemptRecord, DeliveryRecord, FailureRecord, Hold, HoldState, LogEntry, MessageMeta,
+};
 
 /// Why the spool could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,8 @@ impl SpoolError {
 pub struct Recovered {
     pub meta: MessageMeta,
     pub log: Vec<LogEntry>,
+    /// The last attempts record of each delivery that has one (count, times, last reply).
+    pub attempts: Vec<AttemptRecord>,
 }
 
 /// Where a stored message's bytes are.
@@ -118,6 +124,9 @@ pub struct Spool {
     stores: Mutex<Option<Sender<StoreRequest>>>,
     syncs: Mutex<Option<Sender<SyncRequest>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// A shared lock on the spool directory, held while the relay runs: `mailveil spool
+    /// delete` on a stopped relay's spool takes it exclusively and refuses while it is held.
+    _lock: File,
 }
 
 /// Current time in whole Unix seconds.
@@ -141,6 +150,13 @@ impl Spool {
                 path: root.to_path_buf(),
                 reason: unusable_dir(dir, &e),
             })?;
+        }
+        let lock = File::open(root).map_err(SpoolError::io(root))?;
+        // Waits only while `mailveil spool delete` writes (a moment); relays share the lock.
+        // A file system without locks must not keep the relay from starting.
+        if let Err(e) = lock.lock_shared() {
+            tracing::warn!(dir = %root.display(), error = %e,
+                "cannot lock the spool directory; `mailveil spool delete` cannot tell that this relay runs on it");
         }
         recover::sweep(&[&msg_dir, &corrupt_dir])?;
         let shared = Arc::new(Shared {
@@ -171,6 +187,7 @@ impl Spool {
             stores: Mutex::new(Some(store_tx)),
             syncs: Mutex::new(Some(sync_tx)),
             threads: Mutex::new(vec![committer, syncer]),
+            _lock: lock,
         })
     }
 
@@ -254,6 +271,48 @@ impl Spool {
         self.write_log(&self.slot(id)?.batch, &text)
     }
 
+    /// Records what the attempts of a delivery were so far, then (when given) the attempt's
+    /// outcome; synced in the background like [`Spool::append`].
+    pub fn record_attempt(
+        &self,
+        id: &str,
+        record: &AttemptRecord,
+        entry: Option<&LogEntry>,
+    ) -> Result<(), SpoolError> {
+        let mut text = BatchLogLine::attempts_line(id, record);
+        if let Some(e) = entry {
+            text.push_str(&BatchLogLine::outcome_line(id, e));
+        }
+        self.write_log(&self.slot(id)?.batch, &text)
+    }
+
+    /// Attempts records and outcomes, synced before it returns: an operator's `queue bounce`
+    /// is durable when the API answers. Blocks for one `fdatasync`.
+    pub fn append_synced(
+        &self,
+        id: &str,
+        attempts: &[AttemptRecord],
+        entries: &[LogEntry],
+    ) -> Result<(), SpoolError> {
+        let text: String = attempts
+            .iter()
+            .map(|a| BatchLogLine::attempts_line(id, a))
+            .chain(entries.iter().map(|e| BatchLogLine::outcome_line(id, e)))
+            .collect();
+        let batch = self.slot(id)?.batch;
+        batch.append(text.as_bytes())?;
+        batch.file.sync_data().map_err(SpoolError::io(&batch.path))
+    }
+
+    /// Records that an operator deleted message `id`, synced before it returns: once the API
+    /// answers, no restart (not even after `kill -9`) sends a copy of it. Blocks for one
+    /// `fdatasync`. The message stays indexed until [`Spool::complete`].
+    pub fn record_deleted(&self, id: &str) -> Result<(), SpoolError> {
+        let batch = self.slot(id)?.batch;
+        batch.append(BatchLogLine::deleted_line(id).as_bytes())?;
+        batch.file.sync_data().map_err(SpoolError::io(&batch.path))
+    }
+
     /// Records that a held message was released or dropped, synced before it returns: once the
     /// operator hears "released", a restart must not hold the message again, and once they hear
     /// "dropped", it must not send the held copies. Blocks for one `fdatasync`.
@@ -274,18 +333,17 @@ impl Spool {
     }
 
     /// Every delivery of the message has a final outcome: it leaves the spool, keeping a record
-    /// under `failed/` (synced before anything is removed) when any delivery failed permanently.
-    pub fn complete(&self, meta: &MessageMeta, failed: &[(usize, u16)]) -> Result<(), SpoolError> {
+    /// under `failed/` (synced before anything is removed) when any delivery failed permanently:
+    /// for each such delivery its recipients, code, reason, last reply, upstream, attempts and
+    /// their times (see [`FailureRecord`]).
+    pub fn complete(&self, meta: &MessageMeta, failed: &[FailureRecord]) -> Result<(), SpoolError> {
         if !failed.is_empty() {
             let record = serde_json::json!({
                 "id": meta.id,
                 "received_at": meta.received_at,
                 "completed_at": unix_now(),
                 "mail_from": meta.envelope.mail_from,
-                "failed": failed.iter().map(|(k, code)| serde_json::json!({
-                    "rcpt_to": meta.deliveries[*k].planned.rcpt_to,
-                    "code": code,
-                })).collect::<Vec<_>>(),
+                "failed": failed,
             });
             let path = self.failed_dir.join(format!("{}.json", meta.id));
             write_synced(&path, record.to_string().as_bytes())?;
@@ -335,6 +393,7 @@ impl Spool {
                 recovered.push(Recovered {
                     meta: message.meta,
                     log: message.log,
+                    attempts: message.attempts,
                 });
             }
         }
@@ -383,6 +442,13 @@ impl Spool {
         let ok = write_synced(&probe, b"ok").is_ok();
         let _ = fs::remove_file(&probe);
         ok
+    }
+
+    /// The key for log redaction hashes, read without creating it (for tools that read a
+    /// stopped relay's spool): `None` when there is none yet.
+    pub fn read_redaction_key(root: &Path) -> Option<[u8; 32]> {
+        let bytes = fs::read(root.join(".redaction-key")).ok()?;
+        <[u8; 32]>::try_from(bytes.as_slice()).ok()
     }
 
     /// The key for log redaction hashes: created once and kept in the spool so hashes stay

@@ -15,7 +15,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::commit::Batch;
-use super::format::{BatchLogLine, HoldState, LogEntry, MessageMeta};
+use super::format::{AttemptRecord, BatchLogLine, HoldState, LogEntry, MessageMeta};
 use super::read::{BatchReading, Damage, RecordAt, read_batch};
 use super::{SpoolError, sync_dir, write_synced};
 
@@ -23,6 +23,8 @@ use super::{SpoolError, sync_dir, write_synced};
 pub(crate) struct FoundMessage {
     pub meta: MessageMeta,
     pub log: Vec<LogEntry>,
+    /// The last attempts record of each delivery that has one.
+    pub attempts: Vec<AttemptRecord>,
     /// Where its bytes start in the batch file, and how many there are.
     pub offset: u64,
     pub len: u64,
@@ -169,10 +171,21 @@ fn live_messages(
     let mut done = HashSet::new();
     let mut outcomes: HashMap<String, Vec<LogEntry>> = HashMap::new();
     let mut holds: HashMap<String, HoldState> = HashMap::new();
+    let mut attempts: HashMap<String, HashMap<usize, AttemptRecord>> = HashMap::new();
     for line in reading.lines {
         match line {
-            BatchLogLine::Done(id) => {
+            // A message an operator deleted is as good as done: nothing of it goes out.
+            BatchLogLine::Done(id) | BatchLogLine::Deleted(id) => {
                 done.insert(id);
+            }
+            BatchLogLine::Attempts(id, record) => {
+                let of_message = attempts.entry(id).or_default();
+                let newer = of_message
+                    .get(&record.index)
+                    .is_none_or(|r| r.count <= record.count);
+                if newer {
+                    of_message.insert(record.index, record);
+                }
             }
             BatchLogLine::Outcome(id, entry) => outcomes.entry(id).or_default().push(entry),
             BatchLogLine::Hold(id, state) => {
@@ -215,9 +228,16 @@ fn live_messages(
             continue;
         }
         taken.insert(meta.id.clone());
+        let mut attempts: Vec<AttemptRecord> = attempts
+            .remove(&meta.id)
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default();
+        attempts.retain(|r| r.index < meta.deliveries.len());
+        attempts.sort_by_key(|r| r.index);
         messages.push(FoundMessage {
             meta,
             log,
+            attempts,
             offset: message.start as u64,
             len: message.len() as u64,
         });

@@ -46,7 +46,19 @@ fn completion_removes_the_message_and_keeps_a_failure_record() {
     let spool = Spool::open(dir.path()).unwrap();
     let m = meta("C1", &["a@x.test", "b@y.test"]);
     spool.store(&m, b"hello").unwrap();
-    spool.complete(&m, &[(1, 550)]).unwrap();
+    let failure = FailureRecord {
+        rcpt_to: vec!["b@y.test".into()],
+        code: 550,
+        delivery: 1,
+        reason: "permanent".into(),
+        reply: "upstream replied 550 5.1.1 no such user to RCPT TO".into(),
+        upstream: "up".into(),
+        attempts: 2,
+        first_attempt_at: Some(7),
+        last_attempt_at: Some(9),
+        failed_at: 9,
+    };
+    spool.complete(&m, &[failure]).unwrap();
     assert!(spool.recover().unwrap().is_empty());
     assert_eq!(spool.bytes(), 0);
     let record = std::fs::read_to_string(dir.path().join("failed/C1.json")).unwrap();
@@ -54,6 +66,17 @@ fn completion_removes_the_message_and_keeps_a_failure_record() {
         record.contains("b@y.test") && record.contains("550"),
         "{record}"
     );
+    let json: serde_json::Value = serde_json::from_str(&record).unwrap();
+    let failed = &json["failed"][0];
+    assert_eq!(
+        failed["reply"],
+        "upstream replied 550 5.1.1 no such user to RCPT TO"
+    );
+    assert_eq!(failed["upstream"], "up");
+    assert_eq!(failed["attempts"], 2);
+    assert_eq!(failed["first_attempt_at"], 7);
+    assert_eq!(failed["last_attempt_at"], 9);
+    assert_eq!(json["mail_from"], "s@x.test");
     assert!(
         !record.contains("a@x.test"),
         "only the failed delivery is recorded"

@@ -206,7 +206,7 @@ fn ctl_with(r: &RelayProc, envs: &[(&str, &str)], args: &[&str]) -> (Option<i32>
 #[tokio::test]
 async fn ctl_drives_a_running_relay() {
     let r = relay().await;
-    let (code, out, err) = ctl(&r, TOKEN, &["status"]);
+    let (code, out, err) = ctl(&r, TOKEN, &["status", "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let status = json(&out);
     assert_eq!(status["paused"], false);
@@ -265,7 +265,7 @@ async fn ctl_reads_the_token_from_a_file_or_the_environment() {
     std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
 
-    let (code, out, err) = ctl_with(&r, &[], &["--token-file", &path, "status"]);
+    let (code, out, err) = ctl_with(&r, &[], &["--token-file", &path, "status", "--json"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(json(&out)["paused"], false);
     assert!(!err.contains("warning"), "{err}");

@@ -326,20 +326,28 @@ fn the_memory_limit_covers_messages_in_data() {
     if !tools() {
         return;
     }
-    // The limit of issue 12: 256Mi for a sidecar that may hold 8 x 25 MiB in DATA.
+    // The limit of issue 12: 256Mi for a sidecar that may hold 8 x 25 MiB in DATA (a file
+    // without max_data_memory: the rule by connections).
     fails_with(
-        &[(
-            "sidecar.yaml",
-            "limits: {memory: 384Mi}",
-            "limits: {memory: 256Mi}",
-        )],
+        &[
+            (
+                "sidecar.yaml",
+                "    max_data_memory = \"256MiB\"\n",
+                "    max_connections = 8\n",
+            ),
+            (
+                "sidecar.yaml",
+                "limits: {memory: 448Mi}",
+                "limits: {memory: 256Mi}",
+            ),
+        ],
         None,
         &["memory limit 256 MiB < 364 MiB needed for 8 connections x max_message_size 25 MiB"],
     );
     fails_with(
         &[(
             "relay/relay.yaml",
-            "    max_connections = 64\n",
+            "    max_data_memory = \"1GiB\"\n",
             "    max_connections = 1024\n",
         )],
         None,
@@ -375,7 +383,7 @@ fn the_memory_rule_uses_max_data_memory_when_set() {
     let raise = |cap: &'static str| {
         [(
             "relay/relay.yaml",
-            "    max_connections = 64\n",
+            "    max_data_memory = \"1GiB\"\n",
             match cap {
                 "1GiB" => "    max_connections = 1024\n    max_data_memory = \"1GiB\"\n",
                 _ => "    max_connections = 1024\n    max_data_memory = \"4GiB\"\n",

@@ -7,8 +7,8 @@
 //! No assertion on speed: counts are checked against each other (delivered + left = sent), and
 //! the only timing facts used are upper bounds (a throttle of 1/s cannot send 8 copies at once).
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

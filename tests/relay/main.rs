@@ -31,6 +31,7 @@ mod pause;
 mod permissions;
 mod privacy_leaks;
 mod process_metrics;
+mod queue_control;
 mod queue_faults;
 mod queue_lanes;
 mod relay_e2e;

@@ -4,7 +4,6 @@
 //! only series the relay exposes. With `MAILVEIL_REQUIRE_TOOLS=1` (CI) a missing promtool fails
 //! the test instead of skipping it.
 
-
 use std::process::Command;
 
 fn docs() -> String {

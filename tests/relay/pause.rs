@@ -7,8 +7,8 @@
 //! Without `redis-server` on the PATH the cluster test is skipped with a printed reason, unless
 //! `MAILVEIL_REQUIRE_REDIS=1` (CI), where that is a failure.
 
-use crate::support::scripted_smtp;
 use crate::support;
+use crate::support::scripted_smtp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -151,6 +151,9 @@ impl Inner {
         let id = message.meta.id.clone();
         let timeout_at = message.meta.received_at.saturating_add(timeout.as_secs());
         let timer = CancellationToken::new();
+        for (index, _) in &items {
+            message.set_held(*index);
+        }
         self.holds.held.lock().expect("not poisoned").insert(
             id.clone(),
             Entry {
@@ -224,6 +227,16 @@ impl Inner {
         by
     }
 
+    /// Takes message `id` off the bulk hold without a decision (an operator deleted or
+    /// bounced it): its timer ends; the caller finishes its held copies.
+    pub(super) fn forget_hold(&self, id: &str) {
+        let entry = self.holds.held.lock().expect("not poisoned").remove(id);
+        if let Some(entry) = entry {
+            entry.timer.cancel();
+            self.update_hold_gauges();
+        }
+    }
+
     fn update_hold_gauges(&self) {
         let held = self.holds.held.lock().expect("not poisoned");
         self.metrics.held_messages.set(held.len() as i64);
@@ -286,6 +299,11 @@ impl Inner {
                 message.release_if_idle();
             }
             Verdict::Drop => {
+                message.with_tracks(|t| {
+                    for (index, _) in &entry.items {
+                        t[*index].state = crate::schedule::tracking::CopyState::Dropped;
+                    }
+                });
                 let last = {
                     let mut progress = message.progress.lock().expect("not poisoned");
                     progress.remaining -= entry.items.len();

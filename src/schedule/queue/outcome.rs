@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::spool::{LogEntry, MessageMeta, unix_now};
+use crate::spool::{AttemptRecord, FailureRecord, LogEntry, MessageMeta, unix_now};
 use crate::upstream::UpstreamError;
 
 use crate::schedule::bounce::{self, Failure};
@@ -17,7 +17,9 @@ use crate::schedule::message::QueuedMessage;
 use crate::schedule::retry::{backoff, random_jitter};
 use crate::schedule::rules;
 
+use super::manage::{BOUNCE_CODE, BOUNCE_TEXT};
 use super::{Inner, Scheduler};
+use crate::schedule::tracking::CopyState;
 
 impl Inner {
     /// Records what became of an attempt: counted, logged and written to the spool; a
@@ -37,6 +39,7 @@ impl Inner {
         let rcpts = self.redactor.list(&meta.deliveries[index].planned.rcpt_to);
         let provider = lane.name.as_str();
         let final_of = |upstream| Final {
+            message: &message,
             meta,
             index,
             provider,
@@ -48,6 +51,7 @@ impl Inner {
         };
         let (entry, failed_code) = match sent.outcome {
             Outcome::Stopped(stopped) => {
+                message.note_reply(index, NO_UPSTREAM, None, stopped.to_string());
                 let f = Final {
                     duration_ms: 0,
                     ..final_of(NO_UPSTREAM)
@@ -69,23 +73,43 @@ impl Inner {
                     .with_label_values(&[provider])
                     .observe(elapsed.as_secs_f64());
                 let at = unix_now();
-                if handoff {
+                let entry = if handoff {
                     self.metrics.handed_off.with_label_values(&[provider]).inc();
                     tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
                         code, reply = %self.redactor.text(&reply), duration_ms = elapsed.as_millis() as u64, attempts, "handed off");
-                    (LogEntry::HandedOff { index, at }, None)
+                    LogEntry::HandedOff { index, at }
                 } else {
                     tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
                         code, reply = %self.redactor.text(&reply), duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
-                    (LogEntry::Delivered { index, at }, None)
-                }
+                    LogEntry::Delivered { index, at }
+                };
+                message.note_reply(index, upstream, Some(code), reply);
+                message.set_final(index, code, at, None);
+                (entry, None)
             }
             Outcome::Failed { upstream, error } => {
                 let code = error.code().unwrap_or(554);
+                message.note_reply(index, upstream, error.code(), error.to_string());
                 self.fail(final_of(upstream), code, &error, false)
             }
             Outcome::Deferred { upstream, error } => {
+                message.note_reply(index, upstream, error.code(), error.to_string());
                 self.shape(lane, &error);
+                // Deleted or bounced by an operator while it was in flight: not tried again.
+                match message.with_tracks(|t| t[index].cancelled) {
+                    Some(CopyState::Deleted) => {
+                        return self.drop_deleted_copy(lane, &message, index);
+                    }
+                    Some(_) => {
+                        let (entry, code) =
+                            self.fail(final_of(upstream), BOUNCE_CODE, &BOUNCE_TEXT, false);
+                        message.set_final(index, BOUNCE_CODE, unix_now(), Some("bounced"));
+                        message.active.fetch_sub(1, Ordering::Relaxed);
+                        message.release_if_idle();
+                        return self.record(lane, &message, index, entry, code);
+                    }
+                    None => {}
+                }
                 match self.defer(lane, item, final_of(upstream), &error) {
                     Some(failed) => failed,
                     None => return,
@@ -128,13 +152,14 @@ impl Inner {
         tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
             code = error.code(), error = %self.redactor.text(error), duration_ms = f.duration_ms, attempts,
             retry_in_secs = delay.as_secs(), "deferred");
-        if let Err(e) = self.spool.append(
-            &meta.id,
-            &[LogEntry::Deferred {
-                index,
-                next_at: next,
-            }],
-        ) {
+        let message = &item.message;
+        message.set_waiting(index, Some(next));
+        let record = message.with_tracks(|t| t[index].attempts.clone());
+        let entry = LogEntry::Deferred {
+            index,
+            next_at: next,
+        };
+        if let Err(e) = self.spool.record_attempt(&meta.id, &record, Some(&entry)) {
             tracing::error!(queue_id = %meta.id, error = %e, "cannot record deferral; retry time is kept in memory");
         }
         item.message.active.fetch_sub(1, Ordering::Relaxed);
@@ -161,6 +186,7 @@ impl Inner {
             .with_label_values(&["field"])
             .inc();
         let (entry, code) = self.fail(f, 554, &stopped, false);
+        message.set_final(index, 554, unix_now(), Some("stopped"));
         message.active.fetch_sub(1, Ordering::Relaxed);
         message.release_if_idle();
         self.record(lane, message, index, entry, code);
@@ -194,13 +220,11 @@ impl Inner {
             diagnostic: &diagnostic,
             expired,
         };
-        self.bounce(meta, index, failure, f.header);
-        let entry = LogEntry::Failed {
-            index,
-            code,
-            at: unix_now(),
-        };
-        (entry, Some(code))
+        self.bounce(meta, &[index], failure, f.header);
+        let at = unix_now();
+        let reason = if expired { "expired" } else { "permanent" };
+        f.message.set_final(index, code, at, Some(reason));
+        (LogEntry::Failed { index, code, at }, Some(code))
     }
 
     /// Slows `lane` down when a temporary failure's reply matches a shaping rule.
@@ -216,10 +240,10 @@ impl Inner {
 
     /// Queues an RFC 3464 bounce to the sender of a failed delivery when `[spool] bounce` is
     /// on; never for the null sender (no bounce loops).
-    fn bounce(
+    pub(super) fn bounce(
         self: &Arc<Self>,
         meta: &MessageMeta,
-        index: usize,
+        indices: &[usize],
         failure: Failure<'_>,
         header: &[u8],
     ) {
@@ -234,7 +258,7 @@ impl Inner {
                 settings.routing.catalog.classify(&sender).to_string(),
             )
         };
-        let (dsn, bytes) = bounce::message(&hostname, provider, meta, index, &failure, header);
+        let (dsn, bytes) = bounce::message(&hostname, provider, meta, indices, &failure, header);
         let scheduler = Scheduler {
             inner: self.clone(),
         };
@@ -274,21 +298,64 @@ impl Inner {
             progress.remaining -= 1;
             progress.remaining == 0
         };
+        // A failed copy keeps its attempts for the failure record written when the message
+        // completes, also after a restart; a delivered one needs only its outcome line.
+        let record = failed_code.map(|_| {
+            message.with_tracks(|t| AttemptRecord {
+                reason: t[index].reason.map(String::from),
+                ..t[index].attempts.clone()
+            })
+        });
+        let written = match &record {
+            _ if last => Ok(()),
+            Some(record) => self
+                .spool
+                .record_attempt(&message.meta.id, record, Some(&entry)),
+            None => self.spool.append(&message.meta.id, &[entry]),
+        };
         if last {
             self.finish(message);
-        } else if let Err(e) = self.spool.append(&message.meta.id, &[entry]) {
+        } else if let Err(e) = written {
             tracing::error!(queue_id = %message.meta.id, error = %e, "cannot record outcome; the copy may be sent again after a restart");
         }
     }
 
     pub(super) fn finish(&self, message: &Arc<QueuedMessage>) {
+        self.messages
+            .lock()
+            .expect("not poisoned")
+            .remove(&message.meta.id);
         let failed = message
             .progress
             .lock()
             .expect("not poisoned")
             .failed
             .clone();
-        match self.spool.complete(&message.meta, &failed) {
+        let tracks = message.tracks();
+        let records: Vec<FailureRecord> = failed
+            .iter()
+            .map(|&(k, code)| {
+                let (t, a) = (&tracks[k], &tracks[k].attempts);
+                let tried = a.count > 0;
+                FailureRecord {
+                    rcpt_to: message.meta.deliveries[k].planned.rcpt_to.clone(),
+                    code,
+                    delivery: k,
+                    // A failure recovered from the spool: a 4xx code means time ran out.
+                    reason: t
+                        .reason
+                        .unwrap_or(if code < 500 { "expired" } else { "permanent" })
+                        .to_string(),
+                    reply: a.reply.clone(),
+                    upstream: a.upstream.clone(),
+                    attempts: a.count,
+                    first_attempt_at: tried.then_some(a.first),
+                    last_attempt_at: tried.then_some(a.last),
+                    failed_at: t.final_at.unwrap_or_else(unix_now),
+                }
+            })
+            .collect();
+        match self.spool.complete(&message.meta, &records) {
             Ok(()) => {
                 self.metrics.spool_bytes.set(self.spool.bytes() as i64);
                 tracing::debug!(queue_id = %message.meta.id, "message complete; removed from spool");
@@ -302,6 +369,7 @@ impl Inner {
 
 /// What [`Inner::fail`] needs to know about the delivery that failed.
 struct Final<'a> {
+    message: &'a QueuedMessage,
     meta: &'a MessageMeta,
     index: usize,
     provider: &'a str,
