@@ -2,7 +2,7 @@
 //! usage, 1 runtime failure (and, for `ctl`, a request the admin API refused), 69 admin API
 //! unreachable.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -11,10 +11,7 @@ use tokio_util::sync::CancellationToken;
 use mailveil::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LoadOptions, LogFormat};
 use mailveil::envelope::Envelope;
 
-/// Exit code for a configuration or usage error (EX_USAGE in sysexits.h).
-const EXIT_CONFIG: u8 = 64;
-/// Exit code when the admin API cannot be reached (EX_UNAVAILABLE).
-const EXIT_UNAVAILABLE: u8 = 69;
+use mailveil::control::ctl_command::{self, CtlAction, EXIT_CONFIG};
 
 #[derive(Parser)]
 #[command(
@@ -79,10 +76,10 @@ enum Command {
         #[arg(short, long, global = true, env = "MAILVEIL_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Print the admin API's JSON answer instead of a table (for scripts); `status` prints
-        /// the JSON answer unless `--table` is given.
+        /// it whenever stdout is not a terminal.
         #[arg(long, global = true)]
         json: bool,
-        /// `status` as a table (the other commands print tables by default).
+        /// `status` as a table also when stdout is not a terminal.
         #[arg(long, global = true, conflicts_with = "json")]
         table: bool,
         #[command(subcommand)]
@@ -110,49 +107,6 @@ enum Command {
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
-}
-
-#[derive(Subcommand)]
-enum CtlAction {
-    /// Is the relay of the config file ready? GET /readyz on [metrics] listen, else the SMTP
-    /// greeting on [server] listen. No token needed. Exit 0 healthy, 1 not (one line says why).
-    Health {
-        /// Give up on each step after this long (e.g. "3s"); keep it below the orchestrator's
-        /// own health check timeout so the reason is printed.
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-    },
-    /// Paused flags, queue depth per provider, upstream health: the API's JSON answer,
-    /// indented (`--table`: a table).
-    Status,
-    /// The queue: list, show, retry, delete, bounce messages (tables; --json).
-    Queue {
-        #[command(subcommand)]
-        command: mailveil::control::queue_cli::QueueCommand,
-    },
-    /// Stop starting upstream deliveries (all, or one provider's); inbound keeps spooling.
-    /// Kept in the spool through restarts; with [cluster], on every replica.
-    Pause {
-        #[arg(long)]
-        provider: Option<String>,
-    },
-    /// Start delivering again; copies waiting for a retry are due at once.
-    Resume {
-        #[arg(long)]
-        provider: Option<String>,
-    },
-    /// Re-read and apply the configuration file (like SIGHUP).
-    Reload,
-    /// Messages under a bulk hold: id, age, recipient and copy counts (JSON).
-    Held {
-        /// Show the sender and canary recipients in full.
-        #[arg(long)]
-        show_addresses: bool,
-    },
-    /// Send the held copies of a message under a bulk hold.
-    Release { id: String },
-    /// Never send the held copies of a message under a bulk hold; it leaves the spool.
-    Drop { id: String },
 }
 
 fn main() -> ExitCode {
@@ -207,7 +161,16 @@ fn main() -> ExitCode {
             json,
             table,
             action,
-        } => ctl(admin, token, token_file, &config, action, json, table),
+        } => ctl_command::run(
+            ctl_command::Target {
+                admin,
+                token,
+                token_file,
+                config: &config,
+            },
+            action,
+            ctl_command::Output { json, table },
+        ),
         Command::Spool { config, command } => {
             use mailveil::control::queue_cli;
             let shows = std::fs::read_to_string(&config)
@@ -297,159 +260,6 @@ async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     // Its last log line says what was left in the spool.
     mailveil::run_with(config, listeners, shutdown, options).await?;
     Ok(())
-}
-
-/// `mailveil ctl`: exit 0 when the API accepted the request, 1 when it refused (401, 404,
-/// 422, ...), 69 when it cannot be reached, 64 when no token is available.
-fn ctl(
-    admin: Option<String>,
-    token: Option<String>,
-    token_file: Option<PathBuf>,
-    config: &Path,
-    action: CtlAction,
-    json: bool,
-    table: bool,
-) -> ExitCode {
-    use mailveil::control::ctl;
-    if let CtlAction::Health { timeout } = action {
-        return health(config, timeout);
-    }
-    let text = std::fs::read_to_string(config).ok();
-    let url = admin
-        .or_else(|| text.as_deref().and_then(ctl::url_from_config))
-        .unwrap_or_else(|| ctl::DEFAULT_ADMIN_URL.to_string());
-    let Some(token) = ctl_token(token, token_file, text.as_deref()) else {
-        return ExitCode::from(EXIT_CONFIG);
-    };
-    let action = match action {
-        CtlAction::Health { .. } => unreachable!("answered above"),
-        CtlAction::Status => ctl::Action::Status,
-        CtlAction::Queue { command } => command.action(),
-        CtlAction::Pause { provider } => ctl::Action::Pause { provider },
-        CtlAction::Resume { provider } => ctl::Action::Resume { provider },
-        CtlAction::Reload => ctl::Action::Reload,
-        CtlAction::Held { show_addresses } => ctl::Action::Held { show_addresses },
-        CtlAction::Release { id } => ctl::Action::Release { id },
-        CtlAction::Drop { id } => ctl::Action::Drop { id },
-    };
-    match ctl::send(&url, &token, &action) {
-        Ok(answer) => {
-            // SPEC: `ctl status` prints the API's answer (indented JSON); tables are for the
-            // commands the SPEC does not name, or `status --table`.
-            let human = match action {
-                ctl::Action::Status => table,
-                _ => !json,
-            };
-            let rendered = (answer.is_success() && human)
-                .then(|| mailveil::control::queue_cli::human(&action, &answer.body))
-                .flatten();
-            match rendered {
-                Some(text) => print!("{text}"),
-                None => println!("{}", indented_json(&answer.body)),
-            }
-            if answer.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("mailveil ctl: the admin API answered {}", answer.status);
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("mailveil ctl: {e}");
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
-    }
-}
-
-/// A JSON answer indented for reading (still JSON for scripts); any other text as it came.
-fn indented_json(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| body.trim_end().to_string())
-}
-
-/// `mailveil ctl health`: exit 0 and one line on stdout when the relay of `config` is ready,
-/// 1 and one line on stderr when it is not, 64 when the config file cannot be read.
-fn health(config: &Path, timeout: std::time::Duration) -> ExitCode {
-    use mailveil::control::health;
-    if timeout.is_zero() {
-        eprintln!("mailveil ctl health: --timeout must be longer than 0s");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    let target = std::fs::read_to_string(config)
-        .map_err(|e| format!("cannot read {}: {e}", config.display()))
-        .and_then(|text| {
-            health::target_from_config(&text).map_err(|e| format!("{}: {e}", config.display()))
-        });
-    let target = match target {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("mailveil ctl health: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    match health::probe(target, timeout) {
-        Ok(said) => {
-            println!("healthy: {said}");
-            ExitCode::SUCCESS
-        }
-        Err(why) => {
-            eprintln!("unhealthy: {why}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// The admin token for `ctl`, from (in order) `--token`, `--token-file`, `MAILVEIL_ADMIN_TOKEN`,
-/// the variable named by the config's `admin.token_env`. `None` (after saying why on stderr)
-/// when there is none.
-fn ctl_token(
-    token: Option<String>,
-    token_file: Option<PathBuf>,
-    config_text: Option<&str>,
-) -> Option<String> {
-    use mailveil::control::ctl;
-    if let Some(token) = token {
-        // SPEC keeps `--token`; say what it costs.
-        eprintln!(
-            "mailveil ctl: warning: --token shows the admin token to every user of this machine \
-             (ps, /proc/PID/cmdline); set {} or use --token-file PATH instead",
-            ctl::TOKEN_ENV
-        );
-        return Some(token);
-    }
-    if let Some(path) = token_file {
-        return match ctl::read_token_file(&path) {
-            Ok(file) => {
-                if file.readable_by_others {
-                    eprintln!(
-                        "mailveil ctl: warning: {} is readable by group or others; \
-                         `chmod 600` it so only its owner can hold the admin token",
-                        path.display()
-                    );
-                }
-                Some(file.token)
-            }
-            Err(e) => {
-                eprintln!("mailveil ctl: {e}");
-                None
-            }
-        };
-    }
-    let from_env = |var: &str| std::env::var(var).ok().filter(|t| !t.is_empty());
-    let token = from_env(ctl::TOKEN_ENV).or_else(|| {
-        let var = config_text.and_then(ctl::token_env_from_config)?;
-        from_env(&var)
-    });
-    if token.is_none() {
-        eprintln!(
-            "mailveil ctl: no admin token: set {} (or the variable named by admin.token_env) \
-             or pass --token-file PATH",
-            ctl::TOKEN_ENV
-        );
-    }
-    token
 }
 
 fn inspect(config: PathBuf, message: PathBuf, from: Option<String>, to: Vec<String>) -> ExitCode {

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod ctl;
+pub mod ctl_command;
 pub mod health;
 pub mod queue_api;
 pub mod queue_cli;

@@ -3,15 +3,18 @@
 //! slots, and an attempt hands the copy to `schedule/deliver.rs` (render its header, sign,
 //! check, send to the first healthy upstream) and records the outcome in the spool.
 //!
-//! Layout: this file holds the lanes, their dispatchers and the retry timers; `outcome.rs` the
-//! outcome records (spool lines, metrics, logs, bounces); `control.rs` pause, resume and
-//! status; `hold.rs` the bulk hold; `drain.rs` the drain and hand-off at shutdown.
+//! Layout: this file holds the dispatchers, the retry timers and the attempts; `lanes.rs` a
+//! provider's lane with its limits; `outcome.rs` the outcome records (spool lines, metrics,
+//! logs, bounces); `control.rs` pause, resume and status; `manage.rs` the operator's queue
+//! commands (list, show, retry, delete, bounce) and `view.rs` what they show; `hold.rs` the
+//! bulk hold; `drain.rs` the drain and hand-off at shutdown; `settings.rs` the reloadable
+//! settings.
 //!
 //! Outcomes: `2xx` delivered; a temporary failure waits (a timer, not a slot) and is retried
 //! with backoff until `spool.max_queue_time`, then failed; `5xx` failed at once, never retried.
 //! A message leaves the spool when all its deliveries are final.
 //!
-//! Shaping: each lane paces its provider ([`Throttle`], shared across replicas through
+//! Shaping: each lane paces its provider ([`Throttle`](super::throttle::Throttle), shared across replicas through
 //! [`SharedLimits`] with `[cluster]`), caps its concurrency and its deliveries per connection
 //! from the provider catalog, and a deferral matching a shaping rule ([`rules`](super::rules))
 //! slows the lane down for a while.
@@ -35,15 +38,14 @@ use super::deliver::{self, Copy, Route};
 use super::lane::{Lane, Ready};
 use super::message::{QueuedMessage, Waiting};
 use super::pause::switch::Switch;
-use super::provider::DEFAULT_PROVIDER;
 use super::routing::Routing;
-use super::throttle::{Rate, Throttle, ThrottleMetrics};
 use super::tracking;
 use crate::upstream::failover::UpstreamSlot;
 
 mod control;
 mod drain;
 mod hold;
+mod lanes;
 mod manage;
 mod outcome;
 pub use control::{
@@ -291,79 +293,6 @@ impl Inner {
             ),
             _ => (all, false),
         }
-    }
-
-    fn is_known_provider(&self, name: &str) -> bool {
-        name == DEFAULT_PROVIDER
-            || super::provider::BUILT_IN_NAMES.contains(&name)
-            || self
-                .settings
-                .read()
-                .expect("not poisoned")
-                .routing
-                .catalog
-                .names()
-                .iter()
-                .any(|p| p == name)
-            || self.lanes.read().expect("not poisoned").contains_key(name)
-    }
-
-    /// In-flight limit of a provider's lane: its `max_connections` (catalog or config) but never
-    /// more than all upstream connections but one, else all but one for `default` and at most
-    /// half of them (and at most 4) for a named provider. Why not all: the upstream's connection cap is shared by every lane, and a
-    /// lane whose deliveries hang holds its connections until the upstream `timeout`; it must
-    /// leave some for the other providers.
-    fn lane_concurrency(&self, provider: &str) -> usize {
-        let settings = self.settings.read().expect("not poisoned");
-        let total = settings.upstream_connections;
-        // Every lane leaves at least one upstream connection for the others, even when its
-        // provider's own limit (built-in catalog or config) is higher.
-        let all_but_one = total.saturating_sub(1).max(1);
-        match settings.routing.catalog.limits(provider).max_connections {
-            Some(n) => n.min(all_but_one),
-            None if provider == DEFAULT_PROVIDER => all_but_one,
-            None => (total / 2).clamp(1, 4),
-        }
-    }
-
-    /// The configured message rate of a provider (`None`: unthrottled).
-    fn lane_rate(&self, provider: &str) -> Option<Rate> {
-        let settings = self.settings.read().expect("not poisoned");
-        let limits = settings.routing.catalog.limits(provider);
-        limits.messages_per_second.map(|per_second| Rate {
-            per_second: per_second.get(),
-            burst: limits.burst,
-        })
-    }
-
-    /// The lane of `provider`, created with its dispatcher on first use.
-    fn lane(self: &Arc<Self>, provider: &str) -> Arc<Lane> {
-        if let Some(lane) = self.lanes.read().expect("not poisoned").get(provider) {
-            return lane.clone();
-        }
-        let mut lanes = self.lanes.write().expect("not poisoned");
-        if let Some(lane) = lanes.get(provider) {
-            return lane.clone();
-        }
-        let throttle = Throttle::new(
-            provider,
-            self.lane_rate(provider),
-            ThrottleMetrics {
-                delays: self.metrics.throttle_delays.with_label_values(&[provider]),
-                slowed: self.metrics.provider_slowed.with_label_values(&[provider]),
-            },
-            self.cluster.clone(),
-        );
-        let lane = Arc::new(Lane::new(
-            provider,
-            self.lane_concurrency(provider),
-            throttle,
-        ));
-        lanes.insert(provider.to_string(), lane.clone());
-        let (inner, dispatched) = (self.clone(), lane.clone());
-        self.tracker
-            .spawn(async move { inner.dispatch(dispatched).await });
-        lane
     }
 
     /// A lane's dispatcher: takes ready deliveries while it has slots and is not paused.
