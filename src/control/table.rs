@@ -157,8 +157,16 @@ pub fn status(v: &Value) -> String {
         .collect();
     out.push('\n');
     out.push_str(&table(&["UPSTREAM", "STATE"], &upstreams));
+    out.push_str(&pauses(v));
     if let Some(fields) = v.as_object() {
-        let known = ["paused", "providers", "upstreams", "spool"];
+        let known = [
+            "paused",
+            "providers",
+            "upstreams",
+            "spool",
+            "pauses",
+            "pause_sync",
+        ];
         let others: Vec<String> = fields
             .iter()
             .filter(|(k, _)| !known.contains(&k.as_str()))
@@ -167,6 +175,55 @@ pub fn status(v: &Value) -> String {
         if !others.is_empty() {
             let _ = write!(out, "\nother:\n  {}\n", others.join("\n  "));
         }
+    }
+    out
+}
+
+/// Where each pause comes from (`ctl pause` here, this replica's spool record at start,
+/// another replica through Redis) and how the sharing stands.
+fn pauses(v: &Value) -> String {
+    let mut out = String::new();
+    let rows: Vec<Vec<String>> = v["pauses"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            let shared = match p["shared"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "NOT YET",
+                None => "-",
+            };
+            vec![
+                text(&p["provider"]),
+                text(&p["source"]),
+                text(&p["since"]),
+                text(&p["by"]),
+                shared.to_string(),
+                text(&p["note"]),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["PAUSED", "SOURCE", "SINCE", "BY", "SHARED", "NOTE"],
+            &rows,
+        ));
+    }
+    if let Some(sync) = v.get("pause_sync").filter(|s| s.is_object()) {
+        let state = if sync["waiting_for_first_sync"].as_bool().unwrap_or(false) {
+            "waiting for the first read (nothing is sent meanwhile)"
+        } else if sync["redis_reachable"].as_bool().unwrap_or(false) {
+            "Redis reachable"
+        } else {
+            "REDIS UNREACHABLE: keeping the last known pauses"
+        };
+        let _ = writeln!(
+            out,
+            "\npause sharing: {state}, last read {}",
+            text(&sync["last_sync"])
+        );
     }
     out
 }
@@ -376,6 +433,21 @@ mod tests {
         );
         assert!(text.contains("outbox    up"), "{text}");
         assert!(text.contains("pause_sources"), "{text}");
+        let v: Value = serde_json::from_str(
+            r#"{"paused":true,"pauses":[{"provider":"all","source":"cluster","since":"2026-12-02T12:00:00Z","by":"relay-1","shared":true},{"provider":"yahoo","source":"spool","since":"2026-12-01T09:00:00Z","shared":false}],"pause_sync":{"redis_reachable":false,"waiting_for_first_sync":false,"last_sync":"2026-12-02T12:00:01Z","interval_ms":250},"providers":[],"upstreams":[]}"#,
+        )
+        .unwrap();
+        let text = status(&v);
+        assert!(
+            text.contains("all     cluster  2026-12-02T12:00:00Z  relay-1  yes"),
+            "{text}"
+        );
+        assert!(
+            text.contains("yahoo   spool    2026-12-01T09:00:00Z  -        NOT YET"),
+            "{text}"
+        );
+        assert!(text.contains("REDIS UNREACHABLE"), "{text}");
+        assert!(!text.contains("other:"), "{text}");
         assert_eq!(until(Some(100), 40), "in 1m");
         assert_eq!(ago(Some(100), 3700), "1h ago");
     }

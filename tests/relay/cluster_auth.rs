@@ -11,91 +11,13 @@
 
 use crate::support;
 
-use std::io::Write;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::redis_server::{Redis, redis_available};
 use support::*;
 
 const PASSWORD: &str = "rEd1s-s3cret-Pw";
-
-/// A `redis-server` with `requirepass`, the password written to its stdin (`redis-server -`
-/// reads configuration from stdin); killed by PID and reaped on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(dir: &Path, password: &str) -> Redis {
-        let port = free_port();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .arg("-")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        {
-            let mut stdin = child.stdin.take().unwrap();
-            writeln!(stdin, "requirepass \"{password}\"").unwrap();
-        }
-        let redis = Redis { child, port };
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let end = Instant::now() + PATIENCE;
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < end,
-                "redis-server did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        redis
-    }
-
-    /// `redis-cli` with the password from the environment (REDISCLI_AUTH), one command.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .env("REDISCLI_AUTH", PASSWORD)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn redis_available() -> bool {
-    let found = ["redis-server", "redis-cli"].iter().all(|tool| {
-        Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if !found {
-        assert!(
-            std::env::var("MAILVEIL_REQUIRE_REDIS").as_deref() != Ok("1"),
-            "MAILVEIL_REQUIRE_REDIS=1 but redis-server / redis-cli is not installed"
-        );
-        println!("SKIPPED: redis-server is not on the PATH (set MAILVEIL_REQUIRE_REDIS=1 to fail)");
-    }
-    found
-}
 
 /// A relay with `[cluster]` on `redis_port`; `password_line` is the TOML line naming the
 /// password (or nothing).
@@ -158,7 +80,7 @@ async fn the_password_from_password_env_opens_the_shared_limits() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let redis = Redis::start(work.path(), PASSWORD);
+    let redis = Redis::with_password(work.path(), PASSWORD);
     assert!(
         redis.cli(&["--no-auth-warning", "ping"]).contains("PONG"),
         "the test's redis does not take its password"
@@ -191,7 +113,7 @@ async fn a_wrong_password_falls_back_to_local_limits_and_says_why() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let redis = Redis::start(work.path(), PASSWORD);
+    let redis = Redis::with_password(work.path(), PASSWORD);
     let wrong = "not-the-Redis-password";
     let relay = RelayProc::start(
         &template(redis.port, "password_env = \"TEST_REDIS_PASSWORD\""),
@@ -219,7 +141,7 @@ async fn no_password_for_a_redis_that_requires_one_says_so() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let redis = Redis::start(work.path(), PASSWORD);
+    let redis = Redis::with_password(work.path(), PASSWORD);
     let relay = RelayProc::start(&template(redis.port, ""), &[]).await;
     let log = relay
         .wait_for_log("cluster Redis not usable at start", 0)
@@ -239,7 +161,7 @@ async fn a_password_for_a_redis_without_one_says_so() {
     }
     let work = tempfile::tempdir().unwrap();
     // An empty requirepass: Redis without a password.
-    let redis = Redis::start(work.path(), "");
+    let redis = Redis::with_password(work.path(), "");
     let relay = RelayProc::start(
         &template(redis.port, "password_env = \"TEST_REDIS_PASSWORD\""),
         &[("TEST_REDIS_PASSWORD", PASSWORD)],
@@ -345,15 +267,9 @@ async fn the_manifests_redis_takes_its_password_from_the_secret_and_the_relay_us
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let redis = Redis { child, port };
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let end = Instant::now() + PATIENCE;
-    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < end, "the manifest's redis did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let redis = Redis::adopt(child, port, Some(PASSWORD));
     // `exec`: the shell became redis-server, whose command line does not hold the password.
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", redis.child.id())).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", redis.pid())).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     assert!(cmdline.contains("redis-server"), "{cmdline}");
     assert!(
@@ -457,7 +373,7 @@ async fn a_password_with_url_characters_works_as_it_is() {
     }
     let odd = "p@ss:w/rd?%20#x";
     let work = tempfile::tempdir().unwrap();
-    let redis = Redis::start(work.path(), odd);
+    let redis = Redis::with_password(work.path(), odd);
     let relay = RelayProc::start(
         &template(redis.port, "password_env = \"TEST_REDIS_PASSWORD\""),
         &[("TEST_REDIS_PASSWORD", odd)],

@@ -12,12 +12,12 @@ use crate::support::scripted_smtp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use scripted_smtp::{Script, ScriptedSmtp, Step};
 use serde_json::Value;
+use support::redis_server::{Redis, redis_available};
 use support::*;
 
 const TOKEN: &str = "pause-test-token-Kw";
@@ -377,65 +377,6 @@ async fn wait_deferred(r: &RelayProc, n: f64) {
 }
 
 // ---- cluster ----
-
-/// A `redis-server` without persistence; killed and reaped on drop.
-struct Redis {
-    child: Child,
-}
-
-impl Redis {
-    fn start(port: u16, dir: &Path) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let redis = Redis { child };
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let end = Instant::now() + PATIENCE;
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < end,
-                "redis-server did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        redis
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn redis_available() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("MAILVEIL_REQUIRE_REDIS").as_deref() != Ok("1"),
-            "MAILVEIL_REQUIRE_REDIS=1 but redis-server is not installed"
-        );
-        println!("SKIPPED: redis-server is not on the PATH (set MAILVEIL_REQUIRE_REDIS=1 to fail)");
-    }
-    found
-}
 
 fn cluster_config(redis_port: u16) -> String {
     format!("{CONFIG}[cluster]\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\nreplicas = 2\n")

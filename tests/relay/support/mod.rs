@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub mod leaks;
 pub mod pki;
 pub mod raw_smtp;
+pub mod redis_server;
 pub mod relay_toml;
 pub mod scripted_smtp;
 #[allow(unused_imports)]
