@@ -264,17 +264,8 @@ fn spool_list(dir: &Path, args: &ListArgs) -> Outcome {
         .iter()
         .filter_map(|m| {
             let tracks = tracking::from_spool(&m.meta, &m.log, &m.attempts, now);
-            let mid = filter
-                .needs_message_id()
-                .then(|| view::message_id(&m.header))
-                .flatten();
-            filter
-                .matches(&m.meta, &tracks, mid.as_deref(), &redactor, now)
-                .then(|| {
-                    let mut v = view::summary(&m.meta, &tracks, &redactor, now);
-                    v.message_id = mid;
-                    v
-                })
+            let message_id = || view::message_id(&m.header);
+            filter.listed(&m.meta, &tracks, message_id, &redactor, now)
         })
         .collect();
     let mut value = view::page(messages, Some(args.limit));

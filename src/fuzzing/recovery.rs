@@ -4,9 +4,10 @@
 //! - **raw**: the rest of the input is a batch file. Recovery must not panic, and everything it
 //!   recovers must lie inside the file.
 //! - **built**: the input describes a batch the way the committer writes one (1 to 6 records,
-//!   each with CRLF body bytes taken from the input, and outcome lines for some of them), then
-//!   up to 8 damage operations (flip a bit, overwrite bytes, insert junk, cut a piece short,
-//!   cut the file, give a record a huge length), each aimed by the input at one piece of the
+//!   each with CRLF body bytes taken from the input, and outcome lines for some of them:
+//!   delivered, deferred, handed off, done), then up to 8 damage operations (flip a bit,
+//!   overwrite bytes, insert junk, cut a piece short, cut the file, give a record a huge
+//!   length), each aimed by the input at one piece of the
 //!   file. Recovery must then recover **every intact record** (one whose bytes are unchanged)
 //!   with its message bytes and exactly the outcomes of its intact outcome lines, except where
 //!   the file itself says otherwise: an intact `done` line, or intact lines making every copy
@@ -127,8 +128,13 @@ pub fn recovery(data: &[u8]) {
             }
             2 => lines.push((i, None, BatchLogLine::done_line(&meta.id))),
             3 => {
+                // One copy delivered, the other handed off at a drain: both final.
                 for index in 0..RECIPIENTS.len() {
-                    let entry = LogEntry::Delivered { index, at };
+                    let entry = if index == 0 {
+                        LogEntry::Delivered { index, at }
+                    } else {
+                        LogEntry::HandedOff { index, at }
+                    };
                     lines.push((i, Some(entry), BatchLogLine::outcome_line(&meta.id, &entry)));
                 }
             }

@@ -50,16 +50,22 @@ fn deferring() -> Script {
 
 /// Sends one message from `app@src.test` to `to`; returns its queue id.
 async fn send(relay: &RelayProc, to: &str, message_id: &str) -> String {
+    send_to(relay, &[to], message_id).await
+}
+
+/// Sends one message from `app@src.test` to every address of `to` (all in its `To:`, so the
+/// relay splits it); returns its queue id.
+async fn send_to(relay: &RelayProc, to: &[&str], message_id: &str) -> String {
     let m = message(
         &[
             "From: app@src.test",
-            &format!("To: {to}"),
+            &format!("To: {}", to.join(", ")),
             &format!("Message-ID: <{message_id}>"),
             "Subject: queue control",
         ],
         "body\r\n",
     );
-    let reply = lettre_send(relay.smtp, Some("app@src.test"), &[to], &m)
+    let reply = lettre_send(relay.smtp, Some("app@src.test"), to, &m)
         .await
         .expect("relay accepts");
     reply
@@ -70,7 +76,6 @@ async fn send(relay: &RelayProc, to: &str, message_id: &str) -> String {
         .to_string()
 }
 
-/// `mailveil ARGS` with the admin token in the environment: (exit code, stdout, stderr).
 fn mailveil(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(BIN)
         .args(args)
@@ -649,24 +654,7 @@ async fn delete_with_a_copy_in_flight_is_durable_across_kill_9() {
     let template = config(port, "retry_initial = \"1h\"\nretry_max = \"2h\"")
         .replace("timeout = \"5s\"", "timeout = \"60s\"");
     let mut r = RelayProc::start(&template, ENVS).await;
-    let m = message(
-        &[
-            "From: app@src.test",
-            "To: opal@stall.test, ned@mail.test",
-            "Message-ID: <d-4@src.test>",
-            "Subject: two copies",
-        ],
-        "body\r\n",
-    );
-    let reply = lettre_send(
-        r.smtp,
-        Some("app@src.test"),
-        &["opal@stall.test", "ned@mail.test"],
-        &m,
-    )
-    .await
-    .expect("relay accepts");
-    let id = reply.split("queued as ").nth(1).unwrap().trim().to_string();
+    let id = send_to(&r, &["opal@stall.test", "ned@mail.test"], "d-4@src.test").await;
     let end = Instant::now() + PATIENCE;
     loop {
         let shown = ctl_json(&r, &["queue", "show", &id]);
@@ -711,20 +699,8 @@ async fn a_held_message_can_be_listed_and_deleted() {
         config(upstream.port(), "").replace("[spool]", "[privacy]\nhold_fanout_above = 3\n[spool]");
     let r = RelayProc::start(&template, ENVS).await;
     let rcpts: Vec<String> = (0..5).map(|i| format!("p{i}@mail.test")).collect();
-    let m = message(
-        &[
-            "From: app@src.test",
-            &format!("To: {}", rcpts.join(", ")),
-            "Message-ID: <h-1@src.test>",
-            "Subject: bulk",
-        ],
-        "body\r\n",
-    );
     let to: Vec<&str> = rcpts.iter().map(String::as_str).collect();
-    let reply = lettre_send(r.smtp, Some("app@src.test"), &to, &m)
-        .await
-        .expect("relay accepts");
-    let id = reply.split("queued as ").nth(1).unwrap().trim().to_string();
+    let id = send_to(&r, &to, "h-1@src.test").await;
     let listed = ctl_json(&r, &["queue", "list", "--state", "held"]);
     assert_eq!(listed["messages"][0]["id"], id.as_str(), "{listed}");
     let held = listed["messages"][0]["states"]["held"].as_u64().unwrap();
@@ -798,19 +774,8 @@ async fn bouncing_a_held_fan_out_sends_one_bounce() {
         .replace("[spool]", "[privacy]\nhold_fanout_above = 3\n[spool]");
     let r = RelayProc::start(&template, ENVS).await;
     let rcpts: Vec<String> = (0..6).map(|i| format!("r{i}@mail.test")).collect();
-    let m = message(
-        &[
-            "From: app@src.test",
-            &format!("To: {}", rcpts.join(", ")),
-            "Subject: bulk",
-        ],
-        "body\r\n",
-    );
     let to: Vec<&str> = rcpts.iter().map(String::as_str).collect();
-    let reply = lettre_send(r.smtp, Some("app@src.test"), &to, &m)
-        .await
-        .expect("relay accepts");
-    let id = reply.split("queued as ").nth(1).unwrap().trim().to_string();
+    let id = send_to(&r, &to, "b-1@src.test").await;
     let shown = ctl_json(&r, &["queue", "show", &id, "--show-addresses"]);
     let held: Vec<String> = shown["message"]["copies"]
         .as_array()

@@ -74,17 +74,8 @@ impl Scheduler {
             .into_iter()
             .filter_map(|m| {
                 let tracks = m.tracks();
-                let mid = filter
-                    .needs_message_id()
-                    .then(|| self.inner.message_id_of(&m))
-                    .flatten();
-                filter
-                    .matches(&m.meta, &tracks, mid.as_deref(), &redactor, now)
-                    .then(|| {
-                        let mut v = view::summary(&m.meta, &tracks, &redactor, now);
-                        v.message_id = mid;
-                        v
-                    })
+                let message_id = || self.inner.message_id_of(&m);
+                filter.listed(&m.meta, &tracks, message_id, &redactor, now)
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
@@ -325,17 +316,7 @@ impl Inner {
         });
         message.active.fetch_sub(1, Ordering::Relaxed);
         message.release_if_idle();
-        lane.queued.fetch_sub(1, Ordering::Relaxed);
-        self.metrics
-            .queue_messages
-            .with_label_values(&[&lane.name])
-            .dec();
-        let last = {
-            let mut progress = message.progress.lock().expect("not poisoned");
-            progress.remaining -= 1;
-            progress.remaining == 0
-        };
-        if last {
+        if self.leave_lane(lane, message, None) {
             self.finish(message);
         }
     }

@@ -276,6 +276,25 @@ impl Inner {
         });
     }
 
+    /// A copy is final (or dropped): out of its lane's queue depth and the message's remaining
+    /// count (a failure noted for the bounce); true when it was the message's last copy.
+    pub(super) fn leave_lane(
+        &self,
+        lane: &Lane,
+        message: &QueuedMessage,
+        failed: Option<(usize, u16)>,
+    ) -> bool {
+        lane.queued.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .queue_messages
+            .with_label_values(&[&lane.name])
+            .dec();
+        let mut progress = message.progress.lock().expect("not poisoned");
+        progress.failed.extend(failed);
+        progress.remaining -= 1;
+        progress.remaining == 0
+    }
+
     /// Records a final outcome; completes the message when it was its last delivery.
     fn record(
         &self,
@@ -285,19 +304,7 @@ impl Inner {
         entry: LogEntry,
         failed_code: Option<u16>,
     ) {
-        lane.queued.fetch_sub(1, Ordering::Relaxed);
-        self.metrics
-            .queue_messages
-            .with_label_values(&[&lane.name])
-            .dec();
-        let last = {
-            let mut progress = message.progress.lock().expect("not poisoned");
-            if let Some(code) = failed_code {
-                progress.failed.push((index, code));
-            }
-            progress.remaining -= 1;
-            progress.remaining == 0
-        };
+        let last = self.leave_lane(lane, message, failed_code.map(|code| (index, code)));
         // A failed copy keeps its attempts for the failure record written when the message
         // completes, also after a restart; a delivered one needs only its outcome line.
         let record = failed_code.map(|_| {

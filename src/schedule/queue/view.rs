@@ -96,6 +96,26 @@ impl QueueFilter {
     }
 
     /// Whether a Message-ID is needed to decide (it is read from the message's bytes).
+    /// The listing entry of a message that passes the filter; its Message-ID (from the
+    /// message's bytes) is read only when the filter names one. The same for the running queue
+    /// and for `mailveil spool`.
+    pub fn listed(
+        &self,
+        meta: &MessageMeta,
+        tracks: &[Track],
+        message_id: impl FnOnce() -> Option<String>,
+        redactor: &Redactor,
+        now: u64,
+    ) -> Option<MessageView> {
+        let mid = self.needs_message_id().then(message_id).flatten();
+        self.matches(meta, tracks, mid.as_deref(), redactor, now)
+            .then(|| {
+                let mut v = summary(meta, tracks, redactor, now);
+                v.message_id = mid;
+                v
+            })
+    }
+
     pub fn needs_message_id(&self) -> bool {
         self.message_id.is_some()
     }
