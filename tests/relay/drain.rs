@@ -19,6 +19,34 @@ use support::*;
 
 const RCPTS: usize = 10;
 
+/// A `mailveil sink` standing in for the central relay a sidecar hands off to; stopped (by
+/// PID) on drop.
+struct Central {
+    _dir: tempfile::TempDir,
+    _sink: Proc,
+    addr: std::net::SocketAddr,
+    out: std::path::PathBuf,
+}
+
+impl Central {
+    fn start() -> Central {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("central");
+        let (sink, addr) = start_sink(&out, None);
+        Central {
+            _dir: dir,
+            _sink: sink,
+            addr,
+            out,
+        }
+    }
+
+    /// Its `[[upstream]]` entry, named `central`.
+    fn upstream(&self) -> String {
+        scripted_upstream("central", self.addr.port(), "none", "10s")
+    }
+}
+
 /// A relay whose `slow` provider (`@slow.test`) takes one copy a second, delivering into the
 /// `outbox` capture directory; `extra` is added to `[spool]`, `upstreams` after `outbox`.
 fn config(spool_extra: &str, upstreams: &str) -> String {
@@ -209,10 +237,9 @@ async fn sigterm_delivers_what_the_drain_allows_reports_the_rest_and_a_restart_s
 
 #[tokio::test]
 async fn handoff_empties_the_spool_and_each_copy_reaches_the_central_relay_once_rewritten() {
-    let central_dir = tempfile::tempdir().unwrap();
-    let central_out = central_dir.path().join("central");
-    let (_central, central) = start_sink(&central_out, None);
-    let upstreams = scripted_upstream("central", central.port(), "none", "10s");
+    let central = Central::start();
+    let central_out = central.out.clone();
+    let upstreams = central.upstream();
     let mut relay = RelayProc::start(
         &config(
             "drain_timeout = \"20s\"\nhandoff_upstream = \"central\"",
@@ -356,9 +383,8 @@ async fn copies_waiting_for_a_retry_are_handed_off_at_once() {
         ..Script::default()
     })
     .await;
-    let central_dir = tempfile::tempdir().unwrap();
-    let central_out = central_dir.path().join("central");
-    let (_central, central) = start_sink(&central_out, None);
+    let central = Central::start();
+    let central_out = central.out.clone();
     let config = format!(
         r#"
 [server]
@@ -374,7 +400,7 @@ handoff_upstream = "central"
 listen = "{{metrics}}"
 "#,
         provider = scripted_upstream("provider", provider.port(), "none", "5s"),
-        central = scripted_upstream("central", central.port(), "none", "5s"),
+        central = scripted_upstream("central", central.addr.port(), "none", "5s"),
     );
     let mut relay = RelayProc::start(&config, &[]).await;
     let rcpts = ["a@x.test", "b@x.test", "c@x.test"];
@@ -412,12 +438,11 @@ listen = "{{metrics}}"
 #[tokio::test]
 async fn a_pause_holds_during_the_drain_and_the_hand_off() {
     const TOKEN: &str = "drain-test-token-Pz";
-    let central_dir = tempfile::tempdir().unwrap();
-    let central_out = central_dir.path().join("central");
-    let (_central, central) = start_sink(&central_out, None);
+    let central = Central::start();
+    let central_out = central.out.clone();
     let upstreams = format!(
         "{}[admin]\nlisten = \"{{admin}}\"\ntoken_env = \"TEST_ADMIN_TOKEN\"\n",
-        scripted_upstream("central", central.port(), "none", "10s")
+        central.upstream()
     );
     let mut relay = RelayProc::start(
         &config(
@@ -454,10 +479,9 @@ async fn a_pause_holds_during_the_drain_and_the_hand_off() {
 
 #[tokio::test]
 async fn a_message_still_arriving_at_sigterm_is_accepted_and_handed_off() {
-    let central_dir = tempfile::tempdir().unwrap();
-    let central_out = central_dir.path().join("central");
-    let (_central, central) = start_sink(&central_out, None);
-    let upstreams = scripted_upstream("central", central.port(), "none", "10s");
+    let central = Central::start();
+    let central_out = central.out.clone();
+    let upstreams = central.upstream();
     let mut relay = RelayProc::start(
         &config(
             "drain_timeout = \"20s\"\nhandoff_upstream = \"central\"",
