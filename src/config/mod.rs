@@ -46,7 +46,7 @@ pub use server::{
     InboundTlsConfig, ServerConfig,
 };
 pub use shaping::{
-    ClusterConfig, DEFAULT_REPLICAS, MxConfig, PerSecond, ProviderConfig, ReplyPattern,
+    ClusterConfig, DEFAULT_REPLICAS, MxConfig, PerSecond, ProviderConfig, ReplyPattern, RuleScope,
     ShapingAction, ShapingConfig, ShapingRule,
 };
 pub use spool::{DEFAULT_DRAIN_TIMEOUT, SpoolConfig};

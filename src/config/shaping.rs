@@ -84,6 +84,19 @@ pub struct ShapingRule {
     pub action: ShapingAction,
     /// How long the slowdown or suspension lasts before the provider recovers.
     pub duration: Duration,
+    /// What the action applies to: the recipient's provider (its lane) or the upstream that
+    /// answered (an ESP's own account limits).
+    pub scope: RuleScope,
+}
+
+/// What a matched rule acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuleScope {
+    /// The recipient's provider: every upstream's deliveries to it (`[[provider]]` lane).
+    #[default]
+    Provider,
+    /// The upstream that answered: every provider's deliveries through it.
+    Upstream,
 }
 
 /// How a rule recognises a reply (the text is `"<code> <text>"`, e.g. `421 4.7.0 [TS01] ...`).
@@ -306,6 +319,7 @@ pub(super) fn validate_shaping(raw: Option<RawShaping>, p: &mut Problems) -> Sha
                 pattern,
                 action,
                 duration,
+                scope: RuleScope::Provider,
             });
         }
     }

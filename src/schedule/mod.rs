@@ -5,12 +5,13 @@
 //! sending one copy (`deliver`: render, sign, check, failover, classify), bounces
 //! ([`bounce`]), and traffic shaping: the per-provider rate limiter ([`throttle`]) at a
 //! [`rate`], shared across replicas through Redis ([`cluster`]), the deferral rules that
-//! slow a provider down ([`rules`]), and the kill switch: pauses recorded in the spool and
+//! slow a provider down ([`rules`]) or an upstream ESP ([`esp_rules`]), and the kill switch: pauses recorded in the spool and
 //! shared through the cluster's Redis ([`pause`]).
 
 pub mod bounce;
 pub mod cluster;
 mod deliver;
+pub mod esp_rules;
 pub mod lane;
 pub mod message;
 pub mod mx;

@@ -271,6 +271,16 @@ impl Inner {
         self.upstreams.read().expect("not poisoned").clone()
     }
 
+    /// The configured upstream named `name` (also the hand-off one), if it is still configured.
+    fn upstream_slot(&self, name: &str) -> Option<Arc<UpstreamSlot>> {
+        let handoff = self.handoff_slot.read().expect("not poisoned").clone();
+        self.upstreams()
+            .iter()
+            .chain(handoff.as_ref())
+            .find(|s| s.name() == name)
+            .cloned()
+    }
+
     /// The upstreams a copy is sent to: during the hand-off only `spool.handoff_upstream`
     /// (`true`: the attempt is a hand-off); otherwise every upstream but that one, which is
     /// reserved for the hand-off (unless it is the only one).

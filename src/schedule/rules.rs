@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::config::{ReplyPattern, ShapingAction, ShapingConfig, ShapingRule};
+use crate::config::{ReplyPattern, RuleScope, ShapingAction, ShapingConfig, ShapingRule};
 use crate::upstream::UpstreamError;
 
 /// The built-in rules, most specific first.
@@ -24,6 +24,7 @@ pub fn built_in() -> Vec<ShapingRule> {
         pattern,
         action: ShapingAction::Slow { factor },
         duration: Duration::from_secs(60 * minutes),
+        scope: RuleScope::Provider,
     };
     vec![
         // Yahoo/AOL: TSS04 means "stop for a while"; TS01-TS03 "slow down".
@@ -31,6 +32,7 @@ pub fn built_in() -> Vec<ShapingRule> {
             pattern: contains("[TSS04]"),
             action: ShapingAction::Suspend,
             duration: Duration::from_secs(15 * 60),
+            scope: RuleScope::Provider,
         },
         slow(regex(r"\[TS0[1-3]\]"), 0.5, 10),
         // NetEase (163.com, 126.com, yeah.net): DT:SPM is its rate/spam deferral.
@@ -53,6 +55,7 @@ pub fn for_config(config: &ShapingConfig) -> Vec<ShapingRule> {
     let mut rules = config.rules.clone();
     if config.default_rules {
         rules.extend(built_in());
+        rules.extend(super::esp_rules::built_in());
     }
     rules
 }
@@ -107,6 +110,7 @@ mod tests {
             pattern: ReplyPattern::Contains("[ts01]".into()),
             action: ShapingAction::Suspend,
             duration: Duration::from_secs(1),
+            scope: RuleScope::Provider,
         };
         let config = ShapingConfig {
             default_rules: true,
@@ -114,7 +118,10 @@ mod tests {
             mx: None,
         };
         let rules = for_config(&config);
-        assert_eq!(rules.len(), built_in().len() + 1);
+        assert_eq!(
+            rules.len(),
+            built_in().len() + super::super::esp_rules::built_in().len() + 1
+        );
         assert_eq!(
             find(&rules, "421 [TS01] x").map(|r| r.action),
             Some(ShapingAction::Suspend)

@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::config::ShapingAction;
 use crate::observe::Metrics;
 use crate::upstream::{Delivered, Outbound, Reuse, Upstream, UpstreamError};
 
@@ -33,6 +34,14 @@ impl UpstreamSlot {
 
     pub fn name(&self) -> &str {
         &self.upstream.name
+    }
+
+    /// Applies an upstream-scoped shaping rule's action (an ESP's "too fast" or quota reply)
+    /// to this upstream for `duration`. `rule` names the rule for logs.
+    pub fn slow_down(&self, action: ShapingAction, duration: Duration, rule: &str) {
+        // Upstream pacing is not built yet (issue 13): the rule is only reported.
+        tracing::warn!(upstream = %self.name(), ?action, for_secs = duration.as_secs(), %rule,
+            "upstream asked to slow down");
     }
 
     pub fn is_up(&self) -> bool {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use crate::config::RuleScope;
 use crate::spool::{AttemptRecord, FailureRecord, LogEntry, MessageMeta, unix_now};
 use crate::upstream::UpstreamError;
 
@@ -94,7 +95,7 @@ impl Inner {
             }
             Outcome::Deferred { upstream, error } => {
                 message.note_reply(index, upstream, error.code(), error.to_string());
-                self.shape(lane, &error);
+                self.shape(lane, upstream, &error);
                 // Deleted or bounced by an operator while it was in flight: not tried again.
                 match message.with_tracks(|t| t[index].cancelled) {
                     Some(CopyState::Deleted) => {
@@ -227,14 +228,24 @@ impl Inner {
         (LogEntry::Failed { index, code, at }, Some(code))
     }
 
-    /// Slows `lane` down when a temporary failure's reply matches a shaping rule.
-    fn shape(&self, lane: &Arc<Lane>, error: &crate::upstream::UpstreamError) {
+    /// Applies the shaping rule a temporary failure's reply matches: to `lane` (the
+    /// recipient's provider) or to the upstream that answered, as the rule's scope says.
+    fn shape(&self, lane: &Arc<Lane>, upstream: &str, error: &crate::upstream::UpstreamError) {
         let Some(reply) = rules::deferral_reply(error) else {
             return;
         };
         let rules = self.settings.read().expect("not poisoned").rules.clone();
-        if let Some(rule) = rules::find(&rules, &reply) {
-            lane.slow_down(rule.action, rule.duration, &rule.pattern.to_string());
+        let Some(rule) = rules::find(&rules, &reply) else {
+            return;
+        };
+        let name = rule.pattern.to_string();
+        match rule.scope {
+            RuleScope::Provider => lane.slow_down(rule.action, rule.duration, &name),
+            RuleScope::Upstream => {
+                if let Some(slot) = self.upstream_slot(upstream) {
+                    slot.slow_down(rule.action, rule.duration, &name);
+                }
+            }
         }
     }
 

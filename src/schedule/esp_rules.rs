@@ -1,0 +1,19 @@
+//! Built-in rules for the upstream ESPs' own limits (scope: the upstream that answered, not
+//! the recipient's provider): an account's sending rate or daily quota.
+
+use std::time::Duration;
+
+use crate::config::{ReplyPattern, RuleScope, ShapingAction, ShapingRule};
+
+/// The built-in ESP rules, tried after the providers' ones.
+pub fn built_in() -> Vec<ShapingRule> {
+    vec![
+        // Amazon SES SMTP: "454 Throttling failure: Maximum sending rate exceeded."
+        ShapingRule {
+            pattern: ReplyPattern::Contains("throttling failure".into()),
+            action: ShapingAction::Slow { factor: 0.5 },
+            duration: Duration::from_secs(5 * 60),
+            scope: RuleScope::Upstream,
+        },
+    ]
+}
