@@ -20,6 +20,7 @@ mod log;
 mod privacy;
 mod raw;
 mod read;
+mod rule;
 mod server;
 mod shaping;
 mod spool;
@@ -45,9 +46,12 @@ pub use server::{
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_DATA_MEMORY, DEFAULT_UNAUTHENTICATED_TIMEOUT,
     InboundTlsConfig, ServerConfig,
 };
+pub use rule::{
+    ReplyClass, ReplyPattern, RuleDuration, RuleScope, SetLimits, ShapingAction, ShapingRule,
+    Threshold, WallClock, enhanced_code,
+};
 pub use shaping::{
-    ClusterConfig, DEFAULT_REPLICAS, MxConfig, PerSecond, ProviderConfig, ReplyPattern, RuleScope,
-    ShapingAction, ShapingConfig, ShapingRule,
+    ClusterConfig, DEFAULT_REPLICAS, MxConfig, PerSecond, ProviderConfig, ShapingConfig,
 };
 pub use spool::{DEFAULT_DRAIN_TIMEOUT, SpoolConfig};
 pub use upstream::{Credentials, SmtpUpstreamConfig, UpstreamConfig, UpstreamKind, UpstreamTls};

@@ -118,6 +118,7 @@ pub struct RawProvider {
     pub burst: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_deliveries_per_connection: Option<u64>,
+    pub require_tls: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,11 +136,19 @@ pub struct RawShaping {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
+    pub name: Option<String>,
+    pub class: Option<String>,
+    pub enhanced: Option<String>,
     pub contains: Option<String>,
     pub regex: Option<String>,
     pub action: Option<String>,
     pub factor: Option<f64>,
+    pub max_connections: Option<u64>,
+    pub max_deliveries_per_connection: Option<u64>,
+    pub messages_per_second: Option<f64>,
     pub duration: Option<RawDuration>,
+    pub until: Option<String>,
+    pub threshold: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use super::raw::{RawCluster, RawProvider, RawRule, RawShaping};
+use super::raw::{RawCluster, RawProvider, RawShaping};
+use super::rule::ShapingRule;
 use super::values::{Problems, Secret, duration};
 
 /// One `[[provider]]` entry: every limit is optional and overrides only that field of the
@@ -21,6 +22,8 @@ pub struct ProviderConfig {
     pub max_connections: Option<usize>,
     /// Transactions on one upstream connection before it is closed and a new one opened.
     pub max_deliveries_per_connection: Option<u32>,
+    /// Copies to this provider leave only through upstreams with TLS on.
+    pub require_tls: Option<bool>,
 }
 
 /// A sustained message rate (messages per second) as a provider entry sets it: positive and
@@ -75,62 +78,6 @@ impl Default for ShapingConfig {
             mx: None,
         }
     }
-}
-
-/// A deferral reply pattern and what it does to the provider that sent it.
-#[derive(Debug, Clone)]
-pub struct ShapingRule {
-    pub pattern: ReplyPattern,
-    pub action: ShapingAction,
-    /// How long the slowdown or suspension lasts before the provider recovers.
-    pub duration: Duration,
-    /// What the action applies to: the recipient's provider (its lane) or the upstream that
-    /// answered (an ESP's own account limits).
-    pub scope: RuleScope,
-}
-
-/// What a matched rule acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RuleScope {
-    /// The recipient's provider: every upstream's deliveries to it (`[[provider]]` lane).
-    #[default]
-    Provider,
-    /// The upstream that answered: every provider's deliveries through it.
-    Upstream,
-}
-
-/// How a rule recognises a reply (the text is `"<code> <text>"`, e.g. `421 4.7.0 [TS01] ...`).
-#[derive(Debug, Clone)]
-pub enum ReplyPattern {
-    /// Case-insensitive substring; brackets and dots are literal (`[TS01]`, `DT:SPM`).
-    Contains(String),
-    Regex(regex::Regex),
-}
-
-impl ReplyPattern {
-    pub fn matches(&self, reply: &str) -> bool {
-        match self {
-            ReplyPattern::Contains(needle) => reply.to_ascii_lowercase().contains(needle),
-            ReplyPattern::Regex(re) => re.is_match(reply),
-        }
-    }
-}
-
-impl std::fmt::Display for ReplyPattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReplyPattern::Contains(s) => write!(f, "contains {s:?}"),
-            ReplyPattern::Regex(re) => write!(f, "regex {:?}", re.as_str()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ShapingAction {
-    /// Multiply the provider's rate and concurrency by `factor` (0 < factor < 1).
-    Slow { factor: f64 },
-    /// Start no delivery to the provider at all (Yahoo's `TSS04`).
-    Suspend,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +161,7 @@ pub(super) fn validate_providers(raw: Vec<RawProvider>, p: &mut Problems) -> Vec
             burst: burst.map(|b| b.min(u32::MAX as u64) as u32),
             max_connections: max_connections.map(|c| c as usize),
             max_deliveries_per_connection: per_connection.map(|c| c.min(u32::MAX as u64) as u32),
+            require_tls: r.require_tls,
         });
     }
     out
@@ -223,106 +171,7 @@ pub(super) fn validate_shaping(raw: Option<RawShaping>, p: &mut Problems) -> Sha
     let Some(raw) = raw else {
         return ShapingConfig::default();
     };
-    let mut rules = Vec::new();
-    for (i, value) in raw.rule.into_iter().enumerate() {
-        let path = format!("shaping.rule[{i}]");
-        let Some(r) = super::read::deserialize_at::<RawRule>(value, &path, p) else {
-            continue;
-        };
-        let pattern = match (r.contains, r.regex) {
-            (Some(s), None) if !s.is_empty() => {
-                Some(ReplyPattern::Contains(s.to_ascii_lowercase()))
-            }
-            (None, Some(re)) => match regex::RegexBuilder::new(&re)
-                .case_insensitive(true)
-                .size_limit(1 << 20)
-                .build()
-            {
-                Ok(re) => Some(ReplyPattern::Regex(re)),
-                Err(e) => {
-                    // The parser draws the pattern with a caret under the fault over several
-                    // lines; its last line says what is wrong.
-                    let text = e.to_string();
-                    let what = text.lines().last().unwrap_or_default();
-                    let what = what.strip_prefix("error: ").unwrap_or(what);
-                    p.push(
-                        &format!("{path}.regex"),
-                        format!("invalid regex {re:?}: {what}"),
-                    );
-                    None
-                }
-            },
-            (Some(_), None) => {
-                p.push(&format!("{path}.contains"), "must not be empty");
-                None
-            }
-            (Some(_), Some(_)) => {
-                p.push(&path, "give either contains or regex, not both");
-                None
-            }
-            (None, None) => {
-                if !p.is_broken(&format!("{path}.contains"))
-                    && !p.is_broken(&format!("{path}.regex"))
-                {
-                    p.push(&path, "needs contains = \"text\" or regex = \"pattern\"");
-                }
-                None
-            }
-        };
-        let action = match r.action.as_deref() {
-            Some("slow") => {
-                let factor = r.factor.unwrap_or(0.5);
-                if !(factor > 0.0 && factor < 1.0) {
-                    p.push(
-                        &format!("{path}.factor"),
-                        "must be greater than 0 and less than 1",
-                    );
-                }
-                Some(ShapingAction::Slow { factor })
-            }
-            Some("suspend") => {
-                if r.factor.is_some() {
-                    p.push(
-                        &format!("{path}.factor"),
-                        "only applies to action = \"slow\"",
-                    );
-                }
-                Some(ShapingAction::Suspend)
-            }
-            Some(other) => {
-                p.push(
-                    &format!("{path}.action"),
-                    format!("{other:?} is not one of slow, suspend"),
-                );
-                None
-            }
-            None => {
-                p.push(&format!("{path}.action"), "is required (slow or suspend)");
-                None
-            }
-        };
-        let dur = match r.duration {
-            Some(d) => match duration(&d, &format!("{path}.duration"), p) {
-                Some(Duration::ZERO) => {
-                    p.push(&format!("{path}.duration"), "must be longer than 0");
-                    None
-                }
-                other => other,
-            },
-            None => {
-                p.push(&format!("{path}.duration"), "is required, e.g. \"10m\"");
-                None
-            }
-        };
-        if let (Some(pattern), Some(action), Some(duration)) = (pattern, action, dur) {
-            rules.push(ShapingRule {
-                pattern,
-                action,
-                duration,
-                scope: RuleScope::Provider,
-            });
-        }
-    }
+    let rules = super::rule::validate_rules(raw.rule, p);
     let timeout = raw
         .mx_timeout
         .and_then(|d| duration(&d, "shaping.mx_timeout", p))
@@ -417,67 +266,6 @@ mod tests {
             Ok(_) => vec![],
             Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
         }
-    }
-
-    #[test]
-    fn rules_parse_into_typed_values() {
-        let c = Config::from_toml(&format!(
-            r#"
-[shaping]
-default_rules = false
-[[shaping.rule]]
-contains = "[TS01]"
-action = "slow"
-factor = 0.25
-duration = "2m"
-[[shaping.rule]]
-regex = '^421 .*too many'
-action = "suspend"
-duration = 30
-{UPSTREAM}"#
-        ))
-        .unwrap();
-        assert!(!c.shaping.default_rules);
-        assert_eq!(c.shaping.rules.len(), 2);
-        let r0 = &c.shaping.rules[0];
-        assert_eq!(r0.action, ShapingAction::Slow { factor: 0.25 });
-        assert_eq!(r0.duration, Duration::from_secs(120));
-        assert!(r0.pattern.matches("421 4.7.0 [ts01] Messages deferred"));
-        assert!(!r0.pattern.matches("421 4.7.0 TS01 without brackets"));
-        let r1 = &c.shaping.rules[1];
-        assert_eq!(r1.action, ShapingAction::Suspend);
-        assert!(r1.pattern.matches("421 4.7.0 Too Many connections"));
-        assert!(!r1.pattern.matches("451 too many connections"));
-    }
-
-    #[test]
-    fn bad_rules_are_reported_with_key_paths() {
-        let got = problems(
-            r#"
-[[shaping.rule]]
-regex = "(unclosed"
-action = "slow"
-duration = "1m"
-[[shaping.rule]]
-contains = "x"
-action = "halve"
-duration = "1m"
-[[shaping.rule]]
-contains = "x"
-action = "slow"
-factor = 1.5
-[[shaping.rule]]
-action = "suspend"
-duration = "1m"
-bogus = 1
-"#,
-        );
-        let has = |prefix: &str| got.iter().any(|g| g.starts_with(prefix));
-        assert!(has("shaping.rule[0].regex: invalid regex"), "{got:?}");
-        assert!(has("shaping.rule[1].action"), "{got:?}");
-        assert!(has("shaping.rule[2].factor"), "{got:?}");
-        assert!(has("shaping.rule[2].duration: is required"), "{got:?}");
-        assert!(has("shaping.rule[3].bogus"), "{got:?}");
     }
 
     #[test]

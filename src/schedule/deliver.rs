@@ -1,6 +1,7 @@
 //! Delivering one copy: render its header for its recipients ([`privacy::render_header`]),
 //! DKIM-sign it, check the exact bytes about to leave ([`check`]), hand it to the first healthy
-//! upstream ([`failover`](super::failover)) and classify what happened into an [`Outcome`].
+//! upstream ([`failover`](super::failover)) and classify what happened into an [`Outcome`]
+//! (by the shaping rules where a reply matches one: a 5xx that means "too fast" is deferred).
 //!
 //! Why apart from the queue: this is the path every copy takes to the outside, and it keeps no
 //! queue state. The queue ([`queue`](super::queue)) decides when a copy goes and records the
@@ -9,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::ShapingRule;
 use crate::dkim::Signer;
 use crate::observe::Metrics;
 use crate::privacy::{self, Exposure};
@@ -16,6 +18,8 @@ use crate::spool::MessageMeta;
 use crate::upstream::{Outbound, Reuse, UpstreamError};
 
 use crate::upstream::failover::{self, UpstreamSlot};
+
+use super::rules::{self, Verdict};
 
 mod check;
 pub(super) use check::{NO_UPSTREAM, Stopped};
@@ -41,6 +45,9 @@ pub(super) struct Route<'a> {
     pub cool_off: Duration,
     pub dkim: &'a Signer,
     pub metrics: &'a Metrics,
+    /// The shaping rules in force: a reply they match is classified by them
+    /// ([`rules::verdict`](super::rules::verdict)).
+    pub rules: &'a [ShapingRule],
 }
 
 /// A copy after its attempt: the header block it was (or would have been) sent with, which a
@@ -59,15 +66,19 @@ pub(super) enum Outcome<'a> {
         code: u16,
         reply: String,
     },
-    /// A permanent failure: never retried.
+    /// A permanent failure: never retried. `rule`: the shaping rule the reply matched (a
+    /// `fail` rule, or a rule without a say on a 5xx).
     Failed {
         upstream: &'a str,
         error: UpstreamError,
+        rule: Option<&'a ShapingRule>,
     },
-    /// A temporary failure: tried again later.
+    /// A temporary failure (or a 5xx a shaping rule calls throttling): tried again later.
+    /// `rule`: the shaping rule the reply matched, whose action the queue takes.
     Deferred {
         upstream: &'a str,
         error: UpstreamError,
+        rule: Option<&'a ShapingRule>,
     },
     /// The check before sending refused the copy; it never reached an upstream.
     Stopped(Stopped),
@@ -100,6 +111,20 @@ pub(super) async fn deliver<'a>(copy: Copy<'_>, route: Route<'a>) -> Sent<'a> {
         header: &header,
         body,
     };
+    if route.upstreams.is_empty() {
+        // Only when the provider requires TLS and no upstream has it: never sent in plaintext.
+        let error = UpstreamError::Config(
+            "the provider requires TLS and no upstream with TLS is configured".into(),
+        );
+        return Sent {
+            header,
+            outcome: Outcome::Deferred {
+                upstream: NO_UPSTREAM,
+                error,
+                rule: None,
+            },
+        };
+    }
     let (upstream, result) = failover::send(
         route.upstreams,
         outbound,
@@ -115,8 +140,21 @@ pub(super) async fn deliver<'a>(copy: Copy<'_>, route: Route<'a>) -> Sent<'a> {
             code: reply_code(&delivered.reply),
             reply: delivered.reply,
         },
-        Err(error) if !error.is_temporary() => Outcome::Failed { upstream, error },
-        Err(error) => Outcome::Deferred { upstream, error },
+        Err(error) => {
+            let rule = rules::find(route.rules, &error);
+            match rules::verdict(&error, rule) {
+                Verdict::Failed => Outcome::Failed {
+                    upstream,
+                    error,
+                    rule,
+                },
+                Verdict::Deferred => Outcome::Deferred {
+                    upstream,
+                    error,
+                    rule,
+                },
+            }
+        }
     };
     Sent { header, outcome }
 }

@@ -9,11 +9,12 @@ use crate::config::{ReplyPattern, RuleScope, ShapingAction, ShapingRule};
 pub fn built_in() -> Vec<ShapingRule> {
     vec![
         // Amazon SES SMTP: "454 Throttling failure: Maximum sending rate exceeded."
-        ShapingRule {
-            pattern: ReplyPattern::Contains("throttling failure".into()),
-            action: ShapingAction::Slow { factor: 0.5 },
-            duration: Duration::from_secs(5 * 60),
-            scope: RuleScope::Upstream,
-        },
+        ShapingRule::new(
+            "ses-throttling",
+            ReplyPattern::contains("throttling failure"),
+            ShapingAction::Slow { factor: 0.5 },
+            Duration::from_secs(5 * 60),
+        )
+        .with_scope(RuleScope::Upstream),
     ]
 }

@@ -142,11 +142,14 @@ impl Lane {
         self.apply_concurrency();
     }
 
-    /// Sets the slots in force from the configured concurrency and the throttle's slowdown.
+    /// Sets the slots in force from the configured concurrency and the throttle's slowdown
+    /// (its factor, and a connection limit a `set` rule lowered).
     fn apply_concurrency(&self) {
         let configured = self.configured.load(Ordering::Relaxed) as f64;
         let factor = self.throttle.concurrency_factor();
-        self.resize((configured * factor).floor() as usize);
+        let slowed = (configured * factor).floor() as usize;
+        let cap = self.throttle.set_limits().max_connections;
+        self.resize(cap.map_or(slowed, |c| slowed.min(c)));
     }
 
     fn resize(&self, target: usize) {
@@ -209,22 +212,40 @@ impl Lane {
     }
 
     /// Applies a shaping rule's action to this provider for `duration`, then restores the
-    /// configured limits. Logs one line when the provider gets slower and one when it recovers
-    /// (naming the rule, not the reply, which may contain an address).
+    /// configured limits. `rule` is the rule's name. Logs one line when the provider gets slower
+    /// (with the wall-clock end) and one when it recovers (naming the rule, not the reply, which
+    /// may contain an address). `defer` and `fail` are about one copy: nothing happens here.
     pub fn slow_down(self: &Arc<Self>, action: ShapingAction, duration: Duration, rule: &str) {
+        if matches!(action, ShapingAction::Defer | ShapingAction::Fail) {
+            return;
+        }
         let change = self.throttle.slow_down(action, duration);
         self.apply_concurrency();
         if change.slower {
+            let left = change
+                .slowdown
+                .until
+                .saturating_duration_since(tokio::time::Instant::now());
+            let until = wall_clock_after(left);
+            let for_secs = left.as_secs();
             match action {
                 ShapingAction::Suspend => tracing::warn!(
-                    provider = %self.name, for_secs = duration.as_secs(), %rule,
-                    "provider suspended after a deferral"
+                    provider = %self.name, for_secs, %until, %rule,
+                    "provider suspended after a throttling reply"
                 ),
                 ShapingAction::Slow { .. } => tracing::warn!(
                     provider = %self.name, factor = change.slowdown.factor,
                     messages_per_second = self.throttle.effective_rate().map(|r| r.per_second),
-                    concurrency = self.concurrency(), for_secs = duration.as_secs(), %rule,
-                    "provider slowed down after a deferral"
+                    concurrency = self.concurrency(), for_secs, %until, %rule,
+                    "provider slowed down after a throttling reply"
+                ),
+                _ => tracing::warn!(
+                    provider = %self.name,
+                    messages_per_second = self.throttle.effective_rate().map(|r| r.per_second),
+                    concurrency = self.concurrency(),
+                    max_deliveries_per_connection = change.slowdown.limits.max_deliveries_per_connection,
+                    for_secs, %until, %rule,
+                    "provider limits lowered after a throttling reply"
                 ),
             }
         }
@@ -242,6 +263,23 @@ impl Lane {
             }
         });
     }
+
+    /// When a suspension in force ends, if the provider is suspended.
+    pub fn suspended_until(&self) -> Option<tokio::time::Instant> {
+        self.throttle
+            .slowdown()
+            .filter(|s| s.factor == 0.0 && s.until > tokio::time::Instant::now())
+            .map(|s| s.until)
+    }
+}
+
+/// The wall-clock time `left` from now, RFC 3339 in UTC, to the second (for logs).
+fn wall_clock_after(left: Duration) -> String {
+    let at = std::time::SystemTime::now() + left;
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_millis() >= 500));
+    super::pause::rfc3339(secs * 1000)
 }
 
 #[cfg(test)]
@@ -280,5 +318,25 @@ mod tests {
         assert_eq!(lane.concurrency(), 8, "recovered to the reloaded value");
         assert_eq!(lane.throttle.effective_rate().unwrap().per_second, 10.0);
         assert!(lane.throttle.slowdown().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_set_rule_caps_connections_and_defer_changes_nothing() {
+        use crate::config::SetLimits;
+        let lane = lane(4);
+        lane.slow_down(ShapingAction::Defer, Duration::from_secs(60), "d");
+        assert!(lane.throttle.slowdown().is_none());
+        let one = SetLimits {
+            max_connections: Some(1),
+            ..SetLimits::default()
+        };
+        lane.slow_down(ShapingAction::Set(one), Duration::from_secs(60), "s");
+        assert_eq!(lane.concurrency(), 1);
+        assert_eq!(lane.throttle.effective_rate().unwrap().per_second, 10.0);
+        assert!(lane.suspended_until().is_none());
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert_eq!(lane.concurrency(), 4, "restored");
+        lane.slow_down(ShapingAction::Suspend, Duration::from_secs(30), "x");
+        assert!(lane.suspended_until().is_some());
     }
 }

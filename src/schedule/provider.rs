@@ -28,6 +28,9 @@ pub struct ProviderLimits {
     /// Transactions on one connection before it is closed and a fresh one opened; `None`: the
     /// upstream's own limit.
     pub max_deliveries_per_connection: Option<u32>,
+    /// Copies leave only through upstreams with TLS on (`[[provider]] require_tls`); with none
+    /// configured they wait (deferred), never sent in plaintext.
+    pub require_tls: bool,
 }
 
 impl ProviderLimits {
@@ -37,6 +40,7 @@ impl ProviderLimits {
         burst: 1,
         max_connections: None,
         max_deliveries_per_connection: None,
+        require_tls: false,
     };
 
     const fn new(rate: f64, burst: u32, connections: usize, per_connection: u32) -> Self {
@@ -45,6 +49,14 @@ impl ProviderLimits {
             burst,
             max_connections: Some(connections),
             max_deliveries_per_connection: Some(per_connection),
+            require_tls: false,
+        }
+    }
+
+    const fn tls_required(self) -> Self {
+        ProviderLimits {
+            require_tls: true,
+            ..self
         }
     }
 
@@ -57,6 +69,7 @@ impl ProviderLimits {
             max_deliveries_per_connection: p
                 .max_deliveries_per_connection
                 .or(self.max_deliveries_per_connection),
+            require_tls: p.require_tls.unwrap_or(self.require_tls),
         }
     }
 }
@@ -72,7 +85,9 @@ struct BuiltIn {
 
 /// The built-in catalog. Limits are per relay (or per cluster with `[cluster]`) and deliberately
 /// conservative: a sender without an established reputation that stays under them should rarely
-/// see a "too fast" deferral. None of these providers publishes exact numbers.
+/// see a "too fast" deferral. Few providers publish numbers: connections and deliveries per
+/// connection follow KumoMTA's published shaping data where it has them (sources per number in
+/// `docs/shaping.md`, "The built-in catalog"); rates are mailveil's own conservative choice.
 const BUILT_IN: &[BuiltIn] = &[
     BuiltIn {
         name: "yahoo",
@@ -88,6 +103,7 @@ const BUILT_IN: &[BuiltIn] = &[
             "yahoo.fr",
             "yahoo.de",
         ],
+        // 20 per connection, "provided by Yahoo directly": KumoMTA policy-extras/shaping.toml.
         limits: ProviderLimits::new(2.0, 10, 4, 20),
     },
     BuiltIn {
@@ -101,23 +117,26 @@ const BUILT_IN: &[BuiltIn] = &[
             "vip.163.com",
             "vip.126.com",
         ],
-        limits: ProviderLimits::new(1.0, 5, 2, 10),
+        // 7 per connection: KumoMTA community shaping.toml (163.com).
+        limits: ProviderLimits::new(1.0, 5, 2, 7),
     },
     BuiltIn {
         name: "qq",
         mx_suffixes: &[".qq.com"],
         domains: &["qq.com", "foxmail.com", "vip.qq.com"],
-        limits: ProviderLimits::new(1.0, 5, 2, 10),
+        // 8 per connection and TLS required: KumoMTA community shaping.toml (qq.com).
+        limits: ProviderLimits::new(1.0, 5, 2, 8).tls_required(),
     },
     BuiltIn {
         name: "google",
         mx_suffixes: &[".google.com", ".googlemail.com"],
         domains: &["gmail.com", "googlemail.com"],
-        limits: ProviderLimits::new(10.0, 50, 10, 100),
+        // 5 connections across the provider, 50 per connection: KumoMTA policy-extras/shaping.toml.
+        limits: ProviderLimits::new(10.0, 50, 5, 50),
     },
     BuiltIn {
         name: "microsoft",
-        mx_suffixes: &[".protection.outlook.com"],
+        mx_suffixes: &[".protection.outlook.com", ".mx.microsoft"],
         domains: &[
             "outlook.com",
             "hotmail.com",
@@ -126,13 +145,16 @@ const BUILT_IN: &[BuiltIn] = &[
             "hotmail.co.uk",
             "outlook.fr",
         ],
+        // 5 connections, 50 per connection: KumoMTA policy-extras/shaping.toml (outlook, office365).
         limits: ProviderLimits::new(5.0, 20, 5, 50),
     },
     BuiltIn {
         name: "apple",
         mx_suffixes: &[".mail.icloud.com"],
         domains: &["icloud.com", "me.com", "mac.com"],
-        limits: ProviderLimits::new(5.0, 20, 4, 50),
+        // 10 connections across the provider, 5 per connection: KumoMTA
+        // policy-extras/shaping.toml, citing https://support.apple.com/en-us/102322.
+        limits: ProviderLimits::new(5.0, 20, 10, 5),
     },
 ];
 
@@ -359,6 +381,37 @@ mod tests {
             assert!(l.max_deliveries_per_connection.is_some(), "{name}");
         }
         assert_eq!(c.limits(DEFAULT_PROVIDER), ProviderLimits::UNLIMITED);
+    }
+
+    #[test]
+    fn catalog_figures_follow_their_sources() {
+        let c = ProviderCatalog::new(&[]);
+        let l = |name: &str| {
+            let l = c.limits(name);
+            (l.max_connections.unwrap(), l.max_deliveries_per_connection.unwrap())
+        };
+        assert_eq!(l("yahoo").1, 20);
+        assert_eq!(l("netease").1, 7);
+        assert_eq!(l("qq").1, 8);
+        assert_eq!(l("google"), (5, 50));
+        assert_eq!(l("microsoft"), (5, 50));
+        assert_eq!(l("apple"), (10, 5));
+        let tls: Vec<&str> = BUILT_IN_NAMES
+            .iter()
+            .copied()
+            .filter(|n| c.limits(n).require_tls)
+            .collect();
+        assert_eq!(tls, ["qq"]);
+        let relaxed = ProviderCatalog::new(&[ProviderConfig {
+            require_tls: Some(false),
+            ..p("qq", &[])
+        }]);
+        assert!(!relaxed.limits("qq").require_tls, "config overrides the built-in");
+        let strict = ProviderCatalog::new(&[ProviderConfig {
+            require_tls: Some(true),
+            ..p("corp", &["corp.example"])
+        }]);
+        assert!(strict.limits("corp").require_tls);
     }
 
     fn p(name: &str, domains: &[&str]) -> ProviderConfig {

@@ -94,6 +94,8 @@ struct Inner {
     /// Every message with deliveries not yet final, by queue id (for `queue list/show`,
     /// `retry`, `delete`, `bounce`: [`manage`]).
     messages: Mutex<HashMap<String, Arc<QueuedMessage>>>,
+    /// Recent matches of shaping rules with a threshold, per rule and lane (or upstream).
+    thresholds: crate::schedule::rules::Thresholds,
 }
 
 impl Scheduler {
@@ -150,8 +152,10 @@ impl Scheduler {
                 handoff: CancellationToken::new(),
                 handoff_slot: RwLock::new(None),
                 messages: Mutex::new(HashMap::new()),
+                thresholds: Default::default(),
             }),
         };
+        scheduler.inner.warn_if_tls_missing();
         scheduler.inner.apply_pauses();
         scheduler.inner.clone().spawn_pause_sync();
         scheduler
@@ -258,6 +262,7 @@ impl Scheduler {
                 .set(i64::from(s.is_up()));
         }
         *self.inner.upstreams.write().expect("not poisoned") = Arc::new(slots);
+        self.inner.warn_if_tls_missing();
         self.inner.holds.apply(hold);
         for lane in self.inner.lanes.read().expect("not poisoned").values() {
             lane.set_concurrency(self.inner.lane_concurrency(&lane.name));
@@ -447,14 +452,37 @@ impl Inner {
             exposure: &exposure,
         };
         let (slots, handoff) = self.route_upstreams();
-        let (dkim, cool_off, max_transactions) = {
+        let (dkim, cool_off, limits, rules) = {
             let settings = self.settings.read().expect("not poisoned");
-            let limits = settings.routing.catalog.limits(&lane.name);
             (
                 settings.dkim.clone(),
                 settings.retry.upstream_cool_off,
-                limits.max_deliveries_per_connection,
+                settings.routing.catalog.limits(&lane.name),
+                settings.rules.clone(),
             )
+        };
+        // A provider that requires TLS: only upstreams with TLS on (none: the copy is deferred).
+        let slots = if limits.require_tls && !slots.iter().all(|s| s.upstream.is_encrypted()) {
+            let encrypted: Vec<_> = slots
+                .iter()
+                .filter(|s| s.upstream.is_encrypted())
+                .cloned()
+                .collect();
+            if encrypted.is_empty() {
+                tracing::warn!(queue_id = %message.meta.id, delivery = item.index, provider = %lane.name,
+                    "provider requires TLS (require_tls) and no upstream has TLS on; copy deferred, not sent in plaintext");
+            }
+            Arc::new(encrypted)
+        } else {
+            slots
+        };
+        // A `set` rule in force may have lowered the deliveries per connection.
+        let max_transactions = match (
+            limits.max_deliveries_per_connection,
+            lane.throttle.set_limits().max_deliveries_per_connection,
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let route = Route {
             upstreams: &slots,
@@ -465,6 +493,7 @@ impl Inner {
             cool_off,
             dkim: &dkim,
             metrics: &self.metrics,
+            rules: &rules,
         };
         let sent = deliver::deliver(copy, route).await;
         self.conclude(lane, item, sent, started, handoff);

@@ -23,7 +23,7 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::ShapingAction;
+use crate::config::{SetLimits, ShapingAction};
 
 use super::cluster::SharedLimits;
 // Part of this module's API (`Throttle::new`, `set_rate`); its home is `rate.rs`.
@@ -72,6 +72,8 @@ fn quota(rate: &Rate) -> Quota {
 pub struct Slowdown {
     /// Multiplier on rate and concurrency; 0 means suspended.
     pub factor: f64,
+    /// Limits lowered by an `action = "set"` rule (each the lowest asked for).
+    pub limits: SetLimits,
     pub until: Instant,
     /// Bumped by every new slowdown so that only the latest one's timer recovers.
     pub generation: u64,
@@ -218,27 +220,35 @@ impl Throttle {
     }
 
     /// Applies a rule's action for `duration`. Several slowdowns do not compound: the slowest
-    /// factor and the latest end win.
+    /// factor, the lowest of each set limit and the latest end win. `defer` and `fail` do not
+    /// change the pace (they are about one copy).
     pub fn slow_down(&self, action: ShapingAction, duration: Duration) -> SlowdownChange {
-        let factor = match action {
-            ShapingAction::Slow { factor } => factor,
-            ShapingAction::Suspend => 0.0,
+        let (factor, limits) = match action {
+            ShapingAction::Slow { factor } => (factor, SetLimits::default()),
+            ShapingAction::Suspend => (0.0, SetLimits::default()),
+            ShapingAction::Set(limits) => (1.0, limits),
+            ShapingAction::Defer | ShapingAction::Fail => (1.0, SetLimits::default()),
         };
         let mut state = self.state.lock().expect("not poisoned");
         let until = Instant::now() + duration;
         state.generation += 1;
         let (slowdown, slower) = match state.slowdown {
-            Some(old) => (
-                Slowdown {
-                    factor: old.factor.min(factor),
-                    until: old.until.max(until),
-                    generation: state.generation,
-                },
-                factor < old.factor,
-            ),
+            Some(old) => {
+                let limits = old.limits.lowest(limits);
+                (
+                    Slowdown {
+                        factor: old.factor.min(factor),
+                        limits,
+                        until: old.until.max(until),
+                        generation: state.generation,
+                    },
+                    factor < old.factor || limits != old.limits,
+                )
+            }
             None => (
                 Slowdown {
                     factor,
+                    limits,
                     until,
                     generation: state.generation,
                 },
@@ -295,6 +305,11 @@ impl Throttle {
         }
     }
 
+    /// The limits a `set` rule lowered, in force now (none set: all `None`).
+    pub fn set_limits(&self) -> SetLimits {
+        self.slowdown().map(|s| s.limits).unwrap_or_default()
+    }
+
     /// The rate in force now (configured rate times any slowdown), for status and logs.
     pub fn effective_rate(&self) -> Option<Rate> {
         effective(&self.state.lock().expect("not poisoned"))
@@ -318,11 +333,27 @@ impl Throttle {
     }
 }
 
+/// The configured rate times the slowdown's factor, never above a rate a `set` rule lowered
+/// it to (which also paces a provider that is otherwise unthrottled).
 fn effective(state: &State) -> Option<Rate> {
-    let base = state.base?;
-    match state.slowdown {
-        Some(s) if s.factor > 0.0 => Some(base.scaled(s.factor)),
-        _ => Some(base),
+    let scaled = match (state.base, state.slowdown) {
+        (Some(base), Some(s)) if s.factor > 0.0 => Some(base.scaled(s.factor)),
+        (base, _) => base,
+    };
+    let cap = state
+        .slowdown
+        .and_then(|s| s.limits.messages_per_second)
+        .map(|r| r.get());
+    match (scaled, cap) {
+        (Some(rate), Some(cap)) if cap < rate.per_second => Some(Rate {
+            per_second: cap,
+            burst: 1,
+        }),
+        (None, Some(cap)) => Some(Rate {
+            per_second: cap,
+            burst: 1,
+        }),
+        (rate, _) => rate,
     }
 }
 
@@ -424,6 +455,38 @@ mod tests {
         assert_eq!(at, vec![Duration::from_secs(30); 2]);
         assert_eq!(delays.get(), 1);
         assert!(t.recover(change.slowdown.generation));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_set_rule_lowers_only_what_it_names_and_never_raises() {
+        use crate::config::PerSecond;
+        let (t, _) = throttle(rate(10.0, 5));
+        let slower = |per_second: f64| SetLimits {
+            messages_per_second: PerSecond::new(per_second),
+            ..SetLimits::default()
+        };
+        let change = t.slow_down(ShapingAction::Set(slower(2.0)), Duration::from_secs(60));
+        assert!(change.slower);
+        assert_eq!(t.effective_rate().unwrap().per_second, 2.0);
+        assert_eq!(t.concurrency_factor(), 1.0, "set leaves concurrency to its own limit");
+        let higher = t.slow_down(ShapingAction::Set(slower(50.0)), Duration::from_secs(60));
+        assert!(!higher.slower, "a higher limit is not slower");
+        assert_eq!(t.effective_rate().unwrap().per_second, 2.0);
+        let conns = SetLimits {
+            max_connections: Some(1),
+            ..SetLimits::default()
+        };
+        assert!(t.slow_down(ShapingAction::Set(conns), Duration::from_secs(60)).slower);
+        assert_eq!(t.set_limits().max_connections, Some(1));
+        assert_eq!(t.set_limits().messages_per_second, PerSecond::new(2.0));
+        let last = t.slowdown().unwrap().generation;
+        assert!(t.recover(last));
+        assert_eq!(t.effective_rate().unwrap().per_second, 10.0);
+        assert_eq!(t.set_limits(), SetLimits::default());
+        // An unthrottled provider is paced by a set rate while it lasts.
+        let (free, _) = throttle(None);
+        free.slow_down(ShapingAction::Set(slower(0.5)), Duration::from_secs(60));
+        assert_eq!(free.effective_rate().unwrap().per_second, 0.5);
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use error::{Stage, UpstreamError};
 
-use crate::config::{SmtpUpstreamConfig, UpstreamConfig, UpstreamKind};
+use crate::config::{SmtpUpstreamConfig, UpstreamConfig, UpstreamKind, UpstreamTls};
 use crate::observe::Redactor;
 use client::{Connection, SmtpClient};
 use pool::Pool;
@@ -171,6 +171,9 @@ impl Default for PoolLimits {
 pub struct Upstream {
     pub name: String,
     kind: Kind,
+    /// Copies leave encrypted: STARTTLS required or implicit TLS (not `tls = "none"`, not a
+    /// capture directory). Providers with `require_tls` are only sent through such upstreams.
+    encrypted: bool,
     /// How failures of this upstream are logged where it is used (`upstream/failover.rs`):
     /// they quote the server's replies, which may name addresses and carry control bytes.
     log: Redactor,
@@ -211,6 +214,7 @@ impl Upstream {
         timeouts: Timeouts,
         limits: PoolLimits,
     ) -> Result<Upstream, UpstreamError> {
+        let encrypted = matches!(&config.kind, UpstreamKind::Smtp(smtp) if smtp.tls != UpstreamTls::None);
         let kind = match &config.kind {
             UpstreamKind::Smtp(smtp) => {
                 Kind::Smtp(Box::new(SmtpUpstream::new(smtp, helo, timeouts, limits)?))
@@ -220,6 +224,7 @@ impl Upstream {
         Ok(Upstream {
             name: config.name.clone(),
             kind,
+            encrypted,
             log: Redactor::hiding(),
         })
     }
@@ -269,6 +274,11 @@ impl Upstream {
             Kind::Smtp(smtp) => smtp.send(&msg, reuse).await,
             Kind::Dir(dir) => send_to_dir(dir.clone(), &msg).await,
         }
+    }
+
+    /// See [`Upstream::encrypted`](Upstream): whether copies leave this upstream over TLS.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
     }
 
     /// Idle pooled connections right now (0 for a capture directory).

@@ -52,6 +52,22 @@ impl Inner {
         })
     }
 
+    /// Logs a warning for each provider that requires TLS while no upstream has TLS on: its
+    /// copies will wait (deferred) until one is configured. At start and after a reload.
+    pub(super) fn warn_if_tls_missing(&self) {
+        if self.upstreams().iter().any(|s| s.upstream.is_encrypted()) {
+            return;
+        }
+        let settings = self.settings.read().expect("not poisoned");
+        let catalog = &settings.routing.catalog;
+        for name in catalog.names() {
+            if catalog.limits(name).require_tls {
+                tracing::warn!(provider = %name,
+                    "provider requires TLS (require_tls) but no upstream has TLS on: its copies will be deferred, never sent in plaintext");
+            }
+        }
+    }
+
     /// The lane of `provider`, created with its dispatcher on first use.
     pub(super) fn lane(self: &Arc<Self>, provider: &str) -> Arc<Lane> {
         if let Some(lane) = self.lanes.read().expect("not poisoned").get(provider) {

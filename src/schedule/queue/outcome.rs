@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::config::RuleScope;
+use crate::config::{RuleScope, ShapingAction, ShapingRule};
 use crate::spool::{AttemptRecord, FailureRecord, LogEntry, MessageMeta, unix_now};
 use crate::upstream::UpstreamError;
 
@@ -16,7 +16,6 @@ use crate::schedule::deliver::{NO_UPSTREAM, Outcome, Sent, Stopped};
 use crate::schedule::lane::{Lane, Ready};
 use crate::schedule::message::QueuedMessage;
 use crate::schedule::retry::{backoff, random_jitter};
-use crate::schedule::rules;
 
 use super::manage::{BOUNCE_CODE, BOUNCE_TEXT};
 use super::{Inner, Scheduler};
@@ -88,14 +87,28 @@ impl Inner {
                 message.set_final(index, code, at, None);
                 (entry, None)
             }
-            Outcome::Failed { upstream, error } => {
+            Outcome::Failed {
+                upstream,
+                error,
+                rule,
+            } => {
                 let code = error.code().unwrap_or(554);
                 message.note_reply(index, upstream, error.code(), error.to_string());
+                if let Some(rule) = rule {
+                    tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream,
+                        rule = %rule.name, "reply matched a fail rule");
+                }
                 self.fail(final_of(upstream), code, &error, false)
             }
-            Outcome::Deferred { upstream, error } => {
+            Outcome::Deferred {
+                upstream,
+                error,
+                rule,
+            } => {
                 message.note_reply(index, upstream, error.code(), error.to_string());
-                self.shape(lane, upstream, &error);
+                if let Some(rule) = rule {
+                    self.shape(lane, upstream, rule);
+                }
                 // Deleted or bounced by an operator while it was in flight: not tried again.
                 match message.with_tracks(|t| t[index].cancelled) {
                     Some(CopyState::Deleted) => {
@@ -111,7 +124,7 @@ impl Inner {
                     }
                     None => {}
                 }
-                match self.defer(lane, item, final_of(upstream), &error) {
+                match self.defer(lane, item, final_of(upstream), &error, rule) {
                     Some(failed) => failed,
                     None => return,
                 }
@@ -122,23 +135,31 @@ impl Inner {
         self.record(lane, &message, index, entry, failed_code);
     }
 
-    /// A temporary failure: retried with backoff, or failed for good once the next try would
-    /// fall after `spool.max_queue_time` (then its outcome record is returned).
+    /// A temporary failure (or a 5xx a shaping rule calls throttling): retried with backoff,
+    /// not before a suspension of its provider ends, or failed for good once the next try
+    /// would fall after `spool.max_queue_time` (then its outcome record is returned).
     fn defer(
         self: &Arc<Self>,
         lane: &Arc<Lane>,
         item: Ready,
         f: Final<'_>,
         error: &UpstreamError,
+        rule: Option<&ShapingRule>,
     ) -> Option<(LogEntry, Option<u16>)> {
         let now = unix_now();
         let retry = self.settings.read().expect("not poisoned").retry.clone();
-        let delay = backoff(
+        let mut delay = backoff(
             item.attempts,
             retry.retry_initial,
             retry.retry_max,
             random_jitter(),
         );
+        // No point in trying before a suspended provider reopens (its lane would hold the
+        // start anyway); the spool then shows when the copy really goes next.
+        if let Some(until) = lane.suspended_until() {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            delay = delay.max(Duration::from_secs(left.as_secs_f64().ceil() as u64));
+        }
         let next = now + delay.as_secs().max(1);
         if next.saturating_sub(f.meta.received_at) > retry.max_queue_time.as_secs() {
             let code = error.code().unwrap_or(451);
@@ -150,8 +171,9 @@ impl Inner {
             .deliveries
             .with_label_values(&[provider, upstream, "deferred"])
             .inc();
+        let rule = rule.map(|r| r.name.as_str());
         tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-            code = error.code(), error = %self.redactor.text(error), duration_ms = f.duration_ms, attempts,
+            code = error.code(), error = %self.redactor.text(error), rule, duration_ms = f.duration_ms, attempts,
             retry_in_secs = delay.as_secs(), "deferred");
         let message = &item.message;
         message.set_waiting(index, Some(next));
@@ -228,22 +250,31 @@ impl Inner {
         (LogEntry::Failed { index, code, at }, Some(code))
     }
 
-    /// Applies the shaping rule a temporary failure's reply matches: to `lane` (the
-    /// recipient's provider) or to the upstream that answered, as the rule's scope says.
-    fn shape(&self, lane: &Arc<Lane>, upstream: &str, error: &crate::upstream::UpstreamError) {
-        let Some(reply) = rules::deferral_reply(error) else {
+    /// Takes the action of the shaping rule a deferred copy's reply matched: on `lane` (the
+    /// recipient's provider) or on the upstream that answered, as the rule's scope says; with a
+    /// threshold, only once enough matches came within its window.
+    fn shape(&self, lane: &Arc<Lane>, upstream: &str, rule: &ShapingRule) {
+        if matches!(rule.action, ShapingAction::Defer | ShapingAction::Fail) {
             return;
+        }
+        let target = match rule.scope {
+            RuleScope::Provider => lane.name.as_str(),
+            RuleScope::Upstream => upstream,
         };
-        let rules = self.settings.read().expect("not poisoned").rules.clone();
-        let Some(rule) = rules::find(&rules, &reply) else {
-            return;
-        };
-        let name = rule.pattern.to_string();
+        if let Some(threshold) = rule.threshold {
+            if !self.thresholds.reached(&rule.name, target, threshold) {
+                tracing::info!(provider = %lane.name, %upstream, rule = %rule.name,
+                    matches = self.thresholds.count(&rule.name, target), threshold = %threshold,
+                    "throttling reply below the rule's threshold; no action yet");
+                return;
+            }
+        }
+        let duration = rule.duration.from(unix_now());
         match rule.scope {
-            RuleScope::Provider => lane.slow_down(rule.action, rule.duration, &name),
+            RuleScope::Provider => lane.slow_down(rule.action, duration, &rule.name),
             RuleScope::Upstream => {
                 if let Some(slot) = self.upstream_slot(upstream) {
-                    slot.slow_down(rule.action, rule.duration, &name);
+                    slot.slow_down(rule.action, duration, &rule.name);
                 }
             }
         }
