@@ -42,13 +42,13 @@ pub use http::{
 pub use log::{LogConfig, LogFormat};
 pub use privacy::{BodyCheck, PrivacyConfig, PrivacyMode};
 use read::{array, section};
-pub use server::{
-    DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_DATA_MEMORY, DEFAULT_UNAUTHENTICATED_TIMEOUT,
-    InboundTlsConfig, ServerConfig,
-};
 pub use rule::{
     ReplyClass, ReplyPattern, RuleDuration, RuleScope, SetLimits, ShapingAction, ShapingRule,
     Threshold, WallClock, enhanced_code,
+};
+pub use server::{
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_DATA_MEMORY, DEFAULT_UNAUTHENTICATED_TIMEOUT,
+    InboundTlsConfig, ServerConfig,
 };
 pub use shaping::{
     ClusterConfig, DEFAULT_REPLICAS, MxConfig, PerSecond, ProviderConfig, ShapingConfig,

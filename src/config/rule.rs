@@ -257,11 +257,13 @@ pub enum RuleDuration {
 }
 
 impl RuleDuration {
-    /// The time from `now_unix` (seconds since the epoch) until the action ends.
-    pub fn from(&self, now_unix: u64) -> Duration {
+    /// The time from `now` (since the Unix epoch) until the action ends: a `WallClock` end
+    /// falls on its exact second.
+    pub fn from(&self, now: Duration) -> Duration {
         match self {
             RuleDuration::For(d) => *d,
-            RuleDuration::Until(w) => Duration::from_secs(w.seconds_until(now_unix)),
+            RuleDuration::Until(w) => Duration::from_secs(w.seconds_until(now.as_secs()))
+                .saturating_sub(Duration::from_nanos(u64::from(now.subsec_nanos()))),
         }
     }
 }
@@ -300,7 +302,11 @@ impl WallClock {
                 if oh > 14 {
                     return None;
                 }
-                if o.starts_with('-') { -minutes } else { minutes }
+                if o.starts_with('-') {
+                    -minutes
+                } else {
+                    minutes
+                }
             }
         };
         Some(WallClock {
@@ -425,9 +431,9 @@ fn validate_rule(r: RawRule, path: &str, p: &mut Problems) -> Option<ShapingRule
             let parts: Vec<&str> = trimmed.split('.').collect();
             let ok = matches!(parts[0], "4" | "5")
                 && parts.len() <= 3
-                && parts[1..]
-                    .iter()
-                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+                && parts[1..].iter().all(|p| {
+                    !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit())
+                });
             if !ok {
                 p.push(
                     &key("enhanced"),
@@ -479,8 +485,18 @@ fn validate_rule(r: RawRule, path: &str, p: &mut Problems) -> Option<ShapingRule
         Some("slow") => {
             let factor = r.factor.unwrap_or(0.5);
             only_for(p, "max_connections", r.max_connections.is_some(), "set");
-            only_for(p, "max_deliveries_per_connection", r.max_deliveries_per_connection.is_some(), "set");
-            only_for(p, "messages_per_second", r.messages_per_second.is_some(), "set");
+            only_for(
+                p,
+                "max_deliveries_per_connection",
+                r.max_deliveries_per_connection.is_some(),
+                "set",
+            );
+            only_for(
+                p,
+                "messages_per_second",
+                r.messages_per_second.is_some(),
+                "set",
+            );
             if factor > 0.0 && factor < 1.0 {
                 Some(ShapingAction::Slow { factor })
             } else {
@@ -492,8 +508,18 @@ fn validate_rule(r: RawRule, path: &str, p: &mut Problems) -> Option<ShapingRule
             only_for(p, "factor", r.factor.is_some(), "slow");
             if other != "set" {
                 only_for(p, "max_connections", r.max_connections.is_some(), "set");
-                only_for(p, "max_deliveries_per_connection", r.max_deliveries_per_connection.is_some(), "set");
-                only_for(p, "messages_per_second", r.messages_per_second.is_some(), "set");
+                only_for(
+                    p,
+                    "max_deliveries_per_connection",
+                    r.max_deliveries_per_connection.is_some(),
+                    "set",
+                );
+                only_for(
+                    p,
+                    "messages_per_second",
+                    r.messages_per_second.is_some(),
+                    "set",
+                );
             }
             match other {
                 "suspend" => Some(ShapingAction::Suspend),
@@ -531,10 +557,7 @@ fn validate_rule(r: RawRule, path: &str, p: &mut Problems) -> Option<ShapingRule
         }
     };
     // defer and fail act on the copy only: no duration, no threshold.
-    let lasting = !matches!(
-        r.action.as_deref(),
-        Some("defer") | Some("fail") | None
-    );
+    let lasting = !matches!(r.action.as_deref(), Some("defer") | Some("fail") | None);
     let dur = match (r.duration, r.until) {
         (Some(_), Some(_)) => {
             p.push(path, "give either duration or until, not both");
@@ -542,7 +565,10 @@ fn validate_rule(r: RawRule, path: &str, p: &mut Problems) -> Option<ShapingRule
         }
         (Some(_), None) | (None, Some(_)) if !lasting => {
             if r.action.is_some() {
-                p.push(path, "duration and until only apply to actions slow, suspend and set");
+                p.push(
+                    path,
+                    "duration and until only apply to actions slow, suspend and set",
+                );
             }
             None
         }
@@ -575,7 +601,10 @@ fn validate_rule(r: RawRule, path: &str, p: &mut Problems) -> Option<ShapingRule
     let threshold = match r.threshold {
         Some(_) if !lasting => {
             if r.action.is_some() {
-                p.push(&key("threshold"), "only applies to actions slow, suspend and set");
+                p.push(
+                    &key("threshold"),
+                    "only applies to actions slow, suspend and set",
+                );
             }
             return None;
         }

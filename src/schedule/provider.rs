@@ -388,7 +388,10 @@ mod tests {
         let c = ProviderCatalog::new(&[]);
         let l = |name: &str| {
             let l = c.limits(name);
-            (l.max_connections.unwrap(), l.max_deliveries_per_connection.unwrap())
+            (
+                l.max_connections.unwrap(),
+                l.max_deliveries_per_connection.unwrap(),
+            )
         };
         assert_eq!(l("yahoo").1, 20);
         assert_eq!(l("netease").1, 7);
@@ -406,7 +409,10 @@ mod tests {
             require_tls: Some(false),
             ..p("qq", &[])
         }]);
-        assert!(!relaxed.limits("qq").require_tls, "config overrides the built-in");
+        assert!(
+            !relaxed.limits("qq").require_tls,
+            "config overrides the built-in"
+        );
         let strict = ProviderCatalog::new(&[ProviderConfig {
             require_tls: Some(true),
             ..p("corp", &["corp.example"])

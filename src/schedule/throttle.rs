@@ -468,7 +468,11 @@ mod tests {
         let change = t.slow_down(ShapingAction::Set(slower(2.0)), Duration::from_secs(60));
         assert!(change.slower);
         assert_eq!(t.effective_rate().unwrap().per_second, 2.0);
-        assert_eq!(t.concurrency_factor(), 1.0, "set leaves concurrency to its own limit");
+        assert_eq!(
+            t.concurrency_factor(),
+            1.0,
+            "set leaves concurrency to its own limit"
+        );
         let higher = t.slow_down(ShapingAction::Set(slower(50.0)), Duration::from_secs(60));
         assert!(!higher.slower, "a higher limit is not slower");
         assert_eq!(t.effective_rate().unwrap().per_second, 2.0);
@@ -476,7 +480,10 @@ mod tests {
             max_connections: Some(1),
             ..SetLimits::default()
         };
-        assert!(t.slow_down(ShapingAction::Set(conns), Duration::from_secs(60)).slower);
+        assert!(
+            t.slow_down(ShapingAction::Set(conns), Duration::from_secs(60))
+                .slower
+        );
         assert_eq!(t.set_limits().max_connections, Some(1));
         assert_eq!(t.set_limits().messages_per_second, PerSecond::new(2.0));
         let last = t.slowdown().unwrap().generation;

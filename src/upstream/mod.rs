@@ -214,7 +214,8 @@ impl Upstream {
         timeouts: Timeouts,
         limits: PoolLimits,
     ) -> Result<Upstream, UpstreamError> {
-        let encrypted = matches!(&config.kind, UpstreamKind::Smtp(smtp) if smtp.tls != UpstreamTls::None);
+        let encrypted =
+            matches!(&config.kind, UpstreamKind::Smtp(smtp) if smtp.tls != UpstreamTls::None);
         let kind = match &config.kind {
             UpstreamKind::Smtp(smtp) => {
                 Kind::Smtp(Box::new(SmtpUpstream::new(smtp, helo, timeouts, limits)?))

@@ -44,7 +44,10 @@ duration = 30
     );
     assert_eq!(r.len(), 2);
     let r0 = &r[0];
-    assert_eq!(r0.name, "shaping.rule[0]", "the default name is the key path");
+    assert_eq!(
+        r0.name, "shaping.rule[0]",
+        "the default name is the key path"
+    );
     assert_eq!(r0.class, ReplyClass::Temporary, "4xx unless told otherwise");
     assert_eq!(r0.action, ShapingAction::Slow { factor: 0.25 });
     assert_eq!(r0.duration, RuleDuration::For(Duration::from_secs(120)));
@@ -120,11 +123,17 @@ action = "defer"
     assert!(!matches(&r[1], "421 no enhanced code at all"));
     assert_eq!(r[2].action, ShapingAction::Fail);
     assert!(matches(&r[2], "550 5.7.1 blocked"));
-    assert!(!matches(&r[2], "550 5.7.10 blocked"), "5.7.1 is not a prefix of 5.7.10");
+    assert!(
+        !matches(&r[2], "550 5.7.10 blocked"),
+        "5.7.1 is not a prefix of 5.7.10"
+    );
     assert!(!matches(&r[2], "550 5.7.1 refused"), "text and code both");
     assert_eq!(r[3].action, ShapingAction::Defer);
     assert!(r[3].pattern.is_none());
-    assert!(matches(&r[3], "450 4.2.1 The user is receiving mail too quickly"));
+    assert!(matches(
+        &r[3],
+        "450 4.2.1 The user is receiving mail too quickly"
+    ));
 }
 
 #[test]
@@ -200,10 +209,22 @@ action = "defer"
     assert!(has("shaping.rule[4]: action = \"set\" needs"), "{got:?}");
     assert!(has("shaping.rule[5].enhanced"), "{got:?}");
     assert!(has("shaping.rule[6].threshold"), "{got:?}");
-    assert!(has("shaping.rule[7]: give either duration or until"), "{got:?}");
-    assert!(has("shaping.rule[8]: duration and until only apply"), "{got:?}");
-    assert!(has("shaping.rule[9].max_connections: must be at least 1"), "{got:?}");
-    assert!(has("shaping.rule[10].messages_per_second: only applies"), "{got:?}");
+    assert!(
+        has("shaping.rule[7]: give either duration or until"),
+        "{got:?}"
+    );
+    assert!(
+        has("shaping.rule[8]: duration and until only apply"),
+        "{got:?}"
+    );
+    assert!(
+        has("shaping.rule[9].max_connections: must be at least 1"),
+        "{got:?}"
+    );
+    assert!(
+        has("shaping.rule[10].messages_per_second: only applies"),
+        "{got:?}"
+    );
     assert!(has("shaping.rule[10].until"), "{got:?}");
     assert!(has("shaping.rule[12].name"), "{got:?}");
 }
@@ -223,7 +244,11 @@ fn until_is_the_next_such_wall_clock_time() {
         "now is not 'until': the next one is tomorrow"
     );
     let new_york = WallClock::parse("06:00-05:00").unwrap();
-    assert_eq!(new_york.seconds_until(noon_utc), 23 * 3600, "11:00 UTC tomorrow");
+    assert_eq!(
+        new_york.seconds_until(noon_utc),
+        23 * 3600,
+        "11:00 UTC tomorrow"
+    );
     for bad in ["24:00", "7:00", "00:00+8", "00:00+15:00", "noon", ""] {
         assert!(WallClock::parse(bad).is_none(), "{bad}");
     }

@@ -269,7 +269,10 @@ impl Inner {
                 return;
             }
         }
-        let duration = rule.duration.from(unix_now());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let duration = rule.duration.from(now);
         match rule.scope {
             RuleScope::Provider => lane.slow_down(rule.action, duration, &rule.name),
             RuleScope::Upstream => {

@@ -96,21 +96,37 @@ pub fn built_in() -> Vec<ShapingRule> {
             90 * MINUTE,
         ),
         // Source: KumoMTA community shaping.toml (TS02: 1/min for 30m at 3/hr).
-        set("yahoo-ts02", contains("[TS02]"), per_minute(1.0), 30 * MINUTE).with_threshold(3, AN_HOUR),
+        set(
+            "yahoo-ts02",
+            contains("[TS02]"),
+            per_minute(1.0),
+            30 * MINUTE,
+        )
+        .with_threshold(3, AN_HOUR),
         // Source: Yahoo help SLN3436 ("permanently deferred", do not retry until fixed); 4h is
         // mailveil's choice (research §6).
         suspend("yahoo-ts03", contains("[TS03]"), 4 * HOUR),
         // Source: KumoMTA community shaping.toml ("Max message per connection reached", 3/hr).
-        set("yahoo-per-connection", contains("Max message per connection reached"), per_connection(10), HOUR)
-            .with_threshold(3, AN_HOUR),
+        set(
+            "yahoo-per-connection",
+            contains("Max message per connection reached"),
+            per_connection(10),
+            HOUR,
+        )
+        .with_threshold(3, AN_HOUR),
         // --- NetEase (163.com, 126.com, yeah.net) ---
         // Source: NetEase's code table (third-party copy, https://biecuoliao.com/pa/MBRrwEM.html:
         // retry after 2 minutes); KumoMTA community shaping.toml (451 DT:SPM: suspend 15m at 5/hr).
         suspend("netease-dt-spm", contains("DT:SPM"), 15 * MINUTE).with_threshold(5, AN_HOUR),
         // Source: KumoMTA community shaping.toml (554 DT:SPM: 1 connection for 1h at 2/hr).
-        set("netease-dt-spm-5xx", contains("DT:SPM"), connections(1), HOUR)
-            .with_class(ReplyClass::Permanent)
-            .with_threshold(2, AN_HOUR),
+        set(
+            "netease-dt-spm-5xx",
+            contains("DT:SPM"),
+            connections(1),
+            HOUR,
+        )
+        .with_class(ReplyClass::Permanent)
+        .with_threshold(2, AN_HOUR),
         // Source: KumoMTA community shaping.toml (550 RP:ORQ "at daily limit": suspend 1h at 2/hr).
         suspend("netease-rp-orq", contains("RP:ORQ"), HOUR)
             .with_class(ReplyClass::Permanent)
@@ -127,7 +143,12 @@ pub fn built_in() -> Vec<ShapingRule> {
         slow("netease-hl-ifc", contains("HL:IFC"), 0.5, 30 * MINUTE),
         // Source: NetEase's code table (MI:DMC / RP:DRC, too many messages or recipients on one
         // connection); 3 per connection is mailveil's choice.
-        set("netease-mi-dmc", regex(r"MI:DMC|RP:DRC"), per_connection(3), HOUR),
+        set(
+            "netease-mi-dmc",
+            regex(r"MI:DMC|RP:DRC"),
+            per_connection(3),
+            HOUR,
+        ),
         // Source: NetEase's code table (MI:SFQ, over the sender's limit within 15 minutes).
         suspend("netease-mi-sfq", contains("MI:SFQ"), 15 * MINUTE),
         // --- QQ / Tencent (qq.com, foxmail.com) ---
@@ -146,17 +167,29 @@ pub fn built_in() -> Vec<ShapingRule> {
             .with_threshold(5, AN_HOUR),
         // Source: QQ Mail help text (yimirj.com copy): the recipient got much mail in a short
         // time. Per recipient: only this copy waits.
-        defer("qq-recipient-busy", contains("Mailbox unavailable or access denied"))
-            .with_class(ReplyClass::Permanent),
+        defer(
+            "qq-recipient-busy",
+            contains("Mailbox unavailable or access denied"),
+        )
+        .with_class(ReplyClass::Permanent),
         // --- Google / Gmail ---
         // Source: https://support.google.com/a/answer/3726730 (421 4.7.28 unusual rate);
         // KumoMTA community shaping.toml (10/min for 30m at 2/hr).
-        set("google-unusual-rate", contains("unusual rate of unsolicited mail"), per_minute(10.0), 30 * MINUTE)
-            .with_threshold(2, AN_HOUR),
+        set(
+            "google-unusual-rate",
+            contains("unusual rate of unsolicited mail"),
+            per_minute(10.0),
+            30 * MINUTE,
+        )
+        .with_threshold(2, AN_HOUR),
         // Source: KumoMTA community shaping.toml ("Our system has detected that this message":
         // suspend 1h at 5/hr).
-        suspend("google-suspicious", contains("Our system has detected that this message"), HOUR)
-            .with_threshold(5, AN_HOUR),
+        suspend(
+            "google-suspicious",
+            contains("Our system has detected that this message"),
+            HOUR,
+        )
+        .with_threshold(5, AN_HOUR),
         // Source: https://support.google.com/a/answer/3726730 (450 4.2.1 the user is receiving
         // mail too quickly / at a rate that prevents additional messages). Per recipient.
         defer("google-recipient-rate", contains("receiving mail")).with_enhanced("4.2.1"),
@@ -182,24 +215,41 @@ pub fn built_in() -> Vec<ShapingRule> {
         .with_class(ReplyClass::Any)
         .with_threshold(2, AN_HOUR),
         // Source: KumoMTA community shaping.toml (451 4.7.500 Server busy: 1/min for 15m at 3/hr).
-        set("microsoft-server-busy", contains("Server busy. Please try again later"), per_minute(1.0), 15 * MINUTE)
-            .with_threshold(3, AN_HOUR),
+        set(
+            "microsoft-server-busy",
+            contains("Server busy. Please try again later"),
+            per_minute(1.0),
+            15 * MINUTE,
+        )
+        .with_threshold(3, AN_HOUR),
         // Source: KumoMTA community shaping.toml (4.7.650/651 temporarily rate limited due to
         // IP reputation: suspend 30m at 3/hr).
-        suspend("microsoft-rate-limited", contains("temporarily rate limited"), 30 * MINUTE)
-            .with_threshold(3, AN_HOUR),
+        suspend(
+            "microsoft-rate-limited",
+            contains("temporarily rate limited"),
+            30 * MINUTE,
+        )
+        .with_threshold(3, AN_HOUR),
         // --- Apple iCloud ---
         // Source: KumoMTA community shaping.toml (451 4.7.1 Service unavailable: suspend 15m at
         // 5/hr); https://smtp.codes/icloud.
-        suspend("apple-service-unavailable", contains("Service unavailable - try again later"), 15 * MINUTE)
-            .with_enhanced("4.7.1")
-            .with_threshold(5, AN_HOUR),
+        suspend(
+            "apple-service-unavailable",
+            contains("Service unavailable - try again later"),
+            15 * MINUTE,
+        )
+        .with_enhanced("4.7.1")
+        .with_threshold(5, AN_HOUR),
         // Source: KumoMTA community shaping.toml ([BS02] Temporary server error, [HCM1] deferred:
         // suspend 15m at 5/hr and 3/hr; one rule at 3/hr here).
-        suspend("apple-bs02-hcm1", regex(r"\[(BS02|HCM1)\]"), 15 * MINUTE).with_threshold(3, AN_HOUR),
+        suspend("apple-bs02-hcm1", regex(r"\[(BS02|HCM1)\]"), 15 * MINUTE)
+            .with_threshold(3, AN_HOUR),
         // Source: https://smtp.codes/icloud (421 4.7.1 Messages to <rcpt> deferred due to
         // excessive volume). Per recipient.
-        defer("apple-recipient-volume", contains("deferred due to excessive volume")),
+        defer(
+            "apple-recipient-volume",
+            contains("deferred due to excessive volume"),
+        ),
     ];
     rules.extend(generic());
     rules
@@ -209,10 +259,17 @@ pub fn built_in() -> Vec<ShapingRule> {
 /// unless a provider rule above says otherwise). Source: mailveil's rules before issue 13.
 fn generic() -> Vec<ShapingRule> {
     vec![
-        slow("too-many-connections", contains("too many connections"), 0.5, 5 * MINUTE),
+        slow(
+            "too-many-connections",
+            contains("too many connections"),
+            0.5,
+            5 * MINUTE,
+        ),
         slow(
             "rate-limit-wording",
-            regex(r"rate[- ]limit|too many (messages|mails|emails)|sending too fast|try again later"),
+            regex(
+                r"rate[- ]limit|too many (messages|mails|emails)|sending too fast|try again later",
+            ),
             0.5,
             5 * MINUTE,
         ),

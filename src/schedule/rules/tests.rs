@@ -52,13 +52,22 @@ fn yahoo() {
         "421 4.7.0 [TSS05] Messages from 192.0.2.1 temporarily deferred due to user complaints",
         "yahoo-tss05",
     );
-    is("421 [IPTS05] Messages from 192.0.2.1 temporarily deferred", "yahoo-tss05");
-    is("421 [IPTS04] Messages from 192.0.2.1 temporarily deferred", "yahoo-ipts04");
+    is(
+        "421 [IPTS05] Messages from 192.0.2.1 temporarily deferred",
+        "yahoo-tss05",
+    );
+    is(
+        "421 [IPTS04] Messages from 192.0.2.1 temporarily deferred",
+        "yahoo-ipts04",
+    );
     is(
         "421 4.7.0 [TS01] Messages from 192.0.2.1 temporarily deferred due to user complaints",
         "yahoo-ts01",
     );
-    is("421 4.7.0 [TS02] Messages from 192.0.2.1 temporarily deferred", "yahoo-ts02");
+    is(
+        "421 4.7.0 [TS02] Messages from 192.0.2.1 temporarily deferred",
+        "yahoo-ts02",
+    );
     is(
         "421 4.7.1 [TS03] All messages from 192.0.2.1 will be permanently deferred; Retrying will NOT succeed",
         "yahoo-ts03",
@@ -76,18 +85,42 @@ fn yahoo() {
 
 #[test]
 fn netease() {
-    is("451 DT:SPM 163 smtp14,EsCowACnlw2X0Wxl, please try again", "netease-dt-spm");
+    is(
+        "451 DT:SPM 163 smtp14,EsCowACnlw2X0Wxl, please try again",
+        "netease-dt-spm",
+    );
     is(
         "554 DT:SPM 163 smtp14,EsCowACnlw2X0Wxl http://mail.163.com/help/help_spam_16.htm?ip=192.0.2.1",
         "netease-dt-spm-5xx",
     );
-    is("550 RP:ORQ 126 mx1,Ac8vCgA3 http://mail.163.com/help/help_spam_16.htm", "netease-rp-orq");
-    is("554 HL:ITC 163 smtp3,DdGowAB http://mail.163.com/help/help_spam_16.htm", "netease-hl-itc");
-    is("421 HL:ICC 163 smtp3, too many concurrent connections", "netease-hl-icc");
-    is("421 HL:IFC 163 mx13,WsCowABH, too many mails from your ip", "netease-hl-ifc");
-    is("450 MI:DMC 163 smtp2, too many mails in this connection", "netease-mi-dmc");
-    is("450 RP:DRC 163 smtp2, too many recipients in this connection", "netease-mi-dmc");
-    is("451 MI:SFQ 163 smtp10, sender over its 15 minute quota", "netease-mi-sfq");
+    is(
+        "550 RP:ORQ 126 mx1,Ac8vCgA3 http://mail.163.com/help/help_spam_16.htm",
+        "netease-rp-orq",
+    );
+    is(
+        "554 HL:ITC 163 smtp3,DdGowAB http://mail.163.com/help/help_spam_16.htm",
+        "netease-hl-itc",
+    );
+    is(
+        "421 HL:ICC 163 smtp3, too many concurrent connections",
+        "netease-hl-icc",
+    );
+    is(
+        "421 HL:IFC 163 mx13,WsCowABH, too many mails from your ip",
+        "netease-hl-ifc",
+    );
+    is(
+        "450 MI:DMC 163 smtp2, too many mails in this connection",
+        "netease-mi-dmc",
+    );
+    is(
+        "450 RP:DRC 163 smtp2, too many recipients in this connection",
+        "netease-mi-dmc",
+    );
+    is(
+        "451 MI:SFQ 163 smtp10, sender over its 15 minute quota",
+        "netease-mi-sfq",
+    );
     // Beijing midnight, whatever the time now.
     let rules = built_in();
     let itc = rules.iter().find(|r| r.name == "netease-hl-itc").unwrap();
@@ -105,13 +138,21 @@ fn netease() {
 #[test]
 fn qq() {
     for variant in ["Ip", "Connection", "Sender", "Domain"] {
-        let reply = format!("550 {variant} frequency limited. http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000725");
+        let reply = format!(
+            "550 {variant} frequency limited. http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000725"
+        );
         is(&reply, "qq-frequency");
         assert_eq!(verdict_of(&reply), Verdict::Deferred, "{reply}");
     }
-    is("550 Mail content denied. http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000726", "qq-content-denied");
+    is(
+        "550 Mail content denied. http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000726",
+        "qq-content-denied",
+    );
     let rules = built_in();
-    let denied = rules.iter().find(|r| r.name == "qq-content-denied").unwrap();
+    let denied = rules
+        .iter()
+        .find(|r| r.name == "qq-content-denied")
+        .unwrap();
     assert_eq!(denied.threshold.map(|t| t.count), Some(5));
     // Per recipient: defers the copy, leaves the provider alone.
     is(
@@ -124,7 +165,10 @@ fn qq() {
     );
     // A mailbox that does not exist is a real failure.
     none("550 Mailbox not found or access denied");
-    assert_eq!(verdict_of("550 Mailbox not found or access denied"), Verdict::Failed);
+    assert_eq!(
+        verdict_of("550 Mailbox not found or access denied"),
+        Verdict::Failed
+    );
     none("550 5.1.1 user unknown, frequency of delivery noted");
 }
 
@@ -148,8 +192,12 @@ fn google() {
         "google-recipient-rate",
     );
     // The 5xx block of the same wording fails: a blocked IP is not a pace.
-    none("550 5.7.1 Our system has detected an unusual rate of unsolicited mail originating from your IP address. To protect our users from spam, mail sent from your IP address has been blocked.");
-    none("550 5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces.");
+    none(
+        "550 5.7.1 Our system has detected an unusual rate of unsolicited mail originating from your IP address. To protect our users from spam, mail sent from your IP address has been blocked.",
+    );
+    none(
+        "550 5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces.",
+    );
     none("452 4.2.2 The email account that you tried to reach is over quota.");
 }
 
@@ -168,7 +216,10 @@ fn microsoft() {
         "451 4.7.500 Access denied, has exceeded the maximum number of connections",
         "microsoft-connections",
     );
-    is("421 4.4.2 Connection dropped due to exceed max concurrent connections. IB007", "microsoft-connections");
+    is(
+        "421 4.4.2 Connection dropped due to exceed max concurrent connections. IB007",
+        "microsoft-connections",
+    );
     assert_eq!(
         set("421 has exceeded the maximum number of connections").max_connections,
         Some(1)
@@ -191,20 +242,33 @@ fn microsoft() {
         "microsoft-rate-limited",
     );
     none("550 5.5.0 Requested action not taken: mailbox unavailable (S2017062302)");
-    none("550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3140).");
+    none(
+        "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3140).",
+    );
 }
 
 #[test]
 fn apple() {
-    is("451 4.7.1 Service unavailable - try again later", "apple-service-unavailable");
-    is("451 [BS02] Temporary server error. Please try again later.", "apple-bs02-hcm1");
-    is("421 [HCM1] Your mail from 192.0.2.1 was deferred", "apple-bs02-hcm1");
+    is(
+        "451 4.7.1 Service unavailable - try again later",
+        "apple-service-unavailable",
+    );
+    is(
+        "451 [BS02] Temporary server error. Please try again later.",
+        "apple-bs02-hcm1",
+    );
+    is(
+        "421 [HCM1] Your mail from 192.0.2.1 was deferred",
+        "apple-bs02-hcm1",
+    );
     // Per recipient (would otherwise hit the generic "try again later").
     is(
         "421 4.7.1 Messages to x@icloud.com deferred due to excessive volume. Try again later - https://support.apple.com/en-us/HT204137",
         "apple-recipient-volume",
     );
-    none("550 5.7.1 [CS01] Message rejected due to local policy. Please visit https://support.apple.com/en-us/HT204137");
+    none(
+        "550 5.7.1 [CS01] Message rejected due to local policy. Please visit https://support.apple.com/en-us/HT204137",
+    );
     none("550 5.1.1 <x@icloud.com>: user does not exist");
 }
 
@@ -222,7 +286,10 @@ fn per_recipient_replies_never_touch_the_provider() {
 
 #[test]
 fn generic_wording_and_user_unknown() {
-    is("421 4.7.0 Too many connections from your IP", "too-many-connections");
+    is(
+        "421 4.7.0 Too many connections from your IP",
+        "too-many-connections",
+    );
     is("450 4.7.1 Rate limited, slow down", "rate-limit-wording");
     is("451 4.3.0 Please try again later", "rate-limit-wording");
     none("452 4.2.2 Mailbox full");
@@ -285,7 +352,11 @@ fn verdicts() {
         Duration::ZERO,
     );
     let e = rejected("450 4.1.1 no such user");
-    assert_eq!(verdict(&e, Some(&fail)), Verdict::Failed, "a fail rule fails a 4xx");
+    assert_eq!(
+        verdict(&e, Some(&fail)),
+        Verdict::Failed,
+        "a fail rule fails a 4xx"
+    );
     assert_eq!(verdict(&e, None), Verdict::Deferred);
     let refused = UpstreamError::Refused {
         stage: Stage::Greeting,
@@ -306,7 +377,10 @@ fn verdicts() {
     assert_eq!(verdict(&rejected("554 x"), Some(&set)), Verdict::Deferred);
     assert_eq!(verdict(&rejected("554 x"), None), Verdict::Failed);
     assert_eq!(verdict(&UpstreamError::NoStartTls, None), Verdict::Deferred);
-    assert!(reply_of(&UpstreamError::NoStartTls).is_none(), "no reply, no rule");
+    assert!(
+        reply_of(&UpstreamError::NoStartTls).is_none(),
+        "no reply, no rule"
+    );
 }
 
 #[test]
@@ -319,12 +393,19 @@ fn a_threshold_acts_on_the_nth_match_within_the_window() {
     let start = Instant::now();
     let at = |s: u64| start + Duration::from_secs(s);
     for i in 0..4 {
-        assert!(!t.reached_at("r", "qq", five, at(i * 60)), "match {}", i + 1);
+        assert!(
+            !t.reached_at("r", "qq", five, at(i * 60)),
+            "match {}",
+            i + 1
+        );
     }
     assert!(!t.reached_at("r", "netease", five, at(300)), "per lane");
     assert!(!t.reached_at("other", "qq", five, at(300)), "per rule");
     assert!(t.reached_at("r", "qq", five, at(300)), "the 5th");
-    assert!(t.reached_at("r", "qq", five, at(400)), "and while it stays there");
+    assert!(
+        t.reached_at("r", "qq", five, at(400)),
+        "and while it stays there"
+    );
     // Two hours later the old matches have left the window.
     assert!(!t.reached_at("r", "qq", five, at(2 * 3600)));
     assert_eq!(t.count("r", "qq"), 1);

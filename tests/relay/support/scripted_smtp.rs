@@ -72,6 +72,10 @@ pub struct Script {
     /// Send every reply in Latin-1: each character up to U+00FF as that one byte, so a reply
     /// can carry bytes that are not UTF-8 (`"550 \u{ff}\u{fe}"` puts FF FE on the wire).
     pub replies_latin1: bool,
+    /// Replies to RCPT for recipients in a domain (lower-case), used once each in order across
+    /// sessions (one per attempt), before the normal reply; set with
+    /// [`Script::rcpt_domain_replies`]. Shared by the clones of the script.
+    pub domain_replies: Arc<Mutex<HashMap<String, VecDeque<String>>>>,
 }
 
 /// In [`Script::first_replies`]: close the connection instead of answering.
@@ -95,7 +99,28 @@ impl Default for Script {
             stall_rcpt_domains: Vec::new(),
             delays: HashMap::new(),
             replies_latin1: false,
+            domain_replies: Arc::default(),
         }
+    }
+}
+
+impl Script {
+    /// RCPT to a recipient in `domain` is answered `replies` in turn (one per attempt), then
+    /// normally: a provider that throttles, then takes the copy.
+    pub fn rcpt_domain_replies(self, domain: &str, replies: &[&str]) -> Script {
+        self.domain_replies.lock().unwrap().insert(
+            domain.to_ascii_lowercase(),
+            replies.iter().map(|r| r.to_string()).collect(),
+        );
+        self
+    }
+
+    fn next_domain_reply(&self, domain: &str) -> Option<String> {
+        self.domain_replies
+            .lock()
+            .unwrap()
+            .get_mut(&domain.to_ascii_lowercase())
+            .and_then(VecDeque::pop_front)
     }
 }
 
@@ -429,7 +454,9 @@ impl Session {
                     }
                     let reply = match script.rcpt_replies.get(&to) {
                         Some(r) => r.clone(),
-                        None => Self::first(once, rec, Step::Rcpt)
+                        None => script
+                            .next_domain_reply(domain)
+                            .or_else(|| Self::first(once, rec, Step::Rcpt))
                             .unwrap_or_else(|| Self::reply(script, Step::Rcpt, "250 2.1.5 ok")),
                     };
                     if reply == DROP {
