@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::raw::{RawCluster, RawProvider, RawShaping};
 use super::rule::ShapingRule;
+pub use super::values::PerSecond;
 use super::values::{Problems, Secret, duration};
 
 /// One `[[provider]]` entry: every limit is optional and overrides only that field of the
@@ -24,27 +25,6 @@ pub struct ProviderConfig {
     pub max_deliveries_per_connection: Option<u32>,
     /// Copies to this provider leave only through upstreams with TLS on.
     pub require_tls: Option<bool>,
-}
-
-/// A sustained message rate (messages per second) as a provider entry sets it: positive and
-/// finite, checked when the config loads, so no throttle ever paces by zero, a negative number
-/// or NaN.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
-pub struct PerSecond(f64);
-
-impl PerSecond {
-    /// `None` unless `value` is a positive finite number.
-    pub const fn new(value: f64) -> Option<PerSecond> {
-        if value.is_finite() && value > 0.0 {
-            Some(PerSecond(value))
-        } else {
-            None
-        }
-    }
-
-    pub const fn get(self) -> f64 {
-        self.0
-    }
 }
 
 /// `[shaping]`: how deferral replies that mean "too fast" slow a provider down.
@@ -257,7 +237,6 @@ pub(super) fn validate_cluster(raw: Option<RawCluster>, p: &mut Problems) -> Opt
 #[cfg(test)]
 mod tests {
     use super::super::Config;
-    use super::*;
 
     const UPSTREAM: &str = "[[upstream]]\nname = \"outbox\"\ndir = \"./outbox\"\n";
 

@@ -408,6 +408,27 @@ impl Problems {
     }
 }
 
+/// A sustained message rate (messages per second) as a provider entry sets it: positive and
+/// finite, checked when the config loads, so no throttle ever paces by zero, a negative number
+/// or NaN.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct PerSecond(f64);
+
+impl PerSecond {
+    /// `None` unless `value` is a positive finite number.
+    pub const fn new(value: f64) -> Option<PerSecond> {
+        if value.is_finite() && value > 0.0 {
+            Some(PerSecond(value))
+        } else {
+            None
+        }
+    }
+
+    pub const fn get(self) -> f64 {
+        self.0
+    }
+}
+
 /// Parses `90`, `"90s"`, `"5m"`, `"3d"`, `"1h 30m"`.
 pub(super) fn duration(raw: &RawDuration, path: &str, p: &mut Problems) -> Option<Duration> {
     match raw {

@@ -261,13 +261,13 @@ impl Inner {
             RuleScope::Provider => lane.name.as_str(),
             RuleScope::Upstream => upstream,
         };
-        if let Some(threshold) = rule.threshold {
-            if !self.thresholds.reached(&rule.name, target, threshold) {
-                tracing::info!(provider = %lane.name, %upstream, rule = %rule.name,
-                    matches = self.thresholds.count(&rule.name, target), threshold = %threshold,
-                    "throttling reply below the rule's threshold; no action yet");
-                return;
-            }
+        if let Some(threshold) = rule.threshold
+            && !self.thresholds.reached(&rule.name, target, threshold)
+        {
+            tracing::info!(provider = %lane.name, %upstream, rule = %rule.name,
+                matches = self.thresholds.count(&rule.name, target), threshold = %threshold,
+                "throttling reply below the rule's threshold; no action yet");
+            return;
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
