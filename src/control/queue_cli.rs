@@ -129,6 +129,7 @@ pub fn human(action: &Action, body: &str) -> Option<String> {
         Action::QueueShow { .. } => table::queue_show(&v, now),
         Action::QueueRetry { .. } => table::retried(&v),
         Action::QueueDelete { .. } | Action::QueueBounce { .. } => table::removal(&v),
+        Action::ShapingClear { .. } => super::shaping_table::cleared(&v),
         Action::Pause { .. }
         | Action::Resume { .. }
         | Action::Reload

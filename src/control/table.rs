@@ -67,7 +67,7 @@ fn yes(v: &Value) -> String {
     }
 }
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -158,6 +158,7 @@ pub fn status(v: &Value) -> String {
     out.push('\n');
     out.push_str(&table(&["UPSTREAM", "STATE"], &upstreams));
     out.push_str(&pauses(v));
+    out.push_str(&super::shaping_table::shaping(v));
     if let Some(fields) = v.as_object() {
         let known = [
             "paused",
@@ -166,6 +167,7 @@ pub fn status(v: &Value) -> String {
             "spool",
             "pauses",
             "pause_sync",
+            "shaping_sync",
         ];
         let others: Vec<String> = fields
             .iter()

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub throttle_delays: IntCounterVec,
     /// 1 while a "too fast" deferral keeps the provider slowed down or suspended.
     pub provider_slowed: IntGaugeVec,
+    /// `provider`, `action` ([`crate::schedule::shaping::ACTIONS`]): shaping rules that acted,
+    /// counted on the replica that decided (not on the replicas that applied its decision).
+    pub shaping_actions: IntCounterVec,
     pub upstream_up: IntGaugeVec,
     pub inbound_connections: IntGauge,
     /// `reason`: a short fixed word such as `relay_denied`, `size`, `too_many_recipients`.
@@ -181,6 +184,11 @@ impl Metrics {
                 "1 while a deferral rule keeps the provider slowed down or suspended, else 0.",
                 &["provider"],
             ),
+            shaping_actions: counter(
+                "mailveil_shaping_actions_total",
+                "Shaping rule actions decided on this replica, by provider and action.",
+                &["provider", "action"],
+            ),
             upstream_up: gauge_vec(
                 "mailveil_upstream_up",
                 "1 when the upstream is usable, 0 while it cools off.",
@@ -311,6 +319,9 @@ impl Metrics {
             self.drain_remaining.with_label_values(&[p]);
             self.handed_off.with_label_values(&[p]);
             self.provider_slowed.with_label_values(&[p]);
+            for action in crate::schedule::shaping::ACTIONS {
+                self.shaping_actions.with_label_values(&[p, action]);
+            }
             for upstream in upstreams {
                 for outcome in ["delivered", "deferred", "failed"] {
                     self.deliveries

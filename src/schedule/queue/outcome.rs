@@ -240,7 +240,9 @@ impl Inner {
         };
         let name = rule.pattern.to_string();
         match rule.scope {
-            RuleScope::Provider => lane.slow_down(rule.action, rule.duration, &name),
+            RuleScope::Provider => {
+                self.provider_shaped(lane, rule.action, rule.duration, &name, &reply)
+            }
             RuleScope::Upstream => {
                 if let Some(slot) = self.upstream_slot(upstream) {
                     slot.slow_down(rule.action, rule.duration, &name);
