@@ -407,3 +407,155 @@ async fn with_redis_down_a_suspension_still_holds_locally() {
         "logged once:\n{log}"
     );
 }
+
+/// The protocol of the shared state, two replicas' [`Fleet`]s driven round by round against a
+/// real Redis: a decision reaches the other replica once and never longer than published, the
+/// entry merges as a lane does (slowest factor, latest end), ended entries leave the hash and the
+/// hash expires with its last entry, a clear reaches the other replica, and a decision taken
+/// while Redis was away is shared when it answers again.
+#[tokio::test]
+async fn the_shared_entry_merges_expires_and_waits_for_redis_when_it_is_away() {
+    use mailveil::config::{ClusterConfig, ShapingAction};
+    use mailveil::schedule::cluster::SharedLimits;
+    use mailveil::schedule::shaping::Decision;
+    use mailveil::schedule::shaping::fleet::{Fleet, Remote};
+
+    if !redis_available() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut redis = Redis::start(port, work.path());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = ClusterConfig {
+        redis_url: format!("redis://127.0.0.1:{port}/"),
+        replicas: 2,
+        password: None,
+    };
+    let gauge = prometheus::IntGauge::new("up", "up").unwrap();
+    let cluster = SharedLimits::start(&config, gauge, shutdown.clone());
+    let one = Fleet::new(cluster.clone(), Some("one".into()));
+    let two = Fleet::new(cluster, Some("two".into()));
+    async fn poll_until_reachable(fleet: &Fleet, reachable: bool) -> Vec<Remote> {
+        let end = Instant::now() + PATIENCE;
+        loop {
+            let got = fleet.poll().await;
+            if fleet.sync_status().redis_reachable == reachable {
+                return got;
+            }
+            assert!(Instant::now() < end, "Redis never reachable={reachable}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let decision =
+        |action, by: &str| Decision::new(action, "rule", "421 x".into(), Some(by.into()));
+    poll_until_reachable(&one, true).await;
+    poll_until_reachable(&two, true).await;
+
+    // One slows yahoo down for a minute: two hears it once, for no longer than published.
+    let slow = ShapingAction::Slow { factor: 0.5 };
+    let (written, left) = one
+        .publish("yahoo", decision(slow, "one"), Duration::from_secs(60))
+        .await
+        .expect("written");
+    assert!(left <= Duration::from_secs(60) && written.factor == 0.5);
+    assert!(one.poll().await.is_empty(), "its own entry is not remote");
+    let got = two.poll().await;
+    let [
+        Remote::Apply {
+            provider,
+            decision: d,
+            remaining,
+        },
+    ] = got.as_slice()
+    else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        (provider.as_str(), d.factor, d.by.as_deref()),
+        ("yahoo", 0.5, Some("one"))
+    );
+    assert!(*remaining <= Duration::from_secs(60) && *remaining > Duration::from_secs(50));
+    assert!(two.poll().await.is_empty(), "once");
+
+    // Two suspends it for five seconds: the slowest factor and the latest end win.
+    let (merged, left) = two
+        .publish(
+            "yahoo",
+            decision(ShapingAction::Suspend, "two"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(merged.factor, 0.0);
+    assert!(
+        left > Duration::from_secs(50),
+        "the later end is kept: {left:?}"
+    );
+    let got = one.poll().await;
+    assert!(
+        matches!(got.as_slice(), [Remote::Apply { decision, .. }] if decision.factor == 0.0),
+        "{got:?}"
+    );
+    let ttl: u64 = redis.cli(&["PTTL", "mailveil:shaping"]).parse().unwrap();
+    assert!(
+        (50_000..=62_000).contains(&ttl),
+        "the hash ends with its last entry: {ttl}"
+    );
+
+    // An ended entry leaves the hash at the next write.
+    one.publish("google", decision(slow, "one"), Duration::from_millis(300))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    one.publish("qq", decision(slow, "one"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(redis.cli(&["HEXISTS", "mailveil:shaping", "google"]), "0");
+    assert_eq!(redis.cli(&["HEXISTS", "mailveil:shaping", "qq"]), "1");
+
+    // A clear on one reaches two.
+    two.poll().await;
+    assert_eq!(
+        one.clear(&["yahoo".to_string()], false).await,
+        vec!["yahoo"]
+    );
+    assert_eq!(
+        two.poll().await,
+        vec![Remote::Clear {
+            provider: "yahoo".into(),
+            by: Some("one".into())
+        }]
+    );
+
+    // Redis away: the decision holds locally (not written), and is shared when Redis answers.
+    redis.stop();
+    poll_until_reachable(&one, false).await;
+    let sent = one
+        .publish(
+            "apple",
+            decision(ShapingAction::Suspend, "one"),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(sent.is_none());
+    assert_eq!(one.sync_status().unshared, 1);
+    let redis = Redis::start(port, work.path());
+    poll_until_reachable(&one, true).await;
+    assert_eq!(one.sync_status().unshared, 0);
+    let stored = redis.cli(&["HGET", "mailveil:shaping", "apple"]);
+    assert!(stored.contains("\"suspend\""), "{stored}");
+    let got = poll_until_reachable(&two, true).await;
+    let got = if got.is_empty() {
+        two.poll().await
+    } else {
+        got
+    };
+    assert!(
+        got.iter()
+            .any(|r| matches!(r, Remote::Apply { provider, remaining, .. }
+            if provider == "apple" && *remaining <= Duration::from_secs(30))),
+        "{got:?}"
+    );
+    shutdown.cancel();
+}

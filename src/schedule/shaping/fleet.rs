@@ -216,7 +216,7 @@ impl Fleet {
     /// Notes whether Redis answered; logs once per change (and the first failure).
     fn mark(&self, answer: Result<(), &SharedError>) {
         let now = answer.is_ok();
-        let before = std::mem::replace(&mut self.lock().reachable, Some(now));
+        let before = self.lock().reachable.replace(now);
         match (before, answer) {
             (Some(true), Ok(())) | (Some(false), Err(_)) => {}
             (_, Ok(())) => {
