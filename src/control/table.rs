@@ -158,7 +158,6 @@ pub fn status(v: &Value) -> String {
     out.push('\n');
     out.push_str(&table(&["UPSTREAM", "STATE"], &upstreams));
     out.push_str(&pauses(v));
-    out.push_str(&super::shaping_table::shaping(v));
     if let Some(fields) = v.as_object() {
         let known = [
             "paused",

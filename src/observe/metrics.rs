@@ -27,7 +27,7 @@ pub struct Metrics {
     pub throttle_delays: IntCounterVec,
     /// 1 while a "too fast" deferral keeps the provider slowed down or suspended.
     pub provider_slowed: IntGaugeVec,
-    /// `provider`, `action` ([`crate::schedule::shaping::ACTIONS`]): shaping rules that acted,
+    /// `provider`, `action` ([`SHAPING_ACTIONS`]): shaping rules that acted,
     /// counted on the replica that decided (not on the replicas that applied its decision).
     pub shaping_actions: IntCounterVec,
     pub upstream_up: IntGaugeVec,
@@ -81,6 +81,10 @@ pub struct Metrics {
 /// private address (`field`), the shared body does (`body`), the message's bytes are refused
 /// as they are (`malformed`: a NUL byte).
 pub const PRIVACY_BLOCKED_REASONS: [&str; 3] = ["field", "body", "malformed"];
+
+/// The `action` labels of `mailveil_shaping_actions_total` (`set` and `fail` are the rule
+/// actions that do not slow a provider down by a factor).
+pub const SHAPING_ACTIONS: [&str; 4] = ["slow", "suspend", "set", "fail"];
 
 /// The `action` labels of `mailveil_hold_actions_total`.
 pub const HOLD_ACTIONS: [&str; 5] = [
@@ -319,7 +323,7 @@ impl Metrics {
             self.drain_remaining.with_label_values(&[p]);
             self.handed_off.with_label_values(&[p]);
             self.provider_slowed.with_label_values(&[p]);
-            for action in crate::schedule::shaping::ACTIONS {
+            for action in SHAPING_ACTIONS {
                 self.shaping_actions.with_label_values(&[p, action]);
             }
             for upstream in upstreams {

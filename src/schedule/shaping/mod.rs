@@ -22,11 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ShapingAction;
 
-/// The `action` labels of `mailveil_shaping_actions_total` (`set` and `fail` are the rule
-/// actions that do not slow a provider down by a factor).
-pub const ACTIONS: [&str; 4] = ["slow", "suspend", "set", "fail"];
-
-/// The label and `/status` word of an action.
+/// The label (one of [`crate::observe::metrics::SHAPING_ACTIONS`]) and `/status` word of an
+/// action.
 pub fn action_label(action: ShapingAction) -> &'static str {
     match action {
         ShapingAction::Slow { .. } => "slow",
