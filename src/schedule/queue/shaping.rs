@@ -52,11 +52,10 @@ impl Inner {
             if let Some((entry, left)) = fleet.publish(&lane.name, decision, duration).await
                 && (entry.factor < factor || left > duration)
             {
-                let cause = Cause {
-                    origin: Origin::Local,
-                    by: None,
-                    ..cause_of(&entry)
-                };
+                let mut cause = cause_of(&entry);
+                if entry.by.is_some() && entry.by == fleet.replica() {
+                    (cause.origin, cause.by) = (Origin::Local, None);
+                }
                 lane.slow_down(shaping::action_of(entry.factor), left, &cause);
             }
         });
