@@ -15,6 +15,9 @@
 //!   the record cannot be written the change still applies and the answer is `500` with the
 //!   status and an `error` saying a restart would forget it. `/status` lists every pause in
 //!   force under `pauses` (source `command` / `spool` / `cluster`, since, by which replica).
+//! - `POST /shaping/clear`, optional `?provider=NAME`: lift the slowdowns and suspensions that
+//!   shaping rules put in force (all providers', or one's); with `[cluster]` on every replica.
+//!   Answers the status with `shaping_cleared` (the providers lifted here); unknown provider `404`.
 //! - `POST /reload`: same as SIGHUP; `422` with every problem when the new file is refused.
 //! - `GET /held` (`?show_addresses=true` for the sender and canary recipients in full): messages
 //!   under a bulk hold, with counts only. `POST /held/<id>/release`, `POST /held/<id>/drop`:
@@ -99,6 +102,7 @@ pub async fn serve(
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .route("/reload", post(reload))
+        .route("/shaping/clear", post(clear_shaping))
         .route("/held", get(held))
         .route("/held/{id}/release", post(release))
         .route("/held/{id}/drop", post(drop_held))
@@ -207,6 +211,37 @@ async fn switch(state: &AdminState, target: Target, pause: bool) -> Response {
             }
             (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
         }
+    }
+}
+
+async fn clear_shaping(State(state): State<AdminState>, Query(target): Query<Target>) -> Response {
+    if target.provider.as_deref() == Some("") {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "provider must not be empty; omit it for all providers"})),
+        )
+            .into_response();
+    }
+    let provider = target.provider.as_deref();
+    match state.scheduler.clear_shaping(provider).await {
+        Ok(cleared) => {
+            tracing::warn!(
+                target: LOG_TARGET,
+                provider = provider.unwrap_or("*"),
+                lifted = %cleared.join(","),
+                "admin: shaping cleared"
+            );
+            let mut body = serde_json::to_value(state.scheduler.status()).unwrap_or_default();
+            if let Some(fields) = body.as_object_mut() {
+                fields.insert("shaping_cleared".into(), json!(cleared));
+            }
+            axum::Json(body).into_response()
+        }
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
     }
 }
 

@@ -20,6 +20,10 @@ pub enum Action {
         provider: Option<String>,
     },
     Reload,
+    /// Lift shaping slowdowns and suspensions (`POST /shaping/clear`).
+    ShapingClear {
+        provider: Option<String>,
+    },
     /// Messages under a bulk hold.
     Held {
         show_addresses: bool,
@@ -67,6 +71,7 @@ impl Action {
             Action::Pause { provider } => ("POST", with("/pause", provider)),
             Action::Resume { provider } => ("POST", with("/resume", provider)),
             Action::Reload => ("POST", "/reload".into()),
+            Action::ShapingClear { provider } => ("POST", with("/shaping/clear", provider)),
             Action::Held { show_addresses } => (
                 "GET",
                 if *show_addresses {

@@ -60,6 +60,11 @@ pub enum CtlAction {
     },
     /// Re-read and apply the configuration file (like SIGHUP).
     Reload,
+    /// Shaping rules' slowdowns and suspensions in force.
+    Shaping {
+        #[command(subcommand)]
+        command: ShapingCommand,
+    },
     /// Messages under a bulk hold: id, age, recipient and copy counts (JSON).
     Held {
         /// Show the sender and canary recipients in full.
@@ -70,6 +75,16 @@ pub enum CtlAction {
     Release { id: String },
     /// Never send the held copies of a message under a bulk hold; it leaves the spool.
     Drop { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum ShapingCommand {
+    /// Lift the slowdowns and suspensions in force (all providers', or one's) before their
+    /// time: the configured limits apply again at once; with [cluster] on every replica.
+    Clear {
+        #[arg(long)]
+        provider: Option<String>,
+    },
 }
 
 /// `mailveil ctl`: exit 0 when the API accepted the request, 1 when it refused (401, 404,
@@ -99,6 +114,9 @@ pub fn run(target: Target<'_>, action: CtlAction, output: Output) -> ExitCode {
         CtlAction::Pause { provider } => ctl::Action::Pause { provider },
         CtlAction::Resume { provider } => ctl::Action::Resume { provider },
         CtlAction::Reload => ctl::Action::Reload,
+        CtlAction::Shaping {
+            command: ShapingCommand::Clear { provider },
+        } => ctl::Action::ShapingClear { provider },
         CtlAction::Held { show_addresses } => ctl::Action::Held { show_addresses },
         CtlAction::Release { id } => ctl::Action::Release { id },
         CtlAction::Drop { id } => ctl::Action::Drop { id },

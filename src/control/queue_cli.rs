@@ -124,11 +124,13 @@ pub fn human(action: &Action, body: &str) -> Option<String> {
     let v: Value = serde_json::from_str(body).ok()?;
     let now = unix_now();
     Some(match action {
-        Action::Status => table::status(&v),
+        // The shaping tables (`shaping_table.rs`) follow the rest of the status.
+        Action::Status => table::status(&v) + &super::shaping_table::shaping(&v),
         Action::QueueList { .. } => table::queue_list(&v, now),
         Action::QueueShow { .. } => table::queue_show(&v, now),
         Action::QueueRetry { .. } => table::retried(&v),
         Action::QueueDelete { .. } | Action::QueueBounce { .. } => table::removal(&v),
+        Action::ShapingClear { .. } => super::shaping_table::cleared(&v),
         Action::Pause { .. }
         | Action::Resume { .. }
         | Action::Reload

@@ -67,7 +67,7 @@ fn yes(v: &Value) -> String {
     }
 }
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -166,6 +166,7 @@ pub fn status(v: &Value) -> String {
             "spool",
             "pauses",
             "pause_sync",
+            "shaping_sync",
         ];
         let others: Vec<String> = fields
             .iter()

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub throttle_delays: IntCounterVec,
     /// 1 while a "too fast" deferral keeps the provider slowed down or suspended.
     pub provider_slowed: IntGaugeVec,
+    /// `provider`, `action` ([`SHAPING_ACTIONS`]): shaping rules that acted,
+    /// counted on the replica that decided (not on the replicas that applied its decision).
+    pub shaping_actions: IntCounterVec,
     pub upstream_up: IntGaugeVec,
     pub inbound_connections: IntGauge,
     /// `reason`: a short fixed word such as `relay_denied`, `size`, `too_many_recipients`.
@@ -78,6 +81,10 @@ pub struct Metrics {
 /// private address (`field`), the shared body does (`body`), the message's bytes are refused
 /// as they are (`malformed`: a NUL byte).
 pub const PRIVACY_BLOCKED_REASONS: [&str; 3] = ["field", "body", "malformed"];
+
+/// The `action` labels of `mailveil_shaping_actions_total` (`set` and `fail` are the rule
+/// actions that do not slow a provider down by a factor).
+pub const SHAPING_ACTIONS: [&str; 4] = ["slow", "suspend", "set", "fail"];
 
 /// The `action` labels of `mailveil_hold_actions_total`.
 pub const HOLD_ACTIONS: [&str; 5] = [
@@ -180,6 +187,11 @@ impl Metrics {
                 "mailveil_provider_slowed",
                 "1 while a deferral rule keeps the provider slowed down or suspended, else 0.",
                 &["provider"],
+            ),
+            shaping_actions: counter(
+                "mailveil_shaping_actions_total",
+                "Shaping rule actions decided on this replica, by provider and action.",
+                &["provider", "action"],
             ),
             upstream_up: gauge_vec(
                 "mailveil_upstream_up",
@@ -311,6 +323,9 @@ impl Metrics {
             self.drain_remaining.with_label_values(&[p]);
             self.handed_off.with_label_values(&[p]);
             self.provider_slowed.with_label_values(&[p]);
+            for action in SHAPING_ACTIONS {
+                self.shaping_actions.with_label_values(&[p, action]);
+            }
             for upstream in upstreams {
                 for outcome in ["delivered", "deferred", "failed"] {
                     self.deliveries

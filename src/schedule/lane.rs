@@ -8,7 +8,9 @@
 //!
 //! Pacing: before a delivery starts, the dispatcher awaits the lane's [`Throttle`] (the
 //! provider's rate); a "too fast" deferral slows the lane ([`Lane::slow_down`]) — rate and
-//! concurrency — until a timer restores the configured limits.
+//! concurrency — until a timer restores the configured limits. The same hook applies another
+//! replica's decision read from the cluster ([`crate::schedule::shaping`]), with its [`Cause`]
+//! kept for `/status`.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -22,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ShapingAction;
 
 use super::message::{Class, QueuedMessage};
-use super::throttle::Throttle;
+use super::shaping::{self, Cause, Origin, ShapingView};
+use super::throttle::{SlowdownChange, Throttle};
 
 /// A delivery ready to be attempted.
 pub struct Ready {
@@ -72,6 +75,8 @@ pub struct Lane {
     pub queued: AtomicU64,
     /// Of those, the ones waiting for a retry (on a timer, not in the lane).
     pub waiting: AtomicU64,
+    /// Why the slowdown in force holds (the decision that set its factor), for `/status`.
+    cause: Mutex<Option<Cause>>,
 }
 
 impl Lane {
@@ -89,6 +94,7 @@ impl Lane {
             throttle,
             queued: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            cause: Mutex::new(None),
         }
     }
 
@@ -212,15 +218,30 @@ impl Lane {
     }
 
     /// Applies a shaping rule's action to this provider for `duration`, then restores the
-    /// configured limits. `rule` is the rule's name. Logs one line when the provider gets slower
-    /// (with the wall-clock end) and one when it recovers (naming the rule, not the reply, which
-    /// may contain an address). `defer` and `fail` are about one copy: nothing happens here.
-    pub fn slow_down(self: &Arc<Self>, action: ShapingAction, duration: Duration, rule: &str) {
+    /// configured limits: a reply this replica received ([`Origin::Local`]) or another
+    /// replica's decision for the time it has left ([`Origin::Fleet`]). Logs one line when the
+    /// provider gets slower (with the wall-clock end) and one when it recovers (naming the rule,
+    /// not the reply, which may contain an address). `defer` and `fail` are about one copy:
+    /// nothing happens here (`None`).
+    pub fn slow_down(
+        self: &Arc<Self>,
+        action: ShapingAction,
+        duration: Duration,
+        cause: &Cause,
+    ) -> Option<SlowdownChange> {
         if matches!(action, ShapingAction::Defer | ShapingAction::Fail) {
-            return;
+            return None;
         }
         let change = self.throttle.slow_down(action, duration);
         self.apply_concurrency();
+        {
+            let mut held = self.cause.lock().expect("not poisoned");
+            if change.slower || held.is_none() {
+                *held = Some(cause.clone());
+            }
+        }
+        let rule = cause.rule.as_str();
+        let by = cause.by.as_deref().unwrap_or("unknown");
         if change.slower {
             let left = change
                 .slowdown
@@ -228,24 +249,38 @@ impl Lane {
                 .saturating_duration_since(tokio::time::Instant::now());
             let until = wall_clock_after(left);
             let for_secs = left.as_secs();
+            let fleet = cause.origin == Origin::Fleet;
+            let by = fleet.then_some(by);
             match action {
                 ShapingAction::Suspend => tracing::warn!(
-                    provider = %self.name, for_secs, %until, %rule,
-                    "provider suspended after a throttling reply"
+                    provider = %self.name, for_secs, %until, %rule, by,
+                    "{}", if fleet {
+                        "provider suspended by another replica's decision"
+                    } else {
+                        "provider suspended after a throttling reply"
+                    }
                 ),
                 ShapingAction::Slow { .. } => tracing::warn!(
                     provider = %self.name, factor = change.slowdown.factor,
                     messages_per_second = self.throttle.effective_rate().map(|r| r.per_second),
-                    concurrency = self.concurrency(), for_secs, %until, %rule,
-                    "provider slowed down after a throttling reply"
+                    concurrency = self.concurrency(), for_secs, %until, %rule, by,
+                    "{}", if fleet {
+                        "provider slowed down by another replica's decision"
+                    } else {
+                        "provider slowed down after a throttling reply"
+                    }
                 ),
                 _ => tracing::warn!(
                     provider = %self.name,
                     messages_per_second = self.throttle.effective_rate().map(|r| r.per_second),
                     concurrency = self.concurrency(),
                     max_deliveries_per_connection = change.slowdown.limits.max_deliveries_per_connection,
-                    for_secs, %until, %rule,
-                    "provider limits lowered after a throttling reply"
+                    for_secs, %until, %rule, by,
+                    "{}", if fleet {
+                        "provider limits lowered by another replica's decision"
+                    } else {
+                        "provider limits lowered after a throttling reply"
+                    }
                 ),
             }
         }
@@ -253,6 +288,7 @@ impl Lane {
         tokio::spawn(async move {
             tokio::time::sleep_until(change.slowdown.until).await;
             if lane.throttle.recover(change.slowdown.generation) {
+                *lane.cause.lock().expect("not poisoned") = None;
                 lane.apply_concurrency();
                 tracing::info!(
                     provider = %lane.name,
@@ -262,6 +298,51 @@ impl Lane {
                 );
             }
         });
+        Some(change)
+    }
+
+    /// Lifts the slowdown or suspension in force (an operator's `ctl shaping clear`, made here
+    /// or, `by`, on another replica). True when there was one.
+    pub fn clear_shaping(&self, by: Option<&str>) -> bool {
+        if !self.throttle.clear() {
+            return false;
+        }
+        *self.cause.lock().expect("not poisoned") = None;
+        self.apply_concurrency();
+        self.wake.notify_one();
+        tracing::warn!(
+            provider = %self.name, by = by.unwrap_or("this replica"),
+            "provider shaping cleared by an operator; configured limits restored"
+        );
+        true
+    }
+
+    /// The shaping in force, as `/status` shows it.
+    pub fn shaping_view(&self) -> Option<ShapingView> {
+        let slowdown = self.throttle.slowdown()?;
+        let left = slowdown
+            .until
+            .saturating_duration_since(tokio::time::Instant::now());
+        let cause = self.cause.lock().expect("not poisoned").clone();
+        let cause = cause.unwrap_or(Cause {
+            rule: String::new(),
+            reply: String::new(),
+            origin: Origin::Local,
+            by: None,
+            limits: Default::default(),
+        });
+        let limits = shaping::Overrides::from(slowdown.limits);
+        let action = shaping::action_label(shaping::action_of(slowdown.factor, &limits));
+        Some(ShapingView {
+            action: action.to_string(),
+            factor: slowdown.factor,
+            remaining_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+            rule: cause.rule,
+            reply: cause.reply,
+            origin: cause.origin,
+            by: cause.by,
+            limits,
+        })
     }
 
     /// When a suspension in force ends, if the provider is suspended.
@@ -303,10 +384,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slowdown_lowers_concurrency_and_rate_until_it_ends() {
         let lane = lane(4);
+        let cause = Cause {
+            rule: "test".into(),
+            reply: "421 slow".into(),
+            origin: Origin::Local,
+            by: None,
+            limits: Default::default(),
+        };
         lane.slow_down(
             ShapingAction::Slow { factor: 0.5 },
             Duration::from_secs(60),
-            "test",
+            &cause,
+        );
+        let view = lane.shaping_view().unwrap();
+        assert_eq!((view.action.as_str(), view.factor), ("slow", 0.5));
+        assert_eq!(view.remaining_secs, 60);
+        assert_eq!(
+            (view.rule.as_str(), view.reply.as_str()),
+            ("test", "421 slow")
         );
         assert_eq!(lane.concurrency(), 2);
         assert_eq!(lane.throttle.effective_rate().unwrap().per_second, 5.0);
@@ -318,25 +413,59 @@ mod tests {
         assert_eq!(lane.concurrency(), 8, "recovered to the reloaded value");
         assert_eq!(lane.throttle.effective_rate().unwrap().per_second, 10.0);
         assert!(lane.throttle.slowdown().is_none());
+        assert!(lane.shaping_view().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clear_restores_the_limits_before_the_time_is_up() {
+        let lane = lane(4);
+        let cause = Cause {
+            rule: "r".into(),
+            reply: String::new(),
+            origin: Origin::Fleet,
+            by: Some("relay-1".into()),
+            limits: Default::default(),
+        };
+        lane.slow_down(ShapingAction::Suspend, Duration::from_secs(600), &cause);
+        let view = lane.shaping_view().unwrap();
+        assert_eq!(
+            (view.action.as_str(), view.origin),
+            ("suspend", Origin::Fleet)
+        );
+        assert!(lane.clear_shaping(None));
+        assert!(lane.shaping_view().is_none());
+        assert!(!lane.clear_shaping(None));
+        assert_eq!(lane.concurrency(), 4);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_set_rule_caps_connections_and_defer_changes_nothing() {
         use crate::config::SetLimits;
+        let cause = |rule: &str| Cause {
+            rule: rule.into(),
+            reply: String::new(),
+            origin: Origin::Local,
+            by: None,
+            limits: Default::default(),
+        };
         let lane = lane(4);
-        lane.slow_down(ShapingAction::Defer, Duration::from_secs(60), "d");
+        lane.slow_down(ShapingAction::Defer, Duration::from_secs(60), &cause("d"));
         assert!(lane.throttle.slowdown().is_none());
         let one = SetLimits {
             max_connections: Some(1),
             ..SetLimits::default()
         };
-        lane.slow_down(ShapingAction::Set(one), Duration::from_secs(60), "s");
+        lane.slow_down(
+            ShapingAction::Set(one),
+            Duration::from_secs(60),
+            &cause("s"),
+        );
         assert_eq!(lane.concurrency(), 1);
         assert_eq!(lane.throttle.effective_rate().unwrap().per_second, 10.0);
         assert!(lane.suspended_until().is_none());
         tokio::time::sleep(Duration::from_secs(61)).await;
         assert_eq!(lane.concurrency(), 4, "restored");
-        lane.slow_down(ShapingAction::Suspend, Duration::from_secs(30), "x");
+        lane.slow_down(ShapingAction::Suspend, Duration::from_secs(30), &cause("x"));
         assert!(lane.suspended_until().is_some());
     }
 }

@@ -6,7 +6,8 @@
 //! ([`bounce`]), and traffic shaping: the per-provider rate limiter ([`throttle`]) at a
 //! [`rate`], shared across replicas through Redis ([`cluster`]), the deferral rules that
 //! slow a provider down ([`rules`]) or an upstream ESP ([`esp_rules`]), and the kill switch: pauses recorded in the spool and
-//! shared through the cluster's Redis ([`pause`]).
+//! shared through the cluster's Redis ([`pause`]); a slowdown decided on one replica is
+//! applied by all through the same Redis ([`shaping`]).
 
 pub mod bounce;
 pub mod cluster;
@@ -22,6 +23,7 @@ pub mod rate;
 pub mod retry;
 pub mod routing;
 pub mod rules;
+pub mod shaping;
 pub mod throttle;
 pub mod tracking;
 

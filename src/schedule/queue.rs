@@ -17,7 +17,8 @@
 //! Shaping: each lane paces its provider ([`Throttle`](super::throttle::Throttle), shared across replicas through
 //! [`SharedLimits`] with `[cluster]`), caps its concurrency and its deliveries per connection
 //! from the provider catalog, and a deferral matching a shaping rule ([`rules`](super::rules))
-//! slows the lane down for a while.
+//! slows the lane down for a while; with `[cluster]` that decision is shared with every replica
+//! (`shaping.rs`, [`shaping`](super::shaping)).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +40,7 @@ use super::lane::{Lane, Ready};
 use super::message::{QueuedMessage, Waiting};
 use super::pause::switch::Switch;
 use super::routing::Routing;
+use super::shaping::fleet::Fleet;
 use super::tracking;
 use crate::upstream::failover::UpstreamSlot;
 
@@ -48,8 +50,10 @@ mod hold;
 mod lanes;
 mod manage;
 mod outcome;
+mod shaping;
 pub use control::{
-    PauseError, PauseSync, PauseView, ProviderStatus, QueueStatus, UnknownProvider, UpstreamStatus,
+    EffectiveLimits, PauseError, PauseSync, PauseView, ProviderStatus, QueueStatus,
+    UnknownProvider, UpstreamStatus,
 };
 pub use drain::{DrainReport, in_flight_allowance};
 mod settings;
@@ -84,6 +88,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// The shared Redis of `[cluster]` (fixed for the process' life).
     cluster: Option<Arc<SharedLimits>>,
+    /// With `[cluster]`: shaping decisions shared with the other replicas (`shaping.rs`).
+    fleet: Option<Arc<Fleet>>,
     /// Messages under a bulk hold ([`hold`]).
     holds: hold::Holds,
     /// Cancelled when the hand-off to `spool.handoff_upstream` starts ([`drain`]): throttles
@@ -133,6 +139,9 @@ impl Scheduler {
         // Before anything is queued: a pause in force when the relay stopped holds from the
         // first recovered copy on.
         let pauses = Switch::restore(spool.root(), cluster.clone());
+        let fleet = cluster
+            .clone()
+            .map(|c| Arc::new(Fleet::new(c, super::pause::replica_name())));
         let scheduler = Scheduler {
             inner: Arc::new(Inner {
                 spool,
@@ -148,6 +157,7 @@ impl Scheduler {
                 tracker: TaskTracker::new(),
                 shutdown,
                 cluster,
+                fleet,
                 holds,
                 handoff: CancellationToken::new(),
                 handoff_slot: RwLock::new(None),
@@ -158,6 +168,7 @@ impl Scheduler {
         scheduler.inner.warn_if_tls_missing();
         scheduler.inner.apply_pauses();
         scheduler.inner.clone().spawn_pause_sync();
+        scheduler.inner.clone().spawn_shaping_sync();
         scheduler
     }
 

@@ -279,6 +279,23 @@ impl Throttle {
         true
     }
 
+    /// Ends whatever slowdown is in force (an operator's `ctl shaping clear`, here or on another
+    /// replica). True when there was one. Its recovery timer then finds a newer generation and
+    /// does nothing.
+    pub fn clear(&self) -> bool {
+        let mut state = self.state.lock().expect("not poisoned");
+        if state.slowdown.is_none() {
+            return false;
+        }
+        state.slowdown = None;
+        state.generation += 1;
+        self.metrics.slowed.set(0);
+        self.rebuild(&mut state, true);
+        drop(state);
+        self.changed.notify_waiters();
+        true
+    }
+
     /// New configured rate (config reload); a slowdown in force stays.
     pub fn set_rate(&self, rate: Option<Rate>) {
         let mut state = self.state.lock().expect("not poisoned");
@@ -494,6 +511,23 @@ mod tests {
         let (free, _) = throttle(None);
         free.slow_down(ShapingAction::Set(slower(0.5)), Duration::from_secs(60));
         assert_eq!(free.effective_rate().unwrap().per_second, 0.5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clear_ends_a_suspension_at_once_and_its_timer_does_nothing() {
+        let (t, _) = throttle(None);
+        let change = t.slow_down(ShapingAction::Suspend, Duration::from_secs(600));
+        let t = Arc::new(t);
+        let waiter = {
+            let t = t.clone();
+            tokio::spawn(async move { times(&t, 1).await[0] })
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(t.clear());
+        let waited = waiter.await.unwrap();
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        assert!(!t.clear(), "nothing left to clear");
+        assert!(!t.recover(change.slowdown.generation));
     }
 
     #[tokio::test(start_paused = true)]

@@ -38,6 +38,7 @@ mod relay_e2e;
 mod reload;
 mod restart;
 mod shaping;
+mod shaping_fleet;
 mod shaping_replies;
 mod spool_recovery;
 mod startup_checks;

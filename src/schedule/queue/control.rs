@@ -10,6 +10,8 @@ use crate::schedule::pause::record::RecordError;
 use crate::schedule::pause::shared::POLL_INTERVAL;
 use crate::schedule::pause::switch::label;
 use crate::schedule::pause::{ALL, Source, rfc3339};
+use crate::schedule::shaping::ShapingView;
+use crate::schedule::shaping::fleet::FleetSync;
 
 use super::{Inner, Scheduler};
 
@@ -49,32 +51,54 @@ impl Scheduler {
     /// Whether the queue or any lane is paused, what each provider has queued (every provider
     /// of the catalog is listed, idle ones too) and which upstreams are up.
     pub fn status(&self) -> QueueStatus {
+        let routing = self.routing();
         let lanes = self.inner.lanes.read().expect("not poisoned");
         let mut providers: Vec<ProviderStatus> = lanes
             .values()
-            .map(|l| ProviderStatus {
-                name: l.name.clone(),
-                paused: l.is_paused(),
-                queued: l.queued.load(Ordering::Relaxed),
-                slowed: l.throttle.slowdown().is_some(),
-                messages_per_second: l.throttle.effective_rate().map(|r| r.per_second),
-                concurrency: l.concurrency(),
+            .map(|l| {
+                let rate = l.throttle.effective_rate();
+                ProviderStatus {
+                    name: l.name.clone(),
+                    paused: l.is_paused(),
+                    queued: l.queued.load(Ordering::Relaxed),
+                    slowed: l.throttle.slowdown().is_some(),
+                    messages_per_second: rate.map(|r| r.per_second),
+                    concurrency: l.concurrency(),
+                    limits: EffectiveLimits {
+                        messages_per_second: rate.map(|r| r.per_second),
+                        burst: rate.map(|r| r.burst),
+                        max_connections: l.concurrency(),
+                        max_deliveries_per_connection: routing
+                            .catalog
+                            .limits(&l.name)
+                            .max_deliveries_per_connection,
+                    },
+                    shaping: l.shaping_view(),
+                }
             })
             .collect();
         drop(lanes);
         // Every provider of the catalog, idle ones (no lane yet) with nothing queued.
-        let routing = self.routing();
         for name in routing.catalog.names() {
             if !providers.iter().any(|p| &p.name == name) {
                 let limits = routing.catalog.limits(name);
+                let rate = limits.messages_per_second.map(PerSecond::get);
+                // No lane yet: its cap once one opens (0 = what the upstreams allow).
+                let concurrency = limits.max_connections.unwrap_or(0);
                 providers.push(ProviderStatus {
                     name: name.clone(),
                     paused: false,
                     queued: 0,
                     slowed: false,
-                    messages_per_second: limits.messages_per_second.map(PerSecond::get),
-                    // No lane yet: its cap once one opens (0 = what the upstreams allow).
-                    concurrency: limits.max_connections.unwrap_or(0),
+                    messages_per_second: rate,
+                    concurrency,
+                    limits: EffectiveLimits {
+                        messages_per_second: rate,
+                        burst: rate.map(|_| limits.burst),
+                        max_connections: concurrency,
+                        max_deliveries_per_connection: limits.max_deliveries_per_connection,
+                    },
+                    shaping: None,
                 });
             }
         }
@@ -92,6 +116,7 @@ impl Scheduler {
             paused: self.inner.paused.load(Ordering::Relaxed),
             pauses: self.pause_views(),
             pause_sync: self.pause_sync(),
+            shaping_sync: self.shaping_sync(),
             providers,
             upstreams,
         }
@@ -265,6 +290,9 @@ pub struct QueueStatus {
     /// With `[cluster]`: how the pause state is shared (absent without).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause_sync: Option<PauseSync>,
+    /// With `[cluster]`: how the shaping state is shared (absent without).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shaping_sync: Option<FleetSync>,
     pub providers: Vec<ProviderStatus>,
     pub upstreams: Vec<UpstreamStatus>,
 }
@@ -281,6 +309,25 @@ pub struct ProviderStatus {
     pub messages_per_second: Option<f64>,
     /// Deliveries in flight allowed now.
     pub concurrency: usize,
+    /// The limits in force now (configured, times any slowdown).
+    pub limits: EffectiveLimits,
+    /// The slowdown or suspension in force: its action, factor, remaining time, rule, the reply
+    /// that caused it (redacted as the log is) and whether another replica decided it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<ShapingView>,
+}
+
+/// A provider's limits in force now, as `/status` shows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EffectiveLimits {
+    /// `None`: unthrottled.
+    pub messages_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    /// Deliveries in flight at once (0 for a provider without a lane yet and without a cap of
+    /// its own: what the upstreams allow).
+    pub max_connections: usize,
+    /// `None`: the upstream's own limit.
+    pub max_deliveries_per_connection: Option<u32>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -16,6 +16,7 @@ use crate::schedule::deliver::{NO_UPSTREAM, Outcome, Sent, Stopped};
 use crate::schedule::lane::{Lane, Ready};
 use crate::schedule::message::QueuedMessage;
 use crate::schedule::retry::{backoff, random_jitter};
+use crate::schedule::rules;
 
 use super::manage::{BOUNCE_CODE, BOUNCE_TEXT};
 use super::{Inner, Scheduler};
@@ -107,7 +108,7 @@ impl Inner {
             } => {
                 message.note_reply(index, upstream, error.code(), error.to_string());
                 if let Some(rule) = rule {
-                    self.shape(lane, upstream, rule);
+                    self.shape(lane, upstream, rule, &error);
                 }
                 // Deleted or bounced by an operator while it was in flight: not tried again.
                 match message.with_tracks(|t| t[index].cancelled) {
@@ -253,7 +254,7 @@ impl Inner {
     /// Takes the action of the shaping rule a deferred copy's reply matched: on `lane` (the
     /// recipient's provider) or on the upstream that answered, as the rule's scope says; with a
     /// threshold, only once enough matches came within its window.
-    fn shape(&self, lane: &Arc<Lane>, upstream: &str, rule: &ShapingRule) {
+    fn shape(&self, lane: &Arc<Lane>, upstream: &str, rule: &ShapingRule, error: &UpstreamError) {
         if matches!(rule.action, ShapingAction::Defer | ShapingAction::Fail) {
             return;
         }
@@ -274,7 +275,12 @@ impl Inner {
             .unwrap_or_default();
         let duration = rule.duration.from(now);
         match rule.scope {
-            RuleScope::Provider => lane.slow_down(rule.action, duration, &rule.name),
+            RuleScope::Provider => {
+                let reply = rules::reply_of(error)
+                    .map(|(code, text)| format!("{code} {text}"))
+                    .unwrap_or_default();
+                self.provider_shaped(lane, rule.action, duration, &rule.name, &reply)
+            }
             RuleScope::Upstream => {
                 if let Some(slot) = self.upstream_slot(upstream) {
                     slot.slow_down(rule.action, duration, &rule.name);
