@@ -302,7 +302,8 @@ impl Lane {
     }
 
     /// Lifts the slowdown or suspension in force (an operator's `ctl shaping clear`, made here
-    /// or, `by`, on another replica). True when there was one.
+    /// or, `by`, on another replica) and makes the lane's deferred copies due now. True when
+    /// there was one.
     pub fn clear_shaping(&self, by: Option<&str>) -> bool {
         if !self.throttle.clear() {
             return false;
@@ -310,6 +311,8 @@ impl Lane {
         *self.cause.lock().expect("not poisoned") = None;
         self.apply_concurrency();
         self.wake.notify_one();
+        // Copies deferred while it was in force wait for its end (or their backoff): due now.
+        self.make_deferred_due();
         tracing::warn!(
             provider = %self.name, by = by.unwrap_or("this replica"),
             "provider shaping cleared by an operator; configured limits restored"
