@@ -6,14 +6,12 @@
 //! queue state. The queue ([`queue`](super::queue)) decides when a copy goes and records the
 //! [`Outcome`] (spool lines, metrics, logs, retries, bounces); nothing here writes any of them.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use crate::dkim::Signer;
 use crate::observe::Metrics;
 use crate::privacy::{self, Exposure};
 use crate::spool::MessageMeta;
 use crate::upstream::{Outbound, Reuse, UpstreamError};
+use std::sync::Arc;
 
 use crate::upstream::failover::{self, UpstreamSlot};
 
@@ -37,8 +35,8 @@ pub(super) struct Copy<'a> {
 pub(super) struct Route<'a> {
     pub upstreams: &'a [Arc<UpstreamSlot>],
     pub reuse: Reuse<'a>,
-    /// How long an upstream that failed is skipped.
-    pub cool_off: Duration,
+    /// How long an upstream that failed is skipped; whether upstreams' rates are awaited.
+    pub policy: failover::Policy,
     pub dkim: &'a Signer,
     pub metrics: &'a Metrics,
 }
@@ -105,7 +103,7 @@ pub(super) async fn deliver<'a>(copy: Copy<'_>, route: Route<'a>) -> Sent<'a> {
         outbound,
         route.reuse,
         route.metrics,
-        route.cool_off,
+        route.policy,
     )
     .await;
     drop(bytes);

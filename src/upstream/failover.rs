@@ -2,46 +2,102 @@
 //! times out or answers `421` is skipped for a cool-off period and the next one is tried; after
 //! the cool-off it is probed again by the next delivery.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::ShapingAction;
+use crate::config::{ShapingAction, UpstreamConfig, UpstreamKind};
 use crate::observe::Metrics;
+use crate::schedule::esp_rules;
+use crate::schedule::pause::rfc3339;
+use crate::upstream::PoolLimits;
+use crate::upstream::limits::{LimitsContext, UpstreamLimits};
+use crate::upstream::quota::Reservation;
 use crate::upstream::{Delivered, Outbound, Reuse, Upstream, UpstreamError};
+
+fn unix_now() -> i64 {
+    crate::spool::unix_now() as i64
+}
 
 pub struct UpstreamSlot {
     pub upstream: Upstream,
+    /// Its rate, daily quota and slowdowns; carried over to the slot that replaces it.
+    pub limits: Arc<UpstreamLimits>,
     /// While set and in the future, the upstream is skipped.
     down_until: Mutex<Option<Instant>>,
 }
 
 impl UpstreamSlot {
-    pub fn new(upstream: Upstream) -> UpstreamSlot {
+    pub fn new(upstream: Upstream, limits: Arc<UpstreamLimits>) -> UpstreamSlot {
         UpstreamSlot {
             upstream,
+            limits,
             down_until: Mutex::new(None),
         }
     }
 
     /// A slot for a reloaded upstream that keeps the health state of the one it replaces.
-    pub fn replacing(upstream: Upstream, old: Option<&UpstreamSlot>) -> UpstreamSlot {
+    pub fn replacing(
+        upstream: Upstream,
+        old: Option<&UpstreamSlot>,
+        limits: Arc<UpstreamLimits>,
+    ) -> UpstreamSlot {
         let down = old.and_then(|o| *o.down_until.lock().expect("not poisoned"));
         UpstreamSlot {
             upstream,
+            limits,
             down_until: Mutex::new(down),
         }
+    }
+
+    /// The slots for `upstreams`, with the limits `configs` give them; an upstream that keeps
+    /// its name keeps its health, slowdown and day's count from `old` (a reload).
+    pub fn build_all(
+        upstreams: Vec<Upstream>,
+        configs: &[UpstreamConfig],
+        old: &[Arc<UpstreamSlot>],
+        ctx: &LimitsContext,
+    ) -> Vec<Arc<UpstreamSlot>> {
+        upstreams
+            .into_iter()
+            .map(|u| {
+                let config = configs.iter().find(|c| c.name == u.name);
+                let limits = config.map(|c| c.limits.clone()).unwrap_or_default();
+                let connections = match config.map(|c| &c.kind) {
+                    Some(UpstreamKind::Smtp(s)) => s.max_connections,
+                    _ => PoolLimits::DEFAULT_MAX_CONNECTIONS,
+                };
+                let previous = old.iter().find(|s| s.name() == u.name).map(Arc::as_ref);
+                let shared = match previous {
+                    Some(p) => {
+                        p.limits.reconfigure(&limits, connections);
+                        p.limits.clone()
+                    }
+                    None => UpstreamLimits::new(&u.name, &limits, connections, ctx),
+                };
+                Arc::new(UpstreamSlot::replacing(u, previous, shared))
+            })
+            .collect()
     }
 
     pub fn name(&self) -> &str {
         &self.upstream.name
     }
 
-    /// Applies an upstream-scoped shaping rule's action (an ESP's "too fast" or quota reply)
-    /// to this upstream for `duration`. `rule` names the rule for logs.
+    /// Applies an upstream-scoped shaping rule's action (an ESP's "too fast" reply) to this
+    /// upstream for `duration`: its rate and deliveries in flight, or all of them (suspend).
+    /// `rule` names the rule for logs.
     pub fn slow_down(&self, action: ShapingAction, duration: Duration, rule: &str) {
-        // Upstream pacing is not built yet (issue 13): the rule is only reported.
-        tracing::warn!(upstream = %self.name(), ?action, for_secs = duration.as_secs(), %rule,
-            "upstream asked to slow down");
+        self.limits.slow_down(action, duration, rule);
+    }
+
+    /// Until when (Unix s) no copy may go through it: its quota is spent or it is suspended.
+    fn held_until(&self) -> Option<i64> {
+        let spent = self.limits.quota.spent_until();
+        let suspended = self.limits.suspended_until().map(|t| {
+            let left = t.saturating_duration_since(tokio::time::Instant::now());
+            unix_now() + left.as_secs() as i64 + 1
+        });
+        spent.into_iter().chain(suspended).max()
     }
 
     pub fn is_up(&self) -> bool {
@@ -76,40 +132,132 @@ impl UpstreamSlot {
     }
 }
 
-/// Tries `slots` in order, skipping those cooling off (unless all are), and returns the name of
-/// the upstream that answered last with its result. `reuse` keeps the provider's connections
+/// How a copy is sent through the upstreams.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// How long an upstream that failed is skipped.
+    pub cool_off: Duration,
+    /// Wait for each upstream's rate (not during the hand-off at shutdown).
+    pub paced: bool,
+}
+
+/// What became of a copy at one upstream.
+enum Tried {
+    /// Delivered, or an answer about this message or recipient: the upstream works.
+    Answer(Result<Delivered, UpstreamError>),
+    /// The upstream itself failed (see [`is_upstream_fault`]): the next one is tried.
+    Fault(UpstreamError),
+    /// Its quota is spent (counted, or its reply said so) until then (Unix s).
+    Spent(i64),
+}
+
+/// Tries `slots` in order and returns the name of the upstream that answered last with its
+/// result. Skipped: upstreams cooling off (unless all are), and those whose daily quota is
+/// spent or which are suspended; when every upstream is spent or suspended, the copy is held
+/// (a temporary [`UpstreamError::Held`] until the earliest reset, never a bounce). Each
+/// upstream's rate is awaited before its attempt. `reuse` keeps the provider's connections
 /// apart (see [`Reuse`]).
 pub async fn send<'a>(
-    slots: &'a [std::sync::Arc<UpstreamSlot>],
+    slots: &'a [Arc<UpstreamSlot>],
     outbound: Outbound<'_>,
     reuse: Reuse<'_>,
     metrics: &Metrics,
-    cool_off: Duration,
+    policy: Policy,
 ) -> (&'a str, Result<Delivered, UpstreamError>) {
     let now = Instant::now();
-    let healthy: Vec<&std::sync::Arc<UpstreamSlot>> =
-        slots.iter().filter(|s| !s.is_cooling_off(now)).collect();
-    let candidates: Vec<&std::sync::Arc<UpstreamSlot>> = if healthy.is_empty() {
-        slots.iter().collect()
-    } else {
-        healthy
-    };
-    let mut last = None;
-    for slot in candidates {
-        let result = slot.upstream.send_reusing(outbound, reuse).await;
-        match &result {
-            Err(e) if is_upstream_fault(e) => {
-                slot.mark_down(metrics, e, cool_off);
-                last = Some((slot.name(), result));
-            }
-            // Delivered, or an answer about this message or recipient: the upstream works.
-            _ => {
-                slot.mark_up(metrics);
-                return (slot.name(), result);
-            }
+    let mut holds: Vec<i64> = Vec::new();
+    let mut usable: Vec<&Arc<UpstreamSlot>> = Vec::new();
+    for slot in slots {
+        match slot.held_until() {
+            Some(until) => holds.push(until),
+            None => usable.push(slot),
         }
     }
-    last.expect("at least one upstream is configured")
+    let (healthy, cooling): (Vec<_>, Vec<_>) =
+        usable.into_iter().partition(|s| !s.is_cooling_off(now));
+    // Cooling-off upstreams are tried when no other is left: all cool off, or every healthy
+    // one turned out spent.
+    let passes = if healthy.is_empty() {
+        [cooling, Vec::new()]
+    } else {
+        [healthy, cooling]
+    };
+    let mut last = None;
+    for pass in passes {
+        for slot in pass {
+            match attempt(slot, outbound, reuse, metrics, policy).await {
+                Tried::Answer(result) => return (slot.name(), result),
+                Tried::Fault(e) => last = Some((slot.name(), Err(e))),
+                Tried::Spent(until) => holds.push(until),
+            }
+        }
+        if last.is_some() {
+            return last.expect("just checked");
+        }
+    }
+    let until = holds
+        .into_iter()
+        .min()
+        .unwrap_or_else(|| unix_now() + 60)
+        .max(unix_now() + 1);
+    metrics
+        .upstream_quota_holds
+        .with_label_values(&[reuse.provider])
+        .inc();
+    let first = slots.first().expect("at least one upstream is configured");
+    let reason = format!(
+        "not sent: every upstream's daily quota is spent or the upstream suspended until {}",
+        rfc3339(until as u64 * 1000)
+    );
+    (
+        first.name(),
+        Err(UpstreamError::Held {
+            until: until as u64,
+            reason,
+        }),
+    )
+}
+
+/// One upstream's turn: its quota is counted, its rate awaited, the copy sent; the count is
+/// given back when the upstream did not take the copy.
+async fn attempt(
+    slot: &UpstreamSlot,
+    outbound: Outbound<'_>,
+    reuse: Reuse<'_>,
+    metrics: &Metrics,
+    policy: Policy,
+) -> Tried {
+    let limits = &slot.limits;
+    let ticket = match limits.quota.reserve(outbound.rcpt_to.len()).await {
+        Reservation::Spent { until } => return Tried::Spent(until),
+        Reservation::Granted(ticket) => ticket,
+    };
+    let permit = if policy.paced {
+        limits.pace().await
+    } else {
+        limits.slot().await
+    };
+    let result = slot.upstream.send_reusing(outbound, reuse).await;
+    drop(permit);
+    let error = match result {
+        Ok(delivered) => {
+            slot.mark_up(metrics);
+            return Tried::Answer(Ok(delivered));
+        }
+        Err(e) => e,
+    };
+    limits.quota.release(ticket).await;
+    if let Some(rule) = error.reply_text().and_then(esp_rules::quota_spent) {
+        limits.quota.mark_spent(rule.esp).await;
+        return Tried::Spent(limits.quota.next_reset());
+    }
+    if is_upstream_fault(&error) {
+        slot.mark_down(metrics, &error, policy.cool_off);
+        Tried::Fault(error)
+    } else {
+        slot.mark_up(metrics);
+        Tried::Answer(Err(error))
+    }
 }
 
 /// A failure of the upstream itself rather than an answer about this message, so the next
@@ -128,6 +276,6 @@ fn is_upstream_fault(e: &UpstreamError) -> bool {
         | UpstreamError::Config(_)
         | UpstreamError::Capture(_) => true,
         UpstreamError::Rejected { code, .. } => *code == 421,
-        UpstreamError::Envelope(_) => false,
+        UpstreamError::Envelope(_) | UpstreamError::Held { .. } => false,
     }
 }

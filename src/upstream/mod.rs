@@ -13,11 +13,15 @@
 //! - `error.rs`: [`UpstreamError`] and its classifier.
 //! - `failover.rs`: the configured upstreams in order, each with its health (cool-off after a
 //!   connection failure, TLS failure, timeout or `421`): the queue sends a copy through it.
+//! - `limits.rs`: an upstream's own rate, deliveries in flight and slowdowns; `quota.rs` its
+//!   daily quota (shared through Redis with `[cluster]`, kept in the spool without).
 
 mod client;
 mod error;
 pub mod failover;
+pub mod limits;
 mod pool;
+pub mod quota;
 mod stream;
 mod tls;
 
@@ -392,6 +396,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let config = UpstreamConfig {
             name: "outbox".into(),
+            limits: Default::default(),
             kind: UpstreamKind::Dir {
                 dir: tmp.path().join("out"),
             },

@@ -86,6 +86,7 @@ impl Scheduler {
             .map(|s| UpstreamStatus {
                 name: s.name().to_string(),
                 up: s.is_up(),
+                limits: s.limits.status(),
             })
             .collect();
         QueueStatus {
@@ -287,6 +288,8 @@ pub struct ProviderStatus {
 pub struct UpstreamStatus {
     pub name: String,
     pub up: bool,
+    /// Its own rate, slowdown and daily quota (`upstream/limits.rs`).
+    pub limits: crate::upstream::limits::LimitsStatus,
 }
 
 /// A pause/resume request named a provider the catalog does not know.

@@ -139,8 +139,18 @@ impl Inner {
             retry.retry_max,
             random_jitter(),
         );
-        let next = now + delay.as_secs().max(1);
-        if next.saturating_sub(f.meta.received_at) > retry.max_queue_time.as_secs() {
+        // Held for a spent quota: due at the reset, and never expired for that reason.
+        let held = error.held_until();
+        let (next, delay) = match held {
+            Some(until) => {
+                let next = until.max(now + 1);
+                (next, std::time::Duration::from_secs(next - now))
+            }
+            None => (now + delay.as_secs().max(1), delay),
+        };
+        if held.is_none()
+            && next.saturating_sub(f.meta.received_at) > retry.max_queue_time.as_secs()
+        {
             let code = error.code().unwrap_or(451);
             return Some(self.fail(f, code, error, true));
         }
