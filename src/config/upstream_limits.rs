@@ -13,7 +13,7 @@ use super::shaping::PerSecond;
 use super::values::Problems;
 
 /// The limits of one upstream; all off by default (no pacing, no quota).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamLimitsConfig {
     /// Sustained rate across every provider's deliveries through this upstream.
     pub messages_per_second: Option<PerSecond>,
@@ -23,6 +23,17 @@ pub struct UpstreamLimitsConfig {
     pub daily: Vec<DailyLimit>,
     /// When the daily counts start again.
     pub quota_reset: QuotaReset,
+}
+
+impl Default for UpstreamLimitsConfig {
+    fn default() -> UpstreamLimitsConfig {
+        UpstreamLimitsConfig {
+            messages_per_second: None,
+            burst: 1,
+            daily: Vec::new(),
+            quota_reset: QuotaReset::default(),
+        }
+    }
 }
 
 /// One daily quota.
@@ -205,6 +216,74 @@ pub(super) fn validate_limits(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn limits_parse_into_typed_values() {
+        let text = r#"
+[[upstream]]
+name = "ses"
+host = "email-smtp.eu-west-1.amazonaws.com"
+messages_per_second = 14.0
+burst = 5
+recipients_per_day = 50000
+messages_per_day = 40000
+quota_reset = "00:00+08:00"
+[[upstream]]
+name = "plain"
+dir = "/tmp"
+"#;
+        let c = Config::from_toml(text).unwrap();
+        let l = &c.upstreams[0].limits;
+        assert_eq!(l.messages_per_second.map(PerSecond::get), Some(14.0));
+        assert_eq!(l.burst, 5);
+        assert_eq!(
+            l.daily,
+            vec![
+                DailyLimit {
+                    unit: QuotaUnit::Recipients,
+                    limit: 50000
+                },
+                DailyLimit {
+                    unit: QuotaUnit::Messages,
+                    limit: 40000
+                }
+            ]
+        );
+        assert_eq!(l.quota_reset.offset_seconds, 8 * 3600);
+        assert_eq!(c.upstreams[1].limits, UpstreamLimitsConfig::default());
+    }
+
+    #[test]
+    fn bad_limits_are_reported_with_key_paths() {
+        let text = r#"
+[[upstream]]
+name = "ses"
+host = "smtp.example.net"
+messages_per_second = 0.0
+burst = 0
+recipients_per_day = 0
+messages_per_day = 10
+quota_reset = "25:00"
+[[upstream]]
+name = "other"
+host = "smtp.example.net"
+burst = 3
+quota_reset = "01:00"
+"#;
+        let err = Config::from_toml(text).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "upstream[0].messages_per_second",
+            "upstream[0].burst",
+            "upstream[0].recipients_per_day",
+            "upstream[0].quota_reset",
+            "upstream[1].burst",
+            "upstream[1].quota_reset",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+    }
 
     #[test]
     fn reset_parses_prints_and_parses_again() {

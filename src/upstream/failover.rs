@@ -232,13 +232,17 @@ async fn attempt(
         Reservation::Spent { until } => return Tried::Spent(until),
         Reservation::Granted(ticket) => ticket,
     };
-    let permit = if policy.paced {
+    let _permit = if policy.paced {
         limits.pace().await
     } else {
         limits.slot().await
     };
+    // The upstream may have said its quota is spent while this copy waited for its turn.
+    if let Some(until) = limits.quota.spent_by_reply() {
+        limits.quota.release(ticket).await;
+        return Tried::Spent(until);
+    }
     let result = slot.upstream.send_reusing(outbound, reuse).await;
-    drop(permit);
     let error = match result {
         Ok(delivered) => {
             slot.mark_up(metrics);
@@ -247,6 +251,7 @@ async fn attempt(
         Err(e) => e,
     };
     limits.quota.release(ticket).await;
+    // Recognised before the turn is given up, so copies waiting for it do not follow.
     if let Some(rule) = error.reply_text().and_then(esp_rules::quota_spent) {
         limits.quota.mark_spent(rule.esp).await;
         return Tried::Spent(limits.quota.next_reset());

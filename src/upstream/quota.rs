@@ -214,6 +214,13 @@ impl DailyQuota {
         self.current(unix_now()).spent_until
     }
 
+    /// Until when (Unix s) the quota is spent because the upstream said so (not by counting:
+    /// a copy that holds a reservation may still go).
+    pub fn spent_by_reply(&self) -> Option<i64> {
+        let day = self.current(unix_now());
+        day.spent_until.filter(|_| day.by_reply)
+    }
+
     /// Counts a copy of `recipients` recipients, or says it does not fit before the reset.
     pub async fn reserve(&self, recipients: usize) -> Reservation {
         let now = unix_now();
