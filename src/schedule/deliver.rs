@@ -13,7 +13,7 @@ use crate::spool::MessageMeta;
 use crate::upstream::{Outbound, Reuse, UpstreamError};
 use std::sync::Arc;
 
-use crate::upstream::failover::{self, UpstreamSlot};
+use super::failover::{self, UpstreamSlot};
 
 mod check;
 pub(super) use check::{NO_UPSTREAM, Stopped};

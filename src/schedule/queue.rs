@@ -35,13 +35,13 @@ use crate::upstream::{Reuse, Upstream};
 
 use super::cluster::SharedLimits;
 use super::deliver::{self, Copy, Route};
+use super::failover::{Policy, UpstreamSlot};
 use super::lane::{Lane, Ready};
 use super::message::{QueuedMessage, Waiting};
 use super::pause::switch::Switch;
 use super::routing::Routing;
 use super::tracking;
-use crate::upstream::failover::{Policy, UpstreamSlot};
-use crate::upstream::limits::LimitsContext;
+use super::upstream_limits::LimitsContext;
 
 mod control;
 mod drain;

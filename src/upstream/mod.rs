@@ -11,17 +11,13 @@
 //!   whether the text is UTF-8), and the socket lent to lettre before STARTTLS.
 //! - `tls.rs`: trust anchors and the name certificates are verified against.
 //! - `error.rs`: [`UpstreamError`] and its classifier.
-//! - `failover.rs`: the configured upstreams in order, each with its health (cool-off after a
-//!   connection failure, TLS failure, timeout or `421`): the queue sends a copy through it.
-//! - `limits.rs`: an upstream's own rate, deliveries in flight and slowdowns; `quota.rs` its
-//!   daily quota (shared through Redis with `[cluster]`, kept in the spool without).
+//!
+//! Which upstream a copy goes to (failover in order, each upstream's own rate and daily quota)
+//! is the scheduler's decision: `schedule/failover.rs`.
 
 mod client;
 mod error;
-pub mod failover;
-pub mod limits;
 mod pool;
-pub mod quota;
 mod stream;
 mod tls;
 

@@ -289,7 +289,7 @@ pub struct UpstreamStatus {
     pub name: String,
     pub up: bool,
     /// Its own rate, slowdown and daily quota (`upstream/limits.rs`).
-    pub limits: crate::upstream::limits::LimitsStatus,
+    pub limits: crate::schedule::upstream_limits::LimitsStatus,
 }
 
 /// A pause/resume request named a provider the catalog does not know.

@@ -17,12 +17,11 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::cluster::SharedLimits;
+use super::quota::{DailyQuota, QuotaStatus};
+use super::throttle::{Rate, Throttle, ThrottleMetrics};
 use crate::config::{ShapingAction, UpstreamLimitsConfig};
 use crate::observe::Metrics;
-use crate::schedule::cluster::SharedLimits;
-use crate::schedule::throttle::{Rate, Throttle, ThrottleMetrics};
-
-use super::quota::{DailyQuota, QuotaStatus};
 
 /// What every upstream's limits share: the metrics, the cluster's Redis and the spool (which
 /// keeps the quota counts without a cluster).
@@ -205,7 +204,7 @@ impl UpstreamLimits {
 }
 
 fn rfc3339_s(unix: i64) -> String {
-    crate::schedule::pause::rfc3339(unix.max(0) as u64 * 1000)
+    super::pause::rfc3339(unix.max(0) as u64 * 1000)
 }
 
 /// One upstream's limits as `GET /status` shows them.

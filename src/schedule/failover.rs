@@ -1,17 +1,24 @@
 //! Upstreams in configured order, with failover: an upstream that cannot be reached, fails TLS,
 //! times out or answers `421` is skipped for a cool-off period and the next one is tried; after
-//! the cool-off it is probed again by the next delivery.
+//! the cool-off it is probed again by the next delivery. An upstream whose daily quota is spent
+//! or which is suspended ([`super::upstream_limits`]) is skipped too; when every one is, the
+//! copy is held until the earliest reset.
+//!
+//! Why in the scheduler rather than `upstream/`: choosing the upstream for a copy reads the
+//! scheduler's limits (rates, quotas shared through the cluster's Redis); `upstream/` only
+//! sends.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{ShapingAction, UpstreamConfig, UpstreamKind};
 use crate::observe::Metrics;
-use crate::schedule::esp_rules;
-use crate::schedule::pause::rfc3339;
 use crate::upstream::PoolLimits;
-use crate::upstream::limits::{LimitsContext, UpstreamLimits};
-use crate::upstream::quota::Reservation;
+
+use super::esp_rules;
+use super::pause::rfc3339;
+use super::quota::Reservation;
+use super::upstream_limits::{LimitsContext, UpstreamLimits};
 use crate::upstream::{Delivered, Outbound, Reuse, Upstream, UpstreamError};
 
 fn unix_now() -> i64 {
@@ -191,8 +198,8 @@ pub async fn send<'a>(
                 Tried::Spent(until) => holds.push(until),
             }
         }
-        if last.is_some() {
-            return last.expect("just checked");
+        if let Some(last) = last {
+            return last;
         }
     }
     let until = holds

@@ -20,51 +20,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::{CALL_TIMEOUT, SharedLimits};
+use super::pause::rfc3339;
 use crate::config::{DailyLimit, QuotaReset, QuotaUnit};
 use crate::observe::Metrics;
-use crate::schedule::cluster::{CALL_TIMEOUT, SharedLimits};
-use crate::schedule::pause::rfc3339;
 
-/// Checks every counter of a copy and raises them all, or none. KEYS: the counters.
-/// ARGV[1]: expiry (Unix s); then (count, limit) per key. Returns {granted 0/1, used...}.
-const RESERVE_LUA: &str = r#"
-local ok = 1
-local used = {}
-for i = 1, #KEYS do
-  used[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if used[i] + tonumber(ARGV[2 * i]) > tonumber(ARGV[2 * i + 1]) then ok = 0 end
-end
-if ok == 1 then
-  for i = 1, #KEYS do
-    used[i] = redis.call('INCRBY', KEYS[i], ARGV[2 * i])
-    redis.call('EXPIREAT', KEYS[i], ARGV[1])
-  end
-end
-table.insert(used, 1, ok)
-return used
-"#;
-
-/// Gives a reservation back. KEYS: the counters; ARGV: the count per key.
-const RELEASE_LUA: &str = r#"
-for i = 1, #KEYS do
-  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[i]) then
-    redis.call('DECRBY', KEYS[i], ARGV[i])
-  end
-end
-return 0
-"#;
-
-/// Marks the counters spent (raised to their limit). KEYS: counters; ARGV[1]: expiry; then
-/// the limit per key.
-const SPEND_LUA: &str = r#"
-for i = 1, #KEYS do
-  if tonumber(redis.call('GET', KEYS[i]) or '0') < tonumber(ARGV[i + 1]) then
-    redis.call('SET', KEYS[i], ARGV[i + 1])
-  end
-  redis.call('EXPIREAT', KEYS[i], ARGV[1])
-end
-return 0
-"#;
+mod scripts;
+use scripts::Scripts;
 
 /// One quota day's state, as kept in the file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -122,13 +84,6 @@ pub struct DailyQuota {
     scripts: Scripts,
 }
 
-/// The Lua scripts, hashed once (EVALSHA, loaded on first use).
-struct Scripts {
-    reserve: redis::Script,
-    release: redis::Script,
-    spend: redis::Script,
-}
-
 fn unix_now() -> i64 {
     crate::spool::unix_now() as i64
 }
@@ -172,11 +127,7 @@ impl DailyQuota {
             file,
             writing: Mutex::new(()),
             metrics,
-            scripts: Scripts {
-                reserve: redis::Script::new(RESERVE_LUA),
-                release: redis::Script::new(RELEASE_LUA),
-                spend: redis::Script::new(SPEND_LUA),
-            },
+            scripts: Scripts::new(),
         });
         quota.publish(&quota.current(unix_now()));
         quota
