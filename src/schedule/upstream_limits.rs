@@ -103,11 +103,12 @@ impl UpstreamLimits {
         self.apply_concurrency();
     }
 
-    /// Waits for this upstream's rate and a delivery slot. The permit is held while the copy
-    /// is sent.
+    /// Waits for a delivery slot, then for this upstream's rate (in that order, so a copy
+    /// that got its turn at the rate is sent at once). The permit is held while the copy is sent.
     pub async fn pace(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.slots.clone().acquire_owned().await.ok();
         self.pacing.acquire().await;
-        self.slots.clone().acquire_owned().await.ok()
+        permit
     }
 
     /// A free slot without waiting for the rate (the hand-off at shutdown: the receiving relay
