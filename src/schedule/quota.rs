@@ -439,7 +439,9 @@ impl DailyQuota {
         }
     }
 
-    /// Writes the day's state to the spool (without `[cluster]`), off the async threads.
+    /// Writes the day's state to the spool (without `[cluster]`). On the calling thread: the file
+    /// is a few dozen bytes, written without fsync and renamed into place (page-cache work, no
+    /// disk wait), and writing it here keeps the order of the counts it records.
     fn persist(&self) {
         let Some(file) = self.file.clone() else {
             return;
