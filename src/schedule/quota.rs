@@ -242,8 +242,14 @@ impl DailyQuota {
         for (m, c) in day.mine.iter_mut().zip(counts) {
             *m += c;
         }
-        if self.cluster.is_none() {
-            day.seen = day.mine;
+        // While Redis is down the cluster's count is unknown: at least this relay's is shown.
+        let mine = day.mine;
+        for (seen, m) in day.seen.iter_mut().zip(mine) {
+            *seen = if self.cluster.is_none() {
+                m
+            } else {
+                (*seen).max(m)
+            };
         }
         self.publish(&day);
         drop(day);
@@ -513,6 +519,48 @@ mod tests {
         );
         assert_eq!(q.status()[0].used, 1);
         assert!(matches!(q.reserve(2).await, Reservation::Granted(_)));
+    }
+
+    #[tokio::test]
+    async fn while_redis_is_down_a_replica_counts_its_share_locally() {
+        let config = crate::config::ClusterConfig {
+            // Nothing listens on port 1: Redis is down from the start.
+            redis_url: "redis://127.0.0.1:1/".into(),
+            replicas: 2,
+            password: None,
+        };
+        let token = tokio_util::sync::CancellationToken::new();
+        let gauge = prometheus::IntGauge::new("up", "up").unwrap();
+        let cluster = SharedLimits::start(&config, gauge, token.clone());
+        let daily = vec![DailyLimit {
+            unit: QuotaUnit::Messages,
+            limit: 5,
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let q = DailyQuota::new(
+            "ses",
+            daily,
+            QuotaReset::default(),
+            Some(cluster),
+            Some(dir.path()),
+            Metrics::new(),
+        );
+        assert!(matches!(q.reserve(3).await, Reservation::Granted(_)));
+        assert!(matches!(q.reserve(3).await, Reservation::Granted(_)));
+        assert!(
+            matches!(q.reserve(1).await, Reservation::Spent { .. }),
+            "5 / 2 replicas: 2 messages here"
+        );
+        assert_eq!(
+            q.status()[0].used,
+            2,
+            "at least this relay's count is shown"
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "with [cluster] no file is kept"
+        );
+        token.cancel();
     }
 
     #[tokio::test]
