@@ -4,6 +4,11 @@
 #
 #   bench/shaping.sh                 # RATE=20 msg/s, WINDOW=30 s
 #   RATE=50 WINDOW=30 bench/shaping.sh
+#   MODE=upstream bench/shaping.sh   # the limit is the upstream's own messages_per_second
+#
+# MODE=provider (default): one provider `alpha` paced at RATE. MODE=upstream: the upstream
+# `sink` is paced at RATE (`[[upstream]] messages_per_second`), and the copies are spread over two
+# unthrottled providers (`alpha`, `beta`), so the one limit holds across provider lanes.
 #
 # The sink fsyncs every message, so the lane needs enough connections (CONNECTIONS) for the sink
 # not to be the bottleneck: what is measured must be the limiter.
@@ -15,6 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+MODE=${MODE:-provider}
+case "$MODE" in provider | upstream) ;; *) echo "MODE must be provider or upstream" >&2; exit 64 ;; esac
 RATE=${RATE:-20}
 WINDOW=${WINDOW:-30}
 WARMUP=${WARMUP:-3}
@@ -61,7 +68,7 @@ stop_all() {
   pids=()
 }
 
-# run_case NODES: prints "nodes=N configured=R measured=M deviation=D%"
+# run_case NODES: prints "mode=MODE nodes=N configured=R measured=M deviation=D%"
 run_case() {
   local nodes=$1 case_dir="$work/case$1"
   mkdir -p "$case_dir/captured"
@@ -80,6 +87,14 @@ run_case() {
     wait_port "$redis_port"
     cluster=$'[cluster]\nredis_url = "redis://127.0.0.1:'"$redis_port"$'/"\nreplicas = '"$nodes"
   fi
+  local upstream_limit="" provider_limit beta=""
+  if [ "$MODE" = upstream ]; then
+    upstream_limit=$'messages_per_second = '"$RATE"$'\nburst = '"$BURST"
+    provider_limit=""
+    beta=$'[[provider]]\nname = "beta"\ndomains = ["b.test"]\nmax_connections = '"$CONNECTIONS"
+  else
+    provider_limit=$'messages_per_second = '"$RATE"$'\nburst = '"$BURST"
+  fi
   local smtp_ports=()
   for n in $(seq 1 "$nodes"); do
     local port
@@ -97,12 +112,13 @@ host = "127.0.0.1"
 port = $sink_port
 tls = "none"
 max_connections = $CONNECTIONS
+$upstream_limit
 [[provider]]
 name = "alpha"
 domains = ["a.test"]
-messages_per_second = $RATE
-burst = $BURST
+$provider_limit
 max_connections = $CONNECTIONS
+$beta
 [metrics]
 listen = "127.0.0.1:0"
 $cluster
@@ -111,14 +127,16 @@ EOF
     pids+=($!)
     wait_port "$port"
   done
-  python3 - "$RATE" "$WINDOW" "$WARMUP" "$nodes" "$case_dir/captured" "${smtp_ports[@]}" <<'EOF'
+  python3 - "$RATE" "$WINDOW" "$WARMUP" "$nodes" "$MODE" "$case_dir/captured" "${smtp_ports[@]}" <<'EOF'
 import glob, math, os, smtplib, sys, time
 rate, window, warmup, nodes = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-captured, ports = sys.argv[5], [int(p) for p in sys.argv[6:]]
+mode, captured, ports = sys.argv[5], sys.argv[6], [int(p) for p in sys.argv[7:]]
+# Upstream mode: every other copy to the second provider, so both lanes feed the one upstream.
+domains = ["a.test", "b.test"] if mode == "upstream" else ["a.test"]
 # Enough copies to keep every relay's lane busy past the end of the window.
 per_node = math.ceil(rate * (warmup + window + 5) / nodes) + 50
 for n, port in enumerate(ports):
-    rcpts = ["n%d-%d@a.test" % (n, i) for i in range(per_node)]
+    rcpts = ["n%d-%d@%s" % (n, i, domains[i % len(domains)]) for i in range(per_node)]
     with smtplib.SMTP("127.0.0.1", port) as s:
         for start in range(0, len(rcpts), 500):
             chunk = rcpts[start:start + 500]
@@ -138,13 +156,13 @@ t = stamps()
 start = t[0] + warmup
 inside = [x for x in t if start <= x < start + window]
 measured = len(inside) / window
-print("nodes=%d configured=%.2f/s measured=%.2f/s deviation=%+.1f%% (%d copies in %.0f s)"
-      % (nodes, rate, measured, 100.0 * (measured - rate) / rate, len(inside), window))
+print("mode=%s nodes=%d configured=%.2f/s measured=%.2f/s deviation=%+.1f%% (%d copies in %.0f s)"
+      % (mode, nodes, rate, measured, 100.0 * (measured - rate) / rate, len(inside), window))
 EOF
   stop_all
 }
 
-echo "shaping bench: RATE=$RATE/s BURST=$BURST CONNECTIONS=$CONNECTIONS WINDOW=${WINDOW}s WARMUP=${WARMUP}s ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "shaping bench: MODE=$MODE RATE=$RATE/s BURST=$BURST CONNECTIONS=$CONNECTIONS WINDOW=${WINDOW}s WARMUP=${WARMUP}s ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 run_case 1
 if command -v redis-server >/dev/null 2>&1; then
   run_case 2

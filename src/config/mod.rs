@@ -7,7 +7,7 @@
 //!
 //! This file holds [`Config`], reading the file into sections and the problem types; each
 //! section's typed struct and its validation live in a file of their own: `server.rs`,
-//! `access.rs`, `privacy.rs` (with the bulk hold in `hold.rs`), `spool.rs`, `upstream.rs`,
+//! `access.rs`, `privacy.rs` (with the bulk hold in `hold.rs`), `spool.rs`, `upstream.rs` (its limits in `upstream_limits.rs`),
 //! `shaping.rs` (`[[provider]]`, `[shaping]`, `[cluster]`), `http.rs` (`[metrics]`, `[admin]`),
 //! `log.rs` and `dkim.rs`. Shared value parsers (durations, sizes, secrets) are in `values.rs`.
 
@@ -26,6 +26,7 @@ mod shaping;
 mod spool;
 pub mod tls;
 mod upstream;
+mod upstream_limits;
 mod values;
 
 use std::path::Path;
@@ -55,6 +56,7 @@ pub use shaping::{
 };
 pub use spool::{DEFAULT_DRAIN_TIMEOUT, SpoolConfig};
 pub use upstream::{Credentials, SmtpUpstreamConfig, UpstreamConfig, UpstreamKind, UpstreamTls};
+pub use upstream_limits::{DailyLimit, QuotaReset, QuotaUnit, UpstreamLimitsConfig};
 use values::Problems;
 pub use values::{FailureBudget, Secret, io_words};
 

@@ -106,6 +106,11 @@ pub struct RawUpstream {
     pub max_connections: Option<u64>,
     pub timeout: Option<RawDuration>,
     pub dir: Option<String>,
+    pub messages_per_second: Option<f64>,
+    pub burst: Option<u64>,
+    pub recipients_per_day: Option<u64>,
+    pub messages_per_day: Option<u64>,
+    pub quota_reset: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,12 +4,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::RawUpstream;
+use super::upstream_limits::{UpstreamLimitsConfig, validate_limits};
 use super::values::{Problems, Secret, duration};
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
     pub kind: UpstreamKind,
+    /// Its own rate and daily quota (an ESP account's limits); none by default.
+    pub limits: UpstreamLimitsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +81,7 @@ pub(super) fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec
                 format!("upstream {name:?} is defined twice"),
             );
         }
+        let limits = validate_limits(&u, &path, p);
         let kind = match (u.host, u.dir) {
             (Some(_), Some(_)) => {
                 p.push(
@@ -195,7 +199,7 @@ pub(super) fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec
                 })
             }
         };
-        out.push(UpstreamConfig { name, kind });
+        out.push(UpstreamConfig { name, kind, limits });
     }
     out
 }

@@ -31,6 +31,19 @@ pub struct Metrics {
     /// counted on the replica that decided (not on the replicas that applied its decision).
     pub shaping_actions: IntCounterVec,
     pub upstream_up: IntGaugeVec,
+    /// `upstream`: deliveries that waited for the upstream's own `messages_per_second`.
+    pub upstream_throttle_delays: IntCounterVec,
+    /// `upstream`: 1 while an ESP's "too fast" reply keeps the upstream slowed or suspended.
+    pub upstream_slowed: IntGaugeVec,
+    /// `upstream`, `unit` (recipients | messages): counted this quota day (cluster-wide with
+    /// `[cluster]`), and the configured daily quota.
+    pub upstream_quota_used: IntGaugeVec,
+    pub upstream_quota_limit: IntGaugeVec,
+    /// `upstream`: when its quota day ends (Unix s), or until when it is spent.
+    pub upstream_quota_reset: IntGaugeVec,
+    /// `provider`: copies held (deferred to the earliest reset) because every upstream's
+    /// daily quota was spent or every upstream suspended.
+    pub upstream_quota_holds: IntCounterVec,
     pub inbound_connections: IntGauge,
     /// `reason`: a short fixed word such as `relay_denied`, `size`, `too_many_recipients`.
     pub inbound_rejections: IntCounterVec,
@@ -198,6 +211,36 @@ impl Metrics {
                 "1 when the upstream is usable, 0 while it cools off.",
                 &["upstream"],
             ),
+            upstream_throttle_delays: counter(
+                "mailveil_upstream_throttle_delays_total",
+                "Deliveries delayed by an upstream's own rate limit.",
+                &["upstream"],
+            ),
+            upstream_slowed: gauge_vec(
+                "mailveil_upstream_slowed",
+                "1 while an ESP reply keeps the upstream slowed down or suspended, else 0.",
+                &["upstream"],
+            ),
+            upstream_quota_used: gauge_vec(
+                "mailveil_upstream_quota_used",
+                "Recipients or messages counted against the upstream's daily quota this quota day.",
+                &["upstream", "unit"],
+            ),
+            upstream_quota_limit: gauge_vec(
+                "mailveil_upstream_quota_limit",
+                "The upstream's configured daily quota (recipients_per_day, messages_per_day).",
+                &["upstream", "unit"],
+            ),
+            upstream_quota_reset: gauge_vec(
+                "mailveil_upstream_quota_reset_timestamp_seconds",
+                "When the upstream's quota day ends (Unix time), or until when its quota is spent.",
+                &["upstream"],
+            ),
+            upstream_quota_holds: counter(
+                "mailveil_upstream_quota_holds_total",
+                "Copies held until a reset because every upstream's quota was spent, by provider.",
+                &["provider"],
+            ),
             inbound_connections: gauge(
                 "mailveil_inbound_connections",
                 "Open inbound SMTP connections.",
@@ -326,6 +369,7 @@ impl Metrics {
             for action in SHAPING_ACTIONS {
                 self.shaping_actions.with_label_values(&[p, action]);
             }
+            self.upstream_quota_holds.with_label_values(&[p]);
             for upstream in upstreams {
                 for outcome in ["delivered", "deferred", "failed"] {
                     self.deliveries
@@ -335,6 +379,9 @@ impl Metrics {
         }
         for upstream in upstreams {
             self.upstream_up.with_label_values(&[upstream.as_str()]);
+            self.upstream_throttle_delays
+                .with_label_values(&[upstream.as_str()]);
+            self.upstream_slowed.with_label_values(&[upstream.as_str()]);
         }
     }
 

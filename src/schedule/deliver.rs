@@ -7,17 +7,15 @@
 //! queue state. The queue ([`queue`](super::queue)) decides when a copy goes and records the
 //! [`Outcome`] (spool lines, metrics, logs, retries, bounces); nothing here writes any of them.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use crate::config::ShapingRule;
 use crate::dkim::Signer;
 use crate::observe::Metrics;
 use crate::privacy::{self, Exposure};
 use crate::spool::MessageMeta;
 use crate::upstream::{Outbound, Reuse, UpstreamError};
+use std::sync::Arc;
 
-use crate::upstream::failover::{self, UpstreamSlot};
+use super::failover::{self, UpstreamSlot};
 
 use super::rules::{self, Verdict};
 
@@ -41,8 +39,8 @@ pub(super) struct Copy<'a> {
 pub(super) struct Route<'a> {
     pub upstreams: &'a [Arc<UpstreamSlot>],
     pub reuse: Reuse<'a>,
-    /// How long an upstream that failed is skipped.
-    pub cool_off: Duration,
+    /// How long an upstream that failed is skipped; whether upstreams' rates are awaited.
+    pub policy: failover::Policy,
     pub dkim: &'a Signer,
     pub metrics: &'a Metrics,
     /// The shaping rules in force: a reply they match is classified by them
@@ -130,7 +128,7 @@ pub(super) async fn deliver<'a>(copy: Copy<'_>, route: Route<'a>) -> Sent<'a> {
         outbound,
         route.reuse,
         route.metrics,
-        route.cool_off,
+        route.policy,
     )
     .await;
     drop(bytes);

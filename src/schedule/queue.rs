@@ -36,13 +36,14 @@ use crate::upstream::{Reuse, Upstream};
 
 use super::cluster::SharedLimits;
 use super::deliver::{self, Copy, Route};
+use super::failover::{Policy, UpstreamSlot};
 use super::lane::{Lane, Ready};
 use super::message::{QueuedMessage, Waiting};
 use super::pause::switch::Switch;
 use super::routing::Routing;
 use super::shaping::fleet::Fleet;
 use super::tracking;
-use crate::upstream::failover::UpstreamSlot;
+use super::upstream_limits::LimitsContext;
 
 mod control;
 mod drain;
@@ -90,6 +91,8 @@ struct Inner {
     cluster: Option<Arc<SharedLimits>>,
     /// With `[cluster]`: shaping decisions shared with the other replicas (`shaping.rs`).
     fleet: Option<Arc<Fleet>>,
+    /// What each upstream's own limits are built with (`upstream/limits.rs`).
+    limits: LimitsContext,
     /// Messages under a bulk hold ([`hold`]).
     holds: hold::Holds,
     /// Cancelled when the hand-off to `spool.handoff_upstream` starts ([`drain`]): throttles
@@ -127,13 +130,15 @@ impl Scheduler {
         for u in &upstreams {
             metrics.upstream_up.with_label_values(&[&u.name]).set(1);
         }
-        let slots = upstreams
-            .into_iter()
-            .map(|u| Arc::new(UpstreamSlot::new(u)))
-            .collect();
         let shutdown = CancellationToken::new();
         let cluster = cluster
             .map(|c| SharedLimits::start(c, metrics.enable_cluster(), shutdown.child_token()));
+        let limits = LimitsContext {
+            metrics: metrics.clone(),
+            cluster: cluster.clone(),
+            spool_root: Some(spool.root().to_path_buf()),
+        };
+        let slots = UpstreamSlot::build_all(upstreams, config.upstreams, &[], &limits);
         let holds = hold::Holds::new(config.hold);
         let settings = Settings::new(config);
         // Before anything is queued: a pause in force when the relay stopped holds from the
@@ -158,6 +163,7 @@ impl Scheduler {
                 shutdown,
                 cluster,
                 fleet,
+                limits,
                 holds,
                 handoff: CancellationToken::new(),
                 handoff_slot: RwLock::new(None),
@@ -255,16 +261,10 @@ impl Scheduler {
     /// upstreams with the same name. `[cluster]` changes need a restart.
     pub fn apply_config(&self, config: SchedulerConfig<'_>, upstreams: Vec<Upstream>) {
         let hold = config.hold;
+        let old = self.inner.upstreams();
+        let slots = UpstreamSlot::build_all(upstreams, config.upstreams, &old, &self.inner.limits);
         let settings = Settings::new(config);
         *self.inner.settings.write().expect("not poisoned") = settings;
-        let old = self.inner.upstreams();
-        let slots: Vec<Arc<UpstreamSlot>> = upstreams
-            .into_iter()
-            .map(|u| {
-                let previous = old.iter().find(|s| s.name() == u.name).map(Arc::as_ref);
-                Arc::new(UpstreamSlot::replacing(u, previous))
-            })
-            .collect();
         for s in &slots {
             self.inner
                 .metrics
@@ -501,7 +501,10 @@ impl Inner {
                 provider: &lane.name,
                 max_transactions,
             },
-            cool_off,
+            policy: Policy {
+                cool_off,
+                paced: !handoff,
+            },
             dkim: &dkim,
             metrics: &self.metrics,
             rules: &rules,

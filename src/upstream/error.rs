@@ -104,6 +104,11 @@ pub enum UpstreamError {
     /// Writing to a capture directory failed.
     #[error("capture directory: {0}")]
     Capture(#[source] std::io::Error),
+    /// Not sent: every upstream's daily quota is spent (or it is suspended) until `until`
+    /// (Unix s). The copy waits for it: never bounced, never expired for it
+    /// (`upstream/failover.rs`).
+    #[error("{reason}")]
+    Held { until: u64, reason: String },
 }
 
 /// A lettre error's text with each part once: lettre writes its kind and then its source
@@ -136,6 +141,15 @@ impl UpstreamError {
             UpstreamError::Envelope(_) => false,
             UpstreamError::Config(_) => true,
             UpstreamError::Capture(_) => true,
+            UpstreamError::Held { .. } => true,
+        }
+    }
+
+    /// Until when (Unix s) a held copy waits instead of the usual backoff, if it is held.
+    pub fn held_until(&self) -> Option<u64> {
+        match self {
+            UpstreamError::Held { until, .. } => Some(*until),
+            _ => None,
         }
     }
 
@@ -154,7 +168,8 @@ impl UpstreamError {
             | UpstreamError::Io { .. }
             | UpstreamError::Envelope(_)
             | UpstreamError::Config(_)
-            | UpstreamError::Capture(_) => None,
+            | UpstreamError::Capture(_)
+            | UpstreamError::Held { .. } => None,
         }
     }
 
@@ -178,7 +193,8 @@ impl UpstreamError {
             | UpstreamError::Io { .. }
             | UpstreamError::Envelope(_)
             | UpstreamError::Config(_)
-            | UpstreamError::Capture(_) => None,
+            | UpstreamError::Capture(_)
+            | UpstreamError::Held { .. } => None,
         }
     }
 
@@ -247,7 +263,8 @@ impl UpstreamError {
             | UpstreamError::Protocol { .. }
             | UpstreamError::Io { .. }
             | UpstreamError::Config(_)
-            | UpstreamError::Capture(_) => false,
+            | UpstreamError::Capture(_)
+            | UpstreamError::Held { .. } => false,
         }
     }
 
@@ -270,7 +287,8 @@ impl UpstreamError {
             | UpstreamError::Refused { .. }
             | UpstreamError::Envelope(_)
             | UpstreamError::Config(_)
-            | UpstreamError::Capture(_) => false,
+            | UpstreamError::Capture(_)
+            | UpstreamError::Held { .. } => false,
         }
     }
 }

@@ -11,12 +11,12 @@
 //!   whether the text is UTF-8), and the socket lent to lettre before STARTTLS.
 //! - `tls.rs`: trust anchors and the name certificates are verified against.
 //! - `error.rs`: [`UpstreamError`] and its classifier.
-//! - `failover.rs`: the configured upstreams in order, each with its health (cool-off after a
-//!   connection failure, TLS failure, timeout or `421`): the queue sends a copy through it.
+//!
+//! Which upstream a copy goes to (failover in order, each upstream's own rate and daily quota)
+//! is the scheduler's decision: `schedule/failover.rs`.
 
 mod client;
 mod error;
-pub mod failover;
 mod pool;
 mod stream;
 mod tls;
@@ -403,6 +403,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let config = UpstreamConfig {
             name: "outbox".into(),
+            limits: Default::default(),
             kind: UpstreamKind::Dir {
                 dir: tmp.path().join("out"),
             },

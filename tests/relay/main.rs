@@ -44,4 +44,5 @@ mod spool_recovery;
 mod startup_checks;
 mod upstream;
 mod upstream_hostile;
+mod upstream_limits;
 mod upstream_tls;

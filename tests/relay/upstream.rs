@@ -61,6 +61,7 @@ fn smtp_trusting(
 fn upstream(config: SmtpUpstreamConfig) -> Upstream {
     let config = UpstreamConfig {
         name: "test".into(),
+        limits: Default::default(),
         kind: UpstreamKind::Smtp(config),
     };
     Upstream::from_config(&config, "relay.test").expect("upstream config")
@@ -570,6 +571,7 @@ async fn transaction_cap_rotates_connections() {
     let server = ScriptedSmtp::start(Script::default()).await;
     let config = UpstreamConfig {
         name: "capped".into(),
+        limits: Default::default(),
         kind: UpstreamKind::Smtp(smtp("127.0.0.1", server.port(), UpstreamTls::None)),
     };
     let limits = PoolLimits {
@@ -590,6 +592,7 @@ async fn dir_upstream_writes_capture_files() {
     let dir: PathBuf = tmp.path().join("outbox");
     let config = UpstreamConfig {
         name: "outbox".into(),
+        limits: Default::default(),
         kind: UpstreamKind::Dir { dir: dir.clone() },
     };
     let up = Upstream::from_config(&config, "relay.test").unwrap();

@@ -223,6 +223,7 @@ async fn good(stream: TcpStream, seen: Arc<Mutex<Seen>>) {
 fn upstream_to(addr: SocketAddr, timeout: Duration) -> Upstream {
     let config = UpstreamConfig {
         name: "hostile".into(),
+        limits: Default::default(),
         kind: UpstreamKind::Smtp(SmtpUpstreamConfig {
             host: addr.ip().to_string(),
             port: addr.port(),

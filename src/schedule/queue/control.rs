@@ -110,6 +110,7 @@ impl Scheduler {
             .map(|s| UpstreamStatus {
                 name: s.name().to_string(),
                 up: s.is_up(),
+                limits: s.limits.status(),
             })
             .collect();
         QueueStatus {
@@ -334,6 +335,8 @@ pub struct EffectiveLimits {
 pub struct UpstreamStatus {
     pub name: String,
     pub up: bool,
+    /// Its own rate, slowdown and daily quota (`upstream/limits.rs`).
+    pub limits: crate::schedule::upstream_limits::LimitsStatus,
 }
 
 /// A pause/resume request named a provider the catalog does not know.

@@ -155,14 +155,26 @@ impl Inner {
             retry.retry_max,
             random_jitter(),
         );
-        // No point in trying before a suspended provider reopens (its lane would hold the
-        // start anyway); the spool then shows when the copy really goes next.
-        if let Some(until) = lane.suspended_until() {
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
-            delay = delay.max(Duration::from_secs(left.as_secs_f64().ceil() as u64));
-        }
-        let next = now + delay.as_secs().max(1);
-        if next.saturating_sub(f.meta.received_at) > retry.max_queue_time.as_secs() {
+        // Held for a spent quota: due at the reset, and never expired for that reason.
+        let held = error.held_until();
+        let (next, delay) = match held {
+            Some(until) => {
+                let next = until.max(now + 1);
+                (next, std::time::Duration::from_secs(next - now))
+            }
+            None => {
+                // No point in trying before a suspended provider reopens (its lane would hold
+                // the start anyway); the spool then shows when the copy really goes next.
+                if let Some(until) = lane.suspended_until() {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    delay = delay.max(Duration::from_secs(left.as_secs_f64().ceil() as u64));
+                }
+                (now + delay.as_secs().max(1), delay)
+            }
+        };
+        if held.is_none()
+            && next.saturating_sub(f.meta.received_at) > retry.max_queue_time.as_secs()
+        {
             let code = error.code().unwrap_or(451);
             return Some(self.fail(f, code, error, true));
         }
