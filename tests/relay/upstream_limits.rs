@@ -159,7 +159,7 @@ async fn an_ses_throttling_reply_slows_the_upstream_down() {
     assert!(
         after["limits"]["slowed_by"]
             .as_str()
-            .is_some_and(|s| s.contains("maximum sending rate exceeded")),
+            .is_some_and(|s| s.contains("maximum-sending-rate-exceeded")),
         "{after}"
     );
     assert_eq!(

@@ -51,6 +51,10 @@ struct State {
     own: HashMap<String, String>,
     /// Decisions taken here that Redis has not taken yet, with when they end here.
     pending: HashMap<String, (Decision, Instant)>,
+    /// Per provider: how many writes this replica started (publish, clear). A round that read
+    /// the cluster while one was under way skips that provider: what it read may be the entry
+    /// the write replaces, which must not be applied again.
+    writes: HashMap<String, u64>,
     /// `None` until Redis was first asked.
     reachable: Option<bool>,
     /// When a round last read the cluster's state (Unix ms, 0: never).
@@ -95,6 +99,7 @@ impl Fleet {
         let before = {
             let mut state = self.lock();
             state.own.insert(provider.to_string(), decision.id.clone());
+            *state.writes.entry(provider.to_string()).or_default() += 1;
             state.seen.insert(provider.to_string(), decision.id.clone())
         };
         let written = match self.cluster.connection() {
@@ -150,6 +155,7 @@ impl Fleet {
                 let mut state = self.lock();
                 state.seen.insert(name.clone(), tombstone.id.clone());
                 state.own.insert(name.clone(), tombstone.id.clone());
+                *state.writes.entry(name.clone()).or_default() += 1;
                 state.pending.remove(&name);
             }
             match shared::write(&mut conn, &name, &tombstone, CLEAR_VISIBLE).await {
@@ -171,7 +177,8 @@ impl Fleet {
             self.mark(Err(&SharedError::NoConnection));
             return Vec::new();
         };
-        let snap = match shared::read_all(&mut conn).await {
+        let writes_before = self.lock().writes.clone();
+        let mut snap = match shared::read_all(&mut conn).await {
             Ok(s) => s,
             Err(e) => {
                 self.mark(Err(&e));
@@ -182,6 +189,9 @@ impl Fleet {
         let (remote, pending) = {
             let mut state = self.lock();
             state.last_sync_ms = crate::schedule::pause::now_ms();
+            // Written here meanwhile: the next round reads what the write left.
+            snap.entries
+                .retain(|p, _| state.writes.get(p) == writes_before.get(p));
             let State { seen, own, .. } = &mut *state;
             let remote = news(seen, own, &snap);
             (remote, std::mem::take(&mut state.pending))
