@@ -106,6 +106,7 @@ pub struct RawUpstream {
     pub max_connections: Option<u64>,
     pub timeout: Option<RawDuration>,
     pub dir: Option<String>,
+    pub local: Option<bool>,
     pub messages_per_second: Option<f64>,
     pub burst: Option<u64>,
     pub recipients_per_day: Option<u64>,

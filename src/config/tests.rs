@@ -78,6 +78,33 @@ fn no_upstream_is_an_error() {
 }
 
 #[test]
+fn a_loopback_smarthost_is_local_unless_told_otherwise() {
+    let local_of = |extra: &str| {
+        let c = Config::from_toml(&format!("[[upstream]]\nname = \"u\"\n{extra}")).unwrap();
+        match &c.upstreams[0].kind {
+            UpstreamKind::Smtp(s) => s.local,
+            UpstreamKind::Dir { .. } => unreachable!("an SMTP upstream"),
+        }
+    };
+    for host in ["localhost", "127.0.0.1", "127.9.9.9", "::1", "[::1]"] {
+        assert!(
+            local_of(&format!("host = \"{host}\"\ntls = \"none\"")),
+            "{host}"
+        );
+    }
+    for host in ["smtp.example.com", "10.0.0.5", "localhost.example.com"] {
+        assert!(!local_of(&format!("host = \"{host}\"")), "{host}");
+    }
+    assert!(!local_of(
+        "host = \"127.0.0.1\"\ntls = \"none\"\nlocal = false"
+    ));
+    assert!(local_of("host = \"smtp.internal\"\nlocal = true"));
+    let err = Config::from_toml("[[upstream]]\nname = \"o\"\ndir = \"/tmp\"\nlocal = true\n")
+        .unwrap_err();
+    assert_eq!(err.problems[0].path, "upstream[0].local", "{err}");
+}
+
+#[test]
 fn credentials_over_plaintext_are_refused() {
     let text = r#"
 [[upstream]]

@@ -46,6 +46,19 @@ pub struct SmtpUpstreamConfig {
     pub max_connections: usize,
     /// Limit for connecting and for each command/reply exchange.
     pub timeout: Duration,
+    /// The hop never leaves this host (a sidecar or local smarthost): copies to a provider with
+    /// `require_tls` may take it in plaintext, since the next hop is the smarthost's. Default:
+    /// `host` is `localhost` or a loopback address.
+    pub local: bool,
+}
+
+/// Whether `host` names this machine: `localhost` or a loopback address.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +120,7 @@ pub(super) fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec
                     ("username", u.username.is_some()),
                     ("password_env", u.password_env.is_some()),
                     ("password_file", u.password_file.is_some()),
+                    ("local", u.local.is_some()),
                 ] {
                     if set {
                         p.push(
@@ -188,7 +202,9 @@ pub(super) fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec
                     .timeout
                     .and_then(|d| duration(&d, &format!("{path}.timeout"), p))
                     .unwrap_or(Duration::from_secs(60));
+                let local = u.local.unwrap_or_else(|| is_loopback_host(&host));
                 UpstreamKind::Smtp(SmtpUpstreamConfig {
+                    local,
                     host,
                     port,
                     tls,

@@ -171,8 +171,9 @@ impl Default for PoolLimits {
 pub struct Upstream {
     pub name: String,
     kind: Kind,
-    /// Copies leave encrypted: STARTTLS required or implicit TLS (not `tls = "none"`, not a
-    /// capture directory). Providers with `require_tls` are only sent through such upstreams.
+    /// Copies leave this host only over TLS: STARTTLS required or implicit TLS, or a hop that
+    /// stays on this host (`local`: a loopback smarthost; a capture directory). Providers with
+    /// `require_tls` are only sent through such upstreams.
     encrypted: bool,
     /// How failures of this upstream are logged where it is used (`upstream/failover.rs`):
     /// they quote the server's replies, which may name addresses and carry control bytes.
@@ -214,8 +215,10 @@ impl Upstream {
         timeouts: Timeouts,
         limits: PoolLimits,
     ) -> Result<Upstream, UpstreamError> {
-        let encrypted =
-            matches!(&config.kind, UpstreamKind::Smtp(smtp) if smtp.tls != UpstreamTls::None);
+        let encrypted = match &config.kind {
+            UpstreamKind::Smtp(smtp) => smtp.tls != UpstreamTls::None || smtp.local,
+            UpstreamKind::Dir { .. } => true,
+        };
         let kind = match &config.kind {
             UpstreamKind::Smtp(smtp) => {
                 Kind::Smtp(Box::new(SmtpUpstream::new(smtp, helo, timeouts, limits)?))

@@ -337,9 +337,10 @@ threshold = "5/1h"
 
 #[tokio::test]
 async fn a_provider_requiring_tls_is_never_sent_to_in_plaintext() {
-    // Built-in: qq requires TLS; the only upstream is plaintext.
+    // Built-in: qq requires TLS; the only upstream is plaintext and, by `local = false`, taken
+    // for a smarthost on another host (a loopback one counts as local by default).
     let upstream = ScriptedSmtp::start(Script::default()).await;
-    let mut relay = RelayProc::start(&config(&upstream, "1s", ""), &[]).await;
+    let mut relay = RelayProc::start(&config(&upstream, "1s", "local = false"), &[]).await;
     let started = relay.proc_.log_text();
     assert!(
         started.contains("provider requires TLS (require_tls) but no upstream has TLS on"),

@@ -26,6 +26,7 @@ const BODY: &[u8] = b"Hello.\r\n.leading dot stays\r\n..two dots\r\n\r\nlast lin
 
 fn smtp(host: &str, port: u16, tls: UpstreamTls) -> SmtpUpstreamConfig {
     SmtpUpstreamConfig {
+        local: false,
         host: host.into(),
         port,
         tls,

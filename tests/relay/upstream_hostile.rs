@@ -225,6 +225,7 @@ fn upstream_to(addr: SocketAddr, timeout: Duration) -> Upstream {
         name: "hostile".into(),
         limits: Default::default(),
         kind: UpstreamKind::Smtp(SmtpUpstreamConfig {
+            local: false,
             host: addr.ip().to_string(),
             port: addr.port(),
             tls: UpstreamTls::None,
