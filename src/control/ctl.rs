@@ -20,9 +20,11 @@ pub enum Action {
         provider: Option<String>,
     },
     Reload,
-    /// Lift shaping slowdowns and suspensions (`POST /shaping/clear`).
+    /// Lift shaping slowdowns and suspensions (`POST /shaping/clear`): one provider's, one
+    /// upstream's, or (neither) all.
     ShapingClear {
         provider: Option<String>,
+        upstream: Option<String>,
     },
     /// Messages under a bulk hold.
     Held {
@@ -71,7 +73,11 @@ impl Action {
             Action::Pause { provider } => ("POST", with("/pause", provider)),
             Action::Resume { provider } => ("POST", with("/resume", provider)),
             Action::Reload => ("POST", "/reload".into()),
-            Action::ShapingClear { provider } => ("POST", with("/shaping/clear", provider)),
+            Action::ShapingClear {
+                provider,
+                upstream: Some(u),
+            } if provider.is_none() => ("POST", format!("/shaping/clear?upstream={}", encode(u))),
+            Action::ShapingClear { provider, .. } => ("POST", with("/shaping/clear", provider)),
             Action::Held { show_addresses } => (
                 "GET",
                 if *show_addresses {
