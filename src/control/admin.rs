@@ -15,9 +15,11 @@
 //!   the record cannot be written the change still applies and the answer is `500` with the
 //!   status and an `error` saying a restart would forget it. `/status` lists every pause in
 //!   force under `pauses` (source `command` / `spool` / `cluster`, since, by which replica).
-//! - `POST /shaping/clear`, optional `?provider=NAME`: lift the slowdowns and suspensions that
-//!   shaping rules put in force (all providers', or one's); with `[cluster]` on every replica.
-//!   Answers the status with `shaping_cleared` (the providers lifted here); unknown provider `404`.
+//! - `POST /shaping/clear`, optional `?provider=NAME` or `?upstream=NAME`: lift the slowdowns
+//!   and suspensions that shaping rules put in force (every provider's and upstream's, or one's);
+//!   with `[cluster]` on every replica. Answers the status with `shaping_cleared` (the providers
+//!   lifted here) and `upstream_shaping_cleared` (the upstreams); unknown name `404`, both
+//!   given `400`.
 //! - `POST /reload`: same as SIGHUP; `422` with every problem when the new file is refused.
 //! - `GET /held` (`?show_addresses=true` for the sender and canary recipients in full): messages
 //!   under a bulk hold, with counts only. `POST /held/<id>/release`, `POST /held/<id>/drop`:
@@ -46,7 +48,7 @@ use crate::observe::Metrics;
 use crate::observe::serve::{self, HttpCounters, HttpLimits};
 use crate::relay::Relay;
 use crate::schedule::Scheduler;
-use crate::schedule::queue::{HoldError, PauseError};
+use crate::schedule::queue::{ClearTarget, HoldError, PauseError};
 
 /// The `target` of this module's log lines: the path it had before the control plane got its own
 /// folder, so log lines and `MAILVEIL_LOG` filters read as they did.
@@ -71,6 +73,12 @@ impl axum::extract::FromRef<AdminState> for Scheduler {
 #[derive(Deserialize)]
 struct Target {
     provider: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ShapingTarget {
+    provider: Option<String>,
+    upstream: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -214,26 +222,35 @@ async fn switch(state: &AdminState, target: Target, pause: bool) -> Response {
     }
 }
 
-async fn clear_shaping(State(state): State<AdminState>, Query(target): Query<Target>) -> Response {
-    if target.provider.as_deref() == Some("") {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "provider must not be empty; omit it for all providers"})),
-        )
-            .into_response();
-    }
-    let provider = target.provider.as_deref();
-    match state.scheduler.clear_shaping(provider).await {
+async fn clear_shaping(
+    State(state): State<AdminState>,
+    Query(target): Query<ShapingTarget>,
+) -> Response {
+    let bad = |error: &str| {
+        (StatusCode::BAD_REQUEST, axum::Json(json!({"error": error}))).into_response()
+    };
+    let target = match (target.provider.as_deref(), target.upstream.as_deref()) {
+        (Some(""), _) => return bad("provider must not be empty; omit it for all providers"),
+        (_, Some("")) => return bad("upstream must not be empty; omit it for all upstreams"),
+        (Some(_), Some(_)) => return bad("name a provider or an upstream, not both"),
+        (Some(p), None) => ClearTarget::Provider(p),
+        (None, Some(u)) => ClearTarget::Upstream(u),
+        (None, None) => ClearTarget::All,
+    };
+    match state.scheduler.clear_shaping(target).await {
         Ok(cleared) => {
             tracing::warn!(
                 target: LOG_TARGET,
-                provider = provider.unwrap_or("*"),
-                lifted = %cleared.join(","),
+                provider = target_name(target, true),
+                upstream = target_name(target, false),
+                lifted = %cleared.providers.join(","),
+                lifted_upstreams = %cleared.upstreams.join(","),
                 "admin: shaping cleared"
             );
             let mut body = serde_json::to_value(state.scheduler.status()).unwrap_or_default();
             if let Some(fields) = body.as_object_mut() {
-                fields.insert("shaping_cleared".into(), json!(cleared));
+                fields.insert("shaping_cleared".into(), json!(cleared.providers));
+                fields.insert("upstream_shaping_cleared".into(), json!(cleared.upstreams));
             }
             axum::Json(body).into_response()
         }
@@ -242,6 +259,16 @@ async fn clear_shaping(State(state): State<AdminState>, Query(target): Query<Tar
             axum::Json(json!({"error": e.to_string()})),
         )
             .into_response(),
+    }
+}
+
+/// The provider (`provider`) or upstream a clear names for the log: `*` for all, `-` for the
+/// other kind.
+fn target_name(target: ClearTarget<'_>, provider: bool) -> &str {
+    match (target, provider) {
+        (ClearTarget::All, _) => "*",
+        (ClearTarget::Provider(p), true) | (ClearTarget::Upstream(p), false) => p,
+        _ => "-",
     }
 }
 

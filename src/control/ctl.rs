@@ -20,9 +20,11 @@ pub enum Action {
         provider: Option<String>,
     },
     Reload,
-    /// Lift shaping slowdowns and suspensions (`POST /shaping/clear`).
+    /// Lift shaping slowdowns and suspensions (`POST /shaping/clear`): one provider's, one
+    /// upstream's, or (neither) all.
     ShapingClear {
         provider: Option<String>,
+        upstream: Option<String>,
     },
     /// Messages under a bulk hold.
     Held {
@@ -71,7 +73,19 @@ impl Action {
             Action::Pause { provider } => ("POST", with("/pause", provider)),
             Action::Resume { provider } => ("POST", with("/resume", provider)),
             Action::Reload => ("POST", "/reload".into()),
-            Action::ShapingClear { provider } => ("POST", with("/shaping/clear", provider)),
+            Action::ShapingClear { provider, upstream } => {
+                // Both named: sent as given, the relay refuses it (`400`).
+                let query: Vec<String> = [("provider", provider), ("upstream", upstream)]
+                    .into_iter()
+                    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+                    .collect();
+                let path = if query.is_empty() {
+                    "/shaping/clear".to_string()
+                } else {
+                    format!("/shaping/clear?{}", query.join("&"))
+                };
+                ("POST", path)
+            }
             Action::Held { show_addresses } => (
                 "GET",
                 if *show_addresses {
@@ -284,6 +298,21 @@ mod tests {
             ("POST", "/resume?provider=a%20b%26c".into())
         );
         assert_eq!(Action::Reload.request_line(), ("POST", "/reload".into()));
+        let clear = |provider: Option<&str>, upstream: Option<&str>| {
+            Action::ShapingClear {
+                provider: provider.map(Into::into),
+                upstream: upstream.map(Into::into),
+            }
+            .request_line()
+            .1
+        };
+        assert_eq!(clear(None, None), "/shaping/clear");
+        assert_eq!(clear(Some("yahoo"), None), "/shaping/clear?provider=yahoo");
+        assert_eq!(clear(None, Some("ses")), "/shaping/clear?upstream=ses");
+        assert_eq!(
+            clear(Some("a"), Some("b")),
+            "/shaping/clear?provider=a&upstream=b"
+        );
         assert_eq!(
             Action::Held {
                 show_addresses: false

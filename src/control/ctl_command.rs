@@ -79,11 +79,15 @@ pub enum CtlAction {
 
 #[derive(Subcommand)]
 pub enum ShapingCommand {
-    /// Lift the slowdowns and suspensions in force (all providers', or one's) before their
-    /// time: the configured limits apply again at once; with [cluster] on every replica.
+    /// Lift the slowdowns and suspensions in force (every provider's and upstream's, or one
+    /// provider's or upstream's) before their time: the configured limits apply again at once;
+    /// with [cluster] on every replica.
     Clear {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "upstream")]
         provider: Option<String>,
+        /// An upstream slowed by an upstream-scoped rule (e.g. SES' throttling reply).
+        #[arg(long)]
+        upstream: Option<String>,
     },
 }
 
@@ -115,8 +119,8 @@ pub fn run(target: Target<'_>, action: CtlAction, output: Output) -> ExitCode {
         CtlAction::Resume { provider } => ctl::Action::Resume { provider },
         CtlAction::Reload => ctl::Action::Reload,
         CtlAction::Shaping {
-            command: ShapingCommand::Clear { provider },
-        } => ctl::Action::ShapingClear { provider },
+            command: ShapingCommand::Clear { provider, upstream },
+        } => ctl::Action::ShapingClear { provider, upstream },
         CtlAction::Held { show_addresses } => ctl::Action::Held { show_addresses },
         CtlAction::Release { id } => ctl::Action::Release { id },
         CtlAction::Drop { id } => ctl::Action::Drop { id },

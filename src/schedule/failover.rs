@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{ShapingAction, UpstreamConfig, UpstreamKind};
+use crate::config::{UpstreamConfig, UpstreamKind};
 use crate::observe::Metrics;
 use crate::upstream::PoolLimits;
 
@@ -88,13 +88,6 @@ impl UpstreamSlot {
 
     pub fn name(&self) -> &str {
         &self.upstream.name
-    }
-
-    /// Applies an upstream-scoped shaping rule's action (an ESP's "too fast" reply) to this
-    /// upstream for `duration`: its rate and deliveries in flight, or all of them (suspend).
-    /// `rule` names the rule for logs.
-    pub fn slow_down(&self, action: ShapingAction, duration: Duration, rule: &str) {
-        self.limits.slow_down(action, duration, rule);
     }
 
     /// Until when (Unix s) no copy may go through it: its quota is spent or it is suspended.

@@ -57,6 +57,7 @@ pub use control::{
     UnknownProvider, UpstreamStatus,
 };
 pub use drain::{DrainReport, in_flight_allowance};
+pub use shaping::{ClearError, ClearTarget, Cleared};
 mod settings;
 pub use settings::SchedulerConfig;
 pub mod view;

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 
 use super::cluster::SharedLimits;
 use super::quota::{DailyQuota, QuotaStatus};
-use super::throttle::{Rate, Throttle, ThrottleMetrics};
+use super::shaping::{self, Cause, Origin, ShapingView};
+use super::throttle::{Rate, SlowdownChange, Throttle, ThrottleMetrics};
 use crate::config::{ShapingAction, UpstreamLimitsConfig};
 use crate::observe::Metrics;
 
@@ -40,8 +41,8 @@ pub struct UpstreamLimits {
     slots: Arc<Semaphore>,
     in_force: AtomicUsize,
     configured: AtomicUsize,
-    /// The reason of the slowdown in force, for `/status`.
-    rule: Mutex<Option<String>>,
+    /// Why the slowdown in force is: its rule, the reply, this replica's or another's.
+    cause: Mutex<Option<Cause>>,
     pub quota: Arc<DailyQuota>,
 }
 
@@ -89,7 +90,7 @@ impl UpstreamLimits {
             slots: Arc::new(Semaphore::new(connections)),
             in_force: AtomicUsize::new(connections),
             configured: AtomicUsize::new(connections),
-            rule: Mutex::new(None),
+            cause: Mutex::new(None),
             quota,
         })
     }
@@ -126,34 +127,66 @@ impl UpstreamLimits {
     }
 
     /// Applies an upstream-scoped rule's action for `duration`, then restores the configured
-    /// limits; one log line when it gets slower and one when it recovers (naming the rule).
-    /// `defer` and `fail` are about one copy: nothing happens here.
-    pub fn slow_down(self: &Arc<Self>, action: ShapingAction, duration: Duration, rule: &str) {
+    /// limits: a reply this replica received ([`Origin::Local`]) or another replica's decision
+    /// for the time it has left ([`Origin::Fleet`]). One log line when it gets slower and one
+    /// when it recovers (naming the rule). `defer` and `fail` are about one copy: nothing
+    /// happens here (`None`).
+    pub fn slow_down(
+        self: &Arc<Self>,
+        action: ShapingAction,
+        duration: Duration,
+        cause: &Cause,
+    ) -> Option<SlowdownChange> {
         if matches!(action, ShapingAction::Defer | ShapingAction::Fail) {
-            return;
+            return None;
         }
         let change = self.pacing.slow_down(action, duration);
         self.apply_concurrency();
-        *self.rule.lock().expect("not poisoned") = Some(rule.to_string());
+        {
+            let mut held = self.cause.lock().expect("not poisoned");
+            if change.slower || held.is_none() {
+                *held = Some(cause.clone());
+            }
+        }
+        let rule = cause.rule.as_str();
+        let fleet = cause.origin == Origin::Fleet;
+        let by = fleet.then(|| cause.by.as_deref().unwrap_or("unknown"));
+        let for_secs = change
+            .slowdown
+            .until
+            .saturating_duration_since(Instant::now())
+            .as_secs();
         if change.slower {
             match action {
                 ShapingAction::Suspend => tracing::warn!(
-                    upstream = %self.name, for_secs = duration.as_secs(), %rule,
-                    "upstream suspended after its reply; copies go to the next upstream or wait"
+                    upstream = %self.name, for_secs, %rule, by,
+                    "{}", if fleet {
+                        "upstream suspended by another replica's decision; copies go to the next upstream or wait"
+                    } else {
+                        "upstream suspended after its reply; copies go to the next upstream or wait"
+                    }
                 ),
                 ShapingAction::Slow { .. } => tracing::warn!(
                     upstream = %self.name, factor = change.slowdown.factor,
                     messages_per_second = self.pacing.effective_rate().map(|r| r.per_second),
                     concurrency = self.in_force.load(Ordering::Relaxed),
-                    for_secs = duration.as_secs(), %rule,
-                    "upstream slowed down after its reply"
+                    for_secs, %rule, by,
+                    "{}", if fleet {
+                        "upstream slowed down by another replica's decision"
+                    } else {
+                        "upstream slowed down after its reply"
+                    }
                 ),
                 _ => tracing::warn!(
                     upstream = %self.name,
                     messages_per_second = self.pacing.effective_rate().map(|r| r.per_second),
                     concurrency = self.in_force.load(Ordering::Relaxed),
-                    for_secs = duration.as_secs(), %rule,
-                    "upstream limits lowered after its reply"
+                    for_secs, %rule, by,
+                    "{}", if fleet {
+                        "upstream limits lowered by another replica's decision"
+                    } else {
+                        "upstream limits lowered after its reply"
+                    }
                 ),
             }
         }
@@ -162,7 +195,7 @@ impl UpstreamLimits {
             tokio::time::sleep_until(change.slowdown.until).await;
             if limits.pacing.recover(change.slowdown.generation) {
                 limits.apply_concurrency();
-                *limits.rule.lock().expect("not poisoned") = None;
+                *limits.cause.lock().expect("not poisoned") = None;
                 tracing::info!(
                     upstream = %limits.name,
                     messages_per_second = limits.pacing.effective_rate().map(|r| r.per_second),
@@ -170,6 +203,49 @@ impl UpstreamLimits {
                 );
             }
         });
+        Some(change)
+    }
+
+    /// Lifts the slowdown or suspension in force (an operator's `ctl shaping clear`, made here
+    /// or, `by`, on another replica). True when there was one.
+    pub fn clear_shaping(&self, by: Option<&str>) -> bool {
+        if !self.pacing.clear() {
+            return false;
+        }
+        *self.cause.lock().expect("not poisoned") = None;
+        self.apply_concurrency();
+        tracing::warn!(
+            upstream = %self.name, by = by.unwrap_or("this replica"),
+            "upstream shaping cleared by an operator; configured limits restored"
+        );
+        true
+    }
+
+    /// The shaping in force, as `/status` shows it (`upstreams[].shaping`, the shape of a
+    /// provider's).
+    pub fn shaping_view(&self) -> Option<ShapingView> {
+        let slowdown = self.pacing.slowdown()?;
+        let left = slowdown.until.saturating_duration_since(Instant::now());
+        let cause = self.cause.lock().expect("not poisoned").clone();
+        let cause = cause.unwrap_or(Cause {
+            rule: String::new(),
+            reply: String::new(),
+            origin: Origin::Local,
+            by: None,
+            limits: Default::default(),
+        });
+        let limits = shaping::Overrides::from(slowdown.limits);
+        let action = shaping::action_label(shaping::action_of(slowdown.factor, &limits));
+        Some(ShapingView {
+            action: action.to_string(),
+            factor: slowdown.factor,
+            remaining_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+            rule: cause.rule,
+            reply: cause.reply,
+            origin: cause.origin,
+            by: cause.by,
+            limits,
+        })
     }
 
     /// What `/status` shows of this upstream's limits.
@@ -184,7 +260,13 @@ impl UpstreamLimits {
             slowed: slowdown.is_some(),
             suspended: slowdown.is_some_and(|s| s.factor == 0.0),
             slowed_for_secs: slowdown.map(|s| s.until.saturating_duration_since(now).as_secs()),
-            slowed_by: slowdown.and(self.rule.lock().expect("not poisoned").clone()),
+            slowed_by: slowdown.and(
+                self.cause
+                    .lock()
+                    .expect("not poisoned")
+                    .as_ref()
+                    .map(|c| c.rule.clone()),
+            ),
             quota_reset: (!quotas.is_empty() || spent.is_some())
                 .then(|| rfc3339_s(spent.unwrap_or_else(|| self.quota.next_reset()))),
             quota_spent: spent.is_some(),

@@ -43,6 +43,7 @@ mod shaping_replies;
 mod spool_recovery;
 mod startup_checks;
 mod upstream;
+mod upstream_fleet;
 mod upstream_hostile;
 mod upstream_limits;
 mod upstream_tls;

@@ -460,7 +460,7 @@ async fn the_shared_entry_merges_expires_and_waits_for_redis_when_it_is_away() {
     let got = two.poll().await;
     let [
         Remote::Apply {
-            provider,
+            field,
             decision: d,
             remaining,
         },
@@ -469,7 +469,7 @@ async fn the_shared_entry_merges_expires_and_waits_for_redis_when_it_is_away() {
         panic!("{got:?}")
     };
     assert_eq!(
-        (provider.as_str(), d.factor, d.by.as_deref()),
+        (field.as_str(), d.factor, d.by.as_deref()),
         ("yahoo", 0.5, Some("one"))
     );
     assert!(*remaining <= Duration::from_secs(60) && *remaining > Duration::from_secs(50));
@@ -520,7 +520,7 @@ async fn the_shared_entry_merges_expires_and_waits_for_redis_when_it_is_away() {
     assert_eq!(
         two.poll().await,
         vec![Remote::Clear {
-            provider: "yahoo".into(),
+            field: "yahoo".into(),
             by: Some("one".into())
         }]
     );
@@ -550,8 +550,8 @@ async fn the_shared_entry_merges_expires_and_waits_for_redis_when_it_is_away() {
     };
     assert!(
         got.iter()
-            .any(|r| matches!(r, Remote::Apply { provider, remaining, .. }
-            if provider == "apple" && *remaining <= Duration::from_secs(30))),
+            .any(|r| matches!(r, Remote::Apply { field, remaining, .. }
+            if field == "apple" && *remaining <= Duration::from_secs(30))),
         "{got:?}"
     );
     shutdown.cancel();

@@ -111,6 +111,7 @@ impl Scheduler {
                 name: s.name().to_string(),
                 up: s.is_up(),
                 limits: s.limits.status(),
+                shaping: s.limits.shaping_view(),
             })
             .collect();
         QueueStatus {
@@ -335,8 +336,13 @@ pub struct EffectiveLimits {
 pub struct UpstreamStatus {
     pub name: String,
     pub up: bool,
-    /// Its own rate, slowdown and daily quota (`upstream/limits.rs`).
+    /// Its own rate, slowdown and daily quota (`schedule/upstream_limits.rs`).
     pub limits: crate::schedule::upstream_limits::LimitsStatus,
+    /// The slowdown or suspension in force, as a provider's `shaping`: action, factor,
+    /// remaining time, rule, reply (redacted), origin (`local` or `fleet`) and the deciding
+    /// replica.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<ShapingView>,
 }
 
 /// A pause/resume request named a provider the catalog does not know.

@@ -286,16 +286,16 @@ impl Inner {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let duration = rule.duration.from(now);
+        let reply = rules::reply_of(error)
+            .map(|(code, text)| format!("{code} {text}"))
+            .unwrap_or_default();
         match rule.scope {
             RuleScope::Provider => {
-                let reply = rules::reply_of(error)
-                    .map(|(code, text)| format!("{code} {text}"))
-                    .unwrap_or_default();
                 self.provider_shaped(lane, rule.action, duration, &rule.name, &reply)
             }
             RuleScope::Upstream => {
                 if let Some(slot) = self.upstream_slot(upstream) {
-                    slot.slow_down(rule.action, duration, &rule.name);
+                    self.upstream_shaped(&slot, rule.action, duration, &rule.name, &reply);
                 }
             }
         }

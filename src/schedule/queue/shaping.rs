@@ -1,19 +1,46 @@
 //! Shaping decisions in the queue: a provider-scoped rule that matched here slows the lane,
 //! is counted (`mailveil_shaping_actions_total`) and, with `[cluster]`, published for every
-//! replica; the decisions of other replicas read from the cluster are applied to the lanes
-//! here; an operator's clear lifts a provider's shaping here and in the cluster.
+//! replica; an upstream-scoped rule slows the upstream (seen in `mailveil_upstream_slowed`,
+//! not counted in the provider-labelled counter) and is published the same way under
+//! `upstream:<name>`. The decisions of other replicas read from the cluster are applied to the
+//! lanes and upstreams here; an operator's clear lifts shaping here and in the cluster.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ShapingAction;
+use crate::schedule::failover::UpstreamSlot;
 use crate::schedule::lane::Lane;
 use crate::schedule::shaping::fleet::{FleetSync, Remote};
 use crate::schedule::shaping::shared::POLL_INTERVAL;
-use crate::schedule::shaping::{self, Cause, Decision, Origin};
+use crate::schedule::shaping::{self, Cause, Decision, Origin, Target};
 
-use super::control::UnknownProvider;
 use super::{Inner, Scheduler};
+
+/// What an operator's clear lifts (`POST /shaping/clear`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClearTarget<'a> {
+    /// Every provider's and every upstream's shaping.
+    All,
+    Provider(&'a str),
+    Upstream(&'a str),
+}
+
+/// What a clear lifted on this replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cleared {
+    pub providers: Vec<String>,
+    pub upstreams: Vec<String>,
+}
+
+/// A clear named a provider or upstream this relay does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClearError {
+    #[error("unknown provider {0:?}")]
+    UnknownProvider(String),
+    #[error("unknown upstream {0:?}")]
+    UnknownUpstream(String),
+}
 
 impl Inner {
     /// A rule for the recipient's provider matched `reply` on this replica: the lane slows down
@@ -68,6 +95,59 @@ impl Inner {
         });
     }
 
+    /// An upstream-scoped rule matched `reply` from `slot` on this replica: the upstream slows
+    /// down (or is suspended) for `duration` and, with `[cluster]`, the decision is published
+    /// under `upstream:<name>` so every replica applies it to its upstream of that name.
+    pub(super) fn upstream_shaped(
+        &self,
+        slot: &Arc<UpstreamSlot>,
+        action: ShapingAction,
+        duration: Duration,
+        rule: &str,
+        reply: &str,
+    ) {
+        let reply = self.redactor.text(reply).to_string();
+        let cause = Cause {
+            rule: rule.to_string(),
+            reply: reply.clone(),
+            origin: Origin::Local,
+            by: None,
+            limits: match action {
+                ShapingAction::Set(limits) => limits.into(),
+                _ => Default::default(),
+            },
+        };
+        if slot.limits.slow_down(action, duration, &cause).is_none() {
+            return;
+        }
+        let Some(fleet) = self.fleet.clone() else {
+            return;
+        };
+        let decision = Decision::new(action, rule, reply, fleet.replica());
+        let limits = slot.limits.clone();
+        let field = Target::Upstream(slot.name()).field();
+        if Target::of(&field).is_none() {
+            // A name longer than the shared state accepts (64): kept to this replica.
+            return;
+        }
+        let factor = shaping::action_factor(action);
+        tokio::spawn(async move {
+            if let Some((entry, left)) = fleet.publish(&field, decision, duration).await
+                && (entry.factor < factor || left > duration)
+            {
+                let mut cause = cause_of(&entry);
+                if entry.by.is_some() && entry.by == fleet.replica() {
+                    (cause.origin, cause.by) = (Origin::Local, None);
+                }
+                limits.slow_down(
+                    shaping::action_of(entry.factor, &entry.limits),
+                    left,
+                    &cause,
+                );
+            }
+        });
+    }
+
     /// With `[cluster]`, reads the cluster's shaping state every [`POLL_INTERVAL`] until
     /// shutdown and applies what other replicas decided.
     pub(super) fn spawn_shaping_sync(self: Arc<Self>) {
@@ -90,35 +170,55 @@ impl Inner {
         for r in remote {
             match r {
                 Remote::Apply {
-                    provider,
+                    field,
                     decision,
                     remaining,
                 } => {
                     if remaining.is_zero() {
                         continue;
                     }
-                    if !self.is_known_provider(&provider) {
-                        tracing::warn!(%provider, "ignoring the cluster's shaping decision for a provider this replica does not know");
-                        continue;
-                    }
-                    // A lane is created if need be, so copies queued later find it slowed.
-                    let lane = self.lane(&provider);
+                    let action = shaping::action_of(decision.factor, &decision.limits);
                     let cause = cause_of(&decision);
-                    lane.slow_down(
-                        shaping::action_of(decision.factor, &decision.limits),
-                        remaining,
-                        &cause,
-                    );
+                    match Target::of(&field) {
+                        Some(Target::Provider(provider)) => {
+                            if !self.is_known_provider(provider) {
+                                tracing::warn!(%provider, "ignoring the cluster's shaping decision for a provider this replica does not know");
+                                continue;
+                            }
+                            // A lane is created if need be, so copies queued later find it slowed.
+                            self.lane(provider).slow_down(action, remaining, &cause);
+                        }
+                        Some(Target::Upstream(upstream)) => match self.upstream_slot(upstream) {
+                            Some(slot) => {
+                                slot.limits.slow_down(action, remaining, &cause);
+                            }
+                            None => {
+                                tracing::info!(%upstream, "ignoring the cluster's shaping decision for an upstream this replica does not have")
+                            }
+                        },
+                        None => {}
+                    }
                 }
-                Remote::Clear { provider, by } => {
-                    let lane = self
-                        .lanes
-                        .read()
-                        .expect("not poisoned")
-                        .get(&provider)
-                        .cloned();
-                    if let Some(lane) = lane {
-                        lane.clear_shaping(Some(by.as_deref().unwrap_or("another replica")));
+                Remote::Clear { field, by } => {
+                    let by = Some(by.as_deref().unwrap_or("another replica"));
+                    match Target::of(&field) {
+                        Some(Target::Provider(provider)) => {
+                            let lane = self
+                                .lanes
+                                .read()
+                                .expect("not poisoned")
+                                .get(provider)
+                                .cloned();
+                            if let Some(lane) = lane {
+                                lane.clear_shaping(by);
+                            }
+                        }
+                        Some(Target::Upstream(upstream)) => {
+                            if let Some(slot) = self.upstream_slot(upstream) {
+                                slot.limits.clear_shaping(by);
+                            }
+                        }
+                        None => {}
                     }
                 }
             }
@@ -138,41 +238,70 @@ fn cause_of(decision: &Decision) -> Cause {
 }
 
 impl Scheduler {
-    /// Lifts the shaping in force (of one provider, or of all): the configured limits apply
-    /// again at once, here and, with `[cluster]`, on every replica. Returns the providers
-    /// whose lanes here were slowed down or suspended.
-    pub async fn clear_shaping(
-        &self,
-        provider: Option<&str>,
-    ) -> Result<Vec<String>, UnknownProvider> {
+    /// Lifts the shaping in force (of one provider, of one upstream, or of all): the
+    /// configured limits apply again at once, here and, with `[cluster]`, on every replica.
+    /// Returns the providers and upstreams that were slowed down or suspended here.
+    pub async fn clear_shaping(&self, target: ClearTarget<'_>) -> Result<Cleared, ClearError> {
         let inner = &self.inner;
-        if let Some(name) = provider
-            && !inner.is_known_provider(name)
-        {
-            return Err(UnknownProvider(name.to_string()));
+        match target {
+            ClearTarget::Provider(name) if !inner.is_known_provider(name) => {
+                return Err(ClearError::UnknownProvider(name.to_string()));
+            }
+            ClearTarget::Upstream(name) if inner.upstream_slot(name).is_none() => {
+                return Err(ClearError::UnknownUpstream(name.to_string()));
+            }
+            _ => {}
         }
-        let lanes: Vec<Arc<Lane>> = inner
-            .lanes
-            .read()
-            .expect("not poisoned")
-            .values()
-            .filter(|l| provider.is_none_or(|p| p == l.name))
-            .cloned()
-            .collect();
-        let mut cleared: Vec<String> = lanes
-            .iter()
-            .filter(|l| l.clear_shaping(None))
-            .map(|l| l.name.clone())
-            .collect();
-        cleared.sort();
+        let lanes: Vec<Arc<Lane>> = match target {
+            ClearTarget::Upstream(_) => Vec::new(),
+            _ => inner
+                .lanes
+                .read()
+                .expect("not poisoned")
+                .values()
+                .filter(|l| match target {
+                    ClearTarget::Provider(p) => p == l.name,
+                    _ => true,
+                })
+                .cloned()
+                .collect(),
+        };
+        let slots: Vec<Arc<UpstreamSlot>> = match target {
+            ClearTarget::Provider(_) => Vec::new(),
+            ClearTarget::Upstream(name) => inner.upstream_slot(name).into_iter().collect(),
+            ClearTarget::All => {
+                let handoff = inner.handoff_slot.read().expect("not poisoned").clone();
+                inner.upstreams().iter().cloned().chain(handoff).collect()
+            }
+        };
+        let mut cleared = Cleared {
+            providers: lanes
+                .iter()
+                .filter(|l| l.clear_shaping(None))
+                .map(|l| l.name.clone())
+                .collect(),
+            upstreams: slots
+                .iter()
+                .filter(|s| s.limits.clear_shaping(None))
+                .map(|s| s.name().to_string())
+                .collect(),
+        };
+        cleared.providers.sort();
+        cleared.upstreams.sort();
+        cleared.upstreams.dedup();
         if let Some(fleet) = &inner.fleet {
-            let names: Vec<String> = match provider {
-                Some(p) => vec![p.to_string()],
-                None => lanes.iter().map(|l| l.name.clone()).collect(),
+            let fields: Vec<String> = match target {
+                ClearTarget::Provider(p) => vec![p.to_string()],
+                ClearTarget::Upstream(u) => vec![Target::Upstream(u).field()],
+                ClearTarget::All => lanes
+                    .iter()
+                    .map(|l| l.name.clone())
+                    .chain(slots.iter().map(|s| Target::Upstream(s.name()).field()))
+                    .collect(),
             };
-            let shared = fleet.clear(&names, provider.is_none()).await;
+            let shared = fleet.clear(&fields, target == ClearTarget::All).await;
             tracing::info!(
-                providers = %shared.join(","),
+                cleared = %shared.join(","),
                 "shaping cleared in the cluster; every replica lifts it within a second"
             );
         }

@@ -19,20 +19,18 @@ use super::shared::{self, CLEAR_VISIBLE, POLL_INTERVAL};
 use crate::schedule::cluster::SharedLimits;
 use crate::schedule::pause::shared::SharedError;
 
-/// What the queue does with an entry read from the cluster.
+/// What the queue does with an entry read from the cluster. `field` is the entry's field: a
+/// provider's name or an upstream's `upstream:<name>` ([`super::Target::of`] tells which).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Remote {
     /// Another replica's decision: the same slowdown here, for the time it has left.
     Apply {
-        provider: String,
+        field: String,
         decision: Decision,
         remaining: Duration,
     },
-    /// An operator lifted the provider's shaping on another replica.
-    Clear {
-        provider: String,
-        by: Option<String>,
-    },
+    /// An operator lifted the provider's (or upstream's) shaping on another replica.
+    Clear { field: String, by: Option<String> },
 }
 
 /// The fleet-wide shaping state of this replica (only with `[cluster]`).
@@ -86,7 +84,8 @@ impl Fleet {
         self.replica.clone()
     }
 
-    /// Publishes a decision taken here for `provider`, lasting `lasts`. Returns the entry as the
+    /// Publishes a decision taken here for `provider` (a field: a provider's name or an
+    /// upstream's `upstream:<name>`), lasting `lasts`. Returns the entry as the
     /// cluster now holds it (merged with one in force) and the time it has left; `None` when
     /// Redis did not take it (it is kept and published when Redis answers).
     pub async fn publish(
@@ -128,8 +127,8 @@ impl Fleet {
         }
     }
 
-    /// Writes an operator's clear of each of `providers` (`all`: also of every provider the
-    /// cluster holds an entry for). Returns the providers cleared in the cluster; empty when
+    /// Writes an operator's clear of each of `providers` (fields, as [`publish`](Self::publish)
+    /// takes them; `all`: also of every provider and upstream the cluster holds an entry for). Returns the providers cleared in the cluster; empty when
     /// Redis did not answer (the clear then holds on this replica only).
     pub async fn clear(&self, providers: &[String], all: bool) -> Vec<String> {
         let Some(mut conn) = self.cluster.connection() else {
@@ -257,12 +256,12 @@ fn news(
         seen.insert(provider.clone(), decision.id.clone());
         out.push(if decision.cleared {
             Remote::Clear {
-                provider: provider.clone(),
+                field: provider.clone(),
                 by: decision.by.clone(),
             }
         } else {
             Remote::Apply {
-                provider: provider.clone(),
+                field: provider.clone(),
                 decision: decision.clone(),
                 remaining: snap.remaining(decision),
             }
@@ -324,11 +323,11 @@ mod tests {
         assert_eq!(first.len(), 1);
         match &first[0] {
             Remote::Apply {
-                provider,
+                field,
                 remaining,
                 decision,
             } => {
-                assert_eq!(provider, "yahoo");
+                assert_eq!(field, "yahoo");
                 assert_eq!(*remaining, Duration::from_millis(4000), "never longer");
                 assert_eq!(decision.factor, 0.0);
             }
@@ -346,7 +345,7 @@ mod tests {
         assert_eq!(
             news(&mut seen, &own, &snap),
             vec![Remote::Clear {
-                provider: "yahoo".into(),
+                field: "yahoo".into(),
                 by: Some("relay-1".into())
             }]
         );

@@ -2,7 +2,8 @@
 //! provider's "too fast" reply is shared through the cluster's Redis and applied by every
 //! replica within a second, so three replicas do not each discover the same block.
 //!
-//! - [`Decision`] is the shared value: provider (the Redis field), action, factor (0 = suspend),
+//! - [`Decision`] is the shared value: provider or upstream (the Redis field, see [`Target`]),
+//!   action, factor (0 = suspend),
 //!   optional limit overrides, when it ends (Unix ms of Redis' clock), the rule, the reply that
 //!   caused it (already through the log redactor), the replica that decided.
 //! - [`shared`] reads and writes it in one Redis hash, `mailveil:shaping` (merged in Redis:
@@ -11,6 +12,11 @@
 //!   [`shared::POLL_INTERVAL`], say which remote decisions (or clears) to apply. A receiver
 //!   applies a remote decision for the time that remains and never publishes it again, so there
 //!   is no ping-pong between replicas.
+//!
+//! Upstream-scoped decisions (an ESP's "too fast" reply, e.g. SES' `454 Throttling failure`)
+//! travel the same way under the field `upstream:<name>` and are applied by every replica to
+//! its upstream of the same name; `:` is in no provider or upstream name, so the two key spaces
+//! never meet.
 //!
 //! Without `[cluster]` none of this runs: decisions stay local. While Redis does not answer,
 //! decisions stay local too (one log line), and those still in force are shared when it answers.
@@ -219,6 +225,38 @@ pub fn is_provider_name(key: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
+/// The prefix of an upstream's field in the shared hash: `:` is in no provider or upstream
+/// name (both are letters, digits, `-`, `_`, `.`), so a field names one or the other.
+pub const UPSTREAM_PREFIX: &str = "upstream:";
+
+/// What a field of the shared hash is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// A provider's lane (the field is its name).
+    Provider(&'a str),
+    /// An upstream (the field is [`UPSTREAM_PREFIX`] and its name).
+    Upstream(&'a str),
+}
+
+impl<'a> Target<'a> {
+    /// The target a field names; `None` for a field that names neither (it would become a
+    /// metric label or a log field: ignored).
+    pub fn of(field: &'a str) -> Option<Target<'a>> {
+        match field.strip_prefix(UPSTREAM_PREFIX) {
+            Some(name) => is_provider_name(name).then_some(Target::Upstream(name)),
+            None => is_provider_name(field).then_some(Target::Provider(field)),
+        }
+    }
+
+    /// The field of the shared hash this target's entry lives under.
+    pub fn field(self) -> String {
+        match self {
+            Target::Provider(name) => name.to_string(),
+            Target::Upstream(name) => format!("{UPSTREAM_PREFIX}{name}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +301,19 @@ mod tests {
         assert_eq!(action_of(0.0, &shared.limits), ShapingAction::Suspend);
         assert!(is_provider_name("yahoo") && is_provider_name("my-prov_1.x"));
         assert!(!is_provider_name("") && !is_provider_name("a b") && !is_provider_name("*"));
+    }
+
+    #[test]
+    fn a_field_names_a_provider_or_an_upstream_never_both() {
+        assert_eq!(Target::of("ses"), Some(Target::Provider("ses")));
+        assert_eq!(Target::of("upstream:ses"), Some(Target::Upstream("ses")));
+        assert_eq!(Target::Upstream("ses").field(), "upstream:ses");
+        assert_eq!(Target::Provider("yahoo").field(), "yahoo");
+        // No provider can be called `upstream:x`; an empty or odd upstream name is nothing.
+        assert!(!is_provider_name("upstream:ses"));
+        assert_eq!(Target::of("upstream:"), None);
+        assert_eq!(Target::of("upstream:a b"), None);
+        assert_eq!(Target::of("upstream:upstream:x"), None);
+        assert_eq!(Target::of("other:x"), None);
     }
 }

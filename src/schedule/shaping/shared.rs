@@ -1,5 +1,6 @@
 //! The shaping state in the cluster's Redis: one hash, `mailveil:shaping`, one field per
-//! provider, each a JSON [`Decision`]. Both scripts read Redis' own clock (`TIME`), so an end
+//! provider (its name) or upstream (`upstream:<name>`, see [`Target`]), each a JSON
+//! [`Decision`]. Both scripts read Redis' own clock (`TIME`), so an end
 //! time is written and compared on one clock and replicas' clocks never need to agree.
 //!
 //! Writing ([`write`]) merges in Redis, atomically: over an entry still in force, the slowest
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::{Decision, is_provider_name};
+use super::{Decision, Target};
 use crate::observe::log::escaped;
 use crate::schedule::cluster::CALL_TIMEOUT;
 use crate::schedule::pause::shared::SharedError;
@@ -128,7 +129,7 @@ pub async fn write(
     Ok((now.parse().unwrap_or(0), decision))
 }
 
-/// Every provider's entry in force. A field that names no provider or does not parse is
+/// Every provider's and upstream's entry in force. A field that names neither or does not parse is
 /// skipped with a warning (written by hand or by a newer relay).
 pub async fn read_all(conn: &mut ConnectionManager) -> Result<Snapshot, SharedError> {
     let script = redis::Script::new(READ_LUA);
@@ -142,8 +143,8 @@ fn parse(raw: &[String]) -> Snapshot {
     let mut entries = BTreeMap::new();
     for pair in raw.get(1..).unwrap_or_default().chunks(2) {
         let [key, value] = pair else { continue };
-        if !is_provider_name(key) {
-            tracing::warn!(field = %escaped(key), "ignoring a field of the cluster's shaping state that names no provider");
+        if Target::of(key).is_none() {
+            tracing::warn!(field = %escaped(key), "ignoring a field of the cluster's shaping state that names no provider or upstream");
             continue;
         }
         match serde_json::from_str::<Decision>(value) {
@@ -198,13 +199,20 @@ mod tests {
             live,
             "qq",
             "{not json",
+            "upstream:ses",
+            live,
+            "upstream:",
+            live,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         let snap = parse(&raw);
         assert_eq!(snap.now_ms, 1500);
-        assert_eq!(snap.entries.keys().collect::<Vec<_>>(), vec!["yahoo"]);
+        assert_eq!(
+            snap.entries.keys().collect::<Vec<_>>(),
+            vec!["upstream:ses", "yahoo"]
+        );
         let d = &snap.entries["yahoo"];
         assert_eq!(snap.remaining(d), Duration::from_millis(500));
         assert_eq!(parse(&[]).entries.len(), 0);
