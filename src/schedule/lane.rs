@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ShapingAction;
 
 use super::message::{Class, QueuedMessage};
-use super::shaping::{self, Cause, Origin, ShapingView};
+use super::shaping::{Cause, Origin, ShapingView};
 use super::throttle::{SlowdownChange, Throttle};
 
 /// A delivery ready to be attempted.
@@ -323,29 +323,8 @@ impl Lane {
     /// The shaping in force, as `/status` shows it.
     pub fn shaping_view(&self) -> Option<ShapingView> {
         let slowdown = self.throttle.slowdown()?;
-        let left = slowdown
-            .until
-            .saturating_duration_since(tokio::time::Instant::now());
         let cause = self.cause.lock().expect("not poisoned").clone();
-        let cause = cause.unwrap_or(Cause {
-            rule: String::new(),
-            reply: String::new(),
-            origin: Origin::Local,
-            by: None,
-            limits: Default::default(),
-        });
-        let limits = shaping::Overrides::from(slowdown.limits);
-        let action = shaping::action_label(shaping::action_of(slowdown.factor, &limits));
-        Some(ShapingView {
-            action: action.to_string(),
-            factor: slowdown.factor,
-            remaining_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
-            rule: cause.rule,
-            reply: cause.reply,
-            origin: cause.origin,
-            by: cause.by,
-            limits,
-        })
+        Some(ShapingView::of(&slowdown, cause))
     }
 
     /// When a suspension in force ends, if the provider is suspended.

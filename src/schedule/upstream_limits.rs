@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::cluster::SharedLimits;
 use super::quota::{DailyQuota, QuotaStatus};
-use super::shaping::{self, Cause, Origin, ShapingView};
+use super::shaping::{Cause, Origin, ShapingView};
 use super::throttle::{Rate, SlowdownChange, Throttle, ThrottleMetrics};
 use crate::config::{ShapingAction, UpstreamLimitsConfig};
 use crate::observe::Metrics;
@@ -225,27 +225,8 @@ impl UpstreamLimits {
     /// provider's).
     pub fn shaping_view(&self) -> Option<ShapingView> {
         let slowdown = self.pacing.slowdown()?;
-        let left = slowdown.until.saturating_duration_since(Instant::now());
         let cause = self.cause.lock().expect("not poisoned").clone();
-        let cause = cause.unwrap_or(Cause {
-            rule: String::new(),
-            reply: String::new(),
-            origin: Origin::Local,
-            by: None,
-            limits: Default::default(),
-        });
-        let limits = shaping::Overrides::from(slowdown.limits);
-        let action = shaping::action_label(shaping::action_of(slowdown.factor, &limits));
-        Some(ShapingView {
-            action: action.to_string(),
-            factor: slowdown.factor,
-            remaining_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
-            rule: cause.rule,
-            reply: cause.reply,
-            origin: cause.origin,
-            by: cause.by,
-            limits,
-        })
+        Some(ShapingView::of(&slowdown, cause))
     }
 
     /// What `/status` shows of this upstream's limits.

@@ -79,28 +79,9 @@ async fn restart(r: &mut RelayProc, replica: &str, round: usize) {
     }
 }
 
-/// `mailveil ctl --admin URL ARGS` with the token in the environment: (exit code, stdout).
-fn ctl(admin: SocketAddr, args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .arg("--admin")
-        .arg(format!("http://{admin}"))
-        .args(args)
-        .env("MAILVEIL_ADMIN_TOKEN", TOKEN)
-        .env_remove("MAILVEIL_CONFIG")
-        .env_remove("MAILVEIL_ADMIN_URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-    )
+/// `mailveil ctl` against `admin` (success asserted): its stdout.
+fn ctl(admin: SocketAddr, args: &[&str]) -> String {
+    ctl_ok(admin, TOKEN, args)
 }
 
 fn json(text: &str) -> Value {
@@ -108,9 +89,7 @@ fn json(text: &str) -> Value {
 }
 
 async fn status(admin: SocketAddr) -> Value {
-    let (code, body) = http_request(admin, "GET", "/status", Some(TOKEN)).await;
-    assert_eq!(code, 200, "{body}");
-    json(&body)
+    admin_status(admin, TOKEN).await
 }
 
 /// The pause in force for `provider` (`all` for the global one) in a status answer.
@@ -148,7 +127,7 @@ async fn paused_gauge(metrics: SocketAddr, provider: &str) -> Option<f64> {
 #[tokio::test]
 async fn a_pause_survives_sigterm_and_kill_9_and_resume_sends_what_waited() {
     let mut r = start(CONFIG, "relay-a").await;
-    let (_, out) = ctl(r.admin, &["pause"]);
+    let out = ctl(r.admin, &["pause"]);
     let answer = json(&out);
     assert_eq!(answer["paused"], true);
     let pause = pause_of(&answer, "all").expect("the pause is listed");
@@ -186,7 +165,7 @@ async fn a_pause_survives_sigterm_and_kill_9_and_resume_sends_what_waited() {
         "every copy waits"
     );
 
-    let (_, out) = ctl(r.admin, &["resume"]);
+    let out = ctl(r.admin, &["resume"]);
     assert_eq!(json(&out)["paused"], false);
     assert!(pause_of(&json(&out), "all").is_none());
     let got = wait_for_captures(&r.outbox(), 3).await;
@@ -429,7 +408,7 @@ async fn a_pause_on_one_replica_stops_both_and_holds_when_redis_goes_away() {
     wait_for_captures(&two.outbox(), 1).await;
 
     // `ctl pause` on one: a second later the other one sends nothing either.
-    let (_, out) = ctl(one.admin, &["pause"]);
+    let out = ctl(one.admin, &["pause"]);
     assert_eq!(pause_of(&json(&out), "all").unwrap()["shared"], true);
     tokio::time::sleep(Duration::from_secs(1)).await;
     send(two.smtp, &["b2@example.org"], "held-on-two").await;

@@ -13,7 +13,6 @@ use crate::support;
 use crate::support::scripted_smtp;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use scripted_smtp::{Script, ScriptedSmtp, Step};
@@ -72,9 +71,7 @@ async fn start(template: &str, replica: &str) -> RelayProc {
 }
 
 async fn status(admin: SocketAddr) -> Value {
-    let (code, body) = http_request(admin, "GET", "/status", Some(TOKEN)).await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+    admin_status(admin, TOKEN).await
 }
 
 /// `providers[name].shaping` of a status answer (`Null` when none is in force).
@@ -160,24 +157,8 @@ async fn actions_metric(r: &RelayProc, action: &str) -> Option<f64> {
     )
 }
 
-/// `mailveil ctl --admin URL ARGS` with the token in the environment: stdout (exit 0 asserted).
 fn ctl(admin: SocketAddr, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .arg("--admin")
-        .arg(format!("http://{admin}"))
-        .args(args)
-        .env("MAILVEIL_ADMIN_TOKEN", TOKEN)
-        .env_remove("MAILVEIL_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
+    ctl_ok(admin, TOKEN, args)
 }
 
 /// A suspended on a Yahoo `TSS04`; replicas A and B both reachable through Redis.

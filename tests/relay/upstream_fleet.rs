@@ -14,7 +14,6 @@ use crate::support;
 use crate::support::scripted_smtp;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use scripted_smtp::{Script, ScriptedSmtp, Step};
@@ -63,9 +62,7 @@ async fn throttling_once() -> ScriptedSmtp {
 }
 
 async fn status(admin: SocketAddr) -> Value {
-    let (code, body) = http_request(admin, "GET", "/status", Some(TOKEN)).await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+    admin_status(admin, TOKEN).await
 }
 
 /// `upstreams[ses]` of a status answer.
@@ -125,24 +122,8 @@ async fn wait_accepted(upstream: &ScriptedSmtp, n: usize, r: &RelayProc) {
     }
 }
 
-/// `mailveil ctl --admin URL ARGS` with the token in the environment: stdout (exit 0 asserted).
 fn ctl(admin: SocketAddr, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .arg("--admin")
-        .arg(format!("http://{admin}"))
-        .args(args)
-        .env("MAILVEIL_ADMIN_TOKEN", TOKEN)
-        .env_remove("MAILVEIL_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
+    ctl_ok(admin, TOKEN, args)
 }
 
 /// The shared entry of `ses` as Redis holds it.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::ShapingAction;
 use crate::schedule::failover::UpstreamSlot;
 use crate::schedule::lane::Lane;
-use crate::schedule::shaping::fleet::{FleetSync, Remote};
+use crate::schedule::shaping::fleet::{Fleet, FleetSync, Remote};
 use crate::schedule::shaping::shared::POLL_INTERVAL;
 use crate::schedule::shaping::{self, Cause, Decision, Origin, Target};
 
@@ -59,40 +59,23 @@ impl Inner {
             .with_label_values(&[&lane.name, shaping::action_label(action)])
             .inc();
         let reply = self.redactor.text(reply).to_string();
-        let cause = Cause {
-            rule: rule.to_string(),
-            reply: reply.clone(),
-            origin: Origin::Local,
-            by: None,
-            limits: match action {
-                ShapingAction::Set(limits) => limits.into(),
-                _ => Default::default(),
-            },
-        };
+        let cause = local_cause(action, rule, reply.clone());
         lane.slow_down(action, duration, &cause);
         let Some(fleet) = self.fleet.clone() else {
             return;
         };
         let decision = Decision::new(action, rule, reply, fleet.replica());
+        let field = lane.name.clone();
         let lane = lane.clone();
-        let factor = shaping::action_factor(action);
-        tokio::spawn(async move {
-            // The cluster may hold a stronger entry this replica has not read yet (merged into
-            // the one written): it applies here too.
-            if let Some((entry, left)) = fleet.publish(&lane.name, decision, duration).await
-                && (entry.factor < factor || left > duration)
-            {
-                let mut cause = cause_of(&entry);
-                if entry.by.is_some() && entry.by == fleet.replica() {
-                    (cause.origin, cause.by) = (Origin::Local, None);
-                }
-                lane.slow_down(
-                    shaping::action_of(entry.factor, &entry.limits),
-                    left,
-                    &cause,
-                );
-            }
-        });
+        publish(
+            fleet,
+            field,
+            decision,
+            duration,
+            move |action, left, cause| {
+                lane.slow_down(action, left, cause);
+            },
+        );
     }
 
     /// An upstream-scoped rule matched `reply` from `slot` on this replica: the upstream slows
@@ -107,45 +90,29 @@ impl Inner {
         reply: &str,
     ) {
         let reply = self.redactor.text(reply).to_string();
-        let cause = Cause {
-            rule: rule.to_string(),
-            reply: reply.clone(),
-            origin: Origin::Local,
-            by: None,
-            limits: match action {
-                ShapingAction::Set(limits) => limits.into(),
-                _ => Default::default(),
-            },
-        };
+        let cause = local_cause(action, rule, reply.clone());
         if slot.limits.slow_down(action, duration, &cause).is_none() {
             return;
         }
         let Some(fleet) = self.fleet.clone() else {
             return;
         };
-        let decision = Decision::new(action, rule, reply, fleet.replica());
-        let limits = slot.limits.clone();
         let field = Target::Upstream(slot.name()).field();
         if Target::of(&field).is_none() {
             // A name longer than the shared state accepts (64): kept to this replica.
             return;
         }
-        let factor = shaping::action_factor(action);
-        tokio::spawn(async move {
-            if let Some((entry, left)) = fleet.publish(&field, decision, duration).await
-                && (entry.factor < factor || left > duration)
-            {
-                let mut cause = cause_of(&entry);
-                if entry.by.is_some() && entry.by == fleet.replica() {
-                    (cause.origin, cause.by) = (Origin::Local, None);
-                }
-                limits.slow_down(
-                    shaping::action_of(entry.factor, &entry.limits),
-                    left,
-                    &cause,
-                );
-            }
-        });
+        let decision = Decision::new(action, rule, reply, fleet.replica());
+        let limits = slot.limits.clone();
+        publish(
+            fleet,
+            field,
+            decision,
+            duration,
+            move |action, left, cause| {
+                limits.slow_down(action, left, cause);
+            },
+        );
     }
 
     /// With `[cluster]`, reads the cluster's shaping state every [`POLL_INTERVAL`] until
@@ -224,6 +191,48 @@ impl Inner {
             }
         }
     }
+}
+
+/// The cause of a decision taken on this replica.
+fn local_cause(action: ShapingAction, rule: &str, reply: String) -> Cause {
+    Cause {
+        rule: rule.to_string(),
+        reply,
+        origin: Origin::Local,
+        by: None,
+        limits: match action {
+            ShapingAction::Set(limits) => limits.into(),
+            _ => Default::default(),
+        },
+    }
+}
+
+/// Publishes a decision taken here under `field` for `duration`. The cluster may hold a
+/// stronger entry this replica has not read yet (merged into the one written): `apply` puts it
+/// in force here too.
+fn publish(
+    fleet: Arc<Fleet>,
+    field: String,
+    decision: Decision,
+    duration: Duration,
+    apply: impl FnOnce(ShapingAction, Duration, &Cause) + Send + 'static,
+) {
+    let factor = decision.factor;
+    tokio::spawn(async move {
+        if let Some((entry, left)) = fleet.publish(&field, decision, duration).await
+            && (entry.factor < factor || left > duration)
+        {
+            let mut cause = cause_of(&entry);
+            if entry.by.is_some() && entry.by == fleet.replica() {
+                (cause.origin, cause.by) = (Origin::Local, None);
+            }
+            apply(
+                shaping::action_of(entry.factor, &entry.limits),
+                left,
+                &cause,
+            );
+        }
+    });
 }
 
 /// The cause of a shared decision, as another replica's.

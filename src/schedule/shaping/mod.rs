@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{PerSecond, SetLimits, ShapingAction};
 
+use super::throttle::Slowdown;
+
 /// The label (one of [`crate::observe::metrics::SHAPING_ACTIONS`]) and `/status` word of an
 /// action.
 pub fn action_label(action: ShapingAction) -> &'static str {
@@ -213,6 +215,34 @@ pub struct ShapingView {
     pub by: Option<String>,
     #[serde(skip_serializing_if = "Overrides::is_empty")]
     pub limits: Overrides,
+}
+
+impl ShapingView {
+    /// The view of `slowdown` (of a provider lane or an upstream), caused by `cause` (`None`:
+    /// not known, shown with empty rule and reply).
+    pub fn of(slowdown: &Slowdown, cause: Option<Cause>) -> ShapingView {
+        let left = slowdown
+            .until
+            .saturating_duration_since(tokio::time::Instant::now());
+        let cause = cause.unwrap_or(Cause {
+            rule: String::new(),
+            reply: String::new(),
+            origin: Origin::Local,
+            by: None,
+            limits: Default::default(),
+        });
+        let limits = Overrides::from(slowdown.limits);
+        ShapingView {
+            action: action_label(action_of(slowdown.factor, &limits)).to_string(),
+            factor: slowdown.factor,
+            remaining_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+            rule: cause.rule,
+            reply: cause.reply,
+            origin: cause.origin,
+            by: cause.by,
+            limits,
+        }
+    }
 }
 
 /// A provider name as the catalog allows it (letters, digits, `-`, `_`, `.`; at most 64): a

@@ -527,3 +527,37 @@ pub async fn http_request(
         .unwrap_or_default();
     (status, body)
 }
+
+/// `mailveil ctl --admin http://ADMIN ARGS` with `token` in the environment and no config or
+/// admin URL taken from the test's own environment.
+pub fn ctl_at(admin: SocketAddr, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("ctl")
+        .arg("--admin")
+        .arg(format!("http://{admin}"))
+        .args(args)
+        .env("MAILVEIL_ADMIN_TOKEN", token)
+        .env_remove("MAILVEIL_CONFIG")
+        .env_remove("MAILVEIL_ADMIN_URL")
+        .output()
+        .unwrap()
+}
+
+/// [`ctl_at`] that must succeed: its standard output.
+pub fn ctl_ok(admin: SocketAddr, token: &str, args: &[&str]) -> String {
+    let out = ctl_at(admin, token, args);
+    assert!(
+        out.status.success(),
+        "ctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `GET /status` of the admin API at `admin` (200 asserted), parsed.
+pub async fn admin_status(admin: SocketAddr, token: &str) -> serde_json::Value {
+    let (code, body) = http_request(admin, "GET", "/status", Some(token)).await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
