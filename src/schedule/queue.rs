@@ -104,7 +104,8 @@ struct Inner {
     /// Every message with deliveries not yet final, by queue id (for `queue list/show`,
     /// `retry`, `delete`, `bounce`: [`manage`]).
     messages: Mutex<HashMap<String, Arc<QueuedMessage>>>,
-    /// Recent matches of shaping rules with a threshold, per rule and lane (or upstream).
+    /// Recent matches of shaping rules with a threshold, per rule and lane (or upstream); with
+    /// `[cluster]` also counted across the fleet.
     thresholds: crate::schedule::rules::Thresholds,
 }
 
@@ -162,14 +163,14 @@ impl Scheduler {
                 redactor,
                 tracker: TaskTracker::new(),
                 shutdown,
-                cluster,
+                cluster: cluster.clone(),
                 fleet,
                 limits,
                 holds,
                 handoff: CancellationToken::new(),
                 handoff_slot: RwLock::new(None),
                 messages: Mutex::new(HashMap::new()),
-                thresholds: Default::default(),
+                thresholds: crate::schedule::rules::Thresholds::new(cluster),
             }),
         };
         scheduler.inner.warn_if_tls_missing();

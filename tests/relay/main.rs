@@ -42,6 +42,7 @@ mod shaping_fleet;
 mod shaping_replies;
 mod spool_recovery;
 mod startup_checks;
+mod threshold_fleet;
 mod upstream;
 mod upstream_fleet;
 mod upstream_hostile;

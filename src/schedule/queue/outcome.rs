@@ -265,37 +265,82 @@ impl Inner {
 
     /// Takes the action of the shaping rule a deferred copy's reply matched: on `lane` (the
     /// recipient's provider) or on the upstream that answered, as the rule's scope says; with a
-    /// threshold, only once enough matches came within its window.
-    fn shape(&self, lane: &Arc<Lane>, upstream: &str, rule: &ShapingRule, error: &UpstreamError) {
+    /// threshold, only once enough matches came within its window. With `[cluster]` the
+    /// matches are counted across the fleet: the Redis round runs on its own task (at most
+    /// `CALL_TIMEOUT`) and the action follows its answer, so the copy's deferral never waits
+    /// for it; without an answer this replica's own count decides.
+    fn shape(
+        self: &Arc<Self>,
+        lane: &Arc<Lane>,
+        upstream: &str,
+        rule: &ShapingRule,
+        error: &UpstreamError,
+    ) {
         if matches!(rule.action, ShapingAction::Defer | ShapingAction::Fail) {
             return;
         }
+        let reply = rules::reply_of(error)
+            .map(|(code, text)| format!("{code} {text}"))
+            .unwrap_or_default();
+        let Some(threshold) = rule.threshold else {
+            return self.act(lane, upstream, rule, &reply);
+        };
         let target = match rule.scope {
             RuleScope::Provider => lane.name.as_str(),
             RuleScope::Upstream => upstream,
         };
-        if let Some(threshold) = rule.threshold
-            && !self.thresholds.reached(&rule.name, target, threshold)
-        {
-            tracing::info!(provider = %lane.name, %upstream, rule = %rule.name,
-                matches = self.thresholds.count(&rule.name, target), threshold = %threshold,
-                "throttling reply below the rule's threshold; no action yet");
-            return;
+        // Always counted here too: the count to decide on while Redis does not answer.
+        let reached = self.thresholds.reached(&rule.name, target, threshold);
+        let local = (reached, self.thresholds.count(&rule.name, target) as u32);
+        let Some(shared) = self.thresholds.shared() else {
+            return self.at_threshold(lane, upstream, rule, &reply, local, "local");
+        };
+        let (inner, lane, rule) = (self.clone(), lane.clone(), rule.clone());
+        let (upstream, target) = (upstream.to_string(), target.to_string());
+        tokio::spawn(async move {
+            let counted = shared
+                .record(&rule.name, rule.scope, &target, threshold)
+                .await;
+            let (verdict, counted) = match counted {
+                Some(n) => ((n >= threshold.count, n), "fleet"),
+                None => (local, "local"),
+            };
+            inner.at_threshold(&lane, &upstream, &rule, &reply, verdict, counted);
+        });
+    }
+
+    /// A threshold rule's match, counted (`(reached, matches)`, by this replica alone or by
+    /// the fleet as `counted` says): the action when the threshold is reached, else a log line.
+    fn at_threshold(
+        &self,
+        lane: &Arc<Lane>,
+        upstream: &str,
+        rule: &ShapingRule,
+        reply: &str,
+        (reached, matches): (bool, u32),
+        counted: &'static str,
+    ) {
+        if reached {
+            return self.act(lane, upstream, rule, reply);
         }
+        tracing::info!(provider = %lane.name, %upstream, rule = %rule.name, matches, counted,
+            threshold = %rule.threshold.map(|t| t.to_string()).unwrap_or_default(),
+            "throttling reply below the rule's threshold; no action yet");
+    }
+
+    /// Puts a matched rule's action in force, for the rule's duration from now.
+    fn act(&self, lane: &Arc<Lane>, upstream: &str, rule: &ShapingRule, reply: &str) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let duration = rule.duration.from(now);
-        let reply = rules::reply_of(error)
-            .map(|(code, text)| format!("{code} {text}"))
-            .unwrap_or_default();
         match rule.scope {
             RuleScope::Provider => {
-                self.provider_shaped(lane, rule.action, duration, &rule.name, &reply)
+                self.provider_shaped(lane, rule.action, duration, &rule.name, reply)
             }
             RuleScope::Upstream => {
                 if let Some(slot) = self.upstream_slot(upstream) {
-                    self.upstream_shaped(&slot, rule.action, duration, &rule.name, &reply);
+                    self.upstream_shaped(&slot, rule.action, duration, &rule.name, reply);
                 }
             }
         }

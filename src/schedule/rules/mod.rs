@@ -6,10 +6,11 @@
 //! at a reply's code class (4xx, 5xx or both), its enhanced status code and its text. The
 //! matched rule also classifies the copy ([`Verdict`]): a 5xx matched by any rule but a `fail`
 //! one is a deferral (retried, never bounced), and a 4xx matched by a `fail` rule fails at once.
-//! A rule with a threshold acts only on the N-th match within its window ([`Thresholds`]).
+//! A rule with a threshold acts only on the N-th match within its window ([`Thresholds`]),
+//! counted across the fleet with `[cluster]` ([`shared`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -17,7 +18,10 @@ use tokio::time::Instant;
 use crate::config::{ShapingAction, ShapingConfig, ShapingRule, Threshold};
 use crate::upstream::UpstreamError;
 
+use super::cluster::SharedLimits;
+
 pub mod catalog;
+pub mod shared;
 
 pub use catalog::built_in;
 
@@ -74,14 +78,31 @@ pub fn verdict(error: &UpstreamError, rule: Option<&ShapingRule>) -> Verdict {
 
 /// Counts each rule's matches per lane (or upstream) for rules with a threshold: the action is
 /// taken on the match that brings the count within the window to the threshold, and on every
-/// later one while the count stays there.
+/// later one while the count stays there. This replica's own matches are always counted here;
+/// with `[cluster]` the fleet's count in Redis ([`shared::SharedCount`]) decides while Redis
+/// answers, and this one when it does not.
 #[derive(Default)]
 pub struct Thresholds {
     /// (rule name, lane or upstream name) -> instants of recent matches, oldest first.
     seen: Mutex<HashMap<(String, String), VecDeque<Instant>>>,
+    /// With `[cluster]`: the fleet-wide count.
+    shared: Option<Arc<shared::SharedCount>>,
 }
 
 impl Thresholds {
+    /// Counting in memory, and with `cluster` also across the fleet.
+    pub fn new(cluster: Option<Arc<SharedLimits>>) -> Thresholds {
+        Thresholds {
+            seen: Mutex::default(),
+            shared: cluster.map(|c| Arc::new(shared::SharedCount::new(c))),
+        }
+    }
+
+    /// The fleet-wide count, with `[cluster]`.
+    pub fn shared(&self) -> Option<Arc<shared::SharedCount>> {
+        self.shared.clone()
+    }
+
     /// Records a match of `rule` on `target`; true when the action should be taken now.
     pub fn reached(&self, rule: &str, target: &str, threshold: Threshold) -> bool {
         self.reached_at(rule, target, threshold, Instant::now())
