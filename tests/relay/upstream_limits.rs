@@ -352,3 +352,43 @@ async fn two_relays_sharing_redis_send_exactly_n_through_the_quota() {
     assert_eq!(redis.cli(&["GET", key]).trim(), "5");
     redis.stop();
 }
+
+#[tokio::test]
+async fn a_suspended_upstream_holds_its_copies_until_an_operator_lifts_it() {
+    // Microsoft 365's "Sender throttled" 550 suspends the upstream for an hour (built-in ESP
+    // rule); the copy is deferred, not failed, and held while its only upstream is suspended.
+    let mut script = Script::default();
+    script.first_replies.insert(
+        Step::Mail,
+        vec![
+            "550 5.2.252 SendAsDenied; Sender throttled due to continuous send as denied errors"
+                .into(),
+        ],
+    );
+    let m365 = ScriptedSmtp::start(script).await;
+    let mut r = relay(&upstream("m365", &m365, ""), "").await;
+    send_split(r.smtp, "h", 1).await;
+    r.wait_for_log("upstream suspended after its reply", 0)
+        .await;
+    let status = upstream_status(&r, "m365").await;
+    assert_eq!(status["limits"]["suspended"], true, "{status}");
+    // Held, not failed, well past max_queue_time (2 s): nothing reaches the upstream.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(m365.record().messages.is_empty());
+    assert_eq!(
+        metric_of(
+            &r,
+            "mailveil_deliveries_total{outcome=\"failed\",provider=\"default\",upstream=\"m365\"}"
+        )
+        .await
+        .unwrap_or(0.0),
+        0.0
+    );
+
+    let out = ctl_ok(r.admin, TOKEN, &["shaping", "clear", "--upstream", "m365"]);
+    assert!(out.contains("m365"), "{out}");
+    // Lifted: the held copy goes now, not in an hour.
+    let got = wait_total(&[&m365], 1, &r).await;
+    assert_eq!(got[0].len(), 1);
+    r.proc_.terminate();
+}

@@ -115,6 +115,16 @@ impl Inner {
         );
     }
 
+    /// An upstream's shaping was lifted: copies held because every upstream was suspended
+    /// wait for a time that no longer holds. Which deferred copies those are is not recorded,
+    /// so every lane's deferred copies become due (each still goes at its provider's pace; one
+    /// retried early for another reason is merely tried again).
+    fn release_held(&self) {
+        for lane in self.lanes.read().expect("not poisoned").values() {
+            lane.make_deferred_due();
+        }
+    }
+
     /// With `[cluster]`, reads the cluster's shaping state every [`POLL_INTERVAL`] until
     /// shutdown and applies what other replicas decided.
     pub(super) fn spawn_shaping_sync(self: Arc<Self>) {
@@ -181,8 +191,10 @@ impl Inner {
                             }
                         }
                         Some(Target::Upstream(upstream)) => {
-                            if let Some(slot) = self.upstream_slot(upstream) {
-                                slot.limits.clear_shaping(by);
+                            if let Some(slot) = self.upstream_slot(upstream)
+                                && slot.limits.clear_shaping(by)
+                            {
+                                self.release_held();
                             }
                         }
                         None => {}
@@ -298,6 +310,9 @@ impl Scheduler {
         cleared.providers.sort();
         cleared.upstreams.sort();
         cleared.upstreams.dedup();
+        if !cleared.upstreams.is_empty() {
+            inner.release_held();
+        }
         if let Some(fleet) = &inner.fleet {
             let fields: Vec<String> = match target {
                 ClearTarget::Provider(p) => vec![p.to_string()],
