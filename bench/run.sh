@@ -7,6 +7,7 @@
 #      bench/compare.sh when vendored), plain 4 KiB x 20 sessions, and fan-out 100 and 1,000
 #   2. sidecar latency: end-of-DATA -> 250, one session, fsync on (bench/latency.py)
 #   3. memory: 1,000 idle inbound connections; a 25 MiB message split to 100 (bench/memory.py)
+#   4. over distance: direct / Postfix / mailveil with 25 ms each way to the sink (bench/distance.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=${1:-}
@@ -25,6 +26,9 @@ for r in 100 1000; do
   echo "== throughput, fan-out: To: shows $r addresses, $NF private copies in all"
   bash "$COMPARE" --mode fanout -n "$NF" -r "$r" -s 20 -l 4096 --bin "$BIN" --only postfix,mailveil
 done
+
+echo "== throughput over distance: 25 ms each way between relay and sink, 20 connections"
+bash bench/distance.sh -n $([ "$QUICK" = --quick ] && echo 500 || echo 2000) --bin "$BIN"
 
 work=$(mktemp -d)
 SINK_PID=; MV_PID=
