@@ -201,6 +201,7 @@ impl Config {
             warnings: Vec::new(),
         };
         check_handoff_upstream(&config, &mut p);
+        check_app_networks(&config, &mut p);
         let config = Config {
             warnings: p.take_warnings(),
             ..config
@@ -212,6 +213,21 @@ impl Config {
     pub fn log_warnings(&self) {
         for w in &self.warnings {
             tracing::warn!(key = %w.path, "configuration: {}", w.message);
+        }
+    }
+}
+
+/// An app's `networks` recognise clients; relaying without AUTH still needs `access.networks`.
+/// A network no `access.networks` entry covers is a warning: its clients would get `530`.
+fn check_app_networks(config: &Config, p: &mut Problems) {
+    for (i, app) in config.apps.apps.iter().enumerate() {
+        for (j, net) in app.networks.iter().enumerate() {
+            if !config.access.networks.iter().any(|a| a.contains(net)) {
+                p.warn(
+                    &format!("app[{i}].networks[{j}]"),
+                    format!("{net} is in no access.networks entry: its clients cannot relay without AUTH"),
+                );
+            }
         }
     }
 }
