@@ -35,6 +35,7 @@ pub mod reply;
 pub mod schedule;
 pub mod sink;
 pub mod spool;
+pub mod tenant;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -260,9 +261,11 @@ pub async fn run_with(
     ));
     metrics.init_series(relay.scheduler.routing().catalog.names(), &upstream_names);
     metrics.init_rejection_reasons(&inbound::rejection_reasons());
+    metrics.init_apps(&config.apps.names(), &[]);
     let live = inbound::LiveInbound::new(inbound::InboundSettings {
         server: config.server.clone(),
         access: config.access.clone(),
+        apps: config.apps.clone(),
     })
     .map_err(|e| RunError::Inbound(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
     let reloader = Arc::new(reload::Reloader::new(

@@ -27,6 +27,9 @@ pub struct RelayRules {
     pub hold: Option<HoldConfig>,
     /// `spool.max_bytes`: new mail is refused `452 4.3.1` while the spool holds this much.
     pub spool_max_bytes: Option<u64>,
+    /// The configured `[[app]]` names, for `/status`. (Each message carries its own app's
+    /// settings from the session: see [`Transaction::app`].)
+    pub apps: Vec<String>,
 }
 
 /// Implements [`Acceptor`] for the inbound listener.
@@ -138,6 +141,30 @@ impl Acceptor for Relay {
     async fn accept(&self, mut tx: Transaction) -> Verdict {
         let started = Instant::now();
         let rules = self.rules();
+        if let Some(app) = &tx.app
+            && let Some(header) = crate::tenant::header_refusal(app, &tx.message)
+        {
+            self.metrics
+                .app_sender_refusals
+                .with_label_values(&[app.name.as_str(), "header_senders"])
+                .inc();
+            tracing::info!(peer = %tx.client.peer, app = %app.name, rule = "header_senders", header,
+                "rejected: header sender not allowed for the app");
+            return Verdict::Rejected(Reply::new(
+                550,
+                "5.7.1",
+                format!(
+                    "{header}: address not allowed for app {} (header_senders)",
+                    app.name
+                ),
+            ));
+        }
+        // The app's privacy policy and bulk hold replace the global ones for its messages.
+        let (privacy, hold) = match &tx.app {
+            Some(app) => (&app.privacy, app.hold.as_ref()),
+            None => (&rules.privacy, rules.hold.as_ref()),
+        };
+        let (privacy, hold) = (privacy.clone(), hold.cloned());
         let routing = self.scheduler.routing();
         let id = Spool::new_id();
         // The policy reads the exact bytes that will be delivered: our trace field first
@@ -145,7 +172,8 @@ impl Acceptor for Relay {
         let received = received_field(&tx.client, &routing.hostname, &id);
         let mut message = std::mem::take(&mut tx.message);
         message.splice(0..0, received.bytes());
-        let (exposure, plan, message, envelope) = self.plan(&rules, tx.envelope, message).await;
+        let (exposure, plan, message, envelope) =
+            self.plan(privacy.clone(), tx.envelope, message).await;
         self.metrics
             .privacy_actions
             .with_label_values(&[plan.decision.as_str()])
@@ -177,7 +205,7 @@ impl Acceptor for Relay {
         };
         let mut deliveries = routing.catalog.divide(plan.deliveries, &by_mx);
         let recipients = deliveries.iter().map(|d| d.planned.rcpt_to.len()).sum();
-        let hold = rules.hold.as_ref().and_then(|hold| {
+        let hold = hold.as_ref().and_then(|hold| {
             choose_canaries(
                 hold,
                 &routing.catalog,
@@ -194,7 +222,7 @@ impl Acceptor for Relay {
             size: message.len() as u64,
             deliveries,
             hold,
-            privacy: Some(PrivacySettings::of(&rules.privacy)),
+            privacy: Some(PrivacySettings::of(&privacy)),
         };
         let size = meta.size;
         if !self.take_spool_room(rules.spool_max_bytes, size) {
@@ -251,14 +279,13 @@ impl Relay {
     /// must not hold up the I/O threads that greet new connections.
     async fn plan(
         &self,
-        rules: &Arc<RelayRules>,
+        privacy: PrivacyConfig,
         envelope: Envelope,
         message: Vec<u8>,
     ) -> (Exposure, Plan, Vec<u8>, Envelope) {
         let _permit = self.planning.acquire().await.expect("never closed");
-        let rules = rules.clone();
         tokio::task::spawn_blocking(move || {
-            let (exposure, plan) = privacy::assess(&rules.privacy, &envelope, &message);
+            let (exposure, plan) = privacy::assess(&privacy, &envelope, &message);
             (exposure, plan, message, envelope)
         })
         .await

@@ -9,9 +9,10 @@
 //! section's typed struct and its validation live in a file of their own: `server.rs`,
 //! `access.rs`, `privacy.rs` (with the bulk hold in `hold.rs`), `spool.rs`, `upstream.rs` (its limits in `upstream_limits.rs`),
 //! `shaping.rs` (`[[provider]]`, `[shaping]`, `[cluster]`), `http.rs` (`[metrics]`, `[admin]`),
-//! `log.rs` and `dkim.rs`. Shared value parsers (durations, sizes, secrets) are in `values.rs`.
+//! `log.rs`, `dkim.rs` and `app.rs` (`[apps]`, `[[app]]`). Shared value parsers (durations, sizes, secrets) are in `values.rs`.
 
 mod access;
+mod app;
 mod dkim;
 pub mod dkim_key;
 mod hold;
@@ -35,6 +36,7 @@ pub use access::{
     AccessConfig, DEFAULT_AUTH_BAN, DEFAULT_AUTH_FAILURES_PER_SOURCE, DEFAULT_AUTH_FAILURES_TOTAL,
     User,
 };
+pub use app::{AppConfig, AppsConfig, MAX_APPS, NO_APP, SenderPattern};
 pub use dkim::{DkimConfig, DkimKeyConfig};
 pub use hold::{DEFAULT_HOLD_TIMEOUT, HoldConfig, HoldTimeoutAction};
 pub use http::{
@@ -80,6 +82,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[[dkim]]` signing keys, parsed (see `crate::dkim`).
     pub dkim: DkimConfig,
+    /// `[apps]` and `[[app]]` (`docs/apps.md`).
+    pub apps: AppsConfig,
     /// What is valid but should be fixed (a secret file readable by other users), each with
     /// its key path; logged at every start and reload ([`Config::log_warnings`]) and printed
     /// by `check-config`.
@@ -173,12 +177,16 @@ impl Config {
         let cluster = section::<raw::RawCluster>(&table, "cluster", &mut p);
         let log = section::<raw::RawLog>(&table, "log", &mut p).unwrap_or_default();
         let dkim = array::<raw::RawDkim>(&table, "dkim", &mut p);
+        let apps_section = section::<raw::RawApps>(&table, "apps", &mut p);
+        let apps = array::<raw::RawApp>(&table, "app", &mut p);
 
         let hold = hold::validate(&privacy, &mut p);
+        let privacy = privacy::validate_privacy(privacy, &mut p);
+        let apps = app::validate_apps(apps_section, apps, &privacy, hold.as_ref(), &mut p);
         let config = Config {
             server: server::validate_server(server, &mut p),
             access: access::validate_access(access, &mut p),
-            privacy: privacy::validate_privacy(privacy, &mut p),
+            privacy,
             hold,
             spool: spool::validate_spool(spool, &mut p),
             upstreams: upstream::validate_upstreams(upstreams, &mut p),
@@ -189,9 +197,11 @@ impl Config {
             cluster: shaping::validate_cluster(cluster, &mut p),
             log: log::validate_log(log, &mut p),
             dkim: dkim::validate_dkim(dkim, &mut p),
+            apps,
             warnings: Vec::new(),
         };
         check_handoff_upstream(&config, &mut p);
+        check_app_networks(&config, &mut p);
         let config = Config {
             warnings: p.take_warnings(),
             ..config
@@ -203,6 +213,21 @@ impl Config {
     pub fn log_warnings(&self) {
         for w in &self.warnings {
             tracing::warn!(key = %w.path, "configuration: {}", w.message);
+        }
+    }
+}
+
+/// An app's `networks` recognise clients; relaying without AUTH still needs `access.networks`.
+/// A network no `access.networks` entry covers is a warning: its clients would get `530`.
+fn check_app_networks(config: &Config, p: &mut Problems) {
+    for (i, app) in config.apps.apps.iter().enumerate() {
+        for (j, net) in app.networks.iter().enumerate() {
+            if !config.access.networks.iter().any(|a| a.contains(net)) {
+                p.warn(
+                    &format!("app[{i}].networks[{j}]"),
+                    format!("{net} is in no access.networks entry: its clients cannot relay without AUTH"),
+                );
+            }
         }
     }
 }
@@ -231,7 +256,7 @@ fn check_handoff_upstream(config: &Config, p: &mut Problems) {
 
 const KNOWN_SECTIONS: &[&str] = &[
     "server", "access", "privacy", "spool", "upstream", "provider", "shaping", "metrics", "admin",
-    "cluster", "log", "dkim",
+    "cluster", "log", "dkim", "apps", "app",
 ];
 
 #[cfg(test)]

@@ -33,38 +33,44 @@ pub struct PrivacyConfig {
     pub body_check: BodyCheck,
 }
 
-pub(super) fn validate_privacy(raw: RawPrivacy, p: &mut Problems) -> PrivacyConfig {
-    let mode = match raw.mode.as_deref().unwrap_or("split") {
-        "split" => PrivacyMode::Split,
-        "bcc" => PrivacyMode::Bcc,
-        "reject" => PrivacyMode::Reject,
-        "monitor" => PrivacyMode::Monitor,
-        other => {
-            p.push(
-                "privacy.mode",
-                format!("{other:?} is not one of split, bcc, reject, monitor"),
-            );
-            PrivacyMode::Split
+impl PrivacyMode {
+    /// `split`, `bcc`, `reject` or `monitor`; `None` for anything else.
+    pub fn parse(text: &str) -> Option<PrivacyMode> {
+        match text {
+            "split" => Some(PrivacyMode::Split),
+            "bcc" => Some(PrivacyMode::Bcc),
+            "reject" => Some(PrivacyMode::Reject),
+            "monitor" => Some(PrivacyMode::Monitor),
+            _ => None,
         }
-    };
-    let trusted_domains = raw
-        .trusted_domains
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, d)| {
-            let d = d.trim().trim_start_matches('@').to_ascii_lowercase();
-            if d.is_empty() || d.contains(['@', ' ']) {
-                p.push(
-                    &format!("privacy.trusted_domains[{i}]"),
-                    "must be a domain name such as example.com",
-                );
-                None
-            } else {
-                Some(d)
-            }
-        })
-        .collect();
+    }
+
+    /// How much the mode protects recipients: `monitor` (relays as is) < `split` = `bcc` (both
+    /// hide every recipient from the others) < `reject` (refuses). An `[[app]]` override may not
+    /// go lower than `[privacy]` without `allow_weaker`.
+    pub fn strength(self) -> u8 {
+        match self {
+            PrivacyMode::Monitor => 0,
+            PrivacyMode::Split | PrivacyMode::Bcc => 1,
+            PrivacyMode::Reject => 2,
+        }
+    }
+}
+
+pub(super) fn validate_privacy(raw: RawPrivacy, p: &mut Problems) -> PrivacyConfig {
+    let text = raw.mode.as_deref().unwrap_or("split");
+    let mode = PrivacyMode::parse(text).unwrap_or_else(|| {
+        p.push(
+            "privacy.mode",
+            format!("{text:?} is not one of split, bcc, reject, monitor"),
+        );
+        PrivacyMode::Split
+    });
+    let trusted_domains = trusted_domains(
+        raw.trusted_domains.unwrap_or_default(),
+        "privacy.trusted_domains",
+        p,
+    );
     let body_check = match raw.body_check.as_deref().unwrap_or("reject") {
         "reject" => BodyCheck::Reject,
         "monitor" => BodyCheck::Monitor,
@@ -83,4 +89,23 @@ pub(super) fn validate_privacy(raw: RawPrivacy, p: &mut Problems) -> PrivacyConf
         trusted_domains,
         body_check,
     }
+}
+
+/// `trusted_domains` lower-cased, a leading `@` dropped; each bad entry reported at `path[i]`.
+pub(super) fn trusted_domains(list: Vec<String>, path: &str, p: &mut Problems) -> Vec<String> {
+    list.into_iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let d = d.trim().trim_start_matches('@').to_ascii_lowercase();
+            if d.is_empty() || d.contains(['@', ' ']) {
+                p.push(
+                    &format!("{path}[{i}]"),
+                    "must be a domain name such as example.com",
+                );
+                None
+            } else {
+                Some(d)
+            }
+        })
+        .collect()
 }

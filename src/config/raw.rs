@@ -199,3 +199,31 @@ pub struct RawDkim {
     pub subdomains: Option<bool>,
     pub sign_unchanged: Option<bool>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApps {
+    pub require_app: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    pub name: Option<String>,
+    pub logins: Option<Vec<String>>,
+    pub networks: Option<Vec<String>>,
+    pub senders: Option<Vec<String>>,
+    pub header_senders: Option<Vec<String>>,
+    pub allow_null_sender: Option<bool>,
+    pub privacy: Option<RawAppPrivacy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAppPrivacy {
+    pub mode: Option<String>,
+    pub max_visible_recipients: Option<u64>,
+    pub trusted_domains: Option<Vec<String>>,
+    pub hold_fanout_above: Option<u64>,
+    pub allow_weaker: Option<bool>,
+}

@@ -169,8 +169,33 @@ async fn status(State(state): State<AdminState>) -> Response {
                 "corrupt_batches_at_start": spool.corrupt_batches(),
             }),
         );
+        fields.insert("apps".into(), apps_status(&state.relay));
     }
     axum::Json(body).into_response()
+}
+
+/// `apps` of `/status`: each configured `[[app]]` with its messages at end of DATA since start
+/// (`mailveil_app_messages_total`).
+fn apps_status(relay: &Relay) -> serde_json::Value {
+    let count = |app: &str, outcome: &str| {
+        relay
+            .metrics
+            .app_messages
+            .with_label_values(&[app, outcome])
+            .get()
+    };
+    relay
+        .rules()
+        .apps
+        .iter()
+        .map(|name| {
+            json!({
+                "name": name,
+                "messages_accepted": count(name, "accepted"),
+                "messages_rejected": count(name, "rejected"),
+            })
+        })
+        .collect()
 }
 
 async fn pause(State(state): State<AdminState>, Query(target): Query<Target>) -> Response {

@@ -139,6 +139,7 @@ impl Reloader {
             .replace(InboundSettings {
                 server: next.server.clone(),
                 access: next.access.clone(),
+                apps: next.apps.clone(),
             })
             .map_err(ReloadError::InboundTls)?;
         let upstream_names: Vec<String> = next.upstreams.iter().map(|u| u.name.clone()).collect();
@@ -158,6 +159,8 @@ impl Reloader {
             .apply_config(scheduler_config(&next), upstreams);
         self.metrics
             .init_series(self.scheduler.routing().catalog.names(), &upstream_names);
+        self.metrics
+            .init_apps(&next.apps.names(), &running.apps.names());
         *running = next;
         Ok(ReloadReport { restart_needed })
     }
@@ -170,6 +173,7 @@ pub fn relay_rules(config: &Config) -> RelayRules {
         privacy: config.privacy.clone(),
         hold: config.hold.clone(),
         spool_max_bytes: config.spool.max_bytes,
+        apps: config.apps.names(),
     }
 }
 

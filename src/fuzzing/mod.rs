@@ -75,6 +75,7 @@ pub fn session(data: &[u8]) {
             auth_failures_total: crate::config::DEFAULT_AUTH_FAILURES_TOTAL,
             auth_ban: crate::config::DEFAULT_AUTH_BAN,
         },
+        apps: Default::default(),
     };
     let replies = RUNTIME.with(|runtime| {
         runtime.block_on(crate::inbound::fuzz::session(

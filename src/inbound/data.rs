@@ -22,6 +22,7 @@ use super::memory::Reservation;
 use super::replies;
 use super::session::{Flow, Rejection, Session, Stream};
 use super::{Acceptor, InboundError, Transaction, Verdict};
+use crate::config::NO_APP;
 use crate::envelope::{ClientInfo, Envelope};
 
 /// Initial message buffer when the client gave no `SIZE=`; it grows by doubling.
@@ -125,12 +126,17 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         let Some(draft) = self.st.tx.take() else {
             return Ok(self.reject(Rejection::BadSequence, &replies::NEED_MAIL_DATA));
         };
+        let app = draft
+            .app
+            .as_ref()
+            .map_or(NO_APP.to_string(), |a| a.name.clone());
         let metrics = &self.ctx.metrics;
         if decoder.overflowed() {
             metrics
                 .messages_received
                 .with_label_values(&["rejected"])
                 .inc();
+            self.count_app(&app, "rejected");
             tracing::info!(
                 peer = %self.st.peer,
                 size = decoder.decoded_size(),
@@ -143,6 +149,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                 .messages_received
                 .with_label_values(&["rejected"])
                 .inc();
+            self.count_app(&app, "rejected");
             metrics
                 .privacy_blocked
                 .with_label_values(&["malformed"])
@@ -159,6 +166,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                 .messages_received
                 .with_label_values(&["rejected"])
                 .inc();
+            self.count_app(&app, "rejected");
             tracing::warn!(
                 peer = %self.st.peer,
                 size = decoder.decoded_size(),
@@ -182,6 +190,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                 tls: self.st.tls,
                 user: self.st.user.clone(),
             },
+            app: draft.app,
         };
         let started = WallClock::now();
         let verdict = self.ctx.acceptor.accept(tx).await;
@@ -195,6 +204,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                     .messages_received
                     .with_label_values(&["accepted"])
                     .inc();
+                self.count_app(&app, "accepted");
                 tracing::debug!(peer = %self.st.peer, %queue_id, recipients, size, "message accepted");
                 let _ = write!(self.st.wbuf, "250 2.0.0 queued as {queue_id}\r\n");
                 self.st.messages += 1;
@@ -204,10 +214,22 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
                     .messages_received
                     .with_label_values(&["rejected"])
                     .inc();
+                self.count_app(&app, "rejected");
                 tracing::info!(peer = %self.st.peer, code = reply.code, status = reply.status, recipients, size, "message rejected");
                 self.reply_dyn(&reply);
             }
         }
         Ok(Flow::Continue)
+    }
+}
+
+impl<S: Stream, A: Acceptor> Session<S, A> {
+    /// `mailveil_app_messages_total{app,outcome}` for a message at end of DATA.
+    fn count_app(&self, app: &str, outcome: &str) {
+        self.ctx
+            .metrics
+            .app_messages
+            .with_label_values(&[app, outcome])
+            .inc();
     }
 }

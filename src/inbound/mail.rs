@@ -15,6 +15,8 @@ use super::Acceptor;
 use super::path::envelope_address;
 use super::replies;
 use super::session::{Draft, Flow, Rejection, Session, Stream};
+use crate::config::{AppConfig, NO_APP};
+use crate::reply::Reply;
 
 /// MAIL flags that correspond to extensions in our EHLO answer.
 const ADVERTISED_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
@@ -54,6 +56,14 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         if !only_advertised(&from) {
             return self.reject(Rejection::Syntax, &replies::UNSUPPORTED_PARAM);
         }
+        let app = self
+            .ctx
+            .settings
+            .apps
+            .recognise(self.st.user.as_deref(), self.st.peer.ip());
+        if let Some(refusal) = self.sender_refusal(app.as_deref(), &mail_from) {
+            return refusal;
+        }
         if from.size as u64 > self.ctx.settings.server.max_message_size {
             tracing::info!(peer = %self.st.peer, declared = from.size, "MAIL SIZE over the limit refused");
             return self.reject(Rejection::Size, &replies::MESSAGE_TOO_BIG);
@@ -72,9 +82,48 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             rcpt_to: Vec::new(),
             rcpt_keys: HashSet::new(),
             declared_size: from.size,
+            app,
         });
         self.reply(&replies::SENDER_OK);
         Flow::Continue
+    }
+}
+
+impl<S: Stream, A: Acceptor> Session<S, A> {
+    /// The `550 5.7.1` for a MAIL FROM the session's app may not use (or for a session with no
+    /// app while `apps.require_app`), counted and logged with the rule's name; `None` if allowed.
+    fn sender_refusal(&mut self, app: Option<&AppConfig>, mail_from: &str) -> Option<Flow> {
+        let (name, reason, text) = match app {
+            None if self.ctx.settings.apps.require_app => (
+                NO_APP,
+                "no_app",
+                "this client belongs to no app (apps.require_app)".to_string(),
+            ),
+            None => return None,
+            Some(app) if app.envelope_allowed(mail_from) => return None,
+            Some(app) if mail_from.is_empty() => (
+                app.name.as_str(),
+                "null_sender",
+                format!(
+                    "null sender not allowed for app {} (allow_null_sender)",
+                    app.name
+                ),
+            ),
+            Some(app) => (
+                app.name.as_str(),
+                "senders",
+                format!("sender not allowed for app {} (senders)", app.name),
+            ),
+        };
+        self.ctx
+            .metrics
+            .app_sender_refusals
+            .with_label_values(&[name, reason])
+            .inc();
+        tracing::info!(peer = %self.st.peer, app = name, rule = reason,
+            from = %self.ctx.redactor.addr(mail_from), "MAIL refused: sender not allowed for the app");
+        self.reply_dyn(&Reply::new(550, "5.7.1", text));
+        Some(self.reject_counted(Rejection::SenderDenied))
     }
 }
 

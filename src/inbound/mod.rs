@@ -52,7 +52,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AccessConfig, ServerConfig};
+use crate::config::{AccessConfig, AppConfig, AppsConfig, ServerConfig};
 use crate::envelope::{ClientInfo, Envelope};
 use crate::observe::{Metrics, Redactor};
 use crate::reply::Reply;
@@ -77,6 +77,9 @@ pub struct Transaction {
     /// never a bare CR, a bare LF or a NUL.
     pub message: Vec<u8>,
     pub client: ClientInfo,
+    /// The app the session belongs to (`[[app]]`), recognised at MAIL; its `header_senders`
+    /// and privacy overrides apply at end of DATA.
+    pub app: Option<Arc<AppConfig>>,
 }
 
 /// The answer to end of DATA.
@@ -105,6 +108,8 @@ pub trait Acceptor: Send + Sync + 'static {
 pub struct InboundSettings {
     pub server: ServerConfig,
     pub access: AccessConfig,
+    /// `[apps]`/`[[app]]`: a session's app is recognised at MAIL (`mail.rs`).
+    pub apps: AppsConfig,
 }
 
 /// Why the listener could not start or a connection ended abnormally.

@@ -39,11 +39,14 @@ pub(super) enum Rejection {
     SpoolMaxBytes,
     /// The sessions together hold `server.max_data_memory` of DATA: `452 4.3.1`.
     DataMemory,
+    /// MAIL FROM not allowed for the session's app, or no app while `apps.require_app`:
+    /// `550 5.7.1` (the header check at end of DATA is counted by the relay's app metrics).
+    SenderDenied,
 }
 
 impl Rejection {
     /// Every rejection, so metrics can create each `reason` series at zero.
-    pub const ALL: [Rejection; 22] = [
+    pub const ALL: [Rejection; 23] = [
         Rejection::Syntax,
         Rejection::UnknownCommand,
         Rejection::BadSequence,
@@ -66,6 +69,7 @@ impl Rejection {
         Rejection::Timeout,
         Rejection::SpoolMaxBytes,
         Rejection::DataMemory,
+        Rejection::SenderDenied,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -92,6 +96,7 @@ impl Rejection {
             Rejection::Timeout => "timeout",
             Rejection::SpoolMaxBytes => SPOOL_MAX_BYTES_REASON,
             Rejection::DataMemory => "data_memory",
+            Rejection::SenderDenied => "sender_denied",
         }
     }
 
@@ -106,7 +111,8 @@ impl Rejection {
             | Rejection::LineTooLong
             | Rejection::RelayDenied
             | Rejection::TlsRequired
-            | Rejection::EncryptionRequired => true,
+            | Rejection::EncryptionRequired
+            | Rejection::SenderDenied => true,
             Rejection::AuthFailed
             | Rejection::Size
             | Rejection::Malformed

@@ -107,6 +107,8 @@ pub(super) struct Draft {
     pub rcpt_keys: HashSet<String>,
     /// `SIZE=` from MAIL, used to size the message buffer up front.
     pub declared_size: usize,
+    /// The session's app at MAIL (`[[app]]`), if any.
+    pub app: Option<Arc<crate::config::AppConfig>>,
 }
 
 /// What the command loop does next.
@@ -318,8 +320,14 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
     /// Answers a refused command, counts it, and closes after too many client errors.
     pub fn reject(&mut self, why: Rejection, reply: &Fixed) -> Flow {
         self.reply(reply);
-        self.count(why);
         tracing::debug!(peer = %self.st.peer, reason = why.reason(), code = reply.code, "inbound command rejected");
+        self.reject_counted(why)
+    }
+
+    /// The bookkeeping of [`Session::reject`] once the reply is written: counted, and a client
+    /// error towards `max_errors`.
+    pub fn reject_counted(&mut self, why: Rejection) -> Flow {
+        self.count(why);
         if why.is_client_error() {
             self.st.errors += 1;
             if self.st.errors >= self.ctx.tuning.max_errors {

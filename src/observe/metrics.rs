@@ -88,6 +88,10 @@ pub struct Metrics {
     /// `provider`: copies forwarded to `spool.handoff_upstream` at shutdown (also counted as
     /// `delivered` for that upstream in `mailveil_deliveries_total`).
     pub handed_off: IntCounterVec,
+    /// Messages at end of DATA by app (`[[app]]` names or `none`) and outcome.
+    pub app_messages: IntCounterVec,
+    /// Senders refused for an app, by app and rule (`APP_REFUSAL_REASONS`).
+    pub app_sender_refusals: IntCounterVec,
 }
 
 /// The `reason` labels of `mailveil_privacy_blocked_total`: a header field would show a
@@ -98,6 +102,12 @@ pub const PRIVACY_BLOCKED_REASONS: [&str; 3] = ["field", "body", "malformed"];
 /// The `action` labels of `mailveil_shaping_actions_total` (`set` and `fail` are the rule
 /// actions that do not slow a provider down by a factor).
 pub const SHAPING_ACTIONS: [&str; 4] = ["slow", "suspend", "set", "fail"];
+
+/// The `outcome` labels of `mailveil_app_messages_total`.
+pub const APP_OUTCOMES: [&str; 2] = ["accepted", "rejected"];
+
+/// The `reason` labels of `mailveil_app_sender_refusals_total`: the rule that refused.
+pub const APP_REFUSAL_REASONS: [&str; 4] = ["no_app", "null_sender", "senders", "header_senders"];
 
 /// The `action` labels of `mailveil_hold_actions_total`.
 pub const HOLD_ACTIONS: [&str; 5] = [
@@ -329,6 +339,16 @@ impl Metrics {
                 "Copies forwarded to spool.handoff_upstream at shutdown, by provider.",
                 &["provider"],
             ),
+            app_messages: counter(
+                "mailveil_app_messages_total",
+                "Messages at end of DATA by app ([[app]] name, or none) and outcome.",
+                &["app", "outcome"],
+            ),
+            app_sender_refusals: counter(
+                "mailveil_app_sender_refusals_total",
+                "Senders refused for an app (550 5.7.1), by app and rule.",
+                &["app", "reason"],
+            ),
             registry,
         }
     }
@@ -393,6 +413,28 @@ impl Metrics {
             Err(e) => panic!("mailveil_cluster_up cannot be registered: {e}"),
         }
         self.cluster_up.clone()
+    }
+
+    /// Creates the `app` series at zero for `apps` (the configured names) and `none`, and
+    /// removes those of `gone` (apps a reload took out: no stale series forever).
+    pub fn init_apps(&self, apps: &[String], gone: &[String]) {
+        for app in gone.iter().filter(|g| !apps.contains(g)) {
+            for outcome in APP_OUTCOMES {
+                let _ = self.app_messages.remove_label_values(&[app, outcome]);
+            }
+            for reason in APP_REFUSAL_REASONS {
+                let _ = self.app_sender_refusals.remove_label_values(&[app, reason]);
+            }
+        }
+        let none = crate::config::NO_APP.to_string();
+        for app in apps.iter().chain([&none]) {
+            for outcome in APP_OUTCOMES {
+                self.app_messages.with_label_values(&[app, outcome]);
+            }
+            for reason in APP_REFUSAL_REASONS {
+                self.app_sender_refusals.with_label_values(&[app, reason]);
+            }
+        }
     }
 
     /// Creates `mailveil_inbound_rejections_total` at zero for each reason the listener uses.

@@ -24,7 +24,7 @@ pub mod body;
 pub mod bytes;
 pub mod egress;
 pub mod exposure;
-mod fields;
+pub(crate) mod fields;
 pub mod inspect;
 pub mod policy;
 pub mod reading;

@@ -8,6 +8,7 @@ mod support;
 
 mod admin;
 mod admission;
+mod apps;
 mod bounce;
 mod budgets;
 mod bulk_hold;

@@ -83,6 +83,7 @@ pub fn settings() -> InboundSettings {
             auth_failures_total: crate::config::DEFAULT_AUTH_FAILURES_TOTAL,
             auth_ban: crate::config::DEFAULT_AUTH_BAN,
         },
+        apps: Default::default(),
     }
 }
 
