@@ -21,6 +21,7 @@
 pub mod capture;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod dkim;
 pub mod envelope;
 #[cfg(feature = "fuzzing")]
