@@ -71,8 +71,8 @@ struct RawFile {
 struct RawCredential {
     login: toml::Spanned<String>,
     hash: toml::Spanned<String>,
-    created: Option<toml::value::Datetime>,
-    expires: Option<toml::value::Datetime>,
+    created: Option<toml::Spanned<toml::value::Datetime>>,
+    expires: Option<toml::Spanned<toml::value::Datetime>>,
 }
 
 /// Parses the text of a users file; each error names the entry and its line.
@@ -82,53 +82,62 @@ pub fn parse_users(text: &str) -> Result<StoredCredentials, Vec<String>> {
     let mut errors = Vec::new();
     let mut out = StoredCredentials::default();
     for (i, c) in raw.credential.into_iter().enumerate() {
-        let at = format!("credential[{i}] (line {})", line(c.login.span().start));
+        // `credential[i] (line L).field`: the entry and the line of the field at fault.
+        let at = |field: &str, span: std::ops::Range<usize>| {
+            format!("credential[{i}] (line {}).{field}", line(span.start))
+        };
+        let login_span = c.login.span();
         let login = c.login.into_inner();
         if login.is_empty()
             || login
                 .chars()
                 .any(|ch| ch.is_control() || ch.is_whitespace())
         {
-            errors.push(format!("{at}.login: {login:?} is not a valid login name"));
+            errors.push(format!(
+                "{}: {login:?} is not a valid login name",
+                at("login", login_span)
+            ));
             continue;
         }
+        let hash_at = at("hash", c.hash.span());
         let hash = c.hash.get_ref().trim();
         let hash = hash.strip_prefix("{ARGON2ID}").unwrap_or(hash).to_string();
         match PasswordHash::new(&hash) {
             Ok(parsed) if parsed.algorithm.as_str() == "argon2id" => {}
             Ok(parsed) => {
                 errors.push(format!(
-                    "{at}.hash: algorithm {} is not accepted; use argon2id (`mailveil passwd`)",
+                    "{hash_at}: algorithm {} is not accepted; use argon2id (`mailveil passwd`)",
                     parsed.algorithm
                 ));
                 continue;
             }
             Err(e) => {
                 errors.push(format!(
-                    "{at}.hash: not an argon2id PHC string ({e}); make one with `mailveil passwd`"
+                    "{hash_at}: not an argon2id PHC string ({e}); make one with `mailveil passwd`"
                 ));
                 continue;
             }
         }
-        let mut date = |what: &str, value: Option<toml::value::Datetime>| match value {
-            None => None,
-            Some(d) => match toml_date(&d) {
-                Some(date) => Some(date),
-                None => {
-                    errors.push(format!(
-                        "{at}.{what}: {d} is not a date (write it as YYYY-MM-DD)"
-                    ));
-                    None
-                }
-            },
+        let mut date = |what: &str, value: Option<toml::Spanned<toml::value::Datetime>>| {
+            let d = value?;
+            let date = toml_date(d.get_ref());
+            if date.is_none() {
+                errors.push(format!(
+                    "{}: {} is not a date (write it as YYYY-MM-DD)",
+                    at(what, d.span()),
+                    d.get_ref()
+                ));
+            }
+            date
         };
         let created = date("created", c.created);
         let expires = date("expires", c.expires);
         let entries = out.by_login.entry(login.clone()).or_default();
         if entries.len() == MAX_CREDENTIALS_PER_LOGIN {
             errors.push(format!(
-                "{at}: login {login:?} has more than {MAX_CREDENTIALS_PER_LOGIN} credentials; \
-                 remove old ones"
+                "{}: login {login:?} has more than {MAX_CREDENTIALS_PER_LOGIN} credentials; \
+                 remove old ones",
+                at("login", login_span)
             ));
             continue;
         }
@@ -215,15 +224,15 @@ mod tests {
         let errors = parse_users(&text).unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(
-            errors[0].starts_with("credential[1] (line 6).hash"),
+            errors[0].starts_with("credential[1] (line 7).hash"),
             "{errors:?}"
         );
         assert!(
-            errors[1].starts_with("credential[2] (line 9).hash"),
+            errors[1].starts_with("credential[2] (line 10).hash"),
             "{errors:?}"
         );
         assert!(
-            errors[2].starts_with("credential[3] (line 12).expires"),
+            errors[2].starts_with("credential[3] (line 14).expires"),
             "{errors:?}"
         );
         let errors = parse_users("[[credential]]\nlogin = \"a\"\nhash = 1\n").unwrap_err();
