@@ -69,11 +69,14 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password(b"mailveil: no such login"))
 }
 
+/// A remembered success: the matched credential's `expires` and when it verified.
+type Verified = (Option<Date>, Instant);
+
 /// The users file's credentials and the cache of verified passwords.
 pub struct CredentialStore {
     stored: StoredCredentials,
     key: [u8; 32],
-    cache: Mutex<HashMap<[u8; 32], (Option<Date>, Instant)>>,
+    cache: Mutex<HashMap<[u8; 32], Verified>>,
 }
 
 impl std::fmt::Debug for CredentialStore {
