@@ -44,6 +44,14 @@ impl AccessConfig {
         !self.users.is_empty() || !self.credentials.is_empty()
     }
 
+    /// Every configured login.
+    pub fn logins(&self) -> impl Iterator<Item = &str> {
+        self.users
+            .iter()
+            .map(|u| u.name.as_str())
+            .chain(self.credentials.logins())
+    }
+
     /// True when `login` is configured (in `access.users` or the users file).
     pub fn has_login(&self, login: &str) -> bool {
         self.users.iter().any(|u| u.name == login) || self.credentials.has_login(login)

@@ -158,6 +158,7 @@ impl Reloader {
             .apply_config(scheduler_config(&next), upstreams);
         self.metrics
             .init_series(self.scheduler.routing().catalog.names(), &upstream_names);
+        self.metrics.init_auth_logins(next.access.logins());
         *running = next;
         Ok(ReloadReport { restart_needed })
     }

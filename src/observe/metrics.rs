@@ -403,6 +403,15 @@ impl Metrics {
         self.cluster_up.clone()
     }
 
+    /// Creates `mailveil_auth_failures_total` at zero for `unknown` and each configured login
+    /// (a login removed by a reload keeps its series until restart).
+    pub fn init_auth_logins<'a>(&self, logins: impl IntoIterator<Item = &'a str>) {
+        self.auth_failures.with_label_values(&["unknown"]);
+        for login in logins {
+            self.auth_failures.with_label_values(&[login]);
+        }
+    }
+
     /// Creates `mailveil_inbound_rejections_total` at zero for each reason the listener uses.
     pub fn init_rejection_reasons(&self, reasons: &[&str]) {
         for reason in reasons {

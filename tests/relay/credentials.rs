@@ -128,6 +128,13 @@ async fn rotation_both_passwords_then_the_old_refused_after_reload_and_expiry() 
         .replace("{users}", &users.display().to_string());
     let relay = RelayProc::start(&config, &[]).await;
 
+    // Every configured login (and `unknown`) is exposed from the start, at zero.
+    let (_, metrics) = http_get(relay.metrics, "/metrics").await;
+    for login in ["billing", "reports", "late", "unknown"] {
+        let series = format!("mailveil_auth_failures_total{{login=\"{login}\"}}");
+        assert_eq!(metric(&metrics, &series), Some(0.0), "{series}");
+    }
+
     // Overlap: both passwords of `billing` work, and the generated one of `reports`.
     for (login, pw) in [
         ("billing", "old password"),
