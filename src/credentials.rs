@@ -12,11 +12,12 @@
 //!   keyed with a random per-process key: no password is kept) for [`CACHE_TTL`], at most
 //!   [`CACHE_MAX`] entries (emptied whole when full), so a client that reconnects per message
 //!   pays the hash once an hour, not once a message. Failures are never cached: each one is slow
-//!   and counts against the AUTH failure budget. The store, cache included, is rebuilt on every
-//!   config load, so a reload empties the cache and a removed password stops working at once.
+//!   and counts against the AUTH failure budget. The cache is tied to the credential set it was
+//!   filled from ([`SuccessCache`]); every config load makes a new set, so after a reload no
+//!   cached password is used and a removed password stops working at once.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -72,49 +73,35 @@ fn dummy_hash() -> &'static str {
 /// A remembered success: the matched credential's `expires` and when it verified.
 type Verified = (Option<Date>, Instant);
 
-/// The users file's credentials and the cache of verified passwords.
-pub struct CredentialStore {
-    stored: StoredCredentials,
+/// Passwords that verified, for one credential set (one config load) at a time.
+struct Remembered {
+    /// The set the entries were verified against; a lookup with another set misses.
+    of: Option<Arc<StoredCredentials>>,
+    entries: HashMap<[u8; 32], Verified>,
+}
+
+/// The cache of verified passwords (see the module documentation). It is tied to the
+/// credential set it was filled from: a reload makes a new set, so the first success under it
+/// empties the cache, and a lookup under a set other than the one it holds misses. So a
+/// session that began before a reload can never make an old password valid for new sessions.
+pub struct SuccessCache {
     key: [u8; 32],
-    cache: Mutex<HashMap<[u8; 32], Verified>>,
+    inner: Mutex<Remembered>,
 }
 
-impl std::fmt::Debug for CredentialStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CredentialStore")
-            .field("stored", &self.stored)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for CredentialStore {
+impl Default for SuccessCache {
     fn default() -> Self {
-        CredentialStore::new(StoredCredentials::default())
-    }
-}
-
-impl CredentialStore {
-    pub fn new(stored: StoredCredentials) -> CredentialStore {
-        CredentialStore {
-            stored,
+        SuccessCache {
             key: rand::random(),
-            cache: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Remembered {
+                of: None,
+                entries: HashMap::new(),
+            }),
         }
     }
+}
 
-    /// True without a users file (or with an empty one).
-    pub fn is_empty(&self) -> bool {
-        self.stored.by_login.is_empty()
-    }
-
-    pub fn has_login(&self, login: &str) -> bool {
-        self.stored.by_login.contains_key(login)
-    }
-
-    pub fn logins(&self) -> impl Iterator<Item = &str> {
-        self.stored.by_login.keys().map(String::as_str)
-    }
-
+impl SuccessCache {
     fn cache_key(&self, login: &str, password: &[u8]) -> [u8; 32] {
         let mut h = blake3::Hasher::new_keyed(&self.key);
         h.update(&(login.len() as u64).to_le_bytes());
@@ -123,49 +110,74 @@ impl CredentialStore {
         *h.finalize().as_bytes()
     }
 
-    /// True when this password verified for this login within [`CACHE_TTL`] and the credential
-    /// it matched has not expired by `today`.
-    pub fn cached(&self, login: &str, password: &[u8], today: Date) -> bool {
+    /// True when this password verified for this login against `stored` within [`CACHE_TTL`]
+    /// and the credential it matched has not expired by `today`.
+    pub fn hit(
+        &self,
+        stored: &Arc<StoredCredentials>,
+        login: &str,
+        password: &[u8],
+        today: Date,
+    ) -> bool {
         let key = self.cache_key(login, password);
-        let cache = self.cache.lock().expect("not poisoned");
-        cache.get(&key).is_some_and(|(expires, at)| {
+        let inner = self.inner.lock().expect("not poisoned");
+        if !inner.of.as_ref().is_some_and(|of| Arc::ptr_eq(of, stored)) {
+            return false;
+        }
+        inner.entries.get(&key).is_some_and(|(expires, at)| {
             at.elapsed() < CACHE_TTL && expires.is_none_or(|last| today <= last)
         })
     }
 
-    fn remember(&self, login: &str, password: &[u8], expires: Option<Date>) {
+    fn remember(
+        &self,
+        stored: &Arc<StoredCredentials>,
+        login: &str,
+        password: &[u8],
+        expires: Option<Date>,
+    ) {
         let key = self.cache_key(login, password);
-        let mut cache = self.cache.lock().expect("not poisoned");
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
+        let mut inner = self.inner.lock().expect("not poisoned");
+        if !inner.of.as_ref().is_some_and(|of| Arc::ptr_eq(of, stored)) {
+            inner.of = Some(stored.clone());
+            inner.entries.clear();
         }
-        cache.insert(key, (expires, Instant::now()));
+        if inner.entries.len() >= CACHE_MAX {
+            inner.entries.clear();
+        }
+        inner.entries.insert(key, (expires, Instant::now()));
     }
+}
 
-    /// Verifies `password` against the login's credentials valid `today`, or against the
-    /// dummy hash when it has none; remembers a success. Slow: call it on a blocking thread.
-    pub fn verify_blocking(&self, login: &str, password: &[u8], today: Date) -> bool {
-        let valid: Vec<_> = self
-            .stored
-            .by_login
-            .get(login)
-            .into_iter()
-            .flatten()
-            .filter(|c| c.valid_on(today))
-            .collect();
-        if valid.is_empty() {
-            let _ = matches(dummy_hash(), password);
-            return false;
-        }
-        // Newest entries last in the file: try them first (the usual password after a rotation).
-        for credential in valid.iter().rev() {
-            if matches(&credential.hash, password) {
-                self.remember(login, password, credential.expires);
-                return true;
-            }
-        }
-        false
+/// Verifies `password` against the login's credentials in `stored` valid `today`, or against
+/// the dummy hash when it has none; remembers a success in `cache`. Slow: call it on a blocking
+/// thread.
+pub fn verify_blocking(
+    stored: &Arc<StoredCredentials>,
+    cache: &SuccessCache,
+    login: &str,
+    password: &[u8],
+    today: Date,
+) -> bool {
+    let valid: Vec<_> = stored
+        .by_login
+        .get(login)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.valid_on(today))
+        .collect();
+    if valid.is_empty() {
+        let _ = matches(dummy_hash(), password);
+        return false;
     }
+    // Newest entries last in the file: try them first (the usual password after a rotation).
+    for credential in valid.iter().rev() {
+        if matches(&credential.hash, password) {
+            cache.remember(stored, login, password, credential.expires);
+            return true;
+        }
+    }
+    false
 }
 
 /// Today's date in UTC (what `expires` is compared with).
@@ -178,7 +190,7 @@ mod tests {
     use super::*;
     use crate::config::parse_users;
 
-    fn store(entries: &[(&str, &str, Option<&str>)]) -> CredentialStore {
+    fn store(entries: &[(&str, &str, Option<&str>)]) -> Arc<StoredCredentials> {
         let mut text = String::new();
         for (login, hash, expires) in entries {
             text.push_str(&format!(
@@ -188,7 +200,7 @@ mod tests {
                 text.push_str(&format!("expires = {e}\n"));
             }
         }
-        CredentialStore::new(parse_users(&text).unwrap())
+        Arc::new(parse_users(&text).unwrap())
     }
 
     #[test]
@@ -214,28 +226,34 @@ mod tests {
             ("app", &new, Some("2026-06-30")),
             ("late", &gone, Some("2020-01-01")),
         ]);
+        let c = SuccessCache::default();
+        let v = |login: &str, pw: &[u8], day| verify_blocking(&s, &c, login, pw, day);
         let day = Date::from_calendar_date(2026, time::Month::June, 30).unwrap();
-        assert!(!s.cached("app", b"old", day));
-        assert!(s.verify_blocking("app", b"old", day));
-        assert!(s.verify_blocking("app", b"new", day));
-        assert!(
-            !s.verify_blocking("app", b"gone", day),
-            "another login's password"
-        );
-        assert!(!s.verify_blocking("late", b"gone", day), "expired");
-        assert!(!s.verify_blocking("nobody", b"old", day), "unknown login");
+        assert!(!c.hit(&s, "app", b"old", day));
+        assert!(v("app", b"old", day));
+        assert!(v("app", b"new", day));
+        assert!(!v("app", b"gone", day), "another login's password");
+        assert!(!v("late", b"gone", day), "expired");
+        assert!(!v("nobody", b"old", day), "unknown login");
         // Successes are remembered, failures are not.
-        assert!(s.cached("app", b"old", day) && s.cached("app", b"new", day));
-        assert!(!s.cached("app", b"wrong", day) && !s.cached("late", b"gone", day));
-        assert!(!s.cached("nobody", b"old", day));
+        assert!(c.hit(&s, "app", b"old", day) && c.hit(&s, "app", b"new", day));
+        assert!(!c.hit(&s, "app", b"wrong", day) && !c.hit(&s, "late", b"gone", day));
+        assert!(!c.hit(&s, "nobody", b"old", day));
         // The day after `expires`, the new entry is refused, cached or not.
         let next = day.next_day().unwrap();
-        assert!(!s.cached("app", b"new", next));
-        assert!(!s.verify_blocking("app", b"new", next));
-        assert!(s.verify_blocking("app", b"old", next));
-        // A new store (a reload) starts with an empty cache.
+        assert!(!c.hit(&s, "app", b"new", next));
+        assert!(!v("app", b"new", next));
+        assert!(v("app", b"old", next));
+        // Another set (a reload, even of the same file) finds nothing cached; a success under
+        // it empties the cache, so the old set's entries are gone too.
         let reloaded = store(&[("app", &new, None)]);
-        assert!(!reloaded.cached("app", b"old", day));
-        assert!(!reloaded.verify_blocking("app", b"old", day));
+        assert!(!c.hit(&reloaded, "app", b"old", day));
+        assert!(!verify_blocking(&reloaded, &c, "app", b"old", day));
+        assert!(verify_blocking(&reloaded, &c, "app", b"new", day));
+        assert!(
+            !c.hit(&s, "app", b"old", day),
+            "the old set's successes are forgotten"
+        );
+        assert!(c.hit(&reloaded, "app", b"new", day));
     }
 }

@@ -6,9 +6,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::raw::RawAccess;
-use super::users::{parse_users, users_file_exposure};
+use super::users::{StoredCredentials, parse_users, users_file_exposure};
 use super::values::{FailureBudget, Problems, Secret, duration, io_words};
-use crate::credentials::CredentialStore;
 
 /// Defaults of the AUTH failure budget, named so tests and docs refer to one value.
 pub const DEFAULT_AUTH_FAILURES_PER_SOURCE: FailureBudget = FailureBudget {
@@ -26,9 +25,9 @@ pub struct AccessConfig {
     /// Clients in these networks may relay without AUTH.
     pub networks: Vec<IpNet>,
     pub users: Vec<User>,
-    /// Hashed credentials from `access.users_file` (empty without one), with the cache of
-    /// verified passwords: a new store (empty cache) on every config load.
-    pub credentials: Arc<CredentialStore>,
+    /// Hashed credentials from `access.users_file` (empty without one); a new value on every
+    /// config load (the cache of verified passwords is tied to it, see `crate::credentials`).
+    pub credentials: Arc<StoredCredentials>,
     /// Failed AUTH attempts one source may make (token bucket); when it is empty the source is
     /// banned from AUTH for `auth_ban`.
     pub auth_failures_per_source: FailureBudget,
@@ -101,7 +100,7 @@ pub(super) fn validate_access(raw: RawAccess, p: &mut Problems) -> AccessConfig 
     }
     let credentials = match raw.users_file {
         Some(file) => read_users_file(&file, &users, p),
-        None => CredentialStore::default(),
+        None => StoredCredentials::default(),
     };
     let auth_failures_per_source = p.budget(
         "access.auth_failures_per_source",
@@ -131,21 +130,20 @@ pub(super) fn validate_access(raw: RawAccess, p: &mut Problems) -> AccessConfig 
 }
 
 /// Reads and checks `access.users_file`; every problem is reported under that key.
-fn read_users_file(file: &str, users: &[User], p: &mut Problems) -> CredentialStore {
+fn read_users_file(file: &str, users: &[User], p: &mut Problems) -> StoredCredentials {
     const KEY: &str = "access.users_file";
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) => {
             p.push(KEY, format!("cannot read {file}: {}", io_words(&e)));
-            return CredentialStore::default();
+            return StoredCredentials::default();
         }
     };
     if let Some(why) = users_file_exposure(file.as_ref()) {
         p.push(KEY, format!("users file {why}"));
     }
     match parse_users(&text) {
-        Ok(stored) => {
-            let store = CredentialStore::new(stored);
+        Ok(store) => {
             for user in users.iter().filter(|u| store.has_login(&u.name)) {
                 p.push(
                     KEY,
@@ -161,7 +159,7 @@ fn read_users_file(file: &str, users: &[User], p: &mut Problems) -> CredentialSt
             for e in errors {
                 p.push(KEY, format!("{file}: {e}"));
             }
-            CredentialStore::default()
+            StoredCredentials::default()
         }
     }
 }

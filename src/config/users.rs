@@ -59,6 +59,21 @@ pub struct StoredCredentials {
     pub by_login: HashMap<String, Vec<Credential>>,
 }
 
+impl StoredCredentials {
+    /// True without a users file (or with an empty one).
+    pub fn is_empty(&self) -> bool {
+        self.by_login.is_empty()
+    }
+
+    pub fn has_login(&self, login: &str) -> bool {
+        self.by_login.contains_key(login)
+    }
+
+    pub fn logins(&self) -> impl Iterator<Item = &str> {
+        self.by_login.keys().map(String::as_str)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {

@@ -241,7 +241,11 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
     ) -> Result<Result<bool, Gate>, InboundError> {
         let access = &self.ctx.settings.access;
         let today = credentials::today();
-        if access.credentials.cached(name, password, today) {
+        let admission = self.ctx.admission.clone();
+        if admission
+            .verified()
+            .hit(&access.credentials, name, password, today)
+        {
             return Ok(Ok(true));
         }
         let plain = check(&access.users, name, password);
@@ -249,16 +253,17 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             .acquire()
             .await
             .expect("the hashing semaphore is never closed");
-        let gate = self.ctx.admission.auth().gate(self.st.ticket.source());
+        let gate = admission.auth().gate(self.st.ticket.source());
         if gate != Gate::Open {
             return Ok(Err(gate));
         }
-        let store = access.credentials.clone();
+        let stored = access.credentials.clone();
         let (name, password) = (name.to_string(), password.to_vec());
-        let hashed =
-            tokio::task::spawn_blocking(move || store.verify_blocking(&name, &password, today))
-                .await
-                .unwrap_or(false);
+        let hashed = tokio::task::spawn_blocking(move || {
+            credentials::verify_blocking(&stored, admission.verified(), &name, &password, today)
+        })
+        .await
+        .unwrap_or(false);
         Ok(Ok(plain || hashed))
     }
 }
