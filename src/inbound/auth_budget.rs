@@ -280,6 +280,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn failures_counted_after_a_slow_check_use_the_same_budget() {
+        // A slow check runs outside the lock: gate, check, then `failed`.
+        let b = budget("2/1m", "100/1m", 60);
+        let a = src("192.0.2.1");
+        assert_eq!(b.gate(a), Gate::Open);
+        assert!(matches!(b.failed(a), Attempt::Failed { banned: None, .. }));
+        assert!(matches!(
+            b.failed(a),
+            Attempt::Failed {
+                banned: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(b.gate(a), Gate::Banned { .. }));
+        // Mixed with cheap checks: one budget.
+        assert!(matches!(b.attempt(a, || true), Attempt::Refused(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn successes_cost_nothing() {
         let b = budget("2/1m", "2/1m", 60);
         let a = src("192.0.2.1");
