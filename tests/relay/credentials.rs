@@ -248,6 +248,25 @@ fn a_group_readable_users_file_is_refused_at_start_with_its_key() {
     assert_eq!(code, Some(64), "{log}");
     assert!(log.contains("access.users_file"), "{log}");
     assert!(log.contains("readable by its group"), "{log}");
+    // A broken entry: the key, the file and the line of the field.
+    let good = std::fs::read_to_string(&users).unwrap();
+    std::fs::write(
+        &users,
+        "[[credential]]\nlogin = \"billing\"\nhash = \"secret\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, log) = run_until_exit(dir.path(), &config);
+    assert_eq!(code, Some(64), "{log}");
+    assert!(
+        log.contains("access.users_file") && log.contains("credential[0] (line 3).hash"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("secret\""),
+        "the bad value is not echoed: {log}"
+    );
+    std::fs::write(&users, good).unwrap();
     // And a login in both places.
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
     let pw = dir.path().join("pw");
