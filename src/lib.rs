@@ -21,6 +21,7 @@
 pub mod capture;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod dkim;
 pub mod envelope;
 #[cfg(feature = "fuzzing")]
@@ -262,6 +263,7 @@ pub async fn run_with(
     metrics.init_series(relay.scheduler.routing().catalog.names(), &upstream_names);
     metrics.init_rejection_reasons(&inbound::rejection_reasons());
     metrics.init_apps(&config.apps.names(), &[]);
+    metrics.init_auth_logins(config.access.logins());
     let live = inbound::LiveInbound::new(inbound::InboundSettings {
         server: config.server.clone(),
         access: config.access.clone(),

@@ -94,6 +94,9 @@ enum Command {
         #[command(subcommand)]
         command: mailveil::control::queue_cli::SpoolCommand,
     },
+    /// Make a `[[credential]]` entry (argon2id hash) for `access.users_file`; the password is
+    /// read from stdin (asked twice without echo on a terminal) or made with --generate.
+    Passwd(mailveil::control::passwd::PasswdArgs),
     /// A capture SMTP server: stores each message as DIR/<id>.eml + DIR/<id>.json.
     Sink {
         #[arg(long)]
@@ -177,6 +180,7 @@ fn main() -> ExitCode {
                 .is_ok_and(|text| queue_cli::log_shows_addresses(&text));
             ExitCode::from(queue_cli::spool(command, shows))
         }
+        Command::Passwd(args) => mailveil::control::passwd::run(args),
         Command::Sink {
             listen,
             dir,

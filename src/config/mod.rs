@@ -28,6 +28,7 @@ mod spool;
 pub mod tls;
 mod upstream;
 mod upstream_limits;
+mod users;
 mod values;
 
 use std::path::Path;
@@ -59,6 +60,9 @@ pub use shaping::{
 pub use spool::{DEFAULT_DRAIN_TIMEOUT, SpoolConfig};
 pub use upstream::{Credentials, SmtpUpstreamConfig, UpstreamConfig, UpstreamKind, UpstreamTls};
 pub use upstream_limits::{DailyLimit, QuotaReset, QuotaUnit, UpstreamLimitsConfig};
+pub use users::{
+    Credential, MAX_CREDENTIALS_PER_LOGIN, StoredCredentials, parse_users, users_file_exposure,
+};
 use values::Problems;
 pub use values::{FailureBudget, Secret, io_words};
 

@@ -54,6 +54,7 @@ pub struct RawAccess {
     pub auth_ban: Option<RawDuration>,
     #[serde(default)]
     pub users: Vec<RawUser>,
+    pub users_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

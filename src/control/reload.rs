@@ -161,6 +161,7 @@ impl Reloader {
             .init_series(self.scheduler.routing().catalog.names(), &upstream_names);
         self.metrics
             .init_apps(&next.apps.names(), &running.apps.names());
+        self.metrics.init_auth_logins(next.access.logins());
         *running = next;
         Ok(ReloadReport { restart_needed })
     }

@@ -71,6 +71,7 @@ pub fn session(data: &[u8]) {
         access: AccessConfig {
             networks,
             users,
+            credentials: Default::default(),
             auth_failures_per_source: crate::config::DEFAULT_AUTH_FAILURES_PER_SOURCE,
             auth_failures_total: crate::config::DEFAULT_AUTH_FAILURES_TOTAL,
             auth_ban: crate::config::DEFAULT_AUTH_BAN,

@@ -70,10 +70,12 @@ struct Counts {
     per_source: HashMap<Source, usize>,
 }
 
-/// The slot counts and the AUTH failure budget, shared by the accept loop and every session.
+/// The slot counts, the AUTH failure budget and the cache of verified passwords, shared by the
+/// accept loop and every session.
 pub(crate) struct Admission {
     counts: Mutex<Counts>,
     auth: RwLock<Arc<AuthBudget>>,
+    verified: crate::credentials::SuccessCache,
 }
 
 impl Admission {
@@ -81,6 +83,7 @@ impl Admission {
         Arc::new(Admission {
             counts: Mutex::new(Counts::default()),
             auth: RwLock::new(Arc::new(AuthBudget::new(&settings.access))),
+            verified: Default::default(),
         })
     }
 
@@ -95,6 +98,11 @@ impl Admission {
 
     pub fn auth(&self) -> Arc<AuthBudget> {
         self.auth.read().expect("not poisoned").clone()
+    }
+
+    /// Passwords verified against the users file (tied to the credential set they matched).
+    pub fn verified(&self) -> &crate::credentials::SuccessCache {
+        &self.verified
     }
 
     /// Gives a connection from `ip` a slot under `settings`, or says why not.

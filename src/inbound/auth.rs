@@ -9,7 +9,10 @@
 //!   (`auth_budget.rs`). A source that used its budget is banned for a while: its AUTH is
 //!   answered `421 4.7.0` before any password is checked, and the connection closes.
 //!
-//! Passwords are compared in constant time (BLAKE3 digests, whose equality is constant-time, so
+//! With `access.users_file`, passwords are verified against argon2id hashes off the runtime,
+//! with a cache of successes (see `crate::credentials`).
+//!
+//! `*_env`/`*_file` passwords are compared in constant time (BLAKE3 digests, whose equality is constant-time, so
 //! neither content nor length leaks through timing), and never logged. A failed attempt is
 //! logged with the source and the client's EHLO name; its user name only when it is a configured
 //! one: an unknown name is often a password typed (or configured) in the wrong field.
@@ -23,6 +26,7 @@ use super::replies;
 use super::session::{End, Flow, Input, Rejection, Session, Stream};
 use super::{Acceptor, InboundError};
 use crate::config::User;
+use crate::credentials;
 use crate::observe::log::escaped;
 
 /// One client answer in the AUTH exchange.
@@ -39,7 +43,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         mechanism: u64,
         initial: String,
     ) -> Result<Flow, InboundError> {
-        if self.ctx.settings.access.users.is_empty() {
+        if !self.ctx.settings.access.auth_enabled() {
             return Ok(self.reject(Rejection::NotImplemented, &replies::AUTH_NOT_AVAILABLE));
         }
         if !self.st.tls {
@@ -151,13 +155,19 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
     }
 
     async fn verify(&mut self, name: String, password: &[u8]) -> Result<Flow, InboundError> {
-        let users = &self.ctx.settings.access.users;
+        let access = &self.ctx.settings.access;
         let source = self.st.ticket.source();
-        let attempt = self
-            .ctx
-            .admission
-            .auth()
-            .attempt(source, || check(users, &name, password));
+        let budget = self.ctx.admission.auth();
+        let attempt = if access.credentials.is_empty() {
+            // Only `*_env`/`*_file` passwords: cheap, checked under the budget's lock.
+            budget.attempt(source, || check(&access.users, &name, password))
+        } else {
+            match self.verify_stored(&name, password).await? {
+                Ok(true) => Attempt::Succeeded,
+                Ok(false) => budget.failed(source),
+                Err(gate) => Attempt::Refused(gate),
+            }
+        };
         let (banned, exhausted) = match attempt {
             Attempt::Succeeded => {
                 tracing::info!(peer = %self.st.peer, user = %escaped(&name), "AUTH succeeded");
@@ -169,9 +179,14 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             Attempt::Refused(gate) => return Ok(self.auth_refused(gate)),
             Attempt::Failed { banned, exhausted } => (banned, exhausted),
         };
+        let known = self.ctx.settings.access.has_login(&name);
+        self.ctx
+            .metrics
+            .auth_failures
+            .with_label_values(&[if known { name.as_str() } else { "unknown" }])
+            .inc();
         self.st.auth_failures += 1;
         self.count(Rejection::AuthFailed);
-        let known = users.iter().any(|u| u.name == name);
         tracing::info!(
             peer = %self.st.peer,
             user = %escaped(if known { name.as_str() } else { "(not a configured user)" }),
@@ -211,6 +226,45 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             return Ok(Flow::Close);
         }
         Ok(Flow::Continue)
+    }
+}
+
+impl<S: Stream, A: Acceptor> Session<S, A> {
+    /// Checks a password with a users file configured: the success cache first; else, holding
+    /// a hashing permit (and only once the budget's gate is still open), argon2 on a blocking
+    /// thread. A login of `access.users` is checked as before, plus a dummy hash, so it costs
+    /// what any other login costs. `Err` is a gate that closed while waiting for the permit.
+    async fn verify_stored(
+        &mut self,
+        name: &str,
+        password: &[u8],
+    ) -> Result<Result<bool, Gate>, InboundError> {
+        let access = &self.ctx.settings.access;
+        let today = credentials::today();
+        let admission = self.ctx.admission.clone();
+        if admission
+            .verified()
+            .hit(&access.credentials, name, password, today)
+        {
+            return Ok(Ok(true));
+        }
+        let plain = check(&access.users, name, password);
+        let _permit = credentials::HASHING
+            .acquire()
+            .await
+            .expect("the hashing semaphore is never closed");
+        let gate = admission.auth().gate(self.st.ticket.source());
+        if gate != Gate::Open {
+            return Ok(Err(gate));
+        }
+        let stored = access.credentials.clone();
+        let (name, password) = (name.to_string(), password.to_vec());
+        let hashed = tokio::task::spawn_blocking(move || {
+            credentials::verify_blocking(&stored, admission.verified(), &name, &password, today)
+        })
+        .await
+        .unwrap_or(false);
+        Ok(Ok(plain || hashed))
     }
 }
 

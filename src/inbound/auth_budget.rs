@@ -12,8 +12,12 @@
 //!   while it is empty every AUTH is answered `421 4.7.0` unchecked until a token is back, which
 //!   bounds a fleet spread over many addresses.
 //!
-//! The gate, the password check and the count happen under one lock with no await in between,
-//! so parallel connections cannot slip extra checks past a ban. Successful logins cost nothing.
+//! A cheap check (the `*_env`/`*_file` passwords) runs with the gate and the count under one
+//! lock ([`AuthBudget::attempt`]), so parallel connections cannot slip extra checks past a ban.
+//! A slow one (argon2, users file) never holds the lock: the session takes a hashing permit,
+//! asks the gate again ([`AuthBudget::gate`]), hashes, then counts a failure with
+//! [`AuthBudget::failed`]; at most `credentials::MAX_PARALLEL_HASHES` checks can be in flight
+//! past a ban that begins meanwhile. Successful logins cost nothing.
 //!
 //! Memory is bounded without a limit of its own: a source's bucket is forgotten once it is full
 //! again ([`RateLimiter::retain_recent`]) and a ban once it ends; every entry needs a failure,
@@ -142,6 +146,17 @@ impl AuthBudget {
         if check() {
             return Attempt::Succeeded;
         }
+        self.count_failure(&mut inner, source, now)
+    }
+
+    /// Counts a failed check made outside the lock (a slow one, after [`AuthBudget::gate`]).
+    pub fn failed(&self, source: Source) -> Attempt {
+        let now = Instant::now();
+        let mut inner = self.inner.lock().expect("not poisoned");
+        self.count_failure(&mut inner, source, now)
+    }
+
+    fn count_failure(&self, inner: &mut Inner, source: Source, now: Instant) -> Attempt {
         let banned = match inner.per_source.check_key(&source) {
             Ok(state) if state.remaining_burst_capacity() > 0 => None,
             // The last token (or none left, which the ban normally prevents): banned at least
@@ -262,6 +277,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_counted_after_a_slow_check_use_the_same_budget() {
+        // A slow check runs outside the lock: gate, check, then `failed`.
+        let b = budget("2/1m", "100/1m", 60);
+        let a = src("192.0.2.1");
+        assert_eq!(b.gate(a), Gate::Open);
+        assert!(matches!(b.failed(a), Attempt::Failed { banned: None, .. }));
+        assert!(matches!(
+            b.failed(a),
+            Attempt::Failed {
+                banned: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(b.gate(a), Gate::Banned { .. }));
+        // Mixed with cheap checks: one budget.
+        assert!(matches!(b.attempt(a, || true), Attempt::Refused(_)));
     }
 
     #[tokio::test(start_paused = true)]

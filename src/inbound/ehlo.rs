@@ -15,7 +15,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         self.st.tx = None;
         self.st.helo = Some(host);
         let offer_tls = self.ctx.tls.is_some() && !self.st.tls;
-        let offer_auth = !self.ctx.settings.access.users.is_empty() && self.st.tls;
+        let offer_auth = self.ctx.settings.access.auth_enabled() && self.st.tls;
         let server = &self.ctx.settings.server;
         let out = &mut self.st.wbuf;
         if !extended {

@@ -38,7 +38,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             }
         };
         let access = &self.ctx.settings.access;
-        let auth_possible = !access.users.is_empty() && (self.st.tls || self.ctx.tls.is_some());
+        let auth_possible = access.auth_enabled() && (self.st.tls || self.ctx.tls.is_some());
         let decision = relay(
             &access.networks,
             self.st.peer.ip(),

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub inbound_connections: IntGauge,
     /// `reason`: a short fixed word such as `relay_denied`, `size`, `too_many_recipients`.
     pub inbound_rejections: IntCounterVec,
+    /// `login`: failed AUTH attempts, by configured login, or `unknown` for any other name (a
+    /// bounded label: clients choose the names they try).
+    pub auth_failures: IntCounterVec,
     pub spool_bytes: IntGauge,
     /// 1 while the spool refuses mail (`452 4.3.1`) because its last commit failed for lack of
     /// space; `/readyz` answers 503 meanwhile.
@@ -260,6 +263,11 @@ impl Metrics {
                 "Inbound commands or connections refused, by reason.",
                 &["reason"],
             ),
+            auth_failures: counter(
+                "mailveil_auth_failures_total",
+                "Failed AUTH attempts, by configured login (`unknown` for any other name).",
+                &["login"],
+            ),
             spool_bytes: gauge(
                 "mailveil_spool_bytes",
                 "Bytes of message data in the spool.",
@@ -434,6 +442,15 @@ impl Metrics {
             for reason in APP_REFUSAL_REASONS {
                 self.app_sender_refusals.with_label_values(&[app, reason]);
             }
+        }
+    }
+
+    /// Creates `mailveil_auth_failures_total` at zero for `unknown` and each configured login
+    /// (a login removed by a reload keeps its series until restart).
+    pub fn init_auth_logins<'a>(&self, logins: impl IntoIterator<Item = &'a str>) {
+        self.auth_failures.with_label_values(&["unknown"]);
+        for login in logins {
+            self.auth_failures.with_label_values(&[login]);
         }
     }
 

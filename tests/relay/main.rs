@@ -16,6 +16,7 @@ mod cli;
 mod cluster;
 mod cluster_auth;
 mod crash;
+mod credentials;
 mod deploy;
 mod deploy_rules;
 mod disk_full;

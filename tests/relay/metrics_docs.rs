@@ -66,6 +66,7 @@ fn assert_series_exist(text: &str, what: &str) -> usize {
     metrics.init_series(&["default".to_string()], &["primary".to_string()]);
     metrics.enable_cluster();
     metrics.init_rejection_reasons(&mailveil::inbound::rejection_reasons());
+    metrics.init_auth_logins(["app"]);
     let exposed = metrics.render();
     let mut named = 0;
     for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {

@@ -79,6 +79,7 @@ pub fn settings() -> InboundSettings {
         access: AccessConfig {
             networks: vec!["127.0.0.0/8".parse().unwrap()],
             users: Vec::new(),
+            credentials: Default::default(),
             auth_failures_per_source: crate::config::DEFAULT_AUTH_FAILURES_PER_SOURCE,
             auth_failures_total: crate::config::DEFAULT_AUTH_FAILURES_TOTAL,
             auth_ban: crate::config::DEFAULT_AUTH_BAN,
