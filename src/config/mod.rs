@@ -206,6 +206,7 @@ impl Config {
         };
         check_handoff_upstream(&config, &mut p);
         check_app_networks(&config, &mut p);
+        check_app_logins(&config, &mut p);
         let config = Config {
             warnings: p.take_warnings(),
             ..config
@@ -230,6 +231,27 @@ fn check_app_networks(config: &Config, p: &mut Problems) {
                 p.warn(
                     &format!("app[{i}].networks[{j}]"),
                     format!("{net} is in no access.networks entry: its clients cannot relay without AUTH"),
+                );
+            }
+        }
+    }
+}
+
+/// An app's `logins` should be logins the relay can authenticate: an `[[access.users]]` entry or
+/// a credential in `access.users_file`. One that is neither never matches: a warning (not
+/// repeated when that file is already broken).
+fn check_app_logins(config: &Config, p: &mut Problems) {
+    if p.has_error_at("access.users_file") {
+        return;
+    }
+    for (i, app) in config.apps.apps.iter().enumerate() {
+        for (j, login) in app.logins.iter().enumerate() {
+            if !config.access.has_login(login) {
+                p.warn(
+                    &format!("app[{i}].logins[{j}]"),
+                    format!(
+                        "{login:?} has no credential: add it to [[access.users]] or access.users_file (mailveil passwd)"
+                    ),
                 );
             }
         }

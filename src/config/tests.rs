@@ -385,3 +385,17 @@ fn an_upstream_host_tls_cannot_verify_is_refused_where_tls_is_used() {
     let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(paths, ["upstream[0].host"], "{problems:?}");
 }
+
+#[test]
+fn an_app_login_without_a_credential_is_a_warning() {
+    let c = Config::from_toml(
+        "[[upstream]]\nname = \"o\"\ndir = \"/tmp\"\n[[app]]\nname = \"billing\"\nlogins = [\"billing\"]\nsenders = [\"@billing.test\"]\n",
+    )
+    .unwrap();
+    let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("app[0].logins[0]") && w.contains("no credential")),
+        "{w:?}"
+    );
+}

@@ -189,6 +189,11 @@ impl Problems {
         self.broken.iter().any(|b| b == path)
     }
 
+    /// True when an error was reported at `path` (or a key below it).
+    pub fn has_error_at(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| follows_from(&e.path, path))
+    }
+
     /// Checks that `dir` is, or can be created as, a directory (`spool.dir`, a capture
     /// upstream's `dir`): a file in its place stops the relay at start.
     pub fn directory(&mut self, path: &str, dir: &std::path::Path) {
