@@ -102,18 +102,7 @@ fn pause_of<'a>(status: &'a Value, provider: &str) -> Option<&'a Value> {
 }
 
 async fn send(smtp: SocketAddr, to: &[&str], subject: &str) {
-    let msg = message(
-        &[
-            "From: ops@example.com",
-            &format!("To: {}", to.join(", ")),
-            &format!("Subject: {subject}"),
-        ],
-        "Body.\r\n",
-    );
-    let reply = lettre_send(smtp, Some("ops@example.com"), to, &msg)
-        .await
-        .expect("inbound accepts while paused");
-    assert!(reply.starts_with("250"), "{reply}");
+    send_simple(smtp, "ops@example.com", to, subject).await
 }
 
 async fn paused_gauge(metrics: SocketAddr, provider: &str) -> Option<f64> {
@@ -363,19 +352,7 @@ fn cluster_config(redis_port: u16) -> String {
 
 /// Waits until `check` holds for the replica's status (bounded).
 async fn wait_status(r: &RelayProc, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let end = Instant::now() + PATIENCE;
-    loop {
-        let s = status(r.admin).await;
-        if check(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < end,
-            "{what} never held: {s}\nlog:\n{}",
-            r.proc_.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_admin_status(r, TOKEN, what, check).await
 }
 
 fn captures(r: &RelayProc) -> usize {

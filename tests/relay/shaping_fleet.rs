@@ -87,34 +87,11 @@ fn shaping_of(status: &Value, name: &str) -> Value {
 
 /// Waits until `check` holds for the replica's status (bounded).
 async fn wait_status(r: &RelayProc, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let end = Instant::now() + PATIENCE;
-    loop {
-        let s = status(r.admin).await;
-        if check(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < end,
-            "{what} never held: {s}\nlog:\n{}",
-            r.proc_.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_admin_status(r, TOKEN, what, check).await
 }
 
 async fn send(smtp: SocketAddr, to: &[&str], subject: &str) {
-    let msg = message(
-        &[
-            "From: news@example.com",
-            &format!("To: {}", to.join(", ")),
-            &format!("Subject: {subject}"),
-        ],
-        "Body.\r\n",
-    );
-    let reply = lettre_send(smtp, Some("news@example.com"), to, &msg)
-        .await
-        .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    send_simple(smtp, "news@example.com", to, subject).await
 }
 
 /// Recipients captured in `r`'s outbox whose address ends with `domain`.

@@ -39,23 +39,11 @@ listen = "{{metrics}}"
 }
 
 async fn send(relay: &RelayProc, rcpt: &str) {
-    let msg = message(
-        &[
-            "From: app@src.test",
-            &format!("To: {rcpt}"),
-            "Subject: shaping replies",
-        ],
-        "hello\r\n",
-    );
-    let reply = lettre_send(relay.smtp, Some("app@src.test"), &[rcpt], &msg)
-        .await
-        .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    send_simple(relay.smtp, "app@src.test", &[rcpt], "shaping replies").await
 }
 
 async fn metric_value(relay: &RelayProc, series: &str) -> Option<f64> {
-    let (_, text) = http_get(relay.metrics, "/metrics").await;
-    metric(&text, series)
+    metric_at(relay.metrics, series).await
 }
 
 /// A counter's value, 0 when it has none yet.

@@ -74,23 +74,11 @@ async fn start(template: &str, replica: &str) -> RelayProc {
 }
 
 async fn send(r: &RelayProc, rcpt: &str) {
-    let msg = message(
-        &[
-            "From: app@src.test",
-            &format!("To: {rcpt}"),
-            "Subject: threshold",
-        ],
-        "hello\r\n",
-    );
-    let reply = lettre_send(r.smtp, Some("app@src.test"), &[rcpt], &msg)
-        .await
-        .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    send_simple(r.smtp, "app@src.test", &[rcpt], "threshold").await
 }
 
 async fn metric_value(r: &RelayProc, series: &str) -> Option<f64> {
-    let (_, text) = http_get(r.metrics, "/metrics").await;
-    metric(&text, series)
+    metric_at(r.metrics, series).await
 }
 
 /// Waits until `series` has `value` on `r`.

@@ -94,18 +94,7 @@ async fn wait_ses(r: &RelayProc, what: &str, check: impl Fn(&Value) -> bool) -> 
 }
 
 async fn send(smtp: SocketAddr, rcpt: &str) {
-    let msg = message(
-        &[
-            "From: app@src.test",
-            &format!("To: {rcpt}"),
-            "Subject: upstream fleet",
-        ],
-        "hello\r\n",
-    );
-    let reply = lettre_send(smtp, Some("app@src.test"), &[rcpt], &msg)
-        .await
-        .unwrap();
-    assert!(reply.starts_with("250"), "{reply}");
+    send_simple(smtp, "app@src.test", &[rcpt], "upstream fleet").await
 }
 
 /// Waits until `upstream` has accepted `n` messages.

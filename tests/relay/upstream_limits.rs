@@ -89,8 +89,7 @@ async fn wait_total(servers: &[&ScriptedSmtp], n: usize, log: &RelayProc) -> Vec
 }
 
 async fn metric_of(relay: &RelayProc, series: &str) -> Option<f64> {
-    let (_, text) = http_get(relay.metrics, "/metrics").await;
-    metric(&text, series)
+    metric_at(relay.metrics, series).await
 }
 
 async fn wait_metric(relay: &RelayProc, series: &str, at_least: f64) {

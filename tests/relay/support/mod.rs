@@ -561,3 +561,48 @@ pub async fn admin_status(admin: SocketAddr, token: &str) -> serde_json::Value {
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
+
+/// Sends one message from `from` whose `To:` shows every recipient in `to`, over plain SMTP
+/// with lettre; asserts the `250`.
+pub async fn send_simple(smtp: SocketAddr, from: &str, to: &[&str], subject: &str) {
+    let msg = message(
+        &[
+            &format!("From: {from}"),
+            &format!("To: {}", to.join(", ")),
+            &format!("Subject: {subject}"),
+        ],
+        "Body.\r\n",
+    );
+    let reply = lettre_send(smtp, Some(from), to, &msg)
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    assert!(reply.starts_with("250"), "{reply}");
+}
+
+/// Waits until `check` holds for the admin `/status` of `r` (bounded by [`PATIENCE`]).
+pub async fn wait_admin_status(
+    r: &RelayProc,
+    token: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = Instant::now() + PATIENCE;
+    loop {
+        let s = admin_status(r.admin, token).await;
+        if check(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what} never held: {s}\nlog:\n{}",
+            r.proc_.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One series of the metrics endpoint at `metrics`, if present.
+pub async fn metric_at(metrics: SocketAddr, series: &str) -> Option<f64> {
+    let (_, text) = http_get(metrics, "/metrics").await;
+    metric(&text, series)
+}
