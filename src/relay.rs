@@ -223,6 +223,7 @@ impl Acceptor for Relay {
             deliveries,
             hold,
             privacy: Some(PrivacySettings::of(&privacy)),
+            app: tx.app.as_ref().map(|a| a.name.clone()),
         };
         let size = meta.size;
         if !self.take_spool_room(rules.spool_max_bytes, size) {

@@ -54,6 +54,7 @@ pub fn message(
         }],
         hold: None,
         privacy: None,
+        app: None,
     };
     (dsn, bytes)
 }
@@ -180,6 +181,7 @@ mod tests {
                 .collect(),
             hold: None,
             privacy: None,
+            app: None,
         };
         let failure = Failure {
             code: 550,

@@ -72,6 +72,7 @@ fn submit(f: &Fixture, tag: &str, rcpts: &[String]) {
             .collect(),
         hold: None,
         privacy: None,
+        app: None,
     };
     f.spool.store(&meta, &message).unwrap();
     f.scheduler.enqueue(meta, Some(Arc::new(message)), &[]);
@@ -289,6 +290,7 @@ async fn check_before_sending_stops_an_exposing_copy() {
         deliveries: vec![planned(vec![rcpts[0].clone()]), planned(rcpts.clone())],
         hold: None,
         privacy: None,
+        app: None,
     };
     let id = meta.id.clone();
     f.spool.store(&meta, &message).unwrap();
@@ -347,6 +349,7 @@ async fn legacy_bare_cr_is_sent_as_crlf() {
         }],
         hold: None,
         privacy: None,
+        app: None,
     };
     f.spool.store(&meta, &message).unwrap();
     // As after a restart: no bytes in memory, read back from the spool.

@@ -71,6 +71,10 @@ pub struct MessageMeta {
     /// Absent in records of mailveil 0.1 (the settings in force are used then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<crate::privacy::PrivacySettings>,
+    /// The `[[app]]` the message came from (its delivery events go to that app). Absent for
+    /// messages of no app and in records written before apps existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -103,6 +107,7 @@ impl MessageMeta {
                 .collect(),
             hold: None,
             privacy: None,
+            app: None,
         }
     }
 }

@@ -409,6 +409,7 @@ mod tests {
                 state,
             }),
             privacy: None,
+            app: None,
         }
     }
 
