@@ -127,6 +127,10 @@ pub fn received_field(client: &ClientInfo, hostname: &str, id: &str) -> String {
 impl Acceptor for Relay {
     /// At MAIL: refused while the spool holds `spool.max_bytes` (or the declared size would
     /// take it past). Readiness is not affected: the relay is healthy, only full for now.
+    fn app_limits(&self, app: &str) -> Option<Arc<crate::schedule::app_limits::AppLimits>> {
+        self.scheduler.app_limits().get(app)
+    }
+
     fn storage_full(&self, declared_size: u64) -> bool {
         let Some(max) = self.rules().spool_max_bytes else {
             return false;

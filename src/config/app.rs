@@ -46,6 +46,8 @@ pub struct AppConfig {
     pub privacy: PrivacyConfig,
     /// The bulk hold for this app's messages: `[privacy]`'s, or its own `hold_fanout_above`.
     pub hold: Option<HoldConfig>,
+    /// `[app.limits]`: its message rate and daily recipient quota (none by default).
+    pub limits: AppLimitsConfig,
 }
 
 /// A `senders` entry: one address, a whole domain (`@example.com`) or its subdomains
@@ -283,6 +285,7 @@ pub(super) fn validate_apps(
             Some(o) => overrides(o, &format!("{path}.privacy"), global, global_hold, p),
             None => (global.clone(), global_hold.cloned()),
         };
+        let limits = limits::validate(a.limits, &format!("{path}.limits"), p);
         out.push(Arc::new(AppConfig {
             name,
             logins,
@@ -292,6 +295,7 @@ pub(super) fn validate_apps(
             allow_null_sender: a.allow_null_sender.unwrap_or(false),
             privacy,
             hold,
+            limits,
         }));
     }
     AppsConfig {
@@ -401,3 +405,6 @@ fn overrides(
 
 #[cfg(test)]
 mod tests;
+
+mod limits;
+pub use limits::AppLimitsConfig;

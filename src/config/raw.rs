@@ -217,6 +217,17 @@ pub struct RawApp {
     pub header_senders: Option<Vec<String>>,
     pub allow_null_sender: Option<bool>,
     pub privacy: Option<RawAppPrivacy>,
+    pub limits: Option<RawAppLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAppLimits {
+    pub messages_per_second: Option<f64>,
+    pub burst: Option<u64>,
+    pub max_wait: Option<RawDuration>,
+    pub recipients_per_day: Option<u64>,
+    pub quota_reset: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -169,14 +169,16 @@ async fn status(State(state): State<AdminState>) -> Response {
                 "corrupt_batches_at_start": spool.corrupt_batches(),
             }),
         );
-        fields.insert("apps".into(), apps_status(&state.relay));
+        fields.insert("apps".into(), apps_status(&state.relay, &state.scheduler));
     }
     axum::Json(body).into_response()
 }
 
 /// `apps` of `/status`: each configured `[[app]]` with its messages at end of DATA since start
-/// (`mailveil_app_messages_total`).
-fn apps_status(relay: &Relay) -> serde_json::Value {
+/// (`mailveil_app_messages_total`), its limits and quota count (`[app.limits]`), and its
+/// refusals for them.
+fn apps_status(relay: &Relay, scheduler: &Scheduler) -> serde_json::Value {
+    let limits = scheduler.app_limits().status();
     let count = |app: &str, outcome: &str| {
         relay
             .metrics
@@ -189,11 +191,27 @@ fn apps_status(relay: &Relay) -> serde_json::Value {
         .apps
         .iter()
         .map(|name| {
-            json!({
+            let limited = |reason: &str| {
+                relay
+                    .metrics
+                    .app_limited
+                    .with_label_values(&[name, reason])
+                    .get()
+            };
+            let mut app = json!({
                 "name": name,
                 "messages_accepted": count(name, "accepted"),
                 "messages_rejected": count(name, "rejected"),
-            })
+                "refused_for_rate": limited("rate"),
+                "refused_for_quota": limited("quota"),
+            });
+            if let (Some(fields), Some(l)) =
+                (app.as_object_mut(), limits.iter().find(|l| &l.app == name))
+                && let Ok(serde_json::Value::Object(extra)) = serde_json::to_value(l)
+            {
+                fields.extend(extra.into_iter().filter(|(k, _)| k != "app"));
+            }
+            app
         })
         .collect()
 }

@@ -193,6 +193,7 @@ pub fn scheduler_config(config: &Config) -> SchedulerConfig<'_> {
         dkim: &config.dkim,
         privacy: &config.privacy,
         hold: config.hold.as_ref(),
+        apps: &config.apps,
     }
 }
 

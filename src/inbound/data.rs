@@ -123,9 +123,12 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             deadline = extend(deadline, self.st.unread().len(), limit);
         }
 
-        let Some(draft) = self.st.tx.take() else {
+        let Some(mut draft) = self.st.tx.take() else {
             return Ok(self.reject(Rejection::BadSequence, &replies::NEED_MAIL_DATA));
         };
+        // The app's quota reservations: kept if the message is accepted, else given back when
+        // dropped (every early return below).
+        let reserved = std::mem::take(&mut draft.reserved);
         let app = draft
             .app
             .as_ref()
@@ -197,6 +200,7 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         let metrics = &self.ctx.metrics;
         match verdict {
             Verdict::Accepted { queue_id } => {
+                reserved.into_iter().for_each(|r| r.keep());
                 metrics
                     .accept_duration
                     .observe(started.elapsed().as_secs_f64());

@@ -23,7 +23,7 @@ const ADVERTISED_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF
 
 impl<S: Stream, A: Acceptor> Session<S, A> {
     /// `line` is where the command sits in the read buffer (the raw path is checked too).
-    pub(super) fn mail(&mut self, from: MailFrom<String>, line: Range<usize>) -> Flow {
+    pub(super) async fn mail(&mut self, from: MailFrom<String>, line: Range<usize>) -> Flow {
         if self.st.helo.is_none() {
             return self.reject(Rejection::BadSequence, &replies::HELO_FIRST);
         }
@@ -76,6 +76,14 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             tracing::info!(peer = %self.st.peer, declared = from.size, "MAIL refused: server.max_data_memory has no room for the declared size");
             return self.reject(Rejection::DataMemory, &replies::DATA_MEMORY_FULL);
         }
+        let limits = app
+            .as_ref()
+            .and_then(|a| self.ctx.acceptor.app_limits(&a.name));
+        if let Some(limits) = &limits
+            && let Err(reply) = limits.admit_message().await
+        {
+            return self.reject_dyn(Rejection::AppLimit, &reply);
+        }
         tracing::debug!(peer = %self.st.peer, from = %self.ctx.redactor.addr(&mail_from), "MAIL accepted");
         self.st.tx = Some(Draft {
             mail_from,
@@ -83,6 +91,8 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
             rcpt_keys: HashSet::new(),
             declared_size: from.size,
             app,
+            limits,
+            reserved: Vec::new(),
         });
         self.reply(&replies::SENDER_OK);
         Flow::Continue

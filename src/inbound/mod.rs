@@ -101,6 +101,12 @@ pub trait Acceptor: Send + Sync + 'static {
     fn storage_full(&self, _declared_size: u64) -> bool {
         false
     }
+
+    /// The limits (`[app.limits]`) of the app named `app`: its rate is asked at MAIL, its daily
+    /// quota at each RCPT. By default none.
+    fn app_limits(&self, _app: &str) -> Option<Arc<crate::schedule::app_limits::AppLimits>> {
+        None
+    }
 }
 
 /// Settings the listener needs; built from the config.

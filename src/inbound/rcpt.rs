@@ -21,7 +21,7 @@ use crate::privacy::address::key;
 
 impl<S: Stream, A: Acceptor> Session<S, A> {
     /// `line` is where the command sits in the read buffer (the raw path is checked too).
-    pub(super) fn rcpt(&mut self, to: RcptTo<String>, line: Range<usize>) -> Flow {
+    pub(super) async fn rcpt(&mut self, to: RcptTo<String>, line: Range<usize>) -> Flow {
         let Some(count) = self.st.tx.as_ref().map(|tx| tx.rcpt_to.len()) else {
             return self.reject(Rejection::BadSequence, &replies::NEED_MAIL);
         };
@@ -76,7 +76,17 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         if count >= self.ctx.settings.server.max_recipients {
             return self.reject(Rejection::TooManyRecipients, &replies::TOO_MANY_RECIPIENTS);
         }
+        // The app's daily quota: one recipient reserved, given back if the message is not taken.
+        let limits = self.st.tx.as_ref().and_then(|tx| tx.limits.clone());
+        let reserved = match &limits {
+            Some(limits) => match limits.reserve_recipient().await {
+                Ok(reserved) => reserved,
+                Err(reply) => return self.reject_dyn(Rejection::AppLimit, &reply),
+            },
+            None => None,
+        };
         if let Some(tx) = &mut self.st.tx {
+            tx.reserved.extend(reserved);
             tx.rcpt_to.push(address);
             tx.rcpt_keys.insert(mailbox);
         }

@@ -42,11 +42,14 @@ pub(super) enum Rejection {
     /// MAIL FROM not allowed for the session's app, or no app while `apps.require_app`:
     /// `550 5.7.1` (the header check at end of DATA is counted by the relay's app metrics).
     SenderDenied,
+    /// Over the session's app's message rate (at MAIL) or daily recipient quota (at RCPT):
+    /// `452 4.7.1` (see `mailveil_app_limited_total`).
+    AppLimit,
 }
 
 impl Rejection {
     /// Every rejection, so metrics can create each `reason` series at zero.
-    pub const ALL: [Rejection; 23] = [
+    pub const ALL: [Rejection; 24] = [
         Rejection::Syntax,
         Rejection::UnknownCommand,
         Rejection::BadSequence,
@@ -70,6 +73,7 @@ impl Rejection {
         Rejection::SpoolMaxBytes,
         Rejection::DataMemory,
         Rejection::SenderDenied,
+        Rejection::AppLimit,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -97,6 +101,7 @@ impl Rejection {
             Rejection::SpoolMaxBytes => SPOOL_MAX_BYTES_REASON,
             Rejection::DataMemory => "data_memory",
             Rejection::SenderDenied => "sender_denied",
+            Rejection::AppLimit => "app_limit",
         }
     }
 
@@ -126,7 +131,8 @@ impl Rejection {
             | Rejection::AuthThrottled
             | Rejection::Timeout
             | Rejection::SpoolMaxBytes
-            | Rejection::DataMemory => false,
+            | Rejection::DataMemory
+            | Rejection::AppLimit => false,
         }
     }
 }

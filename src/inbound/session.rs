@@ -109,6 +109,11 @@ pub(super) struct Draft {
     pub declared_size: usize,
     /// The session's app at MAIL (`[[app]]`), if any.
     pub app: Option<Arc<crate::config::AppConfig>>,
+    /// The app's limits (`[app.limits]`), when it has any.
+    pub limits: Option<Arc<crate::schedule::app_limits::AppLimits>>,
+    /// Recipients counted against the app's daily quota: given back when the transaction
+    /// ends without `250` after DATA (dropped with the draft), kept when the message is accepted.
+    pub reserved: Vec<crate::schedule::app_limits::Reserved>,
 }
 
 /// What the command loop does next.
@@ -324,6 +329,13 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         self.reject_counted(why)
     }
 
+    /// [`Session::reject`] with a reply made for this case (an app's limit names the app).
+    pub fn reject_dyn(&mut self, why: Rejection, reply: &Reply) -> Flow {
+        self.reply_dyn(reply);
+        tracing::debug!(peer = %self.st.peer, reason = why.reason(), code = reply.code, "inbound command rejected");
+        self.reject_counted(why)
+    }
+
     /// The bookkeeping of [`Session::reject`] once the reply is written: counted, and a client
     /// error towards `max_errors`.
     pub fn reject_counted(&mut self, why: Rejection) -> Flow {
@@ -476,8 +488,8 @@ impl<S: Stream, A: Acceptor> Session<S, A> {
         Ok(match request {
             Request::Ehlo { host } => self.ehlo(host, true),
             Request::Helo { host } => self.ehlo(host, false),
-            Request::Mail { from } => self.mail(from, range),
-            Request::Rcpt { to } => self.rcpt(to, range),
+            Request::Mail { from } => self.mail(from, range).await,
+            Request::Rcpt { to } => self.rcpt(to, range).await,
             Request::Data => self.data().await?,
             Request::Auth {
                 mechanism,

@@ -1,4 +1,6 @@
 //! The metric catalog (names and labels are a contract, see SPEC "Metrics").
+//! Over ~500 lines because it is one list: every series the relay exports, with its help text
+//! and the label values created at zero, in one place a reviewer reads against docs/metrics.md.
 //!
 //! One [`Metrics`] value owns its own registry (no global state), is cheap to clone, and is
 //! handed to every stage. Labels never carry addresses: providers come from the catalog and
@@ -95,6 +97,16 @@ pub struct Metrics {
     pub app_messages: IntCounterVec,
     /// Senders refused for an app, by app and rule (`APP_REFUSAL_REASONS`).
     pub app_sender_refusals: IntCounterVec,
+    /// `app`, `unit`: an app's daily quota counted this quota day (the cluster's count with
+    /// `[cluster]`), and its size.
+    pub app_quota_used: IntGaugeVec,
+    pub app_quota_limit: IntGaugeVec,
+    /// `app`: when the app's daily quota starts again (Unix s).
+    pub app_quota_reset: IntGaugeVec,
+    /// `app`, `reason` (`APP_LIMIT_REASONS`): commands answered `452 4.7.1` for the app's limits.
+    pub app_limited: IntCounterVec,
+    /// `app`: MAIL commands that waited for the app's message rate (and then went on).
+    pub app_rate_waits: IntCounterVec,
 }
 
 /// The `reason` labels of `mailveil_privacy_blocked_total`: a header field would show a
@@ -111,6 +123,10 @@ pub const APP_OUTCOMES: [&str; 2] = ["accepted", "rejected"];
 
 /// The `reason` labels of `mailveil_app_sender_refusals_total`: the rule that refused.
 pub const APP_REFUSAL_REASONS: [&str; 4] = ["no_app", "null_sender", "senders", "header_senders"];
+
+/// The `reason` labels of `mailveil_app_limited_total`: over the message rate at MAIL, or the
+/// daily recipient quota spent at RCPT.
+pub const APP_LIMIT_REASONS: [&str; 2] = ["rate", "quota"];
 
 /// The `action` labels of `mailveil_hold_actions_total`.
 pub const HOLD_ACTIONS: [&str; 5] = [
@@ -357,6 +373,31 @@ impl Metrics {
                 "Senders refused for an app (550 5.7.1), by app and rule.",
                 &["app", "reason"],
             ),
+            app_quota_used: gauge_vec(
+                "mailveil_app_quota_used",
+                "An app's daily quota counted this quota day (the cluster's count with [cluster]), by app and unit.",
+                &["app", "unit"],
+            ),
+            app_quota_limit: gauge_vec(
+                "mailveil_app_quota_limit",
+                "An app's daily quota (app.limits.recipients_per_day), by app and unit.",
+                &["app", "unit"],
+            ),
+            app_quota_reset: gauge_vec(
+                "mailveil_app_quota_reset_timestamp_seconds",
+                "When an app's daily quota starts again (Unix time), by app.",
+                &["app"],
+            ),
+            app_limited: counter(
+                "mailveil_app_limited_total",
+                "Commands answered 452 4.7.1 for an app's limits, by app and reason (rate at MAIL, quota at RCPT).",
+                &["app", "reason"],
+            ),
+            app_rate_waits: counter(
+                "mailveil_app_rate_waits_total",
+                "MAIL commands that waited for their app's message rate, by app.",
+                &["app"],
+            ),
             registry,
         }
     }
@@ -433,6 +474,15 @@ impl Metrics {
             for reason in APP_REFUSAL_REASONS {
                 let _ = self.app_sender_refusals.remove_label_values(&[app, reason]);
             }
+            for reason in APP_LIMIT_REASONS {
+                let _ = self.app_limited.remove_label_values(&[app, reason]);
+            }
+            let _ = self.app_rate_waits.remove_label_values(&[app]);
+            for unit in ["recipients", "messages"] {
+                let _ = self.app_quota_used.remove_label_values(&[app, unit]);
+                let _ = self.app_quota_limit.remove_label_values(&[app, unit]);
+            }
+            let _ = self.app_quota_reset.remove_label_values(&[app]);
         }
         let none = crate::config::NO_APP.to_string();
         for app in apps.iter().chain([&none]) {
@@ -442,6 +492,12 @@ impl Metrics {
             for reason in APP_REFUSAL_REASONS {
                 self.app_sender_refusals.with_label_values(&[app, reason]);
             }
+        }
+        for app in apps {
+            for reason in APP_LIMIT_REASONS {
+                self.app_limited.with_label_values(&[app, reason]);
+            }
+            self.app_rate_waits.with_label_values(&[app]);
         }
     }
 

@@ -11,6 +11,7 @@
 //! cluster's Redis ([`pause`]); a slowdown decided on one replica is applied by all through
 //! the same Redis ([`shaping`]).
 
+pub mod app_limits;
 pub mod bounce;
 pub mod cluster;
 mod deliver;

@@ -34,6 +34,7 @@ use crate::privacy::Exposure;
 use crate::spool::{AttemptRecord, LogEntry, MessageMeta, Recovered, Spool, unix_now};
 use crate::upstream::{Reuse, Upstream};
 
+use super::app_limits::AppLimitsRegistry;
 use super::cluster::SharedLimits;
 use super::deliver::{self, Copy, Route};
 use super::failover::{Policy, UpstreamSlot};
@@ -94,6 +95,8 @@ struct Inner {
     fleet: Option<Arc<Fleet>>,
     /// What each upstream's own limits are built with (`upstream/limits.rs`).
     limits: LimitsContext,
+    /// Each app's rate and daily quota (asked by the listener at MAIL and RCPT).
+    app_limits: Arc<AppLimitsRegistry>,
     /// Messages under a bulk hold ([`hold`]).
     holds: hold::Holds,
     /// Cancelled when the hand-off to `spool.handoff_upstream` starts ([`drain`]): throttles
@@ -121,6 +124,9 @@ impl Scheduler {
             .clone()
     }
 
+    pub fn app_limits(&self) -> Arc<AppLimitsRegistry> {
+        self.inner.app_limits.clone()
+    }
     pub fn new(
         spool: Arc<Spool>,
         upstreams: Vec<Upstream>,
@@ -142,6 +148,7 @@ impl Scheduler {
         };
         let slots = UpstreamSlot::build_all(upstreams, config.upstreams, &[], &limits);
         let holds = hold::Holds::new(config.hold);
+        let app_limits = Arc::new(AppLimitsRegistry::new(limits.clone(), config.apps));
         let settings = Settings::new(config);
         // Before anything is queued: a pause in force when the relay stopped holds from the
         // first recovered copy on.
@@ -166,6 +173,7 @@ impl Scheduler {
                 cluster: cluster.clone(),
                 fleet,
                 limits,
+                app_limits,
                 holds,
                 handoff: CancellationToken::new(),
                 handoff_slot: RwLock::new(None),
@@ -254,33 +262,6 @@ impl Scheduler {
             self.inner.queue_delivery(&message, index, due, now);
         }
         message.release_if_idle();
-    }
-
-    /// Applies a reloaded configuration: retry timing, provider limits (rate, burst,
-    /// concurrency, deliveries per connection), shaping rules, and the upstreams (new
-    /// credentials or TLS files). A slowdown in force keeps running to its end. Deliveries in
-    /// flight finish on the upstream they started with; health state carries over for
-    /// upstreams with the same name. `[cluster]` changes need a restart.
-    pub fn apply_config(&self, config: SchedulerConfig<'_>, upstreams: Vec<Upstream>) {
-        let hold = config.hold;
-        let old = self.inner.upstreams();
-        let slots = UpstreamSlot::build_all(upstreams, config.upstreams, &old, &self.inner.limits);
-        let settings = Settings::new(config);
-        *self.inner.settings.write().expect("not poisoned") = settings;
-        for s in &slots {
-            self.inner
-                .metrics
-                .upstream_up
-                .with_label_values(&[s.name()])
-                .set(i64::from(s.is_up()));
-        }
-        *self.inner.upstreams.write().expect("not poisoned") = Arc::new(slots);
-        self.inner.warn_if_tls_missing();
-        self.inner.holds.apply(hold);
-        for lane in self.inner.lanes.read().expect("not poisoned").values() {
-            lane.set_concurrency(self.inner.lane_concurrency(&lane.name));
-            lane.throttle.set_rate(self.inner.lane_rate(&lane.name));
-        }
     }
 }
 

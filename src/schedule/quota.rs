@@ -1,4 +1,6 @@
-//! An upstream's daily quota (`recipients_per_day`, `messages_per_day`, reset at `quota_reset`).
+//! A daily quota (`recipients_per_day`, `messages_per_day`, reset at `quota_reset`): an
+//! upstream's (an ESP account's), or an app's (`[app.limits]`, counted at RCPT: see
+//! `schedule/app_limits.rs`). Below, "copy" and "upstream" read "recipient" and "app" for an app.
 //!
 //! A copy *reserves* its count before it is sent through the upstream and gives it back when the
 //! upstream did not take it, so concurrent copies never overshoot the quota. A quota is spent
@@ -7,10 +9,11 @@
 //!
 //! Where the count lives:
 //! - with `[cluster]`, in Redis: one key per upstream, unit and quota day
-//!   (`mailveil:quota:<upstream>:<unit>:<day start>`, expiring after the reset), checked and
+//!   (`mailveil:quota:<upstream>:<unit>:<day start>`, or `mailveil:quota:app:<app>:<unit>:<day
+//!   start>`, expiring after the reset), checked and
 //!   raised by one Lua script, so every replica shares one quota. While Redis does not answer,
 //!   each replica counts locally against `quota / replicas`, including what it sent this day;
-//! - without, in memory and in `<spool>/upstream-quota-<upstream>.json`, written (renamed into
+//! - without, in memory and in `<spool>/upstream-quota-<upstream>.json` (`app-quota-<app>.json`), written (renamed into
 //!   place) after every change, so a restart does not start the day again. Not fsynced: a crash
 //!   may lose the last few counts.
 
@@ -71,9 +74,33 @@ pub struct QuotaStatus {
     pub used: u64,
 }
 
-/// One upstream's daily quota. Shared by its slot and kept across reloads.
+/// Whose quota it is: names its Redis keys, its file and its metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaOwner {
+    Upstream(String),
+    App(String),
+}
+
+impl QuotaOwner {
+    fn name(&self) -> &str {
+        match self {
+            QuotaOwner::Upstream(n) | QuotaOwner::App(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for QuotaOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuotaOwner::Upstream(n) => write!(f, "upstream {n}"),
+            QuotaOwner::App(n) => write!(f, "app {n}"),
+        }
+    }
+}
+
+/// One daily quota. Shared by its upstream's slot (or its app's limits) and kept across reloads.
 pub struct DailyQuota {
-    upstream: String,
+    owner: QuotaOwner,
     setting: Mutex<(Vec<DailyLimit>, QuotaReset)>,
     day: Mutex<Day>,
     cluster: Option<Arc<SharedLimits>>,
@@ -96,18 +123,21 @@ fn index(unit: QuotaUnit) -> usize {
 }
 
 impl DailyQuota {
-    /// The quota of `upstream`; `spool_root` (without `[cluster]`) keeps the day's count.
+    /// The quota of `owner`; `spool_root` (without `[cluster]`) keeps the day's count.
     pub fn new(
-        upstream: &str,
+        owner: QuotaOwner,
         daily: Vec<DailyLimit>,
         reset: QuotaReset,
         cluster: Option<Arc<SharedLimits>>,
         spool_root: Option<&Path>,
         metrics: Metrics,
     ) -> Arc<DailyQuota> {
-        let file = spool_root
-            .filter(|_| cluster.is_none())
-            .map(|root| root.join(format!("upstream-quota-{upstream}.json")));
+        let file = spool_root.filter(|_| cluster.is_none()).map(|root| {
+            root.join(match &owner {
+                QuotaOwner::Upstream(n) => format!("upstream-quota-{n}.json"),
+                QuotaOwner::App(n) => format!("app-quota-{n}.json"),
+            })
+        });
         let window = reset.window_start(unix_now());
         let mut day = file
             .as_deref()
@@ -120,7 +150,7 @@ impl DailyQuota {
             });
         day.seen = day.mine;
         let quota = Arc::new(DailyQuota {
-            upstream: upstream.to_string(),
+            owner,
             setting: Mutex::new((daily, reset)),
             day: Mutex::new(day),
             cluster,
@@ -150,7 +180,7 @@ impl DailyQuota {
         let mut day = self.day.lock().expect("not poisoned");
         if day.window != window {
             if day.spent_until.is_some() {
-                tracing::info!(upstream = %self.upstream, "daily quota reset; the upstream is used again");
+                tracing::info!(quota = %self.owner, "daily quota reset; counting starts again");
             }
             *day = Day {
                 window,
@@ -278,8 +308,8 @@ impl DailyQuota {
 
     fn spend(&self, day: &mut Day, until: i64, by_reply: bool, why: &str) {
         if day.spent_until.is_none() {
-            tracing::warn!(upstream = %self.upstream, until = %rfc3339(until as u64 * 1000), reason = why,
-                "quota spent until the reset; copies go to the next upstream or wait for it");
+            tracing::warn!(quota = %self.owner, until = %rfc3339(until as u64 * 1000), reason = why,
+                "quota spent until the reset (an upstream's copies go to the next upstream or wait; an app's recipients get 452)");
         }
         day.spent_until = Some(until);
         day.by_reply |= by_reply;
@@ -382,11 +412,10 @@ impl DailyQuota {
     }
 
     fn key(&self, unit: QuotaUnit, window: i64) -> String {
-        format!(
-            "mailveil:quota:{}:{}:{window}",
-            self.upstream,
-            unit.as_str()
-        )
+        match &self.owner {
+            QuotaOwner::Upstream(n) => format!("mailveil:quota:{n}:{}:{window}", unit.as_str()),
+            QuotaOwner::App(n) => format!("mailveil:quota:app:{n}:{}:{window}", unit.as_str()),
+        }
     }
 
     /// `Some((granted, used per quota))`, or `None` when Redis did not answer.
@@ -412,36 +441,37 @@ impl DailyQuota {
             }
             Ok(Ok(_)) => None,
             Ok(Err(e)) => {
-                tracing::debug!(upstream = %self.upstream, error = %e, "quota not counted in Redis; counting locally");
+                tracing::debug!(quota = %self.owner, error = %e, "quota not counted in Redis; counting locally");
                 None
             }
             Err(_) => None,
         }
     }
 
-    /// The gauges of this upstream's quota.
+    /// The gauges of this quota.
     fn publish(&self, day: &Day) {
         let (daily, reset) = self.setting();
-        let name = self.upstream.as_str();
+        let name = self.owner.name();
+        let m = &self.metrics;
+        let (used, limit, reset_gauge) = match self.owner {
+            QuotaOwner::Upstream(_) => (
+                &m.upstream_quota_used,
+                &m.upstream_quota_limit,
+                &m.upstream_quota_reset,
+            ),
+            QuotaOwner::App(_) => (&m.app_quota_used, &m.app_quota_limit, &m.app_quota_reset),
+        };
         for l in &daily {
             let unit = l.unit.as_str();
-            self.metrics
-                .upstream_quota_used
-                .with_label_values(&[name, unit])
+            used.with_label_values(&[name, unit])
                 .set(day.seen[index(l.unit)] as i64);
-            self.metrics
-                .upstream_quota_limit
-                .with_label_values(&[name, unit])
-                .set(l.limit as i64);
+            limit.with_label_values(&[name, unit]).set(l.limit as i64);
         }
         if !daily.is_empty() || day.spent_until.is_some() {
             let reset_at = day
                 .spent_until
                 .unwrap_or_else(|| reset.next_after(unix_now()));
-            self.metrics
-                .upstream_quota_reset
-                .with_label_values(&[name])
-                .set(reset_at);
+            reset_gauge.with_label_values(&[name]).set(reset_at);
         }
     }
 
@@ -465,7 +495,7 @@ impl DailyQuota {
             std::fs::rename(&tmp, &file)
         };
         if let Err(e) = write(&self.writing) {
-            tracing::warn!(upstream = %self.upstream, error = %e, "cannot record the quota count; a restart would forget it");
+            tracing::warn!(quota = %self.owner, error = %e, "cannot record the quota count; a restart would forget it");
         }
     }
 }
@@ -485,7 +515,7 @@ mod tests {
             limit,
         }];
         DailyQuota::new(
-            "ses",
+            QuotaOwner::Upstream("ses".into()),
             daily,
             QuotaReset::default(),
             None,
@@ -538,7 +568,7 @@ mod tests {
         }];
         let dir = tempfile::tempdir().unwrap();
         let q = DailyQuota::new(
-            "ses",
+            QuotaOwner::Upstream("ses".into()),
             daily,
             QuotaReset::default(),
             Some(cluster),

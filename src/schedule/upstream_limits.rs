@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::cluster::SharedLimits;
-use super::quota::{DailyQuota, QuotaStatus};
+use super::quota::{DailyQuota, QuotaOwner, QuotaStatus};
 use super::shaping::{Cause, Origin, ShapingView};
 use super::throttle::{Rate, SlowdownChange, Throttle, ThrottleMetrics};
 use crate::config::{ShapingAction, UpstreamLimitsConfig};
@@ -77,7 +77,7 @@ impl UpstreamLimits {
         );
         let connections = connections.max(1);
         let quota = DailyQuota::new(
-            name,
+            QuotaOwner::Upstream(name.to_string()),
             config.daily.clone(),
             config.quota_reset,
             ctx.cluster.clone(),

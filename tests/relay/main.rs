@@ -8,6 +8,7 @@ mod support;
 
 mod admin;
 mod admission;
+mod app_limits;
 mod apps;
 mod bounce;
 mod budgets;

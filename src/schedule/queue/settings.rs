@@ -7,7 +7,11 @@ use crate::config::{
     DkimConfig, HoldConfig, PrivacyConfig, ShapingConfig, ShapingRule, SpoolConfig, UpstreamConfig,
     UpstreamKind,
 };
+use crate::schedule::failover::UpstreamSlot;
 use crate::schedule::routing::Routing;
+use crate::upstream::Upstream;
+
+use super::Scheduler;
 use crate::schedule::rules;
 
 /// The sections of the configuration the scheduler reads, not the whole file: given at start
@@ -21,6 +25,9 @@ pub struct SchedulerConfig<'a> {
     pub dkim: &'a DkimConfig,
     pub privacy: &'a PrivacyConfig,
     pub hold: Option<&'a HoldConfig>,
+    /// Each app's rate and daily quota (`[app.limits]`), counted by the scheduler's registry
+    /// (it holds the cluster's Redis and the spool) and asked by the listener.
+    pub apps: &'a crate::config::AppsConfig,
 }
 
 /// The reloadable part of the scheduler's configuration.
@@ -56,6 +63,36 @@ impl Settings {
             rules: Arc::new(rules::for_config(config.shaping)),
             dkim: Arc::new(crate::dkim::Signer::from_config(config.dkim)),
             privacy: config.privacy.clone(),
+        }
+    }
+}
+
+impl Scheduler {
+    /// Applies a reloaded configuration: retry timing, provider limits (rate, burst,
+    /// concurrency, deliveries per connection), shaping rules, and the upstreams (new
+    /// credentials or TLS files). A slowdown in force keeps running to its end. Deliveries in
+    /// flight finish on the upstream they started with; health state carries over for
+    /// upstreams with the same name. `[cluster]` changes need a restart.
+    pub fn apply_config(&self, config: SchedulerConfig<'_>, upstreams: Vec<Upstream>) {
+        let hold = config.hold;
+        self.inner.app_limits.configure(config.apps);
+        let old = self.inner.upstreams();
+        let slots = UpstreamSlot::build_all(upstreams, config.upstreams, &old, &self.inner.limits);
+        let settings = Settings::new(config);
+        *self.inner.settings.write().expect("not poisoned") = settings;
+        for s in &slots {
+            self.inner
+                .metrics
+                .upstream_up
+                .with_label_values(&[s.name()])
+                .set(i64::from(s.is_up()));
+        }
+        *self.inner.upstreams.write().expect("not poisoned") = Arc::new(slots);
+        self.inner.warn_if_tls_missing();
+        self.inner.holds.apply(hold);
+        for lane in self.inner.lanes.read().expect("not poisoned").values() {
+            lane.set_concurrency(self.inner.lane_concurrency(&lane.name));
+            lane.throttle.set_rate(self.inner.lane_rate(&lane.name));
         }
     }
 }

@@ -78,6 +78,21 @@ impl RawSmtp {
         (s, greeting)
     }
 
+    /// Connects from `source` (any 127.0.0.0/8 address: how a test plays a client network)
+    /// and returns the greeting reply.
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> (RawSmtp, String) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let (r, w) = stream.into_split();
+        let mut s = RawSmtp {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        let greeting = s.reply().await;
+        (s, greeting)
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).await.unwrap();
     }
