@@ -175,6 +175,10 @@ pub enum RunError {
     },
     #[error("inbound listener: {0}")]
     Inbound(std::io::Error),
+    /// `SPOOL/suppression.json` or `.key` cannot be read: starting would send to suppressed
+    /// recipients, so the relay does not start.
+    #[error("suppression list: {0}")]
+    Suppressions(std::io::Error),
 }
 
 /// Runs the relay until `shutdown` is cancelled: recovers the spool, starts the delivery queue,
@@ -211,6 +215,8 @@ pub async fn run_with(
     let upstreams = Upstream::build_all(&config.upstreams, &config.server.hostname, &redactor)
         .map_err(|(name, error)| RunError::Upstream { name, error })?;
     let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
+    let suppressions = schedule::suppress::Suppressions::open(spool.root(), metrics.clone())
+        .map_err(RunError::Suppressions)?;
     let scheduler = Scheduler::new(
         spool.clone(),
         upstreams,
@@ -218,6 +224,7 @@ pub async fn run_with(
         config.cluster.as_ref(),
         metrics.clone(),
         redactor.clone(),
+        suppressions,
     );
     let recovered = spool.recover()?;
     metrics

@@ -24,6 +24,9 @@ pub const NO_APP: &str = "none";
 pub struct AppsConfig {
     /// A session that belongs to no app is refused `550 5.7.1` at MAIL.
     pub require_app: bool,
+    /// A recipient whose copy failed for good with `5.1.1` or `5.1.10` (no such mailbox) is
+    /// put on the suppression list (`src/suppress.rs`).
+    pub suppress_hard_bounces: bool,
     pub apps: Vec<Arc<AppConfig>>,
 }
 
@@ -299,7 +302,11 @@ pub(super) fn validate_apps(
         }));
     }
     AppsConfig {
-        require_app: apps.and_then(|a| a.require_app).unwrap_or(false),
+        require_app: apps.as_ref().and_then(|a| a.require_app).unwrap_or(false),
+        suppress_hard_bounces: apps
+            .as_ref()
+            .and_then(|a| a.suppress_hard_bounces)
+            .unwrap_or(false),
         apps: out,
     }
 }

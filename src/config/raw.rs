@@ -205,6 +205,7 @@ pub struct RawDkim {
 #[serde(deny_unknown_fields)]
 pub struct RawApps {
     pub require_app: Option<bool>,
+    pub suppress_hard_bounces: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

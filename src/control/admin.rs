@@ -25,6 +25,7 @@
 //!   under a bulk hold, with counts only. `POST /held/<id>/release`, `POST /held/<id>/drop`:
 //!   the operator's decision (`404` when no such message is held). See `docs/bulk-hold.md`.
 //! - `/queue...`: list, show, retry, delete and bounce queued messages (`queue_api.rs`).
+//! - `/suppress...`: the suppression list: add, remove, check, list (`suppress_api.rs`).
 //!
 //! Answers are JSON: the status after the change, or `{"error": "..."}`.
 
@@ -115,6 +116,7 @@ pub async fn serve(
         .route("/held/{id}/release", post(release))
         .route("/held/{id}/drop", post(drop_held))
         .merge(super::queue_api::routes())
+        .merge(super::suppress_api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
     serve::serve(listener, app, limits, counters, shutdown).await

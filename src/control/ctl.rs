@@ -59,6 +59,23 @@ pub enum Action {
     QueueBounce {
         id: String,
     },
+    /// The suppression list (`/suppress...`): `add` (with a note and an expiry), `remove`,
+    /// `check`, or (no address) `list`.
+    Suppress {
+        command: SuppressAction,
+        address: Option<String>,
+        note: Option<String>,
+        expires: Option<String>,
+    },
+}
+
+/// What `ctl suppress` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuppressAction {
+    Add,
+    Remove,
+    Check,
+    List,
 }
 
 impl Action {
@@ -143,6 +160,34 @@ impl Action {
             }
             Action::QueueDelete { id } => ("POST", format!("/queue/{}/delete", encode(id))),
             Action::QueueBounce { id } => ("POST", format!("/queue/{}/bounce", encode(id))),
+            Action::Suppress { command, .. } => match command {
+                SuppressAction::Add => ("POST", "/suppress".into()),
+                SuppressAction::Remove => ("POST", "/suppress/remove".into()),
+                SuppressAction::Check => ("POST", "/suppress/check".into()),
+                SuppressAction::List => ("GET", "/suppress".into()),
+            },
+        }
+    }
+
+    /// The JSON body of the request, for those that carry one (addresses never go in URLs).
+    pub fn body(&self) -> Option<String> {
+        match self {
+            Action::Suppress {
+                address: Some(address),
+                note,
+                expires,
+                ..
+            } => {
+                let mut body = serde_json::json!({ "address": address });
+                if let Some(n) = note {
+                    body["note"] = n.as_str().into();
+                }
+                if let Some(e) = expires {
+                    body["expires"] = e.as_str().into();
+                }
+                Some(body.to_string())
+            }
+            _ => None,
         }
     }
 }
@@ -190,10 +235,14 @@ pub fn send(base: &str, token: &str, action: &Action) -> Result<Answer, CtlError
     let scheme = if base.contains("://") { "" } else { "http://" };
     let url = format!("{scheme}{}{path}", base.trim_end_matches('/'));
     let auth = format!("Bearer {token}");
-    let sent = if method == "GET" {
-        agent.get(&url).header("Authorization", &auth).call()
-    } else {
-        agent.post(&url).header("Authorization", &auth).send_empty()
+    let sent = match (method, action.body()) {
+        ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+        (_, Some(body)) => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(body.as_str()),
+        (_, None) => agent.post(&url).header("Authorization", &auth).send_empty(),
     };
     let unreachable = |source| CtlError::Unreachable {
         url: url.clone(),

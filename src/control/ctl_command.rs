@@ -75,6 +75,31 @@ pub enum CtlAction {
     Release { id: String },
     /// Never send the held copies of a message under a bulk hold; it leaves the spool.
     Drop { id: String },
+    /// The suppression list: recipients never sent to (JSON answers).
+    Suppress {
+        #[command(subcommand)]
+        command: SuppressCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SuppressCommand {
+    /// Put a recipient on the list (with [cluster], for the fleet).
+    Add {
+        address: String,
+        /// Why (kept with the entry, at most 200 characters).
+        #[arg(long)]
+        note: Option<String>,
+        /// The entry lapses after this long (e.g. "30d"); without it, it stays.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Take a recipient off the list.
+    Remove { address: String },
+    /// Is this recipient on the list? (Answer `{"suppressed": ...}`.)
+    Check { address: String },
+    /// Every entry: hashes, reasons, when added (the list keeps no addresses).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +149,25 @@ pub fn run(target: Target<'_>, action: CtlAction, output: Output) -> ExitCode {
         CtlAction::Held { show_addresses } => ctl::Action::Held { show_addresses },
         CtlAction::Release { id } => ctl::Action::Release { id },
         CtlAction::Drop { id } => ctl::Action::Drop { id },
+        CtlAction::Suppress { command } => {
+            use ctl::SuppressAction as S;
+            let (command, address, note, expires) = match command {
+                SuppressCommand::Add {
+                    address,
+                    note,
+                    expires,
+                } => (S::Add, Some(address), note, expires),
+                SuppressCommand::Remove { address } => (S::Remove, Some(address), None, None),
+                SuppressCommand::Check { address } => (S::Check, Some(address), None, None),
+                SuppressCommand::List => (S::List, None, None, None),
+            };
+            ctl::Action::Suppress {
+                command,
+                address,
+                note,
+                expires,
+            }
+        }
     };
     match ctl::send(&url, &token, &action) {
         Ok(answer) => {

@@ -19,4 +19,5 @@ pub mod queue_api;
 pub mod queue_cli;
 pub mod reload;
 pub mod shaping_table;
+pub mod suppress_api;
 pub mod table;

@@ -136,7 +136,8 @@ pub fn human(action: &Action, body: &str) -> Option<String> {
         | Action::Reload
         | Action::Held { .. }
         | Action::Release { .. }
-        | Action::Drop { .. } => return None,
+        | Action::Drop { .. }
+        | Action::Suppress { .. } => return None,
     })
 }
 

@@ -107,6 +107,12 @@ pub struct Metrics {
     pub app_limited: IntCounterVec,
     /// `app`: MAIL commands that waited for the app's message rate (and then went on).
     pub app_rate_waits: IntCounterVec,
+    /// `provider`: copies never sent because a recipient is on the suppression list.
+    pub suppressed: IntCounterVec,
+    /// Entries on the suppression list (the fleet's with `[cluster]`).
+    pub suppression_entries: IntGauge,
+    /// `reason` (`hard_bounce` | `operator`): entries added.
+    pub suppression_added: IntCounterVec,
 }
 
 /// The `reason` labels of `mailveil_privacy_blocked_total`: a header field would show a
@@ -398,6 +404,20 @@ impl Metrics {
                 "MAIL commands that waited for their app's message rate, by app.",
                 &["app"],
             ),
+            suppressed: counter(
+                "mailveil_suppressed_total",
+                "Copies never sent because their recipient is on the suppression list, by provider.",
+                &["provider"],
+            ),
+            suppression_entries: gauge(
+                "mailveil_suppression_entries",
+                "Entries on the suppression list (the fleet's with [cluster]).",
+            ),
+            suppression_added: counter(
+                "mailveil_suppression_added_total",
+                "Entries added to the suppression list, by reason (hard_bounce, operator).",
+                &["reason"],
+            ),
             registry,
         }
     }
@@ -426,6 +446,9 @@ impl Metrics {
             }
         }
         self.paused.with_label_values(&["all"]);
+        for reason in ["hard_bounce", "operator"] {
+            self.suppression_added.with_label_values(&[reason]);
+        }
         for provider in providers {
             let p = provider.as_str();
             self.paused.with_label_values(&[p]);
@@ -439,6 +462,7 @@ impl Metrics {
                 self.shaping_actions.with_label_values(&[p, action]);
             }
             self.upstream_quota_holds.with_label_values(&[p]);
+            self.suppressed.with_label_values(&[p]);
             for upstream in upstreams {
                 for outcome in ["delivered", "deferred", "failed"] {
                     self.deliveries

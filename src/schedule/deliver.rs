@@ -32,6 +32,8 @@ pub(super) struct Copy<'a> {
     pub exposure: &'a Exposure,
     /// Whether `bytes` hold only CRLF line ends and no NUL (found once per message).
     pub clean: bool,
+    /// The recipients for this attempt when some of the delivery's are suppressed.
+    pub rcpt_to: Option<Vec<String>>,
 }
 
 /// How a copy leaves: the upstreams in failover order, the provider's connection reuse, and
@@ -90,6 +92,7 @@ pub(super) async fn deliver<'a>(copy: Copy<'_>, route: Route<'a>) -> Sent<'a> {
         bytes,
         exposure,
         clean,
+        rcpt_to,
     } = copy;
     let record = &meta.deliveries[index];
     let mut header = privacy::render_header(&bytes, &record.planned.rewrite, exposure);
@@ -105,7 +108,7 @@ pub(super) async fn deliver<'a>(copy: Copy<'_>, route: Route<'a>) -> Sent<'a> {
     }
     let outbound = Outbound {
         mail_from: &meta.envelope.mail_from,
-        rcpt_to: &record.planned.rcpt_to,
+        rcpt_to: rcpt_to.as_ref().unwrap_or(&record.planned.rcpt_to),
         header: &header,
         body,
     };

@@ -29,6 +29,7 @@ pub mod retry;
 pub mod routing;
 pub mod rules;
 pub mod shaping;
+pub mod suppress;
 pub mod throttle;
 pub mod tracking;
 pub mod upstream_limits;

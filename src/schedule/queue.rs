@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ClusterConfig;
 use crate::observe::{Metrics, Redactor};
 use crate::privacy::Exposure;
+use crate::schedule::suppress::Suppressions;
 use crate::spool::{AttemptRecord, LogEntry, MessageMeta, Recovered, Spool, unix_now};
 use crate::upstream::{Reuse, Upstream};
 
@@ -53,6 +54,7 @@ mod lanes;
 mod manage;
 mod outcome;
 mod shaping;
+mod suppressed;
 pub use control::{
     EffectiveLimits, PauseError, PauseSync, PauseView, ProviderStatus, QueueStatus,
     UnknownProvider, UpstreamStatus,
@@ -97,6 +99,7 @@ struct Inner {
     limits: LimitsContext,
     /// Each app's rate and daily quota (asked by the listener at MAIL and RCPT).
     app_limits: Arc<AppLimitsRegistry>,
+    suppressions: Arc<Suppressions>,
     /// Messages under a bulk hold ([`hold`]).
     holds: hold::Holds,
     /// Cancelled when the hand-off to `spool.handoff_upstream` starts ([`drain`]): throttles
@@ -124,9 +127,6 @@ impl Scheduler {
             .clone()
     }
 
-    pub fn app_limits(&self) -> Arc<AppLimitsRegistry> {
-        self.inner.app_limits.clone()
-    }
     pub fn new(
         spool: Arc<Spool>,
         upstreams: Vec<Upstream>,
@@ -134,6 +134,7 @@ impl Scheduler {
         cluster: Option<&ClusterConfig>,
         metrics: Metrics,
         redactor: Redactor,
+        suppressions: Arc<Suppressions>,
     ) -> Scheduler {
         for u in &upstreams {
             metrics.upstream_up.with_label_values(&[&u.name]).set(1);
@@ -148,6 +149,12 @@ impl Scheduler {
         };
         let slots = UpstreamSlot::build_all(upstreams, config.upstreams, &[], &limits);
         let holds = hold::Holds::new(config.hold);
+        suppressions.set_hard_bounces(config.apps.suppress_hard_bounces);
+        if let Some(c) = &cluster {
+            suppressions
+                .clone()
+                .attach(c.clone(), shutdown.child_token());
+        }
         let app_limits = Arc::new(AppLimitsRegistry::new(limits.clone(), config.apps));
         let settings = Settings::new(config);
         // Before anything is queued: a pause in force when the relay stopped holds from the
@@ -174,6 +181,7 @@ impl Scheduler {
                 fleet,
                 limits,
                 app_limits,
+                suppressions,
                 holds,
                 handoff: CancellationToken::new(),
                 handoff_slot: RwLock::new(None),
@@ -227,7 +235,9 @@ impl Scheduler {
             let (mut due, mut done) = (now, false);
             for entry in log.iter().filter(|e| e.index() == index) {
                 match *entry {
-                    LogEntry::Delivered { .. } | LogEntry::HandedOff { .. } => done = true,
+                    LogEntry::Delivered { .. }
+                    | LogEntry::HandedOff { .. }
+                    | LogEntry::Suppressed { .. } => done = true,
                     LogEntry::Failed { code, .. } => {
                         done = true;
                         failed.push((index, code));
@@ -428,6 +438,10 @@ impl Inner {
                 return;
             }
         };
+        let rcpt_to = match self.screen(lane, &message, item.index) {
+            suppressed::Screen::Send(rcpt_to) => rcpt_to,
+            suppressed::Screen::Suppressed => return,
+        };
         if !message.begin_attempt(item.index, unix_now()) {
             // Deleted or bounced by an operator since it was queued: nothing goes out.
             message.active.fetch_sub(1, Ordering::Relaxed);
@@ -442,6 +456,7 @@ impl Inner {
             meta: &message.meta,
             index: item.index,
             clean: message.is_clean(&bytes),
+            rcpt_to,
             bytes,
             exposure: &exposure,
         };

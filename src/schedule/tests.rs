@@ -38,6 +38,7 @@ fn fixture(extra: &str) -> Fixture {
         None,
         metrics.clone(),
         Redactor::plain(),
+        crate::schedule::suppress::Suppressions::open(&config.spool.dir, metrics.clone()).unwrap(),
     );
     Fixture {
         _dir: dir,
@@ -158,6 +159,7 @@ async fn a_pause_holds_in_a_scheduler_started_over_the_same_spool() {
         None,
         metrics.clone(),
         Redactor::plain(),
+        crate::schedule::suppress::Suppressions::open(&config.spool.dir, metrics.clone()).unwrap(),
     );
     let status = again.status();
     assert!(status.paused);

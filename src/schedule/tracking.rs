@@ -29,6 +29,8 @@ pub enum CopyState {
     Deleted,
     /// A bulk hold was dropped: this copy never goes out.
     Dropped,
+    /// Every recipient is on the suppression list: never sent.
+    Suppressed,
 }
 
 impl CopyState {
@@ -36,9 +38,11 @@ impl CopyState {
     pub fn is_pending(self) -> bool {
         match self {
             CopyState::Queued | CopyState::Active | CopyState::Deferred | CopyState::Held => true,
-            CopyState::Delivered | CopyState::Failed | CopyState::Deleted | CopyState::Dropped => {
-                false
-            }
+            CopyState::Delivered
+            | CopyState::Failed
+            | CopyState::Deleted
+            | CopyState::Dropped
+            | CopyState::Suppressed => false,
         }
     }
 
@@ -52,6 +56,7 @@ impl CopyState {
             CopyState::Failed => "failed",
             CopyState::Deleted => "deleted",
             CopyState::Dropped => "dropped",
+            CopyState::Suppressed => "suppressed",
         }
     }
 
@@ -132,6 +137,11 @@ pub fn from_spool(
                 t.reason = t.attempts.reason.as_deref().and_then(reason_named);
                 t.state = CopyState::Failed;
                 t.final_code = Some(code);
+                t.final_at = Some(at);
+                t.next_at = None;
+            }
+            LogEntry::Suppressed { at, .. } => {
+                t.state = CopyState::Suppressed;
                 t.final_at = Some(at);
                 t.next_at = None;
             }

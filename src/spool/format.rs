@@ -18,7 +18,8 @@
 //!                          (first 8 hex digits of BLAKE3 of the text between "MVO1 " and " #"):
 //!                            "MVO1 <id> <k> delivered <unix>", "MVO1 <id> <k> failed <code> <unix>",
 //!                            "MVO1 <id> <k> deferred <next-unix>", "MVO1 <id> done",
-//!                            "MVO1 <id> <k> handedoff <unix>" (forwarded to `spool.handoff_upstream`)
+//!                            "MVO1 <id> <k> handedoff <unix>" (forwarded to `spool.handoff_upstream`),
+//!                            "MVO1 <id> <k> suppressed <unix>" (every recipient on the suppression list)
 //!                          and, for a message under a bulk hold (see `docs/bulk-hold.md`),
 //!                            "MVO1 <id> released", "MVO1 <id> dropped"
 //!                          and what the attempts of a delivery were so far (count, first and
@@ -173,6 +174,12 @@ pub enum LogEntry {
         index: usize,
         at: u64,
     },
+    /// Every recipient of the copy is on the suppression list (`src/suppress.rs`): final,
+    /// never sent, not a failure (no bounce).
+    Suppressed {
+        index: usize,
+        at: u64,
+    },
 }
 
 impl LogEntry {
@@ -181,15 +188,17 @@ impl LogEntry {
             LogEntry::Delivered { index, .. }
             | LogEntry::Failed { index, .. }
             | LogEntry::Deferred { index, .. }
-            | LogEntry::HandedOff { index, .. } => index,
+            | LogEntry::HandedOff { index, .. }
+            | LogEntry::Suppressed { index, .. } => index,
         }
     }
 
     pub fn is_final(&self) -> bool {
         match self {
-            LogEntry::Delivered { .. } | LogEntry::Failed { .. } | LogEntry::HandedOff { .. } => {
-                true
-            }
+            LogEntry::Delivered { .. }
+            | LogEntry::Failed { .. }
+            | LogEntry::HandedOff { .. }
+            | LogEntry::Suppressed { .. } => true,
             LogEntry::Deferred { .. } => false,
         }
     }
@@ -201,6 +210,7 @@ impl LogEntry {
             LogEntry::Failed { index, code, at } => format!("{index} failed {code} {at}"),
             LogEntry::Deferred { index, next_at } => format!("{index} deferred {next_at}"),
             LogEntry::HandedOff { index, at } => format!("{index} handedoff {at}"),
+            LogEntry::Suppressed { index, at } => format!("{index} suppressed {at}"),
         }
     }
 
@@ -223,6 +233,10 @@ impl LogEntry {
                 next_at: parts.next()?.parse().ok()?,
             },
             "handedoff" => LogEntry::HandedOff {
+                index,
+                at: parts.next()?.parse().ok()?,
+            },
+            "suppressed" => LogEntry::Suppressed {
                 index,
                 at: parts.next()?.parse().ok()?,
             },

@@ -45,6 +45,7 @@ mod shaping_fleet;
 mod shaping_replies;
 mod spool_recovery;
 mod startup_checks;
+mod suppression;
 mod threshold_fleet;
 mod upstream;
 mod upstream_fleet;

@@ -232,7 +232,8 @@ impl Inner {
                     CopyState::Delivered
                     | CopyState::Failed
                     | CopyState::Deleted
-                    | CopyState::Dropped => {}
+                    | CopyState::Dropped
+                    | CopyState::Suppressed => {}
                 }
             }
             (claimed, in_flight)

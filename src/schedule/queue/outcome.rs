@@ -95,6 +95,7 @@ impl Inner {
             } => {
                 let code = error.code().unwrap_or(554);
                 message.note_reply(index, upstream, error.code(), error.to_string());
+                self.note_hard_bounce(meta, index, &error);
                 if let Some(rule) = rule {
                     tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream,
                         rule = %rule.name, "reply matched a fail rule");
@@ -404,7 +405,7 @@ impl Inner {
     }
 
     /// Records a final outcome; completes the message when it was its last delivery.
-    fn record(
+    pub(super) fn record(
         &self,
         lane: &Lane,
         message: &Arc<QueuedMessage>,

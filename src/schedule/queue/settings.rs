@@ -68,6 +68,16 @@ impl Settings {
 }
 
 impl Scheduler {
+    /// Each app's rate and daily quota (`[app.limits]`), asked by the listener.
+    pub fn app_limits(&self) -> Arc<crate::schedule::app_limits::AppLimitsRegistry> {
+        self.inner.app_limits.clone()
+    }
+
+    /// Recipients never sent to (checked before each attempt: `suppressed.rs`).
+    pub fn suppressions(&self) -> Arc<crate::schedule::suppress::Suppressions> {
+        self.inner.suppressions.clone()
+    }
+
     /// Applies a reloaded configuration: retry timing, provider limits (rate, burst,
     /// concurrency, deliveries per connection), shaping rules, and the upstreams (new
     /// credentials or TLS files). A slowdown in force keeps running to its end. Deliveries in
@@ -76,6 +86,9 @@ impl Scheduler {
     pub fn apply_config(&self, config: SchedulerConfig<'_>, upstreams: Vec<Upstream>) {
         let hold = config.hold;
         self.inner.app_limits.configure(config.apps);
+        self.inner
+            .suppressions
+            .set_hard_bounces(config.apps.suppress_hard_bounces);
         let old = self.inner.upstreams();
         let slots = UpstreamSlot::build_all(upstreams, config.upstreams, &old, &self.inner.limits);
         let settings = Settings::new(config);
