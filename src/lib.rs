@@ -7,6 +7,7 @@
 //! - [`privacy`]: pure policy over message bytes: visible recipients, decision, header rewrite.
 //! - [`spool`]: the message stored once and fsync'd before `250`, with per-delivery records.
 //! - [`schedule`]: delivery queue, retries with backoff, failover between upstreams.
+//! - [`events`]: each app's delivery events: JSON-lines outbox and signed webhook.
 //! - [`dkim`]: re-signs each copy after its rewrite with the key for its `From:` domain.
 //! - [`upstream`]: lettre SMTP client with verified TLS, or a capture directory.
 //! - [`observe`]: metrics, `/metrics` `/healthz` `/readyz`, the limits HTTP listeners are served
@@ -24,6 +25,7 @@ pub mod control;
 pub mod credentials;
 pub mod dkim;
 pub mod envelope;
+pub mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -266,6 +266,7 @@ impl Acceptor for Relay {
         tracing::info!(queue_id = %id, %from, rcpts = meta.envelope.rcpt_to.len(), deliveries = meta.deliveries.len(),
             providers = %providers.join(","), decision = plan.decision.as_str(), visible = plan.visible, size = meta.size,
             code = 250, duration_ms = started.elapsed().as_millis() as u64, "accepted");
+        self.scheduler.events().accepted(&meta);
         if let Some(hold) = &meta.hold {
             self.metrics.hold_actions.with_label_values(&["held"]).inc();
             tracing::warn!(queue_id = %id, rcpts = meta.envelope.rcpt_to.len(), canaries = hold.canaries.len(),

@@ -51,6 +51,8 @@ pub struct AppConfig {
     pub hold: Option<HoldConfig>,
     /// `[app.limits]`: its message rate and daily recipient quota (none by default).
     pub limits: AppLimitsConfig,
+    /// `[app.events]`: its delivery events (none without the section).
+    pub events: Option<AppEventsConfig>,
 }
 
 /// A `senders` entry: one address, a whole domain (`@example.com`) or its subdomains
@@ -289,6 +291,7 @@ pub(super) fn validate_apps(
             None => (global.clone(), global_hold.cloned()),
         };
         let limits = limits::validate(a.limits, &format!("{path}.limits"), p);
+        let events = events::validate(a.events, &format!("{path}.events"), p);
         out.push(Arc::new(AppConfig {
             name,
             logins,
@@ -299,6 +302,7 @@ pub(super) fn validate_apps(
             privacy,
             hold,
             limits,
+            events,
         }));
     }
     AppsConfig {
@@ -413,5 +417,7 @@ fn overrides(
 #[cfg(test)]
 mod tests;
 
+mod events;
 mod limits;
+pub use events::{AppEventsConfig, EventAddresses};
 pub use limits::AppLimitsConfig;

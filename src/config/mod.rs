@@ -37,7 +37,10 @@ pub use access::{
     AccessConfig, DEFAULT_AUTH_BAN, DEFAULT_AUTH_FAILURES_PER_SOURCE, DEFAULT_AUTH_FAILURES_TOTAL,
     User,
 };
-pub use app::{AppConfig, AppLimitsConfig, AppsConfig, MAX_APPS, NO_APP, SenderPattern};
+pub use app::{
+    AppConfig, AppEventsConfig, AppLimitsConfig, AppsConfig, EventAddresses, MAX_APPS, NO_APP,
+    SenderPattern,
+};
 pub use dkim::{DkimConfig, DkimKeyConfig};
 pub use hold::{DEFAULT_HOLD_TIMEOUT, HoldConfig, HoldTimeoutAction};
 pub use http::{

@@ -219,6 +219,21 @@ pub struct RawApp {
     pub allow_null_sender: Option<bool>,
     pub privacy: Option<RawAppPrivacy>,
     pub limits: Option<RawAppLimits>,
+    pub events: Option<RawAppEvents>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAppEvents {
+    pub addresses: Option<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret_env: Option<String>,
+    pub webhook_secret_file: Option<String>,
+    pub webhook_timeout: Option<RawDuration>,
+    pub webhook_retry_max: Option<RawDuration>,
+    pub max_file_bytes: Option<RawSize>,
+    pub keep_files: Option<u64>,
+    pub max_backlog_bytes: Option<RawSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

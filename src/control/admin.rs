@@ -181,6 +181,7 @@ async fn status(State(state): State<AdminState>) -> Response {
 /// refusals for them.
 fn apps_status(relay: &Relay, scheduler: &Scheduler) -> serde_json::Value {
     let limits = scheduler.app_limits().status();
+    let events = scheduler.events();
     let count = |app: &str, outcome: &str| {
         relay
             .metrics
@@ -212,6 +213,9 @@ fn apps_status(relay: &Relay, scheduler: &Scheduler) -> serde_json::Value {
                 && let Ok(serde_json::Value::Object(extra)) = serde_json::to_value(l)
             {
                 fields.extend(extra.into_iter().filter(|(k, _)| k != "app"));
+            }
+            if let (Some(fields), Some(e)) = (app.as_object_mut(), events.app(name)) {
+                fields.insert("events".into(), e.status());
             }
             app
         })

@@ -113,6 +113,14 @@ pub struct Metrics {
     pub suppression_entries: IntGauge,
     /// `reason` (`hard_bounce` | `operator`): entries added.
     pub suppression_added: IntCounterVec,
+    /// `app`, `type`: delivery events written to the app's outbox.
+    pub events: IntCounterVec,
+    /// `app`, `outcome` (`ok` | `failed`): webhook POSTs of event batches.
+    pub event_webhook_deliveries: IntCounterVec,
+    /// `app`: events not yet acknowledged by the app's webhook.
+    pub event_backlog: IntGaugeVec,
+    /// `app`: events given up for the webhook (backlog over `max_backlog_bytes`).
+    pub events_dropped: IntCounterVec,
 }
 
 /// The `reason` labels of `mailveil_privacy_blocked_total`: a header field would show a
@@ -417,6 +425,26 @@ impl Metrics {
                 "mailveil_suppression_added_total",
                 "Entries added to the suppression list, by reason (hard_bounce, operator).",
                 &["reason"],
+            ),
+            events: counter(
+                "mailveil_events_total",
+                "Delivery events written to an app's outbox, by app and type.",
+                &["app", "type"],
+            ),
+            event_webhook_deliveries: counter(
+                "mailveil_event_webhook_deliveries_total",
+                "Webhook POSTs of event batches, by app and outcome (ok, failed).",
+                &["app", "outcome"],
+            ),
+            event_backlog: gauge_vec(
+                "mailveil_event_backlog",
+                "Events not yet acknowledged by the app's webhook, by app.",
+                &["app"],
+            ),
+            events_dropped: counter(
+                "mailveil_events_dropped_total",
+                "Events given up for the webhook because the backlog was over max_backlog_bytes, by app.",
+                &["app"],
             ),
             registry,
         }

@@ -49,6 +49,7 @@ use super::upstream_limits::LimitsContext;
 
 mod control;
 mod drain;
+mod events;
 mod hold;
 mod lanes;
 mod manage;
@@ -100,6 +101,7 @@ struct Inner {
     /// Each app's rate and daily quota (asked by the listener at MAIL and RCPT).
     app_limits: Arc<AppLimitsRegistry>,
     suppressions: Arc<Suppressions>,
+    events: Arc<crate::events::Events>,
     /// Messages under a bulk hold ([`hold`]).
     holds: hold::Holds,
     /// Cancelled when the hand-off to `spool.handoff_upstream` starts ([`drain`]): throttles
@@ -150,6 +152,10 @@ impl Scheduler {
         let slots = UpstreamSlot::build_all(upstreams, config.upstreams, &[], &limits);
         let holds = hold::Holds::new(config.hold);
         suppressions.set_hard_bounces(config.apps.suppress_hard_bounces);
+        let key = spool.redaction_key().unwrap_or_else(|_| rand::random());
+        let events =
+            crate::events::Events::new(spool.root(), key, metrics.clone(), shutdown.child_token());
+        events.configure(config.apps);
         if let Some(c) = &cluster {
             suppressions
                 .clone()
@@ -182,6 +188,7 @@ impl Scheduler {
                 limits,
                 app_limits,
                 suppressions,
+                events,
                 holds,
                 handoff: CancellationToken::new(),
                 handoff_slot: RwLock::new(None),

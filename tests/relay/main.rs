@@ -23,6 +23,7 @@ mod deploy_rules;
 mod disk_full;
 mod dkim;
 mod drain;
+mod events;
 mod health;
 mod hostile;
 mod http_limits;

@@ -278,6 +278,20 @@ impl Inner {
             return Err(e.into());
         }
         entry.timer.cancel();
+        let (kind, copies) = (
+            if state == HoldState::Released {
+                "released"
+            } else {
+                "dropped"
+            },
+            entry.items.len(),
+        );
+        let facts = crate::events::Facts {
+            copies: Some(copies),
+            ..Default::default()
+        };
+        self.events
+            .emit(entry.message.meta.app.as_deref(), id, kind, facts);
         let summary = self.describe(&entry, false);
         self.update_hold_gauges();
         let action = match (verdict, by_timeout) {

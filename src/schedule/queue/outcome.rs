@@ -84,6 +84,7 @@ impl Inner {
                         code, reply = %self.redactor.text(&reply), duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
                     LogEntry::Delivered { index, at }
                 };
+                self.copy_event(&final_of(upstream), "delivered", Some(code), &reply, None);
                 message.note_reply(index, upstream, Some(code), reply);
                 message.set_final(index, code, at, None);
                 (entry, None)
@@ -179,6 +180,7 @@ impl Inner {
             let code = error.code().unwrap_or(451);
             return Some(self.fail(f, code, error, true));
         }
+        self.copy_event(&f, "deferred", error.code(), &error.to_string(), Some(next));
         let (meta, index, provider, upstream) = (f.meta, f.index, f.provider, f.upstream);
         let (rcpts, attempts) = (f.rcpts, f.attempts);
         self.metrics
@@ -238,6 +240,7 @@ impl Inner {
         error: &dyn std::fmt::Display,
         expired: bool,
     ) -> (LogEntry, Option<u16>) {
+        self.copy_event(&f, "failed", Some(code), &error.to_string(), None);
         let (meta, index, provider, upstream) = (f.meta, f.index, f.provider, f.upstream);
         self.metrics
             .deliveries
@@ -368,6 +371,13 @@ impl Inner {
             )
         };
         let (dsn, bytes) = bounce::message(&hostname, provider, meta, indices, &failure, header);
+        let copies = Some(indices.len());
+        let facts = crate::events::Facts {
+            copies,
+            ..Default::default()
+        };
+        self.events
+            .emit(meta.app.as_deref(), &meta.id, "bounced", facts);
         let scheduler = Scheduler {
             inner: self.clone(),
         };
@@ -484,14 +494,14 @@ impl Inner {
 }
 
 /// What [`Inner::fail`] needs to know about the delivery that failed.
-struct Final<'a> {
+pub(super) struct Final<'a> {
     message: &'a QueuedMessage,
-    meta: &'a MessageMeta,
-    index: usize,
-    provider: &'a str,
-    upstream: &'a str,
+    pub(super) meta: &'a MessageMeta,
+    pub(super) index: usize,
+    pub(super) provider: &'a str,
+    pub(super) upstream: &'a str,
     rcpts: &'a str,
     header: &'a [u8],
     duration_ms: u64,
-    attempts: u32,
+    pub(super) attempts: u32,
 }

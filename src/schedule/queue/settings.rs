@@ -73,6 +73,11 @@ impl Scheduler {
         self.inner.app_limits.clone()
     }
 
+    /// Each app's delivery events (`[app.events]`).
+    pub fn events(&self) -> Arc<crate::events::Events> {
+        self.inner.events.clone()
+    }
+
     /// Recipients never sent to (checked before each attempt: `suppressed.rs`).
     pub fn suppressions(&self) -> Arc<crate::schedule::suppress::Suppressions> {
         self.inner.suppressions.clone()
@@ -89,6 +94,7 @@ impl Scheduler {
         self.inner
             .suppressions
             .set_hard_bounces(config.apps.suppress_hard_bounces);
+        self.inner.events.configure(config.apps);
         let old = self.inner.upstreams();
         let slots = UpstreamSlot::build_all(upstreams, config.upstreams, &old, &self.inner.limits);
         let settings = Settings::new(config);

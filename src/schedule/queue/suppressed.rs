@@ -70,6 +70,18 @@ impl Inner {
             return Screen::Suppressed;
         }
         self.metrics.suppressed.with_label_values(&[provider]).inc();
+        let facts = crate::events::Facts {
+            delivery: Some(index),
+            provider: Some(provider),
+            recipients: rcpts,
+            ..Default::default()
+        };
+        self.events.emit(
+            message.meta.app.as_deref(),
+            &message.meta.id,
+            "suppressed",
+            facts,
+        );
         tracing::info!(queue_id = %message.meta.id, delivery = index, %provider, rcpt = %redacted,
             "suppressed: the recipient is on the suppression list; copy not sent");
         self.record(
