@@ -11,6 +11,7 @@
 //! counted in [`crate::observe::Metrics`], like the metrics endpoint.
 
 pub mod admin;
+mod apps_table;
 pub mod ctl;
 pub mod ctl_command;
 pub mod health;

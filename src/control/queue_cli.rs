@@ -124,8 +124,10 @@ pub fn human(action: &Action, body: &str) -> Option<String> {
     let v: Value = serde_json::from_str(body).ok()?;
     let now = unix_now();
     Some(match action {
-        // The shaping tables (`shaping_table.rs`) follow the rest of the status.
-        Action::Status => table::status(&v) + &super::shaping_table::shaping(&v),
+        // The apps and shaping tables (`apps_table.rs`, `shaping_table.rs`) follow the rest.
+        Action::Status => {
+            table::status(&v) + &super::apps_table::apps(&v) + &super::shaping_table::shaping(&v)
+        }
         Action::QueueList { .. } => table::queue_list(&v, now),
         Action::QueueShow { .. } => table::queue_show(&v, now),
         Action::QueueRetry { .. } => table::retried(&v),

@@ -158,7 +158,6 @@ pub fn status(v: &Value) -> String {
     out.push('\n');
     out.push_str(&table(&["UPSTREAM", "STATE"], &upstreams));
     out.push_str(&pauses(v));
-    out.push_str(&apps(v));
     if let Some(fields) = v.as_object() {
         let known = [
             "apps",
@@ -180,61 +179,6 @@ pub fn status(v: &Value) -> String {
         }
     }
     out
-}
-
-/// One row per `[[app]]`: messages, its rate, its daily recipient quota and the refusals.
-fn apps(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v["apps"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|a| {
-            let quota = match (
-                a["recipients_used"].as_u64(),
-                a["recipients_per_day"].as_u64(),
-            ) {
-                (Some(used), Some(limit)) if a["quota_spent"].as_bool() == Some(true) => {
-                    format!("{used}/{limit} SPENT until {}", text(&a["quota_reset_at"]))
-                }
-                (Some(used), Some(limit)) => format!("{used}/{limit}"),
-                _ => "unlimited".into(),
-            };
-            vec![
-                text(&a["name"]),
-                format!(
-                    "{}/{}",
-                    text(&a["messages_accepted"]),
-                    text(&a["messages_rejected"])
-                ),
-                a["messages_per_second"]
-                    .as_f64()
-                    .map_or("unlimited".into(), |r| format!("{r}")),
-                quota,
-                format!(
-                    "{}/{}",
-                    text(&a["refused_for_rate"]),
-                    text(&a["refused_for_quota"])
-                ),
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
-        return String::new();
-    }
-    format!(
-        "\n{}",
-        table(
-            &[
-                "APP",
-                "ACCEPTED/REJECTED",
-                "RATE/S",
-                "RECIPIENTS TODAY",
-                "452 RATE/QUOTA"
-            ],
-            &rows
-        )
-    )
 }
 
 /// Where each pause comes from (`ctl pause` here, this replica's spool record at start,

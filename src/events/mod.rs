@@ -215,6 +215,8 @@ pub struct Events {
     redactor: Redactor,
     key: [u8; 32],
     apps: RwLock<HashMap<String, Arc<AppEvents>>>,
+    /// Every configured app's name.
+    configured: RwLock<std::collections::HashSet<String>>,
     shutdown: CancellationToken,
 }
 
@@ -232,6 +234,7 @@ impl Events {
             redactor: Redactor::new(false, key),
             key,
             apps: RwLock::new(HashMap::new()),
+            configured: RwLock::new(Default::default()),
             shutdown,
         });
         events.clone().spawn_sync();
@@ -240,6 +243,8 @@ impl Events {
 
     /// The apps of a (reloaded) config: outboxes opened, webhooks started or stopped.
     pub fn configure(&self, apps: &AppsConfig) {
+        *self.configured.write().expect("not poisoned") =
+            apps.apps.iter().map(|a| a.name.clone()).collect();
         let mut map = self.apps.write().expect("not poisoned");
         let mut next = HashMap::new();
         for app in &apps.apps {
@@ -288,6 +293,11 @@ impl Events {
             gone.stop.cancel();
         }
         *map = next;
+    }
+
+    /// Whether `app` is a configured app (with or without events).
+    pub fn knows(&self, app: &str) -> bool {
+        self.configured.read().expect("not poisoned").contains(app)
     }
 
     /// The app's events, if it records any.

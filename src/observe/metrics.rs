@@ -121,6 +121,9 @@ pub struct Metrics {
     pub event_backlog: IntGaugeVec,
     /// `app`: events given up for the webhook (backlog over `max_backlog_bytes`).
     pub events_dropped: IntCounterVec,
+    /// `app`, `outcome` (`delivered` | `deferred` | `failed` | `suppressed`): copies of the
+    /// app's messages (the delivery side of `mailveil_app_messages_total`).
+    pub app_deliveries: IntCounterVec,
 }
 
 /// The `reason` labels of `mailveil_privacy_blocked_total`: a header field would show a
@@ -141,6 +144,9 @@ pub const APP_REFUSAL_REASONS: [&str; 4] = ["no_app", "null_sender", "senders", 
 /// The `reason` labels of `mailveil_app_limited_total`: over the message rate at MAIL, or the
 /// daily recipient quota spent at RCPT.
 pub const APP_LIMIT_REASONS: [&str; 2] = ["rate", "quota"];
+
+/// The `outcome` labels of `mailveil_app_deliveries_total`.
+pub const APP_DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "deferred", "failed", "suppressed"];
 
 /// The `action` labels of `mailveil_hold_actions_total`.
 pub const HOLD_ACTIONS: [&str; 5] = [
@@ -446,6 +452,11 @@ impl Metrics {
                 "Events given up for the webhook because the backlog was over max_backlog_bytes, by app.",
                 &["app"],
             ),
+            app_deliveries: counter(
+                "mailveil_app_deliveries_total",
+                "Copies of an app's messages by outcome (delivered, deferred, failed, suppressed).",
+                &["app", "outcome"],
+            ),
             registry,
         }
     }
@@ -530,6 +541,9 @@ impl Metrics {
                 let _ = self.app_limited.remove_label_values(&[app, reason]);
             }
             let _ = self.app_rate_waits.remove_label_values(&[app]);
+            for outcome in APP_DELIVERY_OUTCOMES {
+                let _ = self.app_deliveries.remove_label_values(&[app, outcome]);
+            }
             for unit in ["recipients", "messages"] {
                 let _ = self.app_quota_used.remove_label_values(&[app, unit]);
                 let _ = self.app_quota_limit.remove_label_values(&[app, unit]);
@@ -546,6 +560,9 @@ impl Metrics {
             }
         }
         for app in apps {
+            for outcome in APP_DELIVERY_OUTCOMES {
+                self.app_deliveries.with_label_values(&[app, outcome]);
+            }
             for reason in APP_LIMIT_REASONS {
                 self.app_limited.with_label_values(&[app, reason]);
             }

@@ -183,6 +183,15 @@ async fn the_outbox_tells_each_copys_story_in_order_without_addresses() {
         .await,
         Some(2.0)
     );
+    for (outcome, n) in [("delivered", 2.0), ("deferred", 1.0), ("failed", 1.0)] {
+        let series = format!(r#"mailveil_app_deliveries_total{{app="news",outcome="{outcome}"}}"#);
+        assert_eq!(metric_at(relay.metrics, &series).await, Some(n), "{series}");
+    }
+    let table = ctl_ok(relay.admin, TOKEN, &["status", "--table"]);
+    assert!(
+        table.contains("EVENTS") && table.contains("last "),
+        "{table}"
+    );
 }
 
 /// The Python receiver on `port`, killed by PID on drop.

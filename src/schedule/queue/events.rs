@@ -18,6 +18,7 @@ impl Inner {
         next_at: Option<u64>,
     ) {
         let meta = f.meta;
+        self.count_app_copy(meta, kind);
         self.events.emit(
             meta.app.as_deref(),
             &meta.id,
@@ -34,5 +35,18 @@ impl Inner {
                 ..Facts::default()
             },
         );
+    }
+
+    /// `mailveil_app_deliveries_total` for a copy of an app's message (only apps still
+    /// configured: the label stays bounded by the config).
+    pub(super) fn count_app_copy(&self, meta: &crate::spool::MessageMeta, outcome: &str) {
+        if let Some(app) = meta.app.as_deref()
+            && self.events.knows(app)
+        {
+            self.metrics
+                .app_deliveries
+                .with_label_values(&[app, outcome])
+                .inc();
+        }
     }
 }

@@ -70,6 +70,7 @@ impl Inner {
             return Screen::Suppressed;
         }
         self.metrics.suppressed.with_label_values(&[provider]).inc();
+        self.count_app_copy(&message.meta, "suppressed");
         let facts = crate::events::Facts {
             delivery: Some(index),
             provider: Some(provider),
