@@ -150,13 +150,15 @@ impl fmt::Display for QuotaReset {
     }
 }
 
-/// Reads the limit keys of `upstream[i]` (`path`), reporting each bad one at its key path.
-pub(super) fn validate_limits(
-    u: &RawUpstream,
+/// `<path>.messages_per_second` and `<path>.burst` (an upstream's, an app's), each problem at
+/// its key path.
+pub(super) fn rate_and_burst(
+    rate: Option<f64>,
+    burst: Option<u64>,
     path: &str,
     p: &mut Problems,
-) -> UpstreamLimitsConfig {
-    let messages_per_second = u.messages_per_second.and_then(|rate| {
+) -> (Option<PerSecond>, u32) {
+    let messages_per_second = rate.and_then(|rate| {
         let typed = PerSecond::new(rate);
         if typed.is_none() {
             p.push(
@@ -166,15 +168,51 @@ pub(super) fn validate_limits(
         }
         typed
     });
-    let burst = p
-        .positive(&format!("{path}.burst"), u.burst, 1)
+    let typed_burst = p
+        .positive(&format!("{path}.burst"), burst, 1)
         .min(u32::MAX as usize) as u32;
-    if u.burst.is_some() && messages_per_second.is_none() {
+    if burst.is_some() && messages_per_second.is_none() {
         p.push(
             &format!("{path}.burst"),
             "only applies with messages_per_second",
         );
     }
+    (messages_per_second, typed_burst)
+}
+
+/// `<path>.quota_reset`, which only applies with a daily quota (`quota`, named `needs`).
+pub(super) fn quota_reset(
+    raw: Option<&str>,
+    quota: bool,
+    needs: &str,
+    path: &str,
+    p: &mut Problems,
+) -> QuotaReset {
+    match raw.map(str::parse::<QuotaReset>) {
+        None => QuotaReset::default(),
+        Some(Ok(reset)) => {
+            if !quota {
+                p.push(
+                    &format!("{path}.quota_reset"),
+                    format!("only applies with {needs}"),
+                );
+            }
+            reset
+        }
+        Some(Err(message)) => {
+            p.push(&format!("{path}.quota_reset"), message);
+            QuotaReset::default()
+        }
+    }
+}
+
+/// Reads the limit keys of `upstream[i]` (`path`), reporting each bad one at its key path.
+pub(super) fn validate_limits(
+    u: &RawUpstream,
+    path: &str,
+    p: &mut Problems,
+) -> UpstreamLimitsConfig {
+    let (messages_per_second, burst) = rate_and_burst(u.messages_per_second, u.burst, path, p);
     let mut daily = Vec::new();
     for (unit, value) in [
         (QuotaUnit::Recipients, u.recipients_per_day),
@@ -189,22 +227,14 @@ pub(super) fn validate_limits(
             None => {}
         }
     }
-    let quota_reset = match u.quota_reset.as_deref().map(str::parse::<QuotaReset>) {
-        None => QuotaReset::default(),
-        Some(Ok(reset)) => {
-            if u.recipients_per_day.is_none() && u.messages_per_day.is_none() {
-                p.push(
-                    &format!("{path}.quota_reset"),
-                    "only applies with recipients_per_day or messages_per_day",
-                );
-            }
-            reset
-        }
-        Some(Err(message)) => {
-            p.push(&format!("{path}.quota_reset"), message);
-            QuotaReset::default()
-        }
-    };
+    let quota = u.recipients_per_day.is_some() || u.messages_per_day.is_some();
+    let quota_reset = quota_reset(
+        u.quota_reset.as_deref(),
+        quota,
+        "recipients_per_day or messages_per_day",
+        path,
+        p,
+    );
     UpstreamLimitsConfig {
         messages_per_second,
         burst,

@@ -189,24 +189,9 @@ impl Suppressions {
     /// Puts `address` on the list (replacing an entry it had). True when it was not on it.
     pub async fn add(&self, address: &str, entry: Entry) -> Result<bool, SuppressError> {
         let hash = self.hash(address);
-        if let Some(cluster) = self.cluster.get() {
-            let value = serde_json::to_string(&entry).expect("serialisable");
-            let mut conn = cluster
-                .connection()
-                .ok_or_else(|| SuppressError::Redis("no connection".into()))?;
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .hset(HASH_KEY, &hash, value)
-                .ignore()
-                .incr(VERSION_KEY, 1)
-                .ignore();
-            let call = pipe.query_async::<()>(&mut conn);
-            match tokio::time::timeout(CALL_TIMEOUT * 4, call).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(SuppressError::Redis(e.to_string())),
-                Err(_) => return Err(SuppressError::Redis("timed out".into())),
-            }
-        }
+        let value = serde_json::to_string(&entry).expect("serialisable");
+        self.change_fleet(|pipe| pipe.hset(HASH_KEY, &hash, value))
+            .await?;
         let reason = entry.reason;
         let new = self
             .entries
@@ -226,23 +211,7 @@ impl Suppressions {
     /// Takes `address` off the list. True when it was on it.
     pub async fn remove(&self, address: &str) -> Result<bool, SuppressError> {
         let hash = self.hash(address);
-        if let Some(cluster) = self.cluster.get() {
-            let mut conn = cluster
-                .connection()
-                .ok_or_else(|| SuppressError::Redis("no connection".into()))?;
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .hdel(HASH_KEY, &hash)
-                .ignore()
-                .incr(VERSION_KEY, 1)
-                .ignore();
-            let call = pipe.query_async::<()>(&mut conn);
-            match tokio::time::timeout(CALL_TIMEOUT * 4, call).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(SuppressError::Redis(e.to_string())),
-                Err(_) => return Err(SuppressError::Redis("timed out".into())),
-            }
-        }
+        self.change_fleet(|pipe| pipe.hdel(HASH_KEY, &hash)).await?;
         let was = self
             .entries
             .write()
@@ -252,6 +221,28 @@ impl Suppressions {
         self.persist().await?;
         self.publish();
         Ok(was)
+    }
+
+    /// With `[cluster]`: makes `change` to the fleet's list and raises its version, in one
+    /// transaction (the other replicas re-read the list when the version moves).
+    async fn change_fleet(
+        &self,
+        change: impl FnOnce(&mut redis::Pipeline) -> &mut redis::Pipeline,
+    ) -> Result<(), SuppressError> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(());
+        };
+        let mut conn = cluster
+            .connection()
+            .ok_or_else(|| SuppressError::Redis("no connection".into()))?;
+        let mut pipe = redis::pipe();
+        change(pipe.atomic()).ignore().incr(VERSION_KEY, 1).ignore();
+        let call = pipe.query_async::<()>(&mut conn);
+        match tokio::time::timeout(CALL_TIMEOUT * 4, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SuppressError::Redis(e.to_string())),
+            Err(_) => Err(SuppressError::Redis("timed out".into())),
+        }
     }
 
     /// Every live entry with its hash, oldest first.

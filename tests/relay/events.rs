@@ -282,20 +282,6 @@ fn assert_exactly_once_in_order(events: &[Value], messages: usize) {
     }
 }
 
-async fn restart(relay: &mut RelayProc, envs: &[(&str, &str)]) {
-    relay.proc_ = spawn_mailveil(
-        &["run", "-c", &relay.config.display().to_string()],
-        &relay.dir.path().join("relay-2.log"),
-        envs,
-    );
-    wait_for_port(relay.metrics, &mut relay.proc_);
-    let end = Instant::now() + PATIENCE;
-    while http_get(relay.metrics, "/readyz").await.0 != 200 {
-        assert!(Instant::now() < end, "not ready after restart");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_webhook_down_then_up_gets_every_event_once_also_across_a_kill_9() {
     let work = tempfile::tempdir().unwrap();
@@ -323,7 +309,7 @@ async fn a_webhook_down_then_up_gets_every_event_once_also_across_a_kill_9() {
         Some(10.0)
     );
     relay.proc_.kill9();
-    restart(&mut relay, &envs).await;
+    relay.restart(&envs).await;
     // Up, but failing for a while: 503s.
     let receiver = Receiver::start(port, work.path(), "503");
     let end = Instant::now() + PATIENCE;
@@ -414,7 +400,7 @@ async fn after_a_kill_9_while_delivering_every_accepted_message_has_its_delivere
     }
     relay.proc_.kill9();
     let before = upstream.record().messages.len();
-    restart(&mut relay, &envs).await;
+    relay.restart(&envs).await;
     let spool = relay.dir.path().join("spool");
     let events = wait_outbox(&spool, "every message delivered", |e| {
         let queued: HashSet<&str> = e

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use super::super::raw::RawAppLimits;
-use super::super::upstream_limits::QuotaReset;
+use super::super::upstream_limits::{QuotaReset, quota_reset, rate_and_burst};
 use super::super::values::{PerSecond, Problems, duration};
 
 /// How long MAIL waits for a slot of the app's rate by default before answering `452`.
@@ -48,25 +48,7 @@ pub(super) fn validate(raw: Option<RawAppLimits>, path: &str, p: &mut Problems) 
     let Some(raw) = raw else {
         return AppLimitsConfig::default();
     };
-    let messages_per_second = raw.messages_per_second.and_then(|rate| {
-        let typed = PerSecond::new(rate);
-        if typed.is_none() {
-            p.push(
-                &format!("{path}.messages_per_second"),
-                "must be a positive number",
-            );
-        }
-        typed
-    });
-    let burst = p
-        .positive(&format!("{path}.burst"), raw.burst, 1)
-        .min(u32::MAX as usize) as u32;
-    if raw.burst.is_some() && messages_per_second.is_none() {
-        p.push(
-            &format!("{path}.burst"),
-            "only applies with messages_per_second",
-        );
-    }
+    let (messages_per_second, burst) = rate_and_burst(raw.messages_per_second, raw.burst, path, p);
     let max_wait = raw
         .max_wait
         .as_ref()
@@ -91,22 +73,14 @@ pub(super) fn validate(raw: Option<RawAppLimits>, path: &str, p: &mut Problems) 
         }
         other => other,
     };
-    let quota_reset = match raw.quota_reset.as_deref().map(str::parse::<QuotaReset>) {
-        None => QuotaReset::default(),
-        Some(Ok(reset)) => {
-            if raw.recipients_per_day.is_none() {
-                p.push(
-                    &format!("{path}.quota_reset"),
-                    "only applies with recipients_per_day",
-                );
-            }
-            reset
-        }
-        Some(Err(message)) => {
-            p.push(&format!("{path}.quota_reset"), message);
-            QuotaReset::default()
-        }
-    };
+    let quota = raw.recipients_per_day.is_some();
+    let quota_reset = quota_reset(
+        raw.quota_reset.as_deref(),
+        quota,
+        "recipients_per_day",
+        path,
+        p,
+    );
     AppLimitsConfig {
         messages_per_second,
         burst,

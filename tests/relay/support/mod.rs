@@ -450,6 +450,22 @@ impl RelayProc {
             .replace("{admin}", &admin.to_string())
     }
 
+    /// Starts the relay again on the same config, spool and ports (after a kill or a stop);
+    /// returns once `/readyz` answers 200.
+    pub async fn restart(&mut self, envs: &[(&str, &str)]) {
+        self.proc_ = spawn_mailveil(
+            &["run", "-c", &self.config.display().to_string()],
+            &self.dir.path().join("relay-restarted.log"),
+            envs,
+        );
+        wait_for_port(self.metrics, &mut self.proc_);
+        let end = Instant::now() + PATIENCE;
+        while http_get(self.metrics, "/readyz").await.0 != 200 {
+            assert!(Instant::now() < end, "not ready after restart");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Rewrites the config file from another template (same ports and directory).
     pub fn rewrite_config(&self, template: &str) {
         let text = Self::render(
