@@ -37,7 +37,7 @@ apps="$work/apps.toml"
     printf '[app.limits]\nmessages_per_second = 100000.0\nburst = 1000\nrecipients_per_day = 100000000\n'
   fi
   for i in 1 2 3 4 5 6 7 8 9; do
-    printf '\n[[app]]\nname = "app%s"\nnetworks = ["10.%s.0.0/16"]\nsenders = ["@app%s.test"]\n[app.events]\n' "$i" "$i" "$i"
+    printf '\n[[app]]\nname = "app%s"\nnetworks = ["127.1.%s.0/24"]\nsenders = ["@app%s.test"]\n[app.events]\n' "$i" "$i" "$i"
   done
 } >"$apps"
 
@@ -48,20 +48,39 @@ if [ "${WEBHOOK:-0}" = 1 ]; then
   export BENCH_WEBHOOK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
 fi
 
-wrapper="$work/mailveil-with-apps"
-cat >"$wrapper" <<WRAP
+# compare.sh calls `$BIN run -c FILE` and stops it with SIGTERM. The wrappers append the apps
+# (or not), run the release binary as a child, and on SIGTERM note its CPU time (user + system,
+# from /proc) before passing the signal on: CPU per message is steadier than wall-clock
+# throughput on a machine whose disk latency varies.
+make_wrapper() { # $1 path, $2 file appended to the config ("" for none)
+  cat >"$1" <<WRAP
 #!/usr/bin/env bash
-# compare.sh calls: \$BIN run -c FILE
-if [ "\$1" = run ] && [ "\$2" = -c ]; then cat "$apps" >>"\$3"; fi
-exec "$REAL" "\$@"
+if [ "\$1" = run ] && [ "\$2" = -c ] && [ -n "$2" ]; then cat "$2" >>"\$3"; fi
+"$REAL" "\$@" & child=\$!
+stop() {
+  read -r -a f </proc/\$child/stat
+  echo "\$(( f[13] + f[14] ))" >>"$work/cpu-ticks.\$(basename "\$0")"
+  kill -TERM \$child; wait \$child
+}
+trap stop TERM
+wait \$child
 WRAP
-chmod +x "$wrapper"
+  chmod +x "$1"
+}
+plain="$work/mailveil-plain"
+wrapper="$work/mailveil-with-apps"
+make_wrapper "$plain" ""
+make_wrapper "$wrapper" "$apps"
 
 for r in $(seq "$ROUNDS"); do
   echo "round $r: without apps"
-  bash "$COMPARE" --only mailveil -n "$N" --bin "$REAL" | grep -E "msg/s|RSS"
+  bash "$COMPARE" --only mailveil -n "$N" --bin "$plain" | grep -E "msg/s|RSS" || true
   echo "round $r: 10 apps, events on${WEBHOOK:+ + webhook}${LIMITS:+ + limits}"
-  bash "$COMPARE" --only mailveil -n "$N" --bin "$wrapper" | grep -E "msg/s|RSS"
+  bash "$COMPARE" --only mailveil -n "$N" --bin "$wrapper" | grep -E "msg/s|RSS" || true
+done
+hz=$(getconf CLK_TCK)
+for w in mailveil-plain mailveil-with-apps; do
+  echo "$w: CPU per 1000 messages (ms), each round: $(awk -v hz="$hz" -v n="$N" '{printf "%.0f ", $1 * 1000 / hz * 1000 / n}' "$work/cpu-ticks.$w")"
 done
 if [ "${WEBHOOK:-0}" = 1 ]; then
   echo "webhook received $(wc -l <"$work/received.jsonl") events"
