@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
 
 use super::ProviderCatalog;
 use crate::config::MxConfig;
@@ -40,17 +40,20 @@ impl DnsMx {
         let mut builder = if nameservers.is_empty() {
             TokioResolver::builder_tokio().map_err(|e| format!("system resolver: {e}"))?
         } else {
-            let mut config = ResolverConfig::new();
+            let mut config = ResolverConfig::default();
             for ns in nameservers {
-                config.add_name_server(NameServerConfig::new(*ns, Protocol::Udp));
-                config.add_name_server(NameServerConfig::new(*ns, Protocol::Tcp));
+                let mut server = NameServerConfig::udp_and_tcp(ns.ip());
+                for connection in &mut server.connections {
+                    connection.port = ns.port();
+                }
+                config.add_name_server(server);
             }
-            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         };
         builder.options_mut().timeout = timeout;
         builder.options_mut().attempts = 1;
         Ok(DnsMx {
-            resolver: builder.build(),
+            resolver: builder.build().map_err(|e| format!("resolver: {e}"))?,
         })
     }
 }
@@ -64,8 +67,12 @@ impl MxLookup for DnsMx {
             match resolver.mx_lookup(name).await {
                 Ok(lookup) => {
                     let mut mx: Vec<(u16, String)> = lookup
+                        .answers()
                         .iter()
-                        .map(|r| (r.preference(), r.exchange().to_ascii()))
+                        .filter_map(|r| match &r.data {
+                            RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
+                            _ => None,
+                        })
                         .collect();
                     mx.sort();
                     mx.into_iter().map(|(_, host)| host).collect()
