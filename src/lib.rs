@@ -9,7 +9,7 @@
 //! - [`schedule`]: delivery queue, retries with backoff, failover between upstreams.
 //! - [`events`]: each app's delivery events: JSON-lines outbox and signed webhook.
 //! - [`dkim`]: re-signs each copy after its rewrite with the key for its `From:` domain.
-//! - [`upstream`]: lettre SMTP client with verified TLS, or a capture directory.
+//! - [`upstream`]: our pipelining SMTP client with verified TLS, or a capture directory.
 //! - [`observe`]: metrics, `/metrics` `/healthz` `/readyz`, the limits HTTP listeners are served
 //!   under, address redaction for logs.
 //! - [`control`]: the admin API (pause/resume/status/held/reload), its `ctl` client, and hot
@@ -133,7 +133,7 @@ fn listen_words(addr: &SocketAddr, e: &std::io::Error) -> String {
 }
 
 /// An error and its causes on one line, each text once: many errors already show their
-/// source's text in their own (thiserror's `{source}`, lettre's `Connection error: ...`), so
+/// source's text in their own (thiserror's `{source}` and many libraries' own), so
 /// printing the chain as is would say everything twice.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();

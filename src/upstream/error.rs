@@ -19,7 +19,7 @@ pub enum Stage {
     Connect,
     /// The TLS handshake (implicit TLS, or after STARTTLS).
     Tls,
-    /// The server greeting and our first EHLO (lettre performs them as one step).
+    /// The server greeting and our first EHLO (one step, under one time limit).
     Greeting,
     StartTls,
     Auth,
@@ -111,19 +111,6 @@ pub enum UpstreamError {
     Held { until: u64, reason: String },
 }
 
-/// A lettre error's text with each part once: lettre writes its kind and then its source
-/// (`Connection error: ...`), and a source that is itself such an error would repeat the kind.
-fn text_once(err: &lettre::transport::smtp::Error) -> String {
-    let text = err.to_string();
-    let mut parts: Vec<&str> = Vec::new();
-    for part in text.split(": ") {
-        if parts.last() != Some(&part) {
-            parts.push(part);
-        }
-    }
-    parts.join(": ")
-}
-
 impl UpstreamError {
     /// True when the same copy may succeed later (4xx, network, TLS, timeout, credentials,
     /// configuration); false when the upstream has given its final word on this message.
@@ -198,53 +185,26 @@ impl UpstreamError {
         }
     }
 
-    /// Maps a lettre error raised at `stage`. Negative replies become `Refused`/`Rejected`
-    /// (by stage) or `Auth`/`Tls` for those steps; the rest by lettre's own kind.
-    pub(crate) fn from_lettre(stage: Stage, err: lettre::transport::smtp::Error) -> Self {
-        // lettre keeps the reply text (all lines joined) as the error's source.
-        let detail = std::error::Error::source(&err)
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| err.to_string());
-        if let Some(code) = err.status() {
-            let code = u16::from(code);
-            return match stage {
-                Stage::Auth => UpstreamError::Auth {
-                    code: Some(code),
-                    text: detail,
-                },
-                Stage::StartTls | Stage::Tls => {
-                    UpstreamError::Tls(format!("upstream answered STARTTLS with {code} {detail}"))
-                }
-                Stage::Connect | Stage::Greeting | Stage::Reset => UpstreamError::Refused {
-                    stage,
-                    code,
-                    text: detail,
-                },
-                Stage::MailFrom | Stage::RcptTo | Stage::Data | Stage::Message => {
-                    UpstreamError::Rejected {
-                        stage,
-                        code,
-                        text: detail,
-                    }
-                }
-            };
-        }
+    /// Maps a negative reply to the command of `stage`: `Refused` for the session itself
+    /// (greeting, EHLO, RSET), `Rejected` for MAIL, RCPT, DATA and the message, `Auth` and `Tls`
+    /// for those steps.
+    pub(crate) fn from_reply(stage: Stage, reply: &super::smtp::Reply) -> Self {
+        let code = reply.code;
+        let text = reply.text();
         match stage {
-            Stage::Tls | Stage::StartTls if !err.is_response() => {
-                UpstreamError::Tls(text_once(&err))
-            }
             Stage::Auth => UpstreamError::Auth {
-                code: None,
-                text: text_once(&err),
+                code: Some(code),
+                text,
             },
-            _ if err.is_response() || err.is_client() => UpstreamError::Protocol {
-                stage,
-                text: text_once(&err),
-            },
-            _ => UpstreamError::Io {
-                stage,
-                text: text_once(&err),
-            },
+            Stage::StartTls | Stage::Tls => {
+                UpstreamError::Tls(format!("upstream answered STARTTLS with {code} {text}"))
+            }
+            Stage::Connect | Stage::Greeting | Stage::Reset => {
+                UpstreamError::Refused { stage, code, text }
+            }
+            Stage::MailFrom | Stage::RcptTo | Stage::Data | Stage::Message => {
+                UpstreamError::Rejected { stage, code, text }
+            }
         }
     }
 

@@ -1,24 +1,23 @@
-//! Upstream delivery: SMTP (lettre over tokio, TLS verified) or a capture directory.
+//! Upstream delivery: SMTP (our pipelining client over tokio, TLS verified) or a capture
+//! directory.
 //!
 //! [`Upstream::from_config`] builds a ready upstream (TLS roots, credentials, connection cap);
 //! [`Upstream::send`] hands one copy over as one SMTP transaction and classifies failures as
 //! temporary or permanent ([`UpstreamError::is_temporary`]), which drives retries.
 //!
 //! Layout:
-//! - `client.rs`: one SMTP session through lettre, every step under a timeout.
+//! - `smtp/`: the SMTP client: sessions, pipelined transactions, every step under a timeout,
+//!   replies decoded lossily (the code decides, never whether the text is UTF-8).
 //! - `pool.rs`: the `max_connections` cap and the idle connections kept for reuse.
-//! - `stream.rs`: what lettre reads through: replies decoded lossily (the code decides, never
-//!   whether the text is UTF-8), and the socket lent to lettre before STARTTLS.
 //! - `tls.rs`: trust anchors and the name certificates are verified against.
 //! - `error.rs`: [`UpstreamError`] and its classifier.
 //!
 //! Which upstream a copy goes to (failover in order, each upstream's own rate and daily quota)
 //! is the scheduler's decision: `schedule/failover.rs`.
 
-mod client;
 mod error;
 mod pool;
-mod stream;
+mod smtp;
 mod tls;
 
 use std::path::PathBuf;
@@ -29,8 +28,8 @@ pub use error::{Stage, UpstreamError};
 
 use crate::config::{SmtpUpstreamConfig, UpstreamConfig, UpstreamKind, UpstreamTls};
 use crate::observe::Redactor;
-use client::{Connection, SmtpClient};
 use pool::Pool;
+use smtp::{Connection, SmtpClient};
 
 /// One copy ready to send: envelope plus the header block and body (sent back to back).
 #[derive(Debug, Clone, Copy)]
@@ -70,8 +69,8 @@ pub struct Delivered {
 
 /// Every client-side time limit of an SMTP upstream, in one place.
 ///
-/// Why each exists: lettre has no read timeout of its own, so without these a stalled upstream
-/// would hold a connection slot (and the copies waiting for it) forever. The defaults are the
+/// Why each exists: without them a stalled upstream would hold a connection slot (and the
+/// copies waiting for it) forever. The defaults are the
 /// minimums of RFC 5321 section 4.5.3.2; a configured `timeout` replaces them all
 /// ([`Timeouts::uniform`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +307,7 @@ impl SmtpUpstream {
     }
 
     async fn send(&self, msg: &Outbound<'_>, reuse: Reuse<'_>) -> Result<Delivered, UpstreamError> {
-        client::check_envelope(msg)?;
+        smtp::check_envelope(msg)?;
         let _permit = self.pool.admit().await;
         let mut limits = *self.pool.limits();
         if let Some(n) = reuse.max_transactions {
@@ -374,7 +373,7 @@ impl SmtpUpstream {
 /// Capture upstream: the same files as `mailveil sink`. The write is blocking (fsync), so it
 /// runs on the blocking pool with its own copy of the bytes.
 async fn send_to_dir(dir: Arc<PathBuf>, msg: &Outbound<'_>) -> Result<Delivered, UpstreamError> {
-    client::check_envelope(msg)?;
+    smtp::check_envelope(msg)?;
     let mail_from = msg.mail_from.to_string();
     let rcpt_to = msg.rcpt_to.to_vec();
     let bytes = [msg.header, msg.body].concat();

@@ -1,27 +1,14 @@
-//! TLS to the upstream: trust anchors, the name we verify, and the TLS stream lettre talks through.
+//! TLS to the upstream: trust anchors and the name we verify.
 //!
 //! Trust is the webpki roots plus the optional `ca_file` (a private CA), and the certificate must
 //! match the configured `host` whether it is a DNS name or an IP address (rustls checks IP SANs
 //! when the server name is an IP). Only the aws-lc-rs provider is used: with two providers
 //! compiled in, rustls cannot pick a default and panics.
-//!
-//! We perform every handshake ourselves, implicit TLS before lettre sees the stream and
-//! STARTTLS after lettre's plaintext session got `220` (see `client.rs`): lettre would
-//! otherwise open the socket itself (without TCP_NODELAY), or put TLS on top of our stream
-//! where the replies could no longer be decoded lossily (`stream.rs`).
 
-use std::fmt;
-use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use lettre::transport::smtp::client::AsyncTokioStream;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::UpstreamError;
 
@@ -51,63 +38,6 @@ impl TlsSetup {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name,
         })
-    }
-}
-
-/// A TLS connection (implicit, or after STARTTLS) handed to lettre as an already-open stream.
-pub(crate) struct TlsConnection(pub tokio_rustls::client::TlsStream<TcpStream>);
-
-impl fmt::Debug for TlsConnection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("TlsConnection")
-            .field(self.0.get_ref().0)
-            .finish()
-    }
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-}
-
-impl AsyncTokioStream for TlsConnection {
-    fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.0.get_ref().0.peer_addr()
     }
 }
 

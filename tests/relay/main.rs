@@ -52,4 +52,5 @@ mod upstream;
 mod upstream_fleet;
 mod upstream_hostile;
 mod upstream_limits;
+mod upstream_pipelining;
 mod upstream_tls;

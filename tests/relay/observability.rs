@@ -573,7 +573,8 @@ async fn upstream_replies_are_redacted_and_cannot_forge_log_lines() {
     }
     assert_no_raw_controls(&log);
     assert!(
-        log.contains("busy\\rFAKE mailveil line \\x1b[2K\\x1b]0;owned\\x07 for <"),
+        // The bare CR is gone (the reply parser drops it); the other controls are escaped.
+        log.contains("busyFAKE mailveil line \\x1b[2K\\x1b]0;owned\\x07 for <"),
         "the 451 is logged, escaped:\n{log}"
     );
     assert!(log.contains("@z.test>"), "domains stay readable:\n{log}");
@@ -607,7 +608,7 @@ async fn upstream_replies_cannot_forge_json_log_lines() {
     let error = deferred["error"].as_str().expect("error field");
     assert!(
         error.contains(
-            "busy\\rFAKE mailveil line \\x1b[2K\\x1b]0;owned\\x07 for <carol@z.test> \\u{2028}\\u{85}\\u{202e}end"
+            "busyFAKE mailveil line \\x1b[2K\\x1b]0;owned\\x07 for <carol@z.test> \\u{2028}\\u{85}\\u{202e}end"
         ),
         "{error}"
     );

@@ -142,8 +142,8 @@ async fn replies_421_and_451_are_retried_then_delivered_once() {
         "delivered exactly once"
     );
     assert_eq!(
-        count_commands(&upstream, "DATA"),
-        2,
+        count_commands(&upstream, "MAIL"),
+        3,
         "no attempt after success"
     );
 }
