@@ -207,7 +207,9 @@ impl Acceptor for Relay {
             }
             None => HashMap::new(),
         };
-        let mut deliveries = routing.catalog.divide(plan.deliveries, &by_mx);
+        let mut deliveries = routing
+            .catalog
+            .divide(plan.deliveries, &by_mx, routing.by_domain);
         let recipients = deliveries.iter().map(|d| d.planned.rcpt_to.len()).sum();
         let hold = hold.as_ref().and_then(|hold| {
             choose_canaries(

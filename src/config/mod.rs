@@ -28,6 +28,7 @@ mod spool;
 pub mod tls;
 mod upstream;
 mod upstream_limits;
+mod upstream_mx;
 mod users;
 mod values;
 
@@ -61,7 +62,10 @@ pub use shaping::{
     ClusterConfig, DEFAULT_REPLICAS, MxConfig, PerSecond, ProviderConfig, ShapingConfig,
 };
 pub use spool::{DEFAULT_DRAIN_TIMEOUT, SpoolConfig};
-pub use upstream::{Credentials, SmtpUpstreamConfig, UpstreamConfig, UpstreamKind, UpstreamTls};
+pub use upstream::{
+    Credentials, MxTls, MxUpstreamConfig, SmtpUpstreamConfig, UpstreamConfig, UpstreamKind,
+    UpstreamTls,
+};
 pub use upstream_limits::{DailyLimit, QuotaReset, QuotaUnit, UpstreamLimitsConfig};
 pub use users::{
     Credential, MAX_CREDENTIALS_PER_LOGIN, StoredCredentials, parse_users, users_file_exposure,

@@ -113,6 +113,15 @@ pub struct RawUpstream {
     pub recipients_per_day: Option<u64>,
     pub messages_per_day: Option<u64>,
     pub quota_reset: Option<String>,
+    /// `smtp`, `dir` or `mx`; inferred from `host` / `dir` when absent.
+    pub kind: Option<String>,
+    pub ehlo_name: Option<String>,
+    pub source_address: Option<String>,
+    pub nameservers: Option<Vec<String>>,
+    pub dns_timeout: Option<RawDuration>,
+    pub max_connections_per_site: Option<u64>,
+    /// Tests only (see `config/upstream_mx.rs`).
+    pub smtp_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]

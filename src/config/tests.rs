@@ -83,7 +83,7 @@ fn a_loopback_smarthost_is_local_unless_told_otherwise() {
         let c = Config::from_toml(&format!("[[upstream]]\nname = \"u\"\n{extra}")).unwrap();
         match &c.upstreams[0].kind {
             UpstreamKind::Smtp(s) => s.local,
-            UpstreamKind::Dir { .. } => unreachable!("an SMTP upstream"),
+            UpstreamKind::Dir { .. } | UpstreamKind::Mx(_) => unreachable!("an SMTP upstream"),
         }
     };
     for host in ["localhost", "127.0.0.1", "127.9.9.9", "::1", "[::1]"] {
@@ -397,5 +397,54 @@ fn an_app_login_without_a_credential_is_a_warning() {
         w.iter()
             .any(|w| w.starts_with("app[0].logins[0]") && w.contains("no credential")),
         "{w:?}"
+    );
+}
+
+#[test]
+fn an_mx_upstream_reads_its_keys_and_refuses_smarthost_ones() {
+    let c = Config::from_toml(
+        "[[upstream]]\nname = \"direct\"\nkind = \"mx\"\nehlo_name = \"out.example.com\"\n\
+         source_address = \"192.0.2.7\"\nnameservers = [\"127.0.0.1:53\"]\n\
+         max_connections_per_site = 3\n",
+    )
+    .unwrap();
+    let UpstreamKind::Mx(mx) = &c.upstreams[0].kind else {
+        panic!("an MX upstream");
+    };
+    assert_eq!(mx.ehlo_name.as_deref(), Some("out.example.com"));
+    assert_eq!(mx.source_address, Some("192.0.2.7".parse().unwrap()));
+    assert_eq!(mx.max_connections_per_site, 3);
+    assert_eq!(mx.port, 25);
+    assert_eq!(mx.tls, crate::config::MxTls::Opportunistic);
+
+    for (extra, key) in [
+        ("host = \"smtp.example.com\"", "upstream[0].host"),
+        ("tls = \"starttls\"", "upstream[0].tls"),
+        ("source_address = \"nope\"", "upstream[0].source_address"),
+        (
+            "nameservers = [\"dns.example\"]",
+            "upstream[0].nameservers[0]",
+        ),
+        (
+            "max_connections_per_site = 0",
+            "upstream[0].max_connections_per_site",
+        ),
+    ] {
+        let err =
+            Config::from_toml(&format!("[[upstream]]\nkind = \"mx\"\n{extra}\n")).expect_err(extra);
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&key), "{extra}: {paths:?}");
+    }
+    let paths_of = |text: &str| -> Vec<String> {
+        let err = Config::from_toml(text).unwrap_err();
+        err.problems.iter().map(|p| p.path.clone()).collect()
+    };
+    let paths = paths_of("[[upstream]]\nkind = \"carrier-pigeon\"\n");
+    assert!(paths.contains(&"upstream[0].kind".to_string()), "{paths:?}");
+    let paths =
+        paths_of("[[upstream]]\nhost = \"smtp.example.com\"\nmax_connections_per_site = 2\n");
+    assert!(
+        paths.contains(&"upstream[0].max_connections_per_site".to_string()),
+        "{paths:?}"
     );
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::raw::RawUpstream;
 use super::upstream_limits::{UpstreamLimitsConfig, validate_limits};
+pub use super::upstream_mx::{MxTls, MxUpstreamConfig};
 use super::values::{Problems, Secret, duration};
 
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub enum UpstreamKind {
     Dir {
         dir: PathBuf,
     },
+    /// Direct delivery to each recipient domain's MX hosts (`kind = "mx"`).
+    Mx(MxUpstreamConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +98,41 @@ pub(super) fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec
             );
         }
         let limits = validate_limits(&u, &path, p);
+        let kind_given = u.kind.clone();
+        match kind_given.as_deref() {
+            Some("mx") => {
+                if let Some(mx) = super::upstream_mx::validate_mx(&u, &path, p) {
+                    out.push(UpstreamConfig {
+                        name,
+                        kind: UpstreamKind::Mx(mx),
+                        limits,
+                    });
+                }
+                continue;
+            }
+            None | Some("smtp") | Some("dir") => {
+                super::upstream_mx::refuse_mx_keys(&u, &path, p);
+            }
+            Some(other) => {
+                p.push(
+                    &format!("{path}.kind"),
+                    format!("{other:?} is not one of smtp, dir, mx"),
+                );
+                continue;
+            }
+        }
         let kind = match (u.host, u.dir) {
+            (Some(_), None) if kind_given.as_deref() == Some("dir") => {
+                p.push(&format!("{path}.dir"), "kind = \"dir\" needs dir, not host");
+                continue;
+            }
+            (None, Some(_)) if kind_given.as_deref() == Some("smtp") => {
+                p.push(
+                    &format!("{path}.host"),
+                    "kind = \"smtp\" needs host, not dir",
+                );
+                continue;
+            }
             (Some(_), Some(_)) => {
                 p.push(
                     &path,

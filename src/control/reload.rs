@@ -188,6 +188,12 @@ pub fn scheduler_config(config: &Config) -> SchedulerConfig<'_> {
             &config.server.hostname,
             &config.providers,
             config.shaping.mx.as_ref(),
+        )
+        .dividing_by_domain(
+            config
+                .upstreams
+                .iter()
+                .any(|u| matches!(u.kind, crate::config::UpstreamKind::Mx(_))),
         ),
         shaping: &config.shaping,
         dkim: &config.dkim,

@@ -93,6 +93,8 @@ pub struct Metrics {
     /// `provider`: copies forwarded to `spool.handoff_upstream` at shutdown (also counted as
     /// `delivered` for that upstream in `mailveil_deliveries_total`).
     pub handed_off: IntCounterVec,
+    /// Delivered copies by what protected them in transit.
+    pub delivered_tls: IntCounterVec,
     /// Messages at end of DATA by app (`[[app]]` names or `none`) and outcome.
     pub app_messages: IntCounterVec,
     /// Senders refused for an app, by app and rule (`APP_REFUSAL_REASONS`).
@@ -382,6 +384,11 @@ impl Metrics {
                 "mailveil_handed_off_total",
                 "Copies forwarded to spool.handoff_upstream at shutdown, by provider.",
                 &["provider"],
+            ),
+            delivered_tls: counter(
+                "mailveil_delivered_tls_total",
+                "Delivered copies by upstream and what protected them in transit (tls: none, opportunistic, verified, fallback = plaintext after a failed STARTTLS, local).",
+                &["upstream", "tls"],
             ),
             app_messages: counter(
                 "mailveil_app_messages_total",

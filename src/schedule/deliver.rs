@@ -65,6 +65,8 @@ pub(super) enum Outcome<'a> {
         upstream: &'a str,
         code: u16,
         reply: String,
+        /// What protected the copy in transit (`TlsUsed::label`, or `local` for a capture).
+        tls: &'static str,
     },
     /// A permanent failure: never retried. `rule`: the shaping rule the reply matched (a
     /// `fail` rule, or a rule without a say on a 5xx).
@@ -139,6 +141,7 @@ pub(super) async fn deliver<'a>(copy: Copy<'_>, route: Route<'a>) -> Sent<'a> {
         Ok(delivered) => Outcome::Delivered {
             upstream,
             code: reply_code(&delivered.reply),
+            tls: delivered.tls.map_or("local", |t| t.label()),
             reply: delivered.reply,
         },
         Err(error) => {

@@ -71,6 +71,7 @@ impl UpstreamSlot {
                 let limits = config.map(|c| c.limits.clone()).unwrap_or_default();
                 let connections = match config.map(|c| &c.kind) {
                     Some(UpstreamKind::Smtp(s)) => s.max_connections,
+                    Some(UpstreamKind::Mx(m)) => m.max_connections,
                     _ => PoolLimits::DEFAULT_MAX_CONNECTIONS,
                 };
                 let previous = old.iter().find(|s| s.name() == u.name).map(Arc::as_ref);
@@ -256,7 +257,9 @@ async fn attempt(
         limits.quota.mark_spent(rule.esp).await;
         return Tried::Spent(limits.quota.next_reset());
     }
-    if is_upstream_fault(&error) {
+    // Direct delivery: a host that cannot be reached is one domain's trouble, not the
+    // upstream's, so it never sends other domains' copies to the next upstream.
+    if is_upstream_fault(&error) && !slot.upstream.is_direct() {
         slot.mark_down(metrics, &error, policy.cool_off);
         Tried::Fault(error)
     } else {
@@ -281,6 +284,8 @@ fn is_upstream_fault(e: &UpstreamError) -> bool {
         | UpstreamError::Config(_)
         | UpstreamError::Capture(_) => true,
         UpstreamError::Rejected { code, .. } => *code == 421,
-        UpstreamError::Envelope(_) | UpstreamError::Held { .. } => false,
+        UpstreamError::Envelope(_) | UpstreamError::Held { .. } | UpstreamError::NoRoute { .. } => {
+            false
+        }
     }
 }

@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
 use super::ProviderCatalog;
@@ -37,23 +35,8 @@ pub struct DnsMx {
 impl DnsMx {
     /// Asks `nameservers`, or the system's resolvers (`/etc/resolv.conf`) when empty.
     pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<DnsMx, String> {
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| format!("system resolver: {e}"))?
-        } else {
-            let mut config = ResolverConfig::default();
-            for ns in nameservers {
-                let mut server = NameServerConfig::udp_and_tcp(ns.ip());
-                for connection in &mut server.connections {
-                    connection.port = ns.port();
-                }
-                config.add_name_server(server);
-            }
-            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-        };
-        builder.options_mut().timeout = timeout;
-        builder.options_mut().attempts = 1;
         Ok(DnsMx {
-            resolver: builder.build().map_err(|e| format!("resolver: {e}"))?,
+            resolver: crate::upstream::dns_resolver(nameservers, timeout)?,
         })
     }
 }

@@ -283,29 +283,38 @@ impl ProviderCatalog {
     /// Divides each planned delivery by provider lane, so one slow provider never holds another
     /// provider's recipients (envelope recipients are only divided, never changed).
     /// `by_mx` maps domains the catalog does not list to a provider found by their MX hosts.
+    /// With `by_domain`, each delivery is divided by recipient domain too (direct delivery:
+    /// each domain has its own servers).
     pub fn divide(
         &self,
         planned: Vec<PlannedDelivery>,
         by_mx: &HashMap<String, String>,
+        by_domain: bool,
     ) -> Vec<DeliveryRecord> {
         let mut out = Vec::with_capacity(planned.len());
         for delivery in planned {
-            let mut lanes: Vec<(String, Vec<String>)> = Vec::new();
+            // (provider, domain when dividing by domain, recipients)
+            let mut lanes: Vec<(String, String, Vec<String>)> = Vec::new();
             for rcpt in delivery.rcpt_to {
+                let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+                let domain = domain.trim_end_matches('.').to_ascii_lowercase();
                 let mut provider = self.classify(&rcpt);
-                if !by_mx.is_empty() && !self.knows(&rcpt) {
-                    let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-                    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-                    if let Some(p) = by_mx.get(&domain) {
-                        provider = p;
-                    }
+                if !by_mx.is_empty()
+                    && !self.knows(&rcpt)
+                    && let Some(p) = by_mx.get(&domain)
+                {
+                    provider = p;
                 }
-                match lanes.iter_mut().find(|(p, _)| p == provider) {
-                    Some((_, rcpts)) => rcpts.push(rcpt),
-                    None => lanes.push((provider.to_string(), vec![rcpt])),
+                let part = if by_domain { domain } else { String::new() };
+                match lanes
+                    .iter_mut()
+                    .find(|(p, d, _)| p == provider && *d == part)
+                {
+                    Some((_, _, rcpts)) => rcpts.push(rcpt),
+                    None => lanes.push((provider.to_string(), part, vec![rcpt])),
                 }
             }
-            for (provider, rcpt_to) in lanes {
+            for (provider, _, rcpt_to) in lanes {
                 out.push(DeliveryRecord {
                     planned: PlannedDelivery {
                         rcpt_to,

@@ -505,6 +505,7 @@ impl Inner {
             reuse: Reuse {
                 provider: &lane.name,
                 max_transactions,
+                require_tls: limits.require_tls,
             },
             policy: Policy {
                 cool_off,

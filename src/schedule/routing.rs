@@ -14,6 +14,9 @@ pub struct Routing {
     pub catalog: ProviderCatalog,
     /// `None` unless `[shaping] classify_by_mx` is on (and a resolver could be set up).
     pub mx: Option<MxClassifier>,
+    /// An upstream delivers to MX hosts directly: each copy carries the recipients of one
+    /// domain, since different domains have different servers.
+    pub by_domain: bool,
 }
 
 impl Routing {
@@ -23,6 +26,13 @@ impl Routing {
             hostname: hostname.to_string(),
             catalog: ProviderCatalog::new(providers),
             mx: mx.and_then(MxClassifier::from_config),
+            by_domain: false,
         }
+    }
+
+    /// The same routing, dividing copies by domain when `on` (see [`Routing::by_domain`]).
+    pub fn dividing_by_domain(mut self, on: bool) -> Routing {
+        self.by_domain = on;
+        self
     }
 }

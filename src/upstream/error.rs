@@ -104,6 +104,10 @@ pub enum UpstreamError {
     /// Writing to a capture directory failed.
     #[error("capture directory: {0}")]
     Capture(#[source] std::io::Error),
+    /// Direct delivery found nowhere to send the copy: permanent when the domain does not exist
+    /// or says it takes no mail (null MX), temporary when DNS failed or no host answered.
+    #[error("no route: {text}")]
+    NoRoute { permanent: bool, text: String },
     /// Not sent: every upstream's daily quota is spent (or it is suspended) until `until`
     /// (Unix s). The copy waits for it: never bounced, never expired for it
     /// (`upstream/failover.rs`).
@@ -129,6 +133,7 @@ impl UpstreamError {
             UpstreamError::Config(_) => true,
             UpstreamError::Capture(_) => true,
             UpstreamError::Held { .. } => true,
+            UpstreamError::NoRoute { permanent, .. } => !permanent,
         }
     }
 
@@ -156,7 +161,8 @@ impl UpstreamError {
             | UpstreamError::Envelope(_)
             | UpstreamError::Config(_)
             | UpstreamError::Capture(_)
-            | UpstreamError::Held { .. } => None,
+            | UpstreamError::Held { .. }
+            | UpstreamError::NoRoute { .. } => None,
         }
     }
 
@@ -181,7 +187,8 @@ impl UpstreamError {
             | UpstreamError::Envelope(_)
             | UpstreamError::Config(_)
             | UpstreamError::Capture(_)
-            | UpstreamError::Held { .. } => None,
+            | UpstreamError::Held { .. }
+            | UpstreamError::NoRoute { .. } => None,
         }
     }
 
@@ -224,7 +231,8 @@ impl UpstreamError {
             | UpstreamError::Io { .. }
             | UpstreamError::Config(_)
             | UpstreamError::Capture(_)
-            | UpstreamError::Held { .. } => false,
+            | UpstreamError::Held { .. }
+            | UpstreamError::NoRoute { .. } => false,
         }
     }
 
@@ -248,7 +256,8 @@ impl UpstreamError {
             | UpstreamError::Envelope(_)
             | UpstreamError::Config(_)
             | UpstreamError::Capture(_)
-            | UpstreamError::Held { .. } => false,
+            | UpstreamError::Held { .. }
+            | UpstreamError::NoRoute { .. } => false,
         }
     }
 }

@@ -16,20 +16,26 @@
 //! is the scheduler's decision: `schedule/failover.rs`.
 
 mod error;
+mod mx;
 mod pool;
 mod smtp;
 mod tls;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 pub use error::{Stage, UpstreamError};
+pub use mx::resolver as dns_resolver;
+pub use smtp::TlsUsed;
 
 use crate::config::{SmtpUpstreamConfig, UpstreamConfig, UpstreamKind, UpstreamTls};
 use crate::observe::Redactor;
 use pool::Pool;
-use smtp::{Connection, SmtpClient};
+use smtp::{Connection, SmtpClient, Target};
 
 /// One copy ready to send: envelope plus the header block and body (sent back to back).
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +56,9 @@ pub struct Outbound<'a> {
 pub struct Reuse<'a> {
     pub provider: &'a str,
     pub max_transactions: Option<u32>,
+    /// The provider requires TLS (`require_tls`): a direct (MX) delivery then requires
+    /// STARTTLS with a certificate verified for the MX host's name, never plaintext.
+    pub require_tls: bool,
 }
 
 impl Reuse<'static> {
@@ -57,6 +66,7 @@ impl Reuse<'static> {
     pub const ANY: Reuse<'static> = Reuse {
         provider: "",
         max_transactions: None,
+        require_tls: false,
     };
 }
 
@@ -65,6 +75,8 @@ impl Reuse<'static> {
 pub struct Delivered {
     /// The upstream's final reply, e.g. `250 2.0.0 Ok: queued as ABC`, or the capture id.
     pub reply: String,
+    /// What protected the copy on its way; `None` for a capture directory.
+    pub tls: Option<TlsUsed>,
 }
 
 /// Every client-side time limit of an SMTP upstream, in one place.
@@ -171,8 +183,10 @@ pub struct Upstream {
     pub name: String,
     kind: Kind,
     /// Copies leave this host only over TLS: STARTTLS required or implicit TLS, or a hop that
-    /// stays on this host (`local`: a loopback smarthost; a capture directory). Providers with
-    /// `require_tls` are only sent through such upstreams.
+    /// stays on this host (`local`: a loopback smarthost; a capture directory), or direct
+    /// delivery, which requires verified TLS for the copies of such providers
+    /// ([`Reuse::require_tls`]). Providers with `require_tls` are only sent through such
+    /// upstreams.
     encrypted: bool,
     /// How failures of this upstream are logged where it is used (`upstream/failover.rs`):
     /// they quote the server's replies, which may name addresses and carry control bytes.
@@ -181,11 +195,13 @@ pub struct Upstream {
 
 enum Kind {
     Smtp(Box<SmtpUpstream>),
+    Mx(Box<mx::MxUpstream>),
     Dir(Arc<PathBuf>),
 }
 
 struct SmtpUpstream {
     client: SmtpClient,
+    target: Target,
     pool: Pool<Connection>,
 }
 
@@ -201,6 +217,7 @@ impl Upstream {
                     ..PoolLimits::default()
                 },
             ),
+            UpstreamKind::Mx(mx) => (Timeouts::uniform(mx.timeout), PoolLimits::default()),
             UpstreamKind::Dir { .. } => (Timeouts::default(), PoolLimits::default()),
         };
         Upstream::with_limits(config, helo, timeouts, limits)
@@ -216,12 +233,14 @@ impl Upstream {
     ) -> Result<Upstream, UpstreamError> {
         let encrypted = match &config.kind {
             UpstreamKind::Smtp(smtp) => smtp.tls != UpstreamTls::None || smtp.local,
+            UpstreamKind::Mx(_) => true,
             UpstreamKind::Dir { .. } => true,
         };
         let kind = match &config.kind {
             UpstreamKind::Smtp(smtp) => {
                 Kind::Smtp(Box::new(SmtpUpstream::new(smtp, helo, timeouts, limits)?))
             }
+            UpstreamKind::Mx(mx) => Kind::Mx(Box::new(mx::MxUpstream::new(mx, helo, timeouts)?)),
             UpstreamKind::Dir { dir } => Kind::Dir(Arc::new(dir.clone())),
         };
         Ok(Upstream {
@@ -275,6 +294,7 @@ impl Upstream {
     ) -> Result<Delivered, UpstreamError> {
         match &self.kind {
             Kind::Smtp(smtp) => smtp.send(&msg, reuse).await,
+            Kind::Mx(mx) => mx.send(&msg, reuse).await,
             Kind::Dir(dir) => send_to_dir(dir.clone(), &msg).await,
         }
     }
@@ -284,10 +304,16 @@ impl Upstream {
         self.encrypted
     }
 
+    /// Whether this upstream delivers to each domain's own MX hosts (`kind = "mx"`).
+    pub fn is_direct(&self) -> bool {
+        matches!(self.kind, Kind::Mx(_))
+    }
+
     /// Idle pooled connections right now (0 for a capture directory).
     pub fn idle_connections(&self) -> usize {
         match &self.kind {
             Kind::Smtp(smtp) => smtp.pool.idle_count(),
+            Kind::Mx(mx) => mx.idle_connections(),
             Kind::Dir(_) => 0,
         }
     }
@@ -300,73 +326,105 @@ impl SmtpUpstream {
         timeouts: Timeouts,
         limits: PoolLimits,
     ) -> Result<SmtpUpstream, UpstreamError> {
+        let (client, target) = SmtpClient::smarthost(config, helo, timeouts)?;
         Ok(SmtpUpstream {
-            client: SmtpClient::new(config, helo, timeouts)?,
+            client,
+            target,
             pool: Pool::new(limits),
         })
     }
 
     async fn send(&self, msg: &Outbound<'_>, reuse: Reuse<'_>) -> Result<Delivered, UpstreamError> {
         smtp::check_envelope(msg)?;
-        let _permit = self.pool.admit().await;
-        let mut limits = *self.pool.limits();
-        if let Some(n) = reuse.max_transactions {
-            limits.max_transactions = limits.max_transactions.min(n.max(1));
+        send_pooled(&self.client, &self.pool, None, msg, reuse, || {
+            self.client.connect(&self.target)
+        })
+        .await
+    }
+}
+
+/// Sends `msg` over an idle connection of `pool` (of `reuse.provider`) or a new one from
+/// `connect`, within the pool's cap and, when given, a permit of `also` (a cap shared by
+/// several pools), taken after the pool's so a copy waiting for its pool holds nothing else.
+async fn send_pooled<'a, F, Fut>(
+    client: &SmtpClient,
+    pool: &Pool<Connection>,
+    also: Option<&Semaphore>,
+    msg: &Outbound<'_>,
+    reuse: Reuse<'_>,
+    connect: F,
+) -> Result<Delivered, UpstreamError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Connection, UpstreamError>> + 'a,
+{
+    let _permit = pool.admit().await;
+    let _shared = match also {
+        Some(cap) => Some(
+            cap.acquire()
+                .await
+                .map_err(|_| UpstreamError::Config("the upstream is shutting down".into()))?,
+        ),
+        None => None,
+    };
+    let mut limits = *pool.limits();
+    if let Some(n) = reuse.max_transactions {
+        limits.max_transactions = limits.max_transactions.min(n.max(1));
+    }
+    let key = reuse.provider;
+    // A pooled connection the server closed while idle fails on MAIL; nothing was accepted
+    // then, so the copy goes once more over a fresh connection.
+    let mut fresh_only = false;
+    loop {
+        let idle = if fresh_only { None } else { pool.take(key) };
+        if idle.is_none()
+            && let Some(other) = pool.evict_other(key)
+        {
+            client.close_now(other).await;
         }
-        let key = reuse.provider;
-        // A pooled connection the server closed while idle fails on MAIL; nothing was accepted
-        // then, so the copy goes once more over a fresh connection.
-        let mut fresh_only = false;
-        loop {
-            let idle = if fresh_only {
-                None
-            } else {
-                self.pool.take(key)
-            };
-            if idle.is_none()
-                && let Some(other) = self.pool.evict_other(key)
-            {
-                self.client.close_now(other).await;
+        let (mut conn, reused) = match idle {
+            Some((mut conn, idle_for)) => {
+                if idle_for >= limits.check_after_idle && client.reset(&mut conn).await.is_err() {
+                    continue; // dropped; try the next idle one or connect
+                }
+                (conn, true)
             }
-            let (mut conn, reused) = match idle {
-                Some((mut conn, idle_for)) => {
-                    if idle_for >= limits.check_after_idle
-                        && self.client.reset(&mut conn).await.is_err()
-                    {
-                        continue; // dropped; try the next idle one or connect
-                    }
-                    (conn, true)
+            None => (connect().await?, false),
+        };
+        match client.transaction(&mut conn, msg).await {
+            Ok(reply) => {
+                let tls = Some(conn.tls);
+                release(client, pool, conn, limits, key).await;
+                return Ok(Delivered { reply, tls });
+            }
+            Err(e) if reused && e.is_stale_connection() => {
+                fresh_only = true;
+            }
+            Err(e) => {
+                if e.leaves_connection_usable() && client.reset(&mut conn).await.is_ok() {
+                    release(client, pool, conn, limits, key).await;
                 }
-                None => (self.client.connect().await?, false),
-            };
-            match self.client.transaction(&mut conn, msg).await {
-                Ok(reply) => {
-                    self.release(conn, limits, key).await;
-                    return Ok(Delivered { reply });
-                }
-                Err(e) if reused && e.is_stale_connection() => {
-                    fresh_only = true;
-                }
-                Err(e) => {
-                    if e.leaves_connection_usable() && self.client.reset(&mut conn).await.is_ok() {
-                        self.release(conn, limits, key).await;
-                    }
-                    return Err(e);
-                }
+                return Err(e);
             }
         }
     }
+}
 
-    /// Returns a healthy connection to the pool, or closes it when it has done its share or the
-    /// pool is full. Called while the sender still holds its permit (see `pool.rs`); a
-    /// connection that has done its share is closed before the permit goes, since the next
-    /// sender will open a new one in its place.
-    async fn release(&self, conn: Connection, limits: PoolLimits, key: &str) {
-        if conn.transactions >= limits.max_transactions {
-            self.client.close_now(conn).await;
-        } else if let Some(conn) = self.pool.put(conn, key) {
-            self.client.close(conn);
-        }
+/// Returns a healthy connection to the pool, or closes it when it has done its share or the
+/// pool is full. Called while the sender still holds its permit (see `pool.rs`); a connection
+/// that has done its share is closed before the permit goes, since the next sender will open a
+/// new one in its place.
+async fn release(
+    client: &SmtpClient,
+    pool: &Pool<Connection>,
+    conn: Connection,
+    limits: PoolLimits,
+    key: &str,
+) {
+    if conn.transactions >= limits.max_transactions {
+        client.close_now(conn).await;
+    } else if let Some(conn) = pool.put(conn, key) {
+        client.close(conn);
     }
 }
 
@@ -383,7 +441,10 @@ async fn send_to_dir(dir: Arc<PathBuf>, msg: &Outbound<'_>) -> Result<Delivered,
     .await
     .map_err(|e| UpstreamError::Capture(std::io::Error::other(e.to_string())))?
     .map_err(UpstreamError::Capture)?;
-    Ok(Delivered { reply: id })
+    Ok(Delivered {
+        reply: id,
+        tls: None,
+    })
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod crash;
 mod credentials;
 mod deploy;
 mod deploy_rules;
+mod direct_mx;
 mod disk_full;
 mod dkim;
 mod drain;

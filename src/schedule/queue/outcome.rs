@@ -63,11 +63,16 @@ impl Inner {
                 upstream,
                 code,
                 reply,
+                tls,
             } => {
                 let elapsed = started.elapsed();
                 self.metrics
                     .deliveries
                     .with_label_values(&[provider, upstream, "delivered"])
+                    .inc();
+                self.metrics
+                    .delivered_tls
+                    .with_label_values(&[upstream, tls])
                     .inc();
                 self.metrics
                     .delivery_duration
@@ -81,7 +86,7 @@ impl Inner {
                     LogEntry::HandedOff { index, at }
                 } else {
                     tracing::info!(queue_id = %meta.id, delivery = index, %provider, %upstream, rcpt = %rcpts,
-                        code, reply = %self.redactor.text(&reply), duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
+                        code, reply = %self.redactor.text(&reply), tls, duration_ms = elapsed.as_millis() as u64, attempts, "delivered");
                     LogEntry::Delivered { index, at }
                 };
                 self.copy_event(&final_of(upstream), "delivered", Some(code), &reply, None);

@@ -52,6 +52,7 @@ impl Settings {
             .iter()
             .map(|u| match &u.kind {
                 UpstreamKind::Smtp(s) => s.max_connections,
+                UpstreamKind::Mx(m) => m.max_connections,
                 UpstreamKind::Dir { .. } => 16,
             })
             .max()

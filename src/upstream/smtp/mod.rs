@@ -19,10 +19,11 @@ mod transaction;
 mod wire;
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use base64::Engine;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::tls::TlsSetup;
 use super::{Stage, Timeouts, UpstreamError};
@@ -81,6 +82,8 @@ pub(crate) struct Connection {
     ext: Extensions,
     /// Completed transactions, to cap how long one connection lives.
     pub transactions: u32,
+    /// What protects this session.
+    pub tls: TlsUsed,
     /// The session is in no defined state (an I/O error, a transaction cut off): never reused.
     broken: bool,
 }
@@ -91,30 +94,92 @@ struct Login {
     password: String,
 }
 
-/// How to reach one SMTP upstream; shared by all its connections.
+/// How a session is secured.
+#[derive(Clone)]
+pub(crate) enum Security {
+    /// Plaintext (loopback test peers, trusted local networks).
+    None,
+    /// STARTTLS required and the certificate verified: never plaintext (a smarthost).
+    StartTls(TlsSetup),
+    /// TLS from the first byte, verified.
+    Implicit(TlsSetup),
+    /// STARTTLS whenever offered, whatever the certificate (RFC 7435; MX delivery without a
+    /// policy): plaintext only when the server does not offer it.
+    Opportunistic(TlsSetup),
+}
+
+/// Where one connection goes.
+#[derive(Clone)]
+pub(crate) struct Target {
+    /// Host name or IP address and port; a name is resolved by the system at each connect.
+    pub host: String,
+    pub port: u16,
+    /// An address found already (an MX host's), used instead of resolving `host`.
+    pub addr: Option<SocketAddr>,
+    pub security: Security,
+}
+
+impl Target {
+    /// `host:port` (and the address when there is one) for error texts.
+    fn label(&self) -> String {
+        match self.addr {
+            Some(addr) => format!("{} [{addr}]", self.host),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// What protects a session's copies in transit: the `tls` of delivery logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsUsed {
+    /// Plaintext.
+    None,
+    /// Encrypted, the certificate not checked.
+    Opportunistic,
+    /// Encrypted, the certificate verified.
+    Verified,
+    /// Plaintext after opportunistic STARTTLS failed (offered, but the handshake did not
+    /// complete).
+    Fallback,
+}
+
+impl TlsUsed {
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsUsed::None => "none",
+            TlsUsed::Opportunistic => "opportunistic",
+            TlsUsed::Verified => "verified",
+            TlsUsed::Fallback => "fallback",
+        }
+    }
+}
+
+/// How to speak to SMTP servers: our names, login and time limits; shared by every connection
+/// of an upstream, whatever [`Target`] each one goes to.
 pub(crate) struct SmtpClient {
-    host: String,
-    port: u16,
-    tls: UpstreamTls,
-    /// `None` for `tls = "none"`.
-    tls_setup: Option<TlsSetup>,
     login: Option<Login>,
     /// `EHLO <name>\r\n`, ready to send.
     ehlo: Vec<u8>,
     helo: Vec<u8>,
+    /// The local address connections leave from (an MX upstream's `source_address`).
+    source: Option<IpAddr>,
     pub timeouts: Timeouts,
 }
 
 impl SmtpClient {
-    pub fn new(
+    /// The client of a smarthost, and where its connections go.
+    pub fn smarthost(
         config: &SmtpUpstreamConfig,
         helo: &str,
         timeouts: Timeouts,
-    ) -> Result<SmtpClient, UpstreamError> {
-        let tls_setup = match config.tls {
-            UpstreamTls::None => None,
-            UpstreamTls::StartTls | UpstreamTls::Implicit => {
-                Some(TlsSetup::new(&config.host, config.ca_file.as_deref())?)
+    ) -> Result<(SmtpClient, Target), UpstreamError> {
+        let security = match config.tls {
+            UpstreamTls::None => Security::None,
+            UpstreamTls::StartTls => {
+                Security::StartTls(TlsSetup::new(&config.host, config.ca_file.as_deref())?)
+            }
+            UpstreamTls::Implicit => {
+                Security::Implicit(TlsSetup::new(&config.host, config.ca_file.as_deref())?)
             }
         };
         let login = match (&config.credentials, config.tls) {
@@ -129,28 +194,36 @@ impl SmtpClient {
                 password: c.password.expose().to_string(),
             }),
         };
-        Ok(SmtpClient {
+        let target = Target {
             host: config.host.clone(),
             port: config.port,
-            tls: config.tls,
-            tls_setup,
-            login,
+            addr: None,
+            security,
+        };
+        let mut client = SmtpClient::new(helo, None, timeouts);
+        client.login = login;
+        Ok((client, target))
+    }
+
+    /// A client without login, announcing `helo`, leaving from `source` when set.
+    pub fn new(helo: &str, source: Option<IpAddr>, timeouts: Timeouts) -> SmtpClient {
+        SmtpClient {
+            login: None,
             ehlo: format!("EHLO {helo}\r\n").into_bytes(),
             helo: format!("HELO {helo}\r\n").into_bytes(),
+            source,
             timeouts,
-        })
+        }
     }
 
     /// Opens a session ready for MAIL: TCP (no Nagle), TLS, greeting, EHLO, STARTTLS, AUTH.
-    pub async fn connect(&self) -> Result<Connection, UpstreamError> {
+    pub async fn connect(&self, target: &Target) -> Result<Connection, UpstreamError> {
         let t = &self.timeouts;
-        let host = self.host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = match tokio::time::timeout(t.connect, TcpStream::connect((host, self.port))).await
-        {
+        let tcp = match tokio::time::timeout(t.connect, self.open_tcp(target)).await {
             Err(_) => return Err(timeout(Stage::Connect, t.connect)),
             Ok(Err(source)) => {
                 return Err(UpstreamError::Connect {
-                    addr: format!("{}:{}", self.host, self.port),
+                    addr: target.label(),
                     source,
                 });
             }
@@ -161,30 +234,63 @@ impl SmtpClient {
             text: e.to_string(),
         })?;
 
-        let mut conn = match (self.tls, &self.tls_setup) {
-            (UpstreamTls::Implicit, Some(setup)) => {
+        let mut conn = match &target.security {
+            Security::Implicit(setup) => {
                 let handshake = setup.connector.connect(setup.server_name.clone(), tcp);
                 let tls = match tokio::time::timeout(t.tls, handshake).await {
                     Err(_) => return Err(timeout(Stage::Tls, t.tls)),
                     Ok(Err(e)) => return Err(UpstreamError::Tls(e.to_string())),
                     Ok(Ok(tls)) => tls,
                 };
-                self.greet(Wire::new(Transport::Tls(Box::new(tls)))).await?
+                let mut conn = self.greet(Wire::new(Transport::Tls(Box::new(tls)))).await?;
+                conn.tls = TlsUsed::Verified;
+                conn
             }
-            (UpstreamTls::StartTls, Some(setup)) => {
+            Security::StartTls(setup) => {
                 let plain = self.greet(Wire::new(Transport::Plain(tcp))).await?;
-                self.starttls(plain, setup).await?
+                if !plain.ext.starttls {
+                    // Say goodbye in plaintext (harmless), never anything else.
+                    self.close_now(plain).await;
+                    return Err(UpstreamError::NoStartTls);
+                }
+                let mut conn = self.starttls(plain, setup, &target.host).await?;
+                conn.tls = TlsUsed::Verified;
+                conn
             }
-            (UpstreamTls::StartTls | UpstreamTls::Implicit, None) => {
-                return Err(UpstreamError::Config("TLS without TLS setup".into()));
+            Security::Opportunistic(setup) => {
+                let plain = self.greet(Wire::new(Transport::Plain(tcp))).await?;
+                if plain.ext.starttls {
+                    let mut conn = self.starttls(plain, setup, &target.host).await?;
+                    conn.tls = TlsUsed::Opportunistic;
+                    conn
+                } else {
+                    plain
+                }
             }
-            (UpstreamTls::None, _) => self.greet(Wire::new(Transport::Plain(tcp))).await?,
+            Security::None => self.greet(Wire::new(Transport::Plain(tcp))).await?,
         };
 
         if let Some(login) = &self.login {
             within(Stage::Auth, t.auth, authenticate(&mut conn, login)).await?;
         }
         Ok(conn)
+    }
+
+    /// The TCP connection, from the source address when one is set.
+    async fn open_tcp(&self, target: &Target) -> std::io::Result<TcpStream> {
+        let Some(addr) = target.addr else {
+            let host = target.host.trim_start_matches('[').trim_end_matches(']');
+            return TcpStream::connect((host, target.port)).await;
+        };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(source) = self.source {
+            socket.bind(SocketAddr::new(source, 0))?;
+        }
+        socket.connect(addr).await
     }
 
     /// Reads the greeting and says EHLO (HELO when EHLO is refused as unknown).
@@ -201,6 +307,7 @@ impl SmtpClient {
                 ext,
                 transactions: 0,
                 broken: false,
+                tls: TlsUsed::None,
             })
         })
         .await
@@ -224,18 +331,15 @@ impl SmtpClient {
         Ok(Extensions::default())
     }
 
-    /// STARTTLS on a greeted plaintext session, our handshake, and EHLO again over TLS.
+    /// STARTTLS on a greeted plaintext session that offers it, our handshake, and EHLO again
+    /// over TLS.
     async fn starttls(
         &self,
         mut plain: Connection,
         setup: &TlsSetup,
+        host: &str,
     ) -> Result<Connection, UpstreamError> {
         let t = &self.timeouts;
-        if !plain.ext.starttls {
-            // Say goodbye in plaintext (harmless), never anything else.
-            self.close_now(plain).await;
-            return Err(UpstreamError::NoStartTls);
-        }
         let stage = Stage::StartTls;
         let upgrade = async {
             plain
@@ -252,7 +356,7 @@ impl SmtpClient {
             }
             if plain.wire.has_unread_input() {
                 tracing::warn!(
-                    upstream = %self.host,
+                    upstream = %host,
                     "upstream sent more after its 220 to STARTTLS; dropped unread (a response injection)"
                 );
             }
@@ -272,6 +376,7 @@ impl SmtpClient {
                 ext,
                 transactions: 0,
                 broken: false,
+                tls: TlsUsed::None,
             })
         };
         within(stage, t.tls, upgrade).await

@@ -187,7 +187,12 @@ impl ScriptedSmtp {
     /// Like [`start`](Self::start) on a chosen port of 127.0.0.1 (an upstream that comes back
     /// where the relay expects it).
     pub async fn start_at(port: u16, script: Script) -> ScriptedSmtp {
-        let listener = bind_reusable(port).await;
+        ScriptedSmtp::start_on(SocketAddr::from(([127, 0, 0, 1], port)), script).await
+    }
+
+    /// Like [`start`](Self::start) on a chosen address (an MX host on 127.0.0.x).
+    pub async fn start_on(addr: SocketAddr, script: Script) -> ScriptedSmtp {
+        let listener = bind_reusable(addr).await;
         let addr = listener.local_addr().expect("local addr");
         let record = Arc::new(Mutex::new(Record::default()));
         let once: Once = Arc::new(Mutex::new(
@@ -237,10 +242,10 @@ impl Drop for ScriptedSmtp {
     }
 }
 
-/// Binds 127.0.0.1:`port` with SO_REUSEADDR, retrying for a few seconds: a server dropped a
-/// moment ago on that port may still be closing (its task is aborted asynchronously).
-async fn bind_reusable(port: u16) -> TcpListener {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+/// Binds `addr` with SO_REUSEADDR, retrying for a few seconds: a server dropped a moment ago on
+/// that port may still be closing (its task is aborted asynchronously).
+async fn bind_reusable(addr: SocketAddr) -> TcpListener {
+    let port = addr.port();
     let mut tries = 0;
     loop {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -251,7 +256,7 @@ async fn bind_reusable(port: u16) -> TcpListener {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => panic!("bind 127.0.0.1:{port}: {e}"),
+            Err(e) => panic!("bind {addr}: {e}"),
         }
     }
 }

@@ -1,0 +1,235 @@
+//! `kind = "mx"`: direct delivery to each recipient domain's mail servers.
+//!
+//! A copy's domain is resolved (`resolve.rs`) into a route: its MX hosts by preference, or the
+//! domain itself (implicit MX), or a permanent failure (null MX, no such domain). Domains with
+//! the same MX hosts form one site; each site has its own pool of connections, capped by
+//! `max_connections_per_site`, and all sites together by `max_connections`, both under the
+//! provider lanes' own limits (the scheduler's). A new connection walks the hosts most
+//! preferred first, each host's addresses in turn, and moves on when a host cannot be reached,
+//! does not greet with 220 (4xx or 5xx), or fails EHLO or STARTTLS; the copy is deferred when
+//! none of them takes it.
+//!
+//! TLS: opportunistic STARTTLS by default (`tls = "opportunistic"`: whenever offered, whatever
+//! the certificate); for the copies of a provider with `require_tls` (QQ's built-in entry, or a
+//! `[[provider]]` naming the domains that must never travel in plaintext) STARTTLS is required
+//! and the certificate must be valid for the MX host's name (webpki roots plus `ca_file`):
+//! a host that fails that is skipped like an unreachable one, and the copy deferred.
+//!
+//! The relay divides copies by recipient domain when an MX upstream is configured
+//! (`schedule/provider.rs`), so a copy normally has one domain. A copy spooled before that (the
+//! config changed) goes to each of its domains in turn.
+
+mod resolve;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use hickory_resolver::TokioResolver;
+use tokio::sync::Semaphore;
+
+pub use resolve::resolver;
+use resolve::{MxHost, Route};
+
+use super::pool::Pool;
+use super::smtp::{self, Connection, Security, SmtpClient, Target};
+use super::tls::{TlsSetup, opportunistic_connector, sni_name, verified_connector};
+use super::{Delivered, Outbound, PoolLimits, Reuse, Timeouts, UpstreamError};
+use crate::config::{MxTls, MxUpstreamConfig};
+
+pub(crate) struct MxUpstream {
+    client: SmtpClient,
+    resolver: TokioResolver,
+    port: u16,
+    /// `None` for `tls = "none"`.
+    opportunistic: Option<tokio_rustls::TlsConnector>,
+    /// For the copies of providers that require TLS: webpki roots plus `ca_file`.
+    verified: tokio_rustls::TlsConnector,
+    sites: Mutex<HashMap<String, Arc<Pool<Connection>>>>,
+    /// `max_connections`: every site together.
+    total: Semaphore,
+    site_limits: PoolLimits,
+}
+
+impl MxUpstream {
+    pub fn new(
+        config: &MxUpstreamConfig,
+        helo: &str,
+        timeouts: Timeouts,
+    ) -> Result<MxUpstream, UpstreamError> {
+        let resolver = resolve::resolver(&config.nameservers, config.dns_timeout)
+            .map_err(UpstreamError::Config)?;
+        let opportunistic = match config.tls {
+            MxTls::Opportunistic => Some(opportunistic_connector()?),
+            MxTls::None => None,
+        };
+        let verified = verified_connector(config.ca_file.as_deref())?;
+        let ehlo = config.ehlo_name.as_deref().unwrap_or(helo);
+        Ok(MxUpstream {
+            client: SmtpClient::new(ehlo, config.source_address, timeouts),
+            resolver,
+            port: config.port,
+            opportunistic,
+            verified,
+            sites: Mutex::new(HashMap::new()),
+            total: Semaphore::new(config.max_connections.max(1)),
+            site_limits: PoolLimits {
+                max_connections: config.max_connections_per_site,
+                ..PoolLimits::default()
+            },
+        })
+    }
+
+    pub async fn send(
+        &self,
+        msg: &Outbound<'_>,
+        reuse: Reuse<'_>,
+    ) -> Result<Delivered, UpstreamError> {
+        smtp::check_envelope(msg)?;
+        let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
+        for rcpt in msg.rcpt_to {
+            let domain = domain_of(rcpt);
+            match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+                Some((_, rcpts)) => rcpts.push(rcpt.clone()),
+                None => by_domain.push((domain, vec![rcpt.clone()])),
+            }
+        }
+        let mut delivered = None;
+        for (domain, rcpt_to) in &by_domain {
+            let part = Outbound { rcpt_to, ..*msg };
+            delivered = Some(self.send_to_domain(domain, &part, reuse).await?);
+        }
+        delivered.ok_or(UpstreamError::Envelope("no recipients"))
+    }
+
+    async fn send_to_domain(
+        &self,
+        domain: &str,
+        msg: &Outbound<'_>,
+        reuse: Reuse<'_>,
+    ) -> Result<Delivered, UpstreamError> {
+        let route = resolve::route(&self.resolver, domain).await?;
+        let site = self.site(&route.site);
+        super::send_pooled(&self.client, &site, Some(&self.total), msg, reuse, || {
+            self.connect_any(&route, reuse.require_tls)
+        })
+        .await
+    }
+
+    /// The pool of `site`, made on first use.
+    fn site(&self, site: &str) -> Arc<Pool<Connection>> {
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        sites
+            .entry(site.to_string())
+            .or_insert_with(|| Arc::new(Pool::new(self.site_limits)))
+            .clone()
+    }
+
+    /// A session with the first host of `route` that takes one; with `verified`, only over
+    /// STARTTLS with a certificate valid for the host's name.
+    async fn connect_any(
+        &self,
+        route: &Route,
+        verified: bool,
+    ) -> Result<Connection, UpstreamError> {
+        let mut last: Option<UpstreamError> = None;
+        for host in &route.hosts {
+            let addrs = match resolve::addresses(&self.resolver, host).await {
+                Ok(addrs) if !addrs.is_empty() => addrs,
+                Ok(_) => {
+                    last = Some(no_route(format!(
+                        "4.4.4 MX host {} has no address",
+                        host.name
+                    )));
+                    continue;
+                }
+                Err(e) => {
+                    last = Some(no_route(format!(
+                        "4.4.3 address lookup for MX host {} failed: {e}",
+                        host.name
+                    )));
+                    continue;
+                }
+            };
+            for ip in addrs {
+                let target = self.target(host, SocketAddr::new(ip, self.port), verified);
+                match self.client.connect(&target).await {
+                    Ok(conn) => return Ok(conn),
+                    Err(UpstreamError::Tls(text))
+                        if matches!(target.security, Security::Opportunistic(_)) =>
+                    {
+                        // Opportunistic TLS that failed: this host in plaintext, said aloud
+                        // (Postfix's `may` does the same; RFC 7435 3).
+                        tracing::warn!(
+                            mx = %host.name,
+                            addr = %ip,
+                            error = %crate::observe::log::escaped(&text),
+                            "STARTTLS failed; this session goes on in plaintext (tls=fallback)"
+                        );
+                        let plain = Target {
+                            security: Security::None,
+                            ..target
+                        };
+                        match self.client.connect(&plain).await {
+                            Ok(mut conn) => {
+                                conn.tls = smtp::TlsUsed::Fallback;
+                                return Ok(conn);
+                            }
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(
+                            mx = %host.name,
+                            addr = %ip,
+                            error = %crate::observe::log::escaped(&e),
+                            "MX host did not take a session; trying the next"
+                        );
+                        last = Some(e);
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| no_route("4.4.4 no MX host to try".into())))
+    }
+
+    fn target(&self, host: &MxHost, addr: SocketAddr, verified: bool) -> Target {
+        let server_name = sni_name(&host.name, addr.ip());
+        let security = match &self.opportunistic {
+            _ if verified => Security::StartTls(TlsSetup {
+                connector: self.verified.clone(),
+                server_name,
+            }),
+            Some(connector) => Security::Opportunistic(TlsSetup {
+                connector: connector.clone(),
+                server_name,
+            }),
+            None => Security::None,
+        };
+        Target {
+            host: host.name.clone(),
+            port: addr.port(),
+            addr: Some(addr),
+            security,
+        }
+    }
+
+    /// Idle pooled connections right now, every site together.
+    pub fn idle_connections(&self) -> usize {
+        let sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        sites.values().map(|p| p.idle_count()).sum()
+    }
+}
+
+fn no_route(text: String) -> UpstreamError {
+    UpstreamError::NoRoute {
+        permanent: false,
+        text,
+    }
+}
+
+/// The domain of `address`, lower case, without a final dot.
+fn domain_of(address: &str) -> String {
+    let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    domain.trim_end_matches('.').to_ascii_lowercase()
+}
