@@ -122,6 +122,8 @@ pub struct RawUpstream {
     pub max_connections_per_site: Option<u64>,
     /// Tests only (see `config/upstream_mx.rs`).
     pub smtp_port: Option<u16>,
+    pub https_port: Option<u16>,
+    pub mta_sts: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -36,6 +36,10 @@ pub struct MxUpstreamConfig {
     pub ca_file: Option<std::path::PathBuf>,
     /// 25, or a test's port.
     pub port: u16,
+    /// Honour MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
+    /// 443, or a test's port: where MTA-STS policies are fetched.
+    pub https_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,17 +112,8 @@ pub(super) fn validate_mx(
         .enumerate()
         .filter_map(|(i, n)| p.socket_addr(&format!("{path}.nameservers[{i}]"), n))
         .collect();
-    let port = match u.smtp_port {
-        None => 25,
-        Some(port) if std::env::var(ALLOW_TEST_PORTS).as_deref() == Ok("1") => port,
-        Some(_) => {
-            p.push(
-                &format!("{path}.smtp_port"),
-                format!("is for tests only (set {ALLOW_TEST_PORTS}=1): MX hosts listen on port 25"),
-            );
-            25
-        }
-    };
+    let port = test_port(u.smtp_port, 25, &format!("{path}.smtp_port"), p);
+    let https_port = test_port(u.https_port, 443, &format!("{path}.https_port"), p);
     let ca_file = u.ca_file.as_ref().map(std::path::PathBuf::from);
     if let Some(f) = &ca_file
         && let Err(e) = super::tls::trust_anchors(Some(f))
@@ -152,7 +147,26 @@ pub(super) fn validate_mx(
         tls,
         ca_file,
         port,
+        mta_sts: u.mta_sts.unwrap_or(true),
+        https_port,
     })
+}
+
+/// `standard`, or `given` when the environment allows test ports.
+fn test_port(given: Option<u16>, standard: u16, key: &str, p: &mut Problems) -> u16 {
+    match given {
+        None => standard,
+        Some(port) if std::env::var(ALLOW_TEST_PORTS).as_deref() == Ok("1") => port,
+        Some(_) => {
+            p.push(
+                key,
+                format!(
+                    "is for tests only (set {ALLOW_TEST_PORTS}=1): the standard port is {standard}"
+                ),
+            );
+            standard
+        }
+    }
 }
 
 /// Refuses the keys only an `mx` upstream reads on an SMTP or dir upstream.
@@ -167,6 +181,8 @@ pub(super) fn refuse_mx_keys(u: &RawUpstream, path: &str, p: &mut Problems) {
             u.max_connections_per_site.is_some(),
         ),
         ("smtp_port", u.smtp_port.is_some()),
+        ("https_port", u.https_port.is_some()),
+        ("mta_sts", u.mta_sts.is_some()),
     ] {
         if set {
             p.push(&format!("{path}.{key}"), "only applies to kind = \"mx\"");

@@ -479,11 +479,8 @@ impl Inner {
         };
         // A provider that requires TLS: only upstreams with TLS on (none: the copy is deferred).
         let slots = if limits.require_tls && !slots.iter().all(|s| s.upstream.is_encrypted()) {
-            let encrypted: Vec<_> = slots
-                .iter()
-                .filter(|s| s.upstream.is_encrypted())
-                .cloned()
-                .collect();
+            let encrypted = slots.iter().filter(|s| s.upstream.is_encrypted());
+            let encrypted: Vec<_> = encrypted.cloned().collect();
             if encrypted.is_empty() {
                 tracing::warn!(queue_id = %message.meta.id, delivery = item.index, provider = %lane.name,
                     "provider requires TLS (require_tls) and no upstream has TLS on; copy deferred, not sent in plaintext");
@@ -493,13 +490,13 @@ impl Inner {
             slots
         };
         // A `set` rule in force may have lowered the deliveries per connection.
-        let max_transactions = match (
+        let max_transactions = [
             limits.max_deliveries_per_connection,
             lane.throttle.set_limits().max_deliveries_per_connection,
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let route = Route {
             upstreams: &slots,
             reuse: Reuse {

@@ -30,6 +30,7 @@ mod hostile;
 mod http_limits;
 mod inbound_tls_auth;
 mod metrics_docs;
+mod mta_sts;
 mod mx;
 mod observability;
 mod pause;

@@ -13,12 +13,15 @@
 //! the certificate); for the copies of a provider with `require_tls` (QQ's built-in entry, or a
 //! `[[provider]]` naming the domains that must never travel in plaintext) STARTTLS is required
 //! and the certificate must be valid for the MX host's name (webpki roots plus `ca_file`):
-//! a host that fails that is skipped like an unreachable one, and the copy deferred.
+//! a host that fails that is skipped like an unreachable one, and the copy deferred. A domain
+//! with an MTA-STS policy (`mta_sts.rs`) in `enforce` mode gets the same, and only the MX
+//! hosts the policy lists.
 //!
 //! The relay divides copies by recipient domain when an MX upstream is configured
 //! (`schedule/provider.rs`), so a copy normally has one domain. A copy spooled before that (the
 //! config changed) goes to each of its domains in turn.
 
+mod mta_sts;
 mod resolve;
 
 use std::collections::HashMap;
@@ -28,11 +31,12 @@ use std::sync::{Arc, Mutex};
 use hickory_resolver::TokioResolver;
 use tokio::sync::Semaphore;
 
+use mta_sts::{Mode, MtaSts, Policy};
 pub use resolve::resolver;
 use resolve::{MxHost, Route};
 
 use super::pool::Pool;
-use super::smtp::{self, Connection, Security, SmtpClient, Target};
+use super::smtp::{self, Connection, Security, SmtpClient, Target, TlsUsed};
 use super::tls::{TlsSetup, opportunistic_connector, sni_name, verified_connector};
 use super::{Delivered, Outbound, PoolLimits, Reuse, Timeouts, UpstreamError};
 use crate::config::{MxTls, MxUpstreamConfig};
@@ -43,8 +47,10 @@ pub(crate) struct MxUpstream {
     port: u16,
     /// `None` for `tls = "none"`.
     opportunistic: Option<tokio_rustls::TlsConnector>,
-    /// For the copies of providers that require TLS: webpki roots plus `ca_file`.
+    /// For the copies of providers that require TLS and MTA-STS: webpki roots plus `ca_file`.
     verified: tokio_rustls::TlsConnector,
+    /// `None` with `mta_sts = false`.
+    mta_sts: Option<MtaSts>,
     sites: Mutex<HashMap<String, Arc<Pool<Connection>>>>,
     /// `max_connections`: every site together.
     total: Semaphore,
@@ -70,6 +76,9 @@ impl MxUpstream {
             resolver,
             port: config.port,
             opportunistic,
+            mta_sts: config
+                .mta_sts
+                .then(|| MtaSts::new(verified.clone(), config.https_port, config.timeout)),
             verified,
             sites: Mutex::new(HashMap::new()),
             total: Semaphore::new(config.max_connections.max(1)),
@@ -108,10 +117,36 @@ impl MxUpstream {
         msg: &Outbound<'_>,
         reuse: Reuse<'_>,
     ) -> Result<Delivered, UpstreamError> {
-        let route = resolve::route(&self.resolver, domain).await?;
+        let mut route = resolve::route(&self.resolver, domain).await?;
+        let literal = route.hosts.iter().any(|h| h.literal.is_some());
+        let policy = match &self.mta_sts {
+            Some(sts) if !literal => sts.policy(&self.resolver, domain).await,
+            _ => None,
+        };
+        let want = match &policy {
+            Some(p) if p.mode == Mode::Enforce => {
+                let before = route.hosts.len();
+                route.hosts.retain(|h| p.allows(&h.name));
+                if route.hosts.is_empty() {
+                    return Err(no_route(format!(
+                        "4.7.5 none of the {before} MX hosts of {domain} is in its MTA-STS policy"
+                    )));
+                }
+                Want::Verified(TlsUsed::MtaSts)
+            }
+            _ if reuse.require_tls => Want::Verified(TlsUsed::Verified),
+            Some(p) => Want::Testing(p),
+            None => Want::Opportunistic,
+        };
         let site = self.site(&route.site);
+        // Connections are reused only for copies that ask as much of TLS as they give.
+        let key = format!("{}\u{0}{}", reuse.provider, want.pool_key());
+        let reuse = Reuse {
+            provider: &key,
+            ..reuse
+        };
         super::send_pooled(&self.client, &site, Some(&self.total), msg, reuse, || {
-            self.connect_any(&route, reuse.require_tls)
+            self.connect_any(domain, &route, &want)
         })
         .await
     }
@@ -125,12 +160,12 @@ impl MxUpstream {
             .clone()
     }
 
-    /// A session with the first host of `route` that takes one; with `verified`, only over
-    /// STARTTLS with a certificate valid for the host's name.
+    /// A session with the first host of `route` that takes one, on `want`'s terms.
     async fn connect_any(
         &self,
+        domain: &str,
         route: &Route,
-        verified: bool,
+        want: &Want<'_>,
     ) -> Result<Connection, UpstreamError> {
         let mut last: Option<UpstreamError> = None;
         for host in &route.hosts {
@@ -152,36 +187,13 @@ impl MxUpstream {
                 }
             };
             for ip in addrs {
-                let target = self.target(host, SocketAddr::new(ip, self.port), verified);
-                match self.client.connect(&target).await {
+                let addr = SocketAddr::new(ip, self.port);
+                match self.connect_one(domain, host, addr, want).await {
                     Ok(conn) => return Ok(conn),
-                    Err(UpstreamError::Tls(text))
-                        if matches!(target.security, Security::Opportunistic(_)) =>
-                    {
-                        // Opportunistic TLS that failed: this host in plaintext, said aloud
-                        // (Postfix's `may` does the same; RFC 7435 3).
-                        tracing::warn!(
-                            mx = %host.name,
-                            addr = %ip,
-                            error = %crate::observe::log::escaped(&text),
-                            "STARTTLS failed; this session goes on in plaintext (tls=fallback)"
-                        );
-                        let plain = Target {
-                            security: Security::None,
-                            ..target
-                        };
-                        match self.client.connect(&plain).await {
-                            Ok(mut conn) => {
-                                conn.tls = smtp::TlsUsed::Fallback;
-                                return Ok(conn);
-                            }
-                            Err(e) => last = Some(e),
-                        }
-                    }
                     Err(e) => {
                         tracing::debug!(
                             mx = %host.name,
-                            addr = %ip,
+                            %addr,
                             error = %crate::observe::log::escaped(&e),
                             "MX host did not take a session; trying the next"
                         );
@@ -193,19 +205,104 @@ impl MxUpstream {
         Err(last.unwrap_or_else(|| no_route("4.4.4 no MX host to try".into())))
     }
 
-    fn target(&self, host: &MxHost, addr: SocketAddr, verified: bool) -> Target {
-        let server_name = sni_name(&host.name, addr.ip());
-        let security = match &self.opportunistic {
-            _ if verified => Security::StartTls(TlsSetup {
-                connector: self.verified.clone(),
-                server_name,
-            }),
-            Some(connector) => Security::Opportunistic(TlsSetup {
-                connector: connector.clone(),
-                server_name,
-            }),
-            None => Security::None,
+    /// One session with `host` at `addr`.
+    async fn connect_one(
+        &self,
+        domain: &str,
+        host: &MxHost,
+        addr: SocketAddr,
+        want: &Want<'_>,
+    ) -> Result<Connection, UpstreamError> {
+        match want {
+            Want::Verified(label) => {
+                let mut conn = self
+                    .client
+                    .connect(&self.verified_target(host, addr))
+                    .await?;
+                conn.tls = *label;
+                Ok(conn)
+            }
+            Want::Testing(policy) => {
+                // What enforce would do; when it would refuse, say so and go on as without
+                // a policy (RFC 8461 5: testing mode delivers, and reports).
+                let refusal = if policy.allows(&host.name) {
+                    match self.client.connect(&self.verified_target(host, addr)).await {
+                        Ok(mut conn) => {
+                            conn.tls = TlsUsed::MtaSts;
+                            return Ok(conn);
+                        }
+                        Err(e @ (UpstreamError::Tls(_) | UpstreamError::NoStartTls)) => {
+                            e.to_string()
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    "the host is not in the policy's mx list".to_string()
+                };
+                tracing::warn!(
+                    %domain,
+                    mx = %host.name,
+                    %addr,
+                    reason = %crate::observe::log::escaped(&refusal),
+                    "MTA-STS testing: enforce would refuse this MX host; delivering without the policy"
+                );
+                self.connect_opportunistic(host, addr).await
+            }
+            Want::Opportunistic => self.connect_opportunistic(host, addr).await,
+        }
+    }
+
+    /// STARTTLS when offered, any certificate; plaintext (logged) when the STARTTLS it offered
+    /// fails.
+    async fn connect_opportunistic(
+        &self,
+        host: &MxHost,
+        addr: SocketAddr,
+    ) -> Result<Connection, UpstreamError> {
+        let Some(connector) = &self.opportunistic else {
+            return self
+                .client
+                .connect(&self.target(host, addr, Security::None))
+                .await;
         };
+        let security = Security::Opportunistic(TlsSetup {
+            connector: connector.clone(),
+            server_name: sni_name(&host.name, addr.ip()),
+        });
+        match self
+            .client
+            .connect(&self.target(host, addr, security))
+            .await
+        {
+            Err(UpstreamError::Tls(text)) => {
+                // This host in plaintext, said aloud (Postfix's `may` does the same; RFC 7435).
+                tracing::warn!(
+                    mx = %host.name,
+                    %addr,
+                    error = %crate::observe::log::escaped(&text),
+                    "STARTTLS failed; this session goes on in plaintext (tls=fallback)"
+                );
+                let mut conn = self
+                    .client
+                    .connect(&self.target(host, addr, Security::None))
+                    .await?;
+                conn.tls = TlsUsed::Fallback;
+                Ok(conn)
+            }
+            other => other,
+        }
+    }
+
+    /// STARTTLS required, the certificate valid for the host's name.
+    fn verified_target(&self, host: &MxHost, addr: SocketAddr) -> Target {
+        let security = Security::StartTls(TlsSetup {
+            connector: self.verified.clone(),
+            server_name: sni_name(&host.name, addr.ip()),
+        });
+        self.target(host, addr, security)
+    }
+
+    fn target(&self, host: &MxHost, addr: SocketAddr, security: Security) -> Target {
         Target {
             host: host.name.clone(),
             port: addr.port(),
@@ -218,6 +315,27 @@ impl MxUpstream {
     pub fn idle_connections(&self) -> usize {
         let sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
         sites.values().map(|p| p.idle_count()).sum()
+    }
+}
+
+/// What a copy asks of TLS.
+enum Want<'p> {
+    /// STARTTLS when offered (the default).
+    Opportunistic,
+    /// STARTTLS with a certificate valid for the MX host's name, or no session; the label says
+    /// why (a `require_tls` provider, or an MTA-STS policy in `enforce` mode).
+    Verified(TlsUsed),
+    /// An MTA-STS policy in `testing` mode.
+    Testing(&'p Policy),
+}
+
+impl Want<'_> {
+    /// Which pooled connections may serve the copy.
+    fn pool_key(&self) -> &'static str {
+        match self {
+            Want::Verified(_) => "verified",
+            Want::Testing(_) | Want::Opportunistic => "any",
+        }
     }
 }
 

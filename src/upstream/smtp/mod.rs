@@ -138,6 +138,8 @@ pub enum TlsUsed {
     Opportunistic,
     /// Encrypted, the certificate verified.
     Verified,
+    /// Encrypted, the certificate verified, as the domain's MTA-STS policy requires.
+    MtaSts,
     /// Plaintext after opportunistic STARTTLS failed (offered, but the handshake did not
     /// complete).
     Fallback,
@@ -150,6 +152,7 @@ impl TlsUsed {
             TlsUsed::Opportunistic => "opportunistic",
             TlsUsed::Verified => "verified",
             TlsUsed::Fallback => "fallback",
+            TlsUsed::MtaSts => "mta-sts",
         }
     }
 }

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, MX};
+use hickory_proto::rr::rdata::{A, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record};
 use tokio::task::JoinHandle;
 
@@ -36,6 +36,10 @@ impl Zone {
 
     pub fn a(&mut self, host: &str, ip: Ipv4Addr) -> &mut Zone {
         self.add(host, RData::A(A(ip)))
+    }
+
+    pub fn txt(&mut self, name: &str, text: &str) -> &mut Zone {
+        self.add(name, RData::TXT(TXT::new(vec![text.to_string()])))
     }
 
     /// The name exists with no records (NODATA for every type).
