@@ -124,6 +124,7 @@ pub struct RawUpstream {
     pub smtp_port: Option<u16>,
     pub https_port: Option<u16>,
     pub mta_sts: Option<bool>,
+    pub dnssec_resolver: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

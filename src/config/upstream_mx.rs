@@ -38,6 +38,8 @@ pub struct MxUpstreamConfig {
     pub port: u16,
     /// Honour MTA-STS policies (RFC 8461).
     pub mta_sts: bool,
+    /// A DNSSEC-validating resolver whose AD bit is trusted: DANE (RFC 7672) is on with it.
+    pub dnssec_resolver: Option<SocketAddr>,
     /// 443, or a test's port: where MTA-STS policies are fetched.
     pub https_port: u16,
 }
@@ -148,6 +150,10 @@ pub(super) fn validate_mx(
         ca_file,
         port,
         mta_sts: u.mta_sts.unwrap_or(true),
+        dnssec_resolver: u
+            .dnssec_resolver
+            .as_ref()
+            .and_then(|a| p.socket_addr(&format!("{path}.dnssec_resolver"), a)),
         https_port,
     })
 }
@@ -183,6 +189,7 @@ pub(super) fn refuse_mx_keys(u: &RawUpstream, path: &str, p: &mut Problems) {
         ("smtp_port", u.smtp_port.is_some()),
         ("https_port", u.https_port.is_some()),
         ("mta_sts", u.mta_sts.is_some()),
+        ("dnssec_resolver", u.dnssec_resolver.is_some()),
     ] {
         if set {
             p.push(&format!("{path}.{key}"), "only applies to kind = \"mx\"");

@@ -387,7 +387,7 @@ impl Metrics {
             ),
             delivered_tls: counter(
                 "mailveil_delivered_tls_total",
-                "Delivered copies by upstream and what protected them in transit (tls: none, opportunistic, verified, mta-sts, fallback = plaintext after a failed STARTTLS, local).",
+                "Delivered copies by upstream and what protected them in transit (tls: none, opportunistic, verified, mta-sts, dane, fallback = plaintext after a failed STARTTLS, local).",
                 &["upstream", "tls"],
             ),
             app_messages: counter(

@@ -18,6 +18,7 @@ mod cluster;
 mod cluster_auth;
 mod crash;
 mod credentials;
+mod dane;
 mod deploy;
 mod deploy_rules;
 mod direct_mx;

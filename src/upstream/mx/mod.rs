@@ -15,12 +15,14 @@
 //! and the certificate must be valid for the MX host's name (webpki roots plus `ca_file`):
 //! a host that fails that is skipped like an unreachable one, and the copy deferred. A domain
 //! with an MTA-STS policy (`mta_sts.rs`) in `enforce` mode gets the same, and only the MX
-//! hosts the policy lists.
+//! hosts the policy lists. An MX host with authenticated DANE TLSA records (`dane.rs`, with a
+//! `dnssec_resolver`) gets STARTTLS with a certificate matching them, whatever else applies.
 //!
 //! The relay divides copies by recipient domain when an MX upstream is configured
 //! (`schedule/provider.rs`), so a copy normally has one domain. A copy spooled before that (the
 //! config changed) goes to each of its domains in turn.
 
+mod dane;
 mod mta_sts;
 mod resolve;
 
@@ -51,6 +53,9 @@ pub(crate) struct MxUpstream {
     verified: tokio_rustls::TlsConnector,
     /// `None` with `mta_sts = false`.
     mta_sts: Option<MtaSts>,
+    /// The validating resolver of DANE; `None`: no DANE.
+    dnssec: Option<SocketAddr>,
+    dns_timeout: std::time::Duration,
     sites: Mutex<HashMap<String, Arc<Pool<Connection>>>>,
     /// `max_connections`: every site together.
     total: Semaphore,
@@ -80,6 +85,8 @@ impl MxUpstream {
                 .mta_sts
                 .then(|| MtaSts::new(verified.clone(), config.https_port, config.timeout)),
             verified,
+            dnssec: config.dnssec_resolver,
+            dns_timeout: config.dns_timeout,
             sites: Mutex::new(HashMap::new()),
             total: Semaphore::new(config.max_connections.max(1)),
             site_limits: PoolLimits {
@@ -138,15 +145,21 @@ impl MxUpstream {
             Some(p) => Want::Testing(p),
             None => Want::Opportunistic,
         };
+        // DANE applies to MX hosts learnt from a signed zone (RFC 7672 2.2).
+        let dane = match self.dnssec {
+            Some(server) if !literal => dane::mx_is_secure(server, domain, self.dns_timeout).await,
+            _ => false,
+        };
         let site = self.site(&route.site);
         // Connections are reused only for copies that ask as much of TLS as they give.
-        let key = format!("{}\u{0}{}", reuse.provider, want.pool_key());
+        let class = if dane { "dane" } else { want.pool_key() };
+        let key = format!("{}\u{0}{}", reuse.provider, class);
         let reuse = Reuse {
             provider: &key,
             ..reuse
         };
         super::send_pooled(&self.client, &site, Some(&self.total), msg, reuse, || {
-            self.connect_any(domain, &route, &want)
+            self.connect_any(domain, &route, &want, dane)
         })
         .await
     }
@@ -166,6 +179,7 @@ impl MxUpstream {
         domain: &str,
         route: &Route,
         want: &Want<'_>,
+        dane: bool,
     ) -> Result<Connection, UpstreamError> {
         let mut last: Option<UpstreamError> = None;
         for host in &route.hosts {
@@ -186,9 +200,30 @@ impl MxUpstream {
                     continue;
                 }
             };
+            let tlsa = match (dane, self.dnssec) {
+                (true, Some(server)) => {
+                    match dane::tlsa(server, &host.name, self.dns_timeout).await {
+                        Ok(dane::Secure::Yes(records)) if !records.is_empty() => Some(records),
+                        Ok(_) => None,
+                        Err(e) => {
+                            // A signed zone that cannot be asked: this host waits (RFC 7672 2.2).
+                            last = Some(no_route(format!(
+                                "4.7.5 TLSA lookup for {} failed: {e}",
+                                host.name
+                            )));
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            };
             for ip in addrs {
                 let addr = SocketAddr::new(ip, self.port);
-                match self.connect_one(domain, host, addr, want).await {
+                let attempt = match &tlsa {
+                    Some(records) => self.connect_dane(host, addr, records.clone()).await,
+                    None => self.connect_one(domain, host, addr, want).await,
+                };
+                match attempt {
                     Ok(conn) => return Ok(conn),
                     Err(e) => {
                         tracing::debug!(
@@ -250,6 +285,27 @@ impl MxUpstream {
             }
             Want::Opportunistic => self.connect_opportunistic(host, addr).await,
         }
+    }
+
+    /// STARTTLS required, the certificate matching the host's authenticated TLSA records: a
+    /// mismatch is a hard failure for this host (RFC 7672 2.2).
+    async fn connect_dane(
+        &self,
+        host: &MxHost,
+        addr: SocketAddr,
+        records: Vec<dane::Tlsa>,
+    ) -> Result<Connection, UpstreamError> {
+        let connector = dane::DaneVerifier::connector(records).map_err(UpstreamError::Config)?;
+        let security = Security::StartTls(TlsSetup {
+            connector,
+            server_name: sni_name(&host.name, addr.ip()),
+        });
+        let mut conn = self
+            .client
+            .connect(&self.target(host, addr, security))
+            .await?;
+        conn.tls = TlsUsed::Dane;
+        Ok(conn)
     }
 
     /// STARTTLS when offered, any certificate; plaintext (logged) when the STARTTLS it offered

@@ -140,6 +140,8 @@ pub enum TlsUsed {
     Verified,
     /// Encrypted, the certificate verified, as the domain's MTA-STS policy requires.
     MtaSts,
+    /// Encrypted, the certificate matching the MX host's authenticated TLSA records.
+    Dane,
     /// Plaintext after opportunistic STARTTLS failed (offered, but the handshake did not
     /// complete).
     Fallback,
@@ -153,6 +155,7 @@ impl TlsUsed {
             TlsUsed::Verified => "verified",
             TlsUsed::Fallback => "fallback",
             TlsUsed::MtaSts => "mta-sts",
+            TlsUsed::Dane => "dane",
         }
     }
 }

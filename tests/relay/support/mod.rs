@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 pub mod dns;
+pub mod dnssec;
 pub mod leaks;
 pub mod pki;
 pub mod raw_smtp;

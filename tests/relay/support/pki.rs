@@ -67,6 +67,11 @@ impl TestCa {
 }
 
 impl ServerCert {
+    /// The certificate in DER (what a DANE `3 0 x` TLSA record hashes).
+    pub fn der(&self) -> &[u8] {
+        self.cert_der.as_ref()
+    }
+
     /// A rustls server config (aws-lc-rs) presenting this certificate.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
