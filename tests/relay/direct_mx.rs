@@ -478,3 +478,46 @@ async fn require_tls_providers_get_verified_tls_or_nothing() {
     .await;
     assert_eq!(verified, Some(1.0));
 }
+
+/// Direct delivery hears the provider itself: Yahoo's own `[TSS04]` deferral, from Yahoo's MX
+/// host, suspends the yahoo lane through the built-in shaping rule, while another provider's
+/// copies keep flowing; the suspended copy is deferred, never failed.
+#[tokio::test]
+async fn a_providers_own_throttle_reply_reaches_the_shaping_rules() {
+    let port = free_port();
+    let yahoo_mx = mx_host(
+        15,
+        port,
+        Script::default().rcpt_domain_replies(
+            "yahoo.com",
+            &["421 4.7.0 [TSS04] Messages from 192.0.2.25 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"],
+        ),
+    )
+    .await;
+    let other = mx_host(16, port, Script::default()).await;
+    let mut zone = Zone::default();
+    zone.mx("yahoo.com", 1, "mta5.am0.yahoodns.net")
+        .a("mta5.am0.yahoodns.net", ip(15))
+        .mx("example.org", 10, "mx.example.org")
+        .a("mx.example.org", ip(16));
+    let dns = DnsServer::start(zone).await;
+    let relay = RelayProc::start(&config(dns.addr, port, ""), &[ALLOW]).await;
+    send_simple(relay.smtp, "app@src.test", &["someone@yahoo.com"], "to yahoo").await;
+    let log = relay
+        .wait_for_log("provider suspended after a throttling reply", 0)
+        .await;
+    let line = log.lines().find(|l| l.contains("provider suspended")).unwrap();
+    assert!(line.contains("yahoo-tss04") && line.contains("yahoo"), "{line}");
+    assert_eq!(
+        metric_at(relay.metrics, "mailveil_provider_slowed{provider=\"yahoo\"}").await,
+        Some(1.0)
+    );
+    send_simple(relay.smtp, "app@src.test", &["friend@example.org"], "elsewhere").await;
+    wait_until("example.org while yahoo is suspended", || {
+        !other.record().messages.is_empty()
+    })
+    .await;
+    assert!(yahoo_mx.record().messages.is_empty());
+    let failed = wait_metric(&relay, "mailveil_deliveries_total{outcome=\"failed\"", 0.0).await;
+    assert_eq!(failed, 0.0, "a throttle reply is never a permanent failure");
+}
