@@ -502,17 +502,39 @@ async fn a_providers_own_throttle_reply_reaches_the_shaping_rules() {
         .a("mx.example.org", ip(16));
     let dns = DnsServer::start(zone).await;
     let relay = RelayProc::start(&config(dns.addr, port, ""), &[ALLOW]).await;
-    send_simple(relay.smtp, "app@src.test", &["someone@yahoo.com"], "to yahoo").await;
+    send_simple(
+        relay.smtp,
+        "app@src.test",
+        &["someone@yahoo.com"],
+        "to yahoo",
+    )
+    .await;
     let log = relay
         .wait_for_log("provider suspended after a throttling reply", 0)
         .await;
-    let line = log.lines().find(|l| l.contains("provider suspended")).unwrap();
-    assert!(line.contains("yahoo-tss04") && line.contains("yahoo"), "{line}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("provider suspended"))
+        .unwrap();
+    assert!(
+        line.contains("yahoo-tss04") && line.contains("yahoo"),
+        "{line}"
+    );
     assert_eq!(
-        metric_at(relay.metrics, "mailveil_provider_slowed{provider=\"yahoo\"}").await,
+        metric_at(
+            relay.metrics,
+            "mailveil_provider_slowed{provider=\"yahoo\"}"
+        )
+        .await,
         Some(1.0)
     );
-    send_simple(relay.smtp, "app@src.test", &["friend@example.org"], "elsewhere").await;
+    send_simple(
+        relay.smtp,
+        "app@src.test",
+        &["friend@example.org"],
+        "elsewhere",
+    )
+    .await;
     wait_until("example.org while yahoo is suspended", || {
         !other.record().messages.is_empty()
     })

@@ -56,7 +56,7 @@ pub(crate) struct MxUpstream {
     /// The validating resolver of DANE; `None`: no DANE.
     dnssec: Option<SocketAddr>,
     dns_timeout: std::time::Duration,
-    sites: Mutex<HashMap<String, Arc<Pool<Connection>>>>,
+    sites: Mutex<Sites>,
     /// `max_connections`: every site together.
     total: Semaphore,
     site_limits: PoolLimits,
@@ -87,7 +87,10 @@ impl MxUpstream {
             verified,
             dnssec: config.dnssec_resolver,
             dns_timeout: config.dns_timeout,
-            sites: Mutex::new(HashMap::new()),
+            sites: Mutex::new(Sites {
+                pool: HashMap::new(),
+                sweep_at: SITES_BEFORE_SWEEP,
+            }),
             total: Semaphore::new(config.max_connections.max(1)),
             site_limits: PoolLimits {
                 max_connections: config.max_connections_per_site,
@@ -164,13 +167,23 @@ impl MxUpstream {
         .await
     }
 
-    /// The pool of `site`, made on first use.
+    /// The pool of `site`, made on first use. Pools nobody uses and with no idle connection
+    /// are dropped once the map has doubled since the last sweep, so a relay that meets
+    /// millions of domains keeps only the sites it is talking to.
     fn site(&self, site: &str) -> Arc<Pool<Connection>> {
         let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
-        sites
-            .entry(site.to_string())
-            .or_insert_with(|| Arc::new(Pool::new(self.site_limits)))
-            .clone()
+        if let Some(pool) = sites.pool.get(site) {
+            return pool.clone();
+        }
+        if sites.pool.len() >= sites.sweep_at {
+            sites
+                .pool
+                .retain(|_, p| Arc::strong_count(p) > 1 || p.idle_count() > 0);
+            sites.sweep_at = (sites.pool.len() * 2).max(SITES_BEFORE_SWEEP);
+        }
+        let pool = Arc::new(Pool::new(self.site_limits));
+        sites.pool.insert(site.to_string(), pool.clone());
+        pool
     }
 
     /// A session with the first host of `route` that takes one, on `want`'s terms.
@@ -182,7 +195,11 @@ impl MxUpstream {
         dane: bool,
     ) -> Result<Connection, UpstreamError> {
         let mut last: Option<UpstreamError> = None;
-        for host in &route.hosts {
+        let mut tried = 0;
+        for host in route.hosts.iter().take(MAX_HOSTS_PER_ATTEMPT) {
+            if tried >= MAX_ADDRESSES_PER_ATTEMPT {
+                break;
+            }
             let addrs = match resolve::addresses(&self.resolver, host).await {
                 Ok(addrs) if !addrs.is_empty() => addrs,
                 Ok(_) => {
@@ -218,6 +235,10 @@ impl MxUpstream {
                 _ => None,
             };
             for ip in addrs {
+                if tried >= MAX_ADDRESSES_PER_ATTEMPT {
+                    break;
+                }
+                tried += 1;
                 let addr = SocketAddr::new(ip, self.port);
                 let attempt = match &tlsa {
                     Some(records) => self.connect_dane(host, addr, records.clone()).await,
@@ -370,9 +391,27 @@ impl MxUpstream {
     /// Idle pooled connections right now, every site together.
     pub fn idle_connections(&self) -> usize {
         let sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
-        sites.values().map(|p| p.idle_count()).sum()
+        sites.pool.values().map(|p| p.idle_count()).sum()
     }
 }
+
+/// Each site's connection pool, by site name.
+struct Sites {
+    pool: HashMap<String, Arc<Pool<Connection>>>,
+    /// The map's size at which unused pools are swept out.
+    sweep_at: usize,
+}
+
+const SITES_BEFORE_SWEEP: usize = 1024;
+
+/// Addresses tried for one copy at most, over all its MX hosts (Postfix's
+/// `smtp_mx_address_limit`): a domain whose many MX hosts all black-hole connections costs
+/// at most this many connect timeouts per attempt, not one per address it lists.
+const MAX_ADDRESSES_PER_ATTEMPT: usize = 5;
+
+/// MX hosts looked at for one copy at most, most preferred first: a domain listing hundreds of
+/// names without addresses costs at most this many address lookups per attempt.
+const MAX_HOSTS_PER_ATTEMPT: usize = 10;
 
 /// What a copy asks of TLS.
 enum Want<'p> {
