@@ -150,22 +150,19 @@ pub(super) fn validate_upstreams(raw: Vec<RawUpstream>, p: &mut Problems) -> Vec
                 continue;
             }
             (None, Some(dir)) => {
-                for (key, set) in [
-                    ("port", u.port.is_some()),
-                    ("tls", u.tls.is_some()),
-                    ("ca_file", u.ca_file.is_some()),
-                    ("username", u.username.is_some()),
-                    ("password_env", u.password_env.is_some()),
-                    ("password_file", u.password_file.is_some()),
-                    ("local", u.local.is_some()),
-                ] {
-                    if set {
-                        p.push(
-                            &format!("{path}.{key}"),
-                            "only applies to an SMTP upstream (host), not a dir",
-                        );
-                    }
-                }
+                p.not_applicable(
+                    &path,
+                    &[
+                        ("port", u.port.is_some()),
+                        ("tls", u.tls.is_some()),
+                        ("ca_file", u.ca_file.is_some()),
+                        ("username", u.username.is_some()),
+                        ("password_env", u.password_env.is_some()),
+                        ("password_file", u.password_file.is_some()),
+                        ("local", u.local.is_some()),
+                    ],
+                    "only applies to an SMTP upstream (host), not a dir",
+                );
                 let dir = PathBuf::from(dir);
                 p.directory(&format!("{path}.dir"), &dir);
                 UpstreamKind::Dir { dir }

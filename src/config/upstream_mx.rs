@@ -62,22 +62,19 @@ pub(super) fn validate_mx(
     path: &str,
     p: &mut Problems,
 ) -> Option<MxUpstreamConfig> {
-    for (key, set) in [
-        ("host", u.host.is_some()),
-        ("port", u.port.is_some()),
-        ("dir", u.dir.is_some()),
-        ("username", u.username.is_some()),
-        ("password_env", u.password_env.is_some()),
-        ("password_file", u.password_file.is_some()),
-        ("local", u.local.is_some()),
-    ] {
-        if set {
-            p.push(
-                &format!("{path}.{key}"),
-                "does not apply to kind = \"mx\" (hosts come from each domain's MX records)",
-            );
-        }
-    }
+    p.not_applicable(
+        path,
+        &[
+            ("host", u.host.is_some()),
+            ("port", u.port.is_some()),
+            ("dir", u.dir.is_some()),
+            ("username", u.username.is_some()),
+            ("password_env", u.password_env.is_some()),
+            ("password_file", u.password_file.is_some()),
+            ("local", u.local.is_some()),
+        ],
+        "does not apply to kind = \"mx\" (hosts come from each domain's MX records)",
+    );
     let tls = match u.tls.as_deref().unwrap_or("opportunistic") {
         "opportunistic" => MxTls::Opportunistic,
         "none" => MxTls::None,
@@ -177,22 +174,22 @@ fn test_port(given: Option<u16>, standard: u16, key: &str, p: &mut Problems) -> 
 
 /// Refuses the keys only an `mx` upstream reads on an SMTP or dir upstream.
 pub(super) fn refuse_mx_keys(u: &RawUpstream, path: &str, p: &mut Problems) {
-    for (key, set) in [
-        ("ehlo_name", u.ehlo_name.is_some()),
-        ("source_address", u.source_address.is_some()),
-        ("nameservers", u.nameservers.is_some()),
-        ("dns_timeout", u.dns_timeout.is_some()),
-        (
-            "max_connections_per_site",
-            u.max_connections_per_site.is_some(),
-        ),
-        ("smtp_port", u.smtp_port.is_some()),
-        ("https_port", u.https_port.is_some()),
-        ("mta_sts", u.mta_sts.is_some()),
-        ("dnssec_resolver", u.dnssec_resolver.is_some()),
-    ] {
-        if set {
-            p.push(&format!("{path}.{key}"), "only applies to kind = \"mx\"");
-        }
-    }
+    p.not_applicable(
+        path,
+        &[
+            ("ehlo_name", u.ehlo_name.is_some()),
+            ("source_address", u.source_address.is_some()),
+            ("nameservers", u.nameservers.is_some()),
+            ("dns_timeout", u.dns_timeout.is_some()),
+            (
+                "max_connections_per_site",
+                u.max_connections_per_site.is_some(),
+            ),
+            ("smtp_port", u.smtp_port.is_some()),
+            ("https_port", u.https_port.is_some()),
+            ("mta_sts", u.mta_sts.is_some()),
+            ("dnssec_resolver", u.dnssec_resolver.is_some()),
+        ],
+        "only applies to kind = \"mx\"",
+    );
 }

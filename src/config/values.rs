@@ -324,6 +324,15 @@ impl Problems {
         }
     }
 
+    /// Reports `path.<key>` with `why` for each key that is set but does not apply.
+    pub fn not_applicable(&mut self, path: &str, keys: &[(&str, bool)], why: &str) {
+        for (key, set) in keys {
+            if *set {
+                self.push(&format!("{path}.{key}"), why);
+            }
+        }
+    }
+
     pub fn socket_addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
         match value.parse() {
             Ok(a) => Some(a),

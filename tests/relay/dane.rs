@@ -13,6 +13,7 @@ use crate::support;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use support::direct::*;
 use support::dnssec::{SignedDns, ZoneFile, tools_present};
 use support::pki::TestCa;
 use support::scripted_smtp::{Script, ScriptedSmtp};
@@ -75,41 +76,11 @@ async fn authenticated_tlsa_records_decide_and_unsigned_ones_do_not() {
             ),
         },
     ]);
-    let config = format!(
-        r#"
-[server]
-listen = "{{smtp}}"
-hostname = "relay.test"
-[access]
-networks = ["127.0.0.0/8"]
-[privacy]
-mode = "split"
-max_visible_recipients = 1
-[spool]
-dir = "{{dir}}/spool"
-retry_initial = "1s"
-retry_max = "1s"
-[[upstream]]
-name = "direct"
-kind = "mx"
-nameservers = ["{dns}"]
-dnssec_resolver = "{dns}"
-mta_sts = false
-smtp_port = {port}
-timeout = "5s"
-{metrics}"#,
-        dns = dns.resolver,
-        metrics = metrics_listener!(),
-    );
-    let relay = RelayProc::start(&config, &[("MAILVEIL_ALLOW_TEST_PORTS", "1")]).await;
+    let upstream = format!("dnssec_resolver = \"{}\"\nmta_sts = false\n", dns.resolver);
+    let config = mx_relay_config(dns.resolver, port, &upstream, "");
+    let relay = RelayProc::start(&config, &[ALLOW_TEST_PORTS]).await;
     let to = ["a@good.dane.test", "b@bad.dane.test", "c@plain.test"];
-    let m = message(
-        &["From: app@src.test", &format!("To: {}", to.join(", "))],
-        "hi\r\n",
-    );
-    lettre_send(relay.smtp, Some("app@src.test"), &to, &m)
-        .await
-        .unwrap();
+    send_split(&relay, &to).await;
 
     let end = std::time::Instant::now() + Duration::from_secs(30);
     while good.record().messages.is_empty() || plain_mx.record().messages.is_empty() {
@@ -138,11 +109,12 @@ timeout = "5s"
     );
     assert!(bad.record().messages.is_empty());
 
-    let by =
-        |tls: &str| format!("mailveil_delivered_tls_total{{tls=\"{tls}\",upstream=\"direct\"}}");
-    assert_eq!(metric_at(relay.metrics, &by("dane")).await, Some(1.0));
     assert_eq!(
-        metric_at(relay.metrics, &by("opportunistic")).await,
+        metric_at(relay.metrics, &delivered_tls("dane")).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_at(relay.metrics, &delivered_tls("opportunistic")).await,
         Some(1.0)
     );
 }

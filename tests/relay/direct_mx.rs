@@ -9,48 +9,21 @@ use crate::support;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use support::direct::*;
 use support::dns::{DnsServer, Zone};
-use support::scripted_smtp::{Script, ScriptedSmtp, Step};
+use support::scripted_smtp::{Script, Step};
 use support::*;
 
 fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, last)
+    loopback(last)
 }
 
-async fn mx_host(last: u8, port: u16, script: Script) -> ScriptedSmtp {
-    ScriptedSmtp::start_on(SocketAddr::from((ip(last), port)), script).await
-}
-
+/// Plaintext (`tls = "none"`) unless a test removes it, `ehlo_name` set, `extra` added to the
+/// upstream.
 fn config(dns: SocketAddr, port: u16, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{{smtp}}"
-hostname = "relay.test"
-[access]
-networks = ["127.0.0.0/8"]
-[privacy]
-mode = "split"
-max_visible_recipients = 1
-[spool]
-dir = "{{dir}}/spool"
-retry_initial = "1s"
-retry_max = "1s"
-[[upstream]]
-name = "direct"
-kind = "mx"
-nameservers = ["{dns}"]
-smtp_port = {port}
-tls = "none"
-timeout = "5s"
-ehlo_name = "out.relay.test"
-{extra}
-{metrics}"#,
-        metrics = metrics_listener!(),
-    )
+    let upstream = format!("tls = \"none\"\nehlo_name = \"out.relay.test\"\n{extra}");
+    mx_relay_config(dns, port, &upstream, "")
 }
-
-const ALLOW: (&str, &str) = ("MAILVEIL_ALLOW_TEST_PORTS", "1");
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let end = std::time::Instant::now() + Duration::from_secs(30);
@@ -91,7 +64,7 @@ async fn copies_follow_mx_preference_fallback_and_the_a_record() {
         .a("implicit.test", ip(5))
         .null_mx("nomail.test");
     let dns = DnsServer::start(zone).await;
-    let relay = RelayProc::start(&config(dns.addr, port, ""), &[ALLOW]).await;
+    let relay = RelayProc::start(&config(dns.addr, port, ""), &[ALLOW_TEST_PORTS]).await;
 
     let to = [
         "a@pref.test",
@@ -100,13 +73,7 @@ async fn copies_follow_mx_preference_fallback_and_the_a_record() {
         "d@nomail.test",
         "e@nosuch.test",
     ];
-    let m = message(
-        &["From: app@src.test", &format!("To: {}", to.join(", "))],
-        "hi\r\n",
-    );
-    lettre_send(relay.smtp, Some("app@src.test"), &to, &m)
-        .await
-        .unwrap();
+    send_split(&relay, &to).await;
 
     wait_until("pref.test and greets.test at mx2", || {
         good.record().messages.len() >= 2
@@ -207,7 +174,7 @@ async fn one_site_shares_few_connections_within_its_cap() {
     let dns = DnsServer::start(zone).await;
     let relay = RelayProc::start(
         &config(dns.addr, port, "max_connections_per_site = 2"),
-        &[ALLOW],
+        &[ALLOW_TEST_PORTS],
     )
     .await;
 
@@ -216,13 +183,7 @@ async fn one_site_shares_few_connections_within_its_cap() {
         .map(|i| format!("r{i}@{}", ["one.test", "two.test", "three.test"][i % 3]))
         .collect();
     let to_refs: Vec<&str> = to.iter().map(String::as_str).collect();
-    let m = message(
-        &["From: app@src.test", &format!("To: {}", to.join(", "))],
-        "hi\r\n",
-    );
-    lettre_send(relay.smtp, Some("app@src.test"), &to_refs, &m)
-        .await
-        .unwrap();
+    send_split(&relay, &to_refs).await;
     wait_until("30 copies at the shared MX", || {
         shared.record().messages.len() >= 30
     })
@@ -260,15 +221,9 @@ async fn an_unreachable_domain_defers_without_failing_the_upstream_for_others() 
         .mx("up.test", 10, "mx.up.test")
         .a("mx.up.test", ip(7));
     let dns = DnsServer::start(zone).await;
-    let relay = RelayProc::start(&config(dns.addr, port, ""), &[ALLOW]).await;
+    let relay = RelayProc::start(&config(dns.addr, port, ""), &[ALLOW_TEST_PORTS]).await;
     let to = ["x@down.test", "y@up.test"];
-    let m = message(
-        &["From: app@src.test", &format!("To: {}", to.join(", "))],
-        "hi\r\n",
-    );
-    lettre_send(relay.smtp, Some("app@src.test"), &to, &m)
-        .await
-        .unwrap();
+    send_split(&relay, &to).await;
     wait_until("up.test delivered", || !good.record().messages.is_empty()).await;
     // down.test is deferred (and retried), never failed, and the upstream stays up.
     wait_metric(
@@ -317,10 +272,6 @@ smtp_port = 2525
     assert!(stderr.contains("upstream[0].smtp_port"), "{stderr}");
 }
 
-fn by_tls(tls: &str) -> String {
-    format!("mailveil_delivered_tls_total{{tls=\"{tls}\",upstream=\"direct\"}}")
-}
-
 /// `tls = "opportunistic"` (the default): STARTTLS whenever a host offers it, whatever its
 /// certificate (here from a CA nobody trusts, for another name), plaintext when it does not
 /// offer it; the `tls` label tells them apart.
@@ -362,15 +313,9 @@ async fn starttls_is_used_whenever_offered_whatever_the_certificate() {
         .a("mx.refuses.test", ip(14));
     let dns = DnsServer::start(zone).await;
     let template = config(dns.addr, port, "").replace("tls = \"none\"\n", "");
-    let relay = RelayProc::start(&template, &[ALLOW]).await;
+    let relay = RelayProc::start(&template, &[ALLOW_TEST_PORTS]).await;
     let to = ["a@tls.test", "b@plain.test", "c@refuses.test"];
-    let m = message(
-        &["From: app@src.test", &format!("To: {}", to.join(", "))],
-        "hi\r\n",
-    );
-    lettre_send(relay.smtp, Some("app@src.test"), &to, &m)
-        .await
-        .unwrap();
+    send_split(&relay, &to).await;
     wait_until("the three copies", || {
         !with_tls.record().messages.is_empty()
             && !plain.record().messages.is_empty()
@@ -382,7 +327,7 @@ async fn starttls_is_used_whenever_offered_whatever_the_certificate() {
     assert!(!refuses.record().messages[0].tls);
     for tls in ["opportunistic", "none", "fallback"] {
         assert_eq!(
-            metric_at(relay.metrics, &by_tls(tls)).await,
+            metric_at(relay.metrics, &delivered_tls(tls)).await,
             Some(1.0),
             "{tls}"
         );
@@ -436,15 +381,9 @@ async fn require_tls_providers_get_verified_tls_or_nothing() {
         ca_file.display()
     );
     let template = config(dns.addr, port, &extra).replace("tls = \"none\"\n", "");
-    let relay = RelayProc::start(&template, &[ALLOW]).await;
+    let relay = RelayProc::start(&template, &[ALLOW_TEST_PORTS]).await;
     let to = ["a@strict.test", "b@lax.test"];
-    let m = message(
-        &["From: app@src.test", &format!("To: {}", to.join(", "))],
-        "hi\r\n",
-    );
-    lettre_send(relay.smtp, Some("app@src.test"), &to, &m)
-        .await
-        .unwrap();
+    send_split(&relay, &to).await;
     wait_until("the strict copy at mx3", || {
         !valid.record().messages.is_empty()
     })
@@ -501,7 +440,7 @@ async fn a_providers_own_throttle_reply_reaches_the_shaping_rules() {
         .mx("example.org", 10, "mx.example.org")
         .a("mx.example.org", ip(16));
     let dns = DnsServer::start(zone).await;
-    let relay = RelayProc::start(&config(dns.addr, port, ""), &[ALLOW]).await;
+    let relay = RelayProc::start(&config(dns.addr, port, ""), &[ALLOW_TEST_PORTS]).await;
     send_simple(
         relay.smtp,
         "app@src.test",

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use support::direct::*;
 use support::dns::{DnsServer, Zone};
 use support::pki::TestCa;
 use support::scripted_smtp::{Script, ScriptedSmtp};
@@ -20,7 +21,7 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, last)
+    loopback(last)
 }
 
 /// An HTTPS server answering `GET /.well-known/mta-sts.txt` with the policy of the `Host:`
@@ -151,42 +152,14 @@ async fn enforce_uses_only_valid_listed_hosts_and_testing_reports() {
     }
     let dns = DnsServer::start(zone).await;
 
-    let config = format!(
-        r#"
-[server]
-listen = "{{smtp}}"
-hostname = "relay.test"
-[access]
-networks = ["127.0.0.0/8"]
-[privacy]
-mode = "split"
-max_visible_recipients = 1
-[spool]
-dir = "{{dir}}/spool"
-retry_initial = "1s"
-retry_max = "1s"
-[[upstream]]
-name = "direct"
-kind = "mx"
-nameservers = ["{dns}"]
-smtp_port = {smtp_port}
-https_port = {https_port}
-ca_file = "{ca}"
-timeout = "5s"
-{metrics}"#,
-        dns = dns.addr,
-        ca = ca_file.display(),
-        metrics = metrics_listener!(),
+    let upstream = format!(
+        "https_port = {https_port}\nca_file = \"{}\"\n",
+        ca_file.display()
     );
-    let relay = RelayProc::start(&config, &[("MAILVEIL_ALLOW_TEST_PORTS", "1")]).await;
+    let config = mx_relay_config(dns.addr, smtp_port, &upstream, "");
+    let relay = RelayProc::start(&config, &[ALLOW_TEST_PORTS]).await;
     let to = ["a@enforce.test", "b@testing.test", "c@bad.test"];
-    let m = message(
-        &["From: app@src.test", &format!("To: {}", to.join(", "))],
-        "hi\r\n",
-    );
-    lettre_send(relay.smtp, Some("app@src.test"), &to, &m)
-        .await
-        .unwrap();
+    send_split(&relay, &to).await;
 
     let end = std::time::Instant::now() + Duration::from_secs(30);
     while valid.record().messages.is_empty() || testing_mx.record().messages.is_empty() {
@@ -226,11 +199,12 @@ timeout = "5s"
         "no plaintext for an enforce domain"
     );
 
-    let by =
-        |tls: &str| format!("mailveil_delivered_tls_total{{tls=\"{tls}\",upstream=\"direct\"}}");
-    assert_eq!(metric_at(relay.metrics, &by("mta-sts")).await, Some(1.0));
     assert_eq!(
-        metric_at(relay.metrics, &by("opportunistic")).await,
+        metric_at(relay.metrics, &delivered_tls("mta-sts")).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_at(relay.metrics, &delivered_tls("opportunistic")).await,
         Some(1.0)
     );
     // Policies are cached: retries of bad.test did not fetch again.

@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+pub mod direct;
 pub mod dns;
 pub mod dnssec;
 pub mod leaks;
