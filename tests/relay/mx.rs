@@ -5,65 +5,18 @@
 use crate::support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::MX;
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use support::dns::{DnsServer, Zone};
 use support::*;
 
 /// A DNS server on 127.0.0.1 that knows the MX of `corp.test` (Microsoft-hosted) and of
 /// `selfhosted.test` (its own server); everything else is NXDOMAIN. Counts MX queries.
-async fn dns_server() -> (SocketAddr, Arc<AtomicUsize>) {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let queries = Arc::new(AtomicUsize::new(0));
-    let counter = queries.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            let Ok(query) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let mut answer = Message::new();
-            answer
-                .set_id(query.id())
-                .set_message_type(MessageType::Response)
-                .set_op_code(query.op_code())
-                .set_recursion_desired(query.recursion_desired())
-                .set_recursion_available(true);
-            for q in query.queries() {
-                answer.add_query(q.clone());
-                let host = match q.name().to_ascii().to_ascii_lowercase().as_str() {
-                    "corp.test." => Some("corp-test.mail.protection.outlook.com."),
-                    "selfhosted.test." => Some("mx.selfhosted.test."),
-                    _ => None,
-                };
-                if q.query_type() == RecordType::MX {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-                match host {
-                    Some(h) if q.query_type() == RecordType::MX => {
-                        answer.add_answer(Record::from_rdata(
-                            q.name().clone(),
-                            300,
-                            RData::MX(MX::new(10, Name::from_ascii(h).unwrap())),
-                        ));
-                    }
-                    Some(_) => {}
-                    None => {
-                        answer.set_response_code(ResponseCode::NXDomain);
-                    }
-                }
-            }
-            let _ = socket.send_to(&answer.to_vec().unwrap(), peer).await;
-        }
-    });
-    (addr, queries)
+async fn dns_server() -> DnsServer {
+    let mut zone = Zone::default();
+    zone.mx("corp.test", 10, "corp-test.mail.protection.outlook.com")
+        .mx("selfhosted.test", 10, "mx.selfhosted.test");
+    DnsServer::start(zone).await
 }
 
 fn config(dns: SocketAddr, classify: bool) -> String {
@@ -113,7 +66,8 @@ async fn send_three(relay: &InProcessRelay, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlisted_domains_go_to_the_lane_of_the_provider_hosting_their_mx() {
-    let (dns, queries) = dns_server().await;
+    let dns_server = dns_server().await;
+    let (dns, queries) = (dns_server.addr, dns_server.mx_queries.clone());
     let relay = InProcessRelay::start(&config(dns, true)).await;
     send_three(&relay, "first").await;
     send_three(&relay, "second").await;
@@ -150,7 +104,8 @@ async fn unlisted_domains_go_to_the_lane_of_the_provider_hosting_their_mx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_classify_by_mx_no_dns_is_asked() {
-    let (dns, queries) = dns_server().await;
+    let dns_server = dns_server().await;
+    let (dns, queries) = (dns_server.addr, dns_server.mx_queries.clone());
     let relay = InProcessRelay::start(&config(dns, false)).await;
     send_three(&relay, "off").await;
     wait_for_captures(&relay.outbox(), 3).await;

@@ -88,6 +88,19 @@ pub(crate) struct Connection {
     broken: bool,
 }
 
+impl Connection {
+    /// A session just greeted (or upgraded and greeted again); `tls` is set by the caller.
+    fn new(wire: Wire, ext: Extensions) -> Connection {
+        Connection {
+            wire,
+            ext,
+            transactions: 0,
+            broken: false,
+            tls: TlsUsed::None,
+        }
+    }
+}
+
 /// Login for AUTH; the password never appears in a log or an error.
 struct Login {
     username: String,
@@ -308,13 +321,7 @@ impl SmtpClient {
                 return Err(UpstreamError::from_reply(stage, &greeting));
             }
             let ext = self.hello(&mut wire, stage).await?;
-            Ok(Connection {
-                wire,
-                ext,
-                transactions: 0,
-                broken: false,
-                tls: TlsUsed::None,
-            })
+            Ok(Connection::new(wire, ext))
         })
         .await
     }
@@ -377,13 +384,7 @@ impl SmtpClient {
                 .map_err(|e| UpstreamError::Tls(e.to_string()))?;
             let mut wire = Wire::new(Transport::Tls(Box::new(tls)));
             let ext = self.hello(&mut wire, stage).await?;
-            Ok(Connection {
-                wire,
-                ext,
-                transactions: 0,
-                broken: false,
-                tls: TlsUsed::None,
-            })
+            Ok(Connection::new(wire, ext))
         };
         within(stage, t.tls, upgrade).await
     }

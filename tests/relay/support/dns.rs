@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
@@ -52,6 +53,8 @@ impl Zone {
 
 pub struct DnsServer {
     pub addr: SocketAddr,
+    /// MX queries answered so far.
+    pub mx_queries: Arc<AtomicUsize>,
     zone: Arc<Mutex<Zone>>,
     task: JoinHandle<()>,
 }
@@ -62,6 +65,8 @@ impl DnsServer {
         let addr = socket.local_addr().unwrap();
         let zone = Arc::new(Mutex::new(zone));
         let table = zone.clone();
+        let mx_queries = Arc::new(AtomicUsize::new(0));
+        let counter = mx_queries.clone();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
@@ -81,6 +86,9 @@ impl DnsServer {
                     .set_authoritative(true);
                 for q in query.queries() {
                     answer.add_query(q.clone());
+                    if q.query_type() == hickory_proto::rr::RecordType::MX {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
                     let name = q.name().to_ascii().to_ascii_lowercase();
                     let zone = table.lock().unwrap();
                     match zone.records.get(&name) {
@@ -104,7 +112,12 @@ impl DnsServer {
                 }
             }
         });
-        DnsServer { addr, zone, task }
+        DnsServer {
+            addr,
+            mx_queries,
+            zone,
+            task,
+        }
     }
 
     /// Replaces the table (answers change at once; the relay's cache keeps old ones for their
