@@ -199,8 +199,8 @@ impl Config {
             access: access::validate_access(access, &mut p),
             privacy,
             hold,
-            spool: spool::validate_spool(spool, &mut p),
             upstreams: upstream::validate_upstreams(upstreams, &mut p),
+            spool: spool::validate_spool(spool, &mut p),
             providers: shaping::validate_providers(providers, &mut p),
             shaping: shaping::validate_shaping(shaping, &mut p),
             metrics: http::validate_metrics(metrics, &mut p),
@@ -211,6 +211,8 @@ impl Config {
             apps,
             warnings: Vec::new(),
         };
+        let mut config = config;
+        upstream_mx::keep_state_in(&mut config.upstreams, &config.spool.dir);
         check_handoff_upstream(&config, &mut p);
         check_app_networks(&config, &mut p);
         check_app_logins(&config, &mut p);

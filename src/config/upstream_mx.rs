@@ -42,6 +42,9 @@ pub struct MxUpstreamConfig {
     pub dnssec_resolver: Option<SocketAddr>,
     /// 443, or a test's port: where MTA-STS policies are fetched.
     pub https_port: u16,
+    /// Where MTA-STS policies are kept across restarts (`SPOOL/mta-sts-<name>.json`); set from
+    /// `spool.dir` once the config is read.
+    pub policy_cache: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +150,7 @@ pub(super) fn validate_mx(
         ca_file,
         port,
         mta_sts: u.mta_sts.unwrap_or(true),
+        policy_cache: None,
         dnssec_resolver: u
             .dnssec_resolver
             .as_ref()
@@ -192,4 +196,13 @@ pub(super) fn refuse_mx_keys(u: &RawUpstream, path: &str, p: &mut Problems) {
         ],
         "only applies to kind = \"mx\"",
     );
+}
+
+/// Gives each `mx` upstream its MTA-STS policy file in the spool directory.
+pub(super) fn keep_state_in(upstreams: &mut [super::UpstreamConfig], spool_dir: &std::path::Path) {
+    for u in upstreams {
+        if let super::UpstreamKind::Mx(mx) = &mut u.kind {
+            mx.policy_cache = Some(spool_dir.join(format!("mta-sts-{}.json", u.name)));
+        }
+    }
 }

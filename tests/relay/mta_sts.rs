@@ -157,7 +157,7 @@ async fn enforce_uses_only_valid_listed_hosts_and_testing_reports() {
         ca_file.display()
     );
     let config = mx_relay_config(dns.addr, smtp_port, &upstream, "");
-    let relay = RelayProc::start(&config, &[ALLOW_TEST_PORTS]).await;
+    let mut relay = RelayProc::start(&config, &[ALLOW_TEST_PORTS]).await;
     let to = ["a@enforce.test", "b@testing.test", "c@bad.test"];
     send_split(&relay, &to).await;
 
@@ -216,6 +216,34 @@ async fn enforce_uses_only_valid_listed_hosts_and_testing_reports() {
         "cached for max_age"
     );
     assert!(fetched <= 3, "{fetched} fetches for three domains");
+
+    // The policy outlives a restart: with the policy server gone (an attacker blocking the
+    // fetch), enforce.test still goes only to its valid listed host, never to the unlisted one
+    // that takes plaintext.
+    drop(https);
+    relay.proc_.terminate();
+    relay.restart(&[ALLOW_TEST_PORTS]).await;
+    send_split(&relay, &["again@enforce.test"]).await;
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while valid.record().messages.len() < 2 {
+        assert!(
+            std::time::Instant::now() < end,
+            "not delivered after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(valid.record().messages[1].rcpt_to, ["again@enforce.test"]);
+    assert_eq!(
+        unlisted.record().connections,
+        0,
+        "the cached enforce policy held"
+    );
+    let cache = relay.dir.path().join("spool/mta-sts-direct.json");
+    let cached = std::fs::read_to_string(&cache).unwrap();
+    assert!(
+        cached.contains("enforce.test") && cached.contains("*.enforce.test"),
+        "{cached}"
+    );
 }
 
 async fn wait_deferred(relay: &RelayProc) -> f64 {

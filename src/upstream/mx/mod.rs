@@ -81,9 +81,14 @@ impl MxUpstream {
             resolver,
             port: config.port,
             opportunistic,
-            mta_sts: config
-                .mta_sts
-                .then(|| MtaSts::new(verified.clone(), config.https_port, config.timeout)),
+            mta_sts: config.mta_sts.then(|| {
+                MtaSts::new(
+                    verified.clone(),
+                    config.https_port,
+                    config.timeout,
+                    config.policy_cache.clone(),
+                )
+            }),
             verified,
             dnssec: config.dnssec_resolver,
             dns_timeout: config.dns_timeout,

@@ -6,7 +6,9 @@
 //! redirects). In `enforce` mode only MX hosts matching the policy's `mx` patterns are used, and
 //! only over STARTTLS with a certificate valid for the host's name; in `testing` mode copies go
 //! as without a policy, and what enforce would have refused is logged. Policies are cached for
-//! their `max_age` (in memory; a restart fetches again), and a cached policy still applies when
+//! their `max_age`, in memory and in a file of the spool directory (so a restart does not open
+//! a window in which an attacker who blocks the fetch turns the policy off), and a cached
+//! policy still applies when
 //! the TXT record disappears or the fetch fails (RFC 8461 5.1), which is what makes the promise
 //! hold against an attacker who can block DNS or HTTPS.
 //!
@@ -16,8 +18,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
@@ -111,27 +116,132 @@ struct Cached {
     until: Instant,
 }
 
+/// A cached policy as the cache file keeps it.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    id: String,
+    mode: String,
+    mx: Vec<String>,
+    max_age: u64,
+    /// Unix seconds.
+    until: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Testing => "testing",
+            Mode::None => "none",
+        }
+    }
+}
+
+/// The policies of `file` that have not expired; none when it is missing or unreadable (a
+/// damaged cache costs fetches, not mail).
+fn load(file: &std::path::Path) -> HashMap<String, Cached> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return HashMap::new();
+    };
+    let stored: HashMap<String, Stored> = match serde_json::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "MTA-STS policy cache unreadable; policies will be fetched again");
+            return HashMap::new();
+        }
+    };
+    let (now, unix) = (Instant::now(), unix_now());
+    stored
+        .into_iter()
+        .filter(|(_, s)| s.until > unix)
+        .filter_map(|(domain, s)| {
+            let mode = match s.mode.as_str() {
+                "enforce" => Mode::Enforce,
+                "testing" => Mode::Testing,
+                "none" => Mode::None,
+                _ => return None,
+            };
+            let policy = Policy {
+                mode,
+                mx: s.mx,
+                max_age: Duration::from_secs(s.max_age),
+            };
+            let until = now + Duration::from_secs(s.until - unix);
+            Some((
+                domain,
+                Cached {
+                    id: s.id,
+                    policy,
+                    until,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Finds and caches policies.
 pub struct MtaSts {
     connector: tokio_rustls::TlsConnector,
     https_port: u16,
     timeout: Duration,
     cache: Mutex<HashMap<String, Cached>>,
+    /// Where the cache is kept across restarts.
+    file: Option<PathBuf>,
 }
 
 impl MtaSts {
     /// Fetches over `connector` (verified: webpki roots plus the upstream's `ca_file`) at
     /// `https_port` (443 but in tests), each fetch within `timeout`.
+    /// `file` keeps the cache across restarts (read now, rewritten after each fetch).
     pub fn new(
         connector: tokio_rustls::TlsConnector,
         https_port: u16,
         timeout: Duration,
+        file: Option<PathBuf>,
     ) -> MtaSts {
+        let cache = file.as_deref().map(load).unwrap_or_default();
         MtaSts {
             connector,
             https_port,
             timeout,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(cache),
+            file,
+        }
+    }
+
+    /// Writes the cache to its file (a snapshot, replaced atomically; not synced: losing it
+    /// costs fetches, not mail).
+    fn save(&self, cache: &HashMap<String, Cached>) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        let (now, unix) = (Instant::now(), unix_now());
+        let stored: HashMap<&str, Stored> = cache
+            .iter()
+            .filter(|(_, c)| c.until > now)
+            .map(|(domain, c)| {
+                let stored = Stored {
+                    id: c.id.clone(),
+                    mode: c.policy.mode.name().to_string(),
+                    mx: c.policy.mx.clone(),
+                    max_age: c.policy.max_age.as_secs(),
+                    until: unix + (c.until - now).as_secs(),
+                };
+                (domain.as_str(), stored)
+            })
+            .collect();
+        let Ok(json) = serde_json::to_vec(&stored) else {
+            return;
+        };
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, file)) {
+            tracing::warn!(file = %file.display(), error = %e, "cannot keep the MTA-STS policy cache");
         }
     }
 
@@ -166,6 +276,7 @@ impl MtaSts {
                         until: Instant::now() + policy.max_age,
                     },
                 );
+                self.save(&cache);
                 (policy.mode != Mode::None).then_some(policy)
             }
             failed => {
