@@ -105,16 +105,76 @@ async fn ask(
     Ok((answer.metadata.authentic_data, records))
 }
 
-/// Whether `domain`'s MX RRset (or its address, for an implicit MX) is authenticated: DANE only
-/// applies to MX hosts learnt securely (RFC 7672 2.2).
-pub async fn mx_is_secure(server: SocketAddr, domain: &str, timeout: Duration) -> bool {
-    match ask(server, &format!("{domain}."), RecordType::MX, timeout).await {
-        Ok((true, _)) => true,
-        Ok((false, _)) => false,
-        Err(e) => {
-            tracing::debug!(%domain, error = %crate::observe::log::escaped(&e), "DNSSEC MX check failed; no DANE");
-            false
+/// How long a domain's answer to "is its MX RRset signed?" is kept: the question is asked for
+/// every copy (before a pooled connection is chosen), so it must not cost a DNS round trip
+/// each time; a zone that becomes signed gets DANE at most this much later.
+const SECURE_MX_TTL: Duration = Duration::from_secs(60);
+
+/// Domains kept at most; expired answers are swept when the map is full.
+const SECURE_MX_MAX: usize = 10_000;
+
+/// Whether domains' MX RRsets are authenticated, asked of the validating resolver and kept for
+/// [`SECURE_MX_TTL`].
+pub struct SecureMx {
+    server: SocketAddr,
+    timeout: Duration,
+    known: std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
+}
+
+impl SecureMx {
+    pub fn new(server: SocketAddr, timeout: Duration) -> SecureMx {
+        SecureMx {
+            server,
+            timeout,
+            known: Default::default(),
         }
+    }
+
+    /// The validating resolver (for TLSA questions).
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// Whether `domain`'s MX RRset (a signed NODATA too, for an implicit MX) is authenticated:
+    /// DANE only applies to MX hosts learnt securely (RFC 7672 2.2). A failed question is "no"
+    /// and is not kept.
+    pub async fn is_secure(&self, domain: &str) -> bool {
+        let now = std::time::Instant::now();
+        if let Some((secure, at)) = self.lock().get(domain)
+            && now.duration_since(*at) < SECURE_MX_TTL
+        {
+            return *secure;
+        }
+        let secure = match ask(
+            self.server,
+            &format!("{domain}."),
+            RecordType::MX,
+            self.timeout,
+        )
+        .await
+        {
+            Ok((secure, _)) => secure,
+            Err(e) => {
+                tracing::debug!(%domain, error = %crate::observe::log::escaped(&e), "DNSSEC MX check failed; no DANE");
+                return false;
+            }
+        };
+        let mut known = self.lock();
+        if known.len() >= SECURE_MX_MAX {
+            known.retain(|_, (_, at)| now.duration_since(*at) < SECURE_MX_TTL);
+            if known.len() >= SECURE_MX_MAX {
+                known.clear();
+            }
+        }
+        known.insert(domain.to_string(), (secure, now));
+        secure
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (bool, std::time::Instant)>>
+    {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

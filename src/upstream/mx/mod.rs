@@ -54,7 +54,7 @@ pub(crate) struct MxUpstream {
     /// `None` with `mta_sts = false`.
     mta_sts: Option<MtaSts>,
     /// The validating resolver of DANE; `None`: no DANE.
-    dnssec: Option<SocketAddr>,
+    dnssec: Option<dane::SecureMx>,
     dns_timeout: std::time::Duration,
     sites: Mutex<Sites>,
     /// `max_connections`: every site together.
@@ -90,7 +90,9 @@ impl MxUpstream {
                 )
             }),
             verified,
-            dnssec: config.dnssec_resolver,
+            dnssec: config
+                .dnssec_resolver
+                .map(|server| dane::SecureMx::new(server, config.dns_timeout)),
             dns_timeout: config.dns_timeout,
             sites: Mutex::new(Sites {
                 pool: HashMap::new(),
@@ -154,8 +156,8 @@ impl MxUpstream {
             None => Want::Opportunistic,
         };
         // DANE applies to MX hosts learnt from a signed zone (RFC 7672 2.2).
-        let dane = match self.dnssec {
-            Some(server) if !literal => dane::mx_is_secure(server, domain, self.dns_timeout).await,
+        let dane = match &self.dnssec {
+            Some(secure) if !literal => secure.is_secure(domain).await,
             _ => false,
         };
         let site = self.site(&route.site);
@@ -222,9 +224,9 @@ impl MxUpstream {
                     continue;
                 }
             };
-            let tlsa = match (dane, self.dnssec) {
-                (true, Some(server)) => {
-                    match dane::tlsa(server, &host.name, self.dns_timeout).await {
+            let tlsa = match (dane, &self.dnssec) {
+                (true, Some(secure)) => {
+                    match dane::tlsa(secure.server(), &host.name, self.dns_timeout).await {
                         Ok(dane::Secure::Yes(records)) if !records.is_empty() => Some(records),
                         Ok(_) => None,
                         Err(e) => {

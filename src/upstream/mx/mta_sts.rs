@@ -406,6 +406,42 @@ mod tests {
         assert_eq!(year.max_age, Duration::from_secs(MAX_AGE_LIMIT));
     }
 
+    proptest::proptest! {
+        /// Any text (random bytes as a server could send, lossily decoded) is either refused or
+        /// a policy that holds what RFC 8461 requires; never a panic.
+        #[test]
+        fn any_policy_text_parses_or_is_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(p) = parse_policy(&text) {
+                proptest::prop_assert!(p.mode == Mode::None || !p.mx.is_empty());
+                proptest::prop_assert!(p.max_age.as_secs() <= MAX_AGE_LIMIT);
+            }
+        }
+
+        /// Policies built from random key/value lines: well-formed ones parse, and a host
+        /// matches a pattern exactly when it is the name or one label under a `*.` pattern.
+        #[test]
+        fn patterns_match_exactly_their_hosts(
+            labels in proptest::collection::vec("[a-z0-9-]{1,8}", 2..5),
+            extra in "[a-z0-9-]{1,8}",
+            wildcard in proptest::bool::ANY,
+            crlf in proptest::bool::ANY,
+        ) {
+            let base = labels.join(".");
+            let pattern = if wildcard { format!("*.{base}") } else { base.clone() };
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let text = format!("version: STSv1{eol}mode: enforce{eol}mx: {pattern}{eol}max_age: 60{eol}");
+            let p = parse_policy(&text).unwrap();
+            let under = format!("{extra}.{base}");
+            let two_under = format!("{extra}.{extra}.{base}");
+            proptest::prop_assert_eq!(p.allows(&under), wildcard);
+            proptest::prop_assert_eq!(p.allows(&base), !wildcard);
+            proptest::prop_assert!(!p.allows(&two_under));
+            let glued = format!("{extra}{base}");
+            proptest::prop_assert!(!p.allows(&glued));
+        }
+    }
+
     #[test]
     fn wildcards_match_one_label() {
         let p = parse_policy("version: STSv1\nmode: enforce\nmx: *.mx.example.com\nmx: mail.example.org\nmax_age: 5\n")
