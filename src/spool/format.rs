@@ -4,17 +4,20 @@
 //! the format itself is one piece: records, outcome lines and their checks.
 //!
 //! Messages are written in batches: every commit round of the group committer (see
-//! [`super::commit`]) writes the messages accepted meanwhile into one new file and makes it
-//! durable with one `fdatasync` of the file and one of the directory, however many messages it
-//! holds. That is what lets the relay answer `250` only after an fsync and still accept thousands
+//! [`super::commit`]) writes the messages accepted meanwhile either into one new file, made
+//! durable with one `fdatasync` of the file and one of the directory, or into the room left in
+//! the batch still open, made durable with one `fdatasync` of data alone, however many messages
+//! the round holds. That is what lets the relay answer `250` only after an fsync and still accept thousands
 //! of messages per second.
 //!
 //! ```text
 //! SPOOL/msg/<batch>.spool  records, one per accepted message:
 //!                            "MVS1 <id> <meta-len> <message-len> <check>\n" <meta JSON> <message>
 //!                          (<check>: first 16 hex digits of BLAKE3(meta JSON || message)),
-//!                          written as <batch>.spool.tmp, synced, renamed; then outcome lines
-//!                          appended as deliveries finish, each ending in " #<line-check>"
+//!                          written as <batch>.spool.tmp with room after them (zeros),
+//!                          synced, renamed; later rounds' records and outcome lines written
+//!                          into the room in place (and after it once it is used up), outcome
+//!                          lines as deliveries finish, each ending in " #<line-check>"
 //!                          (first 8 hex digits of BLAKE3 of the text between "MVO1 " and " #"):
 //!                            "MVO1 <id> <k> delivered <unix>", "MVO1 <id> <k> failed <code> <unix>",
 //!                            "MVO1 <id> <k> deferred <next-unix>", "MVO1 <id> done",
@@ -32,8 +35,8 @@
 //! ```
 //! A batch file is removed when every message in it is done. A record counts only when its
 //! check matches, and an outcome line only when it is whole (and its check matches), so whatever
-//! a crash tears is ignored: a torn record was never acknowledged (the rename comes after the
-//! sync), and a torn outcome means the copy is sent again (worst case: one duplicate copy, never
+//! a crash tears is ignored: a torn record was never acknowledged (the rename, or the answer to a
+//! round written in place, comes after the sync), and a torn outcome means the copy is sent again (worst case: one duplicate copy, never
 //! a loss). Outcome lines without a check are read too: earlier relays wrote them, and an operator
 //! may append `MVO1 <id> done` by hand.
 //!

@@ -104,6 +104,8 @@ struct Slot {
 #[derive(Debug)]
 struct Shared {
     msg_dir: PathBuf,
+    /// `msg_dir` open, for the syncs that make new batch files' names durable.
+    dir: File,
     /// Every message in the spool that is not done.
     index: Mutex<HashMap<String, Slot>>,
     /// Bytes of spooled messages (the `mailveil_spool_bytes` gauge).
@@ -159,7 +161,9 @@ impl Spool {
                 "cannot lock the spool directory; `mailveil spool delete` cannot tell that this relay runs on it");
         }
         recover::sweep(&[&msg_dir, &corrupt_dir])?;
+        let dir = File::open(&msg_dir).map_err(SpoolError::io(&msg_dir))?;
         let shared = Arc::new(Shared {
+            dir,
             msg_dir,
             index: Mutex::new(HashMap::new()),
             bytes: AtomicU64::new(0),
@@ -174,10 +178,13 @@ impl Spool {
                 .spawn(move || commit::committer(shared, store_rx))
                 .map_err(SpoolError::io(root))?
         };
-        let syncer = std::thread::Builder::new()
-            .name("spool-sync".into())
-            .spawn(move || commit::syncer(sync_rx))
-            .map_err(SpoolError::io(root))?;
+        let syncer = {
+            let msg_dir = shared.msg_dir.clone();
+            std::thread::Builder::new()
+                .name("spool-sync".into())
+                .spawn(move || commit::syncer(msg_dir, sync_rx))
+                .map_err(SpoolError::io(root))?
+        };
         Ok(Spool {
             root: root.to_path_buf(),
             failed_dir,
@@ -361,11 +368,12 @@ impl Spool {
         self.shared
             .bytes
             .fetch_sub(slot.len.min(self.bytes()), Ordering::Relaxed);
-        if slot.batch.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            slot.batch.retire()
-        } else {
-            self.write_log(&slot.batch, &BatchLogLine::done_line(&meta.id))
+        // The done line first: while the batch is open, the count below is not its last.
+        if slot.batch.live.load(Ordering::Acquire) > 1 {
+            self.write_log(&slot.batch, &BatchLogLine::done_line(&meta.id))?;
         }
+        commit::release(&slot.batch);
+        Ok(())
     }
 
     /// Every spooled message with its recorded outcomes, oldest first. Call once, at start,

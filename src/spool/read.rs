@@ -11,9 +11,13 @@
 //! checks out is taken, wherever damage left it: a flipped byte costs exactly the record or line
 //! it is in.
 //!
-//! What is left over (bytes no intact item covers) is damage, except what a crash leaves at the
-//! end of the outcome lines: a line torn mid-write and the zeros some file systems leave in a
-//! file's tail. Records are synced before the batch gets its name, so a crash never tears one.
+//! What is left over (bytes no intact item covers) is damage, except what a crash leaves: a line
+//! torn mid-write, the zeros some file systems leave in a file's tail, and a commit round torn
+//! while it was written into a batch's room (see [`super::commit`]): records after the last
+//! intact one that do not check out and still hold zeros where the room's pages were not yet
+//! written (an aligned block of [`TORN_BLOCK`] zero bytes). Such a round was never acknowledged,
+//! so it is not damage. A batch's first round is synced before the batch gets its name, so a
+//! crash never tears it; a record cut short or changed elsewhere is damage as before.
 //!
 //! Cost: one pass over the file per magic, plus one hash of each candidate record's extent.
 //! In a healthy batch that is each record once; only damage adds candidates.
@@ -107,7 +111,12 @@ pub struct BatchReading {
     /// Intact outcome lines, in file order.
     pub lines: Vec<BatchLogLine>,
     pub damage: Vec<Damage>,
+    /// Records of a commit round a crash tore (never acknowledged; not damage).
+    pub torn: usize,
 }
+
+/// The unit in which a torn round's unwritten room shows: a disk sector of zeros.
+pub const TORN_BLOCK: usize = 512;
 
 /// Reads a batch file's bytes. Never panics, whatever the bytes.
 pub fn read_batch(data: &[u8]) -> BatchReading {
@@ -115,6 +124,8 @@ pub fn read_batch(data: &[u8]) -> BatchReading {
     // Byte ranges covered by intact items, and where damaged record headers start.
     let mut covered: Vec<Range<usize>> = Vec::new();
     let mut bad_headers: Vec<usize> = Vec::new();
+    // Records that do not check out: where each starts and ends (its end clamped to the file's).
+    let mut unchecked: Vec<Range<usize>> = Vec::new();
     // Where intact outcome lines start: a crash's leftovers are benign only before one of these
     // or at the end of the file.
     let mut line_starts: Vec<usize> = Vec::new();
@@ -129,6 +140,7 @@ pub fn read_batch(data: &[u8]) -> BatchReading {
                 offset: at,
             });
             bad_headers.push(at);
+            unchecked.push(at..data.len());
             continue;
         };
         if record_check(&data[meta.clone()], &data[message.clone()]) != header.check {
@@ -137,6 +149,7 @@ pub fn read_batch(data: &[u8]) -> BatchReading {
                 offset: at,
             });
             bad_headers.push(at);
+            unchecked.push(at..message.end);
             continue;
         }
         let parsed = serde_json::from_slice::<MessageMeta>(&data[meta])
@@ -173,6 +186,23 @@ pub fn read_batch(data: &[u8]) -> BatchReading {
             offset: at,
             message,
         });
+    }
+
+    // A torn round: records after the last intact one, still holding unwritten room.
+    let last_intact = reading.records.last().map(|r| r.offset);
+    let torn: Vec<usize> = unchecked
+        .iter()
+        .filter(|r| last_intact.is_none_or(|l| l < r.start) && holds_zero_block(data, r))
+        .map(|r| r.start)
+        .collect();
+    if !torn.is_empty() {
+        reading.damage.retain(|d| match d {
+            Damage::PastEnd { offset, .. } | Damage::CheckMismatch { offset, .. } => {
+                !torn.contains(offset)
+            }
+            _ => true,
+        });
+        reading.torn = torn.len();
     }
 
     // Where intact records are, in file order. Damage can make two overlap: a record cut short
@@ -227,6 +257,21 @@ pub fn read_batch(data: &[u8]) -> BatchReading {
         });
     }
     reading
+}
+
+/// Whether an aligned block of [`TORN_BLOCK`] zero bytes starts inside `range` of `data` (it may
+/// reach past the range: the room after a torn record is unwritten too). A record's own bytes
+/// never end in zeros (a stored message ends in CRLF, the meta JSON in `}`), so a damaged one
+/// that does was never fully written.
+fn holds_zero_block(data: &[u8], range: &Range<usize>) -> bool {
+    let mut at = range.start.next_multiple_of(TORN_BLOCK);
+    while at < range.end && at + TORN_BLOCK <= data.len() {
+        if data[at..at + TORN_BLOCK].iter().all(|&b| b == 0) {
+            return true;
+        }
+        at += TORN_BLOCK;
+    }
+    false
 }
 
 /// The ranges of `0..len` not covered by any of `covered` (which is sorted in place).

@@ -253,6 +253,13 @@ pub(crate) fn recover_batch(
     name: &str,
 ) -> (Vec<FoundMessage>, Vec<Damage>, usize) {
     let mut reading = read_batch(data);
+    if reading.torn > 0 {
+        tracing::warn!(
+            batch = name,
+            records = reading.torn,
+            "a commit round torn by a crash was found at the end of a spool batch; it was never acknowledged (the clients were not told 250), so it is ignored"
+        );
+    }
     let damage = std::mem::take(&mut reading.damage);
     let intact = reading.records.len();
     (live_messages(reading, taken, name), damage, intact)

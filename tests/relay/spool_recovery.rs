@@ -37,18 +37,23 @@ fn message_id(bytes: &[u8]) -> String {
 
 /// The records of a healthy batch file, in order.
 fn records(bytes: &[u8]) -> Vec<Record> {
+    // Later rounds' records follow outcome lines (and the room is zeros): found by their magic.
     let mut found = Vec::new();
-    let mut at = 0;
-    while let Some((header, header_len)) = RecordHeader::parse(&bytes[at..]) {
+    for at in memchr::memmem::find_iter(bytes, b"MVS1 ") {
+        let Some((header, header_len)) = RecordHeader::parse(&bytes[at..]) else {
+            continue;
+        };
         let start = at + header_len + header.meta_len;
         let message = start..start + header.message_len;
+        if message.end > bytes.len() {
+            continue;
+        }
         found.push(Record {
             header: at,
             header_len,
             message_id: message_id(&bytes[message.clone()]),
             message: message.clone(),
         });
-        at = message.end;
     }
     found
 }

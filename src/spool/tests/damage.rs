@@ -300,3 +300,98 @@ fn an_outcome_line_inside_an_intact_record_is_content_not_an_outcome() {
     );
     assert!(!reading.damage.is_empty(), "the junk is damage");
 }
+
+/// Seven records R0..R6 followed by room (zeros), as the committer leaves a batch taking rounds;
+/// returns the bytes and where R6's record starts.
+fn seven_with_room() -> (Vec<u8>, usize) {
+    let (records, _) = seven();
+    let refs: Vec<(&str, &[u8])> = records
+        .iter()
+        .map(|(i, b)| (i.as_str(), b.as_slice()))
+        .collect();
+    let mut bytes = batch_bytes(&refs, "");
+    let r6 = record_at(&bytes, "R6");
+    bytes.resize(bytes.len() + 8192, 0);
+    (bytes, r6)
+}
+
+#[test]
+fn a_round_torn_in_a_batchs_room_is_not_damage() {
+    // Every way a crash can leave the last round written into the room: the file system wrote
+    // some of its sectors (or pages) and not others, which still read as zeros.
+    let (whole, r6) = seven_with_room();
+    let end = memchr::memmem::find(&whole[r6..], b"body of message 6\r\n").unwrap() + r6 + 19;
+    // Each sector of R6 after its first left unwritten, and all of them.
+    let first = (r6 + 1).next_multiple_of(512);
+    assert!(first < end, "R6 spans a sector boundary");
+    let mut cases: Vec<std::ops::Range<usize>> =
+        (first..end).step_by(512).map(|b| b..b + 512).collect();
+    cases.push(first..end.next_multiple_of(512));
+    for unwritten in cases {
+        let mut bytes = whole.clone();
+        bytes[unwritten.clone()].fill(0);
+        // An outcome line written after the torn round (never synced either) still counts.
+        let line_at = end.max(unwritten.end);
+        bytes.splice(
+            line_at..line_at,
+            BatchLogLine::outcome_line("R2", &LogEntry::Delivered { index: 1, at: 5 }).into_bytes(),
+        );
+        let reading = read::read_batch(&bytes);
+        assert!(
+            reading.damage.is_empty(),
+            "{unwritten:?}: {:?}",
+            reading.damage
+        );
+        assert_eq!(reading.torn, 1, "{unwritten:?}");
+        let (spool, found, dir) = recover_from(&bytes);
+        assert_eq!(found, ids(&["R0", "R1", "R2", "R3", "R4", "R5"]));
+        assert_eq!(spool.corrupt_batches(), 0, "{unwritten:?}");
+        assert!(!dir.path().join(format!("corrupt/{BATCH}.spool")).exists());
+        let r2 = spool
+            .recover()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.meta.id == "R2");
+        assert_eq!(
+            r2.unwrap().log,
+            vec![LogEntry::Delivered { index: 1, at: 5 }]
+        );
+    }
+}
+
+#[test]
+fn damage_to_the_last_record_before_a_batchs_room_is_still_damage() {
+    let (whole, r6) = seven_with_room();
+    // A changed byte, and the file cut short inside the record (room and all).
+    let mut flipped = whole.clone();
+    let at = memchr::memmem::find(&flipped, b"body of message 6").unwrap();
+    flipped[at] ^= 0x20;
+    let cut = whole[..r6 + 60].to_vec();
+    // A torn round that left an intact record after the damaged one is not a crash's
+    // leftover that recovery can tell apart: kept for the operator too.
+    let mut then_intact = whole.clone();
+    then_intact[at] ^= 0x20;
+    let (records, _) = seven();
+    let refs: Vec<(&str, &[u8])> = records[..1]
+        .iter()
+        .map(|(_, b)| ("R7", b.as_slice()))
+        .collect();
+    let r7 = batch_bytes(&refs, "");
+    let place = then_intact.len() - 4096;
+    then_intact[place..place + r7.len()].copy_from_slice(&r7);
+    for (what, bytes) in [
+        ("flipped", flipped),
+        ("cut", cut),
+        ("then intact", then_intact),
+    ] {
+        let reading = read::read_batch(&bytes);
+        assert_eq!(reading.torn, 0, "{what}");
+        let (spool, found, dir) = recover_from(&bytes);
+        assert!(!found.contains(&"R6".to_string()), "{what}");
+        assert_eq!(spool.corrupt_batches(), 1, "{what}");
+        assert!(
+            dir.path().join(format!("corrupt/{BATCH}.spool")).exists(),
+            "{what}"
+        );
+    }
+}
