@@ -39,6 +39,7 @@ pub mod schedule;
 pub mod sink;
 pub mod spool;
 pub mod tenant;
+pub mod text;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -376,7 +376,7 @@ impl std::io::Write for GuardedLine {
 impl Drop for GuardedLine {
     fn drop(&mut self) {
         use std::io::Write;
-        let line = String::from_utf8_lossy(&self.line);
+        let line = mailveil::text::lossy(&self.line);
         let line = mailveil::observe::log::guard_line(&line, self.format, self.ansi);
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }

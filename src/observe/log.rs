@@ -234,6 +234,10 @@ fn needs_escape(c: char) -> bool {
 /// (`ESC [ digits m`) stay; any other ESC is escaped.
 pub fn guard_line(line: &str, format: LogFormat, ansi: bool) -> Cow<'_, str> {
     let body = line.strip_suffix('\n').unwrap_or(line);
+    // Nearly every line is printable ASCII without a backslash's company: nothing to escape.
+    if body.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Cow::Borrowed(line);
+    }
     let sgr_end = |at: usize| -> Option<usize> {
         let rest = body[at..].strip_prefix("\x1b[")?;
         let digits = rest

@@ -54,7 +54,7 @@ pub fn check(exposure: &Exposure, audience: &Audience, message: &[u8]) -> Option
         return Some(leak);
     }
     let body = &message[super::rewrite::body_offset(message)..];
-    let raw = String::from_utf8_lossy(body);
+    let raw = crate::text::lossy(body);
     if leaks(exposure.shown_in_text(&raw)) {
         return Some(BodyLeak {
             part: "body".into(),
@@ -64,7 +64,7 @@ pub fn check(exposure: &Exposure, audience: &Audience, message: &[u8]) -> Option
     // uuencoded blocks (`begin 644 list.csv` ... `end`), as an attachment with
     // `Content-Transfer-Encoding: x-uuencode` or inline in a text part: clients decode both.
     for block in uudecode_blocks(&raw) {
-        if leaks(exposure.shown_in_text(&String::from_utf8_lossy(&block))) {
+        if leaks(exposure.shown_in_text(&crate::text::lossy(&block))) {
             return Some(BodyLeak {
                 part: "body (uuencoded attachment)".into(),
                 unreadable: false,
@@ -171,7 +171,7 @@ fn check_parts(
         if base64 {
             let encoded = slice(raw, part.offset_body, part.offset_end);
             let decoded = reading::base64_lenient(encoded);
-            if let Some(leak) = found(exposure.shown_in_text(&String::from_utf8_lossy(&decoded))) {
+            if let Some(leak) = found(exposure.shown_in_text(&crate::text::lossy(&decoded))) {
                 return Some(leak);
             }
         }
@@ -183,7 +183,7 @@ fn check_parts(
                 if is_message(part) {
                     nested(exposure, leaks, bytes, &name(), depth)
                 } else {
-                    found(exposure.shown_in_text(&String::from_utf8_lossy(bytes)))
+                    found(exposure.shown_in_text(&crate::text::lossy(bytes)))
                 }
             }
             PartType::Message(inner) => {

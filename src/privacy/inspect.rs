@@ -60,7 +60,7 @@ pub fn inspect(config: &PrivacyConfig, envelope: &Envelope, message: &[u8]) -> I
             rcpts.join(" ")
         ));
         let header = render_header(message, &delivery.rewrite, &exposure);
-        let text = String::from_utf8_lossy(&header);
+        let text = crate::text::lossy(&header);
         let mut lines: Vec<&str> = text
             .split('\n')
             .map(|l| l.strip_suffix('\r').unwrap_or(l))

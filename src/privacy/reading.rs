@@ -41,7 +41,7 @@ pub const MAX_DECODE_ROUNDS: usize = 4;
 /// Calls `visit` with every reading of `raw`, skipping a reading identical to the one before.
 /// Stops early when `visit` returns `true` ("found what I was looking for").
 pub fn each_reading(raw: &[u8], mut visit: impl FnMut(&str) -> bool) -> bool {
-    let text = String::from_utf8_lossy(raw);
+    let text = crate::text::lossy(raw);
     if visit(&text) {
         return true;
     }
@@ -73,7 +73,7 @@ pub fn has_undecodable_word(raw: &[u8]) -> bool {
     if memchr::memmem::find(raw, b"=?").is_none() {
         return false;
     }
-    let text = String::from_utf8_lossy(raw);
+    let text = crate::text::lossy(raw);
     let mut current = unfold(&text).into_owned();
     for _ in 0..MAX_DECODE_ROUNDS {
         let mut search = 0;
@@ -308,7 +308,7 @@ pub fn to_text(charset: &str, bytes: &[u8]) -> Option<String> {
         .iter()
         .any(|l| label.eq_ignore_ascii_case(l))
     {
-        return Some(String::from_utf8_lossy(bytes).into_owned());
+        return Some(crate::text::lossy(bytes).into_owned());
     }
     let encoding = encoding_rs::Encoding::for_label(label.as_bytes())?;
     if encoding == encoding_rs::REPLACEMENT {
@@ -396,7 +396,7 @@ fn percent_decode(text: &str) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     }
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(text).collect();
-    Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+    Cow::Owned(crate::text::lossy(&bytes).into_owned())
 }
 
 /// `"bob"@y` -> `bob@y` when the quoted part holds no separator: the same mailbox written

@@ -181,7 +181,7 @@ pub(crate) fn parse_field(raw: &[u8]) -> ParsedField {
             };
         }
     };
-    let text = String::from_utf8_lossy(&value);
+    let text = crate::text::lossy(&value);
     let mut addresses = Vec::with_capacity(list.len());
     let mut error = lexical.as_ref().err().cloned();
     // Addresses come back in the order they stand in the field: each is looked for after the
