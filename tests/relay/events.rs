@@ -24,15 +24,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 fn config(upstream: &str, events: &str) -> String {
     format!(
         r#"
-[server]
-listen = "{{smtp}}"
-hostname = "relay.test"
-[access]
-networks = ["127.0.0.0/8"]
-[privacy]
-mode = "split"
-max_visible_recipients = 1
-[spool]
+{head}[spool]
 dir = "{{dir}}/spool"
 retry_initial = "1s"
 retry_max = "1s"
@@ -46,6 +38,7 @@ senders = ["@sender.test"]
 [app.events]
 {events}
 "#,
+        head = split_relay!(),
         metrics = metrics_listener!(),
         admin = admin_listener!(),
     )

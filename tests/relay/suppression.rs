@@ -20,15 +20,7 @@ const TOKEN: &str = "suppression-token-Qv";
 fn config(upstream: &str, extra: &str) -> String {
     format!(
         r#"
-[server]
-listen = "{{smtp}}"
-hostname = "relay.test"
-[access]
-networks = ["127.0.0.0/8"]
-[privacy]
-mode = "split"
-max_visible_recipients = 1
-[spool]
+{head}[spool]
 dir = "{{dir}}/spool"
 retry_initial = "1s"
 retry_max = "1s"
@@ -36,6 +28,7 @@ retry_max = "1s"
 {metrics}{admin}
 {extra}
 "#,
+        head = split_relay!(),
         metrics = metrics_listener!(),
         admin = admin_listener!(),
     )

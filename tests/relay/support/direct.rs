@@ -4,6 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use super::relay_toml::split_relay;
 use super::scripted_smtp::{Script, ScriptedSmtp};
 use super::{RelayProc, lettre_send, message};
 
@@ -25,15 +26,7 @@ pub async fn mx_host(last: u8, port: u16, script: Script) -> ScriptedSmtp {
 pub fn mx_relay_config(dns: SocketAddr, smtp_port: u16, upstream: &str, tail: &str) -> String {
     format!(
         r#"
-[server]
-listen = "{{smtp}}"
-hostname = "relay.test"
-[access]
-networks = ["127.0.0.0/8"]
-[privacy]
-mode = "split"
-max_visible_recipients = 1
-[spool]
+{head}[spool]
 dir = "{{dir}}/spool"
 retry_initial = "1s"
 retry_max = "1s"
@@ -46,7 +39,8 @@ nameservers = ["{dns}"]
 smtp_port = {smtp_port}
 timeout = "5s"
 {upstream}
-{tail}"#
+{tail}"#,
+        head = split_relay!()
     )
 }
 

@@ -30,7 +30,7 @@ pub use pki::{TestPki, make_pki, tls_connector};
 pub use raw_smtp::{RawSmtp, auth_plain, cmd_of, reply_of, reply_within};
 #[allow(unused_imports)]
 pub(crate) use relay_toml::{
-    admin_listener, metrics_listener, scripted_upstream, spool_and_outbox,
+    admin_listener, metrics_listener, scripted_upstream, split_relay, spool_and_outbox,
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailveil");

@@ -20,6 +20,14 @@ macro_rules! spool_and_outbox {
     };
 }
 
+/// The listener on `{smtp}` as `relay.test`, open to loopback, splitting every message that shows
+/// more than one recipient.
+macro_rules! split_relay {
+    () => {
+        "[server]\nlisten = \"{smtp}\"\nhostname = \"relay.test\"\n[access]\nnetworks = [\"127.0.0.0/8\"]\n[privacy]\nmode = \"split\"\nmax_visible_recipients = 1\n"
+    };
+}
+
 /// The metrics listener on `{metrics}`.
 macro_rules! metrics_listener {
     () => {
@@ -34,7 +42,7 @@ macro_rules! admin_listener {
     };
 }
 
-pub(crate) use {admin_listener, metrics_listener, spool_and_outbox};
+pub(crate) use {admin_listener, metrics_listener, split_relay, spool_and_outbox};
 
 /// An `[[upstream]]` named `name` on 127.0.0.1:`port` (a scripted server), with `tls` and
 /// `timeout` as written in the config (`"none"`, `"10s"`).
